@@ -1,0 +1,550 @@
+//! The agent's TOML configuration: parsing, validation and error reporting.
+//!
+//! Parsing is strict: unknown keys and invalid values are rejected with an
+//! error naming the file, line, column and key, and saying what was expected.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        /// Dotted path of the offending key, e.g. `check[0].interval`.
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole agent configuration (`agent.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Unique, stable identity of this agent, e.g. `fra-1`.
+    pub agent_id: NonEmpty,
+    /// Region this agent stands for, e.g. `eu-central`.
+    pub region: NonEmpty,
+    /// Free-form labels sent to the collector (provider, asn, ...).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Source address every probe binds to (another egress IP on this host).
+    #[serde(default)]
+    pub source_ip: Option<IpAddr>,
+    /// At most this many probes run at once across all checks.
+    #[serde(default = "default_max_concurrent_probes")]
+    pub max_concurrent_probes: usize,
+    pub collector: CollectorConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(rename = "check")]
+    pub checks: Vec<CheckConfig>,
+}
+
+fn default_max_concurrent_probes() -> usize {
+    // Probes spend their time waiting on the network; 32 keeps a few hundred
+    // checks per minute flowing without bursts that look like a flood.
+    32
+}
+
+/// Where and how results are delivered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// gRPC endpoint of the collector, `http://host:port`.
+    pub endpoint: Endpoint,
+    /// Results per batch sent to the collector.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// A partial batch is sent after waiting this long.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Results held in memory while the collector is unreachable; beyond
+    /// this the oldest are dropped (and counted).
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+fn default_batch_size() -> usize {
+    500
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_queue_capacity() -> usize {
+    // About an hour of 10 checks at 30 s intervals, a few MB of memory.
+    100_000
+}
+
+/// Which nameserver answers the probes' lookups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `system` (from /etc/resolv.conf), `IP:PORT` / `udp://IP:PORT`, or
+    /// `tcp://IP:PORT`.
+    #[serde(default)]
+    pub resolver: ResolverSpec,
+    /// Budget for one lookup (the check's timeout still bounds the probe).
+    #[serde(default = "default_dns_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_dns_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            resolver: ResolverSpec::System,
+            timeout: default_dns_timeout(),
+        }
+    }
+}
+
+/// One nameserver, or the system's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ResolverSpec {
+    #[default]
+    System,
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+}
+
+impl FromStr for ResolverSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = "expected `system`, `IP:PORT`, `udp://IP:PORT` or `tcp://IP:PORT`";
+        if s == "system" {
+            return Ok(Self::System);
+        }
+        let (ctor, rest): (fn(SocketAddr) -> Self, &str) = if let Some(r) = s.strip_prefix("tcp://")
+        {
+            (Self::Tcp, r)
+        } else if let Some(r) = s.strip_prefix("udp://") {
+            (Self::Udp, r)
+        } else {
+            (Self::Udp, s)
+        };
+        rest.parse::<SocketAddr>()
+            .map(ctor)
+            .map_err(|_| format!("invalid resolver {s:?}: {expected}"))
+    }
+}
+
+impl TryFrom<String> for ResolverSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for ResolverSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::System => f.write_str("system"),
+            Self::Udp(a) => write!(f, "udp://{a}"),
+            Self::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+/// One target URL probed on a schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    pub name: Spanned<NonEmpty>,
+    pub url: TargetUrl,
+    #[serde(with = "humantime_serde", default = "default_interval")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub method: Method,
+    /// Statuses that count as success; empty means any 2xx or 3xx.
+    #[serde(default)]
+    pub expected_status: Vec<StatusCode>,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl CheckConfig {
+    /// Whether `status` counts as success for this check.
+    pub fn expects(&self, status: u16) -> bool {
+        if self.expected_status.is_empty() {
+            (200..400).contains(&status)
+        } else {
+            self.expected_status.iter().any(|s| s.0 == status)
+        }
+    }
+}
+
+/// A string that must not be empty or blank.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NonEmpty(String);
+
+impl TryFrom<String> for NonEmpty {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            Err("expected a non-empty string".into())
+        } else {
+            Ok(Self(s))
+        }
+    }
+}
+
+impl NonEmpty {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NonEmpty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An `http://` or `https://` URL with a host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TargetUrl(Url);
+
+impl TryFrom<String> for TargetUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let url = Url::parse(&s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("invalid URL {s:?}: expected scheme http or https"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("invalid URL {s:?}: expected a host"));
+        }
+        Ok(Self(url))
+    }
+}
+
+impl TargetUrl {
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+}
+
+/// The collector's gRPC endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Endpoint(Url);
+
+impl TryFrom<String> for Endpoint {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let url = Url::parse(&s).map_err(|e| format!("invalid endpoint {s:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "invalid endpoint {s:?}: expected http://HOST:PORT or https://HOST:PORT"
+            ));
+        }
+        Ok(Self(url))
+    }
+}
+
+impl Endpoint {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// HTTP method of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Get,
+    Head,
+    Post,
+    Options,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Post => "POST",
+            Self::Options => "OPTIONS",
+        }
+    }
+}
+
+/// An HTTP status code, 100..=599.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u16")]
+pub struct StatusCode(pub u16);
+
+impl TryFrom<u16> for StatusCode {
+    type Error = String;
+    fn try_from(v: u16) -> Result<Self, String> {
+        if (100..=599).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!("invalid status {v}: expected 100..=599"))
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`; `path` is only used in error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
+            let (line, column) = line_col(text, span.map_or(0, |s| s.start));
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                key,
+                message,
+            }
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| invalid(e.span(), "(document)".into(), e.message().to_owned()))?;
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            invalid(inner.span(), key, inner.message().to_owned())
+        })?;
+        config
+            .validate()
+            .map_err(|(span, key, msg)| invalid(span, key, msg))?;
+        Ok(config)
+    }
+
+    /// Checks that relate several keys, which serde cannot see one at a time.
+    fn validate(&self) -> Result<(), (Option<std::ops::Range<usize>>, String, String)> {
+        if self.checks.is_empty() {
+            return Err((
+                None,
+                "check".into(),
+                "expected at least one [[check]]".into(),
+            ));
+        }
+        if self.max_concurrent_probes == 0 {
+            return Err((
+                None,
+                "max_concurrent_probes".into(),
+                "expected at least 1".into(),
+            ));
+        }
+        if self.collector.batch_size == 0 || self.collector.queue_capacity == 0 {
+            return Err((
+                None,
+                "collector".into(),
+                "batch_size and queue_capacity must be at least 1".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, check) in self.checks.iter().enumerate() {
+            let span = Some(check.name.span());
+            if !names.insert(check.name.get_ref().as_str()) {
+                return Err((
+                    span,
+                    format!("check[{i}].name"),
+                    format!(
+                        "duplicate check name {:?}: expected unique names",
+                        check.name.get_ref().as_str()
+                    ),
+                ));
+            }
+            if check.interval < Duration::from_millis(100) {
+                return Err((
+                    span,
+                    format!("check[{i}].interval"),
+                    format!(
+                        "interval {:?} is too short: expected at least 100ms",
+                        check.interval
+                    ),
+                ));
+            }
+            if check.timeout.is_zero() || check.timeout > check.interval {
+                return Err((
+                    span,
+                    format!("check[{i}].timeout"),
+                    format!(
+                        "timeout {:?} must be non-zero and at most the interval {:?}, so a check never overlaps itself",
+                        check.timeout, check.interval
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+agent_id = "fra-1"
+region = "eu-central"
+labels = { provider = "lab" }
+source_ip = "127.0.2.1"
+
+[collector]
+endpoint = "http://127.0.0.1:7400"
+
+[dns]
+resolver = "tcp://127.0.0.1:5353"
+
+[[check]]
+name = "shop"
+url = "https://shop.test/health"
+interval = "30s"
+timeout = "5s"
+expected_status = [200, 204]
+"#;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("agent.toml"), text)
+    }
+
+    fn error(text: &str) -> String {
+        parse(text)
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn valid_config_parses_with_defaults() {
+        let c = parse(VALID).unwrap();
+        assert_eq!(c.agent_id.as_str(), "fra-1");
+        assert_eq!(c.source_ip, Some("127.0.2.1".parse().unwrap()));
+        assert_eq!(
+            c.dns.resolver,
+            ResolverSpec::Tcp("127.0.0.1:5353".parse().unwrap())
+        );
+        let check = &c.checks[0];
+        assert_eq!(check.interval, Duration::from_secs(30));
+        assert_eq!(check.method, Method::Get);
+        assert!(check.expects(204));
+        assert!(!check.expects(301));
+        assert_eq!(c.collector.batch_size, 500);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = VALID.replace("interval = \"30s\"", "intervall = \"30s\"");
+        let e = error(&text);
+        assert!(e.starts_with("agent.toml:16:"), "{e}");
+        assert!(e.contains("unknown field `intervall`"), "{e}");
+        assert!(e.contains("check[0]"), "{e}");
+    }
+
+    #[test]
+    fn bad_url_names_line_and_key() {
+        let text = VALID.replace("https://shop.test/health", "ftp://shop.test/");
+        let e = error(&text);
+        assert!(e.starts_with("agent.toml:15:"), "{e}");
+        assert!(e.contains("check[0].url"), "{e}");
+        assert!(e.contains("expected scheme http or https"), "{e}");
+    }
+
+    #[test]
+    fn bad_interval_names_line_and_key() {
+        let text = VALID.replace("\"30s\"", "\"thirty seconds\"");
+        let e = error(&text);
+        assert!(e.starts_with("agent.toml:16:"), "{e}");
+        assert!(e.contains("check[0].interval"), "{e}");
+    }
+
+    #[test]
+    fn timeout_longer_than_interval_is_rejected() {
+        let text = VALID.replace("timeout = \"5s\"", "timeout = \"60s\"");
+        let e = error(&text);
+        assert!(e.contains("check[0].timeout"), "{e}");
+        assert!(e.contains("at most the interval"), "{e}");
+    }
+
+    #[test]
+    fn bad_resolver_says_what_is_expected() {
+        let text = VALID.replace("tcp://127.0.0.1:5353", "dns.example");
+        let e = error(&text);
+        assert!(e.starts_with("agent.toml:11:"), "{e}");
+        assert!(e.contains("dns.resolver"), "{e}");
+        assert!(e.contains("expected `system`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_check_names_are_rejected() {
+        let dup = format!("{VALID}\n[[check]]\nname = \"shop\"\nurl = \"http://a.test/\"\n");
+        let e = error(&dup);
+        assert!(e.contains("check[1].name"), "{e}");
+        assert!(e.contains("duplicate check name"), "{e}");
+    }
+
+    #[test]
+    fn empty_region_is_rejected() {
+        let e = error(&VALID.replace("\"eu-central\"", "\"  \""));
+        assert!(e.contains("region"), "{e}");
+        assert!(e.contains("non-empty"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn resolver_spec_round_trips(ip in proptest::prelude::any::<std::net::Ipv4Addr>(), port in 1u16.., tcp: bool) {
+            let addr = SocketAddr::new(IpAddr::V4(ip), port);
+            let spec = if tcp { ResolverSpec::Tcp(addr) } else { ResolverSpec::Udp(addr) };
+            proptest::prop_assert_eq!(spec.to_string().parse::<ResolverSpec>().unwrap(), spec);
+        }
+
+        #[test]
+        fn line_col_points_inside_the_text(text in "[a-z\n]{0,40}", offset in 0usize..50) {
+            let (line, col) = line_col(&text, offset);
+            proptest::prop_assert!(line >= 1 && col >= 1);
+            proptest::prop_assert!(line <= text.matches('\n').count() + 1);
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Vantage agent: probes target URLs from one vantage point and streams the
+//! results to the collector.
+//!
+//! - [`config`]: the TOML configuration, strictly validated.
+//! - [`probe`]: one probe of one target (DNS, then HTTP), failures as data.
+//! - [`schedule`]: runs each check on its interval with bounded concurrency.
+//! - [`queue`]: bounded results awaiting acknowledgement; owns sequence
+//!   numbers (the seam for the disk spool).
+//! - [`report`]: the gRPC stream to the collector, with reconnects.
+//! - [`wire`]: domain → protobuf conversion, in one place.
+//! - [`app`]: wiring and the run loop.
+
+pub mod app;
+pub mod config;
+pub mod probe;
+pub mod queue;
+pub mod report;
+pub mod schedule;
+pub mod wire;
+
+pub use app::App;
+pub use config::AgentConfig;
+
+/// Installs ring as the process-wide rustls crypto provider. Idempotent:
+/// every entry point (binary, tests, the collector's demo) may call it.
+pub fn install_crypto_provider() {
+    // Err only means a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

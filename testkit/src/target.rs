@@ -1,0 +1,105 @@
+//! An HTTP target that fails with 502 for one source range.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// The error page nginx serves for a 502, so the layer is recognisable.
+const NGINX_502_BODY: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+
+#[derive(Default)]
+struct Shared {
+    failing: RwLock<Option<IpNet>>,
+    requests: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// A running target site; stops when dropped.
+pub struct Target {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _stop: DropGuard,
+}
+
+impl Target {
+    /// Starts the site on `bind_ip` (free port), failing for `failing`.
+    pub async fn start(bind_ip: IpAddr, failing: Option<IpNet>) -> Result<Self> {
+        let shared = Arc::new(Shared::default());
+        *shared.failing.write().unwrap_or_else(|e| e.into_inner()) = failing;
+        let listener = TcpListener::bind(SocketAddr::new(bind_ip, 0))
+            .await
+            .context("bind target listener")?;
+        let addr = listener.local_addr()?;
+        let app = Router::new().fallback(serve).with_state(shared.clone());
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let service = app.into_make_service_with_connect_info::<SocketAddr>();
+            let _ = axum::serve(listener, service)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await;
+        });
+        Ok(Self {
+            addr,
+            shared,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    /// The socket address the site listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes (or clears, with `None`) the range that gets 502.
+    pub fn set_failing(&self, failing: Option<IpNet>) {
+        *self
+            .shared
+            .failing
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = failing;
+    }
+
+    /// Requests served so far, and how many of them got 502.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.shared.requests.load(Ordering::Relaxed),
+            self.shared.failures.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn serve(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let failing = *shared.failing.read().unwrap_or_else(|e| e.into_inner());
+    if failing.is_some_and(|net| net.contains(&peer.ip())) {
+        shared.failures.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::BAD_GATEWAY,
+            [
+                (header::SERVER, "nginx/1.25.3"),
+                (header::CONTENT_TYPE, "text/html"),
+            ],
+            NGINX_502_BODY,
+        )
+            .into_response();
+    }
+    (
+        StatusCode::OK,
+        [(header::SERVER, "vantage-testkit")],
+        "ok\n",
+    )
+        .into_response()
+}
