@@ -328,26 +328,10 @@ impl AgentConfig {
 
     /// Parses and validates `text`; `path` is only used in error messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
-            let (line, column) = line_col(text, span.map_or(0, |s| s.start));
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                line,
-                column,
-                key,
-                message,
-            }
-        };
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| invalid(e.span(), "(document)".into(), e.message().to_owned()))?;
-        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            invalid(inner.span(), key, inner.message().to_owned())
-        })?;
+        let config: Self = parse_toml(path, text)?;
         config
             .validate()
-            .map_err(|(span, key, msg)| invalid(span, key, msg))?;
+            .map_err(|(span, key, msg)| ConfigError::at(path, text, span, key, msg))?;
         Ok(config)
     }
 
@@ -409,6 +393,48 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Deserializes `text` strictly into `T`; errors name `path`, the line and
+/// column, and the dotted key. Shared by every Vantage configuration file.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        ConfigError::at(
+            path,
+            text,
+            e.span(),
+            "(document)".into(),
+            e.message().to_owned(),
+        )
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError::at(path, text, inner.span(), key, inner.message().to_owned())
+    })
+}
+
+impl ConfigError {
+    /// An `Invalid` error located at byte range `span` of `text`.
+    pub fn at(
+        path: &Path,
+        text: &str,
+        span: Option<std::ops::Range<usize>>,
+        key: String,
+        message: String,
+    ) -> Self {
+        let (line, column) = line_col(text, span.map_or(0, |s| s.start));
+        Self::Invalid {
+            path: path.to_owned(),
+            line,
+            column,
+            key,
+            message,
+        }
     }
 }
 

@@ -1,0 +1,219 @@
+//! The alerter: sends one webhook per incident opening and one per
+//! resolution, to every configured URL, with a timeout and retries.
+//!
+//! The `incidents` table is the outbox: a notification is due while its
+//! `*_notified_at` column is NULL, so a restart neither loses nor repeats
+//! one (beyond the one in flight when the process died).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::store::{Incident, Notification, Store};
+
+/// How often pending notifications are looked for even without a wake-up
+/// (catches up after a restart or a failed pass).
+const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Webhook delivery settings.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub urls: Vec<Url>,
+    pub timeout: Duration,
+    /// Attempts per notification and URL, the first included.
+    pub attempts: usize,
+}
+
+/// Delivers incident notifications to webhooks.
+pub struct Alerter {
+    store: Arc<Store>,
+    settings: WebhookSettings,
+    client: reqwest::Client,
+    changed: Arc<Notify>,
+}
+
+/// A webhook could not be built or delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("building HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
+impl Alerter {
+    pub fn new(
+        store: Arc<Store>,
+        settings: WebhookSettings,
+        changed: Arc<Notify>,
+    ) -> Result<Self, AlertError> {
+        vantage_agent::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .user_agent(concat!("vantage-collector/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(AlertError::Client)?;
+        Ok(Self {
+            store,
+            settings,
+            client,
+            changed,
+        })
+    }
+
+    /// Delivers notifications until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            self.deliver_pending().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+        }
+    }
+
+    async fn deliver_pending(&self) {
+        let pending = match self.store.pending_notifications().await {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot read pending notifications; will retry.");
+                return;
+            }
+        };
+        for (incident, which) in pending {
+            let body = payload(&incident, which);
+            for url in &self.settings.urls {
+                let send = || async {
+                    self.client
+                        .post(url.clone())
+                        .json(&body)
+                        .send()
+                        .await?
+                        .error_for_status()
+                };
+                let attempt = send
+                    .retry(
+                        ExponentialBuilder::new()
+                            .with_min_delay(Duration::from_millis(200))
+                            .with_max_delay(Duration::from_secs(5))
+                            .with_jitter()
+                            .with_max_times(self.settings.attempts.saturating_sub(1)),
+                    )
+                    .await;
+                match attempt {
+                    Ok(_) => {
+                        tracing::info!(id = incident.id, event = event_name(which), %url, "Webhook delivered.")
+                    }
+                    Err(error) => tracing::error!(
+                        id = incident.id, event = event_name(which), %url, %error,
+                        attempts = self.settings.attempts,
+                        "Webhook not delivered; giving up on this notification."
+                    ),
+                }
+            }
+            if let Err(error) = self.store.mark_notified(incident.id, which).await {
+                tracing::warn!(%error, id = incident.id, "Cannot mark notification sent; it may repeat.");
+            }
+        }
+    }
+}
+
+fn event_name(which: Notification) -> &'static str {
+    match which {
+        Notification::Opened => "incident.opened",
+        Notification::Resolved => "incident.resolved",
+    }
+}
+
+/// The JSON body of a notification. Third parties parse this: fields are
+/// only ever added.
+pub fn payload(incident: &Incident, which: Notification) -> Value {
+    let where_ = if incident.kind == "global" {
+        "all vantage points".to_owned()
+    } else {
+        format!("{} {}", incident.dimension, incident.value)
+    };
+    let summary = if incident.kind == "global" {
+        format!(
+            "{} of {} probes of {} got 502 from {where_}",
+            incident.segment_502, incident.segment_probes, incident.target
+        )
+    } else {
+        format!(
+            "{} of {} probes of {} from {where_} got 502; {} of {} from everywhere else",
+            incident.segment_502,
+            incident.segment_probes,
+            incident.target,
+            incident.rest_502,
+            incident.rest_probes
+        )
+    };
+    json!({
+        "event": event_name(which),
+        "incident_id": incident.id,
+        "target": incident.target,
+        "kind": incident.kind,
+        "dimension": incident.dimension,
+        "value": incident.value,
+        "summary": summary,
+        "counts": {
+            "segment": { "status_502": incident.segment_502, "probes": incident.segment_probes },
+            "rest": { "status_502": incident.rest_502, "probes": incident.rest_probes },
+        },
+        "window_seconds": incident.window_seconds,
+        "opened_at": incident.opened_at,
+        "last_seen_at": incident.last_seen_at,
+        "resolved_at": incident.resolved_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn payload_names_target_dimension_counts_and_window() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap();
+        let incident = Incident {
+            id: 7,
+            target: "http://shop.test/".into(),
+            kind: "segment".into(),
+            dimension: "egress_prefix".into(),
+            value: "127.0.2.0/24".into(),
+            segment_502: 41,
+            segment_probes: 43,
+            rest_502: 0,
+            rest_probes: 380,
+            window_seconds: 300,
+            opened_at: at,
+            last_seen_at: at,
+            resolved_at: None,
+        };
+        let body = payload(&incident, Notification::Opened);
+        assert_eq!(
+            body,
+            json!({
+                "event": "incident.opened",
+                "incident_id": 7,
+                "target": "http://shop.test/",
+                "kind": "segment",
+                "dimension": "egress_prefix",
+                "value": "127.0.2.0/24",
+                "summary": "41 of 43 probes of http://shop.test/ from egress_prefix 127.0.2.0/24 got 502; 0 of 380 from everywhere else",
+                "counts": {
+                    "segment": {"status_502": 41, "probes": 43},
+                    "rest": {"status_502": 0, "probes": 380}
+                },
+                "window_seconds": 300,
+                "opened_at": "2026-11-21T12:00:00Z",
+                "last_seen_at": "2026-11-21T12:00:00Z",
+                "resolved_at": null
+            })
+        );
+    }
+}

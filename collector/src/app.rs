@@ -1,0 +1,183 @@
+//! Wiring: builds the collector (database, listeners, components) and runs
+//! it until shutdown or the first fatal error.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vantage_proto::v1::ingest_server::IngestServer;
+
+use crate::alert::{Alerter, WebhookSettings};
+use crate::config::CollectorConfig;
+use crate::detect::Detector;
+use crate::ingest::IngestService;
+use crate::store::Store;
+
+/// How often daily partitions ahead of today are checked for.
+const PARTITION_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Largest gRPC message accepted: a full batch (`MAX_BATCH` results of a
+/// few hundred bytes each) with room to spare.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Opens a connection pool to the configured database.
+pub async fn connect(config: &CollectorConfig) -> Result<PgPool> {
+    let url = config.database_url().context(
+        "no database configured: set DATABASE_URL or database.url in the collector config",
+    )?;
+    PgPoolOptions::new()
+        .max_connections(config.database.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&url)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+/// A collector with its database migrated and its listeners bound.
+pub struct Application {
+    config: CollectorConfig,
+    store: Arc<Store>,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+}
+
+impl Application {
+    /// Migrates the database, creates partitions and binds the listeners
+    /// (port 0 picks a free port: see [`Application::grpc_addr`]).
+    pub async fn build(config: CollectorConfig, pool: PgPool) -> Result<Self> {
+        let store = Arc::new(Store::new(pool));
+        store.migrate().await.context("applying migrations")?;
+        store
+            .ensure_partitions_around(chrono::Utc::now(), 1, config.database.partitions_ahead_days)
+            .await
+            .context("creating partitions")?;
+        let grpc = TcpListener::bind(config.grpc_listen)
+            .await
+            .with_context(|| format!("binding gRPC listener {}", config.grpc_listen))?;
+        let http = match config.http_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding HTTP listener {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            store,
+            grpc,
+            http,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or(self.config.grpc_listen)
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled or a component fails fatally.
+    /// Order on the way out: stop taking streams, end the sessions (a batch
+    /// being committed finishes first), then stop detection and alerts.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let tracker = TaskTracker::new();
+        let changed = Arc::new(Notify::new());
+        let fatal: Arc<std::sync::Mutex<Option<anyhow::Error>>> = Arc::default();
+
+        tracing::info!(grpc = %self.grpc_addr(), http = ?self.http_addr(), "Collector listening.");
+        let ingest = IngestService::new(self.store.clone(), shutdown.clone());
+        let grpc = tonic::transport::Server::builder()
+            .add_service(
+                IngestServer::new(ingest)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.grpc),
+                shutdown.clone().cancelled_owned(),
+            );
+        {
+            let (shutdown, fatal) = (shutdown.clone(), fatal.clone());
+            tracker.spawn(async move {
+                if let Err(e) = grpc.await {
+                    *fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(anyhow::Error::new(e).context("gRPC server failed"));
+                    shutdown.cancel();
+                }
+            });
+        }
+        if let Some(listener) = self.http {
+            let (shutdown, fatal) = (shutdown.clone(), fatal.clone());
+            let router = crate::http::router(self.store.clone());
+            tracker.spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    *fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(anyhow::Error::new(e).context("HTTP server failed"));
+                    shutdown.cancel();
+                }
+            });
+        }
+        let detector = Detector::new(
+            self.store.clone(),
+            self.config.detector.interval,
+            self.config.detector.window,
+            self.config.detector.thresholds(),
+            changed.clone(),
+        );
+        tracker.spawn(detector.run(shutdown.clone()));
+        if !self.config.webhooks.is_empty() {
+            let first = &self.config.webhooks[0];
+            let settings = WebhookSettings {
+                urls: self.config.webhooks.iter().map(|w| w.url.clone()).collect(),
+                timeout: first.timeout,
+                attempts: first.attempts.max(1),
+            };
+            let alerter = Alerter::new(self.store.clone(), settings, changed.clone())
+                .context("building the alerter")?;
+            tracker.spawn(alerter.run(shutdown.clone()));
+        }
+        {
+            let (store, shutdown) = (self.store.clone(), shutdown.clone());
+            let ahead = self.config.database.partitions_ahead_days;
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(PARTITION_MAINTENANCE_INTERVAL) => {}
+                    }
+                    if let Err(error) = store
+                        .ensure_partitions_around(chrono::Utc::now(), 0, ahead)
+                        .await
+                    {
+                        tracing::warn!(%error, "Cannot create partitions ahead; will retry.");
+                    }
+                }
+            });
+        }
+        tracker.close();
+        shutdown.cancelled().await;
+        tracker.wait().await;
+        let fatal = fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

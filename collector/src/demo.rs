@@ -1,0 +1,4 @@
+//! demo placeholder
+pub async fn run() -> anyhow::Result<()> {
+    Ok(())
+}

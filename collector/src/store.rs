@@ -1,0 +1,525 @@
+//! PostgreSQL access: migrations, partitions, batch inserts, the detector's
+//! counts and the incident table. Every SQL statement of the collector
+//! lives here.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use sqlx::PgPool;
+
+/// Embedded migrations from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A storage failure. All are transient from the agent's point of view:
+/// the batch was not committed and may be resent.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// One probe result as the collector stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResult {
+    pub seq: i64,
+    pub started_at: DateTime<Utc>,
+    pub check: String,
+    pub url: String,
+    pub method: String,
+    pub outcome: &'static str,
+    pub message: String,
+    pub http_status: Option<i16>,
+    pub http_version: Option<String>,
+    pub resolver: Option<String>,
+    pub resolved: Vec<(IpAddr, u32)>,
+    pub dialed: Option<std::net::SocketAddr>,
+    pub local_ip: Option<IpAddr>,
+    pub egress_ip: Option<IpAddr>,
+    pub dns_us: Option<i64>,
+    pub connect_us: Option<i64>,
+    pub tls_us: Option<i64>,
+    pub ttfb_us: Option<i64>,
+    pub total_us: Option<i64>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// What the agent said in its Hello, plus where it came from.
+#[derive(Debug, Clone)]
+pub struct AgentHello {
+    pub agent_id: String,
+    pub region: String,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+    pub observed_ip: IpAddr,
+}
+
+/// Outcome of inserting one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    pub new_rows: u64,
+    pub duplicates: u64,
+}
+
+/// 502s and probes in a segment over the detection window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentCounts {
+    pub target: String,
+    pub dimension: String,
+    pub value: String,
+    pub status_502: u64,
+    pub probes: u64,
+}
+
+/// An incident as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Incident {
+    pub id: i64,
+    pub target: String,
+    pub kind: String,
+    pub dimension: String,
+    pub value: String,
+    pub segment_502: i64,
+    pub segment_probes: i64,
+    pub rest_502: i64,
+    pub rest_probes: i64,
+    pub window_seconds: i32,
+    pub opened_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// Which notification of an incident is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notification {
+    Opened,
+    Resolved,
+}
+
+/// The collector's database.
+pub struct Store {
+    pool: PgPool,
+    /// Days whose partition is known to exist, to skip the DDL round trip.
+    partitions: Mutex<HashSet<NaiveDate>>,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            partitions: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Makes sure the daily partitions from `days_back` days ago to
+    /// `days_ahead` days ahead exist.
+    pub async fn ensure_partitions_around(
+        &self,
+        now: DateTime<Utc>,
+        days_back: u64,
+        days_ahead: u64,
+    ) -> Result<(), StoreError> {
+        let today = now.date_naive();
+        let first = today
+            .checked_sub_days(Days::new(days_back))
+            .unwrap_or(today);
+        let days: Vec<NaiveDate> = first
+            .iter_days()
+            .take(usize::try_from(days_back + days_ahead + 1).unwrap_or(1))
+            .collect();
+        self.ensure_partitions(&days).await
+    }
+
+    /// Creates the daily partitions for `days` that do not exist yet.
+    pub async fn ensure_partitions(&self, days: &[NaiveDate]) -> Result<(), StoreError> {
+        let missing: Vec<NaiveDate> = {
+            let known = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+            days.iter()
+                .filter(|d| !known.contains(d))
+                .copied()
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        // Serialise partition DDL between collectors sharing a database;
+        // concurrent CREATE ... IF NOT EXISTS can still collide on catalogs.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.probe_results.partitions'))")
+            .execute(&mut *tx)
+            .await?;
+        for day in &missing {
+            sqlx::query("SELECT ensure_probe_results_partition($1)")
+                .bind(day)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(missing);
+        Ok(())
+    }
+
+    /// Records (or refreshes) an agent; returns its last committed seq.
+    pub async fn upsert_agent(&self, hello: &AgentHello) -> Result<u64, StoreError> {
+        let labels = serde_json::to_value(&hello.labels).unwrap_or_default();
+        let last_seq: i64 = sqlx::query_scalar(
+            "INSERT INTO agents (agent_id, region, labels, version, observed_ip)
+             VALUES ($1, $2, $3, $4, $5::text::inet)
+             ON CONFLICT (agent_id) DO UPDATE SET
+                region = EXCLUDED.region, labels = EXCLUDED.labels,
+                version = EXCLUDED.version, observed_ip = EXCLUDED.observed_ip,
+                last_seen = now()
+             RETURNING last_seq",
+        )
+        .bind(&hello.agent_id)
+        .bind(&hello.region)
+        .bind(labels)
+        .bind(&hello.version)
+        .bind(hello.observed_ip.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(last_seq).unwrap_or(0))
+    }
+
+    /// Inserts a batch of one agent's results in one transaction; rows that
+    /// are already stored (a resent batch) are skipped. Returns only after
+    /// COMMIT.
+    pub async fn insert_batch(
+        &self,
+        agent_id: &str,
+        region: &str,
+        results: &[StoredResult],
+    ) -> Result<Inserted, StoreError> {
+        if results.is_empty() {
+            return Ok(Inserted {
+                new_rows: 0,
+                duplicates: 0,
+            });
+        }
+        let mut days: Vec<NaiveDate> = results.iter().map(|r| r.started_at.date_naive()).collect();
+        days.sort_unstable();
+        days.dedup();
+        self.ensure_partitions(&days).await?;
+
+        let columns = Columns::from(results);
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO probe_results (
+                agent_id, region, seq, started_at, check_name, url, method, outcome, message,
+                http_status, http_version, resolver, resolved_ips, resolved_ttls,
+                dialed_ip, dialed_port, local_ip, egress_ip,
+                dns_us, connect_us, tls_us, ttfb_us, total_us, headers)
+             SELECT $1, $2, t.seq, t.started_at, t.check_name, t.url, t.method, t.outcome,
+                t.message, t.http_status, t.http_version, t.resolver,
+                t.resolved_ips::inet[], t.resolved_ttls::integer[],
+                t.dialed_ip::inet, t.dialed_port, t.local_ip::inet, t.egress_ip::inet,
+                t.dns_us, t.connect_us, t.tls_us, t.ttfb_us, t.total_us, t.headers::jsonb
+             FROM UNNEST(
+                $3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::text[], $10::smallint[], $11::text[], $12::text[], $13::text[], $14::text[],
+                $15::text[], $16::integer[], $17::text[], $18::text[],
+                $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[],
+                $24::text[]
+             ) AS t(seq, started_at, check_name, url, method, outcome, message, http_status,
+                    http_version, resolver, resolved_ips, resolved_ttls, dialed_ip, dialed_port,
+                    local_ip, egress_ip, dns_us, connect_us, tls_us, ttfb_us, total_us, headers)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(agent_id)
+        .bind(region)
+        .bind(columns.seq)
+        .bind(columns.started_at)
+        .bind(columns.check)
+        .bind(columns.url)
+        .bind(columns.method)
+        .bind(columns.outcome)
+        .bind(columns.message)
+        .bind(columns.http_status)
+        .bind(columns.http_version)
+        .bind(columns.resolver)
+        .bind(columns.resolved_ips)
+        .bind(columns.resolved_ttls)
+        .bind(columns.dialed_ip)
+        .bind(columns.dialed_port)
+        .bind(columns.local_ip)
+        .bind(columns.egress_ip)
+        .bind(columns.dns_us)
+        .bind(columns.connect_us)
+        .bind(columns.tls_us)
+        .bind(columns.ttfb_us)
+        .bind(columns.total_us)
+        .bind(columns.headers)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let max_seq = results.iter().map(|r| r.seq).max().unwrap_or(0);
+        sqlx::query(
+            "UPDATE agents SET last_seq = GREATEST(last_seq, $2), last_seen = now()
+             WHERE agent_id = $1",
+        )
+        .bind(agent_id)
+        .bind(max_seq)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let total = results.len() as u64;
+        Ok(Inserted {
+            new_rows: inserted,
+            duplicates: total.saturating_sub(inserted),
+        })
+    }
+
+    /// Probes and 502s over the last `window`, per target and per value of
+    /// each dimension (`region`, `egress_prefix`), plus `all` per target.
+    pub async fn segment_counts(&self, window: Duration) -> Result<Vec<SegmentCounts>, StoreError> {
+        let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+            "WITH recent AS (
+                SELECT url, region, egress_ip, http_status FROM probe_results
+                WHERE started_at > now() - make_interval(secs => $1)
+             )
+             SELECT url, 'all', '*', count(*) FILTER (WHERE http_status = 502), count(*)
+               FROM recent GROUP BY url
+             UNION ALL
+             SELECT url, 'region', region, count(*) FILTER (WHERE http_status = 502), count(*)
+               FROM recent GROUP BY url, region
+             UNION ALL
+             SELECT url, 'egress_prefix', egress_prefix(egress_ip)::text,
+                    count(*) FILTER (WHERE http_status = 502), count(*)
+               FROM recent WHERE egress_ip IS NOT NULL GROUP BY url, egress_prefix(egress_ip)",
+        )
+        .bind(window.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(target, dimension, value, bad, total)| SegmentCounts {
+                target,
+                dimension,
+                value,
+                status_502: u64::try_from(bad).unwrap_or(0),
+                probes: u64::try_from(total).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Every incident not yet resolved.
+    pub async fn open_incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM incidents WHERE resolved_at IS NULL")
+                .fetch_all(&self.pool)
+                .await
+                .map(strip_outbox)?,
+        )
+    }
+
+    /// Opens an incident; returns None if one is open for the same key.
+    pub async fn open_incident(
+        &self,
+        finding: &NewIncident<'_>,
+    ) -> Result<Option<i64>, StoreError> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO incidents (target, kind, dimension, value, segment_502, segment_probes,
+                                    rest_502, rest_probes, window_seconds)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (target, dimension, value) WHERE resolved_at IS NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(finding.target)
+        .bind(finding.kind)
+        .bind(finding.dimension)
+        .bind(finding.value)
+        .bind(finding.counts[0])
+        .bind(finding.counts[1])
+        .bind(finding.counts[2])
+        .bind(finding.counts[3])
+        .bind(finding.window_seconds)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// Refreshes the counts of an open incident.
+    pub async fn touch_incident(&self, id: i64, counts: [i64; 4]) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE incidents SET segment_502 = $2, segment_probes = $3, rest_502 = $4,
+                    rest_probes = $5, last_seen_at = now()
+             WHERE id = $1 AND resolved_at IS NULL",
+        )
+        .bind(id)
+        .bind(counts[0])
+        .bind(counts[1])
+        .bind(counts[2])
+        .bind(counts[3])
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks an open incident resolved.
+    pub async fn resolve_incident(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE incidents SET resolved_at = now() WHERE id = $1 AND resolved_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Incidents whose open or resolve notification has not been sent.
+    pub async fn pending_notifications(&self) -> Result<Vec<(Incident, Notification)>, StoreError> {
+        let rows: Vec<IncidentWithOutbox> = sqlx::query_as(
+            "SELECT * FROM incidents
+             WHERE open_notified_at IS NULL
+                OR (resolved_at IS NOT NULL AND resolve_notified_at IS NULL)
+             ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut due = Vec::new();
+        for row in rows {
+            let open_pending = row.open_notified_at.is_none();
+            let resolve_pending =
+                row.incident.resolved_at.is_some() && row.resolve_notified_at.is_none();
+            if open_pending {
+                due.push((row.incident.clone(), Notification::Opened));
+            }
+            if resolve_pending {
+                due.push((row.incident, Notification::Resolved));
+            }
+        }
+        Ok(due)
+    }
+
+    /// Records that a notification was handled (sent, or given up on).
+    pub async fn mark_notified(&self, id: i64, which: Notification) -> Result<(), StoreError> {
+        let sql = match which {
+            Notification::Opened => "UPDATE incidents SET open_notified_at = now() WHERE id = $1",
+            Notification::Resolved => {
+                "UPDATE incidents SET resolve_notified_at = now() WHERE id = $1"
+            }
+        };
+        sqlx::query(sql).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// The fields of a new incident.
+#[derive(Debug, Clone)]
+pub struct NewIncident<'a> {
+    pub target: &'a str,
+    pub kind: &'static str,
+    pub dimension: &'a str,
+    pub value: &'a str,
+    /// segment 502s, segment probes, rest 502s, rest probes.
+    pub counts: [i64; 4],
+    pub window_seconds: i32,
+}
+
+#[derive(sqlx::FromRow)]
+struct IncidentWithOutbox {
+    #[sqlx(flatten)]
+    incident: Incident,
+    open_notified_at: Option<DateTime<Utc>>,
+    resolve_notified_at: Option<DateTime<Utc>>,
+}
+
+fn strip_outbox(rows: Vec<IncidentWithOutbox>) -> Vec<Incident> {
+    rows.into_iter().map(|r| r.incident).collect()
+}
+
+/// A batch turned inside out: one array per column, for UNNEST.
+struct Columns {
+    seq: Vec<i64>,
+    started_at: Vec<DateTime<Utc>>,
+    check: Vec<String>,
+    url: Vec<String>,
+    method: Vec<String>,
+    outcome: Vec<&'static str>,
+    message: Vec<String>,
+    http_status: Vec<Option<i16>>,
+    http_version: Vec<Option<String>>,
+    resolver: Vec<Option<String>>,
+    resolved_ips: Vec<String>,
+    resolved_ttls: Vec<String>,
+    dialed_ip: Vec<Option<String>>,
+    dialed_port: Vec<Option<i32>>,
+    local_ip: Vec<Option<String>>,
+    egress_ip: Vec<Option<String>>,
+    dns_us: Vec<Option<i64>>,
+    connect_us: Vec<Option<i64>>,
+    tls_us: Vec<Option<i64>>,
+    ttfb_us: Vec<Option<i64>>,
+    total_us: Vec<Option<i64>>,
+    headers: Vec<String>,
+}
+
+impl From<&[StoredResult]> for Columns {
+    fn from(results: &[StoredResult]) -> Self {
+        // Per-row arrays cannot be UNNESTed (Postgres arrays are
+        // rectangular), so they travel as array literals and are cast.
+        let array_literal = |items: Vec<String>| format!("{{{}}}", items.join(","));
+        Self {
+            seq: results.iter().map(|r| r.seq).collect(),
+            started_at: results.iter().map(|r| r.started_at).collect(),
+            check: results.iter().map(|r| r.check.clone()).collect(),
+            url: results.iter().map(|r| r.url.clone()).collect(),
+            method: results.iter().map(|r| r.method.clone()).collect(),
+            outcome: results.iter().map(|r| r.outcome).collect(),
+            message: results.iter().map(|r| r.message.clone()).collect(),
+            http_status: results.iter().map(|r| r.http_status).collect(),
+            http_version: results.iter().map(|r| r.http_version.clone()).collect(),
+            resolver: results.iter().map(|r| r.resolver.clone()).collect(),
+            resolved_ips: results
+                .iter()
+                .map(|r| array_literal(r.resolved.iter().map(|(ip, _)| ip.to_string()).collect()))
+                .collect(),
+            resolved_ttls: results
+                .iter()
+                .map(|r| array_literal(r.resolved.iter().map(|(_, ttl)| ttl.to_string()).collect()))
+                .collect(),
+            dialed_ip: results
+                .iter()
+                .map(|r| r.dialed.map(|a| a.ip().to_string()))
+                .collect(),
+            dialed_port: results
+                .iter()
+                .map(|r| r.dialed.map(|a| i32::from(a.port())))
+                .collect(),
+            local_ip: results
+                .iter()
+                .map(|r| r.local_ip.map(|a| a.to_string()))
+                .collect(),
+            egress_ip: results
+                .iter()
+                .map(|r| r.egress_ip.map(|a| a.to_string()))
+                .collect(),
+            dns_us: results.iter().map(|r| r.dns_us).collect(),
+            connect_us: results.iter().map(|r| r.connect_us).collect(),
+            tls_us: results.iter().map(|r| r.tls_us).collect(),
+            ttfb_us: results.iter().map(|r| r.ttfb_us).collect(),
+            total_us: results.iter().map(|r| r.total_us).collect(),
+            headers: results
+                .iter()
+                .map(|r| serde_json::to_string(&r.headers).unwrap_or_else(|_| "{}".into()))
+                .collect(),
+        }
+    }
+}
