@@ -1,4 +1,0 @@
-//! demo placeholder
-pub async fn run() -> anyhow::Result<()> {
-    Ok(())
-}

@@ -1,0 +1,215 @@
+//! A throwaway PostgreSQL cluster in a temporary directory, for the demo.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::Command;
+
+/// A running private cluster; stopped and deleted by [`PrivateCluster::stop`]
+/// (or, as a last resort, on drop).
+pub struct PrivateCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// The unprivileged user running the cluster when we are root.
+    run_as: Option<&'static str>,
+    port: u16,
+    stopped: bool,
+}
+
+/// Where `initdb` and `pg_ctl` are: on PATH, else the newest
+/// `/usr/lib/postgresql/*/bin`.
+pub fn find_server_binaries() -> Option<PathBuf> {
+    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(dir) = std::env::split_paths(&path).find(|d| has_both(d)) {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            has_both(&bin).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+impl PrivateCluster {
+    /// initdb + pg_ctl start on a free loopback port.
+    pub async fn start(bin: PathBuf) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("vantage-demo-pg-")
+            .tempdir()
+            .context("creating a temporary directory for PostgreSQL")?;
+        // initdb refuses to run as root: hand the cluster to `postgres`.
+        let run_as = if running_as_root() {
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .await
+                .context("running chown")?;
+            if !status.success() {
+                bail!(
+                    "running as root, and cannot give {} to the user `postgres` (initdb refuses root); \
+                     create that user or run the demo as an unprivileged user",
+                    dir.path().display()
+                );
+            }
+            Some("postgres")
+        } else {
+            None
+        };
+        let port = free_port()?;
+        let mut cluster = Self {
+            dir,
+            bin,
+            run_as,
+            port,
+            stopped: false,
+        };
+        let data = cluster.data_dir();
+        cluster
+            .pg_tool(
+                "initdb",
+                &[
+                    "-D",
+                    path_str(&data)?,
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
+            )
+            .await?;
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off",
+            path_str(cluster.dir.path())?
+        );
+        let log = cluster.dir.path().join("postgres.log");
+        let started = cluster
+            .pg_tool(
+                "pg_ctl",
+                &[
+                    "-D",
+                    path_str(&data)?,
+                    "-l",
+                    path_str(&log)?,
+                    "-o",
+                    &options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            )
+            .await;
+        if let Err(e) = started {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            cluster.stopped = true;
+            return Err(e.context(format!("PostgreSQL log:\n{log}")));
+        }
+        Ok(cluster)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// URL of the cluster's `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    async fn pg_tool(&self, tool: &str, args: &[&str]) -> Result<()> {
+        let exe = self.bin.join(tool);
+        let mut cmd = match self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let output = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .await
+            .with_context(|| format!("running {}", exe.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{} {} failed ({}): {}",
+                exe.display(),
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the cluster and deletes its directory.
+    pub async fn stop(mut self) -> Result<()> {
+        let data = self.data_dir();
+        self.stopped = true;
+        self.pg_tool(
+            "pg_ctl",
+            &["-D", path_str(&data)?, "-m", "fast", "-w", "stop"],
+        )
+        .await
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        // Last resort (an error or panic skipped `stop`): stop immediately so
+        // the temporary directory can be removed.
+        let data = self.data_dir();
+        let exe = self.bin.join("pg_ctl");
+        let mut cmd = match self.run_as {
+            Some(user) => {
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&exe);
+                c
+            }
+            None => std::process::Command::new(&exe),
+        };
+        let _ = cmd
+            .arg("-D")
+            .arg(data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str()
+        .with_context(|| format!("path {} is not UTF-8", path.display()))
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
