@@ -15,6 +15,6 @@ mod dns;
 mod target;
 mod webhook;
 
-pub use dns::DnsServer;
+pub use dns::{DnsServer, RECORD_TTL};
 pub use target::Target;
 pub use webhook::WebhookReceiver;
