@@ -76,17 +76,19 @@ pub fn segment_failing(segment: Counts, rest: Counts, t: &Thresholds, is_open: b
         && rest.rate() <= t.healthy_rate
 }
 
-/// Whether a target has a global 502 outage: its overall 502 rate is high
-/// and no region with enough probes is healthy.
+/// Whether a target has a global 502 outage: every region that probed it
+/// has enough probes and a high 502 rate. A region with too few probes
+/// defers the verdict (at start-up, the first region to report must not be
+/// mistaken for everyone).
 pub fn global_failing(all: Counts, regions: &[Counts], t: &Thresholds, is_open: bool) -> bool {
     if is_open {
         return all.probes > 0 && all.rate() >= t.close_rate;
     }
     all.probes >= t.min_probes
         && all.rate() >= t.open_rate
-        && !regions
+        && regions
             .iter()
-            .any(|r| r.probes >= t.min_probes && r.rate() <= t.healthy_rate)
+            .all(|r| r.probes >= t.min_probes && r.rate() >= t.open_rate)
 }
 
 /// Dimensions in which a segment-specific pattern is looked for.
@@ -322,6 +324,12 @@ mod tests {
             &t,
             false
         ));
+    }
+
+    #[test]
+    fn region_without_enough_probes_defers_global() {
+        let t = Thresholds::default();
+        assert!(!global_failing(c(40, 42), &[c(40, 40), c(0, 2)], &t, false));
     }
 
     #[test]

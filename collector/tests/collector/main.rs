@@ -1,0 +1,162 @@
+//! Integration tests of the collector: real gRPC over a real socket, a
+//! fresh PostgreSQL database per test (`#[sqlx::test]`), real agents.
+
+mod e2e;
+mod ingest;
+mod schema;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use vantage_collector::{Application, CollectorConfig};
+use vantage_proto::v1 as pb;
+use vantage_proto::v1::ingest_client::IngestClient;
+
+/// A collector running on a free port against a fresh database.
+pub struct TestCollector {
+    pub grpc_addr: SocketAddr,
+    pub pool: PgPool,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn spawn_collector(pool: PgPool) -> TestCollector {
+    let config = CollectorConfig {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        ..CollectorConfig::default()
+    };
+    let app = Application::build(config, pool.clone()).await.unwrap();
+    let grpc_addr = app.grpc_addr();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    TestCollector {
+        grpc_addr,
+        pool,
+        shutdown,
+        task,
+    }
+}
+
+impl TestCollector {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A raw agent stream speaking the wire protocol directly.
+pub struct RawStream {
+    pub outbound: mpsc::Sender<pb::AgentMessage>,
+    pub inbound: tonic::Streaming<pb::CollectorMessage>,
+    pub welcome: pb::Welcome,
+}
+
+pub async fn open_stream(addr: SocketAddr, agent_id: &str, region: &str) -> RawStream {
+    let mut client = IngestClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (outbound, rx) = mpsc::channel(16);
+    outbound
+        .send(pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Hello(pb::Hello {
+                agent_id: agent_id.into(),
+                region: region.into(),
+                labels: [("provider".to_owned(), "test".to_owned())].into(),
+                version: "test".into(),
+            })),
+        })
+        .await
+        .unwrap();
+    let mut inbound = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let welcome = match inbound.message().await.unwrap().and_then(|m| m.body) {
+        Some(pb::collector_message::Body::Welcome(w)) => w,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    RawStream {
+        outbound,
+        inbound,
+        welcome,
+    }
+}
+
+impl RawStream {
+    pub async fn send_batch(&self, batch_id: u64, results: Vec<pb::ProbeResult>) {
+        self.outbound
+            .send(pb::AgentMessage {
+                body: Some(pb::agent_message::Body::Batch(pb::ResultBatch {
+                    batch_id,
+                    results,
+                })),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The next message, or Err(status) if the collector ended the stream.
+    pub async fn next_ack(&mut self, wait: Duration) -> Result<pb::BatchAck, tonic::Status> {
+        let msg = tokio::time::timeout(wait, self.inbound.message())
+            .await
+            .expect("collector answered in time")?;
+        match msg.and_then(|m| m.body) {
+            Some(pb::collector_message::Body::Ack(a)) => Ok(a),
+            other => panic!("expected Ack, got {other:?}"),
+        }
+    }
+}
+
+/// A result as an agent would send it.
+pub fn result(seq: u64, status: u32) -> pb::ProbeResult {
+    let now = chrono::Utc::now();
+    pb::ProbeResult {
+        seq,
+        started_at: Some(prost_types::Timestamp {
+            seconds: now.timestamp(),
+            nanos: 0,
+        }),
+        check: "shop".into(),
+        url: "http://shop.test/".into(),
+        method: "GET".into(),
+        outcome: if status == 200 {
+            pb::Outcome::Ok
+        } else {
+            pb::Outcome::Http
+        } as i32,
+        message: if status == 200 {
+            String::new()
+        } else {
+            format!("unexpected status {status}")
+        },
+        http_status: Some(status),
+        http_version: "HTTP/1.1".into(),
+        resolver: "udp://127.0.0.1:53".into(),
+        resolved: vec![
+            pb::ResolvedAddress {
+                ip: "127.0.0.1".into(),
+                ttl_seconds: 30,
+            },
+            pb::ResolvedAddress {
+                ip: "::1".into(),
+                ttl_seconds: 60,
+            },
+        ],
+        dialed_addr: "127.0.0.1:8080".into(),
+        local_ip: "127.0.2.1".into(),
+        egress_ip: String::new(),
+        timings: Some(pb::Timings {
+            dns_us: Some(120),
+            connect_us: None,
+            tls_us: None,
+            ttfb_us: Some(900),
+            total_us: Some(1500),
+        }),
+        headers: [("server".to_owned(), "nginx".to_owned())].into(),
+    }
+}
