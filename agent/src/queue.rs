@@ -70,16 +70,16 @@ impl ResultQueue {
             let seq = state.next_seq;
             state.next_seq += 1;
             result.seq = seq;
-            if state.results.len() >= self.capacity {
-                if let Some(oldest) = state.results.pop_front() {
-                    state.dropped += 1;
-                    tracing::warn!(
-                        dropped_seq = oldest.seq,
-                        dropped_total = state.dropped,
-                        capacity = self.capacity,
-                        "Result queue full, dropped the oldest result."
-                    );
-                }
+            if state.results.len() >= self.capacity
+                && let Some(oldest) = state.results.pop_front()
+            {
+                state.dropped += 1;
+                tracing::warn!(
+                    dropped_seq = oldest.seq,
+                    dropped_total = state.dropped,
+                    capacity = self.capacity,
+                    "Result queue full, dropped the oldest result."
+                );
             }
             state.results.push_back(result);
             seq

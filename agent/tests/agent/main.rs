@@ -1,4 +1,7 @@
 //! Integration tests of the agent against real servers on loopback.
 
+// Test helpers fail loudly: a panic is the right report here.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod probe;

@@ -224,27 +224,25 @@ enum DemoDatabase {
 }
 
 async fn demo_database() -> Result<(DemoDatabase, String)> {
-    if let Ok(url) = std::env::var("DATABASE_URL").map(|u| u.trim().to_owned()) {
-        if !url.is_empty() {
-            let admin = PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&url)
-                .await
-                .context("connecting to DATABASE_URL")?;
-            let name = format!("vantage_demo_{}", std::process::id());
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&admin)
-                .await
-                .with_context(|| {
-                    format!("creating database {name} (DATABASE_URL's user needs CREATEDB)")
-                })?;
-            let mut demo_url: url::Url = url.parse().context("DATABASE_URL is not a URL")?;
-            demo_url.set_path(&name);
-            println!(
-                "  PostgreSQL  database {name} on the server of DATABASE_URL (dropped at exit)"
-            );
-            return Ok((DemoDatabase::Borrowed { admin, name }, demo_url.to_string()));
-        }
+    if let Ok(url) = std::env::var("DATABASE_URL").map(|u| u.trim().to_owned())
+        && !url.is_empty()
+    {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .context("connecting to DATABASE_URL")?;
+        let name = format!("vantage_demo_{}", std::process::id());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .with_context(|| {
+                format!("creating database {name} (DATABASE_URL's user needs CREATEDB)")
+            })?;
+        let mut demo_url: url::Url = url.parse().context("DATABASE_URL is not a URL")?;
+        demo_url.set_path(&name);
+        println!("  PostgreSQL  database {name} on the server of DATABASE_URL (dropped at exit)");
+        return Ok((DemoDatabase::Borrowed { admin, name }, demo_url.to_string()));
     }
     let Some(bin) = find_server_binaries() else {
         bail!(

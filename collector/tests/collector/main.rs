@@ -1,6 +1,9 @@
 //! Integration tests of the collector: real gRPC over a real socket, a
 //! fresh PostgreSQL database per test (`#[sqlx::test]`), real agents.
 
+// Test helpers fail loudly: a panic is the right report here.
+#![allow(clippy::unwrap_used)]
+
 mod e2e;
 mod ingest;
 mod schema;
