@@ -87,9 +87,31 @@ impl Reporter {
         }
     }
 
-    /// Reports until `shutdown`, then spends up to the drain timeout sending
-    /// what is still queued.
+    /// Reports until `shutdown`, then keeps delivering what is queued for
+    /// at most the drain timeout.
     pub async fn run(self, shutdown: CancellationToken) {
+        let deliver = self.deliver(&shutdown);
+        let drain_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.drain_timeout).await;
+        };
+        tokio::select! {
+            _ = deliver => {}
+            _ = drain_deadline => {}
+        }
+        let left = self.queue.len();
+        if left > 0 {
+            tracing::error!(
+                left,
+                drain_timeout_s = self.drain_timeout.as_secs(),
+                "Shutting down with results not delivered; they are lost."
+            );
+        }
+    }
+
+    /// Sessions with reconnects, until `shutdown` fired and the queue is
+    /// empty.
+    async fn deliver(&self, shutdown: &CancellationToken) {
         let backoff = || {
             ExponentialBuilder::new()
                 .with_min_delay(Duration::from_millis(100))
@@ -99,10 +121,13 @@ impl Reporter {
                 .build()
         };
         let mut delays = backoff();
-        while !shutdown.is_cancelled() {
+        loop {
+            if shutdown.is_cancelled() && self.queue.is_empty() {
+                return;
+            }
             let mut welcomed = false;
-            match self.session(&shutdown, &mut welcomed).await {
-                Ok(()) => break,
+            match self.session(shutdown, &mut welcomed).await {
+                Ok(()) => return,
                 Err(error) => {
                     if welcomed {
                         delays = backoff();
@@ -110,30 +135,12 @@ impl Reporter {
                     let delay = delays.next().unwrap_or(Duration::from_secs(30));
                     tracing::warn!(
                         %error,
-                        retry_in_ms = delay.as_millis() as u64,
+                        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                         queued = self.queue.len(),
                         "Collector session ended, reconnecting."
                     );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                    tokio::time::sleep(delay).await;
                 }
-            }
-        }
-        if !self.queue.is_empty() {
-            let drained = tokio::time::timeout(self.drain_timeout, async {
-                let mut welcomed = false;
-                self.session(&CancellationToken::new(), &mut welcomed).await
-            })
-            .await;
-            let left = self.queue.len();
-            if left > 0 {
-                tracing::error!(
-                    left,
-                    outcome = ?drained.map(|r| r.map_err(|e| e.to_string())),
-                    "Shutting down with results not delivered; they are lost."
-                );
             }
         }
     }

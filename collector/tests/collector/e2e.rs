@@ -120,3 +120,103 @@ async fn failing_everywhere_is_a_global_incident_not_a_segment(pool: PgPool) {
         "no segment may be blamed for a global outage: {bodies:#?}"
     );
 }
+
+/// Polls `probe` every 50 ms until it returns true or `timeout` passes.
+async fn eventually<F, Fut>(timeout: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[sqlx::test(migrations = false)]
+async fn agent_queues_while_collector_is_down_then_delivers_everything_once(pool: PgPool) {
+    use std::net::{IpAddr, Ipv4Addr};
+    use vantage_testkit::{DnsServer, Target};
+
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let target = Target::start(loopback, None).await.unwrap();
+    let dns = DnsServer::start(loopback, &[("shop.test", target.addr().ip())])
+        .await
+        .unwrap();
+    // An address nobody listens on yet; the collector will take it later.
+    let grpc_addr = std::net::TcpListener::bind((loopback, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let toml = format!(
+        "agent_id = \"late\"\nregion = \"eu-west\"\nsource_ip = \"127.0.4.1\"\n\
+         [collector]\nendpoint = \"http://{grpc_addr}\"\nbatch_size = 5\nflush_interval = \"50ms\"\n\
+         [dns]\nresolver = \"udp://{}\"\n\
+         [[check]]\nname = \"shop\"\nurl = \"http://shop.test:{}/\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n",
+        dns.addr(),
+        target.addr().port()
+    );
+    let config =
+        vantage_agent::AgentConfig::parse(std::path::Path::new("late.toml"), &toml).unwrap();
+    let agent = vantage_agent::App::build(config).unwrap();
+    let queue = agent.queue();
+    let stop_agent = tokio_util::sync::CancellationToken::new();
+    let agent_task = tokio::spawn(agent.run(stop_agent.clone()));
+
+    assert!(
+        eventually(Duration::from_secs(20), || async { queue.len() >= 10 }).await,
+        "the agent keeps probing and queues while the collector is down"
+    );
+
+    let config = vantage_collector::CollectorConfig {
+        grpc_listen: grpc_addr,
+        ..vantage_collector::CollectorConfig::default()
+    };
+    let app = vantage_collector::Application::build(config, pool.clone())
+        .await
+        .unwrap();
+    let stop_collector = tokio_util::sync::CancellationToken::new();
+    let collector_task = tokio::spawn(app.run(stop_collector.clone()));
+
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM probe_results")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async { count().await >= 10 }).await,
+        "the backlog reaches the database after the collector starts"
+    );
+    stop_agent.cancel();
+    agent_task.await.unwrap();
+    assert_eq!(
+        queue.len(),
+        0,
+        "everything queued was delivered on shutdown"
+    );
+
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM probe_results ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let first = seqs[0];
+    let expected: Vec<i64> = (first..first + seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "no gaps, no duplicates");
+    let egress: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT host(egress_ip) FROM probe_results")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        egress,
+        vec!["127.0.4.1"],
+        "the collector saw the agent's source address"
+    );
+    stop_collector.cancel();
+    collector_task.await.unwrap().unwrap();
+}
