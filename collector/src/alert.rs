@@ -20,19 +20,20 @@ use crate::store::{Incident, Notification, Store};
 /// (catches up after a restart or a failed pass).
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Webhook delivery settings.
+/// One webhook and how to deliver to it.
 #[derive(Debug, Clone)]
-pub struct WebhookSettings {
-    pub urls: Vec<Url>,
+pub struct Webhook {
+    pub url: Url,
+    /// Per attempt.
     pub timeout: Duration,
-    /// Attempts per notification and URL, the first included.
+    /// Attempts per notification, the first included.
     pub attempts: usize,
 }
 
 /// Delivers incident notifications to webhooks.
 pub struct Alerter {
     store: Arc<Store>,
-    settings: WebhookSettings,
+    webhooks: Vec<Webhook>,
     client: reqwest::Client,
     changed: Arc<Notify>,
 }
@@ -47,18 +48,17 @@ pub enum AlertError {
 impl Alerter {
     pub fn new(
         store: Arc<Store>,
-        settings: WebhookSettings,
+        webhooks: Vec<Webhook>,
         changed: Arc<Notify>,
     ) -> Result<Self, AlertError> {
         vantage_agent::install_crypto_provider();
         let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
             .user_agent(concat!("vantage-collector/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(AlertError::Client)?;
         Ok(Self {
             store,
-            settings,
+            webhooks,
             client,
             changed,
         })
@@ -86,10 +86,12 @@ impl Alerter {
         };
         for (incident, which) in pending {
             let body = payload(&incident, which);
-            for url in &self.settings.urls {
+            for hook in &self.webhooks {
+                let url = &hook.url;
                 let send = || async {
                     self.client
                         .post(url.clone())
+                        .timeout(hook.timeout)
                         .json(&body)
                         .send()
                         .await?
@@ -101,7 +103,7 @@ impl Alerter {
                             .with_min_delay(Duration::from_millis(200))
                             .with_max_delay(Duration::from_secs(5))
                             .with_jitter()
-                            .with_max_times(self.settings.attempts.saturating_sub(1)),
+                            .with_max_times(hook.attempts.saturating_sub(1)),
                     )
                     .await;
                 match attempt {
@@ -110,7 +112,7 @@ impl Alerter {
                     }
                     Err(error) => tracing::error!(
                         id = incident.id, event = event_name(which), %url, %error,
-                        attempts = self.settings.attempts,
+                        attempts = hook.attempts,
                         "Webhook not delivered; giving up on this notification."
                     ),
                 }

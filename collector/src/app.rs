@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use vantage_proto::v1::ingest_server::IngestServer;
 
-use crate::alert::{Alerter, WebhookSettings};
+use crate::alert::{Alerter, Webhook};
 use crate::config::CollectorConfig;
 use crate::detect::Detector;
 use crate::ingest::IngestService;
@@ -143,13 +143,17 @@ impl Application {
         );
         tracker.spawn(detector.run(shutdown.clone()));
         if !self.config.webhooks.is_empty() {
-            let first = &self.config.webhooks[0];
-            let settings = WebhookSettings {
-                urls: self.config.webhooks.iter().map(|w| w.url.clone()).collect(),
-                timeout: first.timeout,
-                attempts: first.attempts.max(1),
-            };
-            let alerter = Alerter::new(self.store.clone(), settings, changed.clone())
+            let webhooks = self
+                .config
+                .webhooks
+                .iter()
+                .map(|w| Webhook {
+                    url: w.url.clone(),
+                    timeout: w.timeout,
+                    attempts: w.attempts.max(1),
+                })
+                .collect();
+            let alerter = Alerter::new(self.store.clone(), webhooks, changed.clone())
                 .context("building the alerter")?;
             tracker.spawn(alerter.run(shutdown.clone()));
         }
