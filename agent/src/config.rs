@@ -319,11 +319,7 @@ impl TryFrom<u16> for StatusCode {
 impl AgentConfig {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &read_config(path)?)
     }
 
     /// Parses and validates `text`; `path` is only used in error messages.
@@ -394,6 +390,14 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+/// Reads a configuration file; the error names the path.
+pub fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Deserializes `text` strictly into `T`; errors name `path`, the line and

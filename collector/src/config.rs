@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
-use vantage_agent::config::{ConfigError, parse_toml};
+use vantage_agent::config::{ConfigError, parse_toml, read_config};
 
 use crate::detect::Thresholds;
 
@@ -171,10 +171,7 @@ impl Default for CollectorConfig {
 
 impl CollectorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_config(path)?;
         let config: Self = parse_toml(path, &text)?;
         let d = &config.detector;
         if d.close_rate.0 > d.open_rate.0 || d.healthy_rate.0 >= d.open_rate.0 {
