@@ -152,19 +152,17 @@ impl Reporter {
         stop: &CancellationToken,
         welcomed: &mut bool,
     ) -> Result<(), ReportError> {
+        let connect_error = |source| ReportError::Connect {
+            endpoint: self.endpoint.clone(),
+            source,
+        };
         let channel = tonic::transport::Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|source| ReportError::Connect {
-                endpoint: self.endpoint.clone(),
-                source,
-            })?
+            .map_err(connect_error)?
             .connect_timeout(Duration::from_secs(5))
             .local_address(self.source_ip)
             .connect()
             .await
-            .map_err(|source| ReportError::Connect {
-                endpoint: self.endpoint.clone(),
-                source,
-            })?;
+            .map_err(connect_error)?;
         let mut client = IngestClient::new(channel);
         // Two slots: the Hello and one batch; the window is one batch.
         let (outbound, rx) = mpsc::channel(2);

@@ -96,7 +96,7 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let tracker = TaskTracker::new();
         let changed = Arc::new(Notify::new());
-        let fatal: Arc<std::sync::Mutex<Option<anyhow::Error>>> = Arc::default();
+        let fatal = Fatal::new(shutdown.clone());
 
         tracing::info!(grpc = %self.grpc_addr(), http = ?self.http_addr(), "Collector listening.");
         let ingest = IngestService::new(self.store.clone(), shutdown.clone());
@@ -111,26 +111,22 @@ impl Application {
                 shutdown.clone().cancelled_owned(),
             );
         {
-            let (shutdown, fatal) = (shutdown.clone(), fatal.clone());
+            let fatal = fatal.clone();
             tracker.spawn(async move {
                 if let Err(e) = grpc.await {
-                    *fatal.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(anyhow::Error::new(e).context("gRPC server failed"));
-                    shutdown.cancel();
+                    fatal.fail(anyhow::Error::new(e).context("gRPC server failed"));
                 }
             });
         }
         if let Some(listener) = self.http {
-            let (shutdown, fatal) = (shutdown.clone(), fatal.clone());
+            let (stopped, fatal) = (shutdown.clone().cancelled_owned(), fatal.clone());
             let router = crate::http::router(self.store.clone());
             tracker.spawn(async move {
                 let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .with_graceful_shutdown(stopped)
                     .await;
                 if let Err(e) = served {
-                    *fatal.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(anyhow::Error::new(e).context("HTTP server failed"));
-                    shutdown.cancel();
+                    fatal.fail(anyhow::Error::new(e).context("HTTP server failed"));
                 }
             });
         }
@@ -178,10 +174,36 @@ impl Application {
         tracker.close();
         shutdown.cancelled().await;
         tracker.wait().await;
-        let fatal = fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match fatal {
+        match fatal.take() {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// The first fatal error of any component; recording it shuts all down.
+#[derive(Clone)]
+struct Fatal {
+    error: Arc<std::sync::Mutex<Option<anyhow::Error>>>,
+    shutdown: CancellationToken,
+}
+
+impl Fatal {
+    fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            error: Arc::default(),
+            shutdown,
+        }
+    }
+
+    fn fail(&self, error: anyhow::Error) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        // Keep the first: later failures are usually its consequences.
+        slot.get_or_insert(error);
+        self.shutdown.cancel();
+    }
+
+    fn take(&self) -> Option<anyhow::Error> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }

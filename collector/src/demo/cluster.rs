@@ -138,17 +138,22 @@ impl PrivateCluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    async fn pg_tool(&self, tool: &str, args: &[&str]) -> Result<()> {
+    /// A command running the server tool `tool`, as the cluster's owner.
+    fn pg_command(&self, tool: &str) -> std::process::Command {
         let exe = self.bin.join(tool);
-        let mut cmd = match self.run_as {
+        match self.run_as {
             Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&exe);
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(exe);
                 c
             }
-            None => Command::new(&exe),
-        };
-        let output = cmd
+            None => std::process::Command::new(exe),
+        }
+    }
+
+    async fn pg_tool(&self, tool: &str, args: &[&str]) -> Result<()> {
+        let exe = self.bin.join(tool);
+        let output = Command::from(self.pg_command(tool))
             .args(args)
             .current_dir(self.dir.path())
             .output()
@@ -186,16 +191,8 @@ impl Drop for PrivateCluster {
         // Last resort (an error or panic skipped `stop`): stop immediately so
         // the temporary directory can be removed.
         let data = self.data_dir();
-        let exe = self.bin.join("pg_ctl");
-        let mut cmd = match self.run_as {
-            Some(user) => {
-                let mut c = std::process::Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&exe);
-                c
-            }
-            None => std::process::Command::new(&exe),
-        };
-        let _ = cmd
+        let _ = self
+            .pg_command("pg_ctl")
             .arg("-D")
             .arg(data)
             .args(["-m", "immediate", "-w", "stop"])

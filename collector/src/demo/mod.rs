@@ -22,7 +22,7 @@ use vantage_testkit::{DnsServer, Target, WebhookReceiver};
 pub use cluster::{PrivateCluster, find_server_binaries};
 
 use crate::Application;
-use crate::config::{CollectorConfig, DetectorConfig, Rate, WebhookConfig};
+use crate::config::{CollectorConfig, DetectorConfig, WebhookConfig};
 
 /// The name agents probe; the scenario's DNS server answers it.
 pub const TARGET_HOST: &str = "shop.test";
@@ -92,9 +92,7 @@ impl Scenario {
                 interval: timing.detector_interval,
                 window: timing.window,
                 min_probes: timing.min_probes,
-                open_rate: Rate(0.5),
-                healthy_rate: Rate(0.05),
-                close_rate: Rate(0.1),
+                ..DetectorConfig::default()
             },
             webhooks: vec![WebhookConfig {
                 url: webhook.url().parse().context("webhook URL")?,
