@@ -14,6 +14,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
+use crate::probe::identity::IdentityQuery;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,11 +52,149 @@ pub struct AgentConfig {
     /// At most this many probes run at once across all checks.
     #[serde(default = "default_max_concurrent_probes")]
     pub max_concurrent_probes: usize,
+    /// Send `X-Vantage-Probe: <agent>/<vantage>/<seq>` with every probe, so
+    /// site owners can find probes in their CDN and WAF logs.
+    #[serde(default = "default_true")]
+    pub probe_header: bool,
     pub collector: CollectorConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Egress paths; without any, one path named `direct` from `source_ip`.
+    #[serde(default, rename = "vantage")]
+    pub vantages: Vec<VantageConfig>,
     #[serde(rename = "check")]
     pub checks: Vec<CheckConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The name of the implicit vantage of an agent that configures none.
+pub const DIRECT_VANTAGE: &str = "direct";
+
+/// One egress path: a source address, a forward proxy, or both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VantageConfig {
+    pub name: Spanned<NonEmpty>,
+    /// Source address of this path's connections and DNS queries.
+    #[serde(default)]
+    pub source_ip: Option<IpAddr>,
+    /// `http://`, `https://` or `socks5://[user:password@]host:port`.
+    #[serde(default)]
+    pub proxy: Option<ProxyUrl>,
+    /// Region this path stands for, instead of the agent's.
+    #[serde(default)]
+    pub region: Option<NonEmpty>,
+    /// A URL answering with the caller's public IP address as plain text,
+    /// fetched through this path to learn its public egress address.
+    #[serde(default)]
+    pub ip_echo_url: Option<TargetUrl>,
+    #[serde(default = "default_identity_interval", with = "humantime_serde")]
+    pub ip_echo_interval: Duration,
+}
+
+/// Which kind of forward proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    Http,
+    Https,
+    Socks5,
+}
+
+/// A forward proxy, with its credentials decoded.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ProxyUrl {
+    pub kind: ProxyKind,
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(String, String)>,
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print credentials.
+        f.write_str(&self.redacted())
+    }
+}
+
+impl TryFrom<String> for ProxyUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let expected = "expected http://, https:// or socks5://[USER:PASSWORD@]HOST:PORT";
+        let url = Url::parse(&s).map_err(|e| format!("invalid proxy URL: {e}: {expected}"))?;
+        let (kind, default_port) = match url.scheme() {
+            "http" => (ProxyKind::Http, 80),
+            "https" => (ProxyKind::Https, 443),
+            "socks5" => (ProxyKind::Socks5, 1080),
+            other => return Err(format!("invalid proxy scheme {other:?}: {expected}")),
+        };
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(host) => host.to_string(),
+            None => return Err(format!("invalid proxy URL: no host: {expected}")),
+        };
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            return Err(format!(
+                "invalid proxy URL: unexpected path or query: {expected}"
+            ));
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| "invalid proxy URL: credentials are not UTF-8".to_owned())
+        };
+        let credentials = if url.username().is_empty() {
+            None
+        } else {
+            Some((
+                decode(url.username())?,
+                decode(url.password().unwrap_or(""))?,
+            ))
+        };
+        Ok(Self {
+            kind,
+            host,
+            port: url.port().unwrap_or(default_port),
+            credentials,
+        })
+    }
+}
+
+impl ProxyUrl {
+    /// The proxy's URL without credentials, safe to log and store.
+    pub fn redacted(&self) -> String {
+        let scheme = match self.kind {
+            ProxyKind::Http => "http",
+            ProxyKind::Https => "https",
+            ProxyKind::Socks5 => "socks5",
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{host}:{}", self.port)
+    }
+
+    /// The URL with credentials, for clients that take one (IP echo).
+    pub fn with_credentials(&self) -> String {
+        match &self.credentials {
+            None => self.redacted(),
+            Some((user, pass)) => {
+                let enc = |s: &str| {
+                    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+                        .to_string()
+                };
+                let redacted = self.redacted();
+                let (scheme, rest) = redacted.split_once("://").unwrap_or(("http", &redacted));
+                format!("{scheme}://{}:{}@{rest}", enc(user), enc(pass))
+            }
+        }
+    }
 }
 
 fn default_max_concurrent_probes() -> usize {
@@ -96,24 +236,41 @@ fn default_queue_capacity() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
-    /// `system` (from /etc/resolv.conf), `IP:PORT` / `udp://IP:PORT`, or
-    /// `tcp://IP:PORT`.
-    #[serde(default)]
-    pub resolver: ResolverSpec,
+    /// Resolvers of every check that names none: `system` (from
+    /// /etc/resolv.conf), `IP:PORT` / `udp://IP:PORT`, or `tcp://IP:PORT`.
+    #[serde(default = "default_resolvers")]
+    pub resolvers: Vec<ResolverSpec>,
     /// Budget for one lookup (the check's timeout still bounds the probe).
     #[serde(default = "default_dns_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// How often each resolver is asked who it is.
+    #[serde(default = "default_identity_interval", with = "humantime_serde")]
+    pub identity_interval: Duration,
+    /// Names whose answer is the asking resolver's address, `NAME TYPE`;
+    /// empty turns identity learning off.
+    #[serde(default = "crate::probe::identity::default_queries")]
+    pub identity_queries: Vec<IdentityQuery>,
 }
 
+fn default_resolvers() -> Vec<ResolverSpec> {
+    vec![ResolverSpec::System]
+}
 fn default_dns_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_identity_interval() -> Duration {
+    // A resolver's egress changes with anycast routing or failover, which
+    // is slow; five minutes costs a handful of queries per hour.
+    Duration::from_secs(300)
 }
 
 impl Default for DnsConfig {
     fn default() -> Self {
         Self {
-            resolver: ResolverSpec::System,
+            resolvers: default_resolvers(),
             timeout: default_dns_timeout(),
+            identity_interval: default_identity_interval(),
+            identity_queries: crate::probe::identity::default_queries(),
         }
     }
 }
@@ -181,6 +338,79 @@ pub struct CheckConfig {
     /// Statuses that count as success; empty means any 2xx or 3xx.
     #[serde(default)]
     pub expected_status: Vec<StatusCode>,
+    /// Resolvers for this check (one result per resolver per round);
+    /// default: `[dns] resolvers`.
+    #[serde(default)]
+    pub resolvers: Option<Vec<ResolverSpec>>,
+    /// Which address families to resolve and dial.
+    #[serde(default)]
+    pub ip_family: IpFamily,
+    /// Dial the first answer, or each (one result per address).
+    #[serde(default)]
+    pub dial: Dial,
+    /// Redirects followed at most; 0 (default) makes a 3xx the result.
+    #[serde(default)]
+    pub follow_redirects: u8,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Body bytes read and hashed at most; the rest is not downloaded.
+    #[serde(default = "default_body_hash_bytes")]
+    pub body_hash_bytes: usize,
+    /// A certificate expiring sooner than this fails the probe as
+    /// `cert_expiry`; 0 turns the check off.
+    #[serde(default = "default_cert_expiry_threshold", with = "humantime_serde")]
+    pub cert_expiry_threshold: Duration,
+    /// PEM file of extra CAs trusted for this check (private PKI).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// HTTP version offered: `auto` (ALPN h2 and http/1.1 on https, 1.1 on
+    /// http), `1.1`, or `2` (h2 by ALPN, or prior knowledge on http).
+    #[serde(default)]
+    pub http_version: HttpVersion,
+    /// The vantages this check runs from; default: all.
+    #[serde(default)]
+    pub vantages: Option<Vec<String>>,
+}
+
+fn default_body_hash_bytes() -> usize {
+    64 * 1024
+}
+fn default_cert_expiry_threshold() -> Duration {
+    // A week: enough warning to renew, late enough not to page on every
+    // certificate in its last renewal window.
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// The address families a check resolves and dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    #[default]
+    Any,
+    V4,
+    V6,
+}
+
+/// Which resolved addresses a check dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dial {
+    #[default]
+    First,
+    Each,
+}
+
+/// The HTTP version a check offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+pub enum HttpVersion {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "1.1")]
+    Http1,
+    #[serde(rename = "2")]
+    Http2,
 }
 
 fn default_interval() -> Duration {
@@ -354,6 +584,27 @@ impl AgentConfig {
                 "batch_size and queue_capacity must be at least 1".into(),
             ));
         }
+        let mut vantage_names = HashSet::new();
+        for (i, vantage) in self.vantages.iter().enumerate() {
+            let name = vantage.name.get_ref().as_str();
+            if !vantage_names.insert(name) {
+                return Err((
+                    Some(vantage.name.span()),
+                    format!("vantage[{i}].name"),
+                    format!("duplicate vantage name {name:?}: expected unique names"),
+                ));
+            }
+        }
+        if self.vantages.is_empty() {
+            vantage_names.insert(DIRECT_VANTAGE);
+        }
+        if self.dns.resolvers.is_empty() {
+            return Err((
+                None,
+                "dns.resolvers".into(),
+                "expected at least one resolver".into(),
+            ));
+        }
         let mut names = HashSet::new();
         for (i, check) in self.checks.iter().enumerate() {
             let span = Some(check.name.span());
@@ -386,6 +637,47 @@ impl AgentConfig {
                         check.timeout, check.interval
                     ),
                 ));
+            }
+            if check.resolvers.as_ref().is_some_and(Vec::is_empty) {
+                return Err((
+                    span,
+                    format!("check[{i}].resolvers"),
+                    "expected at least one resolver (or no key, for [dns] resolvers)".into(),
+                ));
+            }
+            for name in check.vantages.iter().flatten() {
+                if !vantage_names.contains(name.as_str()) {
+                    return Err((
+                        span,
+                        format!("check[{i}].vantages"),
+                        format!("unknown vantage {name:?}: expected one of the [[vantage]] names"),
+                    ));
+                }
+            }
+            if check.follow_redirects > 20 {
+                return Err((
+                    span,
+                    format!("check[{i}].follow_redirects"),
+                    "expected at most 20".into(),
+                ));
+            }
+            if check.body_hash_bytes > 16 * 1024 * 1024 {
+                return Err((
+                    span,
+                    format!("check[{i}].body_hash_bytes"),
+                    "expected at most 16 MiB (16777216)".into(),
+                ));
+            }
+            for (name, value) in &check.headers {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(value).is_err()
+                {
+                    return Err((
+                        span,
+                        format!("check[{i}].headers.{name}"),
+                        "expected a valid HTTP header name and value".into(),
+                    ));
+                }
             }
         }
         Ok(())
@@ -467,7 +759,7 @@ source_ip = "127.0.2.1"
 endpoint = "http://127.0.0.1:7400"
 
 [dns]
-resolver = "tcp://127.0.0.1:5353"
+resolvers = ["tcp://127.0.0.1:5353"]
 
 [[check]]
 name = "shop"
@@ -490,14 +782,21 @@ expected_status = [200, 204]
     #[test]
     fn valid_config_parses_with_defaults() {
         let c = parse(VALID).unwrap();
+        let check = &c.checks[0];
         assert_eq!(c.agent_id.as_str(), "fra-1");
         assert_eq!(c.source_ip, Some("127.0.2.1".parse().unwrap()));
         assert_eq!(
-            c.dns.resolver,
-            ResolverSpec::Tcp("127.0.0.1:5353".parse().unwrap())
+            c.dns.resolvers,
+            vec![ResolverSpec::Tcp("127.0.0.1:5353".parse().unwrap())]
         );
-        let check = &c.checks[0];
+        assert_eq!(check.ip_family, IpFamily::Any);
+        assert_eq!(check.dial, Dial::First);
+        assert_eq!(check.follow_redirects, 0);
+        assert_eq!(check.body_hash_bytes, 65536);
+        assert!(c.probe_header);
+        assert!(c.vantages.is_empty());
         assert_eq!(check.interval, Duration::from_secs(30));
+        assert_eq!(check.http_version, HttpVersion::Auto);
         assert_eq!(check.method, Method::Get);
         assert!(check.expects(204));
         assert!(!check.expects(301));
@@ -543,7 +842,7 @@ expected_status = [200, 204]
         let text = VALID.replace("tcp://127.0.0.1:5353", "dns.example");
         let e = error(&text);
         assert!(e.starts_with("agent.toml:11:"), "{e}");
-        assert!(e.contains("dns.resolver"), "{e}");
+        assert!(e.contains("dns.resolvers"), "{e}");
         assert!(e.contains("expected `system`"), "{e}");
     }
 

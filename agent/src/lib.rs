@@ -2,8 +2,11 @@
 //! results to the collector.
 //!
 //! - [`config`]: the TOML configuration, strictly validated.
-//! - [`probe`]: one probe of one target (DNS, then HTTP), failures as data.
-//! - [`schedule`]: runs each check on its interval with bounded concurrency.
+//! - [`probe`]: one probe of one target (DNS, TCP, proxy, TLS, HTTP, each
+//!   timed), failures as data; resolver identity; gateway signatures.
+//! - [`vantage`]: the egress paths probes leave from, and their identity.
+//! - [`schedule`]: runs each check from each vantage on its interval with
+//!   bounded concurrency.
 //! - [`queue`]: bounded results awaiting acknowledgement; owns sequence
 //!   numbers (the seam for the disk spool).
 //! - [`report`]: the gRPC stream to the collector, with reconnects.
@@ -16,6 +19,7 @@ pub mod probe;
 pub mod queue;
 pub mod report;
 pub mod schedule;
+pub mod vantage;
 pub mod wire;
 
 pub use app::App;

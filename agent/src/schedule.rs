@@ -1,5 +1,6 @@
-//! The scheduler: runs every check on its interval, from a random offset
-//! inside the interval, never overlapping itself, with bounded concurrency.
+//! The scheduler: runs every check from every vantage it applies to, on its
+//! interval, from a random offset inside the interval, never overlapping
+//! itself, with bounded concurrency.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,11 +14,13 @@ use tokio_util::task::TaskTracker;
 use crate::config::CheckConfig;
 use crate::probe::HttpProber;
 use crate::queue::ResultQueue;
+use crate::vantage::Vantage;
 
 /// Runs probes on schedule and queues their results.
 pub struct Scheduler {
     checks: Vec<CheckConfig>,
-    prober: HttpProber,
+    vantages: Vec<Arc<Vantage>>,
+    prober: Arc<HttpProber>,
     queue: Arc<ResultQueue>,
     egress_ip: watch::Receiver<Option<IpAddr>>,
     permits: Arc<Semaphore>,
@@ -26,6 +29,7 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(
         checks: Vec<CheckConfig>,
+        vantages: Vec<Arc<Vantage>>,
         prober: HttpProber,
         queue: Arc<ResultQueue>,
         egress_ip: watch::Receiver<Option<IpAddr>>,
@@ -33,26 +37,55 @@ impl Scheduler {
     ) -> Self {
         Self {
             checks,
-            prober,
+            vantages,
+            prober: Arc::new(prober),
             queue,
             egress_ip,
             permits: Arc::new(Semaphore::new(max_concurrent_probes)),
         }
     }
 
+    /// Runs the check named `check` once from every vantage it applies to,
+    /// queues the results and returns copies: what a scheduled round does,
+    /// on demand (tests, `--probe-once`).
+    pub async fn probe_once(&self, check: &str) -> Vec<crate::probe::ProbeResult> {
+        let Some(check) = self
+            .checks
+            .iter()
+            .find(|c| c.name.get_ref().as_str() == check)
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for vantage in self.vantages.iter().filter(|v| v.runs(check)) {
+            let reserve = || self.queue.reserve();
+            for p in self.prober.round(check, vantage, &reserve).await {
+                let mut result = p.result;
+                result.egress_ip = *self.egress_ip.borrow();
+                out.push(result.clone());
+                p.ticket.complete(result);
+            }
+        }
+        out
+    }
+
     /// Probes until `shutdown`; a probe in progress is abandoned then.
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         for check in self.checks {
-            let run = CheckLoop {
-                offset: random_offset(check.interval),
-                check,
-                prober: self.prober.clone(),
-                queue: self.queue.clone(),
-                egress_ip: self.egress_ip.clone(),
-                permits: self.permits.clone(),
-            };
-            tracker.spawn(run.run(shutdown.clone()));
+            let check = Arc::new(check);
+            for vantage in self.vantages.iter().filter(|v| v.runs(&check)) {
+                let run = CheckLoop {
+                    offset: random_offset(check.interval),
+                    check: check.clone(),
+                    vantage: vantage.clone(),
+                    prober: self.prober.clone(),
+                    queue: self.queue.clone(),
+                    egress_ip: self.egress_ip.clone(),
+                    permits: self.permits.clone(),
+                };
+                tracker.spawn(run.run(shutdown.clone()));
+            }
         }
         tracker.close();
         tracker.wait().await;
@@ -69,9 +102,10 @@ fn random_offset(interval: Duration) -> Duration {
 }
 
 struct CheckLoop {
-    check: CheckConfig,
+    check: Arc<CheckConfig>,
+    vantage: Arc<Vantage>,
     offset: Duration,
-    prober: HttpProber,
+    prober: Arc<HttpProber>,
     queue: Arc<ResultQueue>,
     egress_ip: watch::Receiver<Option<IpAddr>>,
     permits: Arc<Semaphore>,
@@ -94,13 +128,25 @@ impl CheckLoop {
                 permit = self.permits.acquire() => permit,
             };
             let Ok(_permit) = permit else { return };
-            let mut result = tokio::select! {
+            let reserve = || self.queue.reserve();
+            // Abandoned at shutdown: the tickets of unfinished probes drop
+            // and release their sequence numbers.
+            let probed = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                result = self.prober.probe(&self.check) => result,
+                probed = self.prober.round(&self.check, &self.vantage, &reserve) => probed,
             };
-            result.egress_ip = *self.egress_ip.borrow();
-            let seq = self.queue.push(result);
-            tracing::debug!(check = %self.check.name.get_ref(), seq, "Probe finished.");
+            for p in probed {
+                let mut result = p.result;
+                result.egress_ip = *self.egress_ip.borrow();
+                tracing::debug!(
+                    check = %self.check.name.get_ref(),
+                    vantage = %self.vantage.name,
+                    seq = p.ticket.seq(),
+                    outcome = ?result.outcome,
+                    "Probe finished."
+                );
+                p.ticket.complete(result);
+            }
         }
     }
 }

@@ -3,12 +3,24 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use vantage_proto::v1 as pb;
 
-use crate::probe::{Outcome, ProbeResult, Timings};
+use crate::probe::{Hop, Outcome, ProbeResult, Timings, TlsInfo};
 
 fn micros(d: Option<Duration>) -> Option<u64> {
     d.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn text<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
 }
 
 impl From<Outcome> for pb::Outcome {
@@ -21,6 +33,9 @@ impl From<Outcome> for pb::Outcome {
             Outcome::Timeout => Self::Timeout,
             Outcome::Http => Self::Http,
             Outcome::Other => Self::Other,
+            Outcome::Protocol => Self::Protocol,
+            Outcome::CertExpiry => Self::CertExpiry,
+            Outcome::Proxy => Self::Proxy,
         }
     }
 }
@@ -32,6 +47,36 @@ fn timings(t: &Timings) -> pb::Timings {
         tls_us: micros(t.tls),
         ttfb_us: micros(t.ttfb),
         total_us: micros(t.total),
+        proxy_us: micros(t.proxy),
+        transfer_us: micros(t.transfer),
+    }
+}
+
+fn tls(t: &TlsInfo) -> pb::Tls {
+    pb::Tls {
+        version: t.version.clone(),
+        alpn: t.alpn.clone().unwrap_or_default(),
+        cipher: t.cipher.clone(),
+        cert_subject: t
+            .cert
+            .as_ref()
+            .map(|c| c.subject.clone())
+            .unwrap_or_default(),
+        cert_issuer: t
+            .cert
+            .as_ref()
+            .map(|c| c.issuer.clone())
+            .unwrap_or_default(),
+        cert_not_after: t.cert.as_ref().map(|c| timestamp(c.not_after)),
+    }
+}
+
+fn hop(h: &Hop) -> pb::Hop {
+    pb::Hop {
+        url: h.url.clone(),
+        status: h.status.map(u32::from),
+        dialed_addr: text(h.dialed),
+        timings: Some(timings(&h.timings)),
     }
 }
 
@@ -39,10 +84,7 @@ fn timings(t: &Timings) -> pb::Timings {
 pub fn result_to_proto(r: &ProbeResult) -> pb::ProbeResult {
     pb::ProbeResult {
         seq: r.seq,
-        started_at: Some(prost_types::Timestamp {
-            seconds: r.started_at.timestamp(),
-            nanos: i32::try_from(r.started_at.timestamp_subsec_nanos()).unwrap_or(0),
-        }),
+        started_at: Some(timestamp(r.started_at)),
         check: r.check.clone(),
         url: r.url.clone(),
         method: r.method.clone(),
@@ -59,10 +101,26 @@ pub fn result_to_proto(r: &ProbeResult) -> pb::ProbeResult {
                 ttl_seconds: a.ttl_seconds,
             })
             .collect(),
-        dialed_addr: r.dialed.map(|a| a.to_string()).unwrap_or_default(),
-        local_ip: r.local_ip.map(|a| a.to_string()).unwrap_or_default(),
-        egress_ip: r.egress_ip.map(|a| a.to_string()).unwrap_or_default(),
+        dialed_addr: text(r.dialed),
+        local_ip: text(r.local_ip),
+        egress_ip: text(r.egress_ip),
         timings: Some(timings(&r.timings)),
         headers: r.headers.clone().into_iter().collect(),
+        vantage: r.vantage.clone(),
+        region: r.region.clone().unwrap_or_default(),
+        proxy: r.proxy.clone().unwrap_or_default(),
+        proxy_status: r.proxy_status.map(u32::from),
+        dns_rcode: r.dns_rcode.clone().unwrap_or_default(),
+        resolver_egress_ip: text(r.resolver_identity.egress_ip),
+        resolver_nsid: r.resolver_identity.nsid.clone().unwrap_or_default(),
+        resolver_identity_error: r.resolver_identity.error.clone(),
+        echo_ip: text(r.echo_ip),
+        tls: r.tls.as_ref().map(tls),
+        body_bytes: r.body_bytes,
+        body_sha256: r.body_sha256.clone().unwrap_or_default(),
+        body_truncated: r.body_truncated,
+        gateway: r.gateway.clone().unwrap_or_default(),
+        edge_location: r.edge_location.clone().unwrap_or_default(),
+        hops: r.hops.iter().map(hop).collect(),
     }
 }

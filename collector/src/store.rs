@@ -46,6 +46,31 @@ pub struct StoredResult {
     pub ttfb_us: Option<i64>,
     pub total_us: Option<i64>,
     pub headers: BTreeMap<String, String>,
+    /// The vantage's region override; `None`: the agent's region.
+    pub region: Option<String>,
+    pub vantage: String,
+    pub proxy: Option<String>,
+    pub proxy_status: Option<i16>,
+    pub dns_rcode: Option<String>,
+    pub resolver_egress_ip: Option<IpAddr>,
+    pub resolver_nsid: Option<String>,
+    pub resolver_identity_error: Option<String>,
+    pub echo_ip: Option<IpAddr>,
+    pub proxy_us: Option<i64>,
+    pub transfer_us: Option<i64>,
+    pub tls_version: Option<String>,
+    pub tls_alpn: Option<String>,
+    pub tls_cipher: Option<String>,
+    pub cert_subject: Option<String>,
+    pub cert_issuer: Option<String>,
+    pub cert_not_after: Option<DateTime<Utc>>,
+    pub body_bytes: Option<i64>,
+    pub body_sha256: Option<String>,
+    pub body_truncated: bool,
+    pub gateway: Option<String>,
+    pub edge_location: Option<String>,
+    /// JSON array, one object per redirect hop.
+    pub hops: serde_json::Value,
 }
 
 /// What the agent said in its Hello, plus where it came from.
@@ -225,21 +250,38 @@ impl Store {
                 agent_id, region, seq, started_at, check_name, url, method, outcome, message,
                 http_status, http_version, resolver, resolved_ips, resolved_ttls,
                 dialed_ip, dialed_port, local_ip, egress_ip,
-                dns_us, connect_us, tls_us, ttfb_us, total_us, headers)
-             SELECT $1, $2, t.seq, t.started_at, t.check_name, t.url, t.method, t.outcome,
-                t.message, t.http_status, t.http_version, t.resolver,
+                dns_us, connect_us, tls_us, ttfb_us, total_us, headers,
+                vantage, proxy, proxy_status, dns_rcode, resolver_egress_ip, resolver_nsid,
+                resolver_identity_error, echo_ip, proxy_us, transfer_us, tls_version, tls_alpn,
+                tls_cipher, cert_subject, cert_issuer, cert_not_after, body_bytes, body_sha256,
+                body_truncated, gateway, edge_location, hops)
+             SELECT $1, COALESCE(t.region, $2), t.seq, t.started_at, t.check_name, t.url,
+                t.method, t.outcome, t.message, t.http_status, t.http_version, t.resolver,
                 t.resolved_ips::inet[], t.resolved_ttls::integer[],
                 t.dialed_ip::inet, t.dialed_port, t.local_ip::inet, t.egress_ip::inet,
-                t.dns_us, t.connect_us, t.tls_us, t.ttfb_us, t.total_us, t.headers::jsonb
+                t.dns_us, t.connect_us, t.tls_us, t.ttfb_us, t.total_us, t.headers::jsonb,
+                t.vantage, t.proxy, t.proxy_status, t.dns_rcode, t.resolver_egress_ip::inet,
+                t.resolver_nsid, t.resolver_identity_error, t.echo_ip::inet, t.proxy_us,
+                t.transfer_us, t.tls_version, t.tls_alpn, t.tls_cipher, t.cert_subject,
+                t.cert_issuer, t.cert_not_after, t.body_bytes, t.body_sha256, t.body_truncated,
+                t.gateway, t.edge_location, t.hops::jsonb
              FROM UNNEST(
                 $3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[],
                 $9::text[], $10::smallint[], $11::text[], $12::text[], $13::text[], $14::text[],
                 $15::text[], $16::integer[], $17::text[], $18::text[],
                 $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[],
-                $24::text[]
+                $24::text[], $25::text[], $26::text[], $27::text[], $28::smallint[],
+                $29::text[], $30::text[], $31::text[], $32::text[], $33::text[],
+                $34::bigint[], $35::bigint[], $36::text[], $37::text[], $38::text[],
+                $39::text[], $40::text[], $41::timestamptz[], $42::bigint[], $43::text[],
+                $44::boolean[], $45::text[], $46::text[], $47::text[]
              ) AS t(seq, started_at, check_name, url, method, outcome, message, http_status,
                     http_version, resolver, resolved_ips, resolved_ttls, dialed_ip, dialed_port,
-                    local_ip, egress_ip, dns_us, connect_us, tls_us, ttfb_us, total_us, headers)
+                    local_ip, egress_ip, dns_us, connect_us, tls_us, ttfb_us, total_us, headers,
+                    region, vantage, proxy, proxy_status, dns_rcode, resolver_egress_ip,
+                    resolver_nsid, resolver_identity_error, echo_ip, proxy_us, transfer_us,
+                    tls_version, tls_alpn, tls_cipher, cert_subject, cert_issuer, cert_not_after,
+                    body_bytes, body_sha256, body_truncated, gateway, edge_location, hops)
              ON CONFLICT DO NOTHING",
         )
         .bind(agent_id)
@@ -266,6 +308,29 @@ impl Store {
         .bind(columns.ttfb_us)
         .bind(columns.total_us)
         .bind(columns.headers)
+        .bind(columns.region)
+        .bind(columns.vantage)
+        .bind(columns.proxy)
+        .bind(columns.proxy_status)
+        .bind(columns.dns_rcode)
+        .bind(columns.resolver_egress_ip)
+        .bind(columns.resolver_nsid)
+        .bind(columns.resolver_identity_error)
+        .bind(columns.echo_ip)
+        .bind(columns.proxy_us)
+        .bind(columns.transfer_us)
+        .bind(columns.tls_version)
+        .bind(columns.tls_alpn)
+        .bind(columns.tls_cipher)
+        .bind(columns.cert_subject)
+        .bind(columns.cert_issuer)
+        .bind(columns.cert_not_after)
+        .bind(columns.body_bytes)
+        .bind(columns.body_sha256)
+        .bind(columns.body_truncated)
+        .bind(columns.gateway)
+        .bind(columns.edge_location)
+        .bind(columns.hops)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -469,6 +534,29 @@ struct Columns {
     ttfb_us: Vec<Option<i64>>,
     total_us: Vec<Option<i64>>,
     headers: Vec<String>,
+    region: Vec<Option<String>>,
+    vantage: Vec<String>,
+    proxy: Vec<Option<String>>,
+    proxy_status: Vec<Option<i16>>,
+    dns_rcode: Vec<Option<String>>,
+    resolver_egress_ip: Vec<Option<String>>,
+    resolver_nsid: Vec<Option<String>>,
+    resolver_identity_error: Vec<Option<String>>,
+    echo_ip: Vec<Option<String>>,
+    proxy_us: Vec<Option<i64>>,
+    transfer_us: Vec<Option<i64>>,
+    tls_version: Vec<Option<String>>,
+    tls_alpn: Vec<Option<String>>,
+    tls_cipher: Vec<Option<String>>,
+    cert_subject: Vec<Option<String>>,
+    cert_issuer: Vec<Option<String>>,
+    cert_not_after: Vec<Option<DateTime<Utc>>>,
+    body_bytes: Vec<Option<i64>>,
+    body_sha256: Vec<Option<String>>,
+    body_truncated: Vec<bool>,
+    gateway: Vec<Option<String>>,
+    edge_location: Vec<Option<String>>,
+    hops: Vec<String>,
 }
 
 impl From<&[StoredResult]> for Columns {
@@ -520,6 +608,38 @@ impl From<&[StoredResult]> for Columns {
                 .iter()
                 .map(|r| serde_json::to_string(&r.headers).unwrap_or_else(|_| "{}".into()))
                 .collect(),
+            region: results.iter().map(|r| r.region.clone()).collect(),
+            vantage: results.iter().map(|r| r.vantage.clone()).collect(),
+            proxy: results.iter().map(|r| r.proxy.clone()).collect(),
+            proxy_status: results.iter().map(|r| r.proxy_status).collect(),
+            dns_rcode: results.iter().map(|r| r.dns_rcode.clone()).collect(),
+            resolver_egress_ip: results
+                .iter()
+                .map(|r| r.resolver_egress_ip.map(|a| a.to_string()))
+                .collect(),
+            resolver_nsid: results.iter().map(|r| r.resolver_nsid.clone()).collect(),
+            resolver_identity_error: results
+                .iter()
+                .map(|r| r.resolver_identity_error.clone())
+                .collect(),
+            echo_ip: results
+                .iter()
+                .map(|r| r.echo_ip.map(|a| a.to_string()))
+                .collect(),
+            proxy_us: results.iter().map(|r| r.proxy_us).collect(),
+            transfer_us: results.iter().map(|r| r.transfer_us).collect(),
+            tls_version: results.iter().map(|r| r.tls_version.clone()).collect(),
+            tls_alpn: results.iter().map(|r| r.tls_alpn.clone()).collect(),
+            tls_cipher: results.iter().map(|r| r.tls_cipher.clone()).collect(),
+            cert_subject: results.iter().map(|r| r.cert_subject.clone()).collect(),
+            cert_issuer: results.iter().map(|r| r.cert_issuer.clone()).collect(),
+            cert_not_after: results.iter().map(|r| r.cert_not_after).collect(),
+            body_bytes: results.iter().map(|r| r.body_bytes).collect(),
+            body_sha256: results.iter().map(|r| r.body_sha256.clone()).collect(),
+            body_truncated: results.iter().map(|r| r.body_truncated).collect(),
+            gateway: results.iter().map(|r| r.gateway.clone()).collect(),
+            edge_location: results.iter().map(|r| r.edge_location.clone()).collect(),
+            hops: results.iter().map(|r| r.hops.to_string()).collect(),
         }
     }
 }

@@ -66,6 +66,9 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
         Ok(pb::Outcome::Timeout) => "timeout",
         Ok(pb::Outcome::Http) => "http",
         Ok(pb::Outcome::Other) => "other",
+        Ok(pb::Outcome::Protocol) => "protocol",
+        Ok(pb::Outcome::CertExpiry) => "cert_expiry",
+        Ok(pb::Outcome::Proxy) => "proxy",
         Ok(pb::Outcome::Unspecified) | Err(_) => {
             return Err(bad("outcome", format!("unknown outcome {}", r.outcome)));
         }
@@ -107,6 +110,61 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
     if r.check.is_empty() || r.url.is_empty() {
         return Err(bad("check/url", "must not be empty".into()));
     }
+    let status = |field: &'static str, s: Option<u32>| {
+        s.map(|s| {
+            i16::try_from(s)
+                .ok()
+                .filter(|s| (100..=999).contains(s))
+                .ok_or_else(|| bad(field, format!("{s} is not an HTTP status")))
+        })
+        .transpose()
+    };
+    let proxy_status = status("proxy_status", r.proxy_status)?;
+    let tls = r.tls.unwrap_or_default();
+    let cert_not_after = tls
+        .cert_not_after
+        .map(|ts| {
+            u32::try_from(ts.nanos)
+                .ok()
+                .and_then(|nanos| DateTime::from_timestamp(ts.seconds, nanos))
+                .ok_or_else(|| bad("tls.cert_not_after", "not a valid timestamp".into()))
+        })
+        .transpose()?;
+    let hops = r
+        .hops
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let field = "hops";
+            if !h.dialed_addr.is_empty() && h.dialed_addr.parse::<SocketAddr>().is_err() {
+                return Err(bad(
+                    field,
+                    format!("hop {i}: expected IP:PORT, got {:?}", h.dialed_addr),
+                ));
+            }
+            let ht = h.timings.unwrap_or_default();
+            Ok(serde_json::json!({
+                "url": h.url,
+                "status": status(field, h.status)?,
+                "dialed_addr": Some(&h.dialed_addr).filter(|s| !s.is_empty()),
+                "dns_us": micros(seq, field, ht.dns_us)?,
+                "connect_us": micros(seq, field, ht.connect_us)?,
+                "proxy_us": micros(seq, field, ht.proxy_us)?,
+                "tls_us": micros(seq, field, ht.tls_us)?,
+                "ttfb_us": micros(seq, field, ht.ttfb_us)?,
+                "transfer_us": micros(seq, field, ht.transfer_us)?,
+                "total_us": micros(seq, field, ht.total_us)?,
+            }))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let body_bytes = r
+        .body_bytes
+        .map(|b| i64::try_from(b).map_err(|_| bad("body_bytes", format!("{b} is out of range"))))
+        .transpose()?;
+    if r.vantage.len() > 200 {
+        return Err(bad("vantage", "longer than 200 bytes".into()));
+    }
+    let non_empty = |s: String| Some(s).filter(|s| !s.is_empty());
     Ok(StoredResult {
         seq: seq_i64,
         started_at,
@@ -128,5 +186,28 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
         ttfb_us: micros(seq, "timings.ttfb_us", t.ttfb_us)?,
         total_us: micros(seq, "timings.total_us", t.total_us)?,
         headers: r.headers.into_iter().collect(),
+        region: non_empty(r.region),
+        vantage: non_empty(r.vantage).unwrap_or_else(|| "direct".into()),
+        proxy: non_empty(r.proxy),
+        proxy_status,
+        dns_rcode: non_empty(r.dns_rcode),
+        resolver_egress_ip: optional_ip(seq, "resolver_egress_ip", &r.resolver_egress_ip)?,
+        resolver_nsid: non_empty(r.resolver_nsid),
+        resolver_identity_error: non_empty(r.resolver_identity_error),
+        echo_ip: optional_ip(seq, "echo_ip", &r.echo_ip)?,
+        proxy_us: micros(seq, "timings.proxy_us", t.proxy_us)?,
+        transfer_us: micros(seq, "timings.transfer_us", t.transfer_us)?,
+        tls_version: non_empty(tls.version),
+        tls_alpn: non_empty(tls.alpn),
+        tls_cipher: non_empty(tls.cipher),
+        cert_subject: non_empty(tls.cert_subject),
+        cert_issuer: non_empty(tls.cert_issuer),
+        cert_not_after,
+        body_bytes,
+        body_sha256: non_empty(r.body_sha256),
+        body_truncated: r.body_truncated,
+        gateway: non_empty(r.gateway),
+        edge_location: non_empty(r.edge_location),
+        hops: serde_json::Value::Array(hops),
     })
 }

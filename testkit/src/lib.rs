@@ -6,15 +6,24 @@
 //!   get NXDOMAIN.
 //! - [`Target`]: an HTTP site that answers `502 Bad Gateway` (with an
 //!   nginx-style error page) to clients in one source range and `200` to
-//!   everyone else; the range can be changed while it runs.
+//!   everyone else; the range can be changed while it runs. `/ip` echoes
+//!   the caller's address (an IP-echo service for vantages).
 //! - [`WebhookReceiver`]: records every JSON body POSTed to it.
+//! - [`ScriptedSite`]: an HTTP(S) site with a test-time certificate that
+//!   delays the handshake, headers and body by known amounts, or misbehaves
+//!   on purpose (slowloris, endless body, garbage, oversized headers).
+//! - [`ForwardProxy`]: an HTTP CONNECT or SOCKS5 proxy, with credentials.
 //!
 //! Each fixture stops when dropped.
 
 mod dns;
+mod proxy;
+mod site;
 mod target;
 mod webhook;
 
-pub use dns::{DnsServer, RECORD_TTL};
+pub use dns::{DnsServer, NSID, RECORD_TTL, WHOAMI_NAMES};
+pub use proxy::{ForwardProxy, PROXY_ERROR_BODY, ProxyKind};
+pub use site::{Behaviour, Delays, Leaf, ScriptedSite, TestCa};
 pub use target::Target;
 pub use webhook::WebhookReceiver;

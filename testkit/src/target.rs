@@ -39,7 +39,10 @@ impl Target {
             .await
             .context("bind target listener")?;
         let addr = listener.local_addr()?;
-        let app = Router::new().fallback(serve).with_state(shared.clone());
+        let app = Router::new()
+            .route("/ip", axum::routing::get(echo_ip))
+            .fallback(serve)
+            .with_state(shared.clone());
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         tokio::spawn(async move {
@@ -76,6 +79,11 @@ impl Target {
             self.shared.failures.load(Ordering::Relaxed),
         )
     }
+}
+
+/// An IP-echo service: the caller's address as plain text (not counted).
+async fn echo_ip(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
+    peer.ip().to_string()
 }
 
 async fn serve(

@@ -2,18 +2,21 @@
 //! cache, so every result knows exactly which nameserver answered what.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ProtocolConfig, ResolveHosts,
-    ResolverConfig, ResolverOpts,
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 
-use super::ResolvedAddr;
-use crate::config::ResolverSpec;
+use super::identity::{self, IdentityQuery};
+use super::{ResolvedAddr, ResolverIdentity};
+use crate::config::{IpFamily, ResolverSpec};
 
 /// The resolver could not be set up (bad system configuration).
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,8 @@ pub enum DnsSetupError {
 pub struct LookupFailure {
     pub message: String,
     pub elapsed: Duration,
+    /// The response code, when a response arrived (`NXDOMAIN`, `SERVFAIL`).
+    pub rcode: Option<String>,
 }
 
 /// A successful lookup: every A/AAAA answer, and the time it took.
@@ -38,13 +43,20 @@ pub struct LookupFailure {
 pub struct LookupAnswer {
     pub addrs: Vec<ResolvedAddr>,
     pub elapsed: Duration,
+    pub rcode: String,
 }
 
-/// A resolver bound to exactly one nameserver.
+/// A resolver bound to exactly one nameserver, with what it last said
+/// about its own identity.
 #[derive(Clone)]
 pub struct DnsResolver {
     name: String,
+    server: SocketAddr,
+    protocol: &'static str,
+    source_ip: Option<IpAddr>,
+    timeout: Duration,
     inner: TokioResolver,
+    identity: Arc<RwLock<ResolverIdentity>>,
 }
 
 impl DnsResolver {
@@ -71,6 +83,11 @@ impl DnsResolver {
                 (addr, ProtocolConfig::Udp, format!("system(udp://{addr})"))
             }
         };
+        let protocol_name = if matches!(protocol, ProtocolConfig::Tcp) {
+            "tcp"
+        } else {
+            "udp"
+        };
         let mut connection = ConnectionConfig::new(protocol);
         connection.port = server.port();
         connection.bind_addr = source_ip.map(|ip| SocketAddr::new(ip, 0));
@@ -82,7 +99,6 @@ impl DnsResolver {
         opts.timeout = timeout;
         // One attempt: a retry would blur the lookup time and the failure.
         opts.attempts = 1;
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         opts.use_hosts_file = ResolveHosts::Never;
         let inner = TokioResolver::builder_with_config(
             ResolverConfig::from_name_servers(vec![ns]),
@@ -94,7 +110,15 @@ impl DnsResolver {
             server: label.clone(),
             message: e.to_string(),
         })?;
-        Ok(Self { name: label, inner })
+        Ok(Self {
+            name: label,
+            server,
+            protocol: protocol_name,
+            source_ip,
+            timeout,
+            inner,
+            identity: Arc::default(),
+        })
     }
 
     /// The nameserver this resolver asks, e.g. `udp://127.0.0.1:53`.
@@ -102,23 +126,63 @@ impl DnsResolver {
         &self.name
     }
 
-    /// Looks up every A and AAAA record of `host`.
-    pub async fn lookup(&self, host: &str) -> Result<LookupAnswer, LookupFailure> {
+    /// What the resolver last said about itself.
+    pub fn identity(&self) -> ResolverIdentity {
+        self.identity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Asks the resolver who it is (see [`identity::learn`]) and keeps the
+    /// answer for the results that follow.
+    pub async fn refresh_identity(&self, queries: &[IdentityQuery]) -> ResolverIdentity {
+        let learned = identity::learn(
+            self.server,
+            self.protocol,
+            self.source_ip,
+            self.timeout,
+            queries,
+        )
+        .await;
+        *self.identity.write().unwrap_or_else(|e| e.into_inner()) = learned.clone();
+        learned
+    }
+
+    /// Looks up the A and/or AAAA records of `host`, as `family` asks. With
+    /// `any`, both queries run at once and the answers are listed IPv4
+    /// first, as a stub resolver orders them.
+    pub async fn lookup(
+        &self,
+        host: &str,
+        family: IpFamily,
+    ) -> Result<LookupAnswer, LookupFailure> {
         let fqdn = if host.ends_with('.') {
             host.to_owned()
         } else {
             format!("{host}.")
         };
         let started = Instant::now();
-        let lookup = self.inner.lookup_ip(fqdn.as_str()).await;
+        let (v4, v6) = match family {
+            IpFamily::V4 => (Some(self.inner.ipv4_lookup(fqdn.as_str()).await), None),
+            IpFamily::V6 => (None, Some(self.inner.ipv6_lookup(fqdn.as_str()).await)),
+            IpFamily::Any => {
+                let (a, b) = tokio::join!(
+                    self.inner.ipv4_lookup(fqdn.as_str()),
+                    self.inner.ipv6_lookup(fqdn.as_str())
+                );
+                (Some(a), Some(b))
+            }
+        };
         let elapsed = started.elapsed();
-        match lookup {
-            Ok(lookup) => {
-                let addrs: Vec<ResolvedAddr> = lookup
-                    .as_lookup()
-                    .answers()
-                    .iter()
-                    .filter_map(|record| {
+        let mut addrs = Vec::new();
+        let mut rcodes = Vec::new();
+        let mut errors = Vec::new();
+        for lookup in [v4, v6].into_iter().flatten() {
+            match lookup {
+                Ok(lookup) => {
+                    rcodes.push(rcode_name(ResponseCode::NoError));
+                    addrs.extend(lookup.answers().iter().filter_map(|record| {
                         let ip = match &record.data {
                             RData::A(a) => IpAddr::V4(a.0),
                             RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
@@ -128,20 +192,67 @@ impl DnsResolver {
                             ip,
                             ttl_seconds: record.ttl,
                         })
-                    })
-                    .collect();
-                if addrs.is_empty() {
-                    return Err(LookupFailure {
-                        message: format!("{host}: no A or AAAA records"),
-                        elapsed,
-                    });
+                    }));
                 }
-                Ok(LookupAnswer { addrs, elapsed })
+                Err(e) => {
+                    if let Some(code) = response_code(&e) {
+                        rcodes.push(rcode_name(code));
+                    }
+                    errors.push(e.to_string());
+                }
             }
-            Err(e) => Err(LookupFailure {
-                message: format!("{host}: {e}"),
-                elapsed,
-            }),
         }
+        // NOERROR for one family and NXDOMAIN for the other cannot both be
+        // true; report the most telling: an error code over NOERROR.
+        let rcode = rcodes
+            .iter()
+            .find(|c| *c != "NOERROR")
+            .or(rcodes.first())
+            .cloned();
+        if addrs.is_empty() {
+            let message = if errors.is_empty() {
+                format!("{host}: no A or AAAA records")
+            } else {
+                format!("{host}: {}", errors.join("; "))
+            };
+            return Err(LookupFailure {
+                message,
+                elapsed,
+                rcode,
+            });
+        }
+        Ok(LookupAnswer {
+            addrs,
+            elapsed,
+            rcode: rcode.unwrap_or_else(|| rcode_name(ResponseCode::NoError)),
+        })
     }
+}
+
+/// The response code inside a lookup error, when a response arrived.
+fn response_code(error: &NetError) -> Option<ResponseCode> {
+    match error {
+        NetError::Dns(DnsError::ResponseCode(code)) => Some(*code),
+        NetError::Dns(DnsError::NoRecordsFound(none)) => Some(none.response_code),
+        _ => None,
+    }
+}
+
+/// The response code as `dig` prints it: `NOERROR`, `NXDOMAIN`, ...
+pub fn rcode_name(code: ResponseCode) -> String {
+    let name = match u16::from(code) {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        other => return format!("RCODE{other}"),
+    };
+    name.to_owned()
 }

@@ -4,7 +4,11 @@
 //! [`ProbeResult`] whose [`Outcome`] names what failed.
 
 pub mod dns;
+pub mod gateway;
 pub mod http;
+pub mod identity;
+pub mod tls;
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -30,8 +34,16 @@ pub enum Outcome {
     Timeout,
     /// A response arrived with an unexpected status.
     Http,
-    /// Anything else: protocol errors, body read errors, ...
+    /// Anything else.
     Other,
+    /// The peer did not speak HTTP (garbage, oversized headers, a reset in
+    /// the middle of the response).
+    Protocol,
+    /// The certificate expires within the check's threshold, or has.
+    CertExpiry,
+    /// The vantage's forward proxy failed or refused the tunnel: the site
+    /// was never reached.
+    Proxy,
 }
 
 /// One address a resolver answered, with its TTL.
@@ -41,54 +53,170 @@ pub struct ResolvedAddr {
     pub ttl_seconds: u32,
 }
 
-/// Durations of the phases of a probe; `None` means not measured.
+/// Durations of the phases of one request; `None` means the phase did not
+/// happen (no TLS on http://, no proxy on a direct vantage) or the probe
+/// failed before it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timings {
+    /// The DNS lookup.
     pub dns: Option<Duration>,
-    /// TCP connect alone. The reqwest-based probe cannot separate it from
-    /// the TLS handshake, so it leaves this unset.
+    /// TCP connect to the first hop (the site, or the vantage's proxy).
     pub connect: Option<Duration>,
+    /// Getting a tunnel from the forward proxy (including TLS to an
+    /// `https://` proxy).
+    pub proxy: Option<Duration>,
+    /// The TLS handshake with the site.
     pub tls: Option<Duration>,
-    /// From sending the request (including connection setup, as every probe
-    /// uses a fresh connection) to the response headers.
+    /// From the request written to the first response byte (HTTP/1.1,
+    /// measured at the socket); from the request handed to the HTTP/2
+    /// connection to the response headers on HTTP/2.
     pub ttfb: Option<Duration>,
-    /// From the start of the probe to the end of the body.
+    /// From the first response byte to the end of the body read.
+    pub transfer: Option<Duration>,
+    /// From the start of the probe to its end, all hops included.
     pub total: Option<Duration>,
+}
+
+/// What a TLS handshake negotiated and presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3`, `TLSv1.2`.
+    pub version: String,
+    pub alpn: Option<String>,
+    /// e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: String,
+    pub cert: Option<CertInfo>,
+}
+
+/// The leaf certificate the site presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    pub not_after: DateTime<Utc>,
+}
+
+/// One request of a probe that follows redirects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub url: String,
+    pub status: Option<u16>,
+    pub dialed: Option<SocketAddr>,
+    pub timings: Timings,
+}
+
+/// What the resolver told about itself when last asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolverIdentity {
+    /// The address the resolver's queries come from, as whoami names see it.
+    pub egress_ip: Option<IpAddr>,
+    /// The resolver's NSID (EDNS option 3), printable.
+    pub nsid: Option<String>,
+    /// Why the identity could not be (fully) learned; empty when it was.
+    pub error: String,
 }
 
 /// Everything one probe found out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeResult {
-    /// Per-agent sequence number, assigned when the result is queued.
+    /// Per-agent sequence number, reserved when the probe started.
     pub seq: u64,
     pub started_at: DateTime<Utc>,
     pub check: String,
+    /// The URL of the check (the first hop).
     pub url: String,
     pub method: String,
+    /// The vantage (egress path) the probe went through.
+    pub vantage: String,
+    /// The vantage's region override; `None` means the agent's region.
+    pub region: Option<String>,
+    /// The vantage's forward proxy, without credentials.
+    pub proxy: Option<String>,
     pub outcome: Outcome,
     /// Why the probe failed; empty when it did not.
     pub message: String,
     pub http_status: Option<u16>,
     pub http_version: Option<String>,
+    /// The status the forward proxy answered a failed CONNECT with.
+    pub proxy_status: Option<u16>,
     /// The nameserver asked, e.g. `udp://127.0.0.1:53`; `literal` when the
     /// URL's host was an IP address.
     pub resolver: String,
+    /// The response code of the lookup (`NOERROR`, `NXDOMAIN`, ...); `None`
+    /// when no response arrived.
+    pub dns_rcode: Option<String>,
     pub resolved: Vec<ResolvedAddr>,
+    pub resolver_identity: ResolverIdentity,
     pub dialed: Option<SocketAddr>,
+    /// The local address of the probe's connection, read from the socket.
     pub local_ip: Option<IpAddr>,
     /// This agent's address as the collector last saw it.
     pub egress_ip: Option<IpAddr>,
+    /// The vantage's public address as its IP-echo URL last reported it.
+    pub echo_ip: Option<IpAddr>,
     pub timings: Timings,
+    pub tls: Option<TlsInfo>,
+    /// Body bytes read (at most the check's `body_hash_bytes`).
+    pub body_bytes: Option<u64>,
+    /// SHA-256 of the body bytes read, hex.
+    pub body_sha256: Option<String>,
+    /// Whether the body was longer than what was read.
+    pub body_truncated: bool,
+    /// The layer that produced an error response (status ≥ 400), or that
+    /// failed the tunnel.
+    pub gateway: Option<String>,
+    /// The CDN point of presence named by the response headers.
+    pub edge_location: Option<String>,
+    /// Every request when redirects are followed (the last is the one the
+    /// top-level fields describe); empty when they are not.
+    pub hops: Vec<Hop>,
     /// Response headers that identify the responding layer.
     pub headers: BTreeMap<String, String>,
 }
 
-/// Response headers kept because they say which layer answered.
-pub const LAYER_HEADERS: &[&str] = &[
-    "server",
-    "via",
-    "cf-ray",
-    "x-cache",
-    "x-served-by",
-    "x-amz-cf-pop",
-];
+pub use gateway::LAYER_HEADERS;
+
+impl ProbeResult {
+    /// A result with nothing found out yet: outcome `Other` until the probe
+    /// says otherwise.
+    pub fn new(
+        check: &str,
+        url: &str,
+        method: &str,
+        vantage: &str,
+        started_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            seq: 0,
+            started_at,
+            check: check.to_owned(),
+            url: url.to_owned(),
+            method: method.to_owned(),
+            vantage: vantage.to_owned(),
+            region: None,
+            proxy: None,
+            outcome: Outcome::Other,
+            message: String::new(),
+            http_status: None,
+            http_version: None,
+            proxy_status: None,
+            resolver: String::new(),
+            dns_rcode: None,
+            resolved: Vec::new(),
+            resolver_identity: ResolverIdentity::default(),
+            dialed: None,
+            local_ip: None,
+            egress_ip: None,
+            echo_ip: None,
+            timings: Timings::default(),
+            tls: None,
+            body_bytes: None,
+            body_sha256: None,
+            body_truncated: false,
+            gateway: None,
+            edge_location: None,
+            hops: Vec::new(),
+            headers: BTreeMap::new(),
+        }
+    }
+}

@@ -180,7 +180,7 @@ batch_size = 50
 flush_interval = "100ms"
 
 [dns]
-resolver = "udp://{dns}"
+resolvers = ["udp://{dns}"]
 timeout = "1s"
 
 [[check]]

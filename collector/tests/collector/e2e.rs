@@ -155,7 +155,7 @@ async fn agent_queues_while_collector_is_down_then_delivers_everything_once(pool
     let toml = format!(
         "agent_id = \"late\"\nregion = \"eu-west\"\nsource_ip = \"127.0.4.1\"\n\
          [collector]\nendpoint = \"http://{grpc_addr}\"\nbatch_size = 5\nflush_interval = \"50ms\"\n\
-         [dns]\nresolver = \"udp://{}\"\n\
+         [dns]\nresolvers = [\"udp://{}\"]\n\
          [[check]]\nname = \"shop\"\nurl = \"http://shop.test:{}/\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n",
         dns.addr(),
         target.addr().port()

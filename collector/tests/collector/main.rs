@@ -159,7 +159,21 @@ pub fn result(seq: u64, status: u32) -> pb::ProbeResult {
             tls_us: None,
             ttfb_us: Some(900),
             total_us: Some(1500),
+            proxy_us: None,
+            transfer_us: Some(80),
         }),
         headers: [("server".to_owned(), "nginx".to_owned())].into(),
+        vantage: "direct".into(),
+        dns_rcode: "NOERROR".into(),
+        resolver_egress_ip: "127.0.0.53".into(),
+        resolver_nsid: "ns1.test".into(),
+        body_bytes: Some(157),
+        body_sha256: "ab".repeat(32),
+        gateway: if status == 200 {
+            String::new()
+        } else {
+            "nginx".into()
+        },
+        ..Default::default()
     }
 }

@@ -1,0 +1,167 @@
+//! TLS for probes: the client configurations (trust roots, extra CAs, ALPN)
+//! built once at start, and what a finished handshake revealed (version,
+//! ALPN, cipher suite, the leaf certificate's subject, issuer and expiry).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::{ClientConfig, RootCertStore};
+
+use super::{CertInfo, TlsInfo};
+use crate::config::HttpVersion;
+
+/// The TLS setup could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("{path}: cannot read CA certificates: {message}")]
+    CaFile { path: PathBuf, message: String },
+    #[error("{path}: no certificate in the file")]
+    EmptyCaFile { path: PathBuf },
+    #[error("building the TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Which ALPN protocols a probe offers.
+fn alpn(version: HttpVersion) -> Vec<Vec<u8>> {
+    match version {
+        HttpVersion::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
+        HttpVersion::Http2 => vec![b"h2".to_vec()],
+    }
+}
+
+/// Client configurations, one per distinct (extra CA file, HTTP version),
+/// shared by every probe that needs it: building one reads the system's
+/// trust store, which is too slow and too large to do per probe.
+#[derive(Clone, Default)]
+pub struct TlsConfigs {
+    configs: HashMap<(Option<PathBuf>, HttpVersion), Arc<ClientConfig>>,
+    /// For the HTTPS connection to a forward proxy (HTTP/1.1 only).
+    proxy: Option<Arc<ClientConfig>>,
+}
+
+impl TlsConfigs {
+    /// Builds every configuration in `wanted`, loading the system trust
+    /// store once.
+    pub fn build(
+        wanted: impl IntoIterator<Item = (Option<PathBuf>, HttpVersion)>,
+    ) -> Result<Self, TlsSetupError> {
+        crate::install_crypto_provider();
+        let system = system_roots();
+        let mut configs = HashMap::new();
+        for key in wanted {
+            if configs.contains_key(&key) {
+                continue;
+            }
+            let mut roots = system.clone();
+            if let Some(path) = &key.0 {
+                add_ca_file(&mut roots, path)?;
+            }
+            configs.insert(key.clone(), client_config(roots, key.1)?);
+        }
+        let proxy = Some(client_config(system, HttpVersion::Http1)?);
+        Ok(Self { configs, proxy })
+    }
+
+    /// The configuration for a check with `ca_file` and `version`.
+    pub fn get(&self, ca_file: Option<&Path>, version: HttpVersion) -> Option<Arc<ClientConfig>> {
+        self.configs
+            .get(&(ca_file.map(Path::to_path_buf), version))
+            .cloned()
+    }
+
+    /// The configuration for TLS to an `https://` forward proxy.
+    pub fn proxy(&self) -> Option<Arc<ClientConfig>> {
+        self.proxy.clone()
+    }
+}
+
+fn client_config(
+    roots: RootCertStore,
+    version: HttpVersion,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn(version);
+    // Every probe is a full handshake: resumption would hide the cost and
+    // the failures of the handshake a new visitor makes.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// The operating system's trust store, what other clients on the host use.
+/// Unreadable entries are skipped and logged, never fatal.
+fn system_roots() -> RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!(%error, "Skipped part of the system trust store.");
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    tracing::debug!(added, ignored, "Loaded the system trust store.");
+    roots
+}
+
+fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsSetupError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsSetupError::CaFile {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::EmptyCaFile {
+            path: path.to_owned(),
+        });
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|e| TlsSetupError::CaFile {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// What the finished handshake of `conn` negotiated and presented.
+pub fn tls_info(conn: &rustls::ClientConnection) -> TlsInfo {
+    let version = conn
+        .protocol_version()
+        .map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default();
+    TlsInfo {
+        version,
+        alpn: conn
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        cipher: conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+        cert: conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| cert_info(leaf.as_ref())),
+    }
+}
+
+/// Subject, issuer and not-after of a DER certificate; `None` if it does
+/// not parse (the handshake already verified it, so this is unexpected).
+pub fn cert_info(der: &[u8]) -> Option<CertInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let not_after = DateTime::<Utc>::from_timestamp(cert.validity().not_after.timestamp(), 0)?;
+    Some(CertInfo {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_after,
+    })
+}
