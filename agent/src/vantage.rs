@@ -51,9 +51,10 @@ impl Vantage {
         let resolvers = |source_ip: Option<IpAddr>| {
             let mut map = BTreeMap::new();
             for spec in &specs {
-                let key = spec.to_string();
-                if !map.contains_key(&key) {
-                    map.insert(key, DnsResolver::new(spec, config.dns.timeout, source_ip)?);
+                if let std::collections::btree_map::Entry::Vacant(slot) =
+                    map.entry(spec.to_string())
+                {
+                    slot.insert(DnsResolver::new(spec, config.dns.timeout, source_ip)?);
                 }
             }
             Ok::<_, DnsSetupError>(map)
@@ -95,7 +96,7 @@ impl Vantage {
         check
             .vantages
             .as_ref()
-            .is_none_or(|names| names.iter().any(|n| *n == self.name))
+            .is_none_or(|names| names.contains(&self.name))
     }
 
     /// The resolvers `check` asks from here, in configuration order.

@@ -29,6 +29,17 @@ fn events<'a>(bodies: &'a [Value], event: &str, dimension: &str, value: &str) ->
         .collect()
 }
 
+/// vantage, gateway, dns_rcode, resolver egress, resolver NSID, phases
+/// and body hash present.
+type StoredPath = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+);
+
 #[sqlx::test(migrations = false)]
 async fn failing_prefix_opens_one_incident_and_resolves_once(pool: PgPool) {
     let timing = ScenarioTiming::default();
@@ -95,6 +106,31 @@ async fn failing_prefix_opens_one_incident_and_resolves_once(pool: PgPool) {
             ("region".into(), "us-east".into(), true),
         ]
     );
+
+    // The real agents' path identity arrived in its columns.
+    let stored: Vec<StoredPath> = sqlx::query_as(
+        "SELECT vantage, gateway, dns_rcode, host(resolver_egress_ip), resolver_nsid,
+                    connect_us IS NOT NULL AND ttfb_us IS NOT NULL AND transfer_us IS NOT NULL
+                    AND body_sha256 IS NOT NULL
+             FROM probe_results WHERE http_status = 502",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(!stored.is_empty());
+    for row in stored {
+        assert_eq!(
+            row,
+            (
+                "direct".into(),
+                Some("nginx".into()),
+                Some("NOERROR".into()),
+                Some("127.0.2.1".into()),
+                Some(vantage_testkit::NSID.into()),
+                true
+            )
+        );
+    }
 }
 
 #[sqlx::test(migrations = false)]

@@ -35,7 +35,9 @@ async fn stored_rows_equal_what_was_sent(pool: PgPool) {
                 http_version, resolver, resolved_ips::text[] AS ips, resolved_ttls,
                 host(dialed_ip) AS dialed_ip, dialed_port, host(local_ip) AS local_ip,
                 host(egress_ip) AS egress_ip, dns_us, connect_us, tls_us, ttfb_us, total_us,
-                headers->>'server' AS server
+                headers->>'server' AS server, vantage, dns_rcode,
+                host(resolver_egress_ip) AS resolver_egress_ip, resolver_nsid, transfer_us,
+                body_bytes, body_sha256, body_truncated, gateway, proxy, hops::text AS hops
          FROM probe_results WHERE seq = 2",
     )
     .fetch_one(&pool)
@@ -78,6 +80,33 @@ async fn stored_rows_equal_what_was_sent(pool: PgPool) {
     assert_eq!(row.get::<Option<i64>, _>("dns_us"), Some(120));
     assert_eq!(row.get::<Option<i64>, _>("connect_us"), None);
     assert_eq!(row.get::<Option<i64>, _>("tls_us"), None);
+    assert_eq!(row.get::<Option<i64>, _>("transfer_us"), Some(80));
+    assert_eq!(row.get::<String, _>("vantage"), "direct");
+    assert_eq!(
+        row.get::<Option<String>, _>("dns_rcode").as_deref(),
+        Some("NOERROR")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("resolver_egress_ip")
+            .as_deref(),
+        Some("127.0.0.53")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("resolver_nsid").as_deref(),
+        Some("ns1.test")
+    );
+    assert_eq!(row.get::<Option<i64>, _>("body_bytes"), Some(157));
+    assert_eq!(
+        row.get::<Option<String>, _>("body_sha256"),
+        Some("ab".repeat(32))
+    );
+    assert!(!row.get::<bool, _>("body_truncated"));
+    assert_eq!(
+        row.get::<Option<String>, _>("gateway").as_deref(),
+        Some("nginx")
+    );
+    assert_eq!(row.get::<Option<String>, _>("proxy"), None);
+    assert_eq!(row.get::<String, _>("hops"), "[]");
     assert_eq!(row.get::<Option<i64>, _>("ttfb_us"), Some(900));
     assert_eq!(row.get::<Option<i64>, _>("total_us"), Some(1500));
     assert_eq!(
@@ -195,6 +224,108 @@ async fn batch_spanning_days_lands_in_daily_partitions(pool: PgPool) {
         partitions.iter().all(|p| p.starts_with("probe_results_p")),
         "{partitions:?}"
     );
+    drop(stream);
+    collector.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn tls_hops_proxy_and_vantage_region_are_stored(pool: PgPool) {
+    use vantage_proto::v1 as pb;
+    let collector = spawn_collector(pool.clone()).await;
+    let mut stream = open_stream(collector.grpc_addr, "agent-a", "eu-west").await;
+    let mut r = result(7, 200);
+    r.vantage = "vpn-ams".into();
+    r.region = "eu-north".into();
+    r.proxy = "socks5://127.0.0.9:1080".into();
+    r.tls = Some(pb::Tls {
+        version: "TLSv1.3".into(),
+        alpn: "h2".into(),
+        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        cert_subject: "CN=shop.test".into(),
+        cert_issuer: "CN=Vantage Test CA".into(),
+        cert_not_after: Some(prost_types::Timestamp {
+            seconds: 1_900_000_000,
+            nanos: 0,
+        }),
+    });
+    r.hops = vec![
+        pb::Hop {
+            url: "http://shop.test/".into(),
+            status: Some(301),
+            dialed_addr: "127.0.0.1:80".into(),
+            timings: Some(pb::Timings {
+                connect_us: Some(300),
+                ..Default::default()
+            }),
+        },
+        pb::Hop {
+            url: "https://shop.test/".into(),
+            status: Some(200),
+            dialed_addr: "127.0.0.1:443".into(),
+            timings: None,
+        },
+    ];
+    stream.send_batch(1, vec![r]).await;
+    stream.next_ack(Duration::from_secs(10)).await.unwrap();
+    let row = sqlx::query(
+        "SELECT region, vantage, proxy, tls_version, tls_alpn, tls_cipher, cert_subject,
+                cert_issuer, extract(epoch FROM cert_not_after)::bigint AS not_after,
+                jsonb_array_length(hops) AS hop_count, hops->0->>'status' AS first_status,
+                (hops->0->>'connect_us')::bigint AS first_connect
+         FROM probe_results WHERE seq = 7",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        row.get::<String, _>("region"),
+        "eu-north",
+        "the vantage's region wins"
+    );
+    assert_eq!(row.get::<String, _>("vantage"), "vpn-ams");
+    assert_eq!(
+        row.get::<Option<String>, _>("proxy").as_deref(),
+        Some("socks5://127.0.0.9:1080")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("tls_version").as_deref(),
+        Some("TLSv1.3")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("tls_alpn").as_deref(),
+        Some("h2")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("tls_cipher").as_deref(),
+        Some("TLS13_AES_128_GCM_SHA256")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("cert_subject").as_deref(),
+        Some("CN=shop.test")
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>("cert_issuer").as_deref(),
+        Some("CN=Vantage Test CA")
+    );
+    assert_eq!(row.get::<i64, _>("not_after"), 1_900_000_000);
+    assert_eq!(row.get::<i32, _>("hop_count"), 2);
+    assert_eq!(
+        row.get::<Option<String>, _>("first_status").as_deref(),
+        Some("301")
+    );
+    assert_eq!(row.get::<Option<i64>, _>("first_connect"), Some(300));
+
+    let mut bad = result(8, 200);
+    bad.hops = vec![pb::Hop {
+        url: "http://x.test/".into(),
+        status: Some(200),
+        dialed_addr: "nowhere".into(),
+        timings: None,
+    }];
+    stream.send_batch(2, vec![bad]).await;
+    let status = stream.next_ack(Duration::from_secs(10)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("hops"), "{}", status.message());
     drop(stream);
     collector.stop().await;
 }
