@@ -418,6 +418,68 @@ async fn print_sql(pool: &PgPool) -> Result<()> {
     for (prefix, probes, s5, pct) in rows {
         println!("  {prefix:<14} {probes:>5} probes {s5:>5} x 502  {pct:>5.1} %");
     }
+    print_failing_probe(pool).await?;
     println!();
     Ok(())
 }
+
+/// One failing probe's path, as an operator would look it up.
+async fn print_failing_probe(pool: &PgPool) -> anyhow::Result<()> {
+    println!(
+        "\nSQL> SELECT agent_id, vantage, local_ip, resolver, resolver_egress_ip, resolver_nsid, dns_rcode,\n            \
+         resolved_ips, dialed_ip, http_status, gateway, dns_us, connect_us, ttfb_us, transfer_us, total_us\n     \
+         FROM probe_results WHERE http_status = 502 ORDER BY started_at DESC LIMIT 1;"
+    );
+    let row: Option<FailingProbe> = sqlx::query_as(
+        "SELECT agent_id, vantage, host(local_ip), resolver, host(resolver_egress_ip),
+                resolver_nsid, dns_rcode, resolved_ips::text, host(dialed_ip), http_status,
+                gateway, dns_us, connect_us, ttfb_us, transfer_us, total_us
+         FROM probe_results WHERE http_status = 502 ORDER BY started_at DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    if let Some(p) = row {
+        let us = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+        println!(
+            "  agent {} via vantage {} from {}\n  resolver {} (egress {}, NSID {}) answered {} {}\n  \
+             dialled {} -> {} produced by {}\n  phases (us): dns {} connect {} ttfb {} transfer {} total {}",
+            p.0,
+            p.1,
+            p.2.unwrap_or_default(),
+            p.3.unwrap_or_default(),
+            p.4.unwrap_or_else(|| "unknown".into()),
+            p.5.unwrap_or_else(|| "none".into()),
+            p.6.unwrap_or_default(),
+            p.7,
+            p.8.unwrap_or_default(),
+            p.9.map_or("-".into(), |s| s.to_string()),
+            p.10.unwrap_or_else(|| "unknown".into()),
+            us(p.11),
+            us(p.12),
+            us(p.13),
+            us(p.14),
+            us(p.15),
+        );
+    }
+    Ok(())
+}
+
+/// The columns `print_failing_probe` shows.
+type FailingProbe = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<i16>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
