@@ -861,6 +861,65 @@ expected_status = [200, 204]
         assert!(e.contains("non-empty"), "{e}");
     }
 
+    #[test]
+    fn proxy_url_keeps_credentials_out_of_its_display() {
+        let p = ProxyUrl::try_from("socks5://bob:p%40ss@127.0.0.9:1081".to_owned()).unwrap();
+        assert_eq!(p.kind, ProxyKind::Socks5);
+        assert_eq!(p.credentials, Some(("bob".into(), "p@ss".into())));
+        assert_eq!(p.redacted(), "socks5://127.0.0.9:1081");
+        assert_eq!(format!("{p:?}"), "socks5://127.0.0.9:1081");
+        assert_eq!(p.with_credentials(), "socks5://bob:p%40ss@127.0.0.9:1081");
+        let http = ProxyUrl::try_from("http://[::1]".to_owned()).unwrap();
+        assert_eq!((http.kind, http.port), (ProxyKind::Http, 80));
+        assert_eq!(http.redacted(), "http://[::1]:80");
+    }
+
+    #[test]
+    fn bad_proxy_scheme_says_what_is_expected() {
+        let text = format!("{VALID}\n[[vantage]]\nname = \"p\"\nproxy = \"ftp://127.0.0.1:21\"\n");
+        let e = error(&text);
+        assert!(e.contains("vantage[0].proxy"), "{e}");
+        assert!(e.contains("expected http://, https:// or socks5://"), "{e}");
+    }
+
+    #[test]
+    fn check_naming_an_unknown_vantage_is_rejected() {
+        let text = VALID.replace(
+            "expected_status = [200, 204]",
+            "expected_status = [200, 204]\nvantages = [\"mars\"]",
+        );
+        let e = error(&format!("{text}\n[[vantage]]\nname = \"earth\"\n"));
+        assert!(e.contains("check[0].vantages"), "{e}");
+        assert!(e.contains("unknown vantage \"mars\""), "{e}");
+    }
+
+    #[test]
+    fn duplicate_vantage_names_are_rejected() {
+        let text = format!("{VALID}\n[[vantage]]\nname = \"a\"\n[[vantage]]\nname = \"a\"\n");
+        let e = error(&text);
+        assert!(e.contains("vantage[1].name"), "{e}");
+    }
+
+    #[test]
+    fn check_options_parse_and_invalid_header_is_rejected() {
+        let text = VALID.replace(
+            "expected_status = [200, 204]",
+            "ip_family = \"v6\"\ndial = \"each\"\nfollow_redirects = 3\nhttp_version = \"2\"\nheaders = { \"X-A\" = \"b\" }",
+        );
+        let c = parse(&text).unwrap();
+        let check = &c.checks[0];
+        assert_eq!((check.ip_family, check.dial), (IpFamily::V6, Dial::Each));
+        assert_eq!(
+            (check.follow_redirects, check.http_version),
+            (3, HttpVersion::Http2)
+        );
+        let bad = text.replace("\"X-A\" = \"b\"", "\"bad header\" = \"b\"");
+        let e = error(&bad);
+        assert!(e.contains("check[0].headers.bad header"), "{e}");
+        let family = text.replace("\"v6\"", "\"v5\"");
+        assert!(error(&family).contains("check[0].ip_family"));
+    }
+
     proptest::proptest! {
         #[test]
         fn resolver_spec_round_trips(ip in proptest::prelude::any::<std::net::Ipv4Addr>(), port in 1u16.., tcp: bool) {
