@@ -496,20 +496,17 @@ impl HttpProber {
         let io = TokioIo::new(ClockedIo::new(io, clock.clone()));
         let request = self.build_request(check, vantage, url, method, h2, r.seq)?;
         let sent = Instant::now();
-        let (response, _conn) = if h2 {
+        // The connection task lives as long as `_conn`: to the end of this
+        // exchange, body included.
+        let (waiting, _conn) = if h2 {
             let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
                 .handshake::<_, Empty<Bytes>>(io)
                 .await
                 .map_err(protocol_failure)?;
-            let conn = AbortOnDrop(tokio::spawn(async move {
-                let _ = conn.await;
-            }));
-            let response = timeout_at(deadline, sender.send_request(request))
-                .await
-                .map_err(|_| timed_out("waiting for the response"))?
-                .map_err(protocol_failure)?;
-            (response, conn)
+            let waiting: ResponseFuture =
+                Box::pin(async move { sender.send_request(request).await });
+            (waiting, AbortOnDrop::spawn(conn))
         } else {
             let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
                 .max_buf_size(MAX_HEADER_BYTES)
@@ -517,15 +514,14 @@ impl HttpProber {
                 .handshake::<_, Empty<Bytes>>(io)
                 .await
                 .map_err(protocol_failure)?;
-            let conn = AbortOnDrop(tokio::spawn(async move {
-                let _ = conn.await;
-            }));
-            let response = timeout_at(deadline, sender.send_request(request))
-                .await
-                .map_err(|_| timed_out("waiting for the response"))?
-                .map_err(protocol_failure)?;
-            (response, conn)
+            let waiting: ResponseFuture =
+                Box::pin(async move { sender.send_request(request).await });
+            (waiting, AbortOnDrop::spawn(conn))
         };
+        let response = timeout_at(deadline, waiting)
+            .await
+            .map_err(|_| timed_out("waiting for the response"))?
+            .map_err(protocol_failure)?;
         let headers_at = Instant::now();
         // HTTP/1.1: from the last request byte written to the first response
         // byte read. HTTP/2 multiplexes frames (SETTINGS arrive before the
@@ -615,9 +611,25 @@ struct Failure {
     message: String,
 }
 
+/// A response on its way, from either HTTP version's connection.
+type ResponseFuture =
+    std::pin::Pin<Box<dyn Future<Output = hyper::Result<http::Response<Incoming>>> + Send>>;
+
 /// Aborts the connection task when the probe is done with it, so an
 /// endless body or a stalled peer never outlives its probe.
 struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Drives `conn` (a hyper connection) on its own task.
+    fn spawn<F>(conn: F) -> Self
+    where
+        F: Future + Send + 'static,
+    {
+        Self(tokio::spawn(async move {
+            let _ = conn.await;
+        }))
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
