@@ -73,6 +73,24 @@ fn default_true() -> bool {
 /// The name of the implicit vantage of an agent that configures none.
 pub const DIRECT_VANTAGE: &str = "direct";
 
+impl AgentConfig {
+    /// The configured vantages, or the implicit `direct` one (from
+    /// `source_ip`) when there are none.
+    pub fn effective_vantages(&self) -> Vec<VantageConfig> {
+        if !self.vantages.is_empty() {
+            return self.vantages.clone();
+        }
+        vec![VantageConfig {
+            name: Spanned::new(0..0, NonEmpty(DIRECT_VANTAGE.to_owned())),
+            source_ip: self.source_ip,
+            proxy: None,
+            region: None,
+            ip_echo_url: None,
+            ip_echo_interval: default_identity_interval(),
+        }]
+    }
+}
+
 /// One egress path: a source address, a forward proxy, or both.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -276,7 +294,7 @@ impl Default for DnsConfig {
 }
 
 /// One nameserver, or the system's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
 #[serde(try_from = "String")]
 pub enum ResolverSpec {
     #[default]

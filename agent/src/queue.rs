@@ -147,7 +147,8 @@ impl ResultQueue {
                     "Result queue full, dropped the oldest result."
                 );
             }
-            // Results complete nearly in order: search from the back.
+            // Results complete nearly in order, so this is almost always
+            // the end; the search keeps the queue sorted when they do not.
             let at = state.results.partition_point(|r| r.seq < seq);
             state.results.insert(at, result);
         }

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::CheckConfig;
-use crate::probe::HttpProber;
+use crate::probe::http::Probed;
+use crate::probe::{HttpProber, ProbeResult};
 use crate::queue::ResultQueue;
 use crate::vantage::Vantage;
 
@@ -48,7 +49,7 @@ impl Scheduler {
     /// Runs the check named `check` once from every vantage it applies to,
     /// queues the results and returns copies: what a scheduled round does,
     /// on demand (tests, `--probe-once`).
-    pub async fn probe_once(&self, check: &str) -> Vec<crate::probe::ProbeResult> {
+    pub async fn probe_once(&self, check: &str) -> Vec<ProbeResult> {
         let Some(check) = self
             .checks
             .iter()
@@ -59,12 +60,8 @@ impl Scheduler {
         let mut out = Vec::new();
         for vantage in self.vantages.iter().filter(|v| v.runs(check)) {
             let reserve = || self.queue.reserve();
-            for p in self.prober.round(check, vantage, &reserve).await {
-                let mut result = p.result;
-                result.egress_ip = *self.egress_ip.borrow();
-                out.push(result.clone());
-                p.ticket.complete(result);
-            }
+            let probed = self.prober.round(check, vantage, &reserve).await;
+            complete(probed, &self.egress_ip, |r| out.push(r.clone()));
         }
         out
     }
@@ -135,18 +132,31 @@ impl CheckLoop {
                 _ = shutdown.cancelled() => return,
                 probed = self.prober.round(&self.check, &self.vantage, &reserve) => probed,
             };
-            for p in probed {
-                let mut result = p.result;
-                result.egress_ip = *self.egress_ip.borrow();
-                tracing::debug!(
-                    check = %self.check.name.get_ref(),
-                    vantage = %self.vantage.name,
-                    seq = p.ticket.seq(),
-                    outcome = ?result.outcome,
-                    "Probe finished."
-                );
-                p.ticket.complete(result);
-            }
+            complete(probed, &self.egress_ip, |_| {});
         }
+    }
+}
+
+/// Stamps each result of a round with the agent's egress address as the
+/// collector last saw it, shows it to `inspect`, and queues it under its
+/// ticket.
+fn complete(
+    probed: Vec<Probed>,
+    egress_ip: &watch::Receiver<Option<IpAddr>>,
+    mut inspect: impl FnMut(&ProbeResult),
+) {
+    let egress_ip = *egress_ip.borrow();
+    for p in probed {
+        let mut result = p.result;
+        result.egress_ip = egress_ip;
+        tracing::debug!(
+            check = %result.check,
+            vantage = %result.vantage,
+            seq = p.ticket.seq(),
+            outcome = ?result.outcome,
+            "Probe finished."
+        );
+        inspect(&result);
+        p.ticket.complete(result);
     }
 }

@@ -14,9 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use url::Url;
 
-use crate::config::{
-    AgentConfig, CheckConfig, DIRECT_VANTAGE, DnsConfig, ProxyUrl, ResolverSpec, VantageConfig,
-};
+use crate::config::{AgentConfig, CheckConfig, DnsConfig, ProxyUrl, ResolverSpec, VantageConfig};
 use crate::probe::DnsResolver;
 use crate::probe::dns::DnsSetupError;
 use crate::probe::identity::IdentityQuery;
@@ -33,7 +31,7 @@ pub struct Vantage {
     pub proxy: Option<ProxyUrl>,
     /// Region override; `None` means the agent's.
     pub region: Option<String>,
-    resolvers: BTreeMap<String, DnsResolver>,
+    resolvers: BTreeMap<ResolverSpec, DnsResolver>,
     default_resolvers: Vec<ResolverSpec>,
     echo_url: Option<Url>,
     echo_interval: Duration,
@@ -51,29 +49,15 @@ impl Vantage {
         let resolvers = |source_ip: Option<IpAddr>| {
             let mut map = BTreeMap::new();
             for spec in &specs {
-                if let std::collections::btree_map::Entry::Vacant(slot) =
-                    map.entry(spec.to_string())
+                if let std::collections::btree_map::Entry::Vacant(slot) = map.entry((*spec).clone())
                 {
                     slot.insert(DnsResolver::new(spec, config.dns.timeout, source_ip)?);
                 }
             }
             Ok::<_, DnsSetupError>(map)
         };
-        if config.vantages.is_empty() {
-            return Ok(vec![Arc::new(Self {
-                name: DIRECT_VANTAGE.to_owned(),
-                source_ip: config.source_ip,
-                proxy: None,
-                region: None,
-                resolvers: resolvers(config.source_ip)?,
-                default_resolvers: config.dns.resolvers.clone(),
-                echo_url: None,
-                echo_interval: config.dns.identity_interval,
-                echo_ip: RwLock::new(None),
-            })]);
-        }
         config
-            .vantages
+            .effective_vantages()
             .iter()
             .map(|v: &VantageConfig| {
                 Ok(Arc::new(Self {
@@ -109,7 +93,7 @@ impl Vantage {
             .as_ref()
             .unwrap_or(&self.default_resolvers)
             .iter()
-            .filter_map(|spec| self.resolvers.get(&spec.to_string()))
+            .filter_map(|spec| self.resolvers.get(spec))
     }
 
     /// Every resolver of this vantage.

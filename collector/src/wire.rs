@@ -73,15 +73,16 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
             return Err(bad("outcome", format!("unknown outcome {}", r.outcome)));
         }
     };
-    let http_status = r
-        .http_status
-        .map(|s| {
+    let status = |field: &'static str, s: Option<u32>| {
+        s.map(|s| {
             i16::try_from(s)
                 .ok()
                 .filter(|s| (100..=999).contains(s))
-                .ok_or_else(|| bad("http_status", format!("{s} is not an HTTP status")))
+                .ok_or_else(|| bad(field, format!("{s} is not an HTTP status")))
         })
-        .transpose()?;
+        .transpose()
+    };
+    let http_status = status("http_status", r.http_status)?;
     let resolved = r
         .resolved
         .iter()
@@ -110,15 +111,6 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
     if r.check.is_empty() || r.url.is_empty() {
         return Err(bad("check/url", "must not be empty".into()));
     }
-    let status = |field: &'static str, s: Option<u32>| {
-        s.map(|s| {
-            i16::try_from(s)
-                .ok()
-                .filter(|s| (100..=999).contains(s))
-                .ok_or_else(|| bad(field, format!("{s} is not an HTTP status")))
-        })
-        .transpose()
-    };
     let proxy_status = status("proxy_status", r.proxy_status)?;
     let tls = r.tls.unwrap_or_default();
     let cert_not_after = tls

@@ -16,6 +16,7 @@
 //!
 //! Each fixture stops when dropped.
 
+mod accept;
 mod dns;
 mod proxy;
 mod site;

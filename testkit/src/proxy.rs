@@ -52,24 +52,9 @@ impl ForwardProxy {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let tunnels = Arc::new(AtomicU64::new(0));
-        let (token, count) = (stop.clone(), tunnels.clone());
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    _ = token.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                };
-                let (kind, count, token) = (kind.clone(), count.clone(), token.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = token.cancelled() => {}
-                        () = serve(stream, kind, count) => {}
-                    }
-                });
-            }
+        let count = tunnels.clone();
+        crate::accept::serve_connections(listener, stop.clone(), move |stream| {
+            serve(stream, kind.clone(), count.clone())
         });
         Ok(Self {
             addr,

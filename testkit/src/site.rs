@@ -140,44 +140,28 @@ impl ScriptedSite {
         let stop = CancellationToken::new();
         let requests = Arc::new(AtomicU64::new(0));
         let last_request = Arc::new(std::sync::Mutex::new(String::new()));
-        let (token, count, last) = (stop.clone(), requests.clone(), last_request.clone());
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    _ = token.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                };
-                let (acceptor, behaviour, token) =
-                    (acceptor.clone(), behaviour.clone(), token.clone());
-                let (count, last) = (count.clone(), last.clone());
-                tokio::spawn(async move {
-                    let serve = async move {
-                        let _ = stream.set_nodelay(true);
-                        if matches!(behaviour, Behaviour::TlsGarbage) {
-                            let mut stream = stream;
-                            let mut hello = [0u8; 512];
-                            let _ = stream.read(&mut hello).await;
-                            let _ = stream.write_all(b"this is not TLS at all\r\n").await;
-                            return;
+        let (count, last) = (requests.clone(), last_request.clone());
+        crate::accept::serve_connections(listener, stop.clone(), move |stream| {
+            let (acceptor, behaviour) = (acceptor.clone(), behaviour.clone());
+            let (count, last) = (count.clone(), last.clone());
+            async move {
+                let _ = stream.set_nodelay(true);
+                if matches!(behaviour, Behaviour::TlsGarbage) {
+                    let mut stream = stream;
+                    let mut hello = [0u8; 512];
+                    let _ = stream.read(&mut hello).await;
+                    let _ = stream.write_all(b"this is not TLS at all\r\n").await;
+                    return;
+                }
+                tokio::time::sleep(delays.handshake).await;
+                match acceptor {
+                    Some(acceptor) => {
+                        if let Ok(tls) = acceptor.accept(stream).await {
+                            exchange(tls, delays, &behaviour, &count, &last).await;
                         }
-                        tokio::time::sleep(delays.handshake).await;
-                        match acceptor {
-                            Some(acceptor) => {
-                                if let Ok(tls) = acceptor.accept(stream).await {
-                                    exchange(tls, delays, &behaviour, &count, &last).await;
-                                }
-                            }
-                            None => exchange(stream, delays, &behaviour, &count, &last).await,
-                        }
-                    };
-                    tokio::select! {
-                        _ = token.cancelled() => {}
-                        () = serve => {}
                     }
-                });
+                    None => exchange(stream, delays, &behaviour, &count, &last).await,
+                }
             }
         });
         Ok(Self {

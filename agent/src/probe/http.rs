@@ -74,60 +74,37 @@ impl HttpProber {
         vantage: &Vantage,
         reserve: &(dyn Fn() -> Ticket + Sync),
     ) -> Vec<Probed> {
-        let url = check.url.url();
         let mut out = Vec::new();
-        let host = match url.host() {
-            Some(Host::Ipv4(ip)) => Err(IpAddr::V4(ip)),
-            Some(Host::Ipv6(ip)) => Err(IpAddr::V6(ip)),
-            Some(Host::Domain(domain)) => Ok(domain.to_owned()),
-            // Config validation admits only URLs with a host.
-            None => Err(IpAddr::from([0, 0, 0, 0])),
-        };
-        let port = url.port_or_known_default().unwrap_or(0);
-        let domain = match host {
-            Err(ip) => {
+        let (domain, port) = match destination(check.url.url()) {
+            Destination::Name { domain, port } => (domain, port),
+            Destination::Literal(addr) => {
                 let ticket = reserve();
                 let start = Instant::now();
                 let mut r = self.blank(check, vantage, ticket.seq());
                 r.resolver = "literal".into();
-                let target = Target {
-                    addr: SocketAddr::new(ip, port),
-                    lookup: None,
-                };
+                let target = Target { addr, lookup: None };
                 self.fetch(&mut r, check, vantage, None, target, start)
                     .await;
                 out.push(Probed { ticket, result: r });
                 return out;
             }
-            Ok(domain) => domain,
         };
         for resolver in vantage.resolvers_for(check) {
             let start = Instant::now();
             let started_at = Utc::now();
             let deadline = TokioInstant::from_std(start + check.timeout);
-            let lookup = timeout_at(deadline, resolver.lookup(&domain, check.ip_family)).await;
-            let answer = match lookup {
-                Ok(Ok(answer)) => answer,
-                failed => {
+            let answer = match resolve(resolver, &domain, check, deadline).await {
+                Ok(answer) => answer,
+                Err(failed) => {
                     let ticket = reserve();
                     let mut r = self.blank(check, vantage, ticket.seq());
                     r.started_at = started_at;
                     r.resolver = resolver.name().to_owned();
                     r.resolver_identity = resolver.identity();
-                    match failed {
-                        Err(_) => {
-                            r.outcome = Outcome::Timeout;
-                            r.message =
-                                format!("timed out after {:?} resolving {domain}", check.timeout);
-                        }
-                        Ok(Err(failure)) => {
-                            r.timings.dns = Some(failure.elapsed);
-                            r.dns_rcode = failure.rcode;
-                            r.outcome = Outcome::Dns;
-                            r.message = failure.message;
-                        }
-                        Ok(Ok(_)) => {}
-                    }
+                    r.timings.dns = failed.elapsed;
+                    r.dns_rcode = failed.rcode;
+                    r.outcome = failed.outcome;
+                    r.message = failed.message;
                     r.timings.total = Some(start.elapsed());
                     out.push(Probed { ticket, result: r });
                     continue;
@@ -196,20 +173,26 @@ impl HttpProber {
         let mut url = check.url.url().clone();
         let mut method = check.method.as_str().to_owned();
         let mut target = first;
+        if let Some(resolver) = resolver {
+            r.resolver = resolver.name().to_owned();
+            r.resolver_identity = resolver.identity();
+        }
         loop {
             let hop_start = Instant::now();
-            if let Some(resolver) = resolver {
-                r.resolver = resolver.name().to_owned();
-                r.resolver_identity = resolver.identity();
-            }
             if let Some(lookup) = &target.lookup {
                 r.resolved = lookup.addrs.clone();
                 r.dns_rcode = Some(lookup.rcode.clone());
             }
             let dns = target.lookup.as_ref().map(|l| l.elapsed);
-            let next = self
-                .request(r, check, vantage, &url, &method, target.addr, dns, deadline)
-                .await;
+            let attempt = Attempt {
+                check,
+                vantage,
+                url: &url,
+                method: &method,
+                addr: target.addr,
+                deadline,
+            };
+            let next = self.request(r, attempt, dns).await;
             let hop_total = hop_start.elapsed() + dns.unwrap_or_default();
             if check.follow_redirects > 0 {
                 let mut timings = r.timings;
@@ -250,7 +233,6 @@ impl HttpProber {
             }
         }
         r.timings.total = Some(start.elapsed());
-        r.url = check.url.url().to_string();
     }
 
     /// Finds the address of a redirect's target through the same resolver.
@@ -261,22 +243,9 @@ impl HttpProber {
         resolver: Option<&DnsResolver>,
         deadline: TokioInstant,
     ) -> Result<Target, (Outcome, String)> {
-        let port = url.port_or_known_default().unwrap_or(0);
-        let domain = match url.host() {
-            Some(Host::Ipv4(ip)) => {
-                return Ok(Target {
-                    addr: SocketAddr::new(IpAddr::V4(ip), port),
-                    lookup: None,
-                });
-            }
-            Some(Host::Ipv6(ip)) => {
-                return Ok(Target {
-                    addr: SocketAddr::new(IpAddr::V6(ip), port),
-                    lookup: None,
-                });
-            }
-            Some(Host::Domain(d)) => d.to_owned(),
-            None => return Err((Outcome::Other, format!("redirect to {url} has no host"))),
+        let (domain, port) = match destination(url) {
+            Destination::Literal(addr) => return Ok(Target { addr, lookup: None }),
+            Destination::Name { domain, port } => (domain, port),
         };
         let Some(resolver) = resolver else {
             return Err((
@@ -284,41 +253,30 @@ impl HttpProber {
                 format!("redirect to {domain} from a literal address: no resolver to ask"),
             ));
         };
-        match timeout_at(deadline, resolver.lookup(&domain, check.ip_family)).await {
-            Err(_) => Err((
-                Outcome::Timeout,
-                format!("timed out after {:?} resolving {domain}", check.timeout),
-            )),
-            Ok(Err(failure)) => Err((Outcome::Dns, failure.message)),
-            Ok(Ok(answer)) => {
-                let ip = answer
-                    .addrs
-                    .first()
-                    .map(|a| a.ip)
-                    .ok_or((Outcome::Dns, format!("{domain}: no address")))?;
-                Ok(Target {
-                    addr: SocketAddr::new(ip, port),
-                    lookup: Some(answer),
-                })
-            }
-        }
+        let answer = resolve(resolver, &domain, check, deadline)
+            .await
+            .map_err(|failed| (failed.outcome, failed.message))?;
+        let ip = answer
+            .addrs
+            .first()
+            .map(|a| a.ip)
+            .ok_or((Outcome::Dns, format!("{domain}: no address")))?;
+        Ok(Target {
+            addr: SocketAddr::new(ip, port),
+            lookup: Some(answer),
+        })
     }
 
     /// One request on a fresh connection. Fills the per-request fields of
     /// `r` (resetting what an earlier hop left) and returns the redirect
     /// target when the check follows redirects and the response is one.
-    #[allow(clippy::too_many_arguments)]
     async fn request(
         &self,
         r: &mut ProbeResult,
-        check: &CheckConfig,
-        vantage: &Vantage,
-        url: &Url,
-        method: &str,
-        addr: SocketAddr,
+        attempt: Attempt<'_>,
         dns: Option<Duration>,
-        deadline: TokioInstant,
     ) -> Option<Url> {
+        let Attempt { check, addr, .. } = attempt;
         r.timings = Timings {
             dns,
             ..Timings::default()
@@ -337,10 +295,7 @@ impl HttpProber {
         r.outcome = Outcome::Other;
         r.message.clear();
 
-        match self
-            .exchange(r, check, vantage, url, method, addr, deadline)
-            .await
-        {
+        match self.exchange(r, attempt).await {
             Err(failure) => {
                 r.outcome = failure.outcome;
                 r.message = failure.message;
@@ -391,17 +346,19 @@ impl HttpProber {
 
     /// Connects, tunnels, handshakes, sends and reads, timing each step.
     /// Returns the `Location` of a 3xx response.
-    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         r: &mut ProbeResult,
-        check: &CheckConfig,
-        vantage: &Vantage,
-        url: &Url,
-        method: &str,
-        addr: SocketAddr,
-        deadline: TokioInstant,
+        attempt: Attempt<'_>,
     ) -> Result<Option<Url>, Failure> {
+        let Attempt {
+            check,
+            vantage,
+            url,
+            addr,
+            deadline,
+            ..
+        } = attempt;
         let timed_out = |phase: &str| Failure {
             outcome: Outcome::Timeout,
             message: format!("timed out after {:?} during {phase}", check.timeout),
@@ -494,7 +451,7 @@ impl HttpProber {
         // The request.
         let clock = SocketClock::new();
         let io = TokioIo::new(ClockedIo::new(io, clock.clone()));
-        let request = self.build_request(check, vantage, url, method, h2, r.seq)?;
+        let request = self.build_request(attempt, h2, r.seq)?;
         let sent = Instant::now();
         // The connection task lives as long as `_conn`: to the end of this
         // exchange, body included.
@@ -568,13 +525,17 @@ impl HttpProber {
 
     fn build_request(
         &self,
-        check: &CheckConfig,
-        vantage: &Vantage,
-        url: &Url,
-        method: &str,
+        attempt: Attempt<'_>,
         h2: bool,
         seq: u64,
     ) -> Result<http::Request<Empty<Bytes>>, Failure> {
+        let Attempt {
+            check,
+            vantage,
+            url,
+            method,
+            ..
+        } = attempt;
         let uri = if h2 {
             url.as_str().to_owned()
         } else {
@@ -602,6 +563,73 @@ impl HttpProber {
             outcome: Outcome::Other,
             message: format!("building the request: {e}"),
         })
+    }
+}
+
+/// One request of a probe: what to ask, of which address, from which
+/// vantage, by when.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    check: &'a CheckConfig,
+    vantage: &'a Vantage,
+    url: &'a Url,
+    method: &'a str,
+    addr: SocketAddr,
+    deadline: TokioInstant,
+}
+
+/// Where a URL points: an address already, or a name to resolve.
+enum Destination {
+    Literal(SocketAddr),
+    Name { domain: String, port: u16 },
+}
+
+fn destination(url: &Url) -> Destination {
+    // Config validation and the redirect filter admit only http(s) URLs,
+    // which always have a known default port.
+    let port = url.port_or_known_default().unwrap_or(0);
+    match url.host() {
+        Some(Host::Ipv4(ip)) => Destination::Literal(SocketAddr::new(IpAddr::V4(ip), port)),
+        Some(Host::Ipv6(ip)) => Destination::Literal(SocketAddr::new(IpAddr::V6(ip), port)),
+        Some(Host::Domain(domain)) => Destination::Name {
+            domain: domain.to_owned(),
+            port,
+        },
+        // Config validation admits only URLs with a host, and so does
+        // `Url::join` for http(s); 0.0.0.0:0 would fail visibly.
+        None => Destination::Literal(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0)),
+    }
+}
+
+/// A lookup that failed or ran out of the check's time.
+struct LookupFailed {
+    outcome: Outcome,
+    message: String,
+    elapsed: Option<Duration>,
+    rcode: Option<String>,
+}
+
+/// Looks `domain` up through `resolver` within the probe's deadline.
+async fn resolve(
+    resolver: &DnsResolver,
+    domain: &str,
+    check: &CheckConfig,
+    deadline: TokioInstant,
+) -> Result<LookupAnswer, LookupFailed> {
+    match timeout_at(deadline, resolver.lookup(domain, check.ip_family)).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(failure)) => Err(LookupFailed {
+            outcome: Outcome::Dns,
+            message: failure.message,
+            elapsed: Some(failure.elapsed),
+            rcode: failure.rcode,
+        }),
+        Err(_) => Err(LookupFailed {
+            outcome: Outcome::Timeout,
+            message: format!("timed out after {:?} resolving {domain}", check.timeout),
+            elapsed: None,
+            rcode: None,
+        }),
     }
 }
 

@@ -2,7 +2,6 @@
 //! built once at start, and what a finished handshake revealed (version,
 //! ALPN, cipher suite, the leaf certificate's subject, issuer and expiry).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,7 +38,9 @@ fn alpn(version: HttpVersion) -> Vec<Vec<u8>> {
 /// trust store, which is too slow and too large to do per probe.
 #[derive(Clone, Default)]
 pub struct TlsConfigs {
-    configs: HashMap<(Option<PathBuf>, HttpVersion), Arc<ClientConfig>>,
+    /// A handful of entries at most: looked up by a scan that borrows the
+    /// check's path, so a probe allocates nothing to find its config.
+    configs: Vec<(Option<PathBuf>, HttpVersion, Arc<ClientConfig>)>,
     /// For the HTTPS connection to a forward proxy (HTTP/1.1 only).
     proxy: Option<Arc<ClientConfig>>,
 }
@@ -52,26 +53,28 @@ impl TlsConfigs {
     ) -> Result<Self, TlsSetupError> {
         crate::install_crypto_provider();
         let system = system_roots();
-        let mut configs = HashMap::new();
-        for key in wanted {
-            if configs.contains_key(&key) {
+        let mut configs = Self::default();
+        for (ca_file, version) in wanted {
+            if configs.get(ca_file.as_deref(), version).is_some() {
                 continue;
             }
             let mut roots = system.clone();
-            if let Some(path) = &key.0 {
+            if let Some(path) = &ca_file {
                 add_ca_file(&mut roots, path)?;
             }
-            configs.insert(key.clone(), client_config(roots, key.1)?);
+            let config = client_config(roots, version)?;
+            configs.configs.push((ca_file, version, config));
         }
-        let proxy = Some(client_config(system, HttpVersion::Http1)?);
-        Ok(Self { configs, proxy })
+        configs.proxy = Some(client_config(system, HttpVersion::Http1)?);
+        Ok(configs)
     }
 
     /// The configuration for a check with `ca_file` and `version`.
     pub fn get(&self, ca_file: Option<&Path>, version: HttpVersion) -> Option<Arc<ClientConfig>> {
         self.configs
-            .get(&(ca_file.map(Path::to_path_buf), version))
-            .cloned()
+            .iter()
+            .find(|(path, v, _)| path.as_deref() == ca_file && *v == version)
+            .map(|(_, _, config)| config.clone())
     }
 
     /// The configuration for TLS to an `https://` forward proxy.

@@ -185,6 +185,15 @@ impl SocketClock {
         (nanos != 0).then(|| self.origin + Duration::from_nanos(nanos))
     }
 
+    /// Records a write that moved bytes, until the response has begun.
+    fn stamp_write(&self, poll: &Poll<io::Result<usize>>) {
+        if matches!(poll, Poll::Ready(Ok(n)) if *n > 0)
+            && self.first_byte.load(Ordering::Acquire) == 0
+        {
+            self.written.store(self.now(), Ordering::Release);
+        }
+    }
+
     /// When the last write before the first response byte completed.
     pub fn request_written(&self) -> Option<Instant> {
         self.at(self.written.load(Ordering::Acquire))
@@ -234,12 +243,7 @@ impl AsyncWrite for ClockedIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0)
-            && self.clock.first_byte.load(Ordering::Acquire) == 0
-        {
-            let now = self.clock.now();
-            self.clock.written.store(now, Ordering::Release);
-        }
+        self.clock.stamp_write(&poll);
         poll
     }
 
@@ -257,12 +261,7 @@ impl AsyncWrite for ClockedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0)
-            && self.clock.first_byte.load(Ordering::Acquire) == 0
-        {
-            let now = self.clock.now();
-            self.clock.written.store(now, Ordering::Release);
-        }
+        self.clock.stamp_write(&poll);
         poll
     }
 
