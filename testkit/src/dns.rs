@@ -139,13 +139,8 @@ impl DnsServer {
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
 
-        let udp = UdpSocket::bind(SocketAddr::new(bind_ip, 0))
-            .await
-            .context("bind DNS UDP socket")?;
+        let (udp, tcp) = bind_udp_and_tcp(bind_ip).await?;
         let addr = udp.local_addr()?;
-        let tcp = TcpListener::bind(addr)
-            .await
-            .context("bind DNS TCP listener")?;
         let mut server = Server::new(Handler { catalog });
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64);
@@ -162,4 +157,23 @@ impl Drop for DnsServer {
     fn drop(&mut self) {
         self.server.shutdown_token().cancel();
     }
+}
+
+/// A UDP socket and a TCP listener on the same free port. The OS picks the
+/// UDP port; the same TCP port may be in use already (by another test's
+/// connection, say), so a few ports are tried.
+async fn bind_udp_and_tcp(bind_ip: IpAddr) -> Result<(UdpSocket, TcpListener)> {
+    let mut last_error = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(SocketAddr::new(bind_ip, 0))
+            .await
+            .context("bind DNS UDP socket")?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last_error = Some(e),
+            Err(e) => return Err(e).context("bind DNS TCP listener"),
+        }
+    }
+    Err(last_error.map_or_else(|| anyhow::anyhow!("no port"), anyhow::Error::from))
+        .context("bind DNS TCP listener: every port tried was taken")
 }
