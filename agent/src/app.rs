@@ -13,7 +13,7 @@ use crate::probe::HttpProber;
 use crate::probe::dns::DnsSetupError;
 use crate::probe::tls::{TlsConfigs, TlsSetupError};
 use crate::queue::ResultQueue;
-use crate::report::{Identity, Reporter};
+use crate::report::{Connection, CredentialsRefused, Delivery, Identity, Reporter};
 use crate::schedule::Scheduler;
 use crate::vantage::{IdentityRefresher, Vantage};
 
@@ -24,10 +24,15 @@ pub enum SetupError {
     Dns(#[from] DnsSetupError),
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    #[error("{0}")]
+    Collector(String),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolInUse),
 }
 
-/// How long the reporter may keep sending queued results after shutdown was
-/// asked for. Below systemd's default stop timeout (90 s) with room to spare.
+/// How long the reporter may keep sending spooled results after shutdown
+/// was asked for. Below systemd's default stop timeout (90 s) with room to
+/// spare; what is left stays in the spool.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A built agent, ready to run.
@@ -40,7 +45,7 @@ pub struct App {
 
 impl App {
     /// Builds the agent; fails only on setup errors (bad resolver config,
-    /// unreadable CA file).
+    /// unreadable CA, token or certificate file).
     pub fn build(config: AgentConfig) -> Result<Self, SetupError> {
         let vantages = Vantage::build_all(&config)?;
         let tls = TlsConfigs::build(
@@ -49,9 +54,22 @@ impl App {
                 .iter()
                 .map(|c| (c.ca_file.clone(), c.http_version)),
         )?;
+        let connection = connection(&config)?;
         let prober = HttpProber::new(config.agent_id.as_str(), config.probe_header, tls);
         let refresher = IdentityRefresher::new(vantages.clone(), &config.dns);
-        let queue = Arc::new(ResultQueue::new(config.collector.queue_capacity));
+        if config.spool.path.is_none() {
+            tracing::warn!(
+                "No [spool] path: results are kept in memory only and are lost when the agent stops."
+            );
+        }
+        let (queue, opened) = ResultQueue::open(config.spool.settings())?;
+        if opened.backlog > 0 {
+            tracing::info!(
+                backlog = opened.backlog,
+                "Spool holds results from an earlier run; delivering them."
+            );
+        }
+        let queue = Arc::new(queue);
         let (egress_tx, egress_rx) = watch::channel(None);
         let scheduler = Scheduler::new(
             config.checks,
@@ -62,18 +80,19 @@ impl App {
             config.max_concurrent_probes,
         );
         let reporter = Reporter::new(
-            config.collector.endpoint.as_str().to_owned(),
+            connection,
             Identity {
                 agent_id: config.agent_id.to_string(),
                 region: config.region.to_string(),
                 labels: config.labels,
             },
-            config.source_ip,
             queue.clone(),
-            config.collector.batch_size,
-            config.collector.flush_interval,
+            Delivery {
+                batch_size: config.collector.batch_size,
+                window: config.collector.window,
+                drain_timeout: DRAIN_TIMEOUT,
+            },
             egress_tx,
-            DRAIN_TIMEOUT,
         );
         Ok(Self {
             scheduler,
@@ -89,30 +108,96 @@ impl App {
     }
 
     /// Runs one round of the check named `check` from every vantage, now,
-    /// and returns its results (also queued for delivery).
+    /// and returns its results (also spooled for delivery).
     pub async fn probe_once(&self, check: &str) -> Vec<crate::probe::ProbeResult> {
         self.scheduler.probe_once(check).await
     }
 
-    /// The queue of results not yet acknowledged.
+    /// The results not yet acknowledged.
     pub fn queue(&self) -> Arc<ResultQueue> {
         self.queue.clone()
     }
 
-    /// Runs until `shutdown`: stops probing first, then lets the reporter
-    /// deliver what is queued (bounded by the drain timeout).
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown`: stops probing first, syncs and closes the
+    /// spool, and lets the reporter deliver what is left (bounded by the
+    /// drain timeout). Fails when the collector refuses the credentials.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), CredentialsRefused> {
         let tracker = TaskTracker::new();
-        tracker.spawn(self.reporter.run(shutdown.clone()));
+        let stop_probing = shutdown.child_token();
+        let stop_sync = CancellationToken::new();
+        let reporter = {
+            let (shutdown, stop_probing) = (shutdown.clone(), stop_probing.clone());
+            let reporter = self.reporter;
+            tracker.spawn(async move {
+                let outcome = reporter.run(shutdown).await;
+                if outcome.is_err() {
+                    stop_probing.cancel();
+                }
+                outcome
+            })
+        };
+        tracker.spawn(self.queue.clone().run_sync(stop_sync.clone()));
         // Identities first (bounded by the DNS and echo timeouts), so the
         // first results already carry them.
         tokio::select! {
-            _ = shutdown.cancelled() => {}
+            _ = stop_probing.cancelled() => {}
             () = self.refresher.refresh_all() => {}
         }
-        tracker.spawn(self.refresher.run(shutdown.clone()));
-        tracker.spawn(self.scheduler.run(shutdown.clone()));
+        let probing = TaskTracker::new();
+        probing.spawn(self.refresher.run(stop_probing.clone()));
+        probing.spawn(self.scheduler.run(stop_probing.clone()));
+        probing.close();
+        probing.wait().await;
+        // Every probe has ended: the last sync catches all results.
+        stop_sync.cancel();
         tracker.close();
         tracker.wait().await;
+        reporter.await.unwrap_or(Ok(()))
     }
+}
+
+/// How to reach the collector, with the credential and TLS files read.
+fn connection(config: &AgentConfig) -> Result<Connection, SetupError> {
+    let c = &config.collector;
+    let token = c.load_token().map_err(SetupError::Collector)?;
+    if c.insecure && c.plaintext_beyond_loopback() {
+        tracing::warn!(
+            endpoint = c.endpoint.as_str(),
+            "INSECURE: the token is sent in plaintext to a non-loopback collector (collector.insecure = true)."
+        );
+    }
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            SetupError::Collector(format!(
+                "cannot read collector.{what} {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let tls = if c.endpoint.as_str().starts_with("https://") {
+        let ca = c
+            .ca_file
+            .as_deref()
+            .map(|p| read(p, "ca_file"))
+            .transpose()?;
+        let client = match (&c.client_cert_file, &c.client_key_file) {
+            (Some(cert), Some(key)) => Some((
+                read(cert, "client_cert_file")?,
+                read(key, "client_key_file")?,
+            )),
+            _ => None,
+        };
+        Some(Connection::tls_config(
+            ca.as_deref(),
+            client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        ))
+    } else {
+        None
+    };
+    Ok(Connection {
+        endpoint: c.endpoint.as_str().trim_end_matches('/').to_owned(),
+        source_ip: config.source_ip,
+        token,
+        tls,
+    })
 }

@@ -58,6 +58,11 @@ pub struct AgentConfig {
     pub probe_header: bool,
     pub collector: CollectorConfig,
     #[serde(default)]
+    pub spool: SpoolConfig,
+    /// Prometheus metrics on `http://<this>/metrics`; off when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    #[serde(default)]
     pub dns: DnsConfig,
     /// Egress paths; without any, one path named `direct` from `source_ip`.
     #[serde(default, rename = "vantage")]
@@ -225,29 +230,137 @@ fn default_max_concurrent_probes() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
-    /// gRPC endpoint of the collector, `http://host:port`.
+    /// gRPC endpoint of the collector, `https://host:port` (or `http://`
+    /// to loopback, or anywhere with `insecure = true`).
     pub endpoint: Endpoint,
-    /// Results per batch sent to the collector.
+    /// The token printed by `vantage-collector agent add`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the token (first line), instead of `token`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// CA (PEM) that signed the collector's certificate; default: the
+    /// system's trust store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Allow sending the token over plaintext to a non-loopback collector.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Results per batch sent to the collector (capped by the collector's
+    /// own limit, learnt at hello).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// A partial batch is sent after waiting this long.
-    #[serde(default = "default_flush_interval", with = "humantime_serde")]
-    pub flush_interval: Duration,
-    /// Results held in memory while the collector is unreachable; beyond
-    /// this the oldest are dropped (and counted).
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
+    /// Batches sent before the first is acknowledged.
+    #[serde(default = "default_window")]
+    pub window: usize,
 }
 
 fn default_batch_size() -> usize {
     500
 }
-fn default_flush_interval() -> Duration {
-    Duration::from_secs(1)
+fn default_window() -> usize {
+    4
 }
-fn default_queue_capacity() -> usize {
+
+impl CollectorConfig {
+    /// Whether the endpoint is plaintext to somewhere other than loopback:
+    /// the token would cross the network readable by anyone on the path.
+    pub fn plaintext_beyond_loopback(&self) -> bool {
+        let url = &self.endpoint.0;
+        if url.scheme() != "http" {
+            return false;
+        }
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => !ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => !ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name != "localhost",
+            None => true,
+        }
+    }
+
+    /// The token, from `token` or `token_file`.
+    pub fn load_token(&self) -> Result<String, String> {
+        match (&self.token, &self.token_file) {
+            (Some(t), None) => Ok(t.trim().to_owned()),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read collector.token_file {}: {e}", path.display()))
+                .and_then(|text| {
+                    text.lines()
+                        .next()
+                        .map(|l| l.trim().to_owned())
+                        .filter(|l| !l.is_empty())
+                        .ok_or_else(|| format!("collector.token_file {} is empty", path.display()))
+                }),
+            _ => Err("expected exactly one of collector.token or collector.token_file".into()),
+        }
+    }
+}
+
+/// The on-disk spool (`[spool]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// The spool file; without it results are kept in memory only and are
+    /// lost when the agent stops.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Bytes of results kept at most (default 256 MiB); beyond, the oldest
+    /// are dropped and recorded as a gap.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// Results older than this are dropped unsent (default 7 days).
+    #[serde(default = "default_spool_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Completed results are synced to disk at least this often.
+    #[serde(default = "default_sync_interval", with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// Results held in memory when the disk cannot be written (or without
+    /// a path); beyond, the oldest are dropped and recorded as a gap.
+    #[serde(default = "default_memory_capacity")]
+    pub memory_capacity: usize,
+}
+
+fn default_spool_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_spool_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_sync_interval() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_memory_capacity() -> usize {
     // About an hour of 10 checks at 30 s intervals, a few MB of memory.
     100_000
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_bytes: default_spool_max_bytes(),
+            max_age: default_spool_max_age(),
+            sync_interval: default_sync_interval(),
+            memory_capacity: default_memory_capacity(),
+        }
+    }
+}
+
+impl SpoolConfig {
+    pub fn settings(&self) -> crate::spool::SpoolSettings {
+        crate::spool::SpoolSettings {
+            path: self.path.clone(),
+            max_bytes: self.max_bytes,
+            max_age: self.max_age,
+            sync_interval: self.sync_interval,
+            memory_capacity: self.memory_capacity,
+        }
+    }
 }
 
 /// Which nameserver answers the probes' lookups.
@@ -595,11 +708,44 @@ impl AgentConfig {
                 "expected at least 1".into(),
             ));
         }
-        if self.collector.batch_size == 0 || self.collector.queue_capacity == 0 {
+        if self.collector.batch_size == 0 || self.collector.window == 0 {
             return Err((
                 None,
                 "collector".into(),
-                "batch_size and queue_capacity must be at least 1".into(),
+                "batch_size and window must be at least 1".into(),
+            ));
+        }
+        if self.collector.token.is_some() == self.collector.token_file.is_some() {
+            return Err((
+                None,
+                "collector".into(),
+                "expected exactly one of token or token_file (see `vantage-collector agent add`)"
+                    .into(),
+            ));
+        }
+        if self.collector.plaintext_beyond_loopback() && !self.collector.insecure {
+            return Err((
+                None,
+                "collector.endpoint".into(),
+                format!(
+                    "{} is plaintext to a non-loopback host: the token would be readable on the \
+                     network. Use https://, or set insecure = true to accept that",
+                    self.collector.endpoint.as_str()
+                ),
+            ));
+        }
+        if self.collector.client_cert_file.is_some() != self.collector.client_key_file.is_some() {
+            return Err((
+                None,
+                "collector".into(),
+                "client_cert_file and client_key_file go together".into(),
+            ));
+        }
+        if self.spool.sync_interval.is_zero() || self.spool.memory_capacity == 0 {
+            return Err((
+                None,
+                "spool".into(),
+                "sync_interval and memory_capacity must be above zero".into(),
             ));
         }
         let mut vantage_names = HashSet::new();
@@ -775,6 +921,7 @@ source_ip = "127.0.2.1"
 
 [collector]
 endpoint = "http://127.0.0.1:7400"
+token = "vantage_test"
 
 [dns]
 resolvers = ["tcp://127.0.0.1:5353"]
@@ -825,7 +972,7 @@ expected_status = [200, 204]
     fn unknown_key_names_file_line_and_key() {
         let text = VALID.replace("interval = \"30s\"", "intervall = \"30s\"");
         let e = error(&text);
-        assert!(e.starts_with("agent.toml:16:"), "{e}");
+        assert!(e.starts_with("agent.toml:17:"), "{e}");
         assert!(e.contains("unknown field `intervall`"), "{e}");
         assert!(e.contains("check[0]"), "{e}");
     }
@@ -834,7 +981,7 @@ expected_status = [200, 204]
     fn bad_url_names_line_and_key() {
         let text = VALID.replace("https://shop.test/health", "ftp://shop.test/");
         let e = error(&text);
-        assert!(e.starts_with("agent.toml:15:"), "{e}");
+        assert!(e.starts_with("agent.toml:16:"), "{e}");
         assert!(e.contains("check[0].url"), "{e}");
         assert!(e.contains("expected scheme http or https"), "{e}");
     }
@@ -843,8 +990,48 @@ expected_status = [200, 204]
     fn bad_interval_names_line_and_key() {
         let text = VALID.replace("\"30s\"", "\"thirty seconds\"");
         let e = error(&text);
-        assert!(e.starts_with("agent.toml:16:"), "{e}");
+        assert!(e.starts_with("agent.toml:17:"), "{e}");
         assert!(e.contains("check[0].interval"), "{e}");
+    }
+
+    #[test]
+    fn token_goes_in_plaintext_only_to_loopback_unless_insecure() {
+        for loopback in [
+            "http://127.0.0.1:7400",
+            "http://[::1]:7400",
+            "http://localhost:7400",
+        ] {
+            let text = VALID.replace("http://127.0.0.1:7400", loopback);
+            assert!(parse(&text).is_ok(), "{loopback} is loopback");
+        }
+        for remote in ["http://10.0.0.5:7400", "http://collector.example.net:7400"] {
+            let text = VALID.replace("http://127.0.0.1:7400", remote);
+            let e = error(&text);
+            assert!(e.contains("collector.endpoint"), "{e}");
+            assert!(e.contains("plaintext to a non-loopback host"), "{e}");
+            let insecure = text.replace(
+                "token = \"vantage_test\"",
+                "token = \"vantage_test\"\ninsecure = true",
+            );
+            let c = parse(&insecure).expect("insecure = true allows it");
+            assert!(c.collector.plaintext_beyond_loopback() && c.collector.insecure);
+        }
+        let tls = VALID.replace(
+            "http://127.0.0.1:7400",
+            "https://collector.example.net:7400",
+        );
+        assert!(!parse(&tls).unwrap().collector.plaintext_beyond_loopback());
+    }
+
+    #[test]
+    fn exactly_one_token_source_is_required() {
+        let none = VALID.replace("token = \"vantage_test\"\n", "");
+        assert!(error(&none).contains("exactly one of token or token_file"));
+        let both = VALID.replace(
+            "token = \"vantage_test\"",
+            "token = \"a\"\ntoken_file = \"/etc/vantage/token\"",
+        );
+        assert!(error(&both).contains("exactly one of token or token_file"));
     }
 
     #[test]
@@ -859,7 +1046,7 @@ expected_status = [200, 204]
     fn bad_resolver_says_what_is_expected() {
         let text = VALID.replace("tcp://127.0.0.1:5353", "dns.example");
         let e = error(&text);
-        assert!(e.starts_with("agent.toml:11:"), "{e}");
+        assert!(e.starts_with("agent.toml:12:"), "{e}");
         assert!(e.contains("dns.resolvers"), "{e}");
         assert!(e.contains("expected `system`"), "{e}");
     }

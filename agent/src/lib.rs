@@ -7,9 +7,12 @@
 //! - [`vantage`]: the egress paths probes leave from, and their identity.
 //! - [`schedule`]: runs each check from each vantage on its interval with
 //!   bounded concurrency.
-//! - [`queue`]: bounded results awaiting acknowledgement; owns sequence
-//!   numbers (the seam for the disk spool).
-//! - [`report`]: the gRPC stream to the collector, with reconnects.
+//! - [`queue`]: owns sequence numbers and the order in which results
+//!   become sendable.
+//! - [`spool`]: the on-disk spool (redb): durable results, gaps, the
+//!   sequence lease, corruption and disk-full handling.
+//! - [`report`]: the gRPC stream to the collector: a window of batches,
+//!   cumulative acks, retry rules.
 //! - [`wire`]: domain → protobuf conversion, in one place.
 //! - [`app`]: wiring and the run loop.
 
@@ -19,6 +22,7 @@ pub mod probe;
 pub mod queue;
 pub mod report;
 pub mod schedule;
+pub mod spool;
 pub mod vantage;
 pub mod wire;
 

@@ -46,6 +46,15 @@ async fn main() -> ExitCode {
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
+    if let Some(addr) = config.metrics_listen {
+        let installed = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install();
+        if let Err(e) = installed {
+            eprintln!("error: metrics_listen {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let app = match App::build(config) {
         Ok(app) => app,
         Err(e) => {
@@ -55,8 +64,15 @@ async fn main() -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    app.run(shutdown).await;
-    ExitCode::SUCCESS
+    match app.run(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(refused) => {
+            eprintln!("error: {refused}");
+            // EX_CONFIG: the unit's RestartPreventExitStatus keeps systemd
+            // from hammering the collector with a bad token.
+            ExitCode::from(78)
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

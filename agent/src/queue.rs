@@ -1,52 +1,39 @@
-//! The bounded queue between probing and reporting, and the owner of
-//! sequence numbers.
+//! Between probing and reporting: the owner of sequence numbers and of the
+//! order in which results become sendable, in front of the [`Spool`].
 //!
-//! This is the seam where the on-disk spool goes: the scheduler reserves a
-//! sequence number when a probe starts (the probe sends it in its
-//! `X-Vantage-Probe` header) and completes the reservation with the result;
-//! the reporter only `peek`s and `ack`s. Results are released to the
-//! reporter in sequence order: none passes a reservation still in flight,
-//! so an acknowledgement "through seq N" never skips a result below N.
-//!
-//! Overflow policy: **drop oldest**. When the collector has been unreachable
-//! long enough to fill the queue, the oldest results are discarded (counted,
-//! logged) so the newest, most relevant ones survive.
+//! The scheduler reserves a sequence number when a probe starts (the probe
+//! sends it in its `X-Vantage-Probe` header) and completes the reservation
+//! with the result, which goes to the spool. The reporter reads results in
+//! sequence order and never past a reservation still in flight nor past a
+//! result not yet synced, so "the collector committed through seq N" never
+//! skips a result below N.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::probe::ProbeResult;
+use crate::spool::{Batch, Opened, Record, Spool, SpoolInUse, SpoolSettings, SpoolStats};
+use crate::wire::result_to_proto;
 
 /// Results awaiting acknowledgement by the collector.
 pub struct ResultQueue {
     state: Mutex<State>,
-    capacity: usize,
+    spool: Spool,
+    /// Fired when results become sendable.
     arrived: Notify,
 }
 
 struct State {
     next_seq: u64,
-    /// Sorted by seq.
-    results: VecDeque<ProbeResult>,
     /// Reserved sequence numbers whose probe is still running.
     in_flight: BTreeSet<u64>,
-    dropped: u64,
 }
 
-impl State {
-    /// How many results, from the front, no reservation holds back.
-    fn ready(&self) -> usize {
-        match self.in_flight.first() {
-            None => self.results.len(),
-            Some(&lowest) => self.results.partition_point(|r| r.seq < lowest),
-        }
-    }
-}
-
-/// A reserved sequence number. Completing it queues the result; dropping it
+/// A reserved sequence number. Completing it spools the result; dropping it
 /// (a probe abandoned at shutdown) releases the number unused.
 pub struct Ticket {
     seq: u64,
@@ -59,10 +46,14 @@ impl Ticket {
         self.seq
     }
 
-    /// Queues `result` under this ticket's sequence number.
-    pub fn complete(mut self, result: ProbeResult) {
+    /// Spools `result` under this ticket's sequence number.
+    pub fn complete(mut self, mut result: ProbeResult) {
         self.completed = true;
-        self.queue.insert(self.seq, result);
+        result.seq = self.seq;
+        self.queue
+            .spool
+            .push(Record::new(&result_to_proto(&result)));
+        self.queue.state().in_flight.remove(&self.seq);
     }
 }
 
@@ -70,51 +61,60 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.completed {
             self.queue.state().in_flight.remove(&self.seq);
-            self.queue.arrived.notify_waiters();
         }
     }
 }
 
 impl ResultQueue {
-    /// An empty queue holding at most `capacity` results.
-    ///
-    /// Sequence numbers start at the current Unix time in microseconds: a
-    /// restarted agent (which has lost this in-memory queue) thus continues
-    /// above every number it used before, as long as it produced fewer than
-    /// a million results per second and the clock did not step back.
-    pub fn new(capacity: usize) -> Self {
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
-        Self::starting_at(capacity, epoch)
+    /// Opens the spool and continues its sequence numbers.
+    pub fn open(settings: SpoolSettings) -> Result<(Self, Opened), SpoolInUse> {
+        let (spool, opened) = Spool::open(settings)?;
+        let queue = Self {
+            state: Mutex::new(State {
+                next_seq: opened.next_seq,
+                in_flight: BTreeSet::new(),
+            }),
+            spool,
+            arrived: Notify::new(),
+        };
+        Ok((queue, opened))
     }
 
-    /// An empty queue whose first result gets `first_seq`.
-    pub fn starting_at(capacity: usize, first_seq: u64) -> Self {
-        Self {
-            state: Mutex::new(State {
-                next_seq: first_seq.max(1),
-                results: VecDeque::with_capacity(capacity.min(1024)),
-                in_flight: BTreeSet::new(),
-                dropped: 0,
-            }),
-            capacity: capacity.max(1),
-            arrived: Notify::new(),
-        }
+    /// A queue without a spool file, whose first result gets `first_seq`
+    /// (for tests and one-off probes).
+    pub fn in_memory(capacity: usize, first_seq: u64) -> Self {
+        let Ok((queue, _)) = Self::open(SpoolSettings {
+            path: None,
+            max_bytes: u64::MAX,
+            max_age: Duration::MAX,
+            sync_interval: Duration::from_millis(500),
+            memory_capacity: capacity.max(1),
+        }) else {
+            unreachable!("a spool without a file is never in use by another process")
+        };
+        queue.state().next_seq = first_seq.max(1);
+        queue
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the queue torn (every
-        // critical section is a single VecDeque operation), so keep going.
+        // Every critical section leaves the state consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
     }
 
     /// Reserves the next sequence number for a probe about to start.
     pub fn reserve(self: &Arc<Self>) -> Ticket {
-        let mut state = self.state();
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        state.in_flight.insert(seq);
+        let seq = {
+            let mut state = self.state();
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.in_flight.insert(seq);
+            seq
+        };
+        self.spool.lease(seq);
         Ticket {
             seq,
             queue: self.clone(),
@@ -130,69 +130,98 @@ impl ResultQueue {
         seq
     }
 
-    /// Queues `result` as `seq` in order, dropping the oldest if full.
-    fn insert(&self, seq: u64, mut result: ProbeResult) {
-        {
-            let mut state = self.state();
-            state.in_flight.remove(&seq);
-            result.seq = seq;
-            if state.results.len() >= self.capacity
-                && let Some(oldest) = state.results.pop_front()
-            {
-                state.dropped += 1;
-                tracing::warn!(
-                    dropped_seq = oldest.seq,
-                    dropped_total = state.dropped,
-                    capacity = self.capacity,
-                    "Result queue full, dropped the oldest result."
-                );
-            }
-            // Results complete nearly in order, so this is almost always
-            // the end; the search keeps the queue sorted when they do not.
-            let at = state.results.partition_point(|r| r.seq < seq);
-            state.results.insert(at, result);
-        }
-        self.arrived.notify_waiters();
-    }
-
-    /// Copies of up to `max` of the oldest results ready to send.
-    pub fn peek(&self, max: usize) -> Vec<ProbeResult> {
-        let state = self.state();
-        let ready = state.ready();
-        state.results.iter().take(max.min(ready)).cloned().collect()
-    }
-
-    /// Removes every result with a sequence number up to `seq`.
-    pub fn ack_through(&self, seq: u64) {
+    /// Continues numbering above `seq` (the collector has committed it: a
+    /// reinstalled agent whose spool and lease are gone).
+    pub fn continue_above(&self, seq: u64) {
         let mut state = self.state();
-        while state.results.front().is_some_and(|r| r.seq <= seq) {
-            state.results.pop_front();
+        if state.next_seq <= seq {
+            tracing::warn!(
+                next_seq = state.next_seq,
+                collector_last_seq = seq,
+                "The collector has seen higher sequence numbers than this agent's next; continuing above them."
+            );
+            state.next_seq = seq + 1;
         }
     }
 
-    /// Results ready to send and waiting to be acknowledged.
+    /// Every number below this is completed or abandoned.
+    fn complete_below(&self) -> u64 {
+        let state = self.state();
+        state.in_flight.first().copied().unwrap_or(state.next_seq)
+    }
+
+    /// Results with numbers below this may be sent.
+    fn sendable_below(&self) -> u64 {
+        let complete = self.complete_below();
+        if self.spool.memory_only() {
+            return complete;
+        }
+        self.spool
+            .lowest_unsynced()
+            .map_or(complete, |u| u.min(complete))
+    }
+
+    /// Up to `max` sendable results after `after` (at most `max_bytes`).
+    /// Blocking: call from `spawn_blocking`.
+    pub fn read(&self, after: u64, max: usize, max_bytes: usize) -> Batch {
+        self.spool
+            .read(after, self.sendable_below(), max, max_bytes)
+    }
+
+    /// Removes every result up to `seq`: the collector committed them.
+    /// Blocking.
+    pub fn ack_through(&self, seq: u64) {
+        self.spool.ack_through(seq);
+    }
+
+    /// Syncs completed results to disk (blocking) and wakes the reporter.
+    pub fn sync(&self) {
+        self.spool.sync(self.complete_below());
+        self.arrived.notify_waiters();
+        let stats = self.spool.stats();
+        metrics::gauge!("vantage_agent_spool_records").set(stats.disk_records as f64);
+        metrics::gauge!("vantage_agent_spool_bytes").set(stats.disk_bytes as f64);
+        metrics::gauge!("vantage_agent_spool_degraded").set(f64::from(u8::from(stats.degraded)));
+    }
+
+    /// Syncs every `sync_interval` until `shutdown`, then once more and
+    /// marks the spool cleanly closed.
+    pub async fn run_sync(self: Arc<Self>, shutdown: CancellationToken) {
+        let interval = self.spool.settings().sync_interval;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let queue = self.clone();
+            let _ = tokio::task::spawn_blocking(move || queue.sync()).await;
+        }
+        let queue = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let below = queue.complete_below();
+            queue.spool.close(below);
+            queue.arrived.notify_waiters();
+        })
+        .await;
+    }
+
+    /// Results not yet acknowledged (on disk and in memory).
     pub fn len(&self) -> usize {
-        self.state().ready()
+        let stats = self.spool.stats();
+        usize::try_from(stats.disk_records).unwrap_or(usize::MAX) + stats.unsynced
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Results dropped because the queue was full, since start.
-    pub fn dropped(&self) -> u64 {
-        self.state().dropped
+    pub fn stats(&self) -> SpoolStats {
+        self.spool.stats()
     }
 
-    /// Resolves once the queue is non-empty.
-    pub async fn wait_nonempty(&self) {
-        loop {
-            let arrived = self.arrived.notified();
-            if !self.is_empty() {
-                return;
-            }
-            arrived.await;
-        }
+    /// Resolves at the next sync (new results may be sendable).
+    pub async fn synced(&self) {
+        self.arrived.notified().await;
     }
 }
 
@@ -204,68 +233,171 @@ mod tests {
         ProbeResult::new("c", "http://a.test/", "GET", "direct", chrono::Utc::now())
     }
 
+    fn seqs(batch: &Batch) -> Vec<u64> {
+        batch.results.iter().map(|r| r.seq).collect()
+    }
+
+    fn disk_queue(dir: &std::path::Path) -> Arc<ResultQueue> {
+        Arc::new(
+            ResultQueue::open(SpoolSettings {
+                path: Some(dir.join("spool.redb")),
+                max_bytes: 1 << 30,
+                max_age: Duration::from_secs(3600),
+                sync_interval: Duration::from_millis(500),
+                memory_capacity: 100,
+            })
+            .unwrap()
+            .0,
+        )
+    }
+
     #[test]
     fn results_wait_behind_a_reservation_in_flight() {
-        let q = Arc::new(ResultQueue::starting_at(10, 1));
+        let q = Arc::new(ResultQueue::in_memory(10, 1));
         let slow = q.reserve();
         let fast = q.reserve();
         fast.complete(result());
-        assert!(q.is_empty(), "seq 2 must not pass seq 1 still in flight");
-        assert!(q.peek(10).is_empty());
+        assert!(
+            q.read(0, 10, usize::MAX).results.is_empty(),
+            "seq 2 must not pass seq 1 in flight"
+        );
         slow.complete(result());
-        let seqs: Vec<u64> = q.peek(10).iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(seqs(&q.read(0, 10, usize::MAX)), vec![1, 2]);
     }
 
     #[test]
     fn dropped_reservation_releases_the_results_behind_it() {
-        let q = Arc::new(ResultQueue::starting_at(10, 1));
+        let q = Arc::new(ResultQueue::in_memory(10, 1));
         let abandoned = q.reserve();
         q.push(result());
-        assert!(q.is_empty());
+        assert!(q.read(0, 10, usize::MAX).results.is_empty());
         drop(abandoned);
-        let seqs: Vec<u64> = q.peek(10).iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, vec![2]);
+        assert_eq!(seqs(&q.read(0, 10, usize::MAX)), vec![2]);
     }
 
     #[test]
-    fn full_queue_drops_the_oldest_and_counts_it() {
-        let q = Arc::new(ResultQueue::starting_at(2, 10));
-        assert_eq!(q.push(result()), 10);
-        assert_eq!(q.push(result()), 11);
-        assert_eq!(q.push(result()), 12);
-        let seqs: Vec<u64> = q.peek(10).iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, vec![11, 12]);
-        assert_eq!(q.dropped(), 1);
+    fn memory_queue_drops_the_oldest_and_records_a_gap() {
+        let q = Arc::new(ResultQueue::in_memory(2, 10));
+        for _ in 0..3 {
+            q.push(result());
+        }
+        assert_eq!(seqs(&q.read(0, 10, usize::MAX)), vec![11, 12]);
+        assert_eq!(q.stats().dropped, 1);
+        let gaps = q.spool().pending_gaps();
+        assert_eq!(gaps.len(), 1);
+        assert_eq!(
+            (gaps[0].1.first_seq, gaps[0].1.last_seq, gaps[0].1.count),
+            (10, 10, Some(1))
+        );
+        assert_eq!(gaps[0].1.reason, "memory_full");
     }
 
     #[test]
-    fn ack_removes_only_acknowledged_results() {
-        let q = Arc::new(ResultQueue::starting_at(10, 1));
+    fn disk_results_are_sendable_only_once_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = disk_queue(dir.path());
+        let first = q.push(result());
+        assert!(
+            q.read(0, 10, usize::MAX).results.is_empty(),
+            "not synced yet"
+        );
+        q.sync();
+        assert_eq!(seqs(&q.read(0, 10, usize::MAX)), vec![first]);
+        assert_eq!(q.len(), 1);
+        q.ack_through(first);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn spooled_results_survive_a_restart_and_numbers_are_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = {
+            let q = disk_queue(dir.path());
+            let a = q.push(result());
+            let b = q.push(result());
+            q.sync();
+            q.spool().close(q.complete_below());
+            (a, b)
+        };
+        let q = disk_queue(dir.path());
+        assert_eq!(seqs(&q.read(0, 10, usize::MAX)), vec![a, b]);
+        let c = q.push(result());
+        assert!(c > b);
+        assert!(
+            q.spool().pending_gaps().is_empty(),
+            "a clean close records no gap"
+        );
+    }
+
+    #[test]
+    fn a_crash_records_the_unsynced_numbers_as_a_possible_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (synced, lost) = {
+            let q = disk_queue(dir.path());
+            let synced = q.push(result());
+            q.sync();
+            let lost = q.push(result());
+            // No sync, no close: as if killed.
+            drop(q);
+            (synced, lost)
+        };
+        let q = disk_queue(dir.path());
+        assert_eq!(seqs(&q.read(0, 10, usize::MAX)), vec![synced]);
+        let gaps = q.spool().pending_gaps();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        let gap = &gaps[0].1;
+        assert_eq!(gap.reason, "agent_crash");
+        assert!(
+            gap.first_seq <= lost && lost <= gap.last_seq,
+            "{gap:?} covers {lost}"
+        );
+        assert!(gap.first_seq > synced);
+        assert!(
+            q.push(result()) > gap.last_seq,
+            "new numbers start above the gap"
+        );
+    }
+
+    #[test]
+    fn a_second_agent_on_the_same_spool_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = disk_queue(dir.path());
+        let second = ResultQueue::open(SpoolSettings {
+            path: Some(dir.path().join("spool.redb")),
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(3600),
+            sync_interval: Duration::from_millis(500),
+            memory_capacity: 100,
+        });
+        let error = second.err().expect("refused").to_string();
+        assert!(error.contains("in use by another process"), "{error}");
+    }
+
+    #[test]
+    fn ack_removes_only_acknowledged_results_and_reads_stream_in_order() {
+        let q = Arc::new(ResultQueue::in_memory(100, 1));
         for _ in 0..5 {
             q.push(result());
         }
+        let batch = q.read(0, 2, usize::MAX);
+        assert_eq!(seqs(&batch), vec![1, 2]);
+        assert_eq!(
+            seqs(&q.read(batch.through_seq, 10, usize::MAX)),
+            vec![3, 4, 5]
+        );
         q.ack_through(3);
-        let seqs: Vec<u64> = q.peek(10).iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, vec![4, 5]);
-    }
-
-    #[test]
-    fn sequence_numbers_start_above_earlier_runs() {
-        let first = Arc::new(ResultQueue::new(1)).push(result());
-        let second = Arc::new(ResultQueue::new(1)).push(result());
-        assert!(second > first);
+        assert_eq!(seqs(&q.read(0, 10, usize::MAX)), vec![4, 5]);
     }
 
     proptest::proptest! {
         #[test]
-        fn queue_never_exceeds_capacity_and_keeps_order(cap in 1usize..20, pushes in 0usize..60) {
-            let q = Arc::new(ResultQueue::starting_at(cap, 1));
+        fn memory_queue_never_exceeds_capacity_and_keeps_order(cap in 1usize..20, pushes in 0usize..60) {
+            let q = Arc::new(ResultQueue::in_memory(cap, 1));
             for _ in 0..pushes { q.push(result()); }
-            let seqs: Vec<u64> = q.peek(usize::MAX).iter().map(|r| r.seq).collect();
+            let seqs = seqs(&q.read(0, usize::MAX, usize::MAX));
             proptest::prop_assert!(seqs.len() <= cap);
             proptest::prop_assert!(seqs.windows(2).all(|w| w[0] + 1 == w[1]));
-            proptest::prop_assert_eq!(q.dropped() as usize, pushes.saturating_sub(cap));
+            proptest::prop_assert_eq!(q.stats().dropped as usize, pushes.saturating_sub(cap));
         }
     }
 }

@@ -1,29 +1,47 @@
-//! The reporter: streams queued results to the collector over gRPC and
-//! removes them from the queue once the collector acknowledges a commit.
+//! The reporter: streams spooled results to the collector over gRPC and
+//! removes them from the spool once the collector acknowledges a commit.
 //!
-//! One batch is in flight at a time. On any stream error it reconnects with
-//! jittered exponential backoff; probing goes on meanwhile and results wait
-//! in the bounded [`ResultQueue`].
+//! Up to `window` batches are in flight; acks are cumulative and come in
+//! batch order. After any break the next session resends everything above
+//! the last ack (the collector ignores what it already has).
+//!
+//! Retry rules, by the status the collector ends a stream with:
+//! - UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED and transport
+//!   failures: reconnect with jittered exponential backoff;
+//! - INVALID_ARGUMENT / OUT_OF_RANGE naming a batch: that batch is never
+//!   retried: it is quarantined in the spool, counted and recorded as a
+//!   `rejected` gap, and delivery goes on;
+//! - UNAUTHENTICATED, PERMISSION_DENIED: stop, with a clear log line (the
+//!   agent exits; results stay in the spool for when the credential is
+//!   fixed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
+use tonic::{Code, Status};
 use vantage_proto::v1 as pb;
 use vantage_proto::v1::ingest_client::IngestClient;
 
 use crate::queue::ResultQueue;
-use crate::wire::result_to_proto;
 
 /// How long the collector may take to acknowledge a batch before the stream
 /// is considered broken. A commit of one batch takes milliseconds; a minute
 /// covers a PostgreSQL checkpoint or failover without flapping.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Metadata key naming the batch a refusal is about (the collector's
+/// `ingest::BATCH_ID_METADATA`).
+const BATCH_ID_METADATA: &str = "vantage-batch-id";
 
 /// Why a session with the collector ended.
 #[derive(Debug, thiserror::Error)]
@@ -33,14 +51,29 @@ pub enum ReportError {
         endpoint: String,
         source: tonic::transport::Error,
     },
-    #[error("collector rejected the stream: {0}")]
+    #[error("collector ended the stream: {0}")]
     Status(#[from] tonic::Status),
+    #[error("collector refused batch {batch_id}: {message}")]
+    Rejected {
+        batch_id: u64,
+        after_seq: u64,
+        through_seq: u64,
+        message: String,
+    },
     #[error("collector closed the stream")]
     Closed,
     #[error("protocol violation: {0}")]
     Protocol(String),
     #[error("no acknowledgement within {ACK_TIMEOUT:?}")]
     AckTimeout,
+}
+
+/// The collector refused this agent's credentials: delivery stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("the collector refused this agent's credentials ({code:?}): {message}")]
+pub struct CredentialsRefused {
+    pub code: Code,
+    pub message: String,
 }
 
 /// Who this agent is, as told to the collector in the Hello.
@@ -51,67 +84,110 @@ pub struct Identity {
     pub labels: BTreeMap<String, String>,
 }
 
+/// How to reach the collector.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub endpoint: String,
+    pub source_ip: Option<IpAddr>,
+    pub token: String,
+    /// Set for `https://` endpoints.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl Connection {
+    /// TLS settings from PEM files: the collector's CA (default: the
+    /// system's roots) and an optional client certificate.
+    pub fn tls_config(ca: Option<&[u8]>, client: Option<(&[u8], &[u8])>) -> ClientTlsConfig {
+        let mut tls = ClientTlsConfig::new();
+        tls = match ca {
+            Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+            None => tls.with_native_roots(),
+        };
+        if let Some((cert, key)) = client {
+            tls = tls.identity(TlsIdentity::from_pem(cert, key));
+        }
+        tls
+    }
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub batch_size: usize,
+    pub window: usize,
+    pub drain_timeout: Duration,
+}
+
 /// Delivers results from the queue to the collector.
 pub struct Reporter {
-    endpoint: String,
+    connection: Connection,
     identity: Identity,
-    source_ip: Option<IpAddr>,
     queue: Arc<ResultQueue>,
-    batch_size: usize,
-    flush_interval: Duration,
+    delivery: Delivery,
     egress_ip: watch::Sender<Option<IpAddr>>,
-    drain_timeout: Duration,
+    /// Everything up to here is committed by the collector.
+    acked_through: AtomicU64,
+}
+
+/// A batch sent and not yet acknowledged.
+struct Sent {
+    batch_id: u64,
+    after_seq: u64,
+    through_seq: u64,
+    gap_ids: Vec<u64>,
 }
 
 impl Reporter {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        endpoint: String,
+        connection: Connection,
         identity: Identity,
-        source_ip: Option<IpAddr>,
         queue: Arc<ResultQueue>,
-        batch_size: usize,
-        flush_interval: Duration,
+        delivery: Delivery,
         egress_ip: watch::Sender<Option<IpAddr>>,
-        drain_timeout: Duration,
     ) -> Self {
         Self {
-            endpoint,
+            connection,
             identity,
-            source_ip,
             queue,
-            batch_size,
-            flush_interval,
+            delivery,
             egress_ip,
-            drain_timeout,
+            acked_through: AtomicU64::new(0),
         }
     }
 
-    /// Reports until `shutdown`, then keeps delivering what is queued for
-    /// at most the drain timeout.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Reports until `shutdown`, then keeps delivering what is spooled for
+    /// at most the drain timeout. Fails only when the collector refuses
+    /// the credentials.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), CredentialsRefused> {
         let deliver = self.deliver(&shutdown);
         let drain_deadline = async {
             shutdown.cancelled().await;
-            tokio::time::sleep(self.drain_timeout).await;
+            tokio::time::sleep(self.delivery.drain_timeout).await;
         };
-        tokio::select! {
-            _ = deliver => {}
-            _ = drain_deadline => {}
-        }
+        let outcome = tokio::select! {
+            outcome = deliver => outcome,
+            _ = drain_deadline => Ok(()),
+        };
         let left = self.queue.len();
         if left > 0 {
-            tracing::error!(
-                left,
-                drain_timeout_s = self.drain_timeout.as_secs(),
-                "Shutting down with results not delivered; they are lost."
-            );
+            let stats = self.queue.stats();
+            if stats.degraded {
+                tracing::error!(
+                    left,
+                    "Stopping with results held in memory only; they are lost."
+                );
+            } else {
+                tracing::warn!(
+                    left,
+                    "Stopping with results not yet delivered; they stay in the spool for the next start."
+                );
+            }
         }
+        outcome
     }
 
-    /// Sessions with reconnects, until `shutdown` fired and the queue is
-    /// empty.
-    async fn deliver(&self, shutdown: &CancellationToken) {
+    /// Sessions with reconnects, until `shutdown` fired and nothing is left.
+    async fn deliver(&self, shutdown: &CancellationToken) -> Result<(), CredentialsRefused> {
         let backoff = || {
             ExponentialBuilder::new()
                 .with_min_delay(Duration::from_millis(100))
@@ -122,50 +198,107 @@ impl Reporter {
         };
         let mut delays = backoff();
         loop {
-            if shutdown.is_cancelled() && self.queue.is_empty() {
-                return;
-            }
             let mut welcomed = false;
-            match self.session(shutdown, &mut welcomed).await {
-                Ok(()) => return,
-                Err(error) => {
-                    if welcomed {
-                        delays = backoff();
-                    }
-                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                    tracing::warn!(
-                        %error,
-                        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                        queued = self.queue.len(),
-                        "Collector session ended, reconnecting."
+            let error = match self.session(shutdown, &mut welcomed).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            if welcomed {
+                delays = backoff();
+            }
+            match &error {
+                ReportError::Status(status)
+                    if matches!(
+                        status.code(),
+                        Code::Unauthenticated | Code::PermissionDenied
+                    ) =>
+                {
+                    tracing::error!(
+                        endpoint = %self.connection.endpoint,
+                        agent_id = %self.identity.agent_id,
+                        code = ?status.code(),
+                        message = status.message(),
+                        "The collector refused this agent's credentials. Delivery stopped: check collector.token (re-enrol with `vantage-collector agent add`). Results stay in the spool."
                     );
-                    tokio::time::sleep(delay).await;
+                    return Err(CredentialsRefused {
+                        code: status.code(),
+                        message: status.message().to_owned(),
+                    });
                 }
+                ReportError::Rejected {
+                    batch_id,
+                    after_seq,
+                    through_seq,
+                    message,
+                } => {
+                    tracing::error!(batch_id, first_seq = after_seq + 1, last_seq = through_seq, %message, "The collector refused a batch as invalid; it is quarantined and not retried.");
+                    let (queue, after, through) = (self.queue.clone(), *after_seq, *through_seq);
+                    let _ = tokio::task::spawn_blocking(move || {
+                        queue.spool().quarantine(after, through)
+                    })
+                    .await;
+                    self.acked_through.fetch_max(through, Ordering::SeqCst);
+                    continue;
+                }
+                _ => {}
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+            tracing::warn!(
+                %error,
+                retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                pending = self.queue.len(),
+                "Collector session ended, reconnecting."
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // Still stopping within the drain timeout when shut down.
+                _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
             }
         }
     }
 
-    /// One stream: Hello, Welcome, then batches until the queue is empty
-    /// after `stop` fired (or an error).
+    async fn connect(&self) -> Result<Channel, ReportError> {
+        let connect_error = |source| ReportError::Connect {
+            endpoint: self.connection.endpoint.clone(),
+            source,
+        };
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(self.connection.endpoint.clone())
+                .map_err(connect_error)?
+                .connect_timeout(Duration::from_secs(5))
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .local_address(self.connection.source_ip);
+        if let Some(tls) = &self.connection.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(connect_error)?;
+        }
+        endpoint.connect().await.map_err(connect_error)
+    }
+
+    /// One stream: Hello, Welcome, then a window of batches until nothing
+    /// is left after `stop` fired (or an error).
     async fn session(
         &self,
         stop: &CancellationToken,
         welcomed: &mut bool,
     ) -> Result<(), ReportError> {
-        let connect_error = |source| ReportError::Connect {
-            endpoint: self.endpoint.clone(),
-            source,
-        };
-        let channel = tonic::transport::Endpoint::from_shared(self.endpoint.clone())
-            .map_err(connect_error)?
-            .connect_timeout(Duration::from_secs(5))
-            .local_address(self.source_ip)
-            .connect()
-            .await
-            .map_err(connect_error)?;
-        let mut client = IngestClient::new(channel);
-        // Two slots: the Hello and one batch; the window is one batch.
-        let (outbound, rx) = mpsc::channel(2);
+        if stop.is_cancelled()
+            && self.queue.is_empty()
+            && self.queue.spool().pending_gaps().is_empty()
+        {
+            return Ok(());
+        }
+        let channel = self.connect().await?;
+        let bearer: MetadataValue<Ascii> = format!("Bearer {}", self.connection.token)
+            .parse()
+            .map_err(|_| ReportError::Protocol("the token is not printable ASCII".into()))?;
+        let mut client =
+            IngestClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            });
+        let window = self.delivery.window.max(1);
+        let (outbound, rx) = mpsc::channel(window + 1);
         let hello = pb::AgentMessage {
             body: Some(pb::agent_message::Body::Hello(pb::Hello {
                 agent_id: self.identity.agent_id.clone(),
@@ -179,7 +312,7 @@ impl Reporter {
             .await
             .map_err(|_| ReportError::Closed)?;
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-        let welcome = match inbound.message().await?.and_then(|m| m.body) {
+        let welcome = match inbound.next().await.transpose()?.and_then(|m| m.body) {
             Some(pb::collector_message::Body::Welcome(w)) => w,
             Some(other) => {
                 return Err(ReportError::Protocol(format!(
@@ -189,69 +322,159 @@ impl Reporter {
             None => return Err(ReportError::Closed),
         };
         *welcomed = true;
-        let observed: Option<IpAddr> = welcome.observed_ip.parse().ok();
-        self.egress_ip.send_replace(observed);
+        self.egress_ip
+            .send_replace(welcome.observed_ip.parse().ok());
+        self.queue.continue_above(welcome.last_committed_seq);
+        self.queue
+            .spool()
+            .resolve_unknown_starts(welcome.last_committed_seq);
+        let max_batch = usize::try_from(welcome.max_batch)
+            .ok()
+            .filter(|m| *m > 0)
+            .unwrap_or(usize::MAX)
+            .min(self.delivery.batch_size);
+        // Half the collector's message limit leaves room for encoding
+        // overhead over the stored bytes.
+        let max_bytes = usize::try_from(welcome.max_message_bytes / 2)
+            .ok()
+            .filter(|m| *m > 0)
+            .unwrap_or(4 << 20);
         tracing::info!(
-            endpoint = %self.endpoint,
+            endpoint = %self.connection.endpoint,
             observed_ip = %welcome.observed_ip,
-            queued = self.queue.len(),
+            last_committed_seq = welcome.last_committed_seq,
+            pending = self.queue.len(),
             "Connected to collector."
         );
 
+        let mut cursor = self.acked_through.load(Ordering::SeqCst);
+        let mut in_flight: VecDeque<Sent> = VecDeque::new();
+        let mut gaps_in_flight = BTreeSet::new();
         let mut batch_id = 0u64;
         loop {
-            if self.queue.is_empty() {
-                if stop.is_cancelled() {
+            // Fill the window with what is sendable.
+            while in_flight.len() < window {
+                let queue = self.queue.clone();
+                let batch =
+                    tokio::task::spawn_blocking(move || queue.read(cursor, max_batch, max_bytes))
+                        .await
+                        .map_err(|e| ReportError::Protocol(format!("spool read failed: {e}")))?;
+                let gaps: Vec<(u64, pb::Gap)> = self
+                    .queue
+                    .spool()
+                    .pending_gaps()
+                    .into_iter()
+                    .filter(|(id, g)| g.first_seq != 0 && !gaps_in_flight.contains(id))
+                    .map(|(id, g)| (id, g.to_proto()))
+                    .collect();
+                if batch.results.is_empty() && gaps.is_empty() && batch.through_seq == cursor {
+                    break;
+                }
+                batch_id += 1;
+                let sent = Sent {
+                    batch_id,
+                    after_seq: cursor,
+                    through_seq: batch.through_seq.max(cursor),
+                    gap_ids: gaps.iter().map(|(id, _)| *id).collect(),
+                };
+                gaps_in_flight.extend(sent.gap_ids.iter().copied());
+                let message = pb::AgentMessage {
+                    body: Some(pb::agent_message::Body::Batch(pb::ResultBatch {
+                        batch_id,
+                        results: batch.results,
+                        gaps: gaps.into_iter().map(|(_, g)| g).collect(),
+                    })),
+                };
+                outbound
+                    .send(message)
+                    .await
+                    .map_err(|_| ReportError::Closed)?;
+                cursor = sent.through_seq;
+                in_flight.push_back(sent);
+            }
+            if in_flight.is_empty() {
+                if stop.is_cancelled() && self.queue.is_empty() {
                     return Ok(());
                 }
                 tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
-                    _ = self.queue.wait_nonempty() => {}
+                    _ = stop.cancelled(), if !stop.is_cancelled() => {}
+                    _ = self.queue.synced() => {}
                 }
-            }
-            // Let a batch fill up, unless it is full already or we stop.
-            if self.queue.len() < self.batch_size && !stop.is_cancelled() {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = tokio::time::sleep(self.flush_interval) => {}
-                }
-            }
-            let results = self.queue.peek(self.batch_size);
-            let Some(max_seq) = results.last().map(|r| r.seq) else {
                 continue;
+            }
+            let reply = tokio::select! {
+                reply = tokio::time::timeout(ACK_TIMEOUT, inbound.next()) => reply,
+                // More to send while the window has room.
+                _ = self.queue.synced(), if in_flight.len() < window => continue,
             };
-            batch_id += 1;
-            let batch = pb::AgentMessage {
-                body: Some(pb::agent_message::Body::Batch(pb::ResultBatch {
-                    batch_id,
-                    results: results.iter().map(result_to_proto).collect(),
-                })),
+            let reply = match reply.map_err(|_| ReportError::AckTimeout)? {
+                Some(Ok(m)) => m,
+                Some(Err(status)) => return Err(refusal(status, &in_flight)),
+                None => return Err(ReportError::Closed),
             };
-            outbound
-                .send(batch)
-                .await
-                .map_err(|_| ReportError::Closed)?;
-            let reply = tokio::time::timeout(ACK_TIMEOUT, inbound.message())
-                .await
-                .map_err(|_| ReportError::AckTimeout)??;
-            match reply.and_then(|m| m.body) {
-                Some(pb::collector_message::Body::Ack(ack)) if ack.batch_id == batch_id => {
-                    self.queue.ack_through(max_seq);
-                    tracing::debug!(
-                        batch_id,
-                        inserted = ack.inserted,
-                        duplicates = ack.duplicates,
-                        max_seq,
-                        "Batch acknowledged."
-                    );
-                }
-                Some(other) => {
+            let ack = match reply.body {
+                Some(pb::collector_message::Body::Ack(ack)) => ack,
+                other => {
                     return Err(ReportError::Protocol(format!(
-                        "expected Ack for batch {batch_id}, got {other:?}"
+                        "expected an Ack, got {other:?}"
                     )));
                 }
-                None => return Err(ReportError::Closed),
+            };
+            let Some(sent) = in_flight.pop_front() else {
+                return Err(ReportError::Protocol(
+                    "an Ack with no batch in flight".into(),
+                ));
+            };
+            if ack.batch_id != sent.batch_id {
+                return Err(ReportError::Protocol(format!(
+                    "expected the Ack of batch {}, got batch {}",
+                    sent.batch_id, ack.batch_id
+                )));
             }
+            let queue = self.queue.clone();
+            let (through, gap_ids) = (sent.through_seq, sent.gap_ids);
+            let _ = tokio::task::spawn_blocking(move || {
+                queue.ack_through(through);
+                queue.spool().forget_gaps(&gap_ids);
+            })
+            .await;
+            self.acked_through.fetch_max(through, Ordering::SeqCst);
+            tracing::debug!(
+                batch_id = ack.batch_id,
+                inserted = ack.inserted,
+                duplicates = ack.duplicates,
+                refused = ack.refused,
+                through,
+                "Batch acknowledged."
+            );
         }
+    }
+}
+
+/// Turns the status a stream ended with into the error to act on: a
+/// refused batch is located in the window.
+fn refusal(status: Status, in_flight: &VecDeque<Sent>) -> ReportError {
+    if !matches!(status.code(), Code::InvalidArgument | Code::OutOfRange) {
+        return status.into();
+    }
+    let named = status
+        .metadata()
+        .get(BATCH_ID_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Without a name (a message too large to decode), it is the oldest
+    // unacknowledged batch: acks are in order.
+    let sent = match named {
+        Some(id) => in_flight.iter().find(|s| s.batch_id == id),
+        None => in_flight.front(),
+    };
+    match sent {
+        Some(sent) => ReportError::Rejected {
+            batch_id: sent.batch_id,
+            after_seq: sent.after_seq,
+            through_seq: sent.through_seq,
+            message: status.message().to_owned(),
+        },
+        None => status.into(),
     }
 }

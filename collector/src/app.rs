@@ -13,20 +13,17 @@ use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use vantage_proto::v1::ingest_server::IngestServer;
 
 use crate::alert::{Alerter, Webhook};
-use crate::config::CollectorConfig;
+use crate::config::{CollectorConfig, TlsConfig};
 use crate::detect::Detector;
 use crate::ingest::IngestService;
 use crate::store::Store;
 
 /// How often daily partitions ahead of today are checked for.
 const PARTITION_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// Largest gRPC message accepted: a full batch (`MAX_BATCH` results of a
-/// few hundred bytes each) with room to spare.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Opens a connection pool to the configured database.
 pub async fn connect(config: &CollectorConfig) -> Result<PgPool> {
@@ -53,6 +50,7 @@ impl Application {
     /// Migrates the database, creates partitions and binds the listeners
     /// (port 0 picks a free port: see [`Application::grpc_addr`]).
     pub async fn build(config: CollectorConfig, pool: PgPool) -> Result<Self> {
+        crate::metrics::handle();
         let store = Arc::new(Store::new(pool));
         store.migrate().await.context("applying migrations")?;
         store
@@ -99,12 +97,22 @@ impl Application {
         let fatal = Fatal::new(shutdown.clone());
 
         tracing::info!(grpc = %self.grpc_addr(), http = ?self.http_addr(), "Collector listening.");
-        let ingest = IngestService::new(self.store.clone(), shutdown.clone());
-        let grpc = tonic::transport::Server::builder()
+        let limits = self.config.ingest.limits();
+        let mut server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(crate::ingest::KEEPALIVE))
+            .http2_keepalive_timeout(Some(crate::ingest::KEEPALIVE));
+        let mut mutual_tls = false;
+        if let Some(tls) = &self.config.tls {
+            let (config, mutual) = server_tls(tls)?;
+            mutual_tls = mutual;
+            server = server.tls_config(config).context("configuring gRPC TLS")?;
+        }
+        let ingest = IngestService::new(self.store.clone(), shutdown.clone(), limits, mutual_tls);
+        let grpc = server
             .add_service(
                 IngestServer::new(ingest)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                    .max_decoding_message_size(limits.max_message_bytes)
+                    .max_encoding_message_size(limits.max_message_bytes),
             )
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.grpc),
@@ -179,6 +187,23 @@ impl Application {
             None => Ok(()),
         }
     }
+}
+
+/// The gRPC listener's TLS settings from `[tls]`; true when mutual.
+fn server_tls(tls: &TlsConfig) -> Result<(ServerTlsConfig, bool)> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the TLS {what} {}", path.display()))
+    };
+    let identity = Identity::from_pem(
+        read(&tls.cert_file, "certificate")?,
+        read(&tls.key_file, "key")?,
+    );
+    let mut config = ServerTlsConfig::new().identity(identity);
+    let mutual = tls.client_ca_file.is_some();
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+    }
+    Ok((config, mutual))
 }
 
 /// The first fatal error of any component; recording it shuts all down.

@@ -2,7 +2,8 @@
 //! with the same loader as the agent's: errors name file, line and key.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -10,6 +11,8 @@ use url::Url;
 use vantage_agent::config::{ConfigError, parse_toml, read_config};
 
 use crate::detect::Thresholds;
+use crate::ingest::IngestLimits;
+use crate::wire::SkewLimits;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +29,91 @@ pub struct CollectorConfig {
     pub detector: DetectorConfig,
     #[serde(default, rename = "webhook")]
     pub webhooks: Vec<WebhookConfig>,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// TLS for the gRPC listener; plaintext when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// What one agent may send (`[ingest]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Most results in one batch (default 10000); agents learn it at hello.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Largest gRPC message decoded (default 16 MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Sustained results per second per agent (default 20000); beyond it the
+    /// collector stops reading that agent's stream for a while (others are
+    /// unaffected).
+    #[serde(default = "default_results_per_second")]
+    pub max_results_per_second: NonZeroU32,
+    /// Results that started longer ago than this are refused one by one and
+    /// recorded as `timestamp_skew` gaps (default 7 days: a spool's age).
+    #[serde(with = "humantime_serde", default = "default_max_past")]
+    pub max_result_age: Duration,
+    /// Results that start further in the future than this are refused the
+    /// same way (default 5 minutes: a badly set agent clock).
+    #[serde(with = "humantime_serde", default = "default_max_future")]
+    pub max_clock_ahead: Duration,
+}
+
+fn default_max_batch() -> usize {
+    10_000
+}
+fn default_max_message_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_results_per_second() -> NonZeroU32 {
+    NonZeroU32::new(20_000).unwrap_or(NonZeroU32::MIN)
+}
+fn default_max_past() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_max_future() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: default_max_batch(),
+            max_message_bytes: default_max_message_bytes(),
+            max_results_per_second: default_results_per_second(),
+            max_result_age: default_max_past(),
+            max_clock_ahead: default_max_future(),
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn limits(&self) -> IngestLimits {
+        let chrono = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        IngestLimits {
+            max_batch: self.max_batch,
+            max_message_bytes: self.max_message_bytes,
+            results_per_second: self.max_results_per_second,
+            skew: SkewLimits {
+                max_past: chrono(self.max_result_age),
+                max_future: chrono(self.max_clock_ahead),
+            },
+        }
+    }
+}
+
+/// `[tls]`: the gRPC listener's certificate, and optionally the CA whose
+/// client certificates it requires (mutual TLS: the certificate must name
+/// the agent, as common name or DNS name).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 fn default_grpc_listen() -> SocketAddr {
@@ -165,6 +253,8 @@ impl Default for CollectorConfig {
             database: DatabaseConfig::default(),
             detector: DetectorConfig::default(),
             webhooks: Vec::new(),
+            ingest: IngestConfig::default(),
+            tls: None,
         }
     }
 }
@@ -181,6 +271,15 @@ impl CollectorConfig {
                 None,
                 "detector".into(),
                 "expected healthy_rate < open_rate and close_rate <= open_rate".into(),
+            ));
+        }
+        if config.ingest.max_batch == 0 || config.ingest.max_message_bytes < 1024 {
+            return Err(ConfigError::at(
+                path,
+                &text,
+                None,
+                "ingest".into(),
+                "expected max_batch >= 1 and max_message_bytes >= 1024".into(),
             ));
         }
         if d.interval.is_zero() || d.window < d.interval {

@@ -1,10 +1,19 @@
-//! The gRPC ingest service: Hello/Welcome, then batches inserted into
-//! PostgreSQL and acknowledged strictly after COMMIT.
+//! The gRPC ingest service: authenticates a stream, then commits its
+//! batches to PostgreSQL in order and acknowledges each strictly after
+//! COMMIT. Acks are cumulative: batch N is acked only after every earlier
+//! batch of the stream was.
+//!
+//! A stream is two tasks joined by a bounded channel: the reader decodes,
+//! validates and rate-limits batch N+1 while the committer writes batch N,
+//! so an agent's window of batches in flight keeps the database busy.
 
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -13,11 +22,28 @@ use tonic::{Request, Response, Status, Streaming};
 use vantage_proto::v1 as pb;
 use vantage_proto::v1::ingest_server::Ingest;
 
-use crate::store::{AgentHello, Store, StoreError};
-use crate::wire::{InvalidResult, stored_result};
+use crate::auth::{self, AuthError};
+use crate::store::{AgentHello, EnrolledAgent, Store, StoreError, StoredGap, StoredResult};
+use crate::wire::{InvalidGap, InvalidResult, SkewLimits, stored_gap, stored_result};
 
-/// Most results accepted in one batch; larger batches are rejected.
-pub const MAX_BATCH: usize = 10_000;
+/// Metadata key of a refused stream's status naming the batch at fault, so
+/// the agent quarantines exactly that one.
+pub const BATCH_ID_METADATA: &str = "vantage-batch-id";
+
+/// Batches validated ahead of the one being committed, per stream.
+const PIPELINE_DEPTH: usize = 4;
+
+/// What one agent may send.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    /// Most results in one batch.
+    pub max_batch: usize,
+    /// Largest message decoded, in bytes (enforced by tonic, told to agents).
+    pub max_message_bytes: usize,
+    /// Results per second per agent, sustained; a full batch may burst.
+    pub results_per_second: NonZeroU32,
+    pub skew: SkewLimits,
+}
 
 /// Why a stream was ended by the collector. Mapped to a gRPC status in
 /// exactly one place ([`From<IngestError> for Status`]).
@@ -25,28 +51,33 @@ pub const MAX_BATCH: usize = 10_000;
 pub enum IngestError {
     #[error("the first message must be a Hello")]
     NoHello,
-    #[error("invalid Hello: {0}")]
-    BadHello(&'static str),
     #[error("unexpected message: {0}")]
     Unexpected(&'static str),
-    #[error("batch of {0} results exceeds the limit of {MAX_BATCH}")]
-    BatchTooLarge(usize),
-    #[error(transparent)]
-    InvalidResult(#[from] InvalidResult),
+    #[error("batch {batch_id}: {problem}")]
+    InvalidBatch { batch_id: u64, problem: String },
     #[error("storage unavailable, resend later: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("collector is shutting down")]
     ShuttingDown,
 }
 
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Self {
-        match &e {
-            IngestError::NoHello
-            | IngestError::BadHello(_)
-            | IngestError::Unexpected(_)
-            | IngestError::BatchTooLarge(_)
-            | IngestError::InvalidResult(_) => Status::invalid_argument(e.to_string()),
+        match e {
+            IngestError::Auth(e) => e.into(),
+            IngestError::Store(StoreError::Revoked(agent)) => AuthError::Revoked(agent).into(),
+            IngestError::NoHello | IngestError::Unexpected(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            IngestError::InvalidBatch { batch_id, .. } => {
+                let mut status = Status::invalid_argument(e.to_string());
+                status
+                    .metadata_mut()
+                    .insert(BATCH_ID_METADATA, batch_id.into());
+                status
+            }
             IngestError::Store(_) | IngestError::ShuttingDown => Status::unavailable(e.to_string()),
         }
     }
@@ -56,15 +87,67 @@ impl From<IngestError> for Status {
 pub struct IngestService {
     store: Arc<Store>,
     shutdown: CancellationToken,
+    limits: IngestLimits,
+    rate: Arc<DefaultKeyedRateLimiter<String>>,
+    require_client_cert: bool,
 }
 
 impl IngestService {
-    pub fn new(store: Arc<Store>, shutdown: CancellationToken) -> Self {
-        Self { store, shutdown }
+    /// `require_client_cert`: the server is mutual TLS, and the client
+    /// certificate must name the agent its token belongs to.
+    pub fn new(
+        store: Arc<Store>,
+        shutdown: CancellationToken,
+        limits: IngestLimits,
+        require_client_cert: bool,
+    ) -> Self {
+        let burst = NonZeroU32::new(u32::try_from(limits.max_batch).unwrap_or(u32::MAX))
+            .unwrap_or(NonZeroU32::MIN)
+            .max(limits.results_per_second);
+        let quota = Quota::per_second(limits.results_per_second).allow_burst(burst);
+        Self {
+            store,
+            shutdown,
+            limits,
+            rate: Arc::new(RateLimiter::keyed(quota)),
+            require_client_cert,
+        }
+    }
+
+    /// The enrolled agent this call's credentials belong to.
+    async fn authenticate(
+        &self,
+        request: &Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<EnrolledAgent, IngestError> {
+        let token = auth::bearer(request.metadata())?;
+        let agent = self
+            .store
+            .agent_by_token(&auth::token_sha256(token))
+            .await?
+            .ok_or(AuthError::UnknownToken)?;
+        if agent.revoked_at.is_some() {
+            return Err(AuthError::Revoked(agent.agent_id).into());
+        }
+        if self.require_client_cert {
+            let certs = request.peer_certs().ok_or(AuthError::NoCertificate)?;
+            let names = certs
+                .first()
+                .map(|c| auth::certificate_names(c.as_ref()))
+                .unwrap_or_default();
+            if !names.contains(&agent.agent_id) {
+                return Err(AuthError::CertificateMismatch {
+                    agent: agent.agent_id,
+                    names,
+                }
+                .into());
+            }
+        }
+        Ok(agent)
     }
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::CollectorMessage, Status>> + Send>>;
+type Replies = mpsc::Sender<Result<pb::CollectorMessage, Status>>;
 
 #[tonic::async_trait]
 impl Ingest for IngestService {
@@ -77,93 +160,129 @@ impl Ingest for IngestService {
         let peer_ip = request
             .remote_addr()
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let enrolled = match self.authenticate(&request).await {
+            Ok(agent) => agent,
+            Err(error) => {
+                tracing::warn!(%peer_ip, %error, "Refused a stream.");
+                return Err(error.into());
+            }
+        };
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await?.and_then(|m| m.body) {
             Some(pb::agent_message::Body::Hello(h)) => h,
             _ => return Err(IngestError::NoHello.into()),
         };
-        if hello.agent_id.trim().is_empty() {
-            return Err(IngestError::BadHello("agent_id is empty").into());
-        }
-        if hello.region.trim().is_empty() {
-            return Err(IngestError::BadHello("region is empty").into());
+        if hello.agent_id != enrolled.agent_id {
+            let error = AuthError::Spoofed {
+                owner: enrolled.agent_id,
+                claimed: hello.agent_id,
+            };
+            tracing::warn!(%peer_ip, %error, "Refused a stream.");
+            return Err(error.into());
         }
         let agent = AgentHello {
-            agent_id: hello.agent_id,
-            region: hello.region,
+            agent_id: enrolled.agent_id,
             labels: hello.labels.into_iter().collect(),
             version: hello.version,
             observed_ip: peer_ip,
         };
         let last_seq = self
             .store
-            .upsert_agent(&agent)
+            .record_hello(&agent)
             .await
             .map_err(IngestError::from)?;
-        tracing::info!(agent_id = %agent.agent_id, region = %agent.region, %peer_ip, last_seq, "Agent connected.");
+        tracing::info!(agent_id = %agent.agent_id, region = %enrolled.region, %peer_ip, last_seq, "Agent connected.");
 
-        // One ack in flight per batch in flight; the agent's window is small.
-        let (tx, rx) = mpsc::channel(8);
+        let (replies, rx) = mpsc::channel(PIPELINE_DEPTH * 2);
         let welcome = pb::CollectorMessage {
             body: Some(pb::collector_message::Body::Welcome(pb::Welcome {
                 observed_ip: peer_ip.to_string(),
                 last_committed_seq: last_seq,
+                max_batch: u32::try_from(self.limits.max_batch).unwrap_or(u32::MAX),
+                max_message_bytes: self.limits.max_message_bytes as u64,
             })),
         };
-        tx.send(Ok(welcome))
+        replies
+            .send(Ok(welcome))
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
 
-        let session = Session {
-            store: self.store.clone(),
-            agent,
+        let (steps, pending) = mpsc::channel(PIPELINE_DEPTH);
+        let reader = Reader {
+            agent_id: agent.agent_id.clone(),
+            observed_ip: peer_ip,
+            limits: self.limits,
+            rate: self.rate.clone(),
             inbound,
-            outbound: tx,
+            steps,
         };
-        tokio::spawn(session.run(self.shutdown.clone()));
+        let committer = Committer {
+            store: self.store.clone(),
+            agent_id: agent.agent_id,
+            region: enrolled.region,
+            replies,
+        };
+        tokio::spawn(reader.run(self.shutdown.clone()));
+        tokio::spawn(committer.run(pending));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// One agent's stream after the Hello.
-struct Session {
-    store: Arc<Store>,
-    agent: AgentHello,
-    inbound: Streaming<pb::AgentMessage>,
-    outbound: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
+/// What the reader hands the committer, in stream order.
+enum Step {
+    Commit(ValidBatch),
+    /// End the stream with this error once everything before it is acked.
+    Fail(IngestError),
 }
 
-impl Session {
+struct ValidBatch {
+    batch_id: u64,
+    results: Vec<StoredResult>,
+    gaps: Vec<StoredGap>,
+    /// Highest seq the agent sent in the batch, refused results included.
+    max_seq: u64,
+    refused: u32,
+}
+
+/// Decodes, validates and rate-limits one stream's batches.
+struct Reader {
+    agent_id: String,
+    observed_ip: IpAddr,
+    limits: IngestLimits,
+    rate: Arc<DefaultKeyedRateLimiter<String>>,
+    inbound: Streaming<pb::AgentMessage>,
+    steps: mpsc::Sender<Step>,
+}
+
+impl Reader {
     async fn run(mut self, shutdown: CancellationToken) {
-        let agent_id = self.agent.agent_id.clone();
-        let ended = loop {
+        loop {
             let message = tokio::select! {
-                _ = shutdown.cancelled() => break Err(IngestError::ShuttingDown),
-                m = self.inbound.message() => m,
-            };
-            match message {
-                Ok(Some(m)) => {
-                    if let Err(e) = self.handle(m).await {
-                        break Err(e);
+                _ = shutdown.cancelled() => Err(IngestError::ShuttingDown),
+                m = self.inbound.message() => match m {
+                    Ok(Some(m)) => Ok(m),
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::info!(agent_id = %self.agent_id, %status, "Agent stream broke.");
+                        return;
                     }
+                },
+            };
+            let step = match message.and_then(|m| self.validate(m)) {
+                Ok(batch) => {
+                    self.throttle(batch.results.len()).await;
+                    Step::Commit(batch)
                 }
-                Ok(None) => break Ok(()),
-                Err(status) => {
-                    tracing::info!(%agent_id, %status, "Agent stream broke.");
-                    return;
-                }
-            }
-        };
-        match ended {
-            Ok(()) => tracing::info!(%agent_id, "Agent disconnected."),
-            Err(error) => {
-                tracing::warn!(%agent_id, %error, "Ending agent stream.");
-                let _ = self.outbound.send(Err(error.into())).await;
+                Err(e) => Step::Fail(e),
+            };
+            let last = matches!(step, Step::Fail(_));
+            if self.steps.send(step).await.is_err() || last {
+                return;
             }
         }
     }
 
-    async fn handle(&mut self, message: pb::AgentMessage) -> Result<(), IngestError> {
+    fn validate(&self, message: pb::AgentMessage) -> Result<ValidBatch, IngestError> {
         let batch = match message.body {
             Some(pb::agent_message::Body::Batch(b)) => b,
             Some(pb::agent_message::Body::Hello(_)) => {
@@ -171,32 +290,137 @@ impl Session {
             }
             None => return Err(IngestError::Unexpected("empty message")),
         };
-        if batch.results.len() > MAX_BATCH {
-            return Err(IngestError::BatchTooLarge(batch.results.len()));
+        let batch_id = batch.batch_id;
+        let invalid = |problem: String| {
+            metrics::counter!("vantage_ingest_rejected_batches_total").increment(1);
+            IngestError::InvalidBatch { batch_id, problem }
+        };
+        if batch.results.len() > self.limits.max_batch {
+            return Err(invalid(format!(
+                "{} results exceed the limit of {} per batch",
+                batch.results.len(),
+                self.limits.max_batch
+            )));
         }
         let max_seq = batch.results.iter().map(|r| r.seq).max().unwrap_or(0);
-        let results = batch
-            .results
+        let now = chrono::Utc::now();
+        let mut gaps = batch
+            .gaps
             .into_iter()
-            .map(|r| stored_result(r, self.agent.observed_ip))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(stored_gap)
+            .collect::<Result<Vec<_>, InvalidGap>>()
+            .map_err(|e| invalid(e.to_string()))?;
+        let mut results = Vec::with_capacity(batch.results.len());
+        for r in batch.results {
+            let r = stored_result(r, self.observed_ip)
+                .map_err(|e: InvalidResult| invalid(e.to_string()))?;
+            if self.limits.skew.accepts(r.started_at, now) {
+                results.push(r);
+            } else {
+                tracing::warn!(agent_id = %self.agent_id, seq = r.seq, started_at = %r.started_at, "Refused a result whose start time is too far from the collector's clock.");
+                gaps.push(StoredGap {
+                    first_seq: r.seq,
+                    last_seq: r.seq,
+                    count: Some(1),
+                    reason: "timestamp_skew",
+                    detected_at: now,
+                });
+            }
+        }
+        let refused = u32::try_from(gaps.iter().filter(|g| g.reason == "timestamp_skew").count())
+            .unwrap_or(u32::MAX);
+        if refused > 0 {
+            metrics::counter!("vantage_ingest_refused_results_total", "reason" => "timestamp_skew")
+                .increment(u64::from(refused));
+        }
+        Ok(ValidBatch {
+            batch_id,
+            results,
+            gaps,
+            max_seq,
+            refused,
+        })
+    }
+
+    /// Waits until this agent may send `n` more results. Waiting here stops
+    /// reading its stream, so HTTP/2 flow control slows only this agent.
+    async fn throttle(&self, n: usize) {
+        let Some(n) = NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)) else {
+            return;
+        };
+        if self
+            .rate
+            .check_key_n(&self.agent_id, n)
+            .is_ok_and(|r| r.is_ok())
+        {
+            return;
+        }
+        metrics::counter!("vantage_ingest_throttled_batches_total").increment(1);
+        tracing::debug!(agent_id = %self.agent_id, results = n, "Agent above its rate; throttling.");
+        // n never exceeds the burst (max_batch), so this cannot fail.
+        let _ = self.rate.until_key_n_ready(&self.agent_id, n).await;
+    }
+}
+
+/// Commits one stream's batches in order and acknowledges each.
+struct Committer {
+    store: Arc<Store>,
+    agent_id: String,
+    region: String,
+    replies: Replies,
+}
+
+impl Committer {
+    async fn run(self, mut pending: mpsc::Receiver<Step>) {
+        while let Some(step) = pending.recv().await {
+            let result = match step {
+                Step::Commit(batch) => self.commit(batch).await,
+                Step::Fail(e) => Err(e),
+            };
+            if let Err(error) = result {
+                tracing::warn!(agent_id = %self.agent_id, %error, "Ending agent stream.");
+                let _ = self.replies.send(Err(error.into())).await;
+                return;
+            }
+        }
+        tracing::info!(agent_id = %self.agent_id, "Agent disconnected.");
+    }
+
+    async fn commit(&self, batch: ValidBatch) -> Result<(), IngestError> {
+        let started = Instant::now();
         let inserted = self
             .store
-            .insert_batch(&self.agent.agent_id, &self.agent.region, &results)
+            .insert_batch(&self.agent_id, &self.region, &batch.results, &batch.gaps)
             .await?;
+        let elapsed = started.elapsed();
+        metrics::histogram!("vantage_ingest_commit_seconds").record(elapsed.as_secs_f64());
+        metrics::counter!("vantage_ingest_results_total").increment(inserted.new_rows);
+        metrics::counter!("vantage_ingest_duplicates_total").increment(inserted.duplicates);
+        fail::fail_point!("ingest-after-commit", |_| Err(IngestError::ShuttingDown));
         // Only now, after COMMIT, is the batch acknowledged.
         let ack = pb::CollectorMessage {
             body: Some(pb::collector_message::Body::Ack(pb::BatchAck {
                 batch_id: batch.batch_id,
                 inserted: u32::try_from(inserted.new_rows).unwrap_or(u32::MAX),
                 duplicates: u32::try_from(inserted.duplicates).unwrap_or(u32::MAX),
-                max_seq,
+                max_seq: batch.max_seq,
+                refused: batch.refused,
             })),
         };
-        tracing::debug!(agent_id = %self.agent.agent_id, batch_id = batch.batch_id, new_rows = inserted.new_rows, "Batch committed.");
+        tracing::debug!(
+            agent_id = %self.agent_id,
+            batch_id = batch.batch_id,
+            new_rows = inserted.new_rows,
+            commit_ms = elapsed.as_secs_f64() * 1000.0,
+            "Batch committed."
+        );
         // If the agent is gone the ack is lost; it will resend, and the
         // resend adds no rows.
-        let _ = self.outbound.send(Ok(ack)).await;
+        let _ = self.replies.send(Ok(ack)).await;
         Ok(())
     }
 }
+
+/// How long an agent's stream may stay silent before the collector's
+/// HTTP/2 keepalive notices a dead peer.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);

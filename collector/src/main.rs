@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use vantage_collector::{Application, CollectorConfig, app, demo};
+use vantage_collector::{Application, CollectorConfig, app, demo, enrol};
 
 #[derive(Parser)]
 #[command(
@@ -31,14 +31,38 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Enrol, list and revoke agents.
+    Agent {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
     /// Show the whole story locally: PostgreSQL, collector, agents in three
     /// "regions", a target failing for one, the detection and the webhooks.
     Demo,
 }
 
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Enrol an agent (or re-enrol it with a new token) and print its token
+    /// once; only the token's hash is stored.
+    Add {
+        agent_id: String,
+        #[arg(long)]
+        region: String,
+    },
+    /// List every known agent with its enrolment state and progress.
+    List,
+    /// Revoke an agent's token: its streams are refused from the next batch.
+    Revoke { agent_id: String },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Reads FAILPOINTS; compiled in only for the fault tests' builds.
+    let _failpoints = fail::FailScenario::setup();
     let default_level = if matches!(args.command, Command::Demo) {
         "error"
     } else {
@@ -82,8 +106,63 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
+        Command::Agent { config, command } => {
+            let config = match config {
+                Some(path) => CollectorConfig::load(&path)?,
+                None => CollectorConfig::default(),
+            };
+            let store = vantage_collector::store::Store::new(app::connect(&config).await?);
+            store.migrate().await.context("applying migrations")?;
+            agent_command(&store, command).await
+        }
         Command::Demo => demo::run().await,
     }
+}
+
+async fn agent_command(
+    store: &vantage_collector::store::Store,
+    command: AgentCommand,
+) -> anyhow::Result<()> {
+    match command {
+        AgentCommand::Add { agent_id, region } => {
+            let token = enrol::enrol(store, &agent_id, &region).await?;
+            eprintln!("Enrolled agent {agent_id:?} in region {region:?}. Its token (shown once):");
+            println!("{token}");
+        }
+        AgentCommand::List => {
+            println!(
+                "{:<24} {:<16} {:<8} {:<20} {:>20}  last seen",
+                "agent", "region", "state", "enrolled", "last seq"
+            );
+            for a in store.list_agents().await? {
+                let state = match (a.enrolled_at, a.revoked_at) {
+                    (_, Some(_)) => "revoked",
+                    (Some(_), None) => "enrolled",
+                    (None, None) => "unknown",
+                };
+                let enrolled = a
+                    .enrolled_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<24} {:<16} {:<8} {:<20} {:>20}  {}",
+                    a.agent_id,
+                    a.region,
+                    state,
+                    enrolled,
+                    a.last_seq,
+                    a.last_seen.format("%Y-%m-%d %H:%M:%S")
+                );
+            }
+        }
+        AgentCommand::Revoke { agent_id } => {
+            if !store.revoke_agent(&agent_id).await? {
+                anyhow::bail!("no enrolled, unrevoked agent {agent_id:?}");
+            }
+            println!("Revoked agent {agent_id:?}.");
+        }
+    }
+    Ok(())
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

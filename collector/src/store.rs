@@ -21,6 +21,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The agent's token was revoked while its stream was open; the batch
+    /// was rolled back.
+    #[error("agent {0:?} was revoked")]
+    Revoked(String),
 }
 
 /// One probe result as the collector stores it.
@@ -73,14 +77,44 @@ pub struct StoredResult {
     pub hops: serde_json::Value,
 }
 
-/// What the agent said in its Hello, plus where it came from.
+/// What the agent said in its Hello, plus where it came from. Its identity
+/// and region come from the credential ([`EnrolledAgent`]), not from here.
 #[derive(Debug, Clone)]
 pub struct AgentHello {
     pub agent_id: String,
-    pub region: String,
     pub labels: BTreeMap<String, String>,
     pub version: String,
     pub observed_ip: IpAddr,
+}
+
+/// An agent as enrolled, found by its token's hash.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EnrolledAgent {
+    pub agent_id: String,
+    pub region: String,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// One line of `vantage-collector agent list`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AgentListing {
+    pub agent_id: String,
+    pub region: String,
+    pub enrolled_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_seen: DateTime<Utc>,
+    pub last_seq: i64,
+    pub version: String,
+}
+
+/// Results an agent will never deliver, and why (a `delivery_gaps` row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredGap {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub count: Option<i64>,
+    pub reason: &'static str,
+    pub detected_at: DateTime<Utc>,
 }
 
 /// Outcome of inserting one batch.
@@ -201,20 +235,77 @@ impl Store {
         Ok(())
     }
 
-    /// Records (or refreshes) an agent; returns its last committed seq.
-    pub async fn upsert_agent(&self, hello: &AgentHello) -> Result<u64, StoreError> {
+    /// Enrols `agent_id` in `region` with the token whose SHA-256 is
+    /// `token_sha256`; re-enrolling replaces the token and lifts a
+    /// revocation. Returns whether the agent was new.
+    pub async fn enrol_agent(
+        &self,
+        agent_id: &str,
+        region: &str,
+        token_sha256: &str,
+    ) -> Result<bool, StoreError> {
+        let inserted: bool = sqlx::query_scalar(
+            "INSERT INTO agents (agent_id, region, token_sha256, enrolled_at)
+             VALUES ($1, $2, $3, now())
+             ON CONFLICT (agent_id) DO UPDATE SET
+                region = EXCLUDED.region, token_sha256 = EXCLUDED.token_sha256,
+                enrolled_at = now(), revoked_at = NULL
+             RETURNING (xmax = 0)",
+        )
+        .bind(agent_id)
+        .bind(region)
+        .bind(token_sha256)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(inserted)
+    }
+
+    /// Revokes an agent's token; returns false if no such agent is enrolled.
+    pub async fn revoke_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE agents SET revoked_at = now()
+             WHERE agent_id = $1 AND token_sha256 IS NOT NULL AND revoked_at IS NULL",
+        )
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done > 0)
+    }
+
+    /// Every agent the collector knows, enrolled or not.
+    pub async fn list_agents(&self) -> Result<Vec<AgentListing>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT agent_id, region, enrolled_at, revoked_at, last_seen, last_seq, version
+             FROM agents ORDER BY agent_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The agent holding the token with this SHA-256, if any.
+    pub async fn agent_by_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<EnrolledAgent>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT agent_id, region, revoked_at FROM agents WHERE token_sha256 = $1",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records an enrolled agent's Hello; returns its last committed seq.
+    pub async fn record_hello(&self, hello: &AgentHello) -> Result<u64, StoreError> {
         let labels = serde_json::to_value(&hello.labels).unwrap_or_default();
         let last_seq: i64 = sqlx::query_scalar(
-            "INSERT INTO agents (agent_id, region, labels, version, observed_ip)
-             VALUES ($1, $2, $3, $4, $5::text::inet)
-             ON CONFLICT (agent_id) DO UPDATE SET
-                region = EXCLUDED.region, labels = EXCLUDED.labels,
-                version = EXCLUDED.version, observed_ip = EXCLUDED.observed_ip,
-                last_seen = now()
+            "UPDATE agents SET labels = $2, version = $3, observed_ip = $4::text::inet,
+                               last_seen = now()
+             WHERE agent_id = $1
              RETURNING last_seq",
         )
         .bind(&hello.agent_id)
-        .bind(&hello.region)
         .bind(labels)
         .bind(&hello.version)
         .bind(hello.observed_ip.to_string())
@@ -231,8 +322,9 @@ impl Store {
         agent_id: &str,
         region: &str,
         results: &[StoredResult],
+        gaps: &[StoredGap],
     ) -> Result<Inserted, StoreError> {
-        if results.is_empty() {
+        if results.is_empty() && gaps.is_empty() {
             return Ok(Inserted {
                 new_rows: 0,
                 duplicates: 0,
@@ -334,15 +426,44 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let max_seq = results.iter().map(|r| r.seq).max().unwrap_or(0);
-        sqlx::query(
+        if !gaps.is_empty() {
+            sqlx::query(
+                "INSERT INTO delivery_gaps (agent_id, first_seq, last_seq, count, reason,
+                                            detected_at)
+                 SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
+                                          $6::timestamptz[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(agent_id)
+            .bind(gaps.iter().map(|g| g.first_seq).collect::<Vec<_>>())
+            .bind(gaps.iter().map(|g| g.last_seq).collect::<Vec<_>>())
+            .bind(gaps.iter().map(|g| g.count).collect::<Vec<_>>())
+            .bind(gaps.iter().map(|g| g.reason).collect::<Vec<_>>())
+            .bind(gaps.iter().map(|g| g.detected_at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let max_seq = results
+            .iter()
+            .map(|r| r.seq)
+            .chain(gaps.iter().map(|g| g.last_seq))
+            .max()
+            .unwrap_or(0);
+        // The progress row, in the same transaction; it also re-checks the
+        // credential, so a revocation stops an open stream at its next batch.
+        let progressed = sqlx::query(
             "UPDATE agents SET last_seq = GREATEST(last_seq, $2), last_seen = now()
-             WHERE agent_id = $1",
+             WHERE agent_id = $1 AND revoked_at IS NULL",
         )
         .bind(agent_id)
         .bind(max_seq)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if progressed == 0 {
+            tx.rollback().await?;
+            return Err(StoreError::Revoked(agent_id.to_owned()));
+        }
         tx.commit().await?;
         let total = results.len() as u64;
         Ok(Inserted {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use chrono::{DateTime, Utc};
 use vantage_proto::v1 as pb;
 
-use crate::store::StoredResult;
+use crate::store::{StoredGap, StoredResult};
 
 /// A result the collector cannot store as sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -201,5 +201,80 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
         gateway: non_empty(r.gateway),
         edge_location: non_empty(r.edge_location),
         hops: serde_json::Value::Array(hops),
+    })
+}
+
+/// Results whose start time is further than this from the collector's clock
+/// are refused one by one (recorded as `timestamp_skew` gaps): they would
+/// land in partitions nobody looks at, or pollute the detector's window.
+#[derive(Debug, Clone, Copy)]
+pub struct SkewLimits {
+    pub max_past: chrono::Duration,
+    pub max_future: chrono::Duration,
+}
+
+impl SkewLimits {
+    /// Whether a result that started at `started_at` is acceptable at `now`.
+    pub fn accepts(&self, started_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        started_at >= now - self.max_past && started_at <= now + self.max_future
+    }
+}
+
+/// A gap the agent reported.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("gap {first_seq}..={last_seq}: field `{field}`: {problem}")]
+pub struct InvalidGap {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub field: &'static str,
+    pub problem: String,
+}
+
+/// Validates one gap.
+pub fn stored_gap(g: pb::Gap) -> Result<StoredGap, InvalidGap> {
+    let bad = |field: &'static str, problem: String| InvalidGap {
+        first_seq: g.first_seq,
+        last_seq: g.last_seq,
+        field,
+        problem,
+    };
+    let seq = |v: u64, field| {
+        i64::try_from(v)
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| bad(field, "expected 1..=2^63-1".into()))
+    };
+    let first_seq = seq(g.first_seq, "first_seq")?;
+    let last_seq = seq(g.last_seq, "last_seq")?;
+    if first_seq > last_seq {
+        return Err(bad("last_seq", "must not be below first_seq".into()));
+    }
+    let reason = match g.reason.as_str() {
+        "spool_full" => "spool_full",
+        "spool_age" => "spool_age",
+        "spool_corrupt" => "spool_corrupt",
+        "spool_unreadable" => "spool_unreadable",
+        "memory_full" => "memory_full",
+        "rejected" => "rejected",
+        other => return Err(bad("reason", format!("unknown reason {other:?}"))),
+    };
+    let count = g
+        .count
+        .map(|c| i64::try_from(c).map_err(|_| bad("count", format!("{c} is out of range"))))
+        .transpose()?;
+    let detected_at = g
+        .detected_at
+        .and_then(|ts| {
+            u32::try_from(ts.nanos)
+                .ok()
+                .and_then(|nanos| DateTime::from_timestamp(ts.seconds, nanos))
+        })
+        .ok_or_else(|| bad("detected_at", "missing or not a valid timestamp".into()))?;
+    Ok(StoredGap {
+        first_seq,
+        last_seq,
+        count,
+        reason,
+        detected_at,
     })
 }

@@ -30,11 +30,11 @@ fn shipped_example_config_is_valid() {
 
 #[test]
 fn bad_interval_exits_2_naming_file_line_and_key() {
-    let text = "agent_id = \"a\"\nregion = \"r\"\n[collector]\nendpoint = \"http://127.0.0.1:7400\"\n\
+    let text = "agent_id = \"a\"\nregion = \"r\"\n[collector]\nendpoint = \"http://127.0.0.1:7400\"\ntoken = \"t\"\n\
                 [[check]]\nname = \"c\"\nurl = \"http://a.test/\"\ninterval = \"soon\"\n";
     let (code, _, stderr) = run_check_config(text);
     assert_eq!(code, 2);
-    assert!(stderr.contains("agent.toml:8:"), "{stderr}");
+    assert!(stderr.contains("agent.toml:9:"), "{stderr}");
     assert!(stderr.contains("check[0].interval"), "{stderr}");
 }
 

@@ -22,7 +22,7 @@ const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 fn config(dns: SocketAddr, top: &str, check: &str, tables: &str) -> AgentConfig {
     let text = format!(
         "agent_id = \"probe-test\"\nregion = \"r\"\n{top}\n\
-         [collector]\nendpoint = \"http://127.0.0.1:1\"\n\
+         [collector]\nendpoint = \"http://127.0.0.1:1\"\ntoken = \"t\"\n\
          [dns]\nresolvers = [\"udp://{dns}\"]\nidentity_queries = []\n\
          [[check]]\nname = \"c\"\ninterval = \"10s\"\n{check}\n{tables}\n"
     );

@@ -66,7 +66,7 @@ pub struct Scenario {
     stop_agents: CancellationToken,
     stop_collector: CancellationToken,
     collector: JoinHandle<Result<()>>,
-    agent_tasks: Vec<JoinHandle<()>>,
+    agent_tasks: Vec<JoinHandle<Result<(), vantage_agent::report::CredentialsRefused>>>,
 }
 
 impl Scenario {
@@ -102,6 +102,7 @@ impl Scenario {
             ..CollectorConfig::default()
         };
         let app = Application::build(config, pool).await?;
+        let store = app.store();
         let grpc_addr = app.grpc_addr();
         let stop_collector = CancellationToken::new();
         let collector = tokio::spawn(app.run(stop_collector.clone()));
@@ -109,8 +110,12 @@ impl Scenario {
 
         let mut agent_tasks = Vec::new();
         for spec in &agents {
+            let token = crate::enrol::enrol(&store, &spec.agent_id, &spec.region)
+                .await
+                .with_context(|| format!("enrolling {}", spec.agent_id))?;
             let toml = agent_toml(
                 spec,
+                &token,
                 grpc_addr,
                 dns.addr(),
                 &target_url,
@@ -163,6 +168,7 @@ impl Scenario {
 
 fn agent_toml(
     spec: &AgentSpec,
+    token: &str,
     grpc: SocketAddr,
     dns: SocketAddr,
     url: &str,
@@ -176,8 +182,11 @@ source_ip = "{src}"
 
 [collector]
 endpoint = "http://{grpc}"
+token = "{token}"
 batch_size = 50
-flush_interval = "100ms"
+
+[spool]
+sync_interval = "100ms"
 
 [dns]
 resolvers = ["udp://{dns}"]

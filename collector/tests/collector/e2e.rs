@@ -188,11 +188,19 @@ async fn agent_queues_while_collector_is_down_then_delivers_everything_once(pool
         .unwrap()
         .local_addr()
         .unwrap();
+    let store = vantage_collector::store::Store::new(pool.clone());
+    store.migrate().await.unwrap();
+    let token = vantage_collector::enrol::enrol(&store, "late", "eu-west")
+        .await
+        .unwrap();
+    let spool_dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "agent_id = \"late\"\nregion = \"eu-west\"\nsource_ip = \"127.0.4.1\"\n\
-         [collector]\nendpoint = \"http://{grpc_addr}\"\nbatch_size = 5\nflush_interval = \"50ms\"\n\
+         [collector]\nendpoint = \"http://{grpc_addr}\"\ntoken = \"{token}\"\nbatch_size = 5\n\
+         [spool]\npath = \"{}\"\nsync_interval = \"50ms\"\n\
          [dns]\nresolvers = [\"udp://{}\"]\n\
          [[check]]\nname = \"shop\"\nurl = \"http://shop.test:{}/\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n",
+        spool_dir.path().join("spool.redb").display(),
         dns.addr(),
         target.addr().port()
     );
@@ -229,7 +237,7 @@ async fn agent_queues_while_collector_is_down_then_delivers_everything_once(pool
         "the backlog reaches the database after the collector starts"
     );
     stop_agent.cancel();
-    agent_task.await.unwrap();
+    agent_task.await.unwrap().unwrap();
     assert_eq!(
         queue.len(),
         0,

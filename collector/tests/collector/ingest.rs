@@ -17,7 +17,7 @@ async fn count(pool: &PgPool) -> i64 {
 #[sqlx::test(migrations = false)]
 async fn stored_rows_equal_what_was_sent(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;
-    let mut stream = open_stream(collector.grpc_addr, "agent-a", "eu-west").await;
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
     assert_eq!(stream.welcome.observed_ip, "127.0.0.1");
     assert_eq!(stream.welcome.last_committed_seq, 0);
 
@@ -127,7 +127,7 @@ async fn stored_rows_equal_what_was_sent(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn resent_batch_adds_no_rows(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;
-    let mut stream = open_stream(collector.grpc_addr, "agent-a", "eu-west").await;
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
     let batch = vec![result(10, 200), result(11, 502)];
     stream.send_batch(1, batch.clone()).await;
     stream.next_ack(Duration::from_secs(10)).await.unwrap();
@@ -138,7 +138,7 @@ async fn resent_batch_adds_no_rows(pool: PgPool) {
 
     // And over a new stream, as after a reconnect.
     drop(stream);
-    let mut again = open_stream(collector.grpc_addr, "agent-a", "eu-west").await;
+    let mut again = open_stream(&collector, "agent-a", "eu-west").await;
     assert_eq!(again.welcome.last_committed_seq, 11);
     again.send_batch(1, batch).await;
     let ack = again.next_ack(Duration::from_secs(10)).await.unwrap();
@@ -151,7 +151,7 @@ async fn resent_batch_adds_no_rows(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn no_ack_before_commit(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;
-    let mut stream = open_stream(collector.grpc_addr, "agent-a", "eu-west").await;
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
 
     // Hold the agent's progress row: the ingest transaction updates it, so
     // it cannot commit until this transaction ends.
@@ -186,7 +186,7 @@ async fn no_ack_before_commit(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn invalid_result_is_rejected_naming_the_field(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;
-    let mut stream = open_stream(collector.grpc_addr, "agent-a", "eu-west").await;
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
     let mut bad = result(5, 200);
     bad.dialed_addr = "not-an-address".into();
     stream.send_batch(1, vec![result(4, 200), bad]).await;
@@ -206,10 +206,10 @@ async fn invalid_result_is_rejected_naming_the_field(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn batch_spanning_days_lands_in_daily_partitions(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;
-    let mut stream = open_stream(collector.grpc_addr, "agent-a", "eu-west").await;
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
     let mut old = result(1, 200);
-    // Ten days ago: no partition exists yet; the collector creates it.
-    old.started_at.as_mut().unwrap().seconds -= 10 * 86_400;
+    // Three days ago: no partition exists yet; the collector creates it.
+    old.started_at.as_mut().unwrap().seconds -= 3 * 86_400;
     stream.send_batch(1, vec![old, result(2, 200)]).await;
     let ack = stream.next_ack(Duration::from_secs(10)).await.unwrap();
     assert_eq!(ack.inserted, 2);
@@ -232,7 +232,7 @@ async fn batch_spanning_days_lands_in_daily_partitions(pool: PgPool) {
 async fn tls_hops_proxy_and_vantage_region_are_stored(pool: PgPool) {
     use vantage_proto::v1 as pb;
     let collector = spawn_collector(pool.clone()).await;
-    let mut stream = open_stream(collector.grpc_addr, "agent-a", "eu-west").await;
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
     let mut r = result(7, 200);
     r.vantage = "vpn-ams".into();
     r.region = "eu-north".into();

@@ -58,36 +58,62 @@ pub struct RawStream {
     pub welcome: pb::Welcome,
 }
 
-pub async fn open_stream(addr: SocketAddr, agent_id: &str, region: &str) -> RawStream {
-    let mut client = IngestClient::connect(format!("http://{addr}"))
+impl TestCollector {
+    /// Enrols an agent; returns its token.
+    pub async fn enrol(&self, agent_id: &str, region: &str) -> String {
+        let store = vantage_collector::store::Store::new(self.pool.clone());
+        vantage_collector::enrol::enrol(&store, agent_id, region)
+            .await
+            .unwrap()
+    }
+}
+
+/// Enrols `agent_id` and opens a stream as it.
+pub async fn open_stream(collector: &TestCollector, agent_id: &str, region: &str) -> RawStream {
+    let token = collector.enrol(agent_id, region).await;
+    try_open_stream(collector.grpc_addr, &token, agent_id)
+        .await
+        .unwrap()
+}
+
+/// Opens a stream presenting `token` and claiming `agent_id`.
+pub async fn try_open_stream(
+    addr: SocketAddr,
+    token: &str,
+    agent_id: &str,
+) -> Result<RawStream, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let mut client = IngestClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", bearer.clone());
+        Ok(req)
+    });
     let (outbound, rx) = mpsc::channel(16);
     outbound
         .send(pb::AgentMessage {
             body: Some(pb::agent_message::Body::Hello(pb::Hello {
                 agent_id: agent_id.into(),
-                region: region.into(),
+                region: "ignored".into(),
                 labels: [("provider".to_owned(), "test".to_owned())].into(),
                 version: "test".into(),
             })),
         })
         .await
         .unwrap();
-    let mut inbound = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let welcome = match inbound.message().await.unwrap().and_then(|m| m.body) {
+    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    let welcome = match inbound.message().await?.and_then(|m| m.body) {
         Some(pb::collector_message::Body::Welcome(w)) => w,
         other => panic!("expected Welcome, got {other:?}"),
     };
-    RawStream {
+    Ok(RawStream {
         outbound,
         inbound,
         welcome,
-    }
+    })
 }
 
 impl RawStream {
@@ -97,6 +123,7 @@ impl RawStream {
                 body: Some(pb::agent_message::Body::Batch(pb::ResultBatch {
                     batch_id,
                     results,
+                    gaps: Vec::new(),
                 })),
             })
             .await
