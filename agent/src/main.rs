@@ -35,6 +35,8 @@ async fn main() -> ExitCode {
         .init();
     vantage_agent::install_crypto_provider();
     let args = Args::parse();
+    // Reads FAILPOINTS; compiled in only for the fault tests' builds.
+    let _failpoints = fail::FailScenario::setup();
     let config = match AgentConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

@@ -408,6 +408,9 @@ impl Reporter {
                 _ = self.queue.synced(), if in_flight.len() < window => continue,
             };
             let reply = match reply.map_err(|_| ReportError::AckTimeout)? {
+                // Fault tests: the ack arrived, the connection dies before
+                // the agent acts on it.
+                Some(Ok(_)) if fail_ack_read() => return Err(ReportError::Closed),
                 Some(Ok(m)) => m,
                 Some(Err(status)) => return Err(refusal(status, &in_flight)),
                 None => return Err(ReportError::Closed),
@@ -477,4 +480,10 @@ fn refusal(status: Status, in_flight: &VecDeque<Sent>) -> ReportError {
         },
         None => status.into(),
     }
+}
+
+/// The `report-drop-ack` fault injection point (compiled in test builds).
+fn fail_ack_read() -> bool {
+    fail::fail_point!("report-drop-ack", |_| true);
+    false
 }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use vantage_proto::v1 as pb;
 use vantage_proto::v1::ingest_server::Ingest;
 
@@ -61,6 +61,10 @@ pub enum IngestError {
     Auth(#[from] AuthError),
     #[error("collector is shutting down")]
     ShuttingDown,
+    /// A message that could not be decoded (too large, malformed): tonic's
+    /// own status, passed on to the agent.
+    #[error("undecodable message: {}", .0.message())]
+    Decode(Status),
 }
 
 impl From<IngestError> for Status {
@@ -79,6 +83,10 @@ impl From<IngestError> for Status {
                 status
             }
             IngestError::Store(_) | IngestError::ShuttingDown => Status::unavailable(e.to_string()),
+            IngestError::Decode(status) => {
+                metrics::counter!("vantage_ingest_rejected_batches_total").increment(1);
+                status
+            }
         }
     }
 }
@@ -262,6 +270,12 @@ impl Reader {
                 m = self.inbound.message() => match m {
                     Ok(Some(m)) => Ok(m),
                     Ok(None) => return,
+                    // Too large, or not protobuf: tell the agent, which
+                    // then quarantines the batch instead of resending it.
+                    Err(status) if status.code() == Code::OutOfRange
+                        || status.message().starts_with("failed to decode") => {
+                        Err(IngestError::Decode(status))
+                    }
                     Err(status) => {
                         tracing::info!(agent_id = %self.agent_id, %status, "Agent stream broke.");
                         return;

@@ -13,16 +13,19 @@
 //!   delays the handshake, headers and body by known amounts, or misbehaves
 //!   on purpose (slowloris, endless body, garbage, oversized headers).
 //! - [`ForwardProxy`]: an HTTP CONNECT or SOCKS5 proxy, with credentials.
+//! - [`CuttingRelay`]: a TCP relay whose connections a test cuts at will.
 //!
 //! Each fixture stops when dropped.
 
 mod accept;
+mod cut;
 mod dns;
 mod proxy;
 mod site;
 mod target;
 mod webhook;
 
+pub use cut::CuttingRelay;
 pub use dns::{DnsServer, NSID, RECORD_TTL, WHOAMI_NAMES};
 pub use proxy::{ForwardProxy, PROXY_ERROR_BODY, ProxyKind};
 pub use site::{Behaviour, Delays, Leaf, ScriptedSite, TestCa};

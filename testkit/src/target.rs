@@ -21,6 +21,8 @@ struct Shared {
     failing: RwLock<Option<IpNet>>,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// `(agent, seq)` of every probe seen, from its `X-Vantage-Probe`.
+    probes: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 /// A running target site; stops when dropped.
@@ -72,6 +74,20 @@ impl Target {
             .unwrap_or_else(|e| e.into_inner()) = failing;
     }
 
+    /// Sequence numbers of the probes `agent` sent here (from their
+    /// `X-Vantage-Probe: agent/vantage/seq` header): what the agent
+    /// produced, as seen from outside it.
+    pub fn probe_seqs(&self, agent: &str) -> std::collections::BTreeSet<u64> {
+        self.shared
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(a, _)| a == agent)
+            .map(|(_, seq)| *seq)
+            .collect()
+    }
+
     /// Requests served so far, and how many of them got 502.
     pub fn counts(&self) -> (u64, u64) {
         (
@@ -89,8 +105,25 @@ async fn echo_ip(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
 async fn serve(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     shared.requests.fetch_add(1, Ordering::Relaxed);
+    let probe = headers
+        .get("x-vantage-probe")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let mut parts = v.split('/');
+            let agent = parts.next()?.to_owned();
+            let seq = parts.nth(1)?.parse().ok()?;
+            Some((agent, seq))
+        });
+    if let Some(probe) = probe {
+        shared
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(probe);
+    }
     let failing = *shared.failing.read().unwrap_or_else(|e| e.into_inner());
     if failing.is_some_and(|net| net.contains(&peer.ip())) {
         shared.failures.fetch_add(1, Ordering::Relaxed);

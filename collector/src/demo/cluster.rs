@@ -95,10 +95,7 @@ impl PrivateCluster {
                 ],
             )
             .await?;
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off",
-            path_str(cluster.dir.path())?
-        );
+        let options = cluster.server_options()?;
         let log = cluster.dir.path().join("postgres.log");
         let started = cluster
             .pg_tool(
@@ -127,6 +124,47 @@ impl PrivateCluster {
 
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Stops the server at once (as a crash would), keeping its data.
+    pub async fn kill_server(&self) -> Result<()> {
+        let data = self.data_dir();
+        self.pg_tool(
+            "pg_ctl",
+            &["-D", path_str(&data)?, "-m", "immediate", "-w", "stop"],
+        )
+        .await
+    }
+
+    /// Starts the server again after [`PrivateCluster::kill_server`].
+    pub async fn restart_server(&self) -> Result<()> {
+        let data = self.data_dir();
+        let log = self.dir.path().join("postgres.log");
+        let options = self.server_options()?;
+        self.pg_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data)?,
+                "-l",
+                path_str(&log)?,
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+        .await
+    }
+
+    fn server_options(&self) -> Result<String> {
+        Ok(format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off",
+            self.port,
+            path_str(self.dir.path())?
+        ))
     }
 
     pub fn port(&self) -> u16 {

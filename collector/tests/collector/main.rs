@@ -4,8 +4,11 @@
 // Test helpers fail loudly: a panic is the right report here.
 #![allow(clippy::unwrap_used)]
 
+mod auth;
 mod e2e;
+mod faults;
 mod ingest;
+mod limits;
 mod schema;
 
 use std::net::SocketAddr;
@@ -28,9 +31,14 @@ pub struct TestCollector {
 }
 
 pub async fn spawn_collector(pool: PgPool) -> TestCollector {
+    spawn_collector_with(pool, CollectorConfig::default()).await
+}
+
+/// A collector with `config` (its gRPC listener on a free port).
+pub async fn spawn_collector_with(pool: PgPool, config: CollectorConfig) -> TestCollector {
     let config = CollectorConfig {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        ..CollectorConfig::default()
+        ..config
     };
     let app = Application::build(config, pool.clone()).await.unwrap();
     let grpc_addr = app.grpc_addr();
