@@ -16,7 +16,9 @@ COMMENT ON COLUMN agents.region IS
 -- (records it could not read back), spool_unreadable (a spool file it could
 -- not open; count unknown), memory_full (the in-memory fallback overflowed),
 -- rejected (a batch the collector refused as invalid, quarantined by the
--- agent), timestamp_skew (results the collector refused one by one).
+-- agent), timestamp_skew (results the collector refused one by one),
+-- agent_crash (the agent was killed: numbers it had leased and not synced;
+-- count unknown, and the range may include numbers never used).
 CREATE TABLE delivery_gaps (
     agent_id    text NOT NULL REFERENCES agents (agent_id),
     first_seq   bigint NOT NULL,
@@ -25,7 +27,7 @@ CREATE TABLE delivery_gaps (
     count       bigint,
     reason      text NOT NULL CHECK (reason IN ('spool_full', 'spool_age', 'spool_corrupt',
                                                 'spool_unreadable', 'memory_full', 'rejected',
-                                                'timestamp_skew')),
+                                                'timestamp_skew', 'agent_crash')),
     detected_at timestamptz NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now(),
     CHECK (first_seq <= last_seq),

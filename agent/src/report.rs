@@ -58,6 +58,7 @@ pub enum ReportError {
         batch_id: u64,
         after_seq: u64,
         through_seq: u64,
+        gap_ids: Vec<u64>,
         message: String,
     },
     #[error("collector closed the stream")]
@@ -66,6 +67,8 @@ pub enum ReportError {
     Protocol(String),
     #[error("no acknowledgement within {ACK_TIMEOUT:?}")]
     AckTimeout,
+    #[error("fault injected: connection dropped with an ack unread")]
+    FaultInjected,
 }
 
 /// The collector refused this agent's credentials: delivery stopped.
@@ -229,16 +232,20 @@ impl Reporter {
                     batch_id,
                     after_seq,
                     through_seq,
+                    gap_ids,
                     message,
                 } => {
                     tracing::error!(batch_id, first_seq = after_seq + 1, last_seq = through_seq, %message, "The collector refused a batch as invalid; it is quarantined and not retried.");
                     let (queue, after, through) = (self.queue.clone(), *after_seq, *through_seq);
+                    let gap_ids = gap_ids.clone();
                     let _ = tokio::task::spawn_blocking(move || {
-                        queue.spool().quarantine(after, through)
+                        queue.spool().quarantine(after, through);
+                        // Gaps it carried are dropped with it: resending
+                        // them would be refused again.
+                        queue.spool().forget_gaps(&gap_ids);
                     })
                     .await;
                     self.acked_through.fetch_max(through, Ordering::SeqCst);
-                    continue;
                 }
                 _ => {}
             }
@@ -410,7 +417,7 @@ impl Reporter {
             let reply = match reply.map_err(|_| ReportError::AckTimeout)? {
                 // Fault tests: the ack arrived, the connection dies before
                 // the agent acts on it.
-                Some(Ok(_)) if fail_ack_read() => return Err(ReportError::Closed),
+                Some(Ok(_)) if fail_ack_read() => return Err(ReportError::FaultInjected),
                 Some(Ok(m)) => m,
                 Some(Err(status)) => return Err(refusal(status, &in_flight)),
                 None => return Err(ReportError::Closed),
@@ -476,6 +483,7 @@ fn refusal(status: Status, in_flight: &VecDeque<Sent>) -> ReportError {
             batch_id: sent.batch_id,
             after_seq: sent.after_seq,
             through_seq: sent.through_seq,
+            gap_ids: sent.gap_ids.clone(),
             message: status.message().to_owned(),
         },
         None => status.into(),

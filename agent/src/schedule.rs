@@ -98,6 +98,9 @@ fn random_offset(interval: Duration) -> Duration {
     Duration::from_nanos(rand::random_range(0..nanos))
 }
 
+/// How long a round already under way may run on after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 struct CheckLoop {
     check: Arc<CheckConfig>,
     vantage: Arc<Vantage>,
@@ -126,10 +129,15 @@ impl CheckLoop {
             };
             let Ok(_permit) = permit else { return };
             let reserve = || self.queue.reserve();
-            // Abandoned at shutdown: the tickets of unfinished probes drop
-            // and release their sequence numbers.
+            // A round under way at shutdown may finish within a grace
+            // period (its request has reached the site: its result should
+            // too); beyond, its tickets drop and release their numbers.
+            let grace = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            };
             let probed = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = grace => return,
                 probed = self.prober.round(&self.check, &self.vantage, &reserve) => probed,
             };
             complete(probed, &self.egress_ip, |_| {});

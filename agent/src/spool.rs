@@ -392,6 +392,9 @@ impl Spool {
         }
         spool.lease(next_seq);
         spool.mark_open(true);
+        // Nothing of this run exists yet: a crash before the first sync
+        // loses only numbers from here on.
+        spool.sync(next_seq);
         Ok((spool, Opened { next_seq, backlog }))
     }
 
@@ -885,7 +888,9 @@ impl Spool {
         }
         drop(disk);
         metrics::counter!("vantage_agent_batches_quarantined_total").increment(1);
-        self.record_gap(Gap::new(after + 1, through, Some(moved), "rejected"));
+        if moved > 0 {
+            self.record_gap(Gap::new(after + 1, through, Some(moved), "rejected"));
+        }
     }
 
     /// The file cannot be trusted: move it aside, start a new one and

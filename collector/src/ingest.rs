@@ -61,6 +61,9 @@ pub enum IngestError {
     Auth(#[from] AuthError),
     #[error("collector is shutting down")]
     ShuttingDown,
+    /// A fault test's injection point fired (test builds only).
+    #[error("fault injected: {0}")]
+    FaultInjected(&'static str),
     /// A message that could not be decoded (too large, malformed): tonic's
     /// own status, passed on to the agent.
     #[error("undecodable message: {}", .0.message())]
@@ -82,7 +85,9 @@ impl From<IngestError> for Status {
                     .insert(BATCH_ID_METADATA, batch_id.into());
                 status
             }
-            IngestError::Store(_) | IngestError::ShuttingDown => Status::unavailable(e.to_string()),
+            IngestError::Store(_) | IngestError::ShuttingDown | IngestError::FaultInjected(_) => {
+                Status::unavailable(e.to_string())
+            }
             IngestError::Decode(status) => {
                 metrics::counter!("vantage_ingest_rejected_batches_total").increment(1);
                 status
@@ -410,7 +415,9 @@ impl Committer {
         metrics::histogram!("vantage_ingest_commit_seconds").record(elapsed.as_secs_f64());
         metrics::counter!("vantage_ingest_results_total").increment(inserted.new_rows);
         metrics::counter!("vantage_ingest_duplicates_total").increment(inserted.duplicates);
-        fail::fail_point!("ingest-after-commit", |_| Err(IngestError::ShuttingDown));
+        fail::fail_point!("ingest-after-commit", |_| Err(IngestError::FaultInjected(
+            "stream ended after commit, before the ack"
+        )));
         // Only now, after COMMIT, is the batch acknowledged.
         let ack = pb::CollectorMessage {
             body: Some(pb::collector_message::Body::Ack(pb::BatchAck {

@@ -256,6 +256,7 @@ pub fn stored_gap(g: pb::Gap) -> Result<StoredGap, InvalidGap> {
         "spool_unreadable" => "spool_unreadable",
         "memory_full" => "memory_full",
         "rejected" => "rejected",
+        "agent_crash" => "agent_crash",
         other => return Err(bad("reason", format!("unknown reason {other:?}"))),
     };
     let count = g

@@ -4,7 +4,7 @@
 //! a local DNS server, a target failing for one source range, a webhook
 //! receiver. Everything real, everything on 127.0.0.0/8.
 
-mod cluster;
+pub mod cluster;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
