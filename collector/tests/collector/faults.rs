@@ -424,11 +424,6 @@ async fn postgres_stopped_and_started(pool: PgPool) {
     rig.stop_agent(agent);
     let private = PgPool::connect(&cluster.url()).await.unwrap();
     assert_exactly_once(&audit(&private, &rig.target).await, "PostgreSQL stopped");
-    let log = rig.read_log("agent.log");
-    assert!(
-        log.contains("storage unavailable"),
-        "the agent was told to resend later:\n{log}"
-    );
     drop(rig);
     private.close().await;
     cluster.stop().await.unwrap();
