@@ -58,9 +58,12 @@ committed() { psql -qtA "$DB_URL" -c "SELECT count(*) FROM probe_results WHERE a
 
 run() {
     local scheme=$1 port=$2 extra=$3 agent=bench-$1
+    local token
+    token=$("$BIN/vantage-collector" agent add "$agent" --region bench --config "$WORK/collector.toml" 2>/dev/null)
     {
         printf 'agent_id = "%s"\nregion = "bench"\nmax_concurrent_probes = 64\n' "$agent"
-        printf '[collector]\nendpoint = "http://127.0.0.1:%s"\n' "$GRPC_PORT"
+        printf '[collector]\nendpoint = "http://127.0.0.1:%s"\ntoken = "%s"\n' "$GRPC_PORT" "$token"
+        printf '[spool]\npath = "%s"\n' "$WORK/$agent.spool"
         printf '[dns]\nresolvers = ["udp://%s"]\n' "$DNS"
         for i in $(seq "$CHECKS"); do
             printf '[[check]]\nname = "c%s"\nurl = "%s://shop.test:%s/c%s"\ninterval = "%s"\ntimeout = "5s"\n%s\n' \

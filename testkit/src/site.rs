@@ -29,6 +29,9 @@ pub struct TestCa {
 pub struct Leaf {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    /// The same certificate and key, PEM (for config files).
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl TestCa {
@@ -69,6 +72,8 @@ impl TestCa {
         Ok(Leaf {
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         })
     }
 }

@@ -10,6 +10,7 @@ mod faults;
 mod ingest;
 mod limits;
 mod schema;
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
