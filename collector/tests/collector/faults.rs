@@ -53,8 +53,9 @@ fn database_url(pool: &PgPool) -> String {
 
 /// Sends SIGTERM (graceful stop) and waits for the exit.
 fn terminate(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+    // The shell's builtin: no dependency on a kill binary.
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
         .status();
     let deadline = Instant::now() + within;
     loop {
