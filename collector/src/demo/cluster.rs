@@ -95,25 +95,8 @@ impl PrivateCluster {
                 ],
             )
             .await?;
-        let options = cluster.server_options()?;
         let log = cluster.dir.path().join("postgres.log");
-        let started = cluster
-            .pg_tool(
-                "pg_ctl",
-                &[
-                    "-D",
-                    path_str(&data)?,
-                    "-l",
-                    path_str(&log)?,
-                    "-o",
-                    &options,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-            )
-            .await;
+        let started = cluster.start_server().await;
         if let Err(e) = started {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             cluster.stopped = true;
@@ -138,6 +121,11 @@ impl PrivateCluster {
 
     /// Starts the server again after [`PrivateCluster::kill_server`].
     pub async fn restart_server(&self) -> Result<()> {
+        self.start_server().await
+    }
+
+    /// `pg_ctl start` on the cluster's port, waiting until it accepts.
+    async fn start_server(&self) -> Result<()> {
         let data = self.data_dir();
         let log = self.dir.path().join("postgres.log");
         let options = self.server_options()?;
