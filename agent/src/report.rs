@@ -26,11 +26,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
 use tonic::{Code, Status};
 use vantage_proto::v1 as pb;
-use vantage_proto::v1::ingest_client::IngestClient;
 
 use crate::queue::ResultQueue;
 
@@ -38,10 +36,6 @@ use crate::queue::ResultQueue;
 /// is considered broken. A commit of one batch takes milliseconds; a minute
 /// covers a PostgreSQL checkpoint or failover without flapping.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Metadata key naming the batch a refusal is about (the collector's
-/// `ingest::BATCH_ID_METADATA`).
-const BATCH_ID_METADATA: &str = "vantage-batch-id";
 
 /// Why a session with the collector ended.
 #[derive(Debug, thiserror::Error)]
@@ -296,14 +290,8 @@ impl Reporter {
             return Ok(());
         }
         let channel = self.connect().await?;
-        let bearer: MetadataValue<Ascii> = format!("Bearer {}", self.connection.token)
-            .parse()
-            .map_err(|_| ReportError::Protocol("the token is not printable ASCII".into()))?;
-        let mut client =
-            IngestClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-                req.metadata_mut().insert("authorization", bearer.clone());
-                Ok(req)
-            });
+        let mut client = vantage_proto::authenticated_client(channel, &self.connection.token)
+            .map_err(|e| ReportError::Protocol(e.to_string()))?;
         let window = self.delivery.window.max(1);
         let (outbound, rx) = mpsc::channel(window + 1);
         let hello = pb::AgentMessage {
@@ -469,7 +457,7 @@ fn refusal(status: Status, in_flight: &VecDeque<Sent>) -> ReportError {
     }
     let named = status
         .metadata()
-        .get(BATCH_ID_METADATA)
+        .get(vantage_proto::BATCH_ID_METADATA)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     // Without a name (a message too large to decode), it is the oldest

@@ -182,14 +182,6 @@ impl Record {
         }
         pb::ProbeResult::decode(&bytes[HEADER..]).ok()
     }
-
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
 }
 
 /// What the reporter sends next.
@@ -409,19 +401,8 @@ impl Spool {
         if seq <= disk.leased_through {
             return;
         }
-        let through = seq + LEASE;
-        if let Some(db) = &disk.db {
-            let written = guarded(|| {
-                let tx = db.begin_write()?;
-                tx.open_table(META)?.insert(META_LEASED_THROUGH, through)?;
-                tx.commit()?;
-                Ok(())
-            });
-            if let Err(error) = written {
-                tracing::warn!(%error, "Cannot record the sequence lease; numbers stay unique only while the clock does not step back.");
-            }
-        }
-        disk.leased_through = through;
+        disk.leased_through = seq + LEASE;
+        write_lease(&disk);
     }
 
     /// Adds a completed result; it is synced at the next [`Spool::sync`].
@@ -913,9 +894,10 @@ impl Spool {
                 disk.degraded_since = Some(Instant::now());
             }
         }
+        // The new file starts with the lease already handed out.
+        write_lease(&disk);
         let leased = disk.leased_through;
         drop(disk);
-        self.lease(leased);
         self.mark_open(true);
         metrics::counter!("vantage_agent_spool_unreadable_total").increment(1);
         self.record_gap(Gap::new(
@@ -955,6 +937,21 @@ impl Spool {
             dropped,
             corrupt,
         }
+    }
+}
+
+/// Records the sequence lease durably in the spool file, if there is one.
+fn write_lease(disk: &Disk) {
+    let Some(db) = &disk.db else { return };
+    let written = guarded(|| {
+        let tx = db.begin_write()?;
+        tx.open_table(META)?
+            .insert(META_LEASED_THROUGH, disk.leased_through)?;
+        tx.commit()?;
+        Ok(())
+    });
+    if let Err(error) = written {
+        tracing::warn!(%error, "Cannot record the sequence lease; numbers stay unique only while the clock does not step back.");
     }
 }
 

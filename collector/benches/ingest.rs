@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use vantage_collector::config::{DatabaseConfig, IngestConfig};
 use vantage_collector::{Application, CollectorConfig};
 use vantage_proto::v1 as pb;
-use vantage_proto::v1::ingest_client::IngestClient;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -128,12 +127,9 @@ async fn agent(
         .connect()
         .await
         .unwrap();
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
-    let mut client = IngestClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", bearer.clone());
-        Ok(r)
-    })
-    .max_encoding_message_size(64 << 20);
+    let mut client = vantage_proto::authenticated_client(channel, &token)
+        .unwrap()
+        .max_encoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(window + 1);
     tx.send(pb::AgentMessage {
         body: Some(pb::agent_message::Body::Hello(pb::Hello {

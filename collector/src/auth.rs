@@ -80,7 +80,9 @@ pub fn token_sha256(token: &str) -> String {
 
 /// The bearer token in a call's metadata.
 pub fn bearer(metadata: &MetadataMap) -> Result<&str, AuthError> {
-    let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
+    let value = metadata
+        .get(vantage_proto::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
     let value = value.to_str().map_err(|_| AuthError::Malformed)?;
     value
         .strip_prefix("Bearer ")

@@ -26,10 +26,6 @@ use crate::auth::{self, AuthError};
 use crate::store::{AgentHello, EnrolledAgent, Store, StoreError, StoredGap, StoredResult};
 use crate::wire::{InvalidGap, InvalidResult, SkewLimits, stored_gap, stored_result};
 
-/// Metadata key of a refused stream's status naming the batch at fault, so
-/// the agent quarantines exactly that one.
-pub const BATCH_ID_METADATA: &str = "vantage-batch-id";
-
 /// Batches validated ahead of the one being committed, per stream.
 const PIPELINE_DEPTH: usize = 4;
 
@@ -82,7 +78,7 @@ impl From<IngestError> for Status {
                 let mut status = Status::invalid_argument(e.to_string());
                 status
                     .metadata_mut()
-                    .insert(BATCH_ID_METADATA, batch_id.into());
+                    .insert(vantage_proto::BATCH_ID_METADATA, batch_id.into());
                 status
             }
             IngestError::Store(_) | IngestError::ShuttingDown | IngestError::FaultInjected(_) => {
@@ -330,6 +326,7 @@ impl Reader {
             .collect::<Result<Vec<_>, InvalidGap>>()
             .map_err(|e| invalid(e.to_string()))?;
         let mut results = Vec::with_capacity(batch.results.len());
+        let mut refused = 0u32;
         for r in batch.results {
             let r = stored_result(r, self.observed_ip)
                 .map_err(|e: InvalidResult| invalid(e.to_string()))?;
@@ -337,6 +334,7 @@ impl Reader {
                 results.push(r);
             } else {
                 tracing::warn!(agent_id = %self.agent_id, seq = r.seq, started_at = %r.started_at, "Refused a result whose start time is too far from the collector's clock.");
+                refused += 1;
                 gaps.push(StoredGap {
                     first_seq: r.seq,
                     last_seq: r.seq,
@@ -346,8 +344,6 @@ impl Reader {
                 });
             }
         }
-        let refused = u32::try_from(gaps.iter().filter(|g| g.reason == "timestamp_skew").count())
-            .unwrap_or(u32::MAX);
         if refused > 0 {
             metrics::counter!("vantage_ingest_refused_results_total", "reason" => "timestamp_skew")
                 .increment(u64::from(refused));

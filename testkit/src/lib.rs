@@ -31,3 +31,9 @@ pub use proxy::{ForwardProxy, PROXY_ERROR_BODY, ProxyKind};
 pub use site::{Behaviour, Delays, Leaf, ScriptedSite, TestCa};
 pub use target::Target;
 pub use webhook::WebhookReceiver;
+
+/// A port on `ip` that was free a moment ago (the OS picked it; nothing
+/// holds it now, so a test can hand it to a process that binds it later).
+pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}

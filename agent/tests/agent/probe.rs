@@ -349,7 +349,7 @@ async fn refused_connection_is_a_connect_failure() {
     let dns = DnsServer::start(LOOPBACK, &[("shop.test", LOOPBACK)])
         .await
         .unwrap();
-    let port = free_port();
+    let port = vantage_testkit::free_port(LOOPBACK).unwrap();
     let r = one(config(
         dns.addr(),
         "",
@@ -361,14 +361,6 @@ async fn refused_connection_is_a_connect_failure() {
     assert_eq!(r.dialed, Some(SocketAddr::new(LOOPBACK, port)));
     assert!(r.timings.total.is_some());
     assert_eq!(r.timings.connect, None, "the connect never completed");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind((LOOPBACK, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

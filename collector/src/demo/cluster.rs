@@ -1,6 +1,6 @@
 //! A throwaway PostgreSQL cluster in a temporary directory, for the demo.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -71,7 +71,8 @@ impl PrivateCluster {
         } else {
             None
         };
-        let port = free_port()?;
+        let port = vantage_testkit::free_port(Ipv4Addr::LOCALHOST.into())
+            .context("finding a free port")?;
         let mut cluster = Self {
             dir,
             bin,
@@ -229,10 +230,4 @@ impl Drop for PrivateCluster {
 fn path_str(path: &Path) -> Result<&str> {
     path.to_str()
         .with_context(|| format!("path {} is not UTF-8", path.display()))
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
 }

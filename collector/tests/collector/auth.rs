@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use tonic::Code;
 use vantage_collector::store::Store;
 
-use crate::{open_stream, result, spawn_collector, try_open_stream};
+use crate::{database_url, open_stream, result, spawn_collector, try_open_stream};
 
 async fn rows_of(pool: &PgPool, agent: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM probe_results WHERE agent_id = $1")
@@ -106,12 +106,7 @@ async fn region_comes_from_enrolment_not_from_the_hello(pool: PgPool) {
 /// `vantage-collector agent add|list|revoke` against the test's database.
 #[sqlx::test(migrations = false)]
 async fn agent_cli_enrols_lists_and_revokes(pool: PgPool) {
-    let options = pool.connect_options();
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{}/{}",
-        options.get_port(),
-        options.get_database().unwrap()
-    );
+    let url = database_url(&pool);
     let cli = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_vantage-collector"))
             .args(args)

@@ -15,6 +15,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+
+use crate::database_url;
 use vantage_testkit::{CuttingRelay, DnsServer, Target};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -32,23 +34,6 @@ fn agent_binary() -> PathBuf {
         assert!(status.success(), "building vantage-agent");
     }
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind((LOOPBACK, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn database_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://postgres@127.0.0.1:{}/{}",
-        o.get_port(),
-        o.get_database().unwrap()
-    )
 }
 
 /// Sends SIGTERM (graceful stop) and waits for the exit.
@@ -103,7 +88,7 @@ impl Rig {
             database_url,
             target,
             dns,
-            grpc: SocketAddr::new(LOOPBACK, free_port()),
+            grpc: SocketAddr::new(LOOPBACK, vantage_testkit::free_port(LOOPBACK).unwrap()),
             collector: None,
             token,
         }

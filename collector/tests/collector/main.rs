@@ -21,7 +21,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use vantage_collector::{Application, CollectorConfig};
 use vantage_proto::v1 as pb;
-use vantage_proto::v1::ingest_client::IngestClient;
 
 /// A collector running on a free port against a fresh database.
 pub struct TestCollector {
@@ -60,6 +59,16 @@ impl TestCollector {
     }
 }
 
+/// A URL of the test's own database, for processes the test starts.
+pub fn database_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        o.get_port(),
+        o.get_database().unwrap()
+    )
+}
+
 /// A raw agent stream speaking the wire protocol directly.
 pub struct RawStream {
     pub outbound: mpsc::Sender<pb::AgentMessage>,
@@ -96,11 +105,7 @@ pub async fn try_open_stream(
         .connect()
         .await
         .unwrap();
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
-    let mut client = IngestClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("authorization", bearer.clone());
-        Ok(req)
-    });
+    let mut client = vantage_proto::authenticated_client(channel, token).unwrap();
     let (outbound, rx) = mpsc::channel(16);
     outbound
         .send(pb::AgentMessage {
