@@ -132,40 +132,61 @@ fn event_name(which: Notification) -> &'static str {
 }
 
 /// The JSON body of a notification. Third parties parse this: fields are
-/// only ever added.
+/// only ever added (`counts.*.status_502` stays, equal to `failures`).
 pub fn payload(incident: &Incident, which: Notification) -> Value {
-    let where_ = if incident.kind == "global" {
-        "all vantage points".to_owned()
-    } else {
-        format!("{} {}", incident.dimension, incident.value)
+    let failure = match incident.pattern.as_str() {
+        "connection" => "a connection-level failure".to_owned(),
+        _ => incident
+            .statuses
+            .iter()
+            .map(i16::to_string)
+            .collect::<Vec<_>>()
+            .join("/"),
     };
+    let place = incident
+        .narrowed_value
+        .as_deref()
+        .unwrap_or(&incident.value);
     let summary = if incident.kind == "global" {
         format!(
-            "{} of {} probes of {} got 502 from {where_}",
-            incident.segment_502, incident.segment_probes, incident.target
+            "{} of {} probes of {} got {failure} from all vantage points",
+            incident.segment_failures, incident.segment_probes, incident.target
         )
     } else {
         format!(
-            "{} of {} probes of {} from {where_} got 502; {} of {} from everywhere else",
-            incident.segment_502,
+            "{} of {} probes of {} from {} {place} got {failure}; {} of {} from everywhere else",
+            incident.segment_failures,
             incident.segment_probes,
             incident.target,
-            incident.rest_502,
+            incident.dimension,
+            incident.rest_failures,
             incident.rest_probes
         )
     };
+    let counts = |failures: i64, probes: i64| json!({ "failures": failures, "status_502": failures, "probes": probes });
     json!({
         "event": event_name(which),
         "incident_id": incident.id,
         "target": incident.target,
+        "pattern": incident.pattern,
+        "statuses": incident.statuses,
         "kind": incident.kind,
         "dimension": incident.dimension,
         "value": incident.value,
+        "narrowed_value": incident.narrowed_value,
         "summary": summary,
+        "explanation": incident.explanation,
         "counts": {
-            "segment": { "status_502": incident.segment_502, "probes": incident.segment_probes },
-            "rest": { "status_502": incident.rest_502, "probes": incident.rest_probes },
+            "segment": counts(incident.segment_failures, incident.segment_probes),
+            "rest": counts(incident.rest_failures, incident.rest_probes),
         },
+        "p_value": incident.p_value,
+        "failing_vantages": incident.failing_vantages,
+        "correlated": incident.correlated,
+        "gateways": incident.gateways,
+        "edge_locations": incident.edge_locations,
+        "first_failure_at": incident.first_failure_at,
+        "last_failure_at": incident.last_failure_at,
         "window_seconds": incident.window_seconds,
         "opened_at": incident.opened_at,
         "last_seen_at": incident.last_seen_at,
@@ -184,38 +205,48 @@ mod tests {
         let incident = Incident {
             id: 7,
             target: "http://shop.test/".into(),
+            pattern: "status".into(),
             kind: "segment".into(),
             dimension: "egress_prefix".into(),
             value: "127.0.2.0/24".into(),
-            segment_502: 41,
+            narrowed_value: Some("127.0.2.0/28".into()),
+            explanation: "41 of 43 probes ...".into(),
+            statuses: vec![502],
+            segment_failures: 41,
             segment_probes: 43,
-            rest_502: 0,
+            rest_failures: 0,
             rest_probes: 380,
+            p_value: Some(1e-40),
+            failing_vantages: 2,
+            correlated: json!([]),
+            gateways: vec!["nginx".into()],
+            edge_locations: vec![],
+            first_failure_at: Some(at),
+            last_failure_at: Some(at),
             window_seconds: 300,
             opened_at: at,
             last_seen_at: at,
             resolved_at: None,
         };
         let body = payload(&incident, Notification::Opened);
+        assert_eq!(body["event"], "incident.opened");
+        assert_eq!(body["incident_id"], 7);
+        assert_eq!(body["dimension"], "egress_prefix");
+        assert_eq!(body["value"], "127.0.2.0/24");
         assert_eq!(
-            body,
+            body["summary"],
+            "41 of 43 probes of http://shop.test/ from egress_prefix 127.0.2.0/28 got 502; 0 of 380 from everywhere else"
+        );
+        assert_eq!(body["explanation"], "41 of 43 probes ...");
+        assert_eq!(
+            body["counts"],
             json!({
-                "event": "incident.opened",
-                "incident_id": 7,
-                "target": "http://shop.test/",
-                "kind": "segment",
-                "dimension": "egress_prefix",
-                "value": "127.0.2.0/24",
-                "summary": "41 of 43 probes of http://shop.test/ from egress_prefix 127.0.2.0/24 got 502; 0 of 380 from everywhere else",
-                "counts": {
-                    "segment": {"status_502": 41, "probes": 43},
-                    "rest": {"status_502": 0, "probes": 380}
-                },
-                "window_seconds": 300,
-                "opened_at": "2026-11-21T12:00:00Z",
-                "last_seen_at": "2026-11-21T12:00:00Z",
-                "resolved_at": null
+                "segment": {"failures": 41, "status_502": 41, "probes": 43},
+                "rest": {"failures": 0, "status_502": 0, "probes": 380}
             })
         );
+        assert_eq!(body["gateways"], json!(["nginx"]));
+        assert_eq!(body["opened_at"], "2026-11-21T12:00:00Z");
+        assert_eq!(body["resolved_at"], Value::Null);
     }
 }

@@ -140,9 +140,7 @@ impl Application {
         }
         let detector = Detector::new(
             self.store.clone(),
-            self.config.detector.interval,
-            self.config.detector.window,
-            self.config.detector.thresholds(),
+            self.config.detector.settings(),
             changed.clone(),
         );
         tracker.spawn(detector.run(shutdown.clone()));

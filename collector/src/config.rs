@@ -10,7 +10,9 @@ use serde::Deserialize;
 use url::Url;
 use vantage_agent::config::{ConfigError, parse_toml, read_config};
 
-use crate::detect::Thresholds;
+use crate::detect::DetectorSettings;
+use crate::detect::decision::Params;
+use crate::detect::lifecycle::Hysteresis;
 use crate::ingest::IngestLimits;
 use crate::wire::SkewLimits;
 
@@ -150,6 +152,8 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// `[detector]`: when and how 502 patterns are found. The README explains
+/// each default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectorConfig {
@@ -157,33 +161,90 @@ pub struct DetectorConfig {
     pub interval: Duration,
     #[serde(with = "humantime_serde", default = "default_window")]
     pub window: Duration,
+    /// Statuses counted as failures (default `[502]`).
+    #[serde(default = "default_statuses")]
+    pub statuses: Vec<u16>,
+    /// Per-check overrides of `statuses`.
+    #[serde(default, rename = "check")]
+    pub checks: Vec<CheckStatuses>,
     #[serde(default = "default_min_probes")]
     pub min_probes: u64,
-    #[serde(default = "default_open_rate")]
-    pub open_rate: Rate,
-    #[serde(default = "default_healthy_rate")]
-    pub healthy_rate: Rate,
-    #[serde(default = "default_close_rate")]
-    pub close_rate: Rate,
+    #[serde(default = "default_min_vantages")]
+    pub min_vantages: usize,
+    #[serde(default = "default_min_rate_difference")]
+    pub min_rate_difference: Rate,
+    #[serde(default = "default_min_rate_ratio")]
+    pub min_rate_ratio: f64,
+    #[serde(default = "default_alpha")]
+    pub alpha: Rate,
+    #[serde(default = "default_global_rate")]
+    pub global_rate: Rate,
+    #[serde(default = "default_open_after")]
+    pub open_after: u32,
+    #[serde(default = "default_resolve_after")]
+    pub resolve_after: u32,
+    #[serde(with = "humantime_serde", default = "default_resolve_quiet")]
+    pub resolve_quiet: Duration,
+    #[serde(default = "default_prefix_v4")]
+    pub egress_prefix_v4: u8,
+    #[serde(default = "default_prefix_v6")]
+    pub egress_prefix_v6: u8,
+    #[serde(with = "humantime_serde", default = "default_rates_retention")]
+    pub rates_retention: Duration,
+}
+
+/// `[[detector.check]]`: the statuses counted for one check name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckStatuses {
+    pub name: String,
+    pub statuses: Vec<u16>,
 }
 
 fn default_detect_interval() -> Duration {
-    Duration::from_secs(15)
+    DetectorSettings::default().interval
 }
 fn default_window() -> Duration {
-    Duration::from_secs(300)
+    DetectorSettings::default().window
+}
+fn default_statuses() -> Vec<u16> {
+    DetectorSettings::default().statuses
 }
 fn default_min_probes() -> u64 {
-    Thresholds::default().min_probes
+    Params::default().min_probes
 }
-fn default_open_rate() -> Rate {
-    Rate(Thresholds::default().open_rate)
+fn default_min_vantages() -> usize {
+    Params::default().min_vantages
 }
-fn default_healthy_rate() -> Rate {
-    Rate(Thresholds::default().healthy_rate)
+fn default_min_rate_difference() -> Rate {
+    Rate(Params::default().min_rate_difference)
 }
-fn default_close_rate() -> Rate {
-    Rate(Thresholds::default().close_rate)
+fn default_min_rate_ratio() -> f64 {
+    Params::default().min_rate_ratio
+}
+fn default_alpha() -> Rate {
+    Rate(Params::default().alpha)
+}
+fn default_global_rate() -> Rate {
+    Rate(Params::default().global_rate)
+}
+fn default_open_after() -> u32 {
+    Hysteresis::default().open_after
+}
+fn default_resolve_after() -> u32 {
+    Hysteresis::default().resolve_after
+}
+fn default_resolve_quiet() -> Duration {
+    Hysteresis::default().resolve_quiet
+}
+fn default_prefix_v4() -> u8 {
+    DetectorSettings::default().prefix_v4
+}
+fn default_prefix_v6() -> u8 {
+    DetectorSettings::default().prefix_v6
+}
+fn default_rates_retention() -> Duration {
+    DetectorSettings::default().rates_retention
 }
 
 impl Default for DetectorConfig {
@@ -191,22 +252,111 @@ impl Default for DetectorConfig {
         Self {
             interval: default_detect_interval(),
             window: default_window(),
+            statuses: default_statuses(),
+            checks: Vec::new(),
             min_probes: default_min_probes(),
-            open_rate: default_open_rate(),
-            healthy_rate: default_healthy_rate(),
-            close_rate: default_close_rate(),
+            min_vantages: default_min_vantages(),
+            min_rate_difference: default_min_rate_difference(),
+            min_rate_ratio: default_min_rate_ratio(),
+            alpha: default_alpha(),
+            global_rate: default_global_rate(),
+            open_after: default_open_after(),
+            resolve_after: default_resolve_after(),
+            resolve_quiet: default_resolve_quiet(),
+            egress_prefix_v4: default_prefix_v4(),
+            egress_prefix_v6: default_prefix_v6(),
+            rates_retention: default_rates_retention(),
         }
     }
 }
 
 impl DetectorConfig {
-    pub fn thresholds(&self) -> Thresholds {
-        Thresholds {
-            min_probes: self.min_probes,
-            open_rate: self.open_rate.0,
-            healthy_rate: self.healthy_rate.0,
-            close_rate: self.close_rate.0,
+    /// The detector's settings.
+    pub fn settings(&self) -> DetectorSettings {
+        DetectorSettings {
+            interval: self.interval,
+            window: self.window,
+            params: Params {
+                min_probes: self.min_probes,
+                min_vantages: self.min_vantages,
+                min_rate_difference: self.min_rate_difference.0,
+                min_rate_ratio: self.min_rate_ratio,
+                alpha: self.alpha.0,
+                global_rate: self.global_rate.0,
+                ..Params::default()
+            },
+            hysteresis: Hysteresis {
+                open_after: self.open_after,
+                resolve_after: self.resolve_after,
+                resolve_quiet: self.resolve_quiet,
+            },
+            statuses: self.statuses.clone(),
+            check_statuses: self
+                .checks
+                .iter()
+                .map(|c| (c.name.clone(), c.statuses.clone()))
+                .collect(),
+            prefix_v4: self.egress_prefix_v4,
+            prefix_v6: self.egress_prefix_v6,
+            rates_retention: self.rates_retention,
         }
+    }
+
+    /// The first setting that makes no sense, as (key, what was expected).
+    fn problem(&self) -> Option<(String, &'static str)> {
+        let bad_statuses = |s: &[u16]| s.is_empty() || s.iter().any(|s| !(100..=599).contains(s));
+        if self.interval.is_zero() || self.window < self.interval {
+            return Some((
+                "detector.window".into(),
+                "expected a non-zero interval and a window at least as long",
+            ));
+        }
+        if bad_statuses(&self.statuses) {
+            return Some((
+                "detector.statuses".into(),
+                "expected a non-empty list of HTTP statuses (100-599)",
+            ));
+        }
+        if let Some(c) = self.checks.iter().find(|c| bad_statuses(&c.statuses)) {
+            return Some((
+                format!("detector.check.{}.statuses", c.name),
+                "expected a non-empty list of HTTP statuses (100-599)",
+            ));
+        }
+        if self.min_probes == 0 || self.min_vantages == 0 {
+            return Some((
+                "detector.min_probes".into(),
+                "expected min_probes >= 1 and min_vantages >= 1",
+            ));
+        }
+        if self.min_rate_difference.0 <= 0.0 {
+            return Some((
+                "detector.min_rate_difference".into(),
+                "expected a fraction above 0 (a uniform rate must never flag)",
+            ));
+        }
+        if !(self.min_rate_ratio >= 1.0 && self.min_rate_ratio.is_finite()) {
+            return Some(("detector.min_rate_ratio".into(), "expected a ratio >= 1.0"));
+        }
+        if self.alpha.0 <= 0.0 || self.alpha.0 >= 1.0 {
+            return Some((
+                "detector.alpha".into(),
+                "expected a significance level between 0 and 1, exclusive",
+            ));
+        }
+        if self.open_after == 0 || self.resolve_after == 0 {
+            return Some((
+                "detector.open_after".into(),
+                "expected open_after >= 1 and resolve_after >= 1",
+            ));
+        }
+        if self.egress_prefix_v4 > 32 || self.egress_prefix_v6 > 128 {
+            return Some((
+                "detector.egress_prefix_v4".into(),
+                "expected egress_prefix_v4 <= 32 and egress_prefix_v6 <= 128",
+            ));
+        }
+        None
     }
 }
 
@@ -263,15 +413,8 @@ impl CollectorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read_config(path)?;
         let config: Self = parse_toml(path, &text)?;
-        let d = &config.detector;
-        if d.close_rate.0 > d.open_rate.0 || d.healthy_rate.0 >= d.open_rate.0 {
-            return Err(ConfigError::at(
-                path,
-                &text,
-                None,
-                "detector".into(),
-                "expected healthy_rate < open_rate and close_rate <= open_rate".into(),
-            ));
+        if let Some((key, expected)) = config.detector.problem() {
+            return Err(ConfigError::at(path, &text, None, key, expected.into()));
         }
         if config.ingest.max_batch == 0 || config.ingest.max_message_bytes < 1024 {
             return Err(ConfigError::at(
@@ -280,15 +423,6 @@ impl CollectorConfig {
                 None,
                 "ingest".into(),
                 "expected max_batch >= 1 and max_message_bytes >= 1024".into(),
-            ));
-        }
-        if d.interval.is_zero() || d.window < d.interval {
-            return Err(ConfigError::at(
-                path,
-                &text,
-                None,
-                "detector".into(),
-                "expected a non-zero interval and a window at least as long".into(),
             ));
         }
         Ok(config)
@@ -323,12 +457,52 @@ mod tests {
 
     #[test]
     fn rate_out_of_range_names_line_and_key() {
-        let e = load("[detector]\nopen_rate = 1.5\n")
+        let e = load("[detector]\nglobal_rate = 1.5\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("collector.toml:2:"), "{e}");
-        assert!(e.contains("detector.open_rate"), "{e}");
+        assert!(e.contains("detector.global_rate"), "{e}");
         assert!(e.contains("between 0.0 and 1.0"), "{e}");
+    }
+
+    #[test]
+    fn statuses_per_check_override_the_global_list() {
+        let c = load(
+            "[detector]\nstatuses = [502, 504]\n[[detector.check]]\nname = \"shop\"\nstatuses = [502, 520, 521]\n",
+        )
+        .unwrap();
+        let s = c.detector.settings();
+        assert_eq!(s.statuses, [502, 504]);
+        assert_eq!(s.check_statuses["shop"], [502, 520, 521]);
+    }
+
+    #[test]
+    fn nonsense_detector_settings_are_refused_by_key() {
+        for (text, key) in [
+            ("[detector]\nstatuses = [1502]\n", "detector.statuses"),
+            ("[detector]\nstatuses = []\n", "detector.statuses"),
+            (
+                "[detector]\nmin_rate_difference = 0.0\n",
+                "detector.min_rate_difference",
+            ),
+            (
+                "[detector]\nmin_rate_ratio = 0.5\n",
+                "detector.min_rate_ratio",
+            ),
+            ("[detector]\nalpha = 0.0\n", "detector.alpha"),
+            ("[detector]\nopen_after = 0\n", "detector.open_after"),
+            (
+                "[detector]\negress_prefix_v4 = 33\n",
+                "detector.egress_prefix_v4",
+            ),
+            (
+                "[detector]\ninterval = \"10m\"\nwindow = \"1m\"\n",
+                "detector.window",
+            ),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use vantage_collector::detect::asn;
 use vantage_collector::{Application, CollectorConfig, app, demo, enrol};
 
 #[derive(Parser)]
@@ -38,6 +39,13 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Manage the IP-to-ASN table behind the `asn` dimension.
+    Asn {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AsnCommand,
+    },
     /// Show the whole story locally: PostgreSQL, collector, agents in three
     /// "regions", a target failing for one, the detection and the webhooks.
     Demo,
@@ -56,6 +64,15 @@ enum AgentCommand {
     List,
     /// Revoke an agent's token: its streams are refused from the next batch.
     Revoke { agent_id: String },
+}
+
+#[derive(Subcommand)]
+enum AsnCommand {
+    /// Replace the table with a tab-separated file of `first_ip last_ip asn
+    /// country name` lines (the ip2asn format, e.g. iptoasn.com's
+    /// ip2asn-combined.tsv); the running collector picks it up at its next
+    /// detection pass.
+    Load { file: PathBuf },
 }
 
 #[tokio::main]
@@ -114,6 +131,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let store = vantage_collector::store::Store::new(app::connect(&config).await?);
             store.migrate().await.context("applying migrations")?;
             agent_command(&store, command).await
+        }
+        Command::Asn { config, command } => {
+            let config = match config {
+                Some(path) => CollectorConfig::load(&path)?,
+                None => CollectorConfig::default(),
+            };
+            let AsnCommand::Load { file } = command;
+            let ranges = asn::read_file(&file)?;
+            let store = vantage_collector::store::Store::new(app::connect(&config).await?);
+            store.migrate().await.context("applying migrations")?;
+            store
+                .load_asn(&file.display().to_string(), &ranges)
+                .await
+                .context("storing the ASN table")?;
+            println!("Loaded {} ranges from {}.", ranges.len(), file.display());
+            Ok(())
         }
         Command::Demo => demo::run().await,
     }

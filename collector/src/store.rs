@@ -1,14 +1,15 @@
 //! PostgreSQL access: migrations, partitions, batch inserts, the detector's
-//! counts and the incident table. Every SQL statement of the collector
+//! window, state and runs, the IP-to-ASN table and the incident table. Every SQL statement of the collector
 //! lives here.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use sqlx::PgPool;
+
+use crate::detect::asn::{AsnEntry, AsnRange};
 
 /// Embedded migrations from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -124,32 +125,123 @@ pub struct Inserted {
     pub duplicates: u64,
 }
 
-/// 502s and probes in a segment over the detection window.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SegmentCounts {
-    pub target: String,
-    pub dimension: String,
-    pub value: String,
-    pub status_502: u64,
-    pub probes: u64,
-}
-
-/// An incident as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+/// An incident as stored (the columns the alerter and the demo read).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Incident {
     pub id: i64,
     pub target: String,
+    pub pattern: String,
     pub kind: String,
     pub dimension: String,
     pub value: String,
-    pub segment_502: i64,
+    pub narrowed_value: Option<String>,
+    pub explanation: String,
+    pub statuses: Vec<i16>,
+    pub segment_failures: i64,
     pub segment_probes: i64,
-    pub rest_502: i64,
+    pub rest_failures: i64,
     pub rest_probes: i64,
+    pub p_value: Option<f64>,
+    pub failing_vantages: i32,
+    pub correlated: serde_json::Value,
+    pub gateways: Vec<String>,
+    pub edge_locations: Vec<String>,
+    pub first_failure_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
     pub window_seconds: i32,
     pub opened_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// The columns of [`Incident`], for SELECTs.
+const INCIDENT_COLUMNS: &str = "id, target, pattern, kind, dimension, value, narrowed_value, \
+    explanation, statuses, segment_failures, segment_probes, rest_failures, rest_probes, p_value, \
+    failing_vantages, correlated, gateways, edge_locations, first_failure_at, last_failure_at, \
+    window_seconds, opened_at, last_seen_at, resolved_at";
+
+/// What an evaluation writes into an incident when it opens it or while it
+/// stays open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentRecord {
+    pub target: String,
+    pub pattern: String,
+    pub kind: &'static str,
+    pub dimension: String,
+    pub value: String,
+    pub narrowed_value: Option<String>,
+    pub statuses: Vec<i16>,
+    pub explanation: String,
+    /// Segment failures, segment probes, rest failures, rest probes.
+    pub counts: [i64; 4],
+    pub p_value: Option<f64>,
+    pub failing_vantages: i32,
+    pub correlated: serde_json::Value,
+    pub first_failure_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    pub gateways: Vec<String>,
+    pub edge_locations: Vec<String>,
+    pub evidence: serde_json::Value,
+    pub window_seconds: i32,
+}
+
+/// Probes of one target in the detection window that agree on every
+/// dimension's source value, status, outcome and vantage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowCell {
+    pub target: String,
+    pub check: String,
+    pub outcome: String,
+    /// The HTTP status, or the forward proxy's refusal status.
+    pub status: Option<i16>,
+    pub agent_id: String,
+    pub vantage: String,
+    /// One per source expression asked for.
+    pub sources: Vec<Option<String>>,
+    pub probes: i64,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+    /// The newest result's sequence number (a sample result id).
+    pub last_seq: i64,
+}
+
+/// The persisted hysteresis of one candidate incident.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StateRow {
+    pub target: String,
+    pub pattern: String,
+    pub dimension: String,
+    pub value: String,
+    pub held_streak: i32,
+    pub clear_streak: i32,
+    pub last_held_at: Option<DateTime<Utc>>,
+    pub incident_id: Option<i64>,
+}
+
+/// One row of `segment_rates`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateRow {
+    pub target: String,
+    pub pattern: String,
+    pub dimension: String,
+    pub value: String,
+    pub probes: i64,
+    pub failures: i64,
+    pub rest_probes: i64,
+    pub rest_failures: i64,
+    pub vantages: i32,
+    pub p_value: Option<f64>,
+    pub flagged: bool,
+}
+
+/// A detection pass, for `detection_runs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub evaluated_at: DateTime<Utc>,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub probes: i64,
+    pub duration_ms: f64,
 }
 
 /// Which notification of an incident is due.
@@ -472,100 +564,343 @@ impl Store {
         })
     }
 
-    /// Probes and 502s over the last `window`, per target and per value of
-    /// each dimension (`region`, `egress_prefix`), plus `all` per target.
-    pub async fn segment_counts(&self, window: Duration) -> Result<Vec<SegmentCounts>, StoreError> {
-        let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
-            "WITH recent AS (
-                SELECT url, region, egress_ip, http_status FROM probe_results
-                WHERE started_at > now() - make_interval(secs => $1)
-             )
-             SELECT url, 'all', '*', count(*) FILTER (WHERE http_status = 502), count(*)
-               FROM recent GROUP BY url
-             UNION ALL
-             SELECT url, 'region', region, count(*) FILTER (WHERE http_status = 502), count(*)
-               FROM recent GROUP BY url, region
-             UNION ALL
-             SELECT url, 'egress_prefix', egress_prefix(egress_ip)::text,
-                    count(*) FILTER (WHERE http_status = 502), count(*)
-               FROM recent WHERE egress_ip IS NOT NULL GROUP BY url, egress_prefix(egress_ip)",
+    /// The probes of every target in `(start, end]`, grouped by the given
+    /// SQL `sources` (text-valued expressions over `probe_results`, taken
+    /// from the dimension table, never from input) plus target, check,
+    /// outcome, status and vantage. One scan of the window's partitions.
+    pub async fn window_cells(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        sources: &[&'static str],
+    ) -> Result<Vec<WindowCell>, StoreError> {
+        use sqlx::Row;
+        let fixed = WINDOW_FIXED_COLUMNS;
+        let sql = window_sql(sources);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(start)
+            .bind(end)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut cells = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut values = Vec::with_capacity(sources.len());
+            for i in 0..sources.len() {
+                values.push(row.try_get::<Option<String>, _>(fixed + i)?);
+            }
+            let n = fixed + sources.len();
+            cells.push(WindowCell {
+                target: row.try_get(0)?,
+                check: row.try_get(1)?,
+                outcome: row.try_get(2)?,
+                status: row.try_get(3)?,
+                agent_id: row.try_get(4)?,
+                vantage: row.try_get(5)?,
+                sources: values,
+                probes: row.try_get(n)?,
+                first_at: row.try_get(n + 1)?,
+                last_at: row.try_get(n + 2)?,
+                last_seq: row.try_get(n + 3)?,
+            });
+        }
+        Ok(cells)
+    }
+
+    /// The query plan of [`Self::window_cells`] (`EXPLAIN (FORMAT JSON)`,
+    /// with `ANALYZE` if asked), for the benchmark.
+    pub async fn explain_window_cells(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        sources: &[&'static str],
+        analyze: bool,
+    ) -> Result<serde_json::Value, StoreError> {
+        let options = if analyze {
+            "ANALYZE, BUFFERS, FORMAT JSON"
+        } else {
+            "FORMAT JSON"
+        };
+        let sql = format!("EXPLAIN ({options}) {}", window_sql(sources));
+        let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(start)
+            .bind(end)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(plan)
+    }
+
+    /// The hysteresis state of every candidate incident.
+    pub async fn detector_states(&self) -> Result<Vec<StateRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT target, pattern, dimension, value, held_streak, clear_streak, last_held_at,
+                    incident_id
+             FROM detector_state",
         )
-        .bind(window.as_secs_f64())
         .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Writes the hysteresis state: `rows` replace what is stored; every
+    /// other row is deleted (its candidate went idle).
+    pub async fn replace_detector_states(&self, rows: &[StateRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM detector_state")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO detector_state (target, pattern, dimension, value, held_streak,
+                                         clear_streak, last_held_at, incident_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[],
+                                  $6::int4[], $7::timestamptz[], $8::int8[])",
+        )
+        .bind(rows.iter().map(|r| r.target.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.pattern.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.dimension.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.value.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.held_streak).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.clear_streak).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.last_held_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.incident_id).collect::<Vec<_>>())
+        .execute(&mut *tx)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(target, dimension, value, bad, total)| SegmentCounts {
-                target,
-                dimension,
-                value,
-                status_502: u64::try_from(bad).unwrap_or(0),
-                probes: u64::try_from(total).unwrap_or(0),
-            })
-            .collect())
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a detection pass and its segment rates; drops passes older
+    /// than `keep_since`.
+    pub async fn record_run(
+        &self,
+        run: &RunRecord,
+        rates: &[RateRow],
+        keep_since: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO detection_runs (evaluated_at, window_start, window_end, probes, duration_ms)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(run.evaluated_at)
+        .bind(run.window_start)
+        .bind(run.window_end)
+        .bind(run.probes)
+        .bind(run.duration_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO segment_rates (run_id, target, pattern, dimension, value, probes, failures,
+                                        rest_probes, rest_failures, vantages, p_value, flagged)
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
+                                      $7::int8[], $8::int8[], $9::int8[], $10::int4[],
+                                      $11::float8[], $12::bool[])",
+        )
+        .bind(id)
+        .bind(rates.iter().map(|r| r.target.clone()).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.pattern.clone()).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.dimension.clone()).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.value.clone()).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.probes).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.failures).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.rest_probes).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.rest_failures).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.vantages).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.p_value).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.flagged).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM detection_runs WHERE evaluated_at < $1")
+            .bind(keep_since)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     /// Every incident not yet resolved.
     pub async fn open_incidents(&self) -> Result<Vec<Incident>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT * FROM incidents WHERE resolved_at IS NULL")
-                .fetch_all(&self.pool)
-                .await
-                .map(strip_outbox)?,
-        )
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE resolved_at IS NULL ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
-    /// Opens an incident; returns None if one is open for the same key.
+    /// Opens an incident at `at`; returns None if one is open for the same
+    /// key already.
     pub async fn open_incident(
         &self,
-        finding: &NewIncident<'_>,
+        r: &IncidentRecord,
+        at: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
         let id = sqlx::query_scalar(
-            "INSERT INTO incidents (target, kind, dimension, value, segment_502, segment_probes,
-                                    rest_502, rest_probes, window_seconds)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (target, dimension, value) WHERE resolved_at IS NULL DO NOTHING
+            "INSERT INTO incidents (target, pattern, kind, dimension, value, narrowed_value,
+                                    statuses, explanation, segment_failures, segment_probes,
+                                    rest_failures, rest_probes, p_value, failing_vantages,
+                                    correlated, first_failure_at, last_failure_at, gateways,
+                                    edge_locations, evidence, window_seconds, opened_at,
+                                    last_seen_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                     $18, $19, $20, $21, $22, $22)
+             ON CONFLICT (target, pattern, dimension, value) WHERE resolved_at IS NULL DO NOTHING
              RETURNING id",
         )
-        .bind(finding.target)
-        .bind(finding.kind)
-        .bind(finding.dimension)
-        .bind(finding.value)
-        .bind(finding.counts[0])
-        .bind(finding.counts[1])
-        .bind(finding.counts[2])
-        .bind(finding.counts[3])
-        .bind(finding.window_seconds)
+        .bind(&r.target)
+        .bind(&r.pattern)
+        .bind(r.kind)
+        .bind(&r.dimension)
+        .bind(&r.value)
+        .bind(&r.narrowed_value)
+        .bind(&r.statuses)
+        .bind(&r.explanation)
+        .bind(r.counts[0])
+        .bind(r.counts[1])
+        .bind(r.counts[2])
+        .bind(r.counts[3])
+        .bind(r.p_value)
+        .bind(r.failing_vantages)
+        .bind(&r.correlated)
+        .bind(r.first_failure_at)
+        .bind(r.last_failure_at)
+        .bind(&r.gateways)
+        .bind(&r.edge_locations)
+        .bind(&r.evidence)
+        .bind(r.window_seconds)
+        .bind(at)
         .fetch_optional(&self.pool)
         .await?;
         Ok(id)
     }
 
-    /// Refreshes the counts of an open incident.
-    pub async fn touch_incident(&self, id: i64, counts: [i64; 4]) -> Result<(), StoreError> {
+    /// Refreshes an open incident with the latest evaluation's evidence.
+    /// The first failure is kept; the failure window only grows.
+    pub async fn refresh_incident(
+        &self,
+        id: i64,
+        r: &IncidentRecord,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE incidents SET segment_502 = $2, segment_probes = $3, rest_502 = $4,
-                    rest_probes = $5, last_seen_at = now()
+            "UPDATE incidents SET narrowed_value = $2, explanation = $3, segment_failures = $4,
+                    segment_probes = $5, rest_failures = $6, rest_probes = $7, p_value = $8,
+                    failing_vantages = $9, correlated = $10,
+                    first_failure_at = LEAST(first_failure_at, $11),
+                    last_failure_at = GREATEST(last_failure_at, $12),
+                    gateways = ARRAY(SELECT DISTINCT unnest(gateways || $13) ORDER BY 1),
+                    edge_locations = ARRAY(SELECT DISTINCT unnest(edge_locations || $14) ORDER BY 1),
+                    evidence = $15, last_seen_at = $16
              WHERE id = $1 AND resolved_at IS NULL",
         )
         .bind(id)
-        .bind(counts[0])
-        .bind(counts[1])
-        .bind(counts[2])
-        .bind(counts[3])
+        .bind(&r.narrowed_value)
+        .bind(&r.explanation)
+        .bind(r.counts[0])
+        .bind(r.counts[1])
+        .bind(r.counts[2])
+        .bind(r.counts[3])
+        .bind(r.p_value)
+        .bind(r.failing_vantages)
+        .bind(&r.correlated)
+        .bind(r.first_failure_at)
+        .bind(r.last_failure_at)
+        .bind(&r.gateways)
+        .bind(&r.edge_locations)
+        .bind(&r.evidence)
+        .bind(at)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Marks an open incident resolved.
-    pub async fn resolve_incident(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE incidents SET resolved_at = now() WHERE id = $1 AND resolved_at IS NULL",
+    /// Marks an open incident resolved at `at`.
+    pub async fn resolve_incident(&self, id: i64, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE incidents SET resolved_at = $2 WHERE id = $1 AND resolved_at IS NULL")
+            .bind(id)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The id of the latest IP-to-ASN load, if any.
+    pub async fn asn_version(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT max(id) FROM asn_loads")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// The whole IP-to-ASN table.
+    pub async fn asn_ranges(&self) -> Result<Vec<AsnRange>, StoreError> {
+        let rows: Vec<(String, String, i64, String, String)> = sqlx::query_as(
+            "SELECT host(first_ip), host(last_ip), asn, country, name FROM asn_ranges",
         )
-        .bind(id)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(first, last, asn, country, name)| {
+                Some(AsnRange {
+                    first: first.parse().ok()?,
+                    last: last.parse().ok()?,
+                    entry: AsnEntry {
+                        asn: u32::try_from(asn).ok()?,
+                        country,
+                        name,
+                    },
+                })
+            })
+            .collect())
+    }
+
+    /// Replaces the IP-to-ASN table with `ranges` in one transaction.
+    pub async fn load_asn(&self, source: &str, ranges: &[AsnRange]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM asn_ranges")
+            .execute(&mut *tx)
+            .await?;
+        for chunk in ranges.chunks(20_000) {
+            sqlx::query(
+                "INSERT INTO asn_ranges (first_ip, last_ip, asn, country, name)
+                 SELECT f::inet, l::inet, a, c, n
+                 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[])
+                      AS t(f, l, a, c, n)
+                 ON CONFLICT (first_ip) DO UPDATE
+                    SET last_ip = EXCLUDED.last_ip, asn = EXCLUDED.asn,
+                        country = EXCLUDED.country, name = EXCLUDED.name",
+            )
+            .bind(
+                chunk
+                    .iter()
+                    .map(|r| r.first.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(chunk.iter().map(|r| r.last.to_string()).collect::<Vec<_>>())
+            .bind(
+                chunk
+                    .iter()
+                    .map(|r| i64::from(r.entry.asn))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                chunk
+                    .iter()
+                    .map(|r| r.entry.country.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                chunk
+                    .iter()
+                    .map(|r| r.entry.name.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("INSERT INTO asn_loads (source, ranges) VALUES ($1, $2)")
+            .bind(source)
+            .bind(i64::try_from(ranges.len()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -607,16 +942,28 @@ impl Store {
     }
 }
 
-/// The fields of a new incident.
-#[derive(Debug, Clone)]
-pub struct NewIncident<'a> {
-    pub target: &'a str,
-    pub kind: &'static str,
-    pub dimension: &'a str,
-    pub value: &'a str,
-    /// segment 502s, segment probes, rest 502s, rest probes.
-    pub counts: [i64; 4],
-    pub window_seconds: i32,
+/// Columns of the window query before the dimension sources.
+const WINDOW_FIXED_COLUMNS: usize = 6;
+
+/// The window query: one aggregate over the window's partitions, grouped
+/// by target, check, outcome, status, vantage and every source.
+fn window_sql(sources: &[&'static str]) -> String {
+    let mut select = String::from(
+        "SELECT url, check_name, outcome, COALESCE(http_status, proxy_status), agent_id, vantage",
+    );
+    for s in sources {
+        select.push_str(&format!(", ({s})::text"));
+    }
+    let group: Vec<String> = (1..=WINDOW_FIXED_COLUMNS + sources.len())
+        .map(|i| i.to_string())
+        .collect();
+    format!(
+        "{select}, count(*), min(started_at), max(started_at), max(seq)
+         FROM probe_results
+         WHERE started_at > $1 AND started_at <= $2
+         GROUP BY {}",
+        group.join(", ")
+    )
 }
 
 #[derive(sqlx::FromRow)]
@@ -625,10 +972,6 @@ struct IncidentWithOutbox {
     incident: Incident,
     open_notified_at: Option<DateTime<Utc>>,
     resolve_notified_at: Option<DateTime<Utc>>,
-}
-
-fn strip_outbox(rows: Vec<IncidentWithOutbox>) -> Vec<Incident> {
-    rows.into_iter().map(|r| r.incident).collect()
 }
 
 /// A batch turned inside out: one array per column, for UNNEST.

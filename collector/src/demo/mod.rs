@@ -42,6 +42,11 @@ pub struct ScenarioTiming {
     pub detector_interval: Duration,
     pub window: Duration,
     pub min_probes: u64,
+    /// Evaluations a pattern must hold before its incident opens.
+    pub open_after: u32,
+    /// Evaluations (and time) without it before the incident resolves.
+    pub resolve_after: u32,
+    pub resolve_quiet: Duration,
 }
 
 impl Default for ScenarioTiming {
@@ -51,6 +56,9 @@ impl Default for ScenarioTiming {
             detector_interval: Duration::from_millis(500),
             window: Duration::from_secs(8),
             min_probes: 8,
+            open_after: 2,
+            resolve_after: 3,
+            resolve_quiet: Duration::from_secs(1),
         }
     }
 }
@@ -92,6 +100,9 @@ impl Scenario {
                 interval: timing.detector_interval,
                 window: timing.window,
                 min_probes: timing.min_probes,
+                open_after: timing.open_after,
+                resolve_after: timing.resolve_after,
+                resolve_quiet: timing.resolve_quiet,
                 ..DetectorConfig::default()
             },
             webhooks: vec![WebhookConfig {
@@ -204,21 +215,31 @@ timeout = "{interval_ms}ms"
     )
 }
 
-/// The demo's regions: one agent per region, each on its own /24.
-fn demo_agents() -> Vec<AgentSpec> {
+/// The demo's vantage points: two agents per region on the region's /24,
+/// and a third us-east agent on another network (127.0.4.0/24), so that
+/// the failing /24 and the region it sits in can be told apart.
+pub fn demo_agents() -> Vec<AgentSpec> {
     [
-        ("eu-west", [127, 0, 1, 1]),
-        ("us-east", [127, 0, 2, 1]),
-        ("ap-south", [127, 0, 3, 1]),
+        ("eu-west", 1, [127, 0, 1, 1]),
+        ("eu-west", 2, [127, 0, 1, 2]),
+        ("us-east", 1, [127, 0, 2, 1]),
+        ("us-east", 2, [127, 0, 2, 2]),
+        ("us-east", 3, [127, 0, 4, 1]),
+        ("ap-south", 1, [127, 0, 3, 1]),
+        ("ap-south", 2, [127, 0, 3, 2]),
     ]
     .into_iter()
-    .map(|(region, ip)| AgentSpec {
-        agent_id: format!("demo-{region}"),
+    .map(|(region, n, ip)| AgentSpec {
+        agent_id: format!("{region}-{n}"),
         region: region.to_owned(),
         source_ip: IpAddr::from(ip),
     })
     .collect()
 }
+
+/// The IP-to-ASN table the demo loads (also the tests' fixture): the
+/// loopback networks the demo's agents use, named like real networks.
+pub const DEMO_ASN_TABLE: &str = include_str!("../../fixtures/asn-loopback.tsv");
 
 /// Where the demo's data lives, and how to clean it up.
 enum DemoDatabase {
@@ -305,6 +326,14 @@ async fn story(url: &str) -> Result<()> {
     let failing: IpNet = "127.0.2.0/24".parse().context("failing range")?;
     let timing = ScenarioTiming::default();
     let started = Instant::now();
+    let store = crate::store::Store::new(pool.clone());
+    store.migrate().await?;
+    let ranges = crate::detect::asn::parse("asn-loopback.tsv", DEMO_ASN_TABLE)?;
+    store.load_asn("asn-loopback.tsv", &ranges).await?;
+    println!(
+        "  ASN table   {} ranges loaded (vantage-collector asn load <file>)",
+        ranges.len()
+    );
     let scenario = Scenario::start(pool.clone(), demo_agents(), Some(failing), &timing).await?;
     println!(
         "  DNS server  udp+tcp {} answers {TARGET_HOST} -> {}",
@@ -341,24 +370,15 @@ async fn story(url: &str) -> Result<()> {
         bail!("no incident for {prefix} within {wait:?}: detection failed");
     };
     println!(
-        "Incident opened after {:.1} s. Webhook received:",
+        "Incident opened after {:.1} s. What on-call reads:\n",
         started.elapsed().as_secs_f64()
     );
+    println!(
+        "  {}\n",
+        wrap(opened["explanation"].as_str().unwrap_or_default(), 76, "  ")
+    );
+    println!("Webhook received:");
     println!("{}\n", serde_json::to_string_pretty(&opened)?);
-    if let Some(region) = scenario
-        .wait_for_webhook(
-            "incident.opened",
-            "region",
-            "us-east",
-            Duration::from_secs(5),
-        )
-        .await
-    {
-        println!(
-            "The region dimension agrees: {}\n",
-            region["summary"].as_str().unwrap_or_default()
-        );
-    }
 
     print_sql(&pool).await?;
 
@@ -390,47 +410,127 @@ fn count_events(bodies: &[Value]) -> (usize, usize) {
     (count("incident.opened"), count("incident.resolved"))
 }
 
-/// Prints what an operator would query: open incidents and the views.
+/// Wraps `text` at `width` columns, continuing lines with `indent`.
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split_whitespace() {
+        if line > 0 && line + 1 + word.len() > width {
+            out.push('\n');
+            out.push_str(indent);
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += word.len();
+    }
+    out
+}
+
+/// Prints what an operator would query: incidents and the views.
 async fn print_sql(pool: &PgPool) -> Result<()> {
     println!(
-        "SQL> SELECT id, dimension, value, segment_502, segment_probes, rest_502, rest_probes FROM v_open_incidents;"
+        "SQL> SELECT id, state, dimension, value, narrowed_value, segment_failures, segment_probes,\n            \
+         rest_failures, rest_probes, p_value, correlated FROM v_incidents;"
     );
-    let incidents: Vec<(i64, String, String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT id, dimension, value, segment_502, segment_probes, rest_502, rest_probes
-         FROM v_open_incidents ORDER BY id",
+    let incidents: Vec<IncidentLine> = sqlx::query_as(
+        "SELECT id, state, dimension, value, narrowed_value, segment_failures, segment_probes,
+                rest_failures, rest_probes, p_value, correlated::text
+         FROM v_incidents ORDER BY id",
     )
     .fetch_all(pool)
     .await?;
-    for (id, dim, value, s5, sp, r5, rp) in incidents {
-        println!("  {id:>3}  {dim:<14} {value:<14} {s5:>4} of {sp:<4} got 502; rest {r5} of {rp}");
+    for (id, state, dim, value, narrowed, sf, sp, rf, rp, p, correlated) in incidents {
+        println!(
+            "  {id:>3} {state:<8} {dim} {value} (narrowed to {}): {sf} of {sp} failed; rest {rf} of {rp}; p = {}",
+            narrowed.unwrap_or_else(|| "-".into()),
+            p.map_or("-".into(), |p| format!("{p:.1e}")),
+        );
+        println!("      correlated: {correlated}");
     }
     println!(
-        "\nSQL> SELECT region, probes, status_502, pct_502 FROM v_status_by_region ORDER BY region;"
+        "\nSQL> SELECT dimension, value, probes, failures, rate, rest_rate, vantages, flagged\n     \
+         FROM v_segment_rates WHERE pattern = 'status' AND failures > 0 ORDER BY rate DESC, dimension;"
     );
-    let rows: Vec<(String, i64, i64, f64)> = sqlx::query_as(
-        "SELECT region, probes, status_502, pct_502::float8 FROM v_status_by_region ORDER BY region",
+    let rows: Vec<RateLine> = sqlx::query_as(
+        "SELECT dimension, value, probes, failures, rate::float8, rest_rate::float8, vantages,
+                flagged
+         FROM v_segment_rates WHERE pattern = 'status' AND failures > 0
+         ORDER BY rate DESC, dimension, value",
     )
     .fetch_all(pool)
     .await?;
-    for (region, probes, s5, pct) in rows {
-        println!("  {region:<10} {probes:>5} probes {s5:>5} x 502  {pct:>5.1} %");
+    for (dim, value, probes, failures, rate, rest, vantages, flagged) in rows {
+        println!(
+            "  {dim:<16} {value:<26} {failures:>4} of {probes:<4} {:>5.1} % (rest {:>4.1} %) {vantages} vantages{}",
+            100.0 * rate.unwrap_or(0.0),
+            100.0 * rest.unwrap_or(0.0),
+            if flagged { "  FLAGGED" } else { "" }
+        );
     }
     println!(
-        "\nSQL> SELECT egress_prefix, probes, status_502, pct_502 FROM v_status_by_egress_prefix ORDER BY 1;"
+        "\nSQL> SELECT agent_id, region, egress_ip, outcome, http_status, gateway, age\n     \
+         FROM v_latest_by_vantage ORDER BY agent_id;"
     );
-    let rows: Vec<(String, i64, i64, f64)> = sqlx::query_as(
-        "SELECT egress_prefix::text, probes, status_502, pct_502::float8
-         FROM v_status_by_egress_prefix ORDER BY 1",
+    let rows: Vec<LatestLine> = sqlx::query_as(
+        "SELECT agent_id, region, egress_ip, outcome, http_status, gateway,
+                extract(epoch FROM age)::float8
+         FROM v_latest_by_vantage ORDER BY agent_id",
     )
     .fetch_all(pool)
     .await?;
-    for (prefix, probes, s5, pct) in rows {
-        println!("  {prefix:<14} {probes:>5} probes {s5:>5} x 502  {pct:>5.1} %");
+    for (agent, region, egress, outcome, status, gateway, age) in rows {
+        println!(
+            "  {agent:<12} {region:<9} {:<10} {outcome:<5} {:<4} {:<8} {age:.1} s ago",
+            egress.unwrap_or_default(),
+            status.map_or("-".into(), |s| s.to_string()),
+            gateway.unwrap_or_else(|| "-".into()),
+        );
     }
     print_failing_probe(pool).await?;
     println!();
     Ok(())
 }
+
+/// A row of `v_incidents` as the demo prints it.
+type IncidentLine = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<f64>,
+    String,
+);
+
+/// A row of `v_segment_rates` as the demo prints it.
+type RateLine = (
+    String,
+    String,
+    i64,
+    i64,
+    Option<f64>,
+    Option<f64>,
+    i32,
+    bool,
+);
+
+/// A row of `v_latest_by_vantage` as the demo prints it.
+type LatestLine = (
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<i16>,
+    Option<String>,
+    f64,
+);
 
 /// One failing probe's path, as an operator would look it up.
 async fn print_failing_probe(pool: &PgPool) -> anyhow::Result<()> {

@@ -7,19 +7,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 use vantage_collector::demo::{AgentSpec, Scenario, ScenarioTiming};
 
+/// Two agents per region on the region's /24, and a third us-east agent
+/// on another /24 (the demo's layout).
 fn agents() -> Vec<AgentSpec> {
-    vec![
-        AgentSpec {
-            agent_id: "a-healthy".into(),
-            region: "eu-west".into(),
-            source_ip: "127.0.1.1".parse().unwrap(),
-        },
-        AgentSpec {
-            agent_id: "b-failing".into(),
-            region: "us-east".into(),
-            source_ip: "127.0.2.1".parse().unwrap(),
-        },
-    ]
+    vantage_collector::demo::demo_agents()
 }
 
 fn events<'a>(bodies: &'a [Value], event: &str, dimension: &str, value: &str) -> Vec<&'a Value> {
@@ -60,6 +51,17 @@ async fn failing_prefix_opens_one_incident_and_resolves_once(pool: PgPool) {
         .expect("an incident opens for the failing prefix");
     assert_eq!(opened["target"], scenario.target_url);
     assert_eq!(opened["kind"], "segment");
+    assert_eq!(opened["pattern"], "status");
+    // Two agents fail, 127.0.2.1 and .2: the narrowest prefix covering both.
+    assert_eq!(opened["narrowed_value"], "127.0.2.0/30");
+    let explanation = opened["explanation"].as_str().unwrap();
+    assert!(
+        explanation.contains("from egress prefix 127.0.2.0/24 got 502")
+            && explanation.contains("All failing probes also share")
+            && explanation.contains("region us-east")
+            && explanation.contains("produced by nginx"),
+        "{explanation}"
+    );
     let seg_502 = opened["counts"]["segment"]["status_502"].as_u64().unwrap();
     let seg_probes = opened["counts"]["segment"]["probes"].as_u64().unwrap();
     assert!(
@@ -99,13 +101,9 @@ async fn failing_prefix_opens_one_incident_and_resolves_once(pool: PgPool) {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(
-        rows,
-        vec![
-            ("egress_prefix".into(), failing.into(), true),
-            ("region".into(), "us-east".into(), true),
-        ]
-    );
+    // The region is evidence of the prefix's incident, not an incident of
+    // its own.
+    assert_eq!(rows, vec![("egress_prefix".into(), failing.into(), true)]);
 
     // The real agents' path identity arrived in its columns.
     let stored: Vec<StoredPath> = sqlx::query_as(
@@ -119,13 +117,19 @@ async fn failing_prefix_opens_one_incident_and_resolves_once(pool: PgPool) {
     .unwrap();
     assert!(!stored.is_empty());
     for row in stored {
+        // The resolver saw the failing agent's own source address.
+        let resolver_egress = row.3.clone().unwrap_or_default();
+        assert!(
+            ["127.0.2.1", "127.0.2.2"].contains(&resolver_egress.as_str()),
+            "{row:?}"
+        );
         assert_eq!(
             row,
             (
                 "direct".into(),
                 Some("nginx".into()),
                 Some("NOERROR".into()),
-                Some("127.0.2.1".into()),
+                Some(resolver_egress),
                 Some(vantage_testkit::NSID.into()),
                 true
             )

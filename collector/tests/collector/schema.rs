@@ -15,50 +15,119 @@ async fn columns(pool: &PgPool, relation: &str) -> Vec<String> {
     .unwrap()
 }
 
+/// The operator views' columns are a public interface (README, "SQL"):
+/// renaming or removing one breaks saved queries and dashboards.
 #[sqlx::test(migrations = false)]
 async fn views_have_the_documented_columns(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;
     assert_eq!(
-        columns(&pool, "v_status_by_region").await,
-        [
-            "target",
-            "region",
-            "probes",
-            "status_502",
-            "pct_502",
-            "failures",
-            "last_probe_at"
-        ]
-    );
-    assert_eq!(
-        columns(&pool, "v_status_by_egress_prefix").await,
-        [
-            "target",
-            "egress_prefix",
-            "probes",
-            "status_502",
-            "pct_502",
-            "failures",
-            "last_probe_at"
-        ]
-    );
-    assert_eq!(
-        columns(&pool, "v_open_incidents").await,
+        columns(&pool, "v_incidents").await,
         [
             "id",
             "target",
+            "pattern",
             "kind",
             "dimension",
             "value",
-            "segment_502",
+            "narrowed_value",
+            "state",
+            "explanation",
+            "segment_failures",
             "segment_probes",
-            "rest_502",
+            "rest_failures",
             "rest_probes",
-            "window_seconds",
+            "p_value",
+            "failing_vantages",
+            "correlated",
+            "gateways",
+            "edge_locations",
+            "first_failure_at",
+            "last_failure_at",
             "opened_at",
-            "last_seen_at"
+            "last_seen_at",
+            "resolved_at",
+            "duration",
+            "window_seconds",
+            "statuses",
+            "evidence"
         ]
     );
+    assert_eq!(
+        columns(&pool, "v_segment_rates").await,
+        [
+            "target",
+            "pattern",
+            "dimension",
+            "value",
+            "window_start",
+            "window_end",
+            "probes",
+            "failures",
+            "rate",
+            "rest_probes",
+            "rest_failures",
+            "rest_rate",
+            "vantages",
+            "p_value",
+            "flagged",
+            "evaluated_at"
+        ]
+    );
+    assert_eq!(
+        columns(&pool, "v_latest_by_vantage").await,
+        [
+            "check_name",
+            "target",
+            "agent_id",
+            "vantage",
+            "region",
+            "started_at",
+            "age",
+            "outcome",
+            "http_status",
+            "gateway",
+            "edge_location",
+            "resolver",
+            "dialed_ip",
+            "egress_ip",
+            "total_ms",
+            "message",
+            "seq"
+        ]
+    );
+    assert_eq!(
+        columns(&pool, "v_delivery_gaps").await,
+        [
+            "agent_id",
+            "reason",
+            "first_seq",
+            "last_seq",
+            "count",
+            "detected_at",
+            "received_at"
+        ]
+    );
+    collector.stop().await;
+}
+
+/// The detection window's query is served by an index on every partition
+/// (the partitioned index `probe_results_started` is inherited by each
+/// daily partition, existing and future).
+#[sqlx::test(migrations = false)]
+async fn every_partition_has_the_window_index(pool: PgPool) {
+    let collector = spawn_collector(pool.clone()).await;
+    let missing: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'probe_results'::regclass
+           AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
+                             ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+                           WHERE x.indrelid = c.oid AND a.attname = 'started_at'
+                             AND x.indnatts = 1)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(missing.is_empty(), "partitions without a started_at index: {missing:?}");
     collector.stop().await;
 }
 

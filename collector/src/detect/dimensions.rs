@@ -1,0 +1,268 @@
+//! The dimensions a failure can follow: the one table that says what each
+//! is and how its value is read from a probe result. Adding a dimension is
+//! one entry in [`DIMENSIONS`]; the window query, the statistics, the
+//! explanation text and `v_segment_rates` all follow from it.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::asn::AsnTable;
+
+/// The address a probe left from, as the internet saw it (see the
+/// `probe_egress` SQL function in the migrations).
+const EGRESS: &str = "host(probe_egress(echo_ip, local_ip, proxy, egress_ip))";
+/// The address the probe dialled.
+const DIALLED: &str = "host(dialed_ip)";
+
+/// How a dimension's value is made from its SQL source value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derive {
+    /// The source value as is.
+    Text,
+    /// The source is an address; the value is its network at the configured
+    /// prefix length (`/24` IPv4, `/48` IPv6 by default). Findings on such
+    /// a dimension are narrowed to the most specific prefix covering every
+    /// failure.
+    Prefix,
+    /// The source is an address; the value is its ASN and network name from
+    /// the loaded IP-to-ASN table (none when no table is loaded).
+    Asn,
+    /// The source is an address; the value is `IPv4` or `IPv6`.
+    Family,
+}
+
+/// Whether a dimension can explain failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Tested: a value of it may be the place failures follow.
+    Cause,
+    /// Reported on failing probes only: it is a consequence of failing
+    /// (the layer that wrote an error page exists only on errors), so a
+    /// test on it would always "explain" everything.
+    Evidence,
+}
+
+/// One dimension.
+#[derive(Debug, Clone, Copy)]
+pub struct Dimension {
+    /// Stable name, stored in incidents and `v_segment_rates`.
+    pub name: &'static str,
+    /// How the explanation text names it.
+    pub label: &'static str,
+    /// A text-valued SQL expression over a `probe_results` row; NULL means
+    /// the probe has no value in this dimension.
+    pub source: &'static str,
+    pub derive: Derive,
+    pub role: Role,
+}
+
+/// Every dimension, in the order ties are broken (earlier wins when two
+/// segments explain the same failures equally well).
+pub const DIMENSIONS: &[Dimension] = &[
+    Dimension {
+        name: "region",
+        label: "region",
+        source: "region",
+        derive: Derive::Text,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "egress_prefix",
+        label: "egress prefix",
+        source: EGRESS,
+        derive: Derive::Prefix,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "asn",
+        label: "network",
+        source: EGRESS,
+        derive: Derive::Asn,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "resolver",
+        label: "resolver",
+        source: "resolver",
+        derive: Derive::Text,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "resolver_egress",
+        label: "resolver egress address",
+        source: "host(resolver_egress_ip)",
+        derive: Derive::Text,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "address",
+        label: "address",
+        source: DIALLED,
+        derive: Derive::Text,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "address_prefix",
+        label: "address prefix",
+        source: DIALLED,
+        derive: Derive::Prefix,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "edge_location",
+        label: "edge location",
+        source: "edge_location",
+        derive: Derive::Text,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "ip_family",
+        label: "IP family",
+        source: DIALLED,
+        derive: Derive::Family,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "http_version",
+        label: "HTTP version",
+        source: "http_version",
+        derive: Derive::Text,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "proxy",
+        label: "proxy",
+        source: "COALESCE(proxy, 'direct')",
+        derive: Derive::Text,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "agent",
+        label: "agent",
+        source: "agent_id",
+        derive: Derive::Text,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "vantage",
+        label: "vantage",
+        source: "agent_id || '/' || vantage",
+        derive: Derive::Text,
+        role: Role::Cause,
+    },
+    Dimension {
+        name: "gateway",
+        label: "gateway",
+        source: "gateway",
+        derive: Derive::Text,
+        role: Role::Evidence,
+    },
+];
+
+/// The distinct SQL sources of [`DIMENSIONS`], in first-use order; the
+/// window query selects each once.
+pub fn sources() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for d in DIMENSIONS {
+        if !out.contains(&d.source) {
+            out.push(d.source);
+        }
+    }
+    out
+}
+
+/// For each dimension, the index of its source in [`sources`].
+pub fn source_index() -> Vec<usize> {
+    let sources = sources();
+    DIMENSIONS
+        .iter()
+        .map(|d| sources.iter().position(|s| *s == d.source).unwrap_or(0))
+        .collect()
+}
+
+/// What derivations need besides the source value.
+#[derive(Debug, Clone, Copy)]
+pub struct DeriveContext<'a> {
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub asn: &'a AsnTable,
+}
+
+impl Derive {
+    /// The dimension value for a source value.
+    pub fn apply(self, source: &str, ctx: &DeriveContext<'_>) -> Option<String> {
+        match self {
+            Self::Text => Some(source.to_owned()),
+            Self::Prefix => {
+                let ip: IpAddr = source.parse().ok()?;
+                Some(prefix(ip, prefix_len(ip, ctx)).to_string())
+            }
+            Self::Asn => ctx.asn.lookup(source.parse().ok()?).map(|e| e.label()),
+            Self::Family => match source.parse::<IpAddr>().ok()? {
+                IpAddr::V4(_) => Some("IPv4".into()),
+                IpAddr::V6(_) => Some("IPv6".into()),
+            },
+        }
+    }
+}
+
+/// The configured prefix length for an address's family.
+pub fn prefix_len(ip: IpAddr, ctx: &DeriveContext<'_>) -> u8 {
+    match ip {
+        IpAddr::V4(_) => ctx.prefix_v4,
+        IpAddr::V6(_) => ctx.prefix_v6,
+    }
+}
+
+/// The network of `ip` at `len` bits (clamped to the family's maximum).
+pub fn prefix(ip: IpAddr, len: u8) -> IpNet {
+    let max = match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
+    IpNet::new(ip, len.min(max))
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| IpNet::from(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_sources_shared() {
+        let mut names: Vec<_> = DIMENSIONS.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DIMENSIONS.len());
+        // The egress address feeds the prefix and the ASN; it is selected once.
+        assert_eq!(sources().iter().filter(|s| **s == EGRESS).count(), 1);
+        let idx = source_index();
+        assert_eq!(idx.len(), DIMENSIONS.len());
+        for (d, i) in DIMENSIONS.iter().zip(idx) {
+            assert_eq!(sources()[i], d.source);
+        }
+    }
+
+    #[test]
+    fn derivations() {
+        let asn = AsnTable::default();
+        let ctx = DeriveContext {
+            prefix_v4: 24,
+            prefix_v6: 48,
+            asn: &asn,
+        };
+        assert_eq!(
+            Derive::Prefix.apply("203.0.113.77", &ctx).as_deref(),
+            Some("203.0.113.0/24")
+        );
+        assert_eq!(
+            Derive::Prefix.apply("2001:db8:1:2::1", &ctx).as_deref(),
+            Some("2001:db8:1::/48")
+        );
+        assert_eq!(Derive::Family.apply("::1", &ctx).as_deref(), Some("IPv6"));
+        assert_eq!(Derive::Prefix.apply("not-an-ip", &ctx), None);
+        assert_eq!(Derive::Asn.apply("203.0.113.77", &ctx), None);
+    }
+}

@@ -1,0 +1,197 @@
+//! Incident lifecycle with hysteresis, a pure state machine per candidate
+//! incident (target, pattern, dimension, value): open after the condition
+//! held in `open_after` consecutive evaluations; resolve only after it has
+//! not held for `resolve_after` consecutive evaluations *and* for at least
+//! `resolve_quiet`. The state is persisted by the detector, so a restart
+//! continues the count instead of starting over.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// The hysteresis settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hysteresis {
+    pub open_after: u32,
+    pub resolve_after: u32,
+    pub resolve_quiet: Duration,
+}
+
+impl Default for Hysteresis {
+    fn default() -> Self {
+        Self {
+            open_after: 2,
+            resolve_after: 3,
+            resolve_quiet: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What is remembered between evaluations for one candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyState {
+    /// Consecutive evaluations in which the condition held.
+    pub held_streak: u32,
+    /// Consecutive evaluations in which it did not.
+    pub clear_streak: u32,
+    pub last_held_at: Option<DateTime<Utc>>,
+    /// The open incident, if any.
+    pub incident: Option<i64>,
+}
+
+impl KeyState {
+    /// Nothing worth persisting: no open incident and no streak building.
+    pub fn is_idle(&self) -> bool {
+        self.incident.is_none() && self.held_streak == 0
+    }
+}
+
+/// One evaluation's observation of a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    /// The segment was flagged (or the target failed globally).
+    pub held: bool,
+    /// It leads a finding no open incident already covers: only then may
+    /// it open one.
+    pub may_open: bool,
+}
+
+/// What the evaluation does to the candidate's incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    /// Open an incident (the caller stores its id in the state).
+    Open,
+    /// Resolve the open incident.
+    Resolve(i64),
+}
+
+/// Applies one observation.
+pub fn step(
+    state: KeyState,
+    obs: Observation,
+    now: DateTime<Utc>,
+    h: &Hysteresis,
+) -> (KeyState, Transition) {
+    let mut next = state;
+    if obs.held {
+        next.held_streak = state.held_streak.saturating_add(1);
+        next.clear_streak = 0;
+        next.last_held_at = Some(now);
+        if state.incident.is_none() && obs.may_open && next.held_streak >= h.open_after {
+            return (next, Transition::Open);
+        }
+        return (next, Transition::None);
+    }
+    next.held_streak = 0;
+    next.clear_streak = state.clear_streak.saturating_add(1);
+    if let Some(id) = state.incident {
+        let quiet = state.last_held_at.is_none_or(|at| {
+            now.signed_duration_since(at).to_std().unwrap_or_default() >= h.resolve_quiet
+        });
+        if next.clear_streak >= h.resolve_after && quiet {
+            next.incident = None;
+            return (next, Transition::Resolve(id));
+        }
+    }
+    (next, Transition::None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const H: Hysteresis = Hysteresis {
+        open_after: 2,
+        resolve_after: 3,
+        resolve_quiet: Duration::from_secs(60),
+    };
+
+    fn obs(held: bool) -> Observation {
+        Observation {
+            held,
+            may_open: true,
+        }
+    }
+
+    /// Runs observations 30 s apart; returns the transitions.
+    fn run(seq: &[Observation]) -> Vec<(usize, Transition)> {
+        let t0 = DateTime::<Utc>::UNIX_EPOCH;
+        let mut state = KeyState::default();
+        let mut out = Vec::new();
+        for (i, o) in seq.iter().enumerate() {
+            let now = t0 + chrono::Duration::seconds(30 * i as i64);
+            let (next, t) = step(state, *o, now, &H);
+            state = next;
+            if t == Transition::Open {
+                state.incident = Some(i as i64);
+            }
+            if t != Transition::None {
+                out.push((i, t));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn opens_after_k_and_resolves_after_m_and_quiet_time() {
+        let seq: Vec<_> = [true, true, true, false, false, false, false]
+            .map(obs)
+            .to_vec();
+        // Open at the 2nd holding evaluation; 3 clear evaluations are 90 s,
+        // but the quiet time counts from the last hold (index 2, t = 60 s):
+        // index 5 is 90 s later, so it resolves there.
+        assert_eq!(
+            run(&seq),
+            vec![(1, Transition::Open), (5, Transition::Resolve(1))]
+        );
+    }
+
+    #[test]
+    fn a_single_blip_opens_nothing_and_a_flap_resolves_nothing() {
+        let seq: Vec<_> = [true, false, true, false].map(obs).to_vec();
+        assert!(run(&seq).is_empty());
+        let seq: Vec<_> = [true, true, false, false, true, false, false, true]
+            .map(obs)
+            .to_vec();
+        assert_eq!(run(&seq), vec![(1, Transition::Open)]);
+    }
+
+    #[test]
+    fn a_covered_finding_does_not_open() {
+        let seq = vec![
+            Observation {
+                held: true,
+                may_open: false
+            };
+            5
+        ];
+        assert!(run(&seq).is_empty());
+    }
+
+    proptest! {
+        /// Any sequence: transitions alternate open, resolve, open, ...;
+        /// every open follows K consecutive holds; every resolve follows M
+        /// consecutive clears.
+        #[test]
+        fn exactly_one_open_and_one_resolve_per_incident(seq in proptest::collection::vec(any::<bool>(), 0..200)) {
+            let observations: Vec<_> = seq.iter().copied().map(obs).collect();
+            let transitions = run(&observations);
+            for (n, (i, t)) in transitions.iter().enumerate() {
+                match t {
+                    Transition::Open => {
+                        prop_assert_eq!(n % 2, 0);
+                        prop_assert!(*i + 1 >= H.open_after as usize);
+                        prop_assert!(seq[*i + 1 - H.open_after as usize..=*i].iter().all(|h| *h));
+                    }
+                    Transition::Resolve(_) => {
+                        prop_assert_eq!(n % 2, 1);
+                        prop_assert!(seq[*i + 1 - H.resolve_after as usize..=*i].iter().all(|h| !*h));
+                    }
+                    Transition::None => prop_assert!(false),
+                }
+            }
+        }
+    }
+}
