@@ -24,7 +24,8 @@
 //! narrowed to the most specific prefix covering every failure.
 //!
 //! Global: when the target fails at `global_rate` or more overall and no
-//! region with enough probes is spared, the finding is global.
+//! segment of any dimension (with `min_segment_probes` probes) is spared,
+//! i.e. fails at less than half that rate, the finding is global.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -86,11 +87,11 @@ pub struct Params {
     /// Family-wise significance level over all segments tested per target.
     pub alpha: f64,
     /// Overall failure rate from which a failure is global, provided no
-    /// region is spared.
+    /// segment is spared.
     pub global_rate: f64,
-    /// A region with at least this many probes and a failure rate below
+    /// A segment with at least this many probes and a failure rate below
     /// half of `global_rate` is spared, and rules a global finding out.
-    pub min_region_probes: u64,
+    pub min_segment_probes: u64,
 }
 
 impl Default for Params {
@@ -102,7 +103,7 @@ impl Default for Params {
             min_rate_ratio: 2.0,
             alpha: 0.01,
             global_rate: 0.5,
-            min_region_probes: 5,
+            min_segment_probes: 5,
         }
     }
 }
@@ -114,8 +115,6 @@ pub struct DimensionInfo {
     pub role: Role,
     /// Values are IP prefixes; findings are narrowed with the prefix walk.
     pub prefix: bool,
-    /// The dimension whose segments must all fail for a global finding.
-    pub spans_global: bool,
 }
 
 /// Probes sharing every dimension value and the same vantage.
@@ -368,8 +367,8 @@ fn is_global(
         && failing_vantages >= p.min_vantages
         && segments
             .iter()
-            .filter(|s| dimensions[s.dimension].spans_global)
-            .filter(|s| s.segment.probes >= p.min_region_probes)
+            .filter(|s| dimensions[s.dimension].role == Role::Cause)
+            .filter(|s| s.segment.probes >= p.min_segment_probes)
             .all(|s| s.segment.rate() >= p.global_rate / 2.0)
 }
 
@@ -527,13 +526,11 @@ mod tests {
             name: "region",
             role: Role::Cause,
             prefix: false,
-            spans_global: true,
         },
         DimensionInfo {
             name: "egress_prefix",
             role: Role::Cause,
             prefix: true,
-            spans_global: false,
         },
     ];
 

@@ -642,7 +642,6 @@ pub fn dimension_infos() -> Vec<DimensionInfo> {
             name: d.name,
             role: d.role,
             prefix: d.derive == Derive::Prefix,
-            spans_global: d.name == "region",
         })
         .collect()
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod detection;
 mod e2e;
 mod faults;
 mod ingest;

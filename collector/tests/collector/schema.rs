@@ -127,7 +127,10 @@ async fn every_partition_has_the_window_index(pool: PgPool) {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert!(missing.is_empty(), "partitions without a started_at index: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "partitions without a started_at index: {missing:?}"
+    );
     collector.stop().await;
 }
 
