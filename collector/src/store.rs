@@ -577,11 +577,14 @@ impl Store {
         use sqlx::Row;
         let fixed = WINDOW_FIXED_COLUMNS;
         let sql = window_sql(sources);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(WINDOW_WORK_MEM).execute(&mut *tx).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(start)
             .bind(end)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         let mut cells = Vec::with_capacity(rows.len());
         for row in rows {
             let mut values = Vec::with_capacity(sources.len());
@@ -621,11 +624,14 @@ impl Store {
             "FORMAT JSON"
         };
         let sql = format!("EXPLAIN ({options}) {}", window_sql(sources));
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(WINDOW_WORK_MEM).execute(&mut *tx).await?;
         let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(start)
             .bind(end)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(plan)
     }
 
@@ -942,17 +948,26 @@ impl Store {
     }
 }
 
+/// Memory for the window query's aggregate: the groups are few (thousands)
+/// but the planner cannot know that from 20 grouping columns, and with the
+/// default 4 MB it sorts the whole window instead of hashing it.
+const WINDOW_WORK_MEM: &str = "SET LOCAL work_mem = '64MB'";
+
 /// Columns of the window query before the dimension sources.
 const WINDOW_FIXED_COLUMNS: usize = 6;
 
 /// The window query: one aggregate over the window's partitions, grouped
 /// by target, check, outcome, status, vantage and every source.
 fn window_sql(sources: &[&'static str]) -> String {
+    // Byte-order collation: grouping needs equality, not language order,
+    // and "C" compares text several times faster than a locale does.
     let mut select = String::from(
-        "SELECT url, check_name, outcome, COALESCE(http_status, proxy_status), agent_id, vantage",
+        "SELECT url COLLATE \"C\", check_name COLLATE \"C\", outcome COLLATE \"C\",
+                COALESCE(http_status, proxy_status), agent_id COLLATE \"C\",
+                vantage COLLATE \"C\"",
     );
     for s in sources {
-        select.push_str(&format!(", ({s})::text"));
+        select.push_str(&format!(", ({s})::text COLLATE \"C\""));
     }
     let group: Vec<String> = (1..=WINDOW_FIXED_COLUMNS + sources.len())
         .map(|i| i.to_string())
