@@ -16,17 +16,13 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
 use vantage_collector::detect::{Detector, DetectorSettings, dimensions};
 use vantage_collector::store::Store;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+
+use common::{ScratchDatabase, env_or};
 
 /// Plan nodes worth printing: type, relation or index, estimated total
 /// cost, actual time and rows.
@@ -60,11 +56,18 @@ fn walk_plan(node: &Value, depth: usize, out: &mut Vec<String>) {
     }
 }
 
-async fn fill(pool: &sqlx::PgPool, rows: usize, agents: usize, targets: usize) -> Duration {
+async fn fill(
+    pool: &sqlx::PgPool,
+    rows: usize,
+    agents: usize,
+    targets: usize,
+    end: chrono::DateTime<Utc>,
+) -> Duration {
     let started = Instant::now();
     // Agents four to a /24 in 198.18.0.0/16 (250 /24s), 12 regions, 4
     // resolvers, 3 records per target; the four agents of 198.18.7.0/24
-    // get 502, everyone else 1% random 502s. Spread over the last 290 s.
+    // get 502, everyone else 1% random 502s. Spread over the 280 s before
+    // `end`, so that every row is in the window however long the fill takes.
     let chunk = 1_000_000usize;
     let mut done = 0usize;
     while done < rows {
@@ -74,7 +77,7 @@ async fn fill(pool: &sqlx::PgPool, rows: usize, agents: usize, targets: usize) -
                                         outcome, http_status, http_version, resolver,
                                         resolver_egress_ip, resolved_ips, dialed_ip, local_ip,
                                         vantage, gateway, total_us)
-             SELECT 'agent-' || a, g, now() - (random() * 290) * interval '1 second',
+             SELECT 'agent-' || a, g, $5::timestamptz - (random() * 280) * interval '1 second',
                     'region-' || (a % 12), 'site-' || (g % $3), 'https://site' || (g % $3) || '.example/',
                     'GET', CASE WHEN bad THEN 'http' ELSE 'ok' END,
                     CASE WHEN bad THEN 502 ELSE 200 END, 'HTTP/2.0',
@@ -92,6 +95,7 @@ async fn fill(pool: &sqlx::PgPool, rows: usize, agents: usize, targets: usize) -
         .bind((done + n) as i64)
         .bind(targets as i64)
         .bind(agents as i64)
+        .bind(end)
         .execute(pool)
         .await
         .unwrap();
@@ -106,8 +110,6 @@ async fn fill(pool: &sqlx::PgPool, rows: usize, agents: usize, targets: usize) -
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
         .unwrap_or_else(|_| "1000000,10000000".into())
         .split(',')
@@ -120,17 +122,10 @@ async fn main() {
         dimensions::DIMENSIONS.len()
     );
     for rows in sizes {
-        let db = format!("vantage_bench_detect_{}", std::process::id());
-        let mut admin = PgConnection::connect(&url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let mut db_url: url::Url = url.parse().unwrap();
-        db_url.set_path(&db);
+        let scratch = ScratchDatabase::create("vantage_bench_detect").await;
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .connect(db_url.as_str())
+            .connect(&scratch.url)
             .await
             .unwrap();
         let store = Arc::new(Store::new(pool.clone()));
@@ -139,7 +134,8 @@ async fn main() {
             .ensure_partitions_around(Utc::now(), 1, 1)
             .await
             .unwrap();
-        let filled = fill(&pool, rows, agents, targets).await;
+        let end = Utc::now();
+        let filled = fill(&pool, rows, agents, targets, end).await;
         println!(
             "\n{rows} results in the window: written in {:.1} s",
             filled.as_secs_f64()
@@ -151,7 +147,8 @@ async fn main() {
         };
         let detector = Detector::new(store.clone(), settings, Arc::new(Notify::new()));
         for pass in 1..=2 {
-            let now = Utc::now();
+            // Consecutive passes 15 s apart over the same window.
+            let now = end + chrono::Duration::seconds(15 * (pass - 1));
             let started = Instant::now();
             let summary = detector.evaluate_at(now).await.unwrap();
             println!(
@@ -166,7 +163,7 @@ async fn main() {
                 summary.opened.len()
             );
         }
-        let now = Utc::now();
+        let now = end;
         let plan = store
             .explain_window_cells(
                 now - chrono::Duration::seconds(300),
@@ -214,11 +211,6 @@ async fn main() {
         .unwrap();
         println!("  probe_results on disk: {size}");
         pool.close().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {db} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+        scratch.drop_now().await;
     }
 }

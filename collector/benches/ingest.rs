@@ -14,7 +14,6 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,12 +22,9 @@ use vantage_collector::config::{DatabaseConfig, IngestConfig};
 use vantage_collector::{Application, CollectorConfig};
 use vantage_proto::v1 as pb;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+
+use common::{ScratchDatabase, env_or};
 
 /// A result shaped like a real probe's: every path-identity field set.
 fn result(seq: u64, now: &prost_types::Timestamp) -> pb::ProbeResult {
@@ -192,24 +188,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("DATABASE_URL").expect("set DATABASE_URL to a PostgreSQL server");
     let agents = env_or("BENCH_AGENTS", 4);
     let per_agent = env_or("BENCH_RESULTS", 50_000);
     let batch = env_or("BENCH_BATCH", 1_000);
     let window = env_or("BENCH_WINDOW", 4);
 
-    // A throwaway database on the same server.
-    let db = format!("vantage_bench_{}", std::process::id());
-    let mut admin = PgConnection::connect(&url).await.unwrap();
-    // The name is made here from the process id: nothing to inject.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let bench_url = match url.rfind('/') {
-        Some(i) => format!("{}/{db}", &url[..i]),
-        None => panic!("DATABASE_URL has no database name"),
-    };
+    // A throwaway database on the server of DATABASE_URL.
+    let scratch = ScratchDatabase::create("vantage_bench").await;
+    let bench_url = scratch.url.clone();
     let pool = PgPoolOptions::new()
         .max_connections(20)
         .connect(&bench_url)
@@ -322,8 +308,5 @@ async fn main() {
     );
     drop(conn);
     pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    scratch.drop_now().await;
 }

@@ -1,6 +1,7 @@
 //! Vantage collector: ingests probe results over gRPC into PostgreSQL,
-//! detects 502 patterns specific to a region or egress prefix (or global),
-//! and notifies webhooks when an incident opens and resolves.
+//! finds the dimension a 502 follows (region, egress prefix, network,
+//! resolver, address, edge, ...) or that it is global, and notifies
+//! webhooks when an incident opens and resolves.
 //!
 //! - [`config`]: the TOML configuration.
 //! - [`app`]: wiring; `Application::build` then `run(shutdown)`.
@@ -10,7 +11,8 @@
 //! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
 //! - [`wire`]: protobuf → domain conversion and validation, in one place.
 //! - [`store`]: every SQL statement: migrations, partitions, inserts, counts.
-//! - [`detect`]: the detector; the decision is a pure function over counts.
+//! - [`detect`]: the detector: dimension table, pure decision and
+//!   lifecycle, explanation and evidence.
 //! - [`alert`]: webhook delivery from the incidents outbox.
 //! - [`http`]: health endpoint.
 //! - [`demo`]: the one-command local demonstration.

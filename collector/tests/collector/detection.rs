@@ -230,15 +230,21 @@ fn fleet() -> Vec<Vantage> {
     out
 }
 
-#[sqlx::test(migrations = false)]
-async fn one_failing_slash_24_inside_a_healthy_region_is_the_prefix(pool: PgPool) {
-    let (_, d) = detector(&pool, settings()).await;
-    let now = Utc::now();
-    write_probes(&pool, &fleet(), 20, now, |v, _| {
+/// The fleet, with every vantage on 127.10.1.0/24 (in region eu, whose
+/// other /24 is healthy) getting 502.
+async fn write_one_failing_slash_24(pool: &PgPool, end: DateTime<Utc>) {
+    write_probes(pool, &fleet(), 20, end, |v, _| {
         let failing = v.egress.to_string().starts_with("127.10.1.");
         http(GOOD, if failing { 502 } else { 200 })
     })
     .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn one_failing_slash_24_inside_a_healthy_region_is_the_prefix(pool: PgPool) {
+    let (_, d) = detector(&pool, settings()).await;
+    let now = Utc::now();
+    write_one_failing_slash_24(&pool, now).await;
     let summary = two_passes(&d, now).await;
     assert_eq!(summary.opened.len(), 1, "{summary:?}");
     let rows = incidents(&pool).await;
@@ -646,11 +652,7 @@ async fn an_asn_spanning_regions_and_prefixes_is_the_network(pool: PgPool) {
 async fn incidents_store_their_evidence(pool: PgPool) {
     let (_, d) = detector(&pool, settings()).await;
     let now = Utc::now();
-    write_probes(&pool, &fleet(), 20, now, |v, _| {
-        let failing = v.egress.to_string().starts_with("127.10.1.");
-        http(GOOD, if failing { 502 } else { 200 })
-    })
-    .await;
+    write_one_failing_slash_24(&pool, now).await;
     two_passes(&d, now).await;
     type Evidence = (
         Value,
