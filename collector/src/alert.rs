@@ -143,10 +143,12 @@ pub fn payload(incident: &Incident, which: Notification) -> Value {
             .collect::<Vec<_>>()
             .join("/"),
     };
-    let place = incident
-        .narrowed_value
-        .as_deref()
-        .unwrap_or(&incident.value);
+    // The counts are the tested segment's; the narrowed prefix is named
+    // beside it, not instead of it.
+    let place = match &incident.narrowed_value {
+        Some(narrowed) => format!("{} (narrowed to {narrowed})", incident.value),
+        None => incident.value.clone(),
+    };
     let summary = if incident.kind == "global" {
         format!(
             "{} of {} probes of {} got {failure} from all vantage points",
@@ -235,7 +237,7 @@ mod tests {
         assert_eq!(body["value"], "127.0.2.0/24");
         assert_eq!(
             body["summary"],
-            "41 of 43 probes of http://shop.test/ from egress_prefix 127.0.2.0/28 got 502; 0 of 380 from everywhere else"
+            "41 of 43 probes of http://shop.test/ from egress_prefix 127.0.2.0/24 (narrowed to 127.0.2.0/28) got 502; 0 of 380 from everywhere else"
         );
         assert_eq!(body["explanation"], "41 of 43 probes ...");
         assert_eq!(
