@@ -203,85 +203,65 @@ impl Detector {
         let mut rates = Vec::new();
         let window_seconds = i32::try_from(self.settings.window.as_secs()).unwrap_or(i32::MAX);
 
-        for ((target, pattern), w, a) in &assessments {
+        // Every candidate: observed in this pass, or remembered from earlier
+        // ones (including those of targets without a probe in the window:
+        // nothing says they still fail).
+        let mut observed: HashMap<Key, (Observation, Which, usize)> = HashMap::new();
+        for (i, ((target, pattern), _, a)) in assessments.iter().enumerate() {
             summary.segments += a.segments.len();
             rates.extend(rate_rows(target, *pattern, a));
-            let observed = observations(target, *pattern, a, &states);
-            let keys: BTreeSet<Key> = states
-                .keys()
-                .filter(|k| k.0 == *target && k.1 == pattern.as_str())
-                .cloned()
-                .chain(observed.keys().cloned())
-                .collect();
-            for key in keys {
-                let obs = observed.get(&key).map_or(
-                    Observation {
-                        held: false,
-                        may_open: false,
-                    },
-                    |(o, _)| *o,
-                );
-                let state = states.get(&key).copied().unwrap_or_default();
-                let (mut next, transition) =
-                    lifecycle::step(state, obs, now, &self.settings.hysteresis);
-                let record = observed
-                    .get(&key)
-                    .map(|(_, which)| self.record(target, *pattern, w, a, *which, window_seconds));
-                match (transition, record) {
-                    (Transition::Open, Some(mut record)) => {
-                        let relation = explain::relation(&record, &open, now);
-                        if let Some(text) = &relation {
-                            record.explanation.push(' ');
-                            record.explanation.push_str(text);
-                            record.evidence["relation"] = json!(text);
-                        }
-                        if let Some(id) = self.store.open_incident(&record, now).await? {
-                            tracing::warn!(
-                                id, target = %record.target, pattern = %record.pattern,
-                                dimension = %record.dimension, value = %record.value,
-                                explanation = %record.explanation, "Incident opened."
-                            );
-                            next.incident = Some(id);
-                            summary.opened.push(id);
-                        }
-                    }
-                    (Transition::Resolve(id), _) => {
-                        self.store.resolve_incident(id, now).await?;
-                        tracing::info!(id, target = %key.0, pattern = %key.1, dimension = %key.2, value = %key.3, "Incident resolved.");
-                        summary.resolved.push(id);
-                    }
-                    (_, Some(record)) if obs.held => {
-                        if let Some(id) = next.incident {
-                            self.store.refresh_incident(id, &record, now).await?;
-                        }
-                    }
-                    _ => {}
-                }
-                states.insert(key, next);
+            for (key, (obs, which)) in observations(target, *pattern, a, &states) {
+                observed.insert(key, (obs, which, i));
             }
         }
-        // Candidates of targets with no probe at all in the window: nothing
-        // says they still fail.
-        let seen: HashSet<(String, &'static str)> = assessments
-            .iter()
-            .map(|((t, p), _, _)| (t.clone(), p.as_str()))
-            .collect();
-        let absent: Vec<Key> = states
-            .keys()
-            .filter(|k| !seen.contains(&(k.0.clone(), pattern_name(&k.1))))
-            .cloned()
-            .collect();
-        for key in absent {
+        let keys: BTreeSet<Key> = states.keys().chain(observed.keys()).cloned().collect();
+        // The incident record is built only when an incident opens or is
+        // refreshed.
+        let record = |(_, which, i): &(Observation, Which, usize)| {
+            let ((target, pattern), w, a) = &assessments[*i];
+            self.record(target, *pattern, w, a, *which, window_seconds)
+        };
+        for key in keys {
+            let seen = observed.get(&key);
+            let obs = seen.map_or(
+                Observation {
+                    held: false,
+                    may_open: false,
+                },
+                |s| s.0,
+            );
             let state = states.get(&key).copied().unwrap_or_default();
-            let obs = Observation {
-                held: false,
-                may_open: false,
-            };
-            let (next, transition) = lifecycle::step(state, obs, now, &self.settings.hysteresis);
-            if let Transition::Resolve(id) = transition {
-                self.store.resolve_incident(id, now).await?;
-                tracing::info!(id, target = %key.0, "Incident resolved: no probes in the window.");
-                summary.resolved.push(id);
+            let (mut next, transition) =
+                lifecycle::step(state, obs, now, &self.settings.hysteresis);
+            match (transition, seen) {
+                (Transition::Open, Some(seen)) => {
+                    let mut record = record(seen);
+                    if let Some(text) = explain::relation(&record, &open, now) {
+                        record.explanation.push(' ');
+                        record.explanation.push_str(&text);
+                        record.evidence["relation"] = json!(text);
+                    }
+                    if let Some(id) = self.store.open_incident(&record, now).await? {
+                        tracing::warn!(
+                            id, target = %record.target, pattern = %record.pattern,
+                            dimension = %record.dimension, value = %record.value,
+                            explanation = %record.explanation, "Incident opened."
+                        );
+                        next.incident = Some(id);
+                        summary.opened.push(id);
+                    }
+                }
+                (Transition::Resolve(id), _) => {
+                    self.store.resolve_incident(id, now).await?;
+                    tracing::info!(id, target = %key.0, pattern = %key.1, dimension = %key.2, value = %key.3, "Incident resolved.");
+                    summary.resolved.push(id);
+                }
+                (_, Some(seen)) if obs.held => {
+                    if let Some(id) = next.incident {
+                        self.store.refresh_incident(id, &record(seen), now).await?;
+                    }
+                }
+                _ => {}
             }
             states.insert(key, next);
         }
@@ -411,10 +391,8 @@ impl Detector {
                 }
             }
         }
-        // A pattern with no failure anywhere for a target still counts (its
-        // open incidents must see the healthy window), but patterns with no
-        // failure at all are kept out only if nothing is open: simpler to
-        // keep them all.
+        // Both patterns of every target with probes, failures or not: an
+        // open incident must see the healthy window to resolve.
         out
     }
 
@@ -625,13 +603,6 @@ enum Which {
     Finding(usize),
     /// Flagged, evidence of another finding.
     Segment(usize),
-}
-
-fn pattern_name(name: &str) -> &'static str {
-    Pattern::ALL
-        .iter()
-        .find(|p| p.as_str() == name)
-        .map_or("", |p| p.as_str())
 }
 
 /// The decision's view of the dimension table.
