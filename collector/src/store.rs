@@ -738,81 +738,57 @@ impl Store {
         r: &IncidentRecord,
         at: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        let id = sqlx::query_scalar(
-            "INSERT INTO incidents (target, pattern, kind, dimension, value, narrowed_value,
-                                    statuses, explanation, segment_failures, segment_probes,
-                                    rest_failures, rest_probes, p_value, failing_vantages,
-                                    correlated, first_failure_at, last_failure_at, gateways,
-                                    edge_locations, evidence, window_seconds, opened_at,
-                                    last_seen_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                     $18, $19, $20, $21, $22, $22)
-             ON CONFLICT (target, pattern, dimension, value) WHERE resolved_at IS NULL DO NOTHING
-             RETURNING id",
+        let id = bind_record(
+            sqlx::query_scalar(
+                "INSERT INTO incidents (target, pattern, kind, dimension, value, narrowed_value,
+                                        statuses, explanation, segment_failures, segment_probes,
+                                        rest_failures, rest_probes, p_value, failing_vantages,
+                                        correlated, first_failure_at, last_failure_at, gateways,
+                                        edge_locations, evidence, window_seconds, opened_at,
+                                        last_seen_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                         $17, $18, $19, $20, $21, $22, $22)
+                 ON CONFLICT (target, pattern, dimension, value) WHERE resolved_at IS NULL
+                 DO NOTHING
+                 RETURNING id",
+            ),
+            r,
+            at,
         )
-        .bind(&r.target)
-        .bind(&r.pattern)
-        .bind(r.kind)
-        .bind(&r.dimension)
-        .bind(&r.value)
-        .bind(&r.narrowed_value)
-        .bind(&r.statuses)
-        .bind(&r.explanation)
-        .bind(r.counts[0])
-        .bind(r.counts[1])
-        .bind(r.counts[2])
-        .bind(r.counts[3])
-        .bind(r.p_value)
-        .bind(r.failing_vantages)
-        .bind(&r.correlated)
-        .bind(r.first_failure_at)
-        .bind(r.last_failure_at)
-        .bind(&r.gateways)
-        .bind(&r.edge_locations)
-        .bind(&r.evidence)
-        .bind(r.window_seconds)
-        .bind(at)
         .fetch_optional(&self.pool)
         .await?;
         Ok(id)
     }
 
-    /// Refreshes an open incident with the latest evaluation's evidence.
-    /// The first failure is kept; the failure window only grows.
+    /// Refreshes open incident `id` with the latest evaluation's evidence.
+    /// The first failure is kept; the failure window only grows; the key,
+    /// kind, statuses and window stay as they were at opening.
     pub async fn refresh_incident(
         &self,
         id: i64,
         r: &IncidentRecord,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE incidents SET narrowed_value = $2, explanation = $3, segment_failures = $4,
-                    segment_probes = $5, rest_failures = $6, rest_probes = $7, p_value = $8,
-                    failing_vantages = $9, correlated = $10,
-                    first_failure_at = LEAST(first_failure_at, $11),
-                    last_failure_at = GREATEST(last_failure_at, $12),
-                    gateways = ARRAY(SELECT DISTINCT unnest(gateways || $13) ORDER BY 1),
-                    edge_locations = ARRAY(SELECT DISTINCT unnest(edge_locations || $14) ORDER BY 1),
-                    evidence = $15, last_seen_at = $16
-             WHERE id = $1 AND resolved_at IS NULL",
+        let _refreshed: Option<i64> = bind_record(
+            sqlx::query_scalar(
+                "UPDATE incidents SET narrowed_value = $6, explanation = $8,
+                        segment_failures = $9, segment_probes = $10, rest_failures = $11,
+                        rest_probes = $12, p_value = $13, failing_vantages = $14,
+                        correlated = $15,
+                        first_failure_at = LEAST(first_failure_at, $16),
+                        last_failure_at = GREATEST(last_failure_at, $17),
+                        gateways = ARRAY(SELECT DISTINCT unnest(gateways || $18) ORDER BY 1),
+                        edge_locations =
+                            ARRAY(SELECT DISTINCT unnest(edge_locations || $19) ORDER BY 1),
+                        evidence = $20, last_seen_at = $22
+                 WHERE id = $23 AND resolved_at IS NULL
+                 RETURNING id",
+            ),
+            r,
+            at,
         )
         .bind(id)
-        .bind(&r.narrowed_value)
-        .bind(&r.explanation)
-        .bind(r.counts[0])
-        .bind(r.counts[1])
-        .bind(r.counts[2])
-        .bind(r.counts[3])
-        .bind(r.p_value)
-        .bind(r.failing_vantages)
-        .bind(&r.correlated)
-        .bind(r.first_failure_at)
-        .bind(r.last_failure_at)
-        .bind(&r.gateways)
-        .bind(&r.edge_locations)
-        .bind(&r.evidence)
-        .bind(at)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
         Ok(())
     }
@@ -946,6 +922,38 @@ impl Store {
         sqlx::query(sql).bind(id).execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// Binds an incident record as `$1`..`$21` (the columns' order in
+/// `open_incident`) and `at` as `$22`; statements use the ones they need.
+fn bind_record<'q, O>(
+    query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    r: &'q IncidentRecord,
+    at: DateTime<Utc>,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(&r.target)
+        .bind(&r.pattern)
+        .bind(r.kind)
+        .bind(&r.dimension)
+        .bind(&r.value)
+        .bind(&r.narrowed_value)
+        .bind(&r.statuses)
+        .bind(&r.explanation)
+        .bind(r.counts[0])
+        .bind(r.counts[1])
+        .bind(r.counts[2])
+        .bind(r.counts[3])
+        .bind(r.p_value)
+        .bind(r.failing_vantages)
+        .bind(&r.correlated)
+        .bind(r.first_failure_at)
+        .bind(r.last_failure_at)
+        .bind(&r.gateways)
+        .bind(&r.edge_locations)
+        .bind(&r.evidence)
+        .bind(r.window_seconds)
+        .bind(at)
 }
 
 /// Planner settings for the window query's aggregate, local to its
