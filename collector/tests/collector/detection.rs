@@ -168,6 +168,20 @@ async fn two_passes(d: &Detector, end: DateTime<Utc>) -> PassSummary {
         .unwrap()
 }
 
+/// The usual scenario: the default fleet with `per_vantage` probes each in
+/// the window ending now, then two passes of a detector with the default
+/// test settings.
+async fn detect_over_fleet(
+    pool: &PgPool,
+    per_vantage: usize,
+    decide: impl FnMut(&Vantage, usize) -> Outcome,
+) -> PassSummary {
+    let (_, d) = detector(pool, settings()).await;
+    let now = Utc::now();
+    write_probes(pool, &fleet(), per_vantage, now, decide).await;
+    two_passes(&d, now).await
+}
+
 /// (kind, pattern, dimension, value, narrowed_value, correlated, explanation)
 type IncidentRow = (
     String,
@@ -230,22 +244,16 @@ fn fleet() -> Vec<Vantage> {
     out
 }
 
-/// The fleet, with every vantage on 127.10.1.0/24 (in region eu, whose
-/// other /24 is healthy) getting 502.
-async fn write_one_failing_slash_24(pool: &PgPool, end: DateTime<Utc>) {
-    write_probes(pool, &fleet(), 20, end, |v, _| {
-        let failing = v.egress.to_string().starts_with("127.10.1.");
-        http(GOOD, if failing { 502 } else { 200 })
-    })
-    .await;
+/// Every vantage on 127.10.1.0/24 (in region eu, whose other /24 is
+/// healthy) gets 502.
+fn one_failing_slash_24(v: &Vantage, _: usize) -> Outcome {
+    let failing = v.egress.to_string().starts_with("127.10.1.");
+    http(GOOD, if failing { 502 } else { 200 })
 }
 
 #[sqlx::test(migrations = false)]
 async fn one_failing_slash_24_inside_a_healthy_region_is_the_prefix(pool: PgPool) {
-    let (_, d) = detector(&pool, settings()).await;
-    let now = Utc::now();
-    write_one_failing_slash_24(&pool, now).await;
-    let summary = two_passes(&d, now).await;
+    let summary = detect_over_fleet(&pool, 20, one_failing_slash_24).await;
     assert_eq!(summary.opened.len(), 1, "{summary:?}");
     let rows = incidents(&pool).await;
     assert_eq!(rows.len(), 1, "{rows:#?}");
@@ -282,13 +290,10 @@ async fn one_failing_slash_24_inside_a_healthy_region_is_the_prefix(pool: PgPool
 
 #[sqlx::test(migrations = false)]
 async fn a_whole_region_across_prefixes_is_the_region(pool: PgPool) {
-    let (_, d) = detector(&pool, settings()).await;
-    let now = Utc::now();
-    write_probes(&pool, &fleet(), 20, now, |v, _| {
+    detect_over_fleet(&pool, 20, |v, _| {
         http(GOOD, if v.region == "eu" { 502 } else { 200 })
     })
     .await;
-    two_passes(&d, now).await;
     let rows = incidents(&pool).await;
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!((rows[0].2.as_str(), rows[0].3.as_str()), ("region", "eu"));
@@ -305,10 +310,8 @@ async fn a_whole_region_across_prefixes_is_the_region(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_resolver_handing_out_a_stale_address_is_the_resolver_and_the_address(pool: PgPool) {
-    let (_, d) = detector(&pool, settings()).await;
-    let now = Utc::now();
     // 127.0.0.54 still answers the old address 127.0.0.99, which 502s.
-    write_probes(&pool, &fleet(), 20, now, |v, _| {
+    detect_over_fleet(&pool, 20, |v, _| {
         if v.resolver.contains("127.0.0.54") {
             http("127.0.0.99", 502)
         } else {
@@ -316,7 +319,6 @@ async fn a_resolver_handing_out_a_stale_address_is_the_resolver_and_the_address(
         }
     })
     .await;
-    two_passes(&d, now).await;
     let rows = incidents(&pool).await;
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!(
@@ -342,17 +344,14 @@ async fn a_resolver_handing_out_a_stale_address_is_the_resolver_and_the_address(
 
 #[sqlx::test(migrations = false)]
 async fn one_bad_address_among_several_records_is_the_address(pool: PgPool) {
-    let (_, d) = detector(&pool, settings()).await;
-    let now = Utc::now();
     // Every resolver answers three records; clients rotate over them; the
     // backend behind .11 is broken.
     let records = ["127.0.0.10", "127.0.0.11", "127.0.0.12"];
-    write_probes(&pool, &fleet(), 30, now, |_, i| {
+    detect_over_fleet(&pool, 30, |_, i| {
         let dialed = records[i % 3];
         http(dialed, if dialed == "127.0.0.11" { 502 } else { 200 })
     })
     .await;
-    two_passes(&d, now).await;
     let rows = incidents(&pool).await;
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!(
@@ -364,13 +363,10 @@ async fn one_bad_address_among_several_records_is_the_address(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn failing_everywhere_is_global(pool: PgPool) {
-    let (_, d) = detector(&pool, settings()).await;
-    let now = Utc::now();
-    write_probes(&pool, &fleet(), 20, now, |_, i| {
+    detect_over_fleet(&pool, 20, |_, i| {
         http(GOOD, if i % 10 == 0 { 200 } else { 502 })
     })
     .await;
-    two_passes(&d, now).await;
     let rows = incidents(&pool).await;
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!(
@@ -464,13 +460,10 @@ async fn tiny_samples_open_nothing_and_the_same_failure_with_enough_probes_does(
 
 #[sqlx::test(migrations = false)]
 async fn one_rogue_agent_is_not_a_regional_incident(pool: PgPool) {
-    let (_, d) = detector(&pool, settings()).await;
-    let now = Utc::now();
-    write_probes(&pool, &fleet(), 40, now, |v, _| {
+    detect_over_fleet(&pool, 40, |v, _| {
         http(GOOD, if v.agent == "eu-127.10.1.1" { 502 } else { 200 })
     })
     .await;
-    two_passes(&d, now).await;
     assert!(incidents(&pool).await.is_empty());
     // The segments were tested and failed only the vantage gate.
     let (region_rate, vantages): (f64, i32) = sqlx::query_as(
@@ -548,9 +541,7 @@ async fn recovery_resolves_once_and_a_restart_neither_reopens_nor_forgets(pool: 
 
 #[sqlx::test(migrations = false)]
 async fn connection_failures_are_their_own_pattern(pool: PgPool) {
-    let (_, d) = detector(&pool, settings()).await;
-    let now = Utc::now();
-    write_probes(&pool, &fleet(), 20, now, |v, _| {
+    detect_over_fleet(&pool, 20, |v, _| {
         if v.region == "us" {
             Outcome {
                 dialed: GOOD.parse().unwrap(),
@@ -562,7 +553,6 @@ async fn connection_failures_are_their_own_pattern(pool: PgPool) {
         }
     })
     .await;
-    two_passes(&d, now).await;
     let rows = incidents(&pool).await;
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!(
@@ -650,10 +640,7 @@ async fn an_asn_spanning_regions_and_prefixes_is_the_network(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn incidents_store_their_evidence(pool: PgPool) {
-    let (_, d) = detector(&pool, settings()).await;
-    let now = Utc::now();
-    write_one_failing_slash_24(&pool, now).await;
-    two_passes(&d, now).await;
+    detect_over_fleet(&pool, 20, one_failing_slash_24).await;
     type Evidence = (
         Value,
         Vec<String>,
