@@ -41,6 +41,21 @@ async fn one(config: AgentConfig) -> ProbeResult {
     results.remove(0)
 }
 
+/// A healthy target, and a DNS server answering `shop.test` with its
+/// address.
+async fn healthy_shop() -> (Target, DnsServer) {
+    let target = Target::start(LOOPBACK, None).await.unwrap();
+    let dns = DnsServer::start(LOOPBACK, &[("shop.test", LOOPBACK)])
+        .await
+        .unwrap();
+    (target, dns)
+}
+
+/// The check line probing `target` as `shop.test`.
+fn shop_check(target: &Target) -> String {
+    format!("url = \"http://shop.test:{}/\"", target.addr().port())
+}
+
 fn ms(d: Option<Duration>) -> f64 {
     d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
@@ -154,7 +169,7 @@ async fn each_vantage_probes_from_its_own_source_and_the_502_names_nginx() {
     let dns = DnsServer::start(LOOPBACK, &[("shop.test", target.addr().ip())])
         .await
         .unwrap();
-    let check = format!("url = \"http://shop.test:{}/\"", target.addr().port());
+    let check = shop_check(&target);
     let vantages = "[[vantage]]\nname = \"healthy\"\nsource_ip = \"127.0.1.1\"\n\
                     [[vantage]]\nname = \"vpn\"\nsource_ip = \"127.0.2.1\"\nregion = \"vpn-land\"\n";
     let results = round(config(dns.addr(), "", &check, vantages)).await;
@@ -250,7 +265,7 @@ async fn ip_family_chooses_the_records_asked_for() {
     .await
     .unwrap();
     let target = Target::start(LOOPBACK, None).await.unwrap();
-    let url = format!("url = \"http://shop.test:{}/\"", target.addr().port());
+    let url = shop_check(&target);
     let any = one(config(dns.addr(), "", &url, "")).await;
     assert_eq!(any.resolved.len(), 2, "{:?}", any.resolved);
     let v4 = one(config(
@@ -295,16 +310,13 @@ async fn nxdomain_is_a_dns_failure_with_rcode_and_lookup_time() {
 
 #[tokio::test]
 async fn resolver_identity_is_learned_from_whoami_names_and_nsid() {
-    let target = Target::start(LOOPBACK, None).await.unwrap();
-    let dns = DnsServer::start(LOOPBACK, &[("shop.test", LOOPBACK)])
-        .await
-        .unwrap();
+    let (target, dns) = healthy_shop().await;
     // The vantage's DNS queries leave from 127.0.3.1: that is what the
     // resolver (here the server itself) is seen as by whoami names.
     let mut cfg = config(
         dns.addr(),
         "",
-        &format!("url = \"http://shop.test:{}/\"", target.addr().port()),
+        &shop_check(&target),
         "[[vantage]]\nname = \"v\"\nsource_ip = \"127.0.3.1\"\n",
     );
     cfg.dns.identity_queries = vantage_agent::probe::identity::default_queries();
@@ -323,16 +335,8 @@ async fn resolver_identity_is_learned_from_whoami_names_and_nsid() {
 
 #[tokio::test]
 async fn unlearnable_resolver_identity_is_recorded_not_fatal() {
-    let target = Target::start(LOOPBACK, None).await.unwrap();
-    let dns = DnsServer::start(LOOPBACK, &[("shop.test", LOOPBACK)])
-        .await
-        .unwrap();
-    let mut cfg = config(
-        dns.addr(),
-        "",
-        &format!("url = \"http://shop.test:{}/\"", target.addr().port()),
-        "",
-    );
+    let (target, dns) = healthy_shop().await;
+    let mut cfg = config(dns.addr(), "", &shop_check(&target), "");
     cfg.dns.identity_queries = vec!["nobody.test TXT".parse().unwrap()];
     let r = one(cfg).await;
     assert_eq!(r.outcome, Outcome::Ok, "{}", r.message);
@@ -643,10 +647,7 @@ async fn redirect_is_the_result_unless_following_is_enabled() {
 
 #[tokio::test]
 async fn http_connect_proxy_with_credentials_carries_the_probe() {
-    let target = Target::start(LOOPBACK, None).await.unwrap();
-    let dns = DnsServer::start(LOOPBACK, &[("shop.test", LOOPBACK)])
-        .await
-        .unwrap();
+    let (target, dns) = healthy_shop().await;
     let creds = Some(("alice".to_owned(), "s3cr:t".to_owned()));
     let proxy = ForwardProxy::start(
         LOOPBACK,
@@ -661,7 +662,7 @@ async fn http_connect_proxy_with_credentials_carries_the_probe() {
         "[[vantage]]\nname = \"via-proxy\"\nproxy = \"http://alice:s3cr%3At@{}\"\n",
         proxy.addr()
     );
-    let check = format!("url = \"http://shop.test:{}/\"", target.addr().port());
+    let check = shop_check(&target);
     let r = one(config(dns.addr(), "", &check, &vantage)).await;
     assert_eq!(r.outcome, Outcome::Ok, "{}", r.message);
     assert_eq!(r.vantage, "via-proxy");
@@ -681,10 +682,7 @@ async fn http_connect_proxy_with_credentials_carries_the_probe() {
 
 #[tokio::test]
 async fn proxy_refusing_the_tunnel_is_the_proxys_failure_not_the_sites() {
-    let target = Target::start(LOOPBACK, None).await.unwrap();
-    let dns = DnsServer::start(LOOPBACK, &[("shop.test", LOOPBACK)])
-        .await
-        .unwrap();
+    let (target, dns) = healthy_shop().await;
     let proxy = ForwardProxy::start(
         LOOPBACK,
         ProxyKind::Http {
@@ -698,7 +696,7 @@ async fn proxy_refusing_the_tunnel_is_the_proxys_failure_not_the_sites() {
         "[[vantage]]\nname = \"p\"\nproxy = \"http://{}\"\n",
         proxy.addr()
     );
-    let check = format!("url = \"http://shop.test:{}/\"", target.addr().port());
+    let check = shop_check(&target);
     let r = one(config(dns.addr(), "", &check, &vantage)).await;
     assert_eq!(r.outcome, Outcome::Proxy, "{}", r.message);
     assert_eq!(r.proxy_status, Some(502));
