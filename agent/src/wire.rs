@@ -122,5 +122,9 @@ pub fn result_to_proto(r: &ProbeResult) -> pb::ProbeResult {
         gateway: r.gateway.clone().unwrap_or_default(),
         edge_location: r.edge_location.clone().unwrap_or_default(),
         hops: r.hops.iter().map(hop).collect(),
+        interval_ms: r
+            .interval
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        proxy_ip: text(r.proxy_ip),
     }
 }

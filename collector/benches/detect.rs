@@ -17,7 +17,7 @@ use chrono::Utc;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
-use vantage_collector::detect::{Detector, DetectorSettings, dimensions};
+use vantage_collector::detect::{Detector, DetectorSettings, decision, dimensions};
 use vantage_collector::store::Store;
 
 mod common;
@@ -169,6 +169,8 @@ async fn main() {
                 now - chrono::Duration::seconds(300),
                 now,
                 &dimensions::sources(),
+                30_000,
+                &decision::bucket_thresholds(3000),
                 true,
             )
             .await
@@ -191,6 +193,8 @@ async fn main() {
                 now - chrono::Duration::seconds(3900),
                 now - chrono::Duration::seconds(3600),
                 &dimensions::sources(),
+                30_000,
+                &decision::bucket_thresholds(3000),
                 true,
             )
             .await

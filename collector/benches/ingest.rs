@@ -105,6 +105,8 @@ fn result(seq: u64, now: &prost_types::Timestamp) -> pb::ProbeResult {
         },
         edge_location: "FRA".into(),
         hops: vec![],
+        interval_ms: 10_000,
+        proxy_ip: String::new(),
     }
 }
 

@@ -1,9 +1,12 @@
-//! The alerter: sends one webhook per incident opening and one per
-//! resolution, to every configured URL, with a timeout and retries.
+//! The alerter: sends one webhook per incident opening, one per
+//! re-explanation (`incident.updated`) and one per resolution, to every
+//! configured URL, with a timeout and retries.
 //!
-//! The `incidents` table is the outbox: a notification is due while its
-//! `*_notified_at` column is NULL, so a restart neither loses nor repeats
-//! one (beyond the one in flight when the process died).
+//! The `incidents` table and its explanation history are the outbox: a
+//! notification is due while its `*_notified_at` column is NULL, so a
+//! restart neither loses nor repeats one (beyond the one in flight when the
+//! process died). An incident's notifications go out in order: opened,
+//! each update, resolved.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +88,18 @@ impl Alerter {
             }
         };
         for (incident, which) in pending {
-            let body = payload(&incident, which);
+            let body = match which {
+                Notification::Updated(version) => {
+                    match self.update_body(&incident, version).await {
+                        Ok(body) => body,
+                        Err(error) => {
+                            tracing::warn!(%error, id = incident.id, "Cannot read the explanation history; will retry.");
+                            continue;
+                        }
+                    }
+                }
+                _ => payload(&incident, which),
+            };
             for hook in &self.webhooks {
                 let url = &hook.url;
                 let send = || async {
@@ -124,9 +138,33 @@ impl Alerter {
     }
 }
 
+impl Alerter {
+    /// The body of an `incident.updated`: the incident as that version
+    /// explained it, and the explanation it replaced.
+    async fn update_body(
+        &self,
+        incident: &Incident,
+        version: i32,
+    ) -> Result<Value, crate::store::StoreError> {
+        let as_of = self.store.incident_as_of(incident, version).await?;
+        let mut body = payload(&as_of, Notification::Updated(version));
+        if let Some((dimension, value, explanation)) = self
+            .store
+            .previous_explanation(incident.id, version)
+            .await?
+        {
+            body["previous"] = json!({
+                "dimension": dimension, "value": value, "explanation": explanation,
+            });
+        }
+        Ok(body)
+    }
+}
+
 fn event_name(which: Notification) -> &'static str {
     match which {
         Notification::Opened => "incident.opened",
+        Notification::Updated(_) => "incident.updated",
         Notification::Resolved => "incident.resolved",
     }
 }
@@ -149,7 +187,18 @@ pub fn payload(incident: &Incident, which: Notification) -> Value {
         Some(narrowed) => format!("{} (narrowed to {narrowed})", incident.value),
         None => incident.value.clone(),
     };
-    let summary = if incident.kind == "global" {
+    let summary = if incident.scope == "path" {
+        format!(
+            "{} {place} fails for {} targets: {} of {} probes through it got {failure}; {} of {} \
+             elsewhere",
+            incident.dimension,
+            incident.targets.len(),
+            incident.segment_failures,
+            incident.segment_probes,
+            incident.rest_failures,
+            incident.rest_probes
+        )
+    } else if incident.kind == "global" {
         format!(
             "{} of {} probes of {} got {failure} from all vantage points",
             incident.segment_failures, incident.segment_probes, incident.target
@@ -193,6 +242,14 @@ pub fn payload(incident: &Incident, which: Notification) -> Value {
         "opened_at": incident.opened_at,
         "last_seen_at": incident.last_seen_at,
         "resolved_at": incident.resolved_at,
+        "scope": incident.scope,
+        "targets": incident.targets,
+        "fault_side": incident.fault_side,
+        "fault_in": match incident.fault_side.as_str() {
+            "path" => "the vantages' own path (proxy, resolver, egress), not the site",
+            _ => "the site, for the vantages named",
+        },
+        "version": incident.version,
     })
 }
 
@@ -229,6 +286,10 @@ mod tests {
             opened_at: at,
             last_seen_at: at,
             resolved_at: None,
+            scope: "target".into(),
+            targets: vec!["http://shop.test/".into()],
+            fault_side: "site".into(),
+            version: 1,
         };
         let body = payload(&incident, Notification::Opened);
         assert_eq!(body["event"], "incident.opened");
@@ -250,5 +311,7 @@ mod tests {
         assert_eq!(body["gateways"], json!(["nginx"]));
         assert_eq!(body["opened_at"], "2026-11-21T12:00:00Z");
         assert_eq!(body["resolved_at"], Value::Null);
+        assert_eq!(body["fault_side"], "site");
+        assert_eq!(body["version"], 1);
     }
 }

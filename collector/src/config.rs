@@ -167,8 +167,10 @@ pub struct DetectorConfig {
     /// Per-check overrides of `statuses`.
     #[serde(default, rename = "check")]
     pub checks: Vec<CheckStatuses>,
-    #[serde(default = "default_min_probes")]
-    pub min_probes: u64,
+    /// Deprecated (detection v2 weighs small samples with the exact test
+    /// over several windows instead): accepted, ignored with a warning.
+    #[serde(default)]
+    pub min_probes: Option<u64>,
     #[serde(default = "default_min_vantages")]
     pub min_vantages: usize,
     #[serde(default = "default_min_rate_difference")]
@@ -179,12 +181,20 @@ pub struct DetectorConfig {
     pub alpha: Rate,
     #[serde(default = "default_global_rate")]
     pub global_rate: Rate,
+    #[serde(default = "default_global_baseline")]
+    pub global_baseline: Rate,
     #[serde(default = "default_open_after")]
     pub open_after: u32,
     #[serde(default = "default_resolve_after")]
     pub resolve_after: u32,
     #[serde(with = "humantime_serde", default = "default_resolve_quiet")]
     pub resolve_quiet: Duration,
+    #[serde(default = "default_update_after")]
+    pub update_after: u32,
+    /// The probe round of results that do not carry their check's
+    /// interval (older agents).
+    #[serde(with = "humantime_serde", default = "default_round")]
+    pub default_round: Duration,
     #[serde(default = "default_prefix_v4")]
     pub egress_prefix_v4: u8,
     #[serde(default = "default_prefix_v6")]
@@ -210,8 +220,14 @@ fn default_window() -> Duration {
 fn default_statuses() -> Vec<u16> {
     DetectorSettings::default().statuses
 }
-fn default_min_probes() -> u64 {
-    Params::default().min_probes
+fn default_global_baseline() -> Rate {
+    Rate(Params::default().global_baseline)
+}
+fn default_update_after() -> u32 {
+    Hysteresis::default().update_after
+}
+fn default_round() -> Duration {
+    DetectorSettings::default().default_round
 }
 fn default_min_vantages() -> usize {
     Params::default().min_vantages
@@ -254,7 +270,10 @@ impl Default for DetectorConfig {
             window: default_window(),
             statuses: default_statuses(),
             checks: Vec::new(),
-            min_probes: default_min_probes(),
+            min_probes: None,
+            global_baseline: default_global_baseline(),
+            update_after: default_update_after(),
+            default_round: default_round(),
             min_vantages: default_min_vantages(),
             min_rate_difference: default_min_rate_difference(),
             min_rate_ratio: default_min_rate_ratio(),
@@ -277,18 +296,19 @@ impl DetectorConfig {
             interval: self.interval,
             window: self.window,
             params: Params {
-                min_probes: self.min_probes,
                 min_vantages: self.min_vantages,
                 min_rate_difference: self.min_rate_difference.0,
                 min_rate_ratio: self.min_rate_ratio,
                 alpha: self.alpha.0,
                 global_rate: self.global_rate.0,
+                global_baseline: self.global_baseline.0,
                 ..Params::default()
             },
             hysteresis: Hysteresis {
                 open_after: self.open_after,
                 resolve_after: self.resolve_after,
                 resolve_quiet: self.resolve_quiet,
+                update_after: self.update_after,
             },
             statuses: self.statuses.clone(),
             check_statuses: self
@@ -299,6 +319,7 @@ impl DetectorConfig {
             prefix_v4: self.egress_prefix_v4,
             prefix_v6: self.egress_prefix_v6,
             rates_retention: self.rates_retention,
+            default_round: self.default_round,
         }
     }
 
@@ -323,11 +344,8 @@ impl DetectorConfig {
                 "expected a non-empty list of HTTP statuses (100-599)",
             ));
         }
-        if self.min_probes == 0 || self.min_vantages == 0 {
-            return Some((
-                "detector.min_probes".into(),
-                "expected min_probes >= 1 and min_vantages >= 1",
-            ));
+        if self.min_vantages == 0 {
+            return Some(("detector.min_vantages".into(), "expected min_vantages >= 1"));
         }
         if self.min_rate_difference.0 <= 0.0 {
             return Some((
@@ -344,10 +362,22 @@ impl DetectorConfig {
                 "expected a significance level between 0 and 1, exclusive",
             ));
         }
-        if self.open_after == 0 || self.resolve_after == 0 {
+        if self.open_after == 0 || self.resolve_after == 0 || self.update_after == 0 {
             return Some((
                 "detector.open_after".into(),
-                "expected open_after >= 1 and resolve_after >= 1",
+                "expected open_after, resolve_after and update_after >= 1",
+            ));
+        }
+        if self.global_baseline.0 <= 0.0 || self.global_baseline.0 >= self.global_rate.0 {
+            return Some((
+                "detector.global_baseline".into(),
+                "expected a background rate above 0 and below global_rate",
+            ));
+        }
+        if self.default_round < Duration::from_millis(100) {
+            return Some((
+                "detector.default_round".into(),
+                "expected a probe round of at least 100ms",
             ));
         }
         if self.egress_prefix_v4 > 32 || self.egress_prefix_v6 > 128 {
@@ -415,6 +445,13 @@ impl CollectorConfig {
         let config: Self = parse_toml(path, &text)?;
         if let Some((key, expected)) = config.detector.problem() {
             return Err(ConfigError::at(path, &text, None, key, expected.into()));
+        }
+        if config.detector.min_probes.is_some() {
+            tracing::warn!(
+                file = %path.display(),
+                "detector.min_probes is ignored since detection v2: small samples are weighed \
+                 by the exact test over windows of 1, 2, 4... probe rounds; remove the key."
+            );
         }
         if config.ingest.max_batch == 0 || config.ingest.max_message_bytes < 1024 {
             return Err(ConfigError::at(

@@ -157,6 +157,18 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
         return Err(bad("vantage", "longer than 200 bytes".into()));
     }
     let non_empty = |s: String| Some(s).filter(|s| !s.is_empty());
+    // A round shorter than the agent accepts (100 ms) or longer than a day
+    // is not a probe interval.
+    let interval_ms = match r.interval_ms {
+        0 => None,
+        ms @ 100..=86_400_000 => i32::try_from(ms).ok(),
+        ms => {
+            return Err(bad(
+                "interval_ms",
+                format!("{ms} is out of range: expected 100..=86400000 (or 0: unknown)"),
+            ));
+        }
+    };
     Ok(StoredResult {
         seq: seq_i64,
         started_at,
@@ -201,6 +213,8 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
         gateway: non_empty(r.gateway),
         edge_location: non_empty(r.edge_location),
         hops: serde_json::Value::Array(hops),
+        interval_ms,
+        proxy_ip: optional_ip(seq, "proxy_ip", &r.proxy_ip)?,
     })
 }
 

@@ -155,6 +155,7 @@ impl HttpProber {
         r.proxy = vantage.proxy.as_ref().map(|p| p.redacted());
         r.echo_ip = vantage.echo_ip();
         r.local_ip = vantage.source_ip;
+        r.interval = Some(check.interval);
         r
     }
 
@@ -367,10 +368,14 @@ impl HttpProber {
         // TCP, to the site or to the vantage's proxy.
         let first_hop = match &vantage.proxy {
             None => addr,
-            Some(proxy) => vantage.proxy_addr(proxy).await.map_err(|message| Failure {
-                outcome: Outcome::Proxy,
-                message,
-            })?,
+            Some(proxy) => {
+                let hop = vantage.proxy_addr(proxy).await.map_err(|message| Failure {
+                    outcome: Outcome::Proxy,
+                    message,
+                })?;
+                r.proxy_ip = Some(hop.ip());
+                hop
+            }
         };
         let t = Instant::now();
         let (stream, local) = timeout_at(

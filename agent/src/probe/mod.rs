@@ -154,6 +154,10 @@ pub struct ProbeResult {
     pub egress_ip: Option<IpAddr>,
     /// The vantage's public address as its IP-echo URL last reported it.
     pub echo_ip: Option<IpAddr>,
+    /// The forward proxy's address as dialled (proxied vantages only).
+    pub proxy_ip: Option<IpAddr>,
+    /// The check's interval: one probe round.
+    pub interval: Option<Duration>,
     pub timings: Timings,
     pub tls: Option<TlsInfo>,
     /// Body bytes read (at most the check's `body_hash_bytes`).
@@ -208,6 +212,8 @@ impl ProbeResult {
             local_ip: None,
             egress_ip: None,
             echo_ip: None,
+            proxy_ip: None,
+            interval: None,
             timings: Timings::default(),
             tls: None,
             body_bytes: None,

@@ -41,7 +41,6 @@ pub struct ScenarioTiming {
     pub probe_interval: Duration,
     pub detector_interval: Duration,
     pub window: Duration,
-    pub min_probes: u64,
     /// Evaluations a pattern must hold before its incident opens.
     pub open_after: u32,
     /// Evaluations (and time) without it before the incident resolves.
@@ -55,7 +54,6 @@ impl Default for ScenarioTiming {
             probe_interval: Duration::from_millis(250),
             detector_interval: Duration::from_millis(500),
             window: Duration::from_secs(8),
-            min_probes: 8,
             open_after: 2,
             resolve_after: 3,
             resolve_quiet: Duration::from_secs(1),
@@ -99,7 +97,6 @@ impl Scenario {
             detector: DetectorConfig {
                 interval: timing.detector_interval,
                 window: timing.window,
-                min_probes: timing.min_probes,
                 open_after: timing.open_after,
                 resolve_after: timing.resolve_after,
                 resolve_quiet: timing.resolve_quiet,

@@ -1,35 +1,46 @@
 //! The decision: from counts to findings, a pure function (no I/O, no
 //! clock) so that its statistics can be property-tested.
 //!
-//! Input: the probes of one target and failure pattern over the window,
-//! reduced to [`Group`]s (probes sharing every dimension value and the same
-//! vantage). For every value of every dimension, the segment (probes with
-//! that value) is compared with the rest (every other probe of the target):
+//! Input: the probes of one target and failure pattern (or, for path
+//! findings, of every target at once), reduced to [`Group`]s: probes
+//! sharing every dimension value and the same vantage, counted per age
+//! bucket (the last probe round, the one before, the two before those...).
+//! Evidence is weighed over several windows ending now ([`Window`]: the
+//! last 1, 2, 4, ... rounds and the whole detection window), so that a
+//! fault that began two rounds ago is not drowned by the healthy rounds
+//! before it, and a fault that comes and goes still adds up.
 //!
-//! 1. gates: the segment and the rest have at least `min_probes` probes;
-//!    failures come from at least `min_vantages` distinct vantages (one
-//!    rogue agent is not a region); the segment's failure rate exceeds the
-//!    rest's by at least `min_rate_difference` and by a factor of at least
-//!    `min_rate_ratio`;
-//! 2. significance: a one-sided Fisher exact test (is the segment's
-//!    failure rate higher than the rest's?), Holm-corrected over every
-//!    eligible segment of the target, at family-wise level `alpha`.
+//! For every value of every dimension and every window, the segment
+//! (probes with that value) is compared with the rest:
 //!
-//! Flagged segments are then grouped into findings: the segment that best
-//! explains the failures (covers most failing probes while including the
-//! fewest healthy ones, i.e. the highest Jaccard index between the segment
-//! and the set of failing probes) leads; other flagged segments sharing its
-//! failing probes are its correlated evidence. Failures not explained by
-//! the first finding can lead to a second one. A finding on an IP prefix is
-//! narrowed to the most specific prefix covering every failure.
+//! 1. gates: failures from at least `min_vantages` distinct witnesses
+//!    (vantages; targets for path findings), so one rogue vantage is never
+//!    a segment; the segment's failure rate exceeds the rest's by at least
+//!    `min_rate_difference` and by a factor of at least `min_rate_ratio`;
+//! 2. significance: a one-sided Fisher exact test (is the segment's failure
+//!    rate higher than the rest's?), Holm-corrected over every (segment,
+//!    window) pair with enough witnesses to be tested, at family-wise level
+//!    `alpha`. The exact test accounts for small samples by itself: two
+//!    vantages failing in one round out of fifteen are not significant,
+//!    the same two failing in two rounds are.
 //!
-//! Global: when the target fails at `global_rate` or more overall and no
+//! A flagged segment's evidence is its most significant window. Flagged
+//! segments are then grouped into findings: the segment that best explains
+//! the failures of its window (the highest Jaccard index between the
+//! segment and the failing probes) leads; other flagged segments sharing
+//! its failing probes are its correlated evidence. Failures not explained
+//! by the first finding can lead to a second one. A finding on an IP prefix
+//! is narrowed to the most specific prefix covering every failure.
+//!
+//! Global: in some window, the target fails at `global_rate` or more, the
+//! rate is significantly above `global_baseline` (binomial test), and no
 //! segment of any dimension (with `min_segment_probes` probes) is spared,
-//! i.e. fails at less than half that rate, the finding is global.
+//! i.e. fails at less than half of `global_rate`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
+use statrs::distribution::{Binomial, DiscreteCDF};
 use statrs::stats_tests::Alternative;
 use statrs::stats_tests::fisher::fishers_exact;
 
@@ -59,7 +70,7 @@ impl Counts {
         self.probes.saturating_sub(self.failures)
     }
 
-    fn add(&mut self, other: Counts) {
+    pub fn add(&mut self, other: Counts) {
         self.failures += other.failures;
         self.probes += other.probes;
     }
@@ -76,19 +87,23 @@ impl Counts {
 /// README says why each default is what it is).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
-    /// Fewest probes in a segment, and in the rest, to test it.
-    pub min_probes: u64,
-    /// Fewest distinct vantages with failures in a segment.
+    /// Fewest distinct witnesses (vantages; targets for path findings) with
+    /// failures in a segment.
     pub min_vantages: usize,
     /// Segment rate minus rest rate, at least.
     pub min_rate_difference: f64,
     /// Segment rate over rest rate, at least (any rate beats a rest of 0).
     pub min_rate_ratio: f64,
-    /// Family-wise significance level over all segments tested per target.
+    /// Family-wise significance level over all (segment, window) pairs
+    /// tested per target.
     pub alpha: f64,
     /// Overall failure rate from which a failure is global, provided no
     /// segment is spared.
     pub global_rate: f64,
+    /// A global failure rate must be significantly above this background
+    /// rate (one-sided binomial test at `alpha`, Bonferroni over windows):
+    /// two failures out of three probes are not an outage.
+    pub global_baseline: f64,
     /// A segment with at least this many probes and a failure rate below
     /// half of `global_rate` is spared, and rules a global finding out.
     pub min_segment_probes: u64,
@@ -97,13 +112,13 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         Self {
-            min_probes: 20,
             min_vantages: 2,
             min_rate_difference: 0.2,
             min_rate_ratio: 2.0,
             alpha: 0.01,
             global_rate: 0.5,
-            min_segment_probes: 5,
+            global_baseline: 0.1,
+            min_segment_probes: 2,
         }
     }
 }
@@ -117,6 +132,14 @@ pub struct DimensionInfo {
     pub prefix: bool,
 }
 
+/// One window ending now: the first `buckets` age buckets, covering the
+/// last `rounds` probe rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub buckets: usize,
+    pub rounds: u32,
+}
+
 /// Probes sharing every dimension value and the same vantage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Group {
@@ -125,32 +148,71 @@ pub struct Group {
     /// One per dimension: the address a prefix dimension's value was
     /// derived from.
     pub addresses: Vec<Option<IpAddr>>,
-    /// Identifies the vantage (agent and egress path).
-    pub vantage: usize,
-    pub counts: Counts,
+    /// Who saw it, for the distinct-witness gate: the vantage, or for path
+    /// findings the target.
+    pub witness: usize,
+    /// The (target, vantage) it belongs to: one probe per round each.
+    pub unit: usize,
+    /// Counts per age bucket, newest first.
+    pub buckets: Vec<Counts>,
 }
 
-/// One value of one dimension, compared with the rest.
+impl Group {
+    /// Its counts over a window.
+    pub fn counts(&self, w: Window) -> Counts {
+        let mut c = Counts::default();
+        for b in self.buckets.iter().take(w.buckets) {
+            c.add(*b);
+        }
+        c
+    }
+
+    /// All its counts.
+    pub fn total(&self) -> Counts {
+        let mut c = Counts::default();
+        for b in &self.buckets {
+            c.add(*b);
+        }
+        c
+    }
+}
+
+/// One value of one dimension in one window, compared with the rest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowStat {
+    pub segment: Counts,
+    pub rest: Counts,
+    /// Distinct witnesses with at least one failure in the segment.
+    pub failing_vantages: usize,
+    /// Holm-adjusted one-sided Fisher p-value; `None`: not tested.
+    pub p_value: Option<f64>,
+    pub flagged: bool,
+}
+
+/// One value of one dimension: its evidence window's figures (the most
+/// significant window when flagged, else the whole window).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SegmentStat {
     /// Index into the dimensions.
     pub dimension: usize,
     pub value: String,
+    /// Index of the evidence window.
+    pub window: usize,
     pub segment: Counts,
     pub rest: Counts,
-    /// Distinct vantages with at least one failure in the segment.
     pub failing_vantages: usize,
-    /// Holm-adjusted one-sided Fisher p-value; `None`: not tested (too few
-    /// probes or vantages, or rates too close).
     pub p_value: Option<f64>,
     pub flagged: bool,
     /// Indexes of the groups in the segment.
     pub groups: Vec<usize>,
+    /// Per window.
+    pub windows: Vec<WindowStat>,
 }
 
 impl SegmentStat {
-    /// How well the segment explains the failures: failing probes in it
-    /// over (all failing probes + healthy probes in it).
+    /// How well the segment explains the failures of its evidence window:
+    /// failing probes in it over (all failing probes + healthy probes in
+    /// it).
     pub fn score(&self, total: Counts) -> f64 {
         let denominator = total.failures + self.segment.healthy();
         if denominator == 0 {
@@ -186,26 +248,62 @@ pub struct Correlation {
     pub shared_failures: u64,
 }
 
+/// When the failures of a finding happened, in rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timing {
+    /// Distinct age buckets (disjoint sets of rounds) with failures: a
+    /// lower bound on the rounds the failure has been seen in.
+    pub rounds_failing: usize,
+    /// Failures within the last `recent_rounds` rounds: the failure is
+    /// still there. The lookback is as long as it takes the failure, at
+    /// its observed rate and number of vantages, to be expected to show
+    /// at least three times (and at least two rounds), so that a partial
+    /// failure does not look repaired whenever it skips a round.
+    pub recent: bool,
+    pub recent_rounds: u32,
+}
+
 /// A failure pattern the decision reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finding {
     /// The target fails everywhere.
-    Global,
+    Global {
+        /// Index of the window it was found in.
+        window: usize,
+        /// Binomial p-value against `global_baseline`.
+        p_value: f64,
+        timing: Timing,
+    },
     /// The target fails in one segment.
     Segment {
         /// Index into [`Assessment::segments`].
         segment: usize,
         correlated: Vec<Correlation>,
         narrowed: Option<Narrowed>,
+        /// The segment's groups with failures in its evidence window.
+        failing_groups: Vec<usize>,
+        timing: Timing,
     },
+}
+
+impl Finding {
+    pub fn timing(&self) -> Timing {
+        match self {
+            Self::Global { timing, .. } | Self::Segment { timing, .. } => *timing,
+        }
+    }
 }
 
 /// Everything one evaluation concluded for one target and pattern.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assessment {
+    pub windows: Vec<Window>,
+    /// Per window.
+    pub totals: Vec<Counts>,
+    /// Over the whole window.
     pub total: Counts,
     pub failing_vantages: usize,
-    /// Segments of cause dimensions tested (the Holm family's size).
+    /// (Segment, window) pairs tested (the Holm family's size).
     pub tests: usize,
     pub segments: Vec<SegmentStat>,
     pub findings: Vec<Finding>,
@@ -216,12 +314,19 @@ const MAX_FINDINGS: usize = 4;
 /// A flagged segment is correlated evidence of a finding when at least this
 /// share of the smaller one's failing probes lie in both.
 const CORRELATED_SHARE: f64 = 0.8;
+/// Failures a still-present failure is expected to show within the
+/// recency lookback (see [`Timing::recent`]).
+const RECENT_EXPECTED_FAILURES: f64 = 3.0;
+/// The shortest recency lookback, in rounds: the newest round may still be
+/// on its way from the agents (spool, batch, commit), so it alone never
+/// says that a failure is over.
+const MIN_RECENT_ROUNDS: f64 = 2.0;
 
 /// Whether a segment passes the gates, and its raw (uncorrected) p-value
 /// when it does.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Judgement {
-    /// Enough probes in the segment and in the rest to be tested at all
+    /// Enough witnesses and probes on both sides to be tested at all
     /// (counts toward the multiple-testing correction).
     pub eligible: bool,
     pub passes_gates: bool,
@@ -230,12 +335,10 @@ pub struct Judgement {
 
 /// Judges one segment against the rest (before correction).
 pub fn judge(segment: Counts, rest: Counts, failing_vantages: usize, p: &Params) -> Judgement {
-    let eligible = segment.probes >= p.min_probes && rest.probes >= p.min_probes;
+    let eligible = segment.probes > 0 && rest.probes > 0 && failing_vantages >= p.min_vantages;
     let (s, r) = (segment.rate(), rest.rate());
-    let passes_gates = eligible
-        && failing_vantages >= p.min_vantages
-        && s - r >= p.min_rate_difference
-        && (r == 0.0 || s >= p.min_rate_ratio * r);
+    let passes_gates =
+        eligible && s - r >= p.min_rate_difference && (r == 0.0 || s >= p.min_rate_ratio * r);
     let raw_p = passes_gates.then(|| fisher_greater(segment, rest));
     Judgement {
         eligible,
@@ -257,6 +360,17 @@ pub fn fisher_greater(segment: Counts, rest: Counts) -> f64 {
     fishers_exact(&table, Alternative::Greater).unwrap_or(1.0)
 }
 
+/// One-sided binomial test: probability of `counts.failures` or more out
+/// of `counts.probes` at a failure rate of `baseline`.
+pub fn binomial_greater(counts: Counts, baseline: f64) -> f64 {
+    if counts.failures == 0 {
+        return 1.0;
+    }
+    Binomial::new(baseline.clamp(0.0, 1.0), counts.probes)
+        .map(|b| b.sf(counts.failures - 1))
+        .unwrap_or(1.0)
+}
+
 /// Holm's step-down adjustment of `raw` p-values within a family of
 /// `family` hypotheses (`family >= raw.len()`; untested members count as
 /// p = 1). Returns adjusted p-values in the input order.
@@ -274,102 +388,234 @@ pub fn holm(raw: &[f64], family: usize) -> Vec<f64> {
     adjusted
 }
 
-/// A segment being built: its groups, counts and failing vantages.
-type Members = (Vec<usize>, Counts, HashSet<usize>);
-
-/// The decision for one target and failure pattern.
-pub fn assess(groups: &[Group], dimensions: &[DimensionInfo], p: &Params) -> Assessment {
+/// The decision for one target and failure pattern (or for every target's
+/// path dimensions at once). `windows` are ordered shortest first; the
+/// last covers every bucket.
+pub fn assess(
+    groups: &[Group],
+    dimensions: &[DimensionInfo],
+    windows: &[Window],
+    p: &Params,
+) -> Assessment {
+    let full = windows.last().copied().unwrap_or(Window {
+        buckets: usize::MAX,
+        rounds: 1,
+    });
+    let mut totals = vec![Counts::default(); windows.len()];
+    let mut failing_witnesses = HashSet::new();
     let mut total = Counts::default();
-    let mut failing_vantages = HashSet::new();
     for g in groups {
-        total.add(g.counts);
-        if g.counts.failures > 0 {
-            failing_vantages.insert(g.vantage);
+        for (w, t) in windows.iter().zip(totals.iter_mut()) {
+            t.add(g.counts(*w));
+        }
+        let c = g.counts(full);
+        total.add(c);
+        if c.failures > 0 {
+            failing_witnesses.insert(g.witness);
         }
     }
 
-    // Every value of every dimension: its groups, counts and vantages.
-    let mut by_value: BTreeMap<(usize, &str), Members> = BTreeMap::new();
+    // Every value of every cause dimension: its groups.
+    let mut by_value: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
     for (gi, g) in groups.iter().enumerate() {
         for (d, value) in g.values.iter().enumerate().take(dimensions.len()) {
             let Some(value) = value else { continue };
-            let entry = by_value.entry((d, value.as_str())).or_default();
-            entry.0.push(gi);
-            entry.1.add(g.counts);
-            if g.counts.failures > 0 {
-                entry.2.insert(g.vantage);
-            }
+            by_value.entry((d, value.as_str())).or_default().push(gi);
         }
     }
     let mut segments: Vec<SegmentStat> = Vec::with_capacity(by_value.len());
-    let mut judgements = Vec::with_capacity(by_value.len());
-    for ((d, value), (members, counts, vantages)) in by_value {
-        let rest = total.minus(counts);
-        let j = if dimensions[d].role == Role::Cause {
-            judge(counts, rest, vantages.len(), p)
-        } else {
-            Judgement {
-                eligible: false,
-                passes_gates: false,
-                raw_p: None,
+    let mut judgements: Vec<(usize, usize, Judgement)> = Vec::new();
+    for ((d, value), members) in by_value {
+        let si = segments.len();
+        let mut stats = Vec::with_capacity(windows.len());
+        for (wi, w) in windows.iter().enumerate() {
+            let mut counts = Counts::default();
+            let mut witnesses = HashSet::new();
+            for g in &members {
+                let c = groups[*g].counts(*w);
+                counts.add(c);
+                if c.failures > 0 {
+                    witnesses.insert(groups[*g].witness);
+                }
             }
-        };
-        judgements.push(j);
+            let rest = totals[wi].minus(counts);
+            if dimensions[d].role == Role::Cause {
+                judgements.push((si, wi, judge(counts, rest, witnesses.len(), p)));
+            }
+            stats.push(WindowStat {
+                segment: counts,
+                rest,
+                failing_vantages: witnesses.len(),
+                p_value: None,
+                flagged: false,
+            });
+        }
+        let last = stats.last().copied().unwrap_or(WindowStat {
+            segment: Counts::default(),
+            rest: Counts::default(),
+            failing_vantages: 0,
+            p_value: None,
+            flagged: false,
+        });
         segments.push(SegmentStat {
             dimension: d,
             value: value.to_owned(),
-            segment: counts,
-            rest,
-            failing_vantages: vantages.len(),
+            window: windows.len().saturating_sub(1),
+            segment: last.segment,
+            rest: last.rest,
+            failing_vantages: last.failing_vantages,
             p_value: None,
             flagged: false,
             groups: members,
+            windows: stats,
         });
     }
 
-    // Multiple testing: the family is every eligible segment.
-    let tests = judgements.iter().filter(|j| j.eligible).count();
-    let tested: Vec<usize> = (0..segments.len())
-        .filter(|i| judgements[*i].raw_p.is_some())
-        .collect();
-    let raw: Vec<f64> = tested
-        .iter()
-        .map(|i| judgements[*i].raw_p.unwrap_or(1.0))
-        .collect();
-    for (i, adjusted) in tested.iter().zip(holm(&raw, tests)) {
-        segments[*i].p_value = Some(adjusted);
-        segments[*i].flagged = adjusted <= p.alpha;
+    // Multiple testing: the family is every eligible (segment, window).
+    let tests = judgements.iter().filter(|j| j.2.eligible).count();
+    let tested: Vec<&(usize, usize, Judgement)> =
+        judgements.iter().filter(|j| j.2.raw_p.is_some()).collect();
+    let raw: Vec<f64> = tested.iter().map(|j| j.2.raw_p.unwrap_or(1.0)).collect();
+    for (j, adjusted) in tested.iter().zip(holm(&raw, tests)) {
+        let stat = &mut segments[j.0].windows[j.1];
+        stat.p_value = Some(adjusted);
+        stat.flagged = adjusted <= p.alpha;
+    }
+    for s in &mut segments {
+        // Evidence window: the most significant; the longest on ties.
+        let best = s
+            .windows
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.p_value.is_some())
+            .min_by(|(ia, a), (ib, b)| {
+                a.p_value
+                    .unwrap_or(1.0)
+                    .total_cmp(&b.p_value.unwrap_or(1.0))
+                    .then(ib.cmp(ia))
+            })
+            .map(|(i, _)| i);
+        if let Some(best) = best {
+            let w = s.windows[best];
+            if w.flagged {
+                s.window = best;
+                s.segment = w.segment;
+                s.rest = w.rest;
+                s.failing_vantages = w.failing_vantages;
+            }
+            s.p_value = w.p_value;
+            s.flagged = w.flagged;
+        }
     }
 
     let mut findings = Vec::new();
-    if is_global(total, failing_vantages.len(), &segments, dimensions, p) {
-        findings.push(Finding::Global);
+    if let Some(global) = global_finding(groups, windows, &totals, &segments, dimensions, p) {
+        findings.push(global);
     }
-    findings.extend(segment_findings(groups, &segments, dimensions, total));
+    findings.extend(segment_findings(
+        groups, windows, &totals, &segments, dimensions,
+    ));
     Assessment {
+        windows: windows.to_vec(),
+        totals,
         total,
-        failing_vantages: failing_vantages.len(),
+        failing_vantages: failing_witnesses.len(),
         tests,
         segments,
         findings,
     }
 }
 
-fn is_global(
-    total: Counts,
-    failing_vantages: usize,
+/// The global finding, if some window shows one: the most significant.
+fn global_finding(
+    groups: &[Group],
+    windows: &[Window],
+    totals: &[Counts],
     segments: &[SegmentStat],
     dimensions: &[DimensionInfo],
     p: &Params,
-) -> bool {
-    total.probes >= p.min_probes
-        && total.rate() >= p.global_rate
-        && failing_vantages >= p.min_vantages
-        && segments
+) -> Option<Finding> {
+    let level = p.alpha / windows.len().max(1) as f64;
+    let mut best: Option<(usize, f64)> = None;
+    for (wi, w) in windows.iter().enumerate() {
+        let t = totals[wi];
+        let witnesses: HashSet<usize> = groups
+            .iter()
+            .filter(|g| g.counts(*w).failures > 0)
+            .map(|g| g.witness)
+            .collect();
+        if t.rate() < p.global_rate || witnesses.len() < p.min_vantages {
+            continue;
+        }
+        let spared = segments
             .iter()
             .filter(|s| dimensions[s.dimension].role == Role::Cause)
-            .filter(|s| s.segment.probes >= p.min_segment_probes)
-            .all(|s| s.segment.rate() >= p.global_rate / 2.0)
+            .map(|s| s.windows[wi].segment)
+            .any(|c| c.probes >= p.min_segment_probes && c.rate() < p.global_rate / 2.0);
+        if spared {
+            continue;
+        }
+        let pv = binomial_greater(t, p.global_baseline);
+        if pv <= level && best.is_none_or(|(_, b)| pv <= b) {
+            best = Some((wi, pv));
+        }
+    }
+    let (window, p_value) = best?;
+    let all: Vec<usize> = (0..groups.len()).collect();
+    Some(Finding::Global {
+        window,
+        p_value,
+        timing: timing(groups, &all, windows, window),
+    })
+}
+
+/// When the failures of `members` (group indexes) happened, judged from
+/// window `wi`.
+fn timing(groups: &[Group], members: &[usize], windows: &[Window], wi: usize) -> Timing {
+    let w = windows[wi];
+    let mut counts = Counts::default();
+    let mut units = HashSet::new();
+    let mut failing_buckets = HashSet::new();
+    for g in members {
+        let group = &groups[*g];
+        let c = group.counts(w);
+        counts.add(c);
+        if c.probes > 0 {
+            units.insert(group.unit);
+        }
+        for (b, bc) in group.buckets.iter().enumerate().take(w.buckets) {
+            if bc.failures > 0 {
+                failing_buckets.insert(b);
+            }
+        }
+    }
+    // Rounds until RECENT_EXPECTED_FAILURES failures are expected.
+    let per_round = counts.rate() * units.len() as f64;
+    let needed = if per_round > 0.0 {
+        (RECENT_EXPECTED_FAILURES / per_round)
+            .ceil()
+            .max(MIN_RECENT_ROUNDS)
+    } else {
+        f64::INFINITY
+    };
+    let lookback = windows
+        .iter()
+        .find(|w| f64::from(w.rounds) >= needed)
+        .or(windows.last())
+        .copied()
+        .unwrap_or(w);
+    let recent = members.iter().any(|g| {
+        groups[*g]
+            .buckets
+            .iter()
+            .take(lookback.buckets)
+            .any(|b| b.failures > 0)
+    });
+    Timing {
+        rounds_failing: failing_buckets.len(),
+        recent,
+        recent_rounds: lookback.rounds,
+    }
 }
 
 /// Greedy explanation: the best-scoring flagged segment leads a finding,
@@ -377,32 +623,34 @@ fn is_global(
 /// failures left unexplained.
 fn segment_findings(
     groups: &[Group],
+    windows: &[Window],
+    totals: &[Counts],
     segments: &[SegmentStat],
     dimensions: &[DimensionInfo],
-    total: Counts,
 ) -> Vec<Finding> {
-    let failing_groups = |s: &SegmentStat| -> HashSet<usize> {
+    let failing_groups = |s: &SegmentStat| -> Vec<usize> {
         s.groups
             .iter()
             .copied()
-            .filter(|g| groups[*g].counts.failures > 0)
+            .filter(|g| groups[*g].counts(windows[s.window]).failures > 0)
             .collect()
     };
     let failures_in = |set: &HashSet<usize>, s: &SegmentStat| -> u64 {
         s.groups
             .iter()
             .filter(|g| set.contains(g))
-            .map(|g| groups[*g].counts.failures)
+            .map(|g| groups[*g].counts(windows[s.window]).failures)
             .sum()
     };
+    let score = |s: &SegmentStat| s.score(totals[s.window]);
     let mut candidates: Vec<usize> = (0..segments.len())
         .filter(|i| segments[*i].flagged)
         .collect();
     // Best score first; ties: dimension order, then value (deterministic).
     candidates.sort_by(|a, b| {
         let (sa, sb) = (&segments[*a], &segments[*b]);
-        sb.score(total)
-            .total_cmp(&sa.score(total))
+        score(sb)
+            .total_cmp(&score(sa))
             .then(sa.dimension.cmp(&sb.dimension))
             .then(sa.value.cmp(&sb.value))
     });
@@ -422,13 +670,14 @@ fn segment_findings(
             continue;
         }
         let lead_failing = failing_groups(lead_stat);
+        let lead_set: HashSet<usize> = lead_failing.iter().copied().collect();
         let mut correlated = Vec::new();
         for &other in &candidates {
             if used[other] {
                 continue;
             }
             let o = &segments[other];
-            let shared = failures_in(&lead_failing, o);
+            let shared = failures_in(&lead_set, o);
             let smaller = o.segment.failures.min(lead_stat.segment.failures);
             if shared > 0 && shared as f64 >= smaller as f64 * CORRELATED_SHARE {
                 used[other] = true;
@@ -438,16 +687,19 @@ fn segment_findings(
                 });
             }
         }
-        explained.extend(lead_failing);
+        explained.extend(lead_set);
         let narrowed = if dimensions[lead_stat.dimension].prefix {
-            narrow(groups, lead_stat)
+            narrow(groups, windows[lead_stat.window], lead_stat)
         } else {
             None
         };
+        let timing = timing(groups, &lead_stat.groups, windows, lead_stat.window);
         findings.push(Finding::Segment {
             segment: lead,
             correlated,
             narrowed,
+            failing_groups: lead_failing,
+            timing,
         });
     }
     findings
@@ -456,10 +708,10 @@ fn segment_findings(
 /// The prefix walk: from the segment's prefix towards longer ones, one bit
 /// at a time, while every failing probe stays inside one prefix. Returns
 /// the narrowest such prefix, if narrower than the segment's own.
-fn narrow(groups: &[Group], stat: &SegmentStat) -> Option<Narrowed> {
+fn narrow(groups: &[Group], w: Window, stat: &SegmentStat) -> Option<Narrowed> {
     let d = stat.dimension;
     let start: ipnet::IpNet = stat.value.parse().ok()?;
-    let members: Vec<(&Group, IpAddr)> = stat
+    let members: Vec<(Counts, IpAddr)> = stat
         .groups
         .iter()
         .filter_map(|g| {
@@ -468,20 +720,20 @@ fn narrow(groups: &[Group], stat: &SegmentStat) -> Option<Narrowed> {
                 .get(d)
                 .copied()
                 .flatten()
-                .map(|a| (&groups[*g], a))
+                .map(|a| (groups[*g].counts(w), a))
         })
         .collect();
     let failing: Vec<IpAddr> = members
         .iter()
-        .filter(|(g, _)| g.counts.failures > 0)
+        .filter(|(c, _)| c.failures > 0)
         .map(|(_, a)| *a)
         .collect();
     let first = *failing.first()?;
     let counts_in = |net: &ipnet::IpNet| {
         let mut c = Counts::default();
-        for (g, a) in &members {
+        for (gc, a) in &members {
             if net.contains(a) {
-                c.add(g.counts);
+                c.add(*gc);
             }
         }
         c
@@ -512,6 +764,40 @@ fn narrow(groups: &[Group], stat: &SegmentStat) -> Option<Narrowed> {
     })
 }
 
+/// The bucket boundaries, in rounds of age, for windows up to
+/// `max_rounds`: 1, 2, 4, 8, ... (each below `max_rounds`). Bucket 0 holds
+/// the last round, bucket `i` ages `[t[i-1], t[i])`, the last bucket
+/// everything older (PostgreSQL's `width_bucket` over these thresholds).
+pub fn bucket_thresholds(max_rounds: u32) -> Vec<u32> {
+    std::iter::successors(Some(1u32), |t| t.checked_mul(2))
+        .take_while(|t| *t < max_rounds)
+        .collect()
+}
+
+/// The windows of a target whose detection window holds `rounds` rounds:
+/// the last 1, 2, 4, ... rounds (fewer than `rounds`), then all of it.
+pub fn windows_for(rounds: u32) -> Vec<Window> {
+    let rounds = rounds.max(1);
+    let mut out: Vec<Window> = bucket_thresholds(rounds)
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| Window {
+            buckets: i + 1,
+            rounds: t,
+        })
+        .collect();
+    out.push(Window {
+        buckets: usize::MAX,
+        rounds,
+    });
+    out
+}
+
+/// The bucket of a probe `age` rounds old (see [`bucket_thresholds`]).
+pub fn bucket_of(age: u32, thresholds: &[u32]) -> usize {
+    thresholds.iter().take_while(|t| **t <= age).count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,80 +820,170 @@ mod tests {
         },
     ];
 
-    /// `count` vantages in `region` on `net`.x, each with `probes` probes of
-    /// which `failures` fail.
+    /// Rounds in the generated windows.
+    const ROUNDS: u32 = 10;
+
+    /// `count` vantages in `region` on `net`.x, probed once per round for
+    /// `ROUNDS` rounds; `fails(i, age)` says whether vantage `i`'s probe
+    /// `age` rounds old failed.
     fn vantages(
         first_id: usize,
         region: &str,
         net: [u8; 3],
         count: usize,
-        probes: u64,
-        failures: u64,
+        fails: impl Fn(usize, u32) -> bool,
     ) -> Vec<Group> {
+        let thresholds = bucket_thresholds(ROUNDS);
         (0..count)
             .map(|i| {
                 let ip = IpAddr::from([net[0], net[1], net[2], 1 + i as u8]);
+                let mut buckets = vec![Counts::default(); thresholds.len() + 1];
+                for age in 0..ROUNDS {
+                    let b = &mut buckets[bucket_of(age, &thresholds)];
+                    b.probes += 1;
+                    b.failures += u64::from(fails(i, age));
+                }
                 Group {
                     values: vec![Some(region.to_owned()), Some(prefix(ip, 24).to_string())],
                     addresses: vec![None, Some(ip)],
-                    vantage: first_id + i,
-                    counts: c(failures, probes),
+                    witness: first_id + i,
+                    unit: first_id + i,
+                    buckets,
                 }
             })
             .collect()
     }
 
+    fn always(_: usize, _: u32) -> bool {
+        true
+    }
+    fn never(_: usize, _: u32) -> bool {
+        false
+    }
+
+    fn assess_default(groups: &[Group]) -> Assessment {
+        assess(groups, DIMS, &windows_for(ROUNDS), &Params::default())
+    }
+
+    fn lead(a: &Assessment) -> (&str, &str) {
+        let Some(Finding::Segment { segment, .. }) = a
+            .findings
+            .iter()
+            .find(|f| matches!(f, Finding::Segment { .. }))
+        else {
+            panic!("no segment finding: {:#?}", a.findings);
+        };
+        let s = &a.segments[*segment];
+        (DIMS[s.dimension].name, s.value.as_str())
+    }
+
+    #[test]
+    fn buckets_and_windows_follow_powers_of_two() {
+        let t = bucket_thresholds(10);
+        assert_eq!(t, [1, 2, 4, 8]);
+        let buckets: Vec<usize> = (0..10).map(|age| bucket_of(age, &t)).collect();
+        assert_eq!(buckets, [0, 1, 2, 2, 3, 3, 3, 3, 4, 4]);
+        let w = windows_for(10);
+        assert_eq!(
+            w.iter().map(|w| w.rounds).collect::<Vec<_>>(),
+            [1, 2, 4, 8, 10]
+        );
+        assert_eq!(w[2].buckets, 3, "the last 4 rounds are buckets 0, 1 and 2");
+        assert_eq!(windows_for(1).len(), 1);
+    }
+
     #[test]
     fn the_issue_sentence_is_flagged() {
-        // 41 of 43 from one /24 (two vantages) against 0 of 380.
-        let mut groups = vantages(0, "eu", [203, 0, 113], 1, 22, 21);
-        groups.extend(
-            vantages(1, "eu", [203, 0, 113], 1, 21, 20)
-                .into_iter()
-                .map(|mut g| {
-                    g.addresses[1] = Some("203.0.113.9".parse().unwrap());
-                    g
-                }),
-        );
-        // Healthy vantages in the same region and elsewhere.
-        groups.extend(vantages(10, "eu", [198, 51, 100], 5, 38, 0));
-        groups.extend(vantages(20, "us", [192, 0, 2], 5, 38, 0));
-        let a = assess(&groups, DIMS, &Params::default());
+        // Two vantages of one /24 fail in every round, against a healthy
+        // fleet.
+        let mut groups = vantages(0, "eu", [203, 0, 113], 2, always);
+        groups.extend(vantages(10, "eu", [198, 51, 100], 5, never));
+        groups.extend(vantages(20, "us", [192, 0, 2], 5, never));
+        let a = assess_default(&groups);
+        assert_eq!(lead(&a), ("egress_prefix", "203.0.113.0/24"));
         let Some(Finding::Segment {
             segment, narrowed, ..
         }) = a.findings.first()
         else {
-            panic!("no finding: {a:#?}");
+            panic!()
         };
         let s = &a.segments[*segment];
-        assert_eq!(
-            (DIMS[s.dimension].name, s.value.as_str()),
-            ("egress_prefix", "203.0.113.0/24")
-        );
-        assert_eq!((s.segment, s.rest), (c(41, 43), c(0, 380)));
-        assert!(s.p_value.unwrap() < 1e-20, "{:?}", s.p_value);
-        let narrowed = narrowed.as_ref().unwrap();
-        assert_eq!(narrowed.value, "203.0.113.0/28", "{narrowed:#?}");
-        assert_eq!(narrowed.segment, c(41, 43));
+        assert_eq!((s.segment, s.rest), (c(20, 20), c(0, 100)));
+        assert_eq!(a.windows[s.window].rounds, ROUNDS, "the whole window");
+        assert!(s.p_value.unwrap() < 1e-15, "{:?}", s.p_value);
+        assert_eq!(narrowed.as_ref().unwrap().value, "203.0.113.0/30");
+    }
+
+    #[test]
+    fn a_fault_two_rounds_old_is_flagged_in_the_short_window_and_not_after_one() {
+        // 2 of 15 vantages fail since `since` rounds.
+        let build = |since: u32| {
+            let mut g = vantages(0, "eu", [10, 1, 1], 2, move |_, age| age < since);
+            g.extend(vantages(10, "eu", [10, 1, 2], 5, never));
+            g.extend(vantages(20, "us", [10, 2, 1], 8, never));
+            g
+        };
+        let one = assess_default(&build(1));
+        assert!(one.findings.is_empty(), "{:#?}", one.findings);
+        let two = assess_default(&build(2));
+        assert_eq!(lead(&two), ("egress_prefix", "10.1.1.0/24"));
+        let Finding::Segment {
+            segment, timing, ..
+        } = &two.findings[0]
+        else {
+            panic!()
+        };
+        assert_eq!(two.windows[two.segments[*segment].window].rounds, 2);
+        assert_eq!(timing.rounds_failing, 2);
+        assert!(timing.recent);
+    }
+
+    #[test]
+    fn a_repaired_fault_is_flagged_but_not_recent() {
+        // Failing from 9 to 3 rounds ago, healthy in the last three rounds.
+        let mut g = vantages(0, "eu", [10, 1, 1], 3, |_, age| (3..9).contains(&age));
+        g.extend(vantages(10, "us", [10, 2, 1], 8, never));
+        let a = assess_default(&g);
+        let Some(Finding::Segment { timing, .. }) = a.findings.first() else {
+            panic!("{:#?}", a.findings)
+        };
+        assert!(!timing.recent, "{timing:?}");
+    }
+
+    #[test]
+    fn a_partial_failure_looks_back_further_before_calling_it_repaired() {
+        let mut g = vantages(0, "eu", [10, 1, 1], 2, |i, age| (age + i as u32) % 3 == 2);
+        g.extend(vantages(10, "us", [10, 2, 1], 10, never));
+        let a = assess_default(&g);
+        let Some(Finding::Segment { timing, .. }) = a.findings.first() else {
+            panic!("{:#?}", a.findings)
+        };
+        // One in three of two vantages: 0.67 failures a round, so 3
+        // expected failures need 5 rounds: the 8-round lookback.
+        assert_eq!(timing.recent_rounds, 8);
     }
 
     #[test]
     fn region_in_two_prefixes_beats_its_prefixes() {
-        let mut groups = vantages(0, "eu", [10, 1, 1], 3, 30, 30);
-        groups.extend(vantages(3, "eu", [10, 1, 2], 3, 30, 30));
-        groups.extend(vantages(6, "us", [10, 2, 1], 6, 30, 0));
-        let a = assess(&groups, DIMS, &Params::default());
+        let mut groups = vantages(0, "eu", [10, 1, 1], 3, always);
+        groups.extend(vantages(3, "eu", [10, 1, 2], 3, always));
+        groups.extend(vantages(6, "us", [10, 2, 1], 6, never));
+        let a = assess_default(&groups);
         assert_eq!(a.findings.len(), 1, "{:#?}", a.findings);
-        let Finding::Segment {
-            segment,
-            correlated,
-            ..
-        } = &a.findings[0]
-        else {
+        assert_eq!(lead(&a), ("region", "eu"));
+        let Finding::Segment { correlated, .. } = &a.findings[0] else {
             panic!()
         };
-        assert_eq!(a.segments[*segment].value, "eu");
         assert_eq!(correlated.len(), 2, "both prefixes are evidence");
+    }
+
+    #[test]
+    fn half_a_region_is_its_prefix_not_the_region() {
+        let mut groups = vantages(0, "us-east", [127, 0, 2], 2, always);
+        groups.extend(vantages(2, "us-east", [127, 0, 3], 2, never));
+        groups.extend(vantages(4, "eu", [127, 0, 4], 11, never));
+        let a = assess_default(&groups);
+        assert_eq!(lead(&a), ("egress_prefix", "127.0.2.0/24"));
     }
 
     #[test]
@@ -629,33 +1005,63 @@ mod tests {
     }
 
     #[test]
+    fn binomial_matches_hand_computation() {
+        // P(X >= 2 | n = 3, p = 0.1) = 3 * 0.01 * 0.9 + 0.001 = 0.028.
+        assert!((binomial_greater(c(2, 3), 0.1) - 0.028).abs() < 1e-12);
+        assert_eq!(binomial_greater(c(0, 3), 0.1), 1.0);
+    }
+
+    #[test]
     fn one_rogue_vantage_is_not_a_segment() {
-        let mut groups = vantages(0, "eu", [10, 1, 1], 1, 100, 100);
+        let mut groups = vantages(0, "eu", [10, 1, 1], 1, always);
         groups.extend(
-            vantages(1, "eu", [10, 1, 1], 3, 100, 0)
+            vantages(1, "eu", [10, 1, 1], 3, never)
                 .into_iter()
                 .map(|mut g| {
                     g.addresses[1] = Some("10.1.1.77".parse().unwrap());
                     g
                 }),
         );
-        groups.extend(vantages(10, "us", [10, 2, 1], 4, 100, 0));
-        let a = assess(&groups, DIMS, &Params::default());
+        groups.extend(vantages(10, "us", [10, 2, 1], 4, never));
+        let a = assess_default(&groups);
         assert!(a.findings.is_empty(), "{:#?}", a.findings);
     }
 
     #[test]
     fn failing_everywhere_is_global_and_not_a_segment() {
-        let mut groups = vantages(0, "eu", [10, 1, 1], 3, 30, 29);
-        groups.extend(vantages(3, "us", [10, 2, 1], 3, 30, 30));
-        let a = assess(&groups, DIMS, &Params::default());
-        assert_eq!(a.findings, vec![Finding::Global]);
+        let mut groups = vantages(0, "eu", [10, 1, 1], 3, |i, age| i + age as usize > 0);
+        groups.extend(vantages(3, "us", [10, 2, 1], 3, always));
+        let a = assess_default(&groups);
+        assert!(
+            matches!(a.findings.as_slice(), [Finding::Global { .. }]),
+            "{:#?}",
+            a.findings
+        );
         // One region spared: not global.
-        let mut groups = vantages(0, "eu", [10, 1, 1], 3, 30, 30);
-        groups.extend(vantages(3, "us", [10, 2, 1], 3, 30, 30));
-        groups.extend(vantages(6, "ap", [10, 3, 1], 3, 30, 0));
-        let a = assess(&groups, DIMS, &Params::default());
-        assert!(!a.findings.contains(&Finding::Global), "{:#?}", a.findings);
+        let mut groups = vantages(0, "eu", [10, 1, 1], 3, always);
+        groups.extend(vantages(3, "us", [10, 2, 1], 3, always));
+        groups.extend(vantages(6, "ap", [10, 3, 1], 3, never));
+        let a = assess_default(&groups);
+        assert!(
+            !a.findings
+                .iter()
+                .any(|f| matches!(f, Finding::Global { .. })),
+            "{:#?}",
+            a.findings
+        );
+    }
+
+    #[test]
+    fn an_outage_of_the_last_round_is_global_at_once_with_enough_vantages() {
+        let g = vantages(0, "eu", [10, 1, 1], 15, |_, age| age == 0);
+        let a = assess_default(&g);
+        let Some(Finding::Global { window, .. }) = a.findings.first() else {
+            panic!("{:#?}", a.findings)
+        };
+        assert_eq!(a.windows[*window].rounds, 1);
+        // Two failures of three probes are noise, not an outage.
+        let g = vantages(0, "eu", [10, 1, 1], 3, |i, age| age == 0 && i < 2);
+        assert!(assess_default(&g).findings.is_empty());
     }
 
     proptest! {
@@ -678,38 +1084,38 @@ mod tests {
             }
         }
 
-        /// A uniform failure rate (every group fails at the same rate)
-        /// never flags a segment.
+        /// A uniform failure pattern (every vantage fails in the same
+        /// rounds) never flags a segment.
         #[test]
         fn uniform_rate_never_flags(
-            per_group in 1u64..50, failing_per_10 in 0u64..=10, regions in 1usize..4,
-            per_region in 1usize..6,
+            failing_rounds in proptest::collection::vec(any::<bool>(), ROUNDS as usize),
+            regions in 1usize..4, per_region in 1usize..6,
         ) {
-            let probes = per_group * 10;
-            let failures = per_group * failing_per_10;
             let mut groups = Vec::new();
             for r in 0..regions {
-                groups.extend(vantages(r * 10, &format!("r{r}"), [10, r as u8, 1], per_region, probes, failures));
+                let f = failing_rounds.clone();
+                groups.extend(vantages(r * 10, &format!("r{r}"), [10, r as u8, 1], per_region,
+                    move |_, age| f[age as usize]));
             }
-            let a = assess(&groups, DIMS, &Params::default());
+            let a = assess_default(&groups);
             prop_assert!(a.segments.iter().all(|s| !s.flagged));
-            prop_assert!(a.findings.iter().all(|f| *f == Finding::Global));
+            let only_global = a.findings.iter().all(|f| matches!(f, Finding::Global { .. }));
+            prop_assert!(only_global);
         }
 
-        /// Adding failing probes to a flagged segment keeps it flagged.
+        /// Adding failing rounds to a flagged segment keeps it flagged.
         #[test]
         fn flagged_segment_stays_flagged_with_more_failures(
-            bad in 20u64..60, healthy_rest in 40u64..400, extra in 1u64..30,
+            failing in 1u32..ROUNDS, extra in 1u32..ROUNDS, healthy in 2usize..12,
         ) {
-            let build = |bad: u64| {
-                let mut g = vantages(0, "eu", [10, 1, 1], 2, bad + 5, bad);
-                g.extend(vantages(5, "us", [10, 2, 1], 4, healthy_rest, 0));
+            let build = |failing: u32| {
+                let mut g = vantages(0, "eu", [10, 1, 1], 2, move |_, age| age < failing);
+                g.extend(vantages(5, "us", [10, 2, 1], healthy, never));
                 g
             };
-            let p = Params::default();
             let flagged = |a: &Assessment| a.segments.iter().any(|s| s.value == "eu" && s.flagged);
-            if flagged(&assess(&build(bad), DIMS, &p)) {
-                prop_assert!(flagged(&assess(&build(bad + extra), DIMS, &p)));
+            if flagged(&assess_default(&build(failing))) {
+                prop_assert!(flagged(&assess_default(&build((failing + extra).min(ROUNDS)))));
             }
         }
     }

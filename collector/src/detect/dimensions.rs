@@ -11,7 +11,7 @@ use super::asn::AsnTable;
 
 /// The address a probe left from, as the internet saw it (see the
 /// `probe_egress` SQL function in the migrations).
-const EGRESS: &str = "host(probe_egress(echo_ip, local_ip, proxy, egress_ip))";
+const EGRESS: &str = "host(probe_egress(echo_ip, local_ip, proxy, proxy_ip, egress_ip))";
 /// The address the probe dialled.
 const DIALLED: &str = "host(dialed_ip)";
 
@@ -55,10 +55,21 @@ pub struct Dimension {
     pub source: &'static str,
     pub derive: Derive,
     pub role: Role,
+    /// Whether the value describes the vantage's own way to the sites
+    /// (region, egress, proxy, resolver, the vantage itself...), so that
+    /// it can fail for several targets at once and be one path incident.
+    /// Site-side values (the address dialled, its prefix, the CDN edge)
+    /// belong to one site.
+    pub spans_targets: bool,
+    /// A fault following this dimension is in the vantage's own path even
+    /// for a single target: a forward proxy writes its own 502s.
+    pub own_path: bool,
 }
 
 /// Every dimension, in the order ties are broken (earlier wins when two
-/// segments explain the same failures equally well).
+/// segments explain the same failures equally well): a named proxy beats
+/// the egress prefix its address falls in, and both beat the agent and the
+/// vantage, which only restate where the probes came from.
 pub const DIMENSIONS: &[Dimension] = &[
     Dimension {
         name: "region",
@@ -66,69 +77,8 @@ pub const DIMENSIONS: &[Dimension] = &[
         source: "region",
         derive: Derive::Text,
         role: Role::Cause,
-    },
-    Dimension {
-        name: "egress_prefix",
-        label: "egress prefix",
-        source: EGRESS,
-        derive: Derive::Prefix,
-        role: Role::Cause,
-    },
-    Dimension {
-        name: "asn",
-        label: "network",
-        source: EGRESS,
-        derive: Derive::Asn,
-        role: Role::Cause,
-    },
-    Dimension {
-        name: "resolver",
-        label: "resolver",
-        source: "resolver",
-        derive: Derive::Text,
-        role: Role::Cause,
-    },
-    Dimension {
-        name: "resolver_egress",
-        label: "resolver egress address",
-        source: "host(resolver_egress_ip)",
-        derive: Derive::Text,
-        role: Role::Cause,
-    },
-    Dimension {
-        name: "address",
-        label: "address",
-        source: DIALLED,
-        derive: Derive::Text,
-        role: Role::Cause,
-    },
-    Dimension {
-        name: "address_prefix",
-        label: "address prefix",
-        source: DIALLED,
-        derive: Derive::Prefix,
-        role: Role::Cause,
-    },
-    Dimension {
-        name: "edge_location",
-        label: "edge location",
-        source: "edge_location",
-        derive: Derive::Text,
-        role: Role::Cause,
-    },
-    Dimension {
-        name: "ip_family",
-        label: "IP family",
-        source: DIALLED,
-        derive: Derive::Family,
-        role: Role::Cause,
-    },
-    Dimension {
-        name: "http_version",
-        label: "HTTP version",
-        source: "http_version",
-        derive: Derive::Text,
-        role: Role::Cause,
+        spans_targets: true,
+        own_path: false,
     },
     Dimension {
         name: "proxy",
@@ -136,6 +86,89 @@ pub const DIMENSIONS: &[Dimension] = &[
         source: "COALESCE(proxy, 'direct')",
         derive: Derive::Text,
         role: Role::Cause,
+        spans_targets: true,
+        own_path: true,
+    },
+    Dimension {
+        name: "egress_prefix",
+        label: "egress prefix",
+        source: EGRESS,
+        derive: Derive::Prefix,
+        role: Role::Cause,
+        spans_targets: true,
+        own_path: false,
+    },
+    Dimension {
+        name: "asn",
+        label: "network",
+        source: EGRESS,
+        derive: Derive::Asn,
+        role: Role::Cause,
+        spans_targets: true,
+        own_path: false,
+    },
+    Dimension {
+        name: "resolver",
+        label: "resolver",
+        source: "resolver",
+        derive: Derive::Text,
+        role: Role::Cause,
+        spans_targets: true,
+        own_path: false,
+    },
+    Dimension {
+        name: "resolver_egress",
+        label: "resolver egress address",
+        source: "host(resolver_egress_ip)",
+        derive: Derive::Text,
+        role: Role::Cause,
+        spans_targets: true,
+        own_path: false,
+    },
+    Dimension {
+        name: "address",
+        label: "address",
+        source: DIALLED,
+        derive: Derive::Text,
+        role: Role::Cause,
+        spans_targets: false,
+        own_path: false,
+    },
+    Dimension {
+        name: "address_prefix",
+        label: "address prefix",
+        source: DIALLED,
+        derive: Derive::Prefix,
+        role: Role::Cause,
+        spans_targets: false,
+        own_path: false,
+    },
+    Dimension {
+        name: "edge_location",
+        label: "edge location",
+        source: "edge_location",
+        derive: Derive::Text,
+        role: Role::Cause,
+        spans_targets: false,
+        own_path: false,
+    },
+    Dimension {
+        name: "ip_family",
+        label: "IP family",
+        source: DIALLED,
+        derive: Derive::Family,
+        role: Role::Cause,
+        spans_targets: true,
+        own_path: false,
+    },
+    Dimension {
+        name: "http_version",
+        label: "HTTP version",
+        source: "http_version",
+        derive: Derive::Text,
+        role: Role::Cause,
+        spans_targets: true,
+        own_path: false,
     },
     Dimension {
         name: "agent",
@@ -143,6 +176,8 @@ pub const DIMENSIONS: &[Dimension] = &[
         source: "agent_id",
         derive: Derive::Text,
         role: Role::Cause,
+        spans_targets: true,
+        own_path: false,
     },
     Dimension {
         name: "vantage",
@@ -150,6 +185,8 @@ pub const DIMENSIONS: &[Dimension] = &[
         source: "agent_id || '/' || vantage",
         derive: Derive::Text,
         role: Role::Cause,
+        spans_targets: true,
+        own_path: false,
     },
     Dimension {
         name: "gateway",
@@ -157,6 +194,8 @@ pub const DIMENSIONS: &[Dimension] = &[
         source: "gateway",
         derive: Derive::Text,
         role: Role::Evidence,
+        spans_targets: false,
+        own_path: false,
     },
 ];
 

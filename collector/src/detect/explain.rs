@@ -1,16 +1,21 @@
-//! The words of an incident: the explanation an on-call engineer reads
-//! first, the counts table of its evidence, and how it relates to a global
-//! incident of the same target.
+//! The words and records of an incident: the population a finding was
+//! made in, the incident record built from a finding (counts, evidence,
+//! samples), the explanation an on-call engineer reads first, the counts
+//! table of its evidence, and how it relates to a global incident of the
+//! same target.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::Pattern;
-use super::decision::{Assessment, Counts, Finding};
+use super::decision::{Assessment, Counts, Finding, Window};
 use super::dimensions::{DIMENSIONS, Role};
-use crate::store::{Incident, IncidentRecord};
+use super::plan::Names;
+use super::track::PATH_TARGET;
+use super::{DetectorSettings, Pattern};
+use crate::store::{Incident, IncidentRecord, WindowCell};
 
 /// What counts as a failure, in words: `502`, `502/503/504`, or a
 /// connection-level failure.
@@ -26,9 +31,99 @@ pub fn failure_label(pattern: Pattern, statuses: &BTreeSet<u16>) -> String {
     }
 }
 
+/// Probes assessed together: one target's (or, for path findings, every
+/// target's) groups of one failure pattern, with what their records need.
+pub struct Population {
+    /// The target, or [`PATH_TARGET`].
+    pub target: String,
+    pub pattern: Pattern,
+    pub groups: Vec<super::decision::Group>,
+    /// Per group: its failing probes' times and samples.
+    pub evidence: Vec<GroupEvidence>,
+    /// Per group: indexes into [`Names`].
+    pub group_target: Vec<usize>,
+    pub group_vantage: Vec<usize>,
+    /// Statuses counted as failures.
+    pub statuses: BTreeSet<u16>,
+    /// One probe round (the longest check interval seen), milliseconds.
+    pub round_ms: i64,
+    /// Rounds in the detection window.
+    pub rounds: u32,
+    /// The detection window.
+    pub window: Duration,
+}
+
+impl Population {
+    pub fn new(target: String, pattern: Pattern) -> Self {
+        Self {
+            target,
+            pattern,
+            groups: Vec::new(),
+            evidence: Vec::new(),
+            group_target: Vec::new(),
+            group_vantage: Vec::new(),
+            statuses: BTreeSet::new(),
+            round_ms: 1,
+            rounds: 1,
+            window: Duration::ZERO,
+        }
+    }
+
+    fn round(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.round_ms).unwrap_or(0))
+    }
+}
+
+/// Failing probes of one group: when, and a sample of result ids.
+#[derive(Debug, Default, Clone)]
+pub struct GroupEvidence {
+    pub first_failure_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    /// (agent, seq, started at).
+    pub samples: Vec<(String, i64, DateTime<Utc>)>,
+}
+
+impl GroupEvidence {
+    /// Adds a cell of failing probes.
+    pub fn add(&mut self, cell: &WindowCell) {
+        self.first_failure_at = Some(
+            self.first_failure_at
+                .map_or(cell.first_at, |t| t.min(cell.first_at)),
+        );
+        self.last_failure_at = Some(
+            self.last_failure_at
+                .map_or(cell.last_at, |t| t.max(cell.last_at)),
+        );
+        self.samples
+            .push((cell.agent_id.clone(), cell.last_seq, cell.last_at));
+    }
+}
+
+/// A duration as people say it: whole seconds from a second up.
+fn spoken(d: Duration) -> String {
+    let d = if d >= Duration::from_secs(1) {
+        Duration::from_secs(d.as_secs())
+    } else {
+        Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    humantime::format_duration(d).to_string()
+}
+
+/// "the last 4 probe rounds (2m)", or "the whole window (5m)".
+fn window_phrase(w: Window, full: bool, round: Duration, window: Duration) -> String {
+    if full && w.rounds > 1 {
+        return format!("the whole window ({})", spoken(window));
+    }
+    let span = spoken(round.saturating_mul(w.rounds));
+    match w.rounds {
+        1 => format!("the last probe round ({span})"),
+        n => format!("the last {n} probe rounds ({span})"),
+    }
+}
+
 /// Inputs of the explanation of one assessment.
 pub struct Text<'a> {
-    pub target: &'a str,
+    pub population: &'a Population,
     pub failure: &'a str,
     pub assessment: &'a Assessment,
     pub total_vantages: usize,
@@ -41,17 +136,29 @@ fn of(c: Counts) -> String {
 }
 
 impl Text<'_> {
-    /// "1200 of 1210 probes of URL got 502 (99.2 %), from 12 of 12 vantages;
-    /// no region is spared."
-    pub fn global(&self) -> String {
+    fn window(&self, wi: usize) -> String {
         let a = self.assessment;
+        window_phrase(
+            a.windows[wi],
+            wi + 1 == a.windows.len(),
+            self.population.round(),
+            self.population.window,
+        )
+    }
+
+    /// "1200 of 1210 probes of URL got 502 (99.2 %) in the last 2 probe
+    /// rounds (1m), from 12 of 12 vantages; no region is spared."
+    pub fn global(&self, wi: usize) -> String {
+        let a = self.assessment;
+        let t = a.totals[wi];
         let mut s = format!(
-            "{} probes of {} got {} ({:.1} %), from {} of {} vantages; no region is spared: \
-             the failure is global, not specific to a place.",
-            of(a.total),
-            self.target,
+            "{} probes of {} got {} ({:.1} %) in {}, from {} of {} vantages; no region is \
+             spared: the failure is global, not specific to a place.",
+            of(t),
+            self.population.target,
             self.failure,
-            100.0 * a.total.rate(),
+            100.0 * t.rate(),
+            self.window(wi),
             a.failing_vantages,
             self.total_vantages,
         );
@@ -59,34 +166,70 @@ impl Text<'_> {
         s
     }
 
-    /// "41 of 43 probes of URL from egress prefix 203.0.113.0/24 got 502;
-    /// 0 of 380 from everywhere else (...)." and its evidence.
-    pub fn segment(&self, segment: usize, finding: Option<&Finding>) -> String {
+    /// "41 of 43 probes of URL from egress prefix 203.0.113.0/24 got 502
+    /// in the last 4 probe rounds (2m); 0 of 380 from everywhere else
+    /// (...)." and its evidence. For a path: "proxy P fails for 5 of 5
+    /// targets: ...".
+    pub fn segment(
+        &self,
+        segment: usize,
+        finding: &Finding,
+        targets: &[(String, Counts)],
+    ) -> String {
         let a = self.assessment;
         let stat = &a.segments[segment];
         let dim = &DIMENSIONS[stat.dimension];
-        let mut s = format!(
-            "{} probes of {} from {} {} got {}; {} from everywhere else",
-            of(stat.segment),
-            self.target,
-            dim.label,
-            stat.value,
-            self.failure,
-            of(stat.rest),
-        );
+        let mut s = if self.population.target == PATH_TARGET {
+            let failing = targets.iter().filter(|(_, c)| c.failures > 0).count();
+            format!(
+                "{} {} fails for {} of {} targets: {} probes through it got {} in {}; {} \
+                 elsewhere",
+                dim.label,
+                stat.value,
+                failing,
+                targets.len(),
+                of(stat.segment),
+                self.failure,
+                self.window(stat.window),
+                of(stat.rest),
+            )
+        } else {
+            format!(
+                "{} probes of {} from {} {} got {} in {}; {} from everywhere else",
+                of(stat.segment),
+                self.population.target,
+                dim.label,
+                stat.value,
+                self.failure,
+                self.window(stat.window),
+                of(stat.rest),
+            )
+        };
+        let witnesses = if self.population.target == PATH_TARGET {
+            "targets"
+        } else {
+            "vantages"
+        };
         match stat.p_value {
             Some(p) => s.push_str(&format!(
-                " (one-sided Fisher exact test p = {p:.1e}, Holm-corrected over {} segments; \
-                 failures seen by {} vantages).",
+                " (one-sided Fisher exact test p = {p:.1e}, Holm-corrected over {} tests; \
+                 failures seen by {} {witnesses}).",
                 a.tests, stat.failing_vantages
             )),
             None => s.push('.'),
         }
-        if let Some(Finding::Segment {
+        if self.population.target == PATH_TARGET && !targets.is_empty() {
+            let per: Vec<String> = targets
+                .iter()
+                .map(|(t, c)| format!("{t} {}", of(*c)))
+                .collect();
+            s.push_str(&format!(" Per target: {}.", per.join(", ")));
+        }
+        if let Finding::Segment {
             correlated,
             narrowed,
             ..
-        }) = finding
+        } = finding
         {
             if let Some(n) = narrowed {
                 s.push_str(&format!(
@@ -137,6 +280,216 @@ impl Text<'_> {
                 join_and(self.edge_locations)
             ));
         }
+    }
+}
+
+/// The incident record for finding `fi` of an assessment.
+pub fn record(
+    p: &Population,
+    a: &Assessment,
+    fi: usize,
+    names: &Names,
+    settings: &DetectorSettings,
+) -> IncidentRecord {
+    let finding = &a.findings[fi];
+    let failure = failure_label(p.pattern, &p.statuses);
+    let statuses: Vec<i16> = match p.pattern {
+        Pattern::Status => p
+            .statuses
+            .iter()
+            .filter_map(|s| i16::try_from(*s).ok())
+            .collect(),
+        Pattern::Connection => Vec::new(),
+    };
+    let (segment, wi, failing_groups): (Option<usize>, usize, Vec<usize>) = match finding {
+        Finding::Global { window, .. } => {
+            let w = a.windows[*window];
+            (
+                None,
+                *window,
+                (0..p.groups.len())
+                    .filter(|g| p.groups[*g].counts(w).failures > 0)
+                    .collect(),
+            )
+        }
+        Finding::Segment {
+            segment,
+            failing_groups,
+            ..
+        } => (
+            Some(*segment),
+            a.segments[*segment].window,
+            failing_groups.clone(),
+        ),
+    };
+    let window = a.windows[wi];
+    let mut first = None::<DateTime<Utc>>;
+    let mut last = None::<DateTime<Utc>>;
+    let mut samples = Vec::new();
+    for g in &failing_groups {
+        let e = &p.evidence[*g];
+        first = match (first, e.first_failure_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        last = match (last, e.last_failure_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        samples.extend(e.samples.iter().cloned());
+    }
+    samples.sort_by_key(|s| std::cmp::Reverse(s.2));
+    samples.dedup_by(|x, y| x.0 == y.0 && x.1 == y.1);
+    samples.truncate(5);
+    let value_set = |name: &str| -> Vec<String> {
+        let d = DIMENSIONS.iter().position(|d| d.name == name);
+        let mut set: BTreeSet<String> = BTreeSet::new();
+        if let Some(d) = d {
+            for g in &failing_groups {
+                if let Some(v) = &p.groups[*g].values[d] {
+                    set.insert(v.clone());
+                }
+            }
+        }
+        set.into_iter().collect()
+    };
+    let gateways = value_set("gateway");
+    let edge_locations = value_set("edge_location");
+    let total_vantages = p
+        .group_vantage
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    // Per target: the segment's counts in the evidence window.
+    let mut per_target: std::collections::BTreeMap<usize, Counts> = Default::default();
+    if let Some(s) = segment {
+        for g in &a.segments[s].groups {
+            per_target
+                .entry(p.group_target[*g])
+                .or_default()
+                .add(p.groups[*g].counts(window));
+        }
+    }
+    let targets: Vec<(String, Counts)> = per_target
+        .iter()
+        .filter(|(_, c)| c.probes > 0)
+        .map(|(t, c)| (names.targets[*t].clone(), *c))
+        .collect();
+    let text = Text {
+        population: p,
+        failure: &failure,
+        assessment: a,
+        total_vantages,
+        gateways: &gateways,
+        edge_locations: &edge_locations,
+    };
+    let path = p.target == PATH_TARGET;
+    let (kind, dimension, value, counts, p_value, failing_vantages, explanation) = match segment {
+        None => (
+            "global",
+            "global".to_owned(),
+            "*".to_owned(),
+            [a.totals[wi].failures, a.totals[wi].probes, 0, 0],
+            match finding {
+                Finding::Global { p_value, .. } => Some(*p_value),
+                Finding::Segment { .. } => None,
+            },
+            a.failing_vantages,
+            text.global(wi),
+        ),
+        Some(s) => {
+            let stat = &a.segments[s];
+            (
+                "segment",
+                DIMENSIONS[stat.dimension].name.to_owned(),
+                stat.value.clone(),
+                [
+                    stat.segment.failures,
+                    stat.segment.probes,
+                    stat.rest.failures,
+                    stat.rest.probes,
+                ],
+                stat.p_value,
+                stat.failing_vantages,
+                text.segment(s, finding, &targets),
+            )
+        }
+    };
+    let fault_side =
+        if path || segment.is_some_and(|s| DIMENSIONS[a.segments[s].dimension].own_path) {
+            "path"
+        } else {
+            "site"
+        };
+    let (correlated, narrowed) = match finding {
+        Finding::Segment {
+            correlated,
+            narrowed,
+            ..
+        } => (correlated.as_slice(), narrowed.as_ref()),
+        Finding::Global { .. } => (&[][..], None),
+    };
+    let correlated_json: Vec<Value> = correlated
+        .iter()
+        .map(|c| {
+            let s = &a.segments[c.segment];
+            json!({
+                "dimension": DIMENSIONS[s.dimension].name,
+                "value": s.value,
+                "shared_failures": c.shared_failures,
+                "failures": s.segment.failures,
+                "probes": s.segment.probes,
+            })
+        })
+        .collect();
+    let timing = finding.timing();
+    let evidence = json!({
+        "counts": counts_table(a, segment),
+        "walk": narrowed.map(|n| n.walk.iter().map(|s| json!({
+            "prefix": s.prefix, "probes": s.segment.probes, "failures": s.segment.failures,
+        })).collect::<Vec<_>>()),
+        "samples": samples.iter().map(|(agent, seq, at)| json!({
+            "agent_id": agent, "seq": seq, "started_at": at,
+        })).collect::<Vec<_>>(),
+        "segments_tested": a.tests,
+        "vantages": { "failing": a.failing_vantages, "total": total_vantages },
+        "targets": targets.iter().map(|(t, c)| json!({
+            "target": t, "failures": c.failures, "probes": c.probes,
+        })).collect::<Vec<_>>(),
+        "window_rounds": window.rounds,
+        "round_seconds": p.round().as_secs_f64(),
+        "rounds_failing": timing.rounds_failing,
+        "recent_rounds": timing.recent_rounds,
+        "relation": null,
+    });
+    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let window_seconds = i32::try_from(settings.window.as_secs()).unwrap_or(i32::MAX);
+    IncidentRecord {
+        target: p.target.clone(),
+        pattern: p.pattern.as_str().to_owned(),
+        scope: if path { "path" } else { "target" },
+        targets: if path {
+            targets.iter().map(|(t, _)| t.clone()).collect()
+        } else {
+            vec![p.target.clone()]
+        },
+        fault_side,
+        kind,
+        dimension,
+        value,
+        narrowed_value: narrowed.map(|n| n.value.clone()),
+        statuses,
+        explanation,
+        counts: counts.map(to_i64),
+        p_value,
+        failing_vantages: i32::try_from(failing_vantages).unwrap_or(i32::MAX),
+        correlated: Value::Array(correlated_json),
+        first_failure_at: first,
+        last_failure_at: last,
+        gateways,
+        edge_locations,
+        evidence,
+        window_seconds,
     }
 }
 

@@ -1,9 +1,13 @@
-//! Incident lifecycle with hysteresis, a pure state machine per candidate
-//! incident (target, pattern, dimension, value): open after the condition
-//! held in `open_after` consecutive evaluations; resolve only after it has
-//! not held for `resolve_after` consecutive evaluations *and* for at least
-//! `resolve_quiet`. The state is persisted by the detector, so a restart
-//! continues the count instead of starting over.
+//! Incident lifecycle with hysteresis, a pure state machine per tracked
+//! failure: open once the failure has persisted, i.e. the evidence shows
+//! failures in `open_after` distinct probe rounds (however often the
+//! detector runs: a one-round blip seen by two passes is still one round);
+//! resolve only after
+//! it has not held for `resolve_after` consecutive evaluations *and* for at
+//! least `resolve_quiet`; replace the explanation of an open incident only
+//! after another one led for `update_after` consecutive evaluations. The
+//! state is persisted by the detector, so a restart continues the count
+//! instead of starting over.
 
 use std::time::Duration;
 
@@ -15,6 +19,7 @@ pub struct Hysteresis {
     pub open_after: u32,
     pub resolve_after: u32,
     pub resolve_quiet: Duration,
+    pub update_after: u32,
 }
 
 impl Default for Hysteresis {
@@ -23,6 +28,7 @@ impl Default for Hysteresis {
             open_after: 2,
             resolve_after: 3,
             resolve_quiet: Duration::from_secs(120),
+            update_after: 2,
         }
     }
 }
@@ -51,9 +57,10 @@ impl KeyState {
 pub struct Observation {
     /// The segment was flagged (or the target failed globally).
     pub held: bool,
-    /// It leads a finding no open incident already covers: only then may
-    /// it open one.
+    /// It may open an incident (it is not already one).
     pub may_open: bool,
+    /// Distinct probe rounds with failures in the evidence.
+    pub rounds_failing: u32,
 }
 
 /// What the evaluation does to the candidate's incident.
@@ -78,7 +85,7 @@ pub fn step(
         next.held_streak = state.held_streak.saturating_add(1);
         next.clear_streak = 0;
         next.last_held_at = Some(now);
-        if state.incident.is_none() && obs.may_open && next.held_streak >= h.open_after {
+        if state.incident.is_none() && obs.may_open && obs.rounds_failing >= h.open_after {
             return (next, Transition::Open);
         }
         return (next, Transition::None);
@@ -97,6 +104,29 @@ pub fn step(
     (next, Transition::None)
 }
 
+/// One evaluation of an open incident's explanation: `leader` led the
+/// evidence this time (`None`: the current explanation did). Returns the
+/// new pending (leader, streak), and whether the leader replaces the
+/// current explanation now.
+pub fn explanation_step<K: PartialEq + Clone>(
+    pending: Option<(K, u32)>,
+    leader: Option<K>,
+    h: &Hysteresis,
+) -> (Option<(K, u32)>, bool) {
+    let Some(leader) = leader else {
+        return (None, false);
+    };
+    let streak = match pending {
+        Some((k, n)) if k == leader => n.saturating_add(1),
+        _ => 1,
+    };
+    if streak >= h.update_after {
+        (None, true)
+    } else {
+        (Some((leader, streak)), false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,13 +136,22 @@ mod tests {
         open_after: 2,
         resolve_after: 3,
         resolve_quiet: Duration::from_secs(60),
+        update_after: 2,
     };
 
-    fn obs(held: bool) -> Observation {
-        Observation {
-            held,
-            may_open: true,
-        }
+    /// Observations of a failure that has been seen once per pass so far.
+    fn observe(seq: &[bool]) -> Vec<Observation> {
+        let mut rounds = 0;
+        seq.iter()
+            .map(|held| {
+                rounds = if *held { rounds + 1 } else { 0 };
+                Observation {
+                    held: *held,
+                    may_open: true,
+                    rounds_failing: rounds,
+                }
+            })
+            .collect()
     }
 
     /// Runs observations 30 s apart; returns the transitions.
@@ -136,9 +175,7 @@ mod tests {
 
     #[test]
     fn opens_after_k_and_resolves_after_m_and_quiet_time() {
-        let seq: Vec<_> = [true, true, true, false, false, false, false]
-            .map(obs)
-            .to_vec();
+        let seq = observe(&[true, true, true, false, false, false, false]);
         // Open at the 2nd holding evaluation; 3 clear evaluations are 90 s,
         // but the quiet time counts from the last hold (index 2, t = 60 s):
         // index 5 is 90 s later, so it resolves there.
@@ -150,11 +187,9 @@ mod tests {
 
     #[test]
     fn a_single_blip_opens_nothing_and_a_flap_resolves_nothing() {
-        let seq: Vec<_> = [true, false, true, false].map(obs).to_vec();
+        let seq = observe(&[true, false, true, false]);
         assert!(run(&seq).is_empty());
-        let seq: Vec<_> = [true, true, false, false, true, false, false, true]
-            .map(obs)
-            .to_vec();
+        let seq = observe(&[true, true, false, false, true, false, false, true]);
         assert_eq!(run(&seq), vec![(1, Transition::Open)]);
     }
 
@@ -163,20 +198,70 @@ mod tests {
         let seq = vec![
             Observation {
                 held: true,
-                may_open: false
+                may_open: false,
+                rounds_failing: 5,
             };
             5
         ];
         assert!(run(&seq).is_empty());
     }
 
+    #[test]
+    fn failures_over_two_rounds_open_at_the_first_pass_that_sees_them() {
+        let seq = vec![Observation {
+            held: true,
+            may_open: true,
+            rounds_failing: 2,
+        }];
+        assert_eq!(run(&seq), vec![(0, Transition::Open)]);
+        // A one-round blip seen by many passes opens nothing.
+        let seq = vec![
+            Observation {
+                held: true,
+                may_open: true,
+                rounds_failing: 1,
+            };
+            6
+        ];
+        assert!(run(&seq).is_empty());
+    }
+
+    #[test]
+    fn an_explanation_changes_only_after_leading_update_after_times() {
+        let mut pending = None;
+        let mut changes = Vec::new();
+        for (i, leader) in [Some("a"), None, Some("a"), Some("b"), Some("a"), Some("a")]
+            .into_iter()
+            .enumerate()
+        {
+            let (next, change) = explanation_step(pending, leader, &H);
+            pending = next;
+            if change {
+                changes.push(i);
+            }
+        }
+        assert_eq!(changes, [5], "a, b, a flip-flops; a twice in a row wins");
+    }
+
     proptest! {
         /// Any sequence: transitions alternate open, resolve, open, ...;
         /// every open follows K consecutive holds; every resolve follows M
         /// consecutive clears.
+        /// Alternating leaders never change the explanation.
+        #[test]
+        fn alternating_leaders_never_change_the_explanation(n in 0usize..50) {
+            let mut pending = None;
+            for i in 0..n {
+                let leader = Some(if i % 2 == 0 { "a" } else { "b" });
+                let (next, change) = explanation_step(pending, leader, &H);
+                prop_assert!(!change);
+                pending = next;
+            }
+        }
+
         #[test]
         fn exactly_one_open_and_one_resolve_per_incident(seq in proptest::collection::vec(any::<bool>(), 0..200)) {
-            let observations: Vec<_> = seq.iter().copied().map(obs).collect();
+            let observations = observe(&seq);
             let transitions = run(&observations);
             for (n, (i, t)) in transitions.iter().enumerate() {
                 match t {

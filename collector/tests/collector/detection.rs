@@ -85,6 +85,8 @@ async fn write_probes_over(
     let mut times = Vec::new();
     let mut statuses = Vec::new();
     let step = span.as_secs_f64() / (per_vantage as f64 + 1.0);
+    // One probe per vantage per round: the round is the spacing.
+    let interval_ms = (step * 1000.0) as i32;
     for v in fleet {
         for i in 0..per_vantage {
             let o = decide(v, i);
@@ -110,8 +112,8 @@ async fn write_probes_over(
     sqlx::query(
         "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
                                     outcome, http_status, resolver, resolver_egress_ip, dialed_ip,
-                                    local_ip, gateway, http_version)
-         SELECT a, s, t, r, 'shop', $1, 'GET', o, st, res, re::inet, d::inet, l::inet, g, v
+                                    local_ip, gateway, http_version, interval_ms)
+         SELECT a, s, t, r, 'shop', $1, 'GET', o, st, res, re::inet, d::inet, l::inet, g, v, $14
          FROM UNNEST($2::text[], $3::int8[], $4::timestamptz[], $5::text[], $6::text[],
                      $7::int2[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
                      $13::text[])
@@ -130,6 +132,7 @@ async fn write_probes_over(
     .bind(col("local"))
     .bind(col("gateway"))
     .bind(col("version"))
+    .bind(interval_ms)
     .execute(pool)
     .await
     .unwrap();
@@ -154,18 +157,28 @@ fn settings() -> DetectorSettings {
             open_after: 2,
             resolve_after: 3,
             resolve_quiet: Duration::from_secs(60),
+            update_after: 2,
         },
         ..DetectorSettings::default()
     }
 }
 
-/// Two passes 15 s apart over the same probes (the condition must hold in
-/// two consecutive evaluations to open).
+/// Two passes 15 s apart over the same probes; what both opened,
+/// re-explained and resolved.
 async fn two_passes(d: &Detector, end: DateTime<Utc>) -> PassSummary {
-    d.evaluate_at(end).await.unwrap();
-    d.evaluate_at(end + chrono::Duration::seconds(15))
+    let first = d.evaluate_at(end).await.unwrap();
+    let mut second = d
+        .evaluate_at(end + chrono::Duration::seconds(15))
         .await
-        .unwrap()
+        .unwrap();
+    assert!(
+        first.ran && second.ran,
+        "the test's detector holds the lease"
+    );
+    second.opened.splice(0..0, first.opened);
+    second.updated.splice(0..0, first.updated);
+    second.resolved.splice(0..0, first.resolved);
+    second
 }
 
 /// The usual scenario: the default fleet with `per_vantage` probes each in
@@ -275,8 +288,8 @@ async fn one_failing_slash_24_inside_a_healthy_region_is_the_prefix(pool: PgPool
     );
     assert!(
         row.6.starts_with(
-            "60 of 60 probes of http://shop.test/ from egress prefix 127.10.1.0/24 got 502; \
-             0 of 180 from everywhere else"
+            "60 of 60 probes of http://shop.test/ from egress prefix 127.10.1.0/24 got 502 in \
+             the whole window (5m); 0 of 180 from everywhere else"
         ),
         "{}",
         row.6
@@ -364,7 +377,7 @@ async fn one_bad_address_among_several_records_is_the_address(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn failing_everywhere_is_global(pool: PgPool) {
     detect_over_fleet(&pool, 20, |_, i| {
-        http(GOOD, if i % 10 == 0 { 200 } else { 502 })
+        http(GOOD, if i % 10 == 5 { 200 } else { 502 })
     })
     .await;
     let rows = incidents(&pool).await;
@@ -441,21 +454,45 @@ async fn two_percent_random_failures_open_nothing(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
-async fn tiny_samples_open_nothing_and_the_same_failure_with_enough_probes_does(pool: PgPool) {
+async fn one_failing_round_of_two_vantages_opens_nothing_and_a_second_round_opens(pool: PgPool) {
     let (_, d) = detector(&pool, settings()).await;
-    let now = Utc::now() - chrono::Duration::minutes(30);
-    let eu_fails = |v: &Vantage, _| http(GOOD, if v.region == "eu" { 502 } else { 200 });
-    // 3 probes per vantage: 18 in eu, fewer than min_probes (20).
-    write_probes(&pool, &fleet(), 3, now, eu_fails).await;
-    two_passes(&d, now).await;
+    // Ten 30 s rounds ending at `end`; the three vantages of 127.10.1.0/24
+    // fail in the last two (the other nine vantages do not).
+    let end = Utc::now() - chrono::Duration::minutes(30);
+    let failing = |v: &Vantage| v.agent.starts_with("eu-127.10.1.");
+    write_probes_over(
+        &pool,
+        &fleet(),
+        10,
+        end,
+        Duration::from_secs(330),
+        |v, i| http(GOOD, if failing(v) && i < 2 { 502 } else { 200 }),
+    )
+    .await;
+    // One round of failures in sight: 3 of 12 probes, not yet a pattern.
+    let one = d
+        .evaluate_at(end - chrono::Duration::seconds(30))
+        .await
+        .unwrap();
+    assert!(one.opened.is_empty(), "{one:?}");
     assert!(incidents(&pool).await.is_empty());
-    // Control: the same failure with 5 probes per vantage (30 in eu) opens.
-    let later = now + chrono::Duration::minutes(10);
-    write_probes(&pool, &fleet(), 5, later, eu_fails).await;
-    two_passes(&d, later).await;
+    // The second round: 6 of 6 against 0 of 18, and opened at once.
+    let two = d.evaluate_at(end).await.unwrap();
+    assert_eq!(two.opened.len(), 1, "{two:?}");
     let rows = incidents(&pool).await;
-    assert_eq!(rows.len(), 1, "{rows:#?}");
-    assert_eq!(rows[0].3, "eu");
+    assert_eq!(
+        (rows[0].2.as_str(), rows[0].3.as_str()),
+        ("egress_prefix", "127.10.1.0/24"),
+        "{rows:#?}"
+    );
+    assert!(
+        rows[0].6.starts_with(
+            "6 of 6 probes of http://shop.test/ from egress prefix 127.10.1.0/24 got 502 in the \
+             last 2 probe rounds (1m); 0 of 18 from everywhere else"
+        ),
+        "{}",
+        rows[0].6
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -509,6 +546,7 @@ async fn recovery_resolves_once_and_a_restart_neither_reopens_nor_forgets(pool: 
         .await;
         if minute == 3 || minute == 6 {
             // A restart: a new detector over the same database.
+            d.as_ref().unwrap().release_lease().await;
             d = Some(Detector::new(
                 store.clone(),
                 settings.clone(),
@@ -522,9 +560,10 @@ async fn recovery_resolves_once_and_a_restart_neither_reopens_nor_forgets(pool: 
     assert_eq!(opened.len(), 1, "{opened:?}");
     assert_eq!(resolved.len(), 1, "{resolved:?}");
     assert_eq!(opened[0].1, resolved[0].1);
-    // Opens at the 2nd failing window; the last failing window is minute 4,
-    // so 3 clear evaluations end at minute 7 (and 3 min >= the 60 s quiet).
-    assert_eq!((opened[0].0, resolved[0].0), (2, 7));
+    // Opens at the first pass (its window shows ten failing rounds); the
+    // last failing window is minute 4, so 3 clear evaluations end at
+    // minute 7 (and 3 min >= the 60 s quiet).
+    assert_eq!((opened[0].0, resolved[0].0), (1, 7));
     let (state, resolved_at): (String, Option<DateTime<Utc>>) =
         sqlx::query_as("SELECT state, resolved_at FROM v_incidents")
             .fetch_one(&pool)
@@ -579,14 +618,15 @@ async fn statuses_are_configurable_per_check(pool: PgPool) {
     write_probes(&pool, &fleet(), 20, now, eu_503).await;
     two_passes(&d, now).await;
     assert!(incidents(&pool).await.is_empty());
-    // The check "shop" counts 502 and 503.
+    // The check "shop" counts 502 and 503 (a restarted collector).
+    d.release_lease().await;
     let mut s = settings();
     s.check_statuses.insert("shop".into(), vec![502, 503]);
     let (_, d) = detector(&pool, s).await;
-    two_passes(&d, now + chrono::Duration::seconds(30)).await;
+    two_passes(&d, now).await;
     let rows = incidents(&pool).await;
     assert_eq!(rows.len(), 1, "{rows:#?}");
-    assert!(rows[0].6.contains("got 502/503;"), "{}", rows[0].6);
+    assert!(rows[0].6.contains("got 502/503 in"), "{}", rows[0].6);
 }
 
 #[sqlx::test(migrations = false)]

@@ -49,7 +49,32 @@ async fn views_have_the_documented_columns(pool: PgPool) {
             "duration",
             "window_seconds",
             "statuses",
-            "evidence"
+            "evidence",
+            "scope",
+            "targets",
+            "fault_side",
+            "version"
+        ]
+    );
+    assert_eq!(
+        columns(&pool, "v_incident_history").await,
+        [
+            "incident_id",
+            "version",
+            "scope",
+            "kind",
+            "dimension",
+            "value",
+            "narrowed_value",
+            "explanation",
+            "segment_failures",
+            "segment_probes",
+            "rest_failures",
+            "rest_probes",
+            "p_value",
+            "explained_at",
+            "replaced_at",
+            "current"
         ]
     );
     assert_eq!(
@@ -70,7 +95,8 @@ async fn views_have_the_documented_columns(pool: PgPool) {
             "vantages",
             "p_value",
             "flagged",
-            "evaluated_at"
+            "evaluated_at",
+            "window_rounds"
         ]
     );
     assert_eq!(

@@ -1,6 +1,13 @@
-//! PostgreSQL access: migrations, partitions, batch inserts, the detector's
-//! window, state and runs, the IP-to-ASN table and the incident table. Every SQL statement of the collector
-//! lives here.
+//! PostgreSQL access: migrations, partitions, agents, batch inserts and
+//! the IP-to-ASN table here; the detector's window, tracked state, runs,
+//! lease and incidents in [`detection`]. Every SQL statement of the
+//! collector lives in this module.
+
+mod detection;
+
+pub use detection::{
+    Applied, Incident, IncidentRecord, Notification, RateRow, RunRecord, WindowCell,
+};
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -76,6 +83,10 @@ pub struct StoredResult {
     pub edge_location: Option<String>,
     /// JSON array, one object per redirect hop.
     pub hops: serde_json::Value,
+    /// The check's interval (one probe round), milliseconds.
+    pub interval_ms: Option<i32>,
+    /// The forward proxy's address as dialled.
+    pub proxy_ip: Option<IpAddr>,
 }
 
 /// What the agent said in its Hello, plus where it came from. Its identity
@@ -123,132 +134,6 @@ pub struct StoredGap {
 pub struct Inserted {
     pub new_rows: u64,
     pub duplicates: u64,
-}
-
-/// An incident as stored (the columns the alerter and the demo read).
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct Incident {
-    pub id: i64,
-    pub target: String,
-    pub pattern: String,
-    pub kind: String,
-    pub dimension: String,
-    pub value: String,
-    pub narrowed_value: Option<String>,
-    pub explanation: String,
-    pub statuses: Vec<i16>,
-    pub segment_failures: i64,
-    pub segment_probes: i64,
-    pub rest_failures: i64,
-    pub rest_probes: i64,
-    pub p_value: Option<f64>,
-    pub failing_vantages: i32,
-    pub correlated: serde_json::Value,
-    pub gateways: Vec<String>,
-    pub edge_locations: Vec<String>,
-    pub first_failure_at: Option<DateTime<Utc>>,
-    pub last_failure_at: Option<DateTime<Utc>>,
-    pub window_seconds: i32,
-    pub opened_at: DateTime<Utc>,
-    pub last_seen_at: DateTime<Utc>,
-    pub resolved_at: Option<DateTime<Utc>>,
-}
-
-/// The columns of [`Incident`], for SELECTs.
-const INCIDENT_COLUMNS: &str = "id, target, pattern, kind, dimension, value, narrowed_value, \
-    explanation, statuses, segment_failures, segment_probes, rest_failures, rest_probes, p_value, \
-    failing_vantages, correlated, gateways, edge_locations, first_failure_at, last_failure_at, \
-    window_seconds, opened_at, last_seen_at, resolved_at";
-
-/// What an evaluation writes into an incident when it opens it or while it
-/// stays open.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IncidentRecord {
-    pub target: String,
-    pub pattern: String,
-    pub kind: &'static str,
-    pub dimension: String,
-    pub value: String,
-    pub narrowed_value: Option<String>,
-    pub statuses: Vec<i16>,
-    pub explanation: String,
-    /// Segment failures, segment probes, rest failures, rest probes.
-    pub counts: [i64; 4],
-    pub p_value: Option<f64>,
-    pub failing_vantages: i32,
-    pub correlated: serde_json::Value,
-    pub first_failure_at: Option<DateTime<Utc>>,
-    pub last_failure_at: Option<DateTime<Utc>>,
-    pub gateways: Vec<String>,
-    pub edge_locations: Vec<String>,
-    pub evidence: serde_json::Value,
-    pub window_seconds: i32,
-}
-
-/// Probes of one target in the detection window that agree on every
-/// dimension's source value, status, outcome and vantage.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WindowCell {
-    pub target: String,
-    pub check: String,
-    pub outcome: String,
-    /// The HTTP status, or the forward proxy's refusal status.
-    pub status: Option<i16>,
-    pub agent_id: String,
-    pub vantage: String,
-    /// One per source expression asked for.
-    pub sources: Vec<Option<String>>,
-    pub probes: i64,
-    pub first_at: DateTime<Utc>,
-    pub last_at: DateTime<Utc>,
-    /// The newest result's sequence number (a sample result id).
-    pub last_seq: i64,
-}
-
-/// The persisted hysteresis of one candidate incident.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct StateRow {
-    pub target: String,
-    pub pattern: String,
-    pub dimension: String,
-    pub value: String,
-    pub held_streak: i32,
-    pub clear_streak: i32,
-    pub last_held_at: Option<DateTime<Utc>>,
-    pub incident_id: Option<i64>,
-}
-
-/// One row of `segment_rates`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateRow {
-    pub target: String,
-    pub pattern: String,
-    pub dimension: String,
-    pub value: String,
-    pub probes: i64,
-    pub failures: i64,
-    pub rest_probes: i64,
-    pub rest_failures: i64,
-    pub vantages: i32,
-    pub p_value: Option<f64>,
-    pub flagged: bool,
-}
-
-/// A detection pass, for `detection_runs`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunRecord {
-    pub evaluated_at: DateTime<Utc>,
-    pub window_start: DateTime<Utc>,
-    pub window_end: DateTime<Utc>,
-    pub probes: i64,
-    pub duration_ms: f64,
-}
-
-/// Which notification of an incident is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Notification {
-    Opened,
-    Resolved,
 }
 
 /// The collector's database.
@@ -438,7 +323,7 @@ impl Store {
                 vantage, proxy, proxy_status, dns_rcode, resolver_egress_ip, resolver_nsid,
                 resolver_identity_error, echo_ip, proxy_us, transfer_us, tls_version, tls_alpn,
                 tls_cipher, cert_subject, cert_issuer, cert_not_after, body_bytes, body_sha256,
-                body_truncated, gateway, edge_location, hops)
+                body_truncated, gateway, edge_location, hops, interval_ms, proxy_ip)
              SELECT $1, COALESCE(t.region, $2), t.seq, t.started_at, t.check_name, t.url,
                 t.method, t.outcome, t.message, t.http_status, t.http_version, t.resolver,
                 t.resolved_ips::inet[], t.resolved_ttls::integer[],
@@ -448,7 +333,7 @@ impl Store {
                 t.resolver_nsid, t.resolver_identity_error, t.echo_ip::inet, t.proxy_us,
                 t.transfer_us, t.tls_version, t.tls_alpn, t.tls_cipher, t.cert_subject,
                 t.cert_issuer, t.cert_not_after, t.body_bytes, t.body_sha256, t.body_truncated,
-                t.gateway, t.edge_location, t.hops::jsonb
+                t.gateway, t.edge_location, t.hops::jsonb, t.interval_ms, t.proxy_ip::inet
              FROM UNNEST(
                 $3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[],
                 $9::text[], $10::smallint[], $11::text[], $12::text[], $13::text[], $14::text[],
@@ -458,14 +343,16 @@ impl Store {
                 $29::text[], $30::text[], $31::text[], $32::text[], $33::text[],
                 $34::bigint[], $35::bigint[], $36::text[], $37::text[], $38::text[],
                 $39::text[], $40::text[], $41::timestamptz[], $42::bigint[], $43::text[],
-                $44::boolean[], $45::text[], $46::text[], $47::text[]
+                $44::boolean[], $45::text[], $46::text[], $47::text[], $48::integer[],
+                $49::text[]
              ) AS t(seq, started_at, check_name, url, method, outcome, message, http_status,
                     http_version, resolver, resolved_ips, resolved_ttls, dialed_ip, dialed_port,
                     local_ip, egress_ip, dns_us, connect_us, tls_us, ttfb_us, total_us, headers,
                     region, vantage, proxy, proxy_status, dns_rcode, resolver_egress_ip,
                     resolver_nsid, resolver_identity_error, echo_ip, proxy_us, transfer_us,
                     tls_version, tls_alpn, tls_cipher, cert_subject, cert_issuer, cert_not_after,
-                    body_bytes, body_sha256, body_truncated, gateway, edge_location, hops)
+                    body_bytes, body_sha256, body_truncated, gateway, edge_location, hops,
+                    interval_ms, proxy_ip)
              ON CONFLICT DO NOTHING",
         )
         .bind(agent_id)
@@ -515,6 +402,8 @@ impl Store {
         .bind(columns.gateway)
         .bind(columns.edge_location)
         .bind(columns.hops)
+        .bind(columns.interval_ms)
+        .bind(columns.proxy_ip)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -562,245 +451,6 @@ impl Store {
             new_rows: inserted,
             duplicates: total.saturating_sub(inserted),
         })
-    }
-
-    /// The probes of every target in `(start, end]`, grouped by the given
-    /// SQL `sources` (text-valued expressions over `probe_results`, taken
-    /// from the dimension table, never from input) plus target, check,
-    /// outcome, status and vantage. One scan of the window's partitions.
-    pub async fn window_cells(
-        &self,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-        sources: &[&'static str],
-    ) -> Result<Vec<WindowCell>, StoreError> {
-        use sqlx::Row;
-        let fixed = WINDOW_FIXED_COLUMNS;
-        let sql = window_sql(sources);
-        let mut tx = self.pool.begin().await?;
-        sqlx::raw_sql(WINDOW_PLANNER).execute(&mut *tx).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(start)
-            .bind(end)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let mut cells = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut values = Vec::with_capacity(sources.len());
-            for i in 0..sources.len() {
-                values.push(row.try_get::<Option<String>, _>(fixed + i)?);
-            }
-            let n = fixed + sources.len();
-            cells.push(WindowCell {
-                target: row.try_get(0)?,
-                check: row.try_get(1)?,
-                outcome: row.try_get(2)?,
-                status: row.try_get(3)?,
-                agent_id: row.try_get(4)?,
-                vantage: row.try_get(5)?,
-                sources: values,
-                probes: row.try_get(n)?,
-                first_at: row.try_get(n + 1)?,
-                last_at: row.try_get(n + 2)?,
-                last_seq: row.try_get(n + 3)?,
-            });
-        }
-        Ok(cells)
-    }
-
-    /// The query plan of [`Self::window_cells`] (`EXPLAIN (FORMAT JSON)`,
-    /// with `ANALYZE` if asked), for the benchmark.
-    pub async fn explain_window_cells(
-        &self,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-        sources: &[&'static str],
-        analyze: bool,
-    ) -> Result<serde_json::Value, StoreError> {
-        let options = if analyze {
-            "ANALYZE, BUFFERS, FORMAT JSON"
-        } else {
-            "FORMAT JSON"
-        };
-        let sql = format!("EXPLAIN ({options}) {}", window_sql(sources));
-        let mut tx = self.pool.begin().await?;
-        sqlx::raw_sql(WINDOW_PLANNER).execute(&mut *tx).await?;
-        let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(start)
-            .bind(end)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(plan)
-    }
-
-    /// The hysteresis state of every candidate incident.
-    pub async fn detector_states(&self) -> Result<Vec<StateRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT target, pattern, dimension, value, held_streak, clear_streak, last_held_at,
-                    incident_id
-             FROM detector_state",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Writes the hysteresis state: `rows` replace what is stored; every
-    /// other row is deleted (its candidate went idle).
-    pub async fn replace_detector_states(&self, rows: &[StateRow]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM detector_state")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO detector_state (target, pattern, dimension, value, held_streak,
-                                         clear_streak, last_held_at, incident_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[],
-                                  $6::int4[], $7::timestamptz[], $8::int8[])",
-        )
-        .bind(rows.iter().map(|r| r.target.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.pattern.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.dimension.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.value.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.held_streak).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.clear_streak).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.last_held_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.incident_id).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records a detection pass and its segment rates; drops passes older
-    /// than `keep_since`.
-    pub async fn record_run(
-        &self,
-        run: &RunRecord,
-        rates: &[RateRow],
-        keep_since: DateTime<Utc>,
-    ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO detection_runs (evaluated_at, window_start, window_end, probes, duration_ms)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(run.evaluated_at)
-        .bind(run.window_start)
-        .bind(run.window_end)
-        .bind(run.probes)
-        .bind(run.duration_ms)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO segment_rates (run_id, target, pattern, dimension, value, probes, failures,
-                                        rest_probes, rest_failures, vantages, p_value, flagged)
-             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
-                                      $7::int8[], $8::int8[], $9::int8[], $10::int4[],
-                                      $11::float8[], $12::bool[])",
-        )
-        .bind(id)
-        .bind(rates.iter().map(|r| r.target.clone()).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.pattern.clone()).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.dimension.clone()).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.value.clone()).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.probes).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.failures).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.rest_probes).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.rest_failures).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.vantages).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.p_value).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.flagged).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM detection_runs WHERE evaluated_at < $1")
-            .bind(keep_since)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(id)
-    }
-
-    /// Every incident not yet resolved.
-    pub async fn open_incidents(&self) -> Result<Vec<Incident>, StoreError> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE resolved_at IS NULL ORDER BY id"
-        )))
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Opens an incident at `at`; returns None if one is open for the same
-    /// key already.
-    pub async fn open_incident(
-        &self,
-        r: &IncidentRecord,
-        at: DateTime<Utc>,
-    ) -> Result<Option<i64>, StoreError> {
-        let id = bind_record(
-            sqlx::query_scalar(
-                "INSERT INTO incidents (target, pattern, kind, dimension, value, narrowed_value,
-                                        statuses, explanation, segment_failures, segment_probes,
-                                        rest_failures, rest_probes, p_value, failing_vantages,
-                                        correlated, first_failure_at, last_failure_at, gateways,
-                                        edge_locations, evidence, window_seconds, opened_at,
-                                        last_seen_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                         $17, $18, $19, $20, $21, $22, $22)
-                 ON CONFLICT (target, pattern, dimension, value) WHERE resolved_at IS NULL
-                 DO NOTHING
-                 RETURNING id",
-            ),
-            r,
-            at,
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(id)
-    }
-
-    /// Refreshes open incident `id` with the latest evaluation's evidence.
-    /// The first failure is kept; the failure window only grows; the key,
-    /// kind, statuses and window stay as they were at opening.
-    pub async fn refresh_incident(
-        &self,
-        id: i64,
-        r: &IncidentRecord,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let _refreshed: Option<i64> = bind_record(
-            sqlx::query_scalar(
-                "UPDATE incidents SET narrowed_value = $6, explanation = $8,
-                        segment_failures = $9, segment_probes = $10, rest_failures = $11,
-                        rest_probes = $12, p_value = $13, failing_vantages = $14,
-                        correlated = $15,
-                        first_failure_at = LEAST(first_failure_at, $16),
-                        last_failure_at = GREATEST(last_failure_at, $17),
-                        gateways = ARRAY(SELECT DISTINCT unnest(gateways || $18) ORDER BY 1),
-                        edge_locations =
-                            ARRAY(SELECT DISTINCT unnest(edge_locations || $19) ORDER BY 1),
-                        evidence = $20, last_seen_at = $22
-                 WHERE id = $23 AND resolved_at IS NULL
-                 RETURNING id",
-            ),
-            r,
-            at,
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Marks an open incident resolved at `at`.
-    pub async fn resolve_incident(&self, id: i64, at: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE incidents SET resolved_at = $2 WHERE id = $1 AND resolved_at IS NULL")
-            .bind(id)
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     /// The id of the latest IP-to-ASN load, if any.
@@ -885,118 +535,6 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
-
-    /// Incidents whose open or resolve notification has not been sent.
-    pub async fn pending_notifications(&self) -> Result<Vec<(Incident, Notification)>, StoreError> {
-        let rows: Vec<IncidentWithOutbox> = sqlx::query_as(
-            "SELECT * FROM incidents
-             WHERE open_notified_at IS NULL
-                OR (resolved_at IS NOT NULL AND resolve_notified_at IS NULL)
-             ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut due = Vec::new();
-        for row in rows {
-            let open_pending = row.open_notified_at.is_none();
-            let resolve_pending =
-                row.incident.resolved_at.is_some() && row.resolve_notified_at.is_none();
-            if open_pending {
-                due.push((row.incident.clone(), Notification::Opened));
-            }
-            if resolve_pending {
-                due.push((row.incident, Notification::Resolved));
-            }
-        }
-        Ok(due)
-    }
-
-    /// Records that a notification was handled (sent, or given up on).
-    pub async fn mark_notified(&self, id: i64, which: Notification) -> Result<(), StoreError> {
-        let sql = match which {
-            Notification::Opened => "UPDATE incidents SET open_notified_at = now() WHERE id = $1",
-            Notification::Resolved => {
-                "UPDATE incidents SET resolve_notified_at = now() WHERE id = $1"
-            }
-        };
-        sqlx::query(sql).bind(id).execute(&self.pool).await?;
-        Ok(())
-    }
-}
-
-/// Binds an incident record as `$1`..`$21` (the columns' order in
-/// `open_incident`) and `at` as `$22`; statements use the ones they need.
-fn bind_record<'q, O>(
-    query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    r: &'q IncidentRecord,
-    at: DateTime<Utc>,
-) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    query
-        .bind(&r.target)
-        .bind(&r.pattern)
-        .bind(r.kind)
-        .bind(&r.dimension)
-        .bind(&r.value)
-        .bind(&r.narrowed_value)
-        .bind(&r.statuses)
-        .bind(&r.explanation)
-        .bind(r.counts[0])
-        .bind(r.counts[1])
-        .bind(r.counts[2])
-        .bind(r.counts[3])
-        .bind(r.p_value)
-        .bind(r.failing_vantages)
-        .bind(&r.correlated)
-        .bind(r.first_failure_at)
-        .bind(r.last_failure_at)
-        .bind(&r.gateways)
-        .bind(&r.edge_locations)
-        .bind(&r.evidence)
-        .bind(r.window_seconds)
-        .bind(at)
-}
-
-/// Planner settings for the window query's aggregate, local to its
-/// transaction: the groups are few (thousands) but the planner multiplies
-/// the distinct counts of 20 grouping columns, expects millions, and sorts
-/// the whole window instead of hashing it (37 s instead of about 5 at 10 M
-/// rows). Hashing is right whatever it estimates.
-const WINDOW_PLANNER: &str = "SET LOCAL work_mem = '64MB'; SET LOCAL enable_sort = off";
-
-/// Columns of the window query before the dimension sources.
-const WINDOW_FIXED_COLUMNS: usize = 6;
-
-/// The window query: one aggregate over the window's partitions, grouped
-/// by target, check, outcome, status, vantage and every source.
-fn window_sql(sources: &[&'static str]) -> String {
-    // Byte-order collation: grouping needs equality, not language order,
-    // and "C" compares text several times faster than a locale does.
-    let mut select = String::from(
-        "SELECT url COLLATE \"C\", check_name COLLATE \"C\", outcome COLLATE \"C\",
-                COALESCE(http_status, proxy_status), agent_id COLLATE \"C\",
-                vantage COLLATE \"C\"",
-    );
-    for s in sources {
-        select.push_str(&format!(", ({s})::text COLLATE \"C\""));
-    }
-    let group: Vec<String> = (1..=WINDOW_FIXED_COLUMNS + sources.len())
-        .map(|i| i.to_string())
-        .collect();
-    format!(
-        "{select}, count(*), min(started_at), max(started_at), max(seq)
-         FROM probe_results
-         WHERE started_at > $1 AND started_at <= $2
-         GROUP BY {}",
-        group.join(", ")
-    )
-}
-
-#[derive(sqlx::FromRow)]
-struct IncidentWithOutbox {
-    #[sqlx(flatten)]
-    incident: Incident,
-    open_notified_at: Option<DateTime<Utc>>,
-    resolve_notified_at: Option<DateTime<Utc>>,
 }
 
 /// A batch turned inside out: one array per column, for UNNEST.
@@ -1046,6 +584,8 @@ struct Columns {
     gateway: Vec<Option<String>>,
     edge_location: Vec<Option<String>>,
     hops: Vec<String>,
+    interval_ms: Vec<Option<i32>>,
+    proxy_ip: Vec<Option<String>>,
 }
 
 impl From<&[StoredResult]> for Columns {
@@ -1129,6 +669,11 @@ impl From<&[StoredResult]> for Columns {
             gateway: results.iter().map(|r| r.gateway.clone()).collect(),
             edge_location: results.iter().map(|r| r.edge_location.clone()).collect(),
             hops: results.iter().map(|r| r.hops.to_string()).collect(),
+            interval_ms: results.iter().map(|r| r.interval_ms).collect(),
+            proxy_ip: results
+                .iter()
+                .map(|r| r.proxy_ip.map(|a| a.to_string()))
+                .collect(),
         }
     }
 }

@@ -1,0 +1,483 @@
+//! One detection pass as a pure plan (no I/O, no clock): the window's
+//! cells are grouped per target and failure pattern, assessed over several
+//! windows ([`decision`]), assessed once more across targets for path
+//! failures, matched to the failures tracked so far ([`track`]), run
+//! through the hysteresis ([`lifecycle`]), and turned into the incident
+//! records to open, re-explain, refresh and resolve. The detector applies
+//! the plan in one transaction.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+
+use super::asn::AsnTable;
+use super::decision::{self, Assessment, Counts, Finding, Group, Window};
+use super::dimensions::{DIMENSIONS, Derive, DeriveContext};
+use super::explain::{self, Population};
+use super::lifecycle::{self, Observation, Transition};
+use super::track::{self, CandidateKey, PATH_TARGET, Seen, Tracked};
+use super::{CONNECTION_OUTCOMES, DetectorSettings, Pattern, dimension_infos};
+use crate::store::{Incident, IncidentRecord, RateRow, WindowCell};
+
+/// Everything a pass reads.
+pub struct PassInput<'a> {
+    pub cells: &'a [WindowCell],
+    /// The failures tracked by the previous pass.
+    pub tracked: Vec<Tracked>,
+    /// Open incidents (for how a new one relates to them).
+    pub open: &'a [Incident],
+    pub settings: &'a DetectorSettings,
+    pub asn: &'a AsnTable,
+    /// The boundaries of the cells' age buckets, in rounds.
+    pub thresholds: &'a [u32],
+    pub now: DateTime<Utc>,
+}
+
+/// What a pass decided.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Incidents to open: the index of their tracked failure (which gets
+    /// the new id) and the record.
+    pub opens: Vec<(usize, IncidentRecord)>,
+    /// Open incidents re-explained: a new explanation replaces the old.
+    pub updates: Vec<(i64, IncidentRecord)>,
+    /// Open incidents still explained the same way, with fresh evidence.
+    pub refreshes: Vec<(i64, IncidentRecord)>,
+    /// Open incidents still failing while another explanation is pending:
+    /// only their last-seen time moves.
+    pub touches: Vec<i64>,
+    pub resolves: Vec<(i64, CandidateKey)>,
+    /// Every tracked failure after this pass (idle ones dropped).
+    pub tracked: Vec<Tracked>,
+    pub rates: Vec<RateRow>,
+    pub probes: u64,
+    pub segments: usize,
+}
+
+/// Names behind the indexes of a pass.
+#[derive(Default)]
+pub struct Names {
+    pub targets: Vec<String>,
+    /// `agent/vantage`.
+    pub vantages: Vec<String>,
+}
+
+/// A finding of one population, with what is needed to build its record.
+struct Found {
+    population: usize,
+    finding: usize,
+    seen: Seen,
+}
+
+/// Plans one pass.
+pub fn plan(input: PassInput<'_>) -> Plan {
+    let settings = input.settings;
+    let ctx = DeriveContext {
+        prefix_v4: settings.prefix_v4,
+        prefix_v6: settings.prefix_v6,
+        asn: input.asn,
+    };
+    let (mut populations, names) = group(input.cells, &ctx, settings, input.thresholds);
+    let mut plan = Plan {
+        probes: input
+            .cells
+            .iter()
+            .map(|c| u64::try_from(c.probes).unwrap_or(0))
+            .sum(),
+        ..Plan::default()
+    };
+    let infos = dimension_infos();
+    let window_ms = i64::try_from(settings.window.as_millis()).unwrap_or(i64::MAX);
+    for p in &mut populations {
+        p.rounds = rounds_in(window_ms, p.round_ms);
+        p.window = settings.window;
+    }
+    for pattern in Pattern::ALL {
+        if let Some(path) = path_population(&populations, pattern, names.vantages.len()) {
+            populations.push(path);
+        }
+    }
+    let assessments: Vec<Assessment> = populations
+        .iter()
+        .map(|p| {
+            decision::assess(
+                &p.groups,
+                &infos,
+                &decision::windows_for(p.rounds),
+                &settings.params,
+            )
+        })
+        .collect();
+    for (p, a) in populations.iter().zip(&assessments) {
+        plan.segments += a.segments.len();
+        plan.rates.extend(rate_rows(&p.target, p.pattern, a));
+    }
+
+    let found = findings(&populations, &assessments, &names);
+    // The record of a finding, with how it relates to the other open
+    // incidents of its target (which came first).
+    let record = |f: &Found| {
+        let mut r = explain::record(
+            &populations[f.population],
+            &assessments[f.population],
+            f.finding,
+            &names,
+            settings,
+        );
+        if let Some(text) = explain::relation(&r, input.open, input.now) {
+            r.explanation.push(' ');
+            r.explanation.push_str(&text);
+            r.evidence["relation"] = serde_json::json!(text);
+        }
+        r
+    };
+
+    let mut tracked = input.tracked;
+    let owned: Vec<Seen> = found.iter().map(|f| f.seen.clone()).collect();
+    let matches = track::match_seen(&tracked, &owned);
+    let mut seen_of: Vec<Option<usize>> = vec![None; tracked.len()];
+    for (si, m) in matches.iter().enumerate() {
+        match m {
+            Some(ti) => seen_of[*ti] = Some(si),
+            None if owned[si].timing.recent => {
+                tracked.push(Tracked {
+                    key: owned[si].key.clone(),
+                    state: lifecycle::KeyState::default(),
+                    footprint: owned[si].footprint.clone(),
+                    pending: None,
+                });
+                seen_of.push(Some(si));
+            }
+            None => {}
+        }
+    }
+    let mut open_keys: HashSet<CandidateKey> = tracked
+        .iter()
+        .filter(|t| t.state.incident.is_some())
+        .map(|t| t.key.clone())
+        .collect();
+    let h = &settings.hysteresis;
+    for (ti, t) in tracked.iter_mut().enumerate() {
+        let s = seen_of[ti].map(|si| (&found[si], &owned[si]));
+        let held = s.is_some_and(|(_, s)| s.timing.recent);
+        let obs = Observation {
+            held,
+            may_open: true,
+            rounds_failing: s.map_or(0, |(_, s)| {
+                u32::try_from(s.timing.rounds_failing).unwrap_or(u32::MAX)
+            }),
+        };
+        let (next, transition) = lifecycle::step(t.state, obs, input.now, h);
+        t.state = next;
+        match (transition, s) {
+            (Transition::Open, Some((f, s))) => {
+                if open_keys.contains(&s.key) {
+                    // Another open incident already has this explanation.
+                    t.state.incident = None;
+                    continue;
+                }
+                t.key = s.key.clone();
+                t.footprint = s.footprint.clone();
+                open_keys.insert(t.key.clone());
+                plan.opens.push((ti, record(f)));
+            }
+            (Transition::Resolve(id), _) => {
+                plan.resolves.push((id, t.key.clone()));
+                open_keys.remove(&t.key);
+                t.pending = None;
+            }
+            (_, Some((f, s))) if held => {
+                t.footprint = s.footprint.clone();
+                let Some(id) = t.state.incident else {
+                    // A candidate follows its latest explanation.
+                    t.key = s.key.clone();
+                    continue;
+                };
+                let leader = s.beats(&t.key).then(|| s.key.clone());
+                let (pending, change) = lifecycle::explanation_step(t.pending.take(), leader, h);
+                if change && !open_keys.contains(&s.key) {
+                    open_keys.remove(&t.key);
+                    t.key = s.key.clone();
+                    open_keys.insert(t.key.clone());
+                    plan.updates.push((id, record(f)));
+                } else if s.key == t.key {
+                    plan.refreshes.push((id, record(f)));
+                } else {
+                    t.pending = pending;
+                    plan.touches.push(id);
+                }
+            }
+            _ => {}
+        }
+    }
+    // Idle failures are forgotten; the opens keep pointing at theirs.
+    let opening: HashSet<usize> = plan.opens.iter().map(|o| o.0).collect();
+    let mut new_index = vec![None; tracked.len()];
+    let mut kept = Vec::with_capacity(tracked.len());
+    for (i, t) in tracked.into_iter().enumerate() {
+        if !t.state.is_idle() || opening.contains(&i) {
+            new_index[i] = Some(kept.len());
+            kept.push(t);
+        }
+    }
+    for open in &mut plan.opens {
+        open.0 = new_index[open.0].unwrap_or(usize::MAX);
+    }
+    plan.tracked = kept;
+    plan
+}
+
+/// Rounds of `round_ms` in a window of `window_ms` (at least 1).
+fn rounds_in(window_ms: i64, round_ms: i64) -> u32 {
+    let rounds = (window_ms + round_ms - 1) / round_ms.max(1);
+    u32::try_from(rounds.max(1)).unwrap_or(u32::MAX)
+}
+
+/// Per population: (dimension values, vantage) to the index of its group.
+type GroupIndex = HashMap<(Vec<Option<String>>, usize), usize>;
+
+/// Reduces the window's cells to populations: one per target and pattern,
+/// both patterns for every target with probes (an open incident must see
+/// the healthy window to resolve).
+fn group(
+    cells: &[WindowCell],
+    ctx: &DeriveContext<'_>,
+    settings: &DetectorSettings,
+    thresholds: &[u32],
+) -> (Vec<Population>, Names) {
+    let source_index = super::dimensions::source_index();
+    let buckets = thresholds.len() + 1;
+    let mut names = Names::default();
+    let mut target_ids: HashMap<&str, usize> = HashMap::new();
+    let mut vantage_ids: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut populations: Vec<Population> = Vec::new();
+    let mut by_key: HashMap<(usize, Pattern), usize> = HashMap::new();
+    let mut index: Vec<GroupIndex> = Vec::new();
+    for cell in cells {
+        let target = *target_ids.entry(cell.target.as_str()).or_insert_with(|| {
+            names.targets.push(cell.target.clone());
+            names.targets.len() - 1
+        });
+        let vantage = *vantage_ids
+            .entry((cell.agent_id.as_str(), cell.vantage.as_str()))
+            .or_insert_with(|| {
+                names
+                    .vantages
+                    .push(format!("{}/{}", cell.agent_id, cell.vantage));
+                names.vantages.len() - 1
+            });
+        let mut values = Vec::with_capacity(DIMENSIONS.len());
+        let mut addresses = Vec::with_capacity(DIMENSIONS.len());
+        for (d, si) in DIMENSIONS.iter().zip(&source_index) {
+            let source = cell.sources.get(*si).cloned().flatten();
+            values.push(source.as_deref().and_then(|s| d.derive.apply(s, ctx)));
+            addresses.push(if d.derive == Derive::Prefix {
+                source.as_deref().and_then(|s| s.parse::<IpAddr>().ok())
+            } else {
+                None
+            });
+        }
+        let statuses = settings.statuses_for(&cell.check);
+        let status_failure = cell
+            .status
+            .and_then(|s| u16::try_from(s).ok())
+            .is_some_and(|s| statuses.contains(&s));
+        let connection_failure =
+            !status_failure && CONNECTION_OUTCOMES.contains(&cell.outcome.as_str());
+        let probes = u64::try_from(cell.probes).unwrap_or(0);
+        let bucket = usize::try_from(cell.bucket).unwrap_or(0).min(buckets - 1);
+        for (pattern, failing) in [
+            (Pattern::Status, status_failure),
+            (Pattern::Connection, connection_failure),
+        ] {
+            let pi = *by_key.entry((target, pattern)).or_insert_with(|| {
+                populations.push(Population::new(cell.target.clone(), pattern));
+                index.push(HashMap::new());
+                populations.len() - 1
+            });
+            let p = &mut populations[pi];
+            p.statuses.extend(statuses.iter().copied());
+            p.round_ms = p.round_ms.max(i64::from(cell.interval_ms));
+            let gi = *index[pi]
+                .entry((values.clone(), vantage))
+                .or_insert_with(|| {
+                    p.groups.push(Group {
+                        values: values.clone(),
+                        addresses: addresses.clone(),
+                        witness: vantage,
+                        unit: vantage,
+                        buckets: vec![Counts::default(); buckets],
+                    });
+                    p.evidence.push(explain::GroupEvidence::default());
+                    p.group_target.push(target);
+                    p.group_vantage.push(vantage);
+                    p.groups.len() - 1
+                });
+            let c = &mut p.groups[gi].buckets[bucket];
+            c.probes += probes;
+            if failing {
+                c.failures += probes;
+                p.evidence[gi].add(cell);
+            }
+        }
+    }
+    (populations, names)
+}
+
+/// Every target's groups of one pattern at once, for failures of the
+/// vantages' own path: only the dimensions that span targets are kept,
+/// and the distinct-witness gate counts targets, not vantages. None with
+/// fewer than two targets.
+fn path_population(
+    populations: &[Population],
+    pattern: Pattern,
+    vantages: usize,
+) -> Option<Population> {
+    let members: Vec<&Population> = populations
+        .iter()
+        .filter(|p| p.pattern == pattern && p.target != PATH_TARGET)
+        .collect();
+    if members.len() < 2 {
+        return None;
+    }
+    let mut path = Population::new(PATH_TARGET.to_owned(), pattern);
+    for p in members {
+        path.window = p.window;
+        path.statuses.extend(p.statuses.iter().copied());
+        path.round_ms = path.round_ms.max(p.round_ms);
+        path.rounds = path.rounds.max(p.rounds);
+        for (gi, g) in p.groups.iter().enumerate() {
+            let target = p.group_target[gi];
+            let mut g = g.clone();
+            for (d, v) in g.values.iter_mut().enumerate() {
+                if !DIMENSIONS[d].spans_targets {
+                    *v = None;
+                }
+            }
+            g.witness = target;
+            g.unit = target * vantages.max(1) + p.group_vantage[gi];
+            path.groups.push(g);
+            path.evidence.push(p.evidence[gi].clone());
+            path.group_target.push(target);
+            path.group_vantage.push(p.group_vantage[gi]);
+        }
+    }
+    Some(path)
+}
+
+/// Every finding as a seen failure. A target's segment finding whose
+/// failing probes lie (mostly) inside a path finding is that path's, and
+/// not seen on its own.
+fn findings(populations: &[Population], assessments: &[Assessment], names: &Names) -> Vec<Found> {
+    let mut out: Vec<Found> = Vec::new();
+    for (pi, (p, a)) in populations.iter().zip(assessments).enumerate() {
+        for (fi, f) in a.findings.iter().enumerate() {
+            out.push(Found {
+                population: pi,
+                finding: fi,
+                seen: seen(p, a, f, names),
+            });
+        }
+    }
+    let paths: Vec<(Pattern, BTreeSet<String>)> = out
+        .iter()
+        .filter(|f| f.seen.key.is_path())
+        .map(|f| (f.seen.key.pattern, f.seen.footprint.clone()))
+        .collect();
+    out.retain(|f| {
+        let k = &f.seen.key;
+        if k.is_path() || k.is_global() {
+            return true;
+        }
+        !paths.iter().any(|(pattern, fp)| {
+            *pattern == k.pattern
+                && f.seen.footprint.intersection(fp).count() as f64
+                    >= f.seen.footprint.len() as f64 * ABSORBED_SHARE
+        })
+    });
+    out
+}
+
+/// A target's finding is a path finding's when this share of its failing
+/// (target, vantage) pairs are the path's.
+const ABSORBED_SHARE: f64 = 0.8;
+
+/// How the tracker sees one finding.
+fn seen(p: &Population, a: &Assessment, f: &Finding, names: &Names) -> Seen {
+    let key_of = |s: usize| {
+        let stat = &a.segments[s];
+        CandidateKey::new(
+            &p.target,
+            p.pattern,
+            DIMENSIONS[stat.dimension].name,
+            &stat.value,
+        )
+    };
+    let score_of = |s: usize| {
+        let stat = &a.segments[s];
+        stat.score(a.totals[stat.window])
+    };
+    let footprint_of = |groups: &mut dyn Iterator<Item = usize>| -> BTreeSet<String> {
+        groups
+            .map(|g| {
+                track::footprint_entry(
+                    &names.targets[p.group_target[g]],
+                    &names.vantages[p.group_vantage[g]],
+                )
+            })
+            .collect()
+    };
+    match f {
+        Finding::Global { window, timing, .. } => {
+            let w: Window = a.windows[*window];
+            Seen {
+                key: CandidateKey::new(&p.target, p.pattern, track::GLOBAL.0, track::GLOBAL.1),
+                footprint: footprint_of(
+                    &mut (0..p.groups.len()).filter(|g| p.groups[*g].counts(w).failures > 0),
+                ),
+                score: 1.0,
+                alternatives: HashMap::new(),
+                timing: *timing,
+            }
+        }
+        Finding::Segment {
+            segment,
+            correlated,
+            failing_groups,
+            timing,
+            ..
+        } => Seen {
+            key: key_of(*segment),
+            footprint: footprint_of(&mut failing_groups.iter().copied()),
+            score: score_of(*segment),
+            alternatives: correlated
+                .iter()
+                .map(|c| (key_of(c.segment), score_of(c.segment)))
+                .collect(),
+            timing: *timing,
+        },
+    }
+}
+
+/// `segment_rates` rows for one assessment.
+fn rate_rows(target: &str, pattern: Pattern, a: &Assessment) -> Vec<RateRow> {
+    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    a.segments
+        .iter()
+        .map(|s| RateRow {
+            target: target.to_owned(),
+            pattern: pattern.as_str().to_owned(),
+            dimension: DIMENSIONS[s.dimension].name.to_owned(),
+            value: s.value.clone(),
+            probes: to_i64(s.segment.probes),
+            failures: to_i64(s.segment.failures),
+            rest_probes: to_i64(s.rest.probes),
+            rest_failures: to_i64(s.rest.failures),
+            vantages: i32::try_from(s.failing_vantages).unwrap_or(i32::MAX),
+            p_value: s.p_value,
+            flagged: s.flagged,
+            window_rounds: i32::try_from(a.windows[s.window].rounds).unwrap_or(i32::MAX),
+        })
+        .collect()
+}

@@ -1,0 +1,831 @@
+//! The detector's tables: the window query, the tracked failures, the
+//! detector lease, one pass's transaction (incidents and their explanation
+//! history, state, runs and segment rates), and the notification outbox the
+//! alerter reads.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{Store, StoreError};
+use crate::detect::Pattern;
+use crate::detect::lifecycle::KeyState;
+use crate::detect::plan::Plan;
+use crate::detect::track::{CandidateKey, Tracked};
+
+/// An incident as stored (the columns the alerter and the demo read).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Incident {
+    pub id: i64,
+    pub target: String,
+    pub pattern: String,
+    pub kind: String,
+    pub dimension: String,
+    pub value: String,
+    pub narrowed_value: Option<String>,
+    pub explanation: String,
+    pub statuses: Vec<i16>,
+    pub segment_failures: i64,
+    pub segment_probes: i64,
+    pub rest_failures: i64,
+    pub rest_probes: i64,
+    pub p_value: Option<f64>,
+    pub failing_vantages: i32,
+    pub correlated: serde_json::Value,
+    pub gateways: Vec<String>,
+    pub edge_locations: Vec<String>,
+    pub first_failure_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    pub window_seconds: i32,
+    pub opened_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// `target`, or `path` (several targets through one path).
+    pub scope: String,
+    pub targets: Vec<String>,
+    /// `site`, or `path`: the fault is in the vantages' own path.
+    pub fault_side: String,
+    /// 1 at opening, +1 per re-explanation.
+    pub version: i32,
+}
+
+/// The columns of [`Incident`], for SELECTs.
+const INCIDENT_COLUMNS: &str = "id, target, pattern, kind, dimension, value, narrowed_value, \
+    explanation, statuses, segment_failures, segment_probes, rest_failures, rest_probes, p_value, \
+    failing_vantages, correlated, gateways, edge_locations, first_failure_at, last_failure_at, \
+    window_seconds, opened_at, last_seen_at, resolved_at, scope, targets, fault_side, version";
+
+/// What a pass writes into an incident when it opens it, re-explains it,
+/// or while it stays open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentRecord {
+    pub target: String,
+    pub pattern: String,
+    pub scope: &'static str,
+    pub targets: Vec<String>,
+    pub fault_side: &'static str,
+    pub kind: &'static str,
+    pub dimension: String,
+    pub value: String,
+    pub narrowed_value: Option<String>,
+    pub statuses: Vec<i16>,
+    pub explanation: String,
+    /// Segment failures, segment probes, rest failures, rest probes.
+    pub counts: [i64; 4],
+    pub p_value: Option<f64>,
+    pub failing_vantages: i32,
+    pub correlated: serde_json::Value,
+    pub first_failure_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    pub gateways: Vec<String>,
+    pub edge_locations: Vec<String>,
+    pub evidence: serde_json::Value,
+    pub window_seconds: i32,
+}
+
+/// Probes of one target in the detection window that agree on every
+/// dimension's source value, status, outcome, vantage and age bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowCell {
+    pub target: String,
+    pub check: String,
+    pub outcome: String,
+    /// The HTTP status, or the forward proxy's refusal status.
+    pub status: Option<i16>,
+    pub agent_id: String,
+    pub vantage: String,
+    /// One per source expression asked for.
+    pub sources: Vec<Option<String>>,
+    /// The check's interval (the default round when unknown), ms.
+    pub interval_ms: i32,
+    /// How old, in rounds: the `width_bucket` over the thresholds asked
+    /// for (0: the last round).
+    pub bucket: i32,
+    pub probes: i64,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+    /// The newest result's sequence number (a sample result id).
+    pub last_seq: i64,
+}
+
+/// One row of `segment_rates`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateRow {
+    pub target: String,
+    pub pattern: String,
+    pub dimension: String,
+    pub value: String,
+    pub probes: i64,
+    pub failures: i64,
+    pub rest_probes: i64,
+    pub rest_failures: i64,
+    pub vantages: i32,
+    pub p_value: Option<f64>,
+    pub flagged: bool,
+    /// The evidence window, in probe rounds.
+    pub window_rounds: i32,
+}
+
+/// A detection pass, for `detection_runs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub evaluated_at: DateTime<Utc>,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub probes: i64,
+    pub duration_ms: f64,
+}
+
+/// What applying a pass created.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// The ids of the incidents opened, in the plan's order.
+    pub opened: Vec<i64>,
+}
+
+/// Which notification of an incident is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notification {
+    Opened,
+    /// Re-explained: the explanation of this version replaced the one
+    /// before.
+    Updated(i32),
+    Resolved,
+}
+
+/// Planner settings for the window query's aggregate, local to its
+/// transaction: the groups are few (thousands) but the planner multiplies
+/// the distinct counts of 20 grouping columns, expects millions, and sorts
+/// the whole window instead of hashing it (37 s instead of about 5 at 10 M
+/// rows). Hashing is right whatever it estimates.
+const WINDOW_PLANNER: &str = "SET LOCAL work_mem = '64MB'; SET LOCAL enable_sort = off";
+
+/// Columns of the window query before the dimension sources.
+const WINDOW_FIXED_COLUMNS: usize = 8;
+
+/// The window query: one aggregate over the window's partitions, grouped
+/// by target, check, outcome, status, vantage, round, age bucket and every
+/// source. `$1`, `$2`: the window; `$3`: the round of results that do not
+/// say theirs (ms); `$4`: the bucket thresholds (rounds).
+fn window_sql(sources: &[&'static str]) -> String {
+    // Byte-order collation: grouping needs equality, not language order,
+    // and "C" compares text several times faster than a locale does.
+    let mut select = String::from(
+        "SELECT url COLLATE \"C\", check_name COLLATE \"C\", outcome COLLATE \"C\",
+                COALESCE(http_status, proxy_status), agent_id COLLATE \"C\",
+                vantage COLLATE \"C\", COALESCE(interval_ms, $3::int4),
+                width_bucket(floor(extract(epoch FROM $2 - started_at) * 1000
+                                   / COALESCE(interval_ms, $3::int4))::int4, $4::int4[])",
+    );
+    for s in sources {
+        select.push_str(&format!(", ({s})::text COLLATE \"C\""));
+    }
+    let group: Vec<String> = (1..=WINDOW_FIXED_COLUMNS + sources.len())
+        .map(|i| i.to_string())
+        .collect();
+    format!(
+        "{select}, count(*), min(started_at), max(started_at), max(seq)
+         FROM probe_results
+         WHERE started_at > $1 AND started_at <= $2
+         GROUP BY {}",
+        group.join(", ")
+    )
+}
+
+/// Binds an incident record as `$1`..`$24` (the columns' order in
+/// `open`'s INSERT) and `at` as `$25`; statements use the ones they need.
+fn bind_record<'q, O>(
+    query: sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    r: &'q IncidentRecord,
+    at: DateTime<Utc>,
+) -> sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(&r.target)
+        .bind(&r.pattern)
+        .bind(r.kind)
+        .bind(&r.dimension)
+        .bind(&r.value)
+        .bind(&r.narrowed_value)
+        .bind(&r.statuses)
+        .bind(&r.explanation)
+        .bind(r.counts[0])
+        .bind(r.counts[1])
+        .bind(r.counts[2])
+        .bind(r.counts[3])
+        .bind(r.p_value)
+        .bind(r.failing_vantages)
+        .bind(&r.correlated)
+        .bind(r.first_failure_at)
+        .bind(r.last_failure_at)
+        .bind(&r.gateways)
+        .bind(&r.edge_locations)
+        .bind(&r.evidence)
+        .bind(r.window_seconds)
+        .bind(r.scope)
+        .bind(&r.targets)
+        .bind(r.fault_side)
+        .bind(at)
+}
+
+/// Appends the incident's current explanation to its history.
+async fn record_explanation(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO incident_explanations
+             (incident_id, version, scope, kind, dimension, value, narrowed_value, explanation,
+              segment_failures, segment_probes, rest_failures, rest_probes, p_value, explained_at)
+         SELECT id, version, scope, kind, dimension, value, narrowed_value, explanation,
+                segment_failures, segment_probes, rest_failures, rest_probes, p_value, $2
+         FROM incidents WHERE id = $1",
+    )
+    .bind(id)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// The probes of every target in `(start, end]`, grouped by the given
+    /// SQL `sources` (text-valued expressions over `probe_results`, taken
+    /// from the dimension table, never from input) plus target, check,
+    /// outcome, status, vantage, round and age bucket. One scan of the
+    /// window's partitions.
+    pub async fn window_cells(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        sources: &[&'static str],
+        default_round_ms: i64,
+        thresholds: &[u32],
+    ) -> Result<Vec<WindowCell>, StoreError> {
+        let fixed = WINDOW_FIXED_COLUMNS;
+        let sql = window_sql(sources);
+        let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(WINDOW_PLANNER).execute(&mut *tx).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(start)
+            .bind(end)
+            .bind(i32::try_from(default_round_ms).unwrap_or(i32::MAX))
+            .bind(thresholds_param(thresholds))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut cells = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut values = Vec::with_capacity(sources.len());
+            for i in 0..sources.len() {
+                values.push(row.try_get::<Option<String>, _>(fixed + i)?);
+            }
+            let n = fixed + sources.len();
+            cells.push(WindowCell {
+                target: row.try_get(0)?,
+                check: row.try_get(1)?,
+                outcome: row.try_get(2)?,
+                status: row.try_get(3)?,
+                agent_id: row.try_get(4)?,
+                vantage: row.try_get(5)?,
+                interval_ms: row.try_get(6)?,
+                bucket: row.try_get(7)?,
+                sources: values,
+                probes: row.try_get(n)?,
+                first_at: row.try_get(n + 1)?,
+                last_at: row.try_get(n + 2)?,
+                last_seq: row.try_get(n + 3)?,
+            });
+        }
+        Ok(cells)
+    }
+
+    /// The query plan of [`Self::window_cells`] (`EXPLAIN (FORMAT JSON)`,
+    /// with `ANALYZE` if asked), for the benchmark.
+    pub async fn explain_window_cells(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        sources: &[&'static str],
+        default_round_ms: i64,
+        thresholds: &[u32],
+        analyze: bool,
+    ) -> Result<serde_json::Value, StoreError> {
+        let options = if analyze {
+            "ANALYZE, BUFFERS, FORMAT JSON"
+        } else {
+            "FORMAT JSON"
+        };
+        let sql = format!("EXPLAIN ({options}) {}", window_sql(sources));
+        let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(WINDOW_PLANNER).execute(&mut *tx).await?;
+        let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(start)
+            .bind(end)
+            .bind(i32::try_from(default_round_ms).unwrap_or(i32::MAX))
+            .bind(thresholds_param(thresholds))
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(plan)
+    }
+
+    /// Takes or renews the detector lease for `holder` until now + `lease`.
+    /// False when another holder's lease has not expired.
+    pub async fn renew_detector_lease(
+        &self,
+        holder: &str,
+        lease: chrono::Duration,
+    ) -> Result<bool, StoreError> {
+        let seconds = lease.as_seconds_f64();
+        let held: Option<String> = sqlx::query_scalar(
+            "INSERT INTO detector_lease (holder, expires_at)
+             VALUES ($1, now() + make_interval(secs => $2))
+             ON CONFLICT (singleton) DO UPDATE
+                SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+                WHERE detector_lease.holder = EXCLUDED.holder
+                   OR detector_lease.expires_at < now()
+             RETURNING holder",
+        )
+        .bind(holder)
+        .bind(seconds)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(held.is_some())
+    }
+
+    /// Gives the lease up, if `holder` has it (at shutdown: another
+    /// collector takes over at its next pass instead of two intervals
+    /// later).
+    pub async fn release_detector_lease(&self, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM detector_lease WHERE holder = $1")
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The current lease holder and its expiry, if any.
+    pub async fn detector_lease(&self) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT holder, expires_at FROM detector_lease")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Every tracked failure, plus one for every open incident that has
+    /// none (an incident opened by an older version).
+    pub async fn tracked_failures(&self, open: &[Incident]) -> Result<Vec<Tracked>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT target, pattern, dimension, value, held_streak, clear_streak, last_held_at,
+                    incident_id, footprint, pending_target, pending_dimension, pending_value,
+                    pending_streak
+             FROM detector_state ORDER BY target, pattern, dimension, value",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let pattern: String = row.try_get(1)?;
+            let Some(pattern) = Pattern::parse(&pattern) else {
+                continue;
+            };
+            let key = CandidateKey::new(
+                row.try_get::<&str, _>(0)?,
+                pattern,
+                row.try_get::<&str, _>(2)?,
+                row.try_get::<&str, _>(3)?,
+            );
+            let pending_target: Option<String> = row.try_get(9)?;
+            let pending_dimension: Option<String> = row.try_get(10)?;
+            let pending_value: Option<String> = row.try_get(11)?;
+            let pending = match (pending_target, pending_dimension, pending_value) {
+                (Some(t), Some(d), Some(v)) => Some((
+                    CandidateKey::new(&t, pattern, &d, &v),
+                    u32::try_from(row.try_get::<i32, _>(12)?).unwrap_or(0),
+                )),
+                _ => None,
+            };
+            out.push(Tracked {
+                key,
+                state: KeyState {
+                    held_streak: u32::try_from(row.try_get::<i32, _>(4)?).unwrap_or(0),
+                    clear_streak: u32::try_from(row.try_get::<i32, _>(5)?).unwrap_or(0),
+                    last_held_at: row.try_get(6)?,
+                    incident: row.try_get(7)?,
+                },
+                footprint: row
+                    .try_get::<Vec<String>, _>(8)?
+                    .into_iter()
+                    .collect::<BTreeSet<_>>(),
+                pending,
+            });
+        }
+        for i in open {
+            if out.iter().any(|t| t.state.incident == Some(i.id)) {
+                continue;
+            }
+            let Some(pattern) = Pattern::parse(&i.pattern) else {
+                continue;
+            };
+            let key = CandidateKey::new(&i.target, pattern, &i.dimension, &i.value);
+            // A state row for the same key without the incident: adopt it.
+            if let Some(t) = out.iter_mut().find(|t| t.key == key) {
+                t.state.incident = Some(i.id);
+                t.state.last_held_at = t.state.last_held_at.or(Some(i.last_seen_at));
+                continue;
+            }
+            out.push(Tracked {
+                key,
+                state: KeyState {
+                    incident: Some(i.id),
+                    last_held_at: Some(i.last_seen_at),
+                    ..KeyState::default()
+                },
+                footprint: BTreeSet::new(),
+                pending: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Applies a pass in one transaction, if `holder` still holds the
+    /// lease (None otherwise: nothing was written). Opens, re-explains
+    /// (appending to the history), refreshes and resolves incidents,
+    /// replaces the tracked state, and records the run and its rates
+    /// (dropping runs older than `keep_since`).
+    pub async fn apply_pass(
+        &self,
+        plan: &Plan,
+        run: &RunRecord,
+        keep_since: DateTime<Utc>,
+        holder: &str,
+    ) -> Result<Option<Applied>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let holds: Option<String> = sqlx::query_scalar(
+            "SELECT holder FROM detector_lease WHERE holder = $1 AND expires_at >= now()
+             FOR UPDATE",
+        )
+        .bind(holder)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if holds.is_none() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let at = run.evaluated_at;
+        let mut applied = Applied::default();
+        let mut incident_of: Vec<Option<i64>> =
+            plan.tracked.iter().map(|t| t.state.incident).collect();
+        for (ti, r) in &plan.opens {
+            let id: Option<i64> = bind_record(
+                sqlx::query_scalar(
+                    "INSERT INTO incidents (target, pattern, kind, dimension, value,
+                                            narrowed_value, statuses, explanation,
+                                            segment_failures, segment_probes, rest_failures,
+                                            rest_probes, p_value, failing_vantages, correlated,
+                                            first_failure_at, last_failure_at, gateways,
+                                            edge_locations, evidence, window_seconds, scope,
+                                            targets, fault_side, opened_at, last_seen_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                             $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $25)
+                     ON CONFLICT (target, pattern, dimension, value) WHERE resolved_at IS NULL
+                     DO NOTHING
+                     RETURNING id",
+                ),
+                r,
+                at,
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = id {
+                record_explanation(&mut tx, id, at).await?;
+                applied.opened.push(id);
+                if let Some(slot) = incident_of.get_mut(*ti) {
+                    *slot = Some(id);
+                }
+            }
+        }
+        for (id, r) in &plan.updates {
+            let updated: Option<i64> = bind_record(
+                sqlx::query_scalar(
+                    "UPDATE incidents SET target = $1, kind = $3, dimension = $4, value = $5,
+                            narrowed_value = $6, explanation = $8, segment_failures = $9,
+                            segment_probes = $10, rest_failures = $11, rest_probes = $12,
+                            p_value = $13, failing_vantages = $14, correlated = $15,
+                            first_failure_at = LEAST(first_failure_at, $16),
+                            last_failure_at = GREATEST(last_failure_at, $17),
+                            gateways = $18, edge_locations = $19, evidence = $20, scope = $22,
+                            targets = $23, fault_side = $24, last_seen_at = $25,
+                            version = version + 1
+                     WHERE id = $26 AND resolved_at IS NULL
+                     RETURNING id",
+                ),
+                r,
+                at,
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if updated.is_some() {
+                record_explanation(&mut tx, *id, at).await?;
+            }
+        }
+        for (id, r) in &plan.refreshes {
+            let _refreshed: Option<i64> = bind_record(
+                sqlx::query_scalar(
+                    "UPDATE incidents SET narrowed_value = $6, explanation = $8,
+                            segment_failures = $9, segment_probes = $10, rest_failures = $11,
+                            rest_probes = $12, p_value = $13, failing_vantages = $14,
+                            correlated = $15,
+                            first_failure_at = LEAST(first_failure_at, $16),
+                            last_failure_at = GREATEST(last_failure_at, $17),
+                            gateways = ARRAY(SELECT DISTINCT unnest(gateways || $18) ORDER BY 1),
+                            edge_locations =
+                                ARRAY(SELECT DISTINCT unnest(edge_locations || $19) ORDER BY 1),
+                            evidence = $20, targets = $23, last_seen_at = $25
+                     WHERE id = $26 AND resolved_at IS NULL
+                     RETURNING id",
+                ),
+                r,
+                at,
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE incidents SET last_seen_at = $2 WHERE id = ANY($1)")
+            .bind(&plan.touches)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        let resolved: Vec<i64> = plan.resolves.iter().map(|r| r.0).collect();
+        sqlx::query(
+            "UPDATE incidents SET resolved_at = $2 WHERE id = ANY($1) AND resolved_at IS NULL",
+        )
+        .bind(&resolved)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+
+        // The tracked state: replaced as a whole.
+        sqlx::query("DELETE FROM detector_state")
+            .execute(&mut *tx)
+            .await?;
+        let t = &plan.tracked;
+        let text = |f: &dyn Fn(&Tracked) -> String| t.iter().map(f).collect::<Vec<_>>();
+        let pending = |f: &dyn Fn(&CandidateKey) -> String| {
+            t.iter()
+                .map(|x| x.pending.as_ref().map(|(k, _)| f(k)))
+                .collect::<Vec<_>>()
+        };
+        let footprints: Vec<String> = t
+            .iter()
+            .map(|x| {
+                serde_json::Value::from(x.footprint.iter().cloned().collect::<Vec<_>>()).to_string()
+            })
+            .collect();
+        let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+        sqlx::query(
+            "INSERT INTO detector_state (target, pattern, dimension, value, held_streak,
+                                         clear_streak, last_held_at, incident_id, footprint,
+                                         pending_target, pending_dimension, pending_value,
+                                         pending_streak)
+             SELECT t, p, d, v, h, c, l, i,
+                    ARRAY(SELECT jsonb_array_elements_text(f::jsonb)), pt, pd, pv, ps
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[],
+                         $6::int4[], $7::timestamptz[], $8::int8[], $9::text[], $10::text[],
+                         $11::text[], $12::text[], $13::int4[])
+                  AS x(t, p, d, v, h, c, l, i, f, pt, pd, pv, ps)",
+        )
+        .bind(text(&|x| x.key.target.clone()))
+        .bind(text(&|x| x.key.pattern.as_str().to_owned()))
+        .bind(text(&|x| x.key.dimension.clone()))
+        .bind(text(&|x| x.key.value.clone()))
+        .bind(
+            t.iter()
+                .map(|x| to_i32(x.state.held_streak))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            t.iter()
+                .map(|x| to_i32(x.state.clear_streak))
+                .collect::<Vec<_>>(),
+        )
+        .bind(t.iter().map(|x| x.state.last_held_at).collect::<Vec<_>>())
+        .bind(&incident_of)
+        .bind(footprints)
+        .bind(pending(&|k| k.target.clone()))
+        .bind(pending(&|k| k.dimension.clone()))
+        .bind(pending(&|k| k.value.clone()))
+        .bind(
+            t.iter()
+                .map(|x| x.pending.as_ref().map_or(0, |(_, n)| to_i32(*n)))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+
+        // The run and its rates.
+        let run_id: i64 = sqlx::query_scalar(
+            "INSERT INTO detection_runs (evaluated_at, window_start, window_end, probes, duration_ms)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(run.evaluated_at)
+        .bind(run.window_start)
+        .bind(run.window_end)
+        .bind(run.probes)
+        .bind(run.duration_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        let rates = &plan.rates;
+        sqlx::query(
+            "INSERT INTO segment_rates (run_id, target, pattern, dimension, value, probes, failures,
+                                        rest_probes, rest_failures, vantages, p_value, flagged,
+                                        window_rounds)
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
+                                      $7::int8[], $8::int8[], $9::int8[], $10::int4[],
+                                      $11::float8[], $12::bool[], $13::int4[])",
+        )
+        .bind(run_id)
+        .bind(rates.iter().map(|r| r.target.clone()).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.pattern.clone()).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.dimension.clone()).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.value.clone()).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.probes).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.failures).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.rest_probes).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.rest_failures).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.vantages).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.p_value).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.flagged).collect::<Vec<_>>())
+        .bind(rates.iter().map(|r| r.window_rounds).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM detection_runs WHERE evaluated_at < $1")
+            .bind(keep_since)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(applied))
+    }
+
+    /// Every incident not yet resolved.
+    pub async fn open_incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE resolved_at IS NULL ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One incident.
+    pub async fn incident(&self, id: i64) -> Result<Option<Incident>, StoreError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Notifications not yet handled, per incident in order: opened, then
+    /// each re-explanation, then resolved; a later one is due only once
+    /// the earlier ones of its incident were handled.
+    pub async fn pending_notifications(&self) -> Result<Vec<(Incident, Notification)>, StoreError> {
+        let rows: Vec<IncidentWithOutbox> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {INCIDENT_COLUMNS}, open_notified_at, resolve_notified_at,
+                    (SELECT min(version) FROM incident_explanations e
+                     WHERE e.incident_id = incidents.id AND e.version > 1
+                       AND e.notified_at IS NULL) AS update_pending
+             FROM incidents
+             WHERE open_notified_at IS NULL
+                OR (resolved_at IS NOT NULL AND resolve_notified_at IS NULL)
+                OR EXISTS (SELECT 1 FROM incident_explanations e
+                           WHERE e.incident_id = incidents.id AND e.version > 1
+                             AND e.notified_at IS NULL)
+             ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut due = Vec::new();
+        for row in rows {
+            let next = if row.open_notified_at.is_none() {
+                Notification::Opened
+            } else if let Some(version) = row.update_pending {
+                Notification::Updated(version)
+            } else if row.incident.resolved_at.is_some() && row.resolve_notified_at.is_none() {
+                Notification::Resolved
+            } else {
+                continue;
+            };
+            due.push((row.incident, next));
+        }
+        Ok(due)
+    }
+
+    /// The explanation an update notification announces (its version of
+    /// the history), as an incident, for the payload.
+    pub async fn incident_as_of(
+        &self,
+        incident: &Incident,
+        version: i32,
+    ) -> Result<Incident, StoreError> {
+        let row: Option<ExplanationRow> = sqlx::query_as(
+            "SELECT scope, kind, dimension, value, narrowed_value, explanation, segment_failures,
+                    segment_probes, rest_failures, rest_probes, p_value
+             FROM incident_explanations WHERE incident_id = $1 AND version = $2",
+        )
+        .bind(incident.id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        let mut out = incident.clone();
+        if let Some(e) = row {
+            out.scope = e.scope;
+            out.kind = e.kind;
+            out.dimension = e.dimension;
+            out.value = e.value;
+            out.narrowed_value = e.narrowed_value;
+            out.explanation = e.explanation;
+            out.segment_failures = e.segment_failures;
+            out.segment_probes = e.segment_probes;
+            out.rest_failures = e.rest_failures;
+            out.rest_probes = e.rest_probes;
+            out.p_value = e.p_value;
+            out.version = version;
+        }
+        Ok(out)
+    }
+
+    /// The explanation replaced by version `version`, if any.
+    pub async fn previous_explanation(
+        &self,
+        id: i64,
+        version: i32,
+    ) -> Result<Option<(String, String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT dimension, value, explanation FROM incident_explanations
+             WHERE incident_id = $1 AND version = $2 - 1",
+        )
+        .bind(id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records that a notification was handled (sent, or given up on).
+    pub async fn mark_notified(&self, id: i64, which: Notification) -> Result<(), StoreError> {
+        let query = match which {
+            Notification::Opened => {
+                sqlx::query("UPDATE incidents SET open_notified_at = now() WHERE id = $1").bind(id)
+            }
+            Notification::Updated(version) => sqlx::query(
+                "UPDATE incident_explanations SET notified_at = now()
+                 WHERE incident_id = $1 AND version = $2",
+            )
+            .bind(id)
+            .bind(version),
+            Notification::Resolved => {
+                sqlx::query("UPDATE incidents SET resolve_notified_at = now() WHERE id = $1")
+                    .bind(id)
+            }
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// The thresholds as the `int4[]` parameter.
+fn thresholds_param(thresholds: &[u32]) -> Vec<i32> {
+    thresholds
+        .iter()
+        .map(|t| i32::try_from(*t).unwrap_or(i32::MAX))
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct IncidentWithOutbox {
+    #[sqlx(flatten)]
+    incident: Incident,
+    open_notified_at: Option<DateTime<Utc>>,
+    resolve_notified_at: Option<DateTime<Utc>>,
+    update_pending: Option<i32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ExplanationRow {
+    scope: String,
+    kind: String,
+    dimension: String,
+    value: String,
+    narrowed_value: Option<String>,
+    explanation: String,
+    segment_failures: i64,
+    segment_probes: i64,
+    rest_failures: i64,
+    rest_probes: i64,
+    p_value: Option<f64>,
+}
