@@ -37,7 +37,7 @@
 //! segment of any dimension (with `min_segment_probes` probes) is spared,
 //! i.e. fails at less than half of `global_rate`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use statrs::distribution::{Binomial, DiscreteCDF};
@@ -115,7 +115,7 @@ impl Default for Params {
             min_vantages: 2,
             min_rate_difference: 0.2,
             min_rate_ratio: 2.0,
-            alpha: 0.01,
+            alpha: 0.001,
             global_rate: 0.5,
             global_baseline: 0.1,
             min_segment_probes: 2,
@@ -198,6 +198,11 @@ pub struct SegmentStat {
     pub value: String,
     /// Index of the evidence window.
     pub window: usize,
+    /// Index of the shortest window in which it is flagged: where its fit
+    /// to the failures is judged, so that explanations compete on what is
+    /// failing now (a fault that spread from one /24 to its region is the
+    /// region as soon as the region is significant).
+    pub explain_window: usize,
     pub segment: Counts,
     pub rest: Counts,
     pub failing_vantages: usize,
@@ -210,15 +215,20 @@ pub struct SegmentStat {
 }
 
 impl SegmentStat {
-    /// How well the segment explains the failures of its evidence window:
-    /// failing probes in it over (all failing probes + healthy probes in
-    /// it).
-    pub fn score(&self, total: Counts) -> f64 {
-        let denominator = total.failures + self.segment.healthy();
+    /// How well the segment explains the failures of its explanation
+    /// window (`totals`: the population's, per window): failing probes in
+    /// it over (all failing probes + healthy probes in it), the Jaccard
+    /// index of the segment and the failing probes.
+    pub fn score(&self, totals: &[Counts]) -> f64 {
+        let w = self.explain_window;
+        let (Some(total), Some(stat)) = (totals.get(w), self.windows.get(w)) else {
+            return 0.0;
+        };
+        let denominator = total.failures + stat.segment.healthy();
         if denominator == 0 {
             0.0
         } else {
-            self.segment.failures as f64 / denominator as f64
+            stat.segment.failures as f64 / denominator as f64
         }
     }
 }
@@ -244,8 +254,10 @@ pub struct Narrowed {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Correlation {
     pub segment: usize,
-    /// Failing probes in both.
+    /// Failing probes in both, in the lead's explanation window...
     pub shared_failures: u64,
+    /// ... out of the lead's failing probes there.
+    pub of_failures: u64,
 }
 
 /// When the failures of a finding happened, in rounds.
@@ -314,6 +326,9 @@ const MAX_FINDINGS: usize = 4;
 /// A flagged segment is correlated evidence of a finding when at least this
 /// share of the smaller one's failing probes lie in both.
 const CORRELATED_SHARE: f64 = 0.8;
+/// A lead after the first is a finding of its own only if more than this
+/// share of its failing probes are not explained by an earlier finding.
+const NEW_FAILURE_SHARE: f64 = 0.5;
 /// Failures a still-present failure is expected to show within the
 /// recency lookback (see [`Timing::recent`]).
 const RECENT_EXPECTED_FAILURES: f64 = 3.0;
@@ -333,12 +348,27 @@ pub struct Judgement {
     pub raw_p: Option<f64>,
 }
 
-/// Judges one segment against the rest (before correction).
-pub fn judge(segment: Counts, rest: Counts, failing_vantages: usize, p: &Params) -> Judgement {
-    let eligible = segment.probes > 0 && rest.probes > 0 && failing_vantages >= p.min_vantages;
+/// Judges one segment against the rest (before correction): `witnesses`
+/// saw probes in the segment, `failing_witnesses` saw failures.
+///
+/// A segment is eligible (a member of the multiple-testing family) when
+/// it could be flagged whatever the failures: probes on both sides and at
+/// least `min_vantages` witnesses. Counting only the segments that happen
+/// to have failures would shrink the family exactly when noise is all
+/// there is, and let noise through.
+pub fn judge(
+    segment: Counts,
+    rest: Counts,
+    witnesses: usize,
+    failing_witnesses: usize,
+    p: &Params,
+) -> Judgement {
+    let eligible = segment.probes > 0 && rest.probes > 0 && witnesses >= p.min_vantages;
     let (s, r) = (segment.rate(), rest.rate());
-    let passes_gates =
-        eligible && s - r >= p.min_rate_difference && (r == 0.0 || s >= p.min_rate_ratio * r);
+    let passes_gates = eligible
+        && failing_witnesses >= p.min_vantages
+        && s - r >= p.min_rate_difference
+        && (r == 0.0 || s >= p.min_rate_ratio * r);
     let raw_p = passes_gates.then(|| fisher_greater(segment, rest));
     Judgement {
         eligible,
@@ -369,6 +399,27 @@ pub fn binomial_greater(counts: Counts, baseline: f64) -> f64 {
     Binomial::new(baseline.clamp(0.0, 1.0), counts.probes)
         .map(|b| b.sf(counts.failures - 1))
         .unwrap_or(1.0)
+}
+
+/// Weighted Holm (Holm 1979): hypotheses with weights (of a family whose
+/// weights sum to `family_weight`, untested members counting with p = 1)
+/// are taken in order of p / weight; each is adjusted by the weight still
+/// in play. With equal weights of 1 it is [`holm`]. Returns adjusted
+/// p-values in the input order.
+pub fn holm_weighted(raw: &[f64], weights: &[f64], family_weight: f64) -> Vec<f64> {
+    let total = family_weight.max(weights.iter().sum());
+    let q = |i: usize| raw[i] / weights[i].max(f64::MIN_POSITIVE);
+    let mut order: Vec<usize> = (0..raw.len()).collect();
+    order.sort_by(|a, b| q(*a).total_cmp(&q(*b)));
+    let mut adjusted = vec![1.0; raw.len()];
+    let mut remaining = total;
+    let mut running: f64 = 0.0;
+    for i in order {
+        running = running.max((q(i) * remaining).min(1.0));
+        adjusted[i] = running;
+        remaining -= weights[i];
+    }
+    adjusted
 }
 
 /// Holm's step-down adjustment of `raw` p-values within a family of
@@ -431,21 +482,26 @@ pub fn assess(
         for (wi, w) in windows.iter().enumerate() {
             let mut counts = Counts::default();
             let mut witnesses = HashSet::new();
+            let mut failing = HashSet::new();
             for g in &members {
                 let c = groups[*g].counts(*w);
                 counts.add(c);
-                if c.failures > 0 {
+                if c.probes > 0 {
                     witnesses.insert(groups[*g].witness);
+                }
+                if c.failures > 0 {
+                    failing.insert(groups[*g].witness);
                 }
             }
             let rest = totals[wi].minus(counts);
             if dimensions[d].role == Role::Cause {
-                judgements.push((si, wi, judge(counts, rest, witnesses.len(), p)));
+                let j = judge(counts, rest, witnesses.len(), failing.len(), p);
+                judgements.push((si, wi, j));
             }
             stats.push(WindowStat {
                 segment: counts,
                 rest,
-                failing_vantages: witnesses.len(),
+                failing_vantages: failing.len(),
                 p_value: None,
                 flagged: false,
             });
@@ -461,6 +517,7 @@ pub fn assess(
             dimension: d,
             value: value.to_owned(),
             window: windows.len().saturating_sub(1),
+            explain_window: windows.len().saturating_sub(1),
             segment: last.segment,
             rest: last.rest,
             failing_vantages: last.failing_vantages,
@@ -471,16 +528,56 @@ pub fn assess(
         });
     }
 
-    // Multiple testing: the family is every eligible (segment, window).
-    let tests = judgements.iter().filter(|j| j.2.eligible).count();
-    let tested: Vec<&(usize, usize, Judgement)> =
-        judgements.iter().filter(|j| j.2.raw_p.is_some()).collect();
-    let raw: Vec<f64> = tested.iter().map(|j| j.2.raw_p.unwrap_or(1.0)).collect();
-    for (j, adjusted) in tested.iter().zip(holm(&raw, tests)) {
-        let stat = &mut segments[j.0].windows[j.1];
-        stat.p_value = Some(adjusted);
-        stat.flagged = adjusted <= p.alpha;
+    // Multiple testing: the family is every eligible (segment, window),
+    // counting segments with the same probes once (agent "ap" and region
+    // "ap" are one hypothesis when they hold the same vantages), weighted
+    // towards short windows: a fault that began two rounds ago must be
+    // found there, while noise accumulates in the long ones (which a
+    // lasting fault makes overwhelmingly significant anyway).
+    let mut canonical: HashMap<(usize, &[usize]), usize> = HashMap::new();
+    let mut family = Vec::new();
+    let mut twin_of = vec![None; judgements.len()];
+    for (ji, (si, wi, j)) in judgements.iter().enumerate() {
+        if !j.eligible {
+            continue;
+        }
+        match canonical.get(&(*wi, segments[*si].groups.as_slice())) {
+            Some(first) => twin_of[ji] = Some(*first),
+            None => {
+                canonical.insert((*wi, segments[*si].groups.as_slice()), ji);
+                family.push(ji);
+            }
+        }
     }
+    let weight = |ji: usize| 1.0 / f64::from(windows[judgements[ji].1].rounds.max(1));
+    let family_weight: f64 = family.iter().map(|ji| weight(*ji)).sum();
+    let tested: Vec<usize> = family
+        .iter()
+        .copied()
+        .filter(|ji| judgements[*ji].2.raw_p.is_some())
+        .collect();
+    let raw: Vec<f64> = tested
+        .iter()
+        .map(|ji| judgements[*ji].2.raw_p.unwrap_or(1.0))
+        .collect();
+    let weights: Vec<f64> = tested.iter().map(|ji| weight(*ji)).collect();
+    let mut adjusted = vec![None; judgements.len()];
+    for (ji, a) in tested
+        .iter()
+        .zip(holm_weighted(&raw, &weights, family_weight))
+    {
+        adjusted[*ji] = Some(a);
+    }
+    for ji in 0..judgements.len() {
+        let a = twin_of[ji].map_or(adjusted[ji], |first| adjusted[first]);
+        if let Some(a) = a.filter(|_| judgements[ji].2.raw_p.is_some()) {
+            let (si, wi, _) = judgements[ji];
+            let stat = &mut segments[si].windows[wi];
+            stat.p_value = Some(a);
+            stat.flagged = a <= p.alpha;
+        }
+    }
+    let tests = family.len();
     for s in &mut segments {
         // Evidence window: the most significant; the longest on ties.
         let best = s
@@ -505,6 +602,9 @@ pub fn assess(
             }
             s.p_value = w.p_value;
             s.flagged = w.flagged;
+        }
+        if let Some(shortest) = s.windows.iter().position(|w| w.flagged) {
+            s.explain_window = shortest;
         }
     }
 
@@ -565,32 +665,41 @@ fn global_finding(
     Some(Finding::Global {
         window,
         p_value,
-        timing: timing(groups, &all, windows, window),
+        timing: timing(groups, &all, windows),
     })
 }
 
-/// When the failures of `members` (group indexes) happened, judged from
-/// window `wi`.
-fn timing(groups: &[Group], members: &[usize], windows: &[Window], wi: usize) -> Timing {
-    let w = windows[wi];
-    let mut counts = Counts::default();
-    let mut units = HashSet::new();
-    let mut failing_buckets = HashSet::new();
+/// When the failures of `members` (group indexes) happened.
+fn timing(groups: &[Group], members: &[usize], windows: &[Window]) -> Timing {
+    // Per age bucket: the members' counts, and the units probing.
+    let buckets = members
+        .iter()
+        .map(|g| groups[*g].buckets.len())
+        .max()
+        .unwrap_or(0);
+    let mut per_bucket = vec![Counts::default(); buckets];
     for g in members {
         let group = &groups[*g];
-        let c = group.counts(w);
-        counts.add(c);
-        if c.probes > 0 {
-            units.insert(group.unit);
-        }
-        for (b, bc) in group.buckets.iter().enumerate().take(w.buckets) {
-            if bc.failures > 0 {
-                failing_buckets.insert(b);
-            }
+        for (b, c) in group.buckets.iter().enumerate() {
+            per_bucket[b].add(*c);
         }
     }
+    // Failures per round while it failed: over the rounds of the buckets
+    // it showed in, so that the healthy rounds before it began or after it
+    // ended do not dilute it (and whatever the sampling: one vantage per
+    // round or a rotation over several addresses).
+    let full_rounds = windows.last().map_or(1, |w| w.rounds);
+    let (mut failures, mut rounds) = (0u64, 0u64);
+    for (b, c) in per_bucket
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.failures > 0)
+    {
+        failures += c.failures;
+        rounds += u64::from(bucket_width(b, full_rounds));
+    }
+    let per_round = failures as f64 / rounds.max(1) as f64;
     // Rounds until RECENT_EXPECTED_FAILURES failures are expected.
-    let per_round = counts.rate() * units.len() as f64;
     let needed = if per_round > 0.0 {
         (RECENT_EXPECTED_FAILURES / per_round)
             .ceil()
@@ -603,17 +712,16 @@ fn timing(groups: &[Group], members: &[usize], windows: &[Window], wi: usize) ->
         .find(|w| f64::from(w.rounds) >= needed)
         .or(windows.last())
         .copied()
-        .unwrap_or(w);
-    let recent = members.iter().any(|g| {
-        groups[*g]
-            .buckets
+        .unwrap_or(Window {
+            buckets: usize::MAX,
+            rounds: 1,
+        });
+    Timing {
+        rounds_failing: per_bucket.iter().filter(|c| c.failures > 0).count(),
+        recent: per_bucket
             .iter()
             .take(lookback.buckets)
-            .any(|b| b.failures > 0)
-    });
-    Timing {
-        rounds_failing: failing_buckets.len(),
-        recent,
+            .any(|c| c.failures > 0),
         recent_rounds: lookback.rounds,
     }
 }
@@ -632,17 +740,19 @@ fn segment_findings(
         s.groups
             .iter()
             .copied()
-            .filter(|g| groups[*g].counts(windows[s.window]).failures > 0)
+            .filter(|g| groups[*g].counts(windows[s.explain_window]).failures > 0)
             .collect()
     };
-    let failures_in = |set: &HashSet<usize>, s: &SegmentStat| -> u64 {
+    // Failures of `s` in `set`, in window `w`.
+    let failures_in = |set: &HashSet<usize>, s: &SegmentStat, w: Window| -> u64 {
         s.groups
             .iter()
             .filter(|g| set.contains(g))
-            .map(|g| groups[*g].counts(windows[s.window]).failures)
+            .map(|g| groups[*g].counts(w).failures)
             .sum()
     };
-    let score = |s: &SegmentStat| s.score(totals[s.window]);
+    let failures = |s: &SegmentStat| s.windows[s.explain_window].segment.failures;
+    let score = |s: &SegmentStat| s.score(totals);
     let mut candidates: Vec<usize> = (0..segments.len())
         .filter(|i| segments[*i].flagged)
         .collect();
@@ -663,27 +773,33 @@ fn segment_findings(
         }
         used[lead] = true;
         let lead_stat = &segments[lead];
-        // Failures already explained by an earlier finding.
-        if failures_in(&explained, lead_stat) as f64
-            >= lead_stat.segment.failures as f64 * CORRELATED_SHARE
+        // A later lead is a finding of its own only if most of its
+        // failures are new: a region containing the /24 that leads is a
+        // competing explanation of the same failures, not a second fault.
+        let lead_window = windows[lead_stat.explain_window];
+        if failures_in(&explained, lead_stat, lead_window) as f64
+            >= failures(lead_stat) as f64 * (1.0 - NEW_FAILURE_SHARE)
         {
             continue;
         }
         let lead_failing = failing_groups(lead_stat);
         let lead_set: HashSet<usize> = lead_failing.iter().copied().collect();
         let mut correlated = Vec::new();
+        // Correlation is judged in the lead's explanation window.
         for &other in &candidates {
             if used[other] {
                 continue;
             }
             let o = &segments[other];
-            let shared = failures_in(&lead_set, o);
-            let smaller = o.segment.failures.min(lead_stat.segment.failures);
+            let shared = failures_in(&lead_set, o, lead_window);
+            let all: HashSet<usize> = o.groups.iter().copied().collect();
+            let smaller = failures_in(&all, o, lead_window).min(failures(lead_stat));
             if shared > 0 && shared as f64 >= smaller as f64 * CORRELATED_SHARE {
                 used[other] = true;
                 correlated.push(Correlation {
                     segment: other,
                     shared_failures: shared,
+                    of_failures: failures(lead_stat),
                 });
             }
         }
@@ -693,7 +809,7 @@ fn segment_findings(
         } else {
             None
         };
-        let timing = timing(groups, &lead_stat.groups, windows, lead_stat.window);
+        let timing = timing(groups, &lead_stat.groups, windows);
         findings.push(Finding::Segment {
             segment: lead,
             correlated,
@@ -775,12 +891,16 @@ pub fn bucket_thresholds(max_rounds: u32) -> Vec<u32> {
 }
 
 /// The windows of a target whose detection window holds `rounds` rounds:
-/// the last 1, 2, 4, ... rounds (fewer than `rounds`), then all of it.
+/// the last 2, 4, 8, ... rounds (fewer than `rounds`), then all of it.
 pub fn windows_for(rounds: u32) -> Vec<Window> {
     let rounds = rounds.max(1);
+    // No window of one round: an incident opens only on failures seen in
+    // two rounds or more, so a one-round test could only add to the
+    // multiple-testing family.
     let mut out: Vec<Window> = bucket_thresholds(rounds)
         .into_iter()
         .enumerate()
+        .filter(|(_, t)| *t >= 2)
         .map(|(i, t)| Window {
             buckets: i + 1,
             rounds: t,
@@ -791,6 +911,22 @@ pub fn windows_for(rounds: u32) -> Vec<Window> {
         rounds,
     });
     out
+}
+
+/// The rounds bucket `b` spans in a window of `window_rounds`: 1 for the
+/// last round, then 1, 2, 4... (the last bucket, holding everything older,
+/// ends with the window).
+pub fn bucket_width(b: usize, window_rounds: u32) -> u32 {
+    let (start, nominal) = match b {
+        0 => (0, 1),
+        b => {
+            let w = 1u32
+                .checked_shl(u32::try_from(b - 1).unwrap_or(u32::MAX))
+                .unwrap_or(u32::MAX);
+            (w, w)
+        }
+    };
+    nominal.min(window_rounds.saturating_sub(start)).max(1)
 }
 
 /// The bucket of a probe `age` rounds old (see [`bucket_thresholds`]).
@@ -886,9 +1022,9 @@ mod tests {
         let w = windows_for(10);
         assert_eq!(
             w.iter().map(|w| w.rounds).collect::<Vec<_>>(),
-            [1, 2, 4, 8, 10]
+            [2, 4, 8, 10]
         );
-        assert_eq!(w[2].buckets, 3, "the last 4 rounds are buckets 0, 1 and 2");
+        assert_eq!(w[1].buckets, 3, "the last 4 rounds are buckets 0, 1 and 2");
         assert_eq!(windows_for(1).len(), 1);
     }
 
@@ -998,6 +1134,22 @@ mod tests {
     }
 
     #[test]
+    fn weighted_holm_with_equal_weights_is_holm() {
+        let raw = [0.01, 0.04, 0.03, 0.2];
+        let plain = holm(&raw, 6);
+        let weighted = holm_weighted(&raw, &[1.0; 4], 6.0);
+        for (a, b) in plain.iter().zip(&weighted) {
+            assert!((a - b).abs() < 1e-12, "{plain:?} {weighted:?}");
+        }
+        // A heavier hypothesis needs less evidence: 0.01 at weight 2 of 4
+        // is adjusted to 0.02, at weight 1 of 4 to 0.04.
+        let w = holm_weighted(&[0.01, 0.5], &[2.0, 2.0], 4.0);
+        assert!((w[0] - 0.02).abs() < 1e-12, "{w:?}");
+        let w = holm_weighted(&[0.01, 0.5], &[1.0, 3.0], 4.0);
+        assert!((w[0] - 0.04).abs() < 1e-12, "{w:?}");
+    }
+
+    #[test]
     fn fisher_matches_scipy() {
         // scipy.stats.fisher_exact([[3, 5], [4, 50]], 'greater') = 0.0397...
         let p = fisher_greater(c(3, 8), c(4, 54));
@@ -1055,10 +1207,13 @@ mod tests {
     fn an_outage_of_the_last_round_is_global_at_once_with_enough_vantages() {
         let g = vantages(0, "eu", [10, 1, 1], 15, |_, age| age == 0);
         let a = assess_default(&g);
-        let Some(Finding::Global { window, .. }) = a.findings.first() else {
+        let Some(Finding::Global { window, timing, .. }) = a.findings.first() else {
             panic!("{:#?}", a.findings)
         };
-        assert_eq!(a.windows[*window].rounds, 1);
+        // Found in the shortest window (two rounds), seen in one round:
+        // not yet enough to open.
+        assert_eq!(a.windows[*window].rounds, 2);
+        assert_eq!(timing.rounds_failing, 1);
         // Two failures of three probes are noise, not an outage.
         let g = vantages(0, "eu", [10, 1, 1], 3, |i, age| age == 0 && i < 2);
         assert!(assess_default(&g).findings.is_empty());
@@ -1076,8 +1231,8 @@ mod tests {
             let p = Params::default();
             let n = n.max(k);
             let rest = c(rest_k.min(rest_n), rest_n);
-            let before = judge(c(k, n), rest, vantages, &p);
-            let after = judge(c((k + extra).min(n), n), rest, vantages, &p);
+            let before = judge(c(k, n), rest, 5, vantages, &p);
+            let after = judge(c((k + extra).min(n), n), rest, 5, vantages, &p);
             prop_assert!(!before.passes_gates || after.passes_gates);
             if let (Some(b), Some(a)) = (before.raw_p, after.raw_p) {
                 prop_assert!(a <= b + 1e-12, "p grew from {b} to {a}");

@@ -243,10 +243,13 @@ impl Text<'_> {
             for c in correlated {
                 let o = &a.segments[c.segment];
                 let name = format!("{} {}", DIMENSIONS[o.dimension].label, o.value);
-                if c.shared_failures >= stat.segment.failures {
+                if c.shared_failures >= c.of_failures {
                     all.push(name);
                 } else {
-                    most.push(format!("{name} ({} of the failures)", c.shared_failures));
+                    most.push(format!(
+                        "{name} ({} of {} recent failures)",
+                        c.shared_failures, c.of_failures
+                    ));
                 }
             }
             if !all.is_empty() {
@@ -553,8 +556,8 @@ pub fn counts_table(a: &Assessment, winner: Option<usize>) -> Vec<Value> {
         .collect();
     others.sort_by(|x, y| {
         a.segments[*y]
-            .score(a.total)
-            .total_cmp(&a.segments[*x].score(a.total))
+            .score(&a.totals)
+            .total_cmp(&a.segments[*x].score(&a.totals))
     });
     for i in others.into_iter().take(5) {
         out.push(row(i, "runner-up"));

@@ -1,8 +1,9 @@
 //! Incident lifecycle with hysteresis, a pure state machine per tracked
-//! failure: open once the failure has persisted, i.e. the evidence shows
-//! failures in `open_after` distinct probe rounds (however often the
-//! detector runs: a one-round blip seen by two passes is still one round);
-//! resolve only after
+//! failure: open once the failure has persisted, i.e. it held in
+//! `open_after` consecutive evaluations *and* its evidence shows failures in
+//! `open_after` distinct probe rounds (a one-round blip seen by two passes
+//! is still one round; a borderline p-value that crosses the threshold in
+//! one pass is not confirmed); resolve only after
 //! it has not held for `resolve_after` consecutive evaluations *and* for at
 //! least `resolve_quiet`; replace the explanation of an open incident only
 //! after another one led for `update_after` consecutive evaluations. The
@@ -85,7 +86,11 @@ pub fn step(
         next.held_streak = state.held_streak.saturating_add(1);
         next.clear_streak = 0;
         next.last_held_at = Some(now);
-        if state.incident.is_none() && obs.may_open && obs.rounds_failing >= h.open_after {
+        if state.incident.is_none()
+            && obs.may_open
+            && obs.rounds_failing >= h.open_after
+            && next.held_streak >= h.open_after
+        {
             return (next, Transition::Open);
         }
         return (next, Transition::None);
@@ -207,13 +212,16 @@ mod tests {
     }
 
     #[test]
-    fn failures_over_two_rounds_open_at_the_first_pass_that_sees_them() {
-        let seq = vec![Observation {
-            held: true,
-            may_open: true,
-            rounds_failing: 2,
-        }];
-        assert_eq!(run(&seq), vec![(0, Transition::Open)]);
+    fn failures_over_two_rounds_open_at_the_second_pass_that_sees_them() {
+        let seq = vec![
+            Observation {
+                held: true,
+                may_open: true,
+                rounds_failing: 2,
+            };
+            2
+        ];
+        assert_eq!(run(&seq), vec![(1, Transition::Open)]);
         // A one-round blip seen by many passes opens nothing.
         let seq = vec![
             Observation {

@@ -13,6 +13,7 @@ pub mod dimensions;
 pub mod explain;
 pub mod lifecycle;
 pub mod plan;
+pub mod simulate;
 pub mod track;
 
 use std::collections::HashMap;

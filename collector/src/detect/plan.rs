@@ -414,10 +414,7 @@ fn seen(p: &Population, a: &Assessment, f: &Finding, names: &Names) -> Seen {
             &stat.value,
         )
     };
-    let score_of = |s: usize| {
-        let stat = &a.segments[s];
-        stat.score(a.totals[stat.window])
-    };
+    let score_of = |s: usize| a.segments[s].score(&a.totals);
     let footprint_of = |groups: &mut dyn Iterator<Item = usize>| -> BTreeSet<String> {
         groups
             .map(|g| {

@@ -163,14 +163,15 @@ fn settings() -> DetectorSettings {
     }
 }
 
-/// Two passes 15 s apart over the same probes; what both opened,
-/// re-explained and resolved.
+/// Two passes 15 s apart, the second at `end`; what both opened,
+/// re-explained and resolved (an incident opens at the second pass that
+/// holds).
 async fn two_passes(d: &Detector, end: DateTime<Utc>) -> PassSummary {
-    let first = d.evaluate_at(end).await.unwrap();
-    let mut second = d
-        .evaluate_at(end + chrono::Duration::seconds(15))
+    let first = d
+        .evaluate_at(end - chrono::Duration::seconds(15))
         .await
         .unwrap();
+    let mut second = d.evaluate_at(end).await.unwrap();
     assert!(
         first.ran && second.ran,
         "the test's detector holds the lease"
@@ -357,11 +358,15 @@ async fn a_resolver_handing_out_a_stale_address_is_the_resolver_and_the_address(
 
 #[sqlx::test(migrations = false)]
 async fn one_bad_address_among_several_records_is_the_address(pool: PgPool) {
-    // Every resolver answers three records; clients rotate over them; the
-    // backend behind .11 is broken.
+    // Every resolver answers three records; each client rotates over them
+    // (from where its own rotation stands); the backend behind .11 is
+    // broken.
     let records = ["127.0.0.10", "127.0.0.11", "127.0.0.12"];
-    detect_over_fleet(&pool, 30, |_, i| {
-        let dialed = records[i % 3];
+    detect_over_fleet(&pool, 30, |v, i| {
+        let IpAddr::V4(egress) = v.egress else {
+            unreachable!("the fleet is IPv4")
+        };
+        let dialed = records[(i + usize::from(egress.octets()[3])) % 3];
         http(dialed, if dialed == "127.0.0.11" { 502 } else { 200 })
     })
     .await;
@@ -476,9 +481,15 @@ async fn one_failing_round_of_two_vantages_opens_nothing_and_a_second_round_open
         .unwrap();
     assert!(one.opened.is_empty(), "{one:?}");
     assert!(incidents(&pool).await.is_empty());
-    // The second round: 6 of 6 against 0 of 18, and opened at once.
-    let two = d.evaluate_at(end).await.unwrap();
-    assert_eq!(two.opened.len(), 1, "{two:?}");
+    // The second round: 6 of 6 against 0 of 18, confirmed by the next
+    // pass.
+    let two = d
+        .evaluate_at(end - chrono::Duration::seconds(10))
+        .await
+        .unwrap();
+    assert!(two.opened.is_empty(), "{two:?}");
+    let confirmed = d.evaluate_at(end).await.unwrap();
+    assert_eq!(confirmed.opened.len(), 1, "{confirmed:?}");
     let rows = incidents(&pool).await;
     assert_eq!(
         (rows[0].2.as_str(), rows[0].3.as_str()),
@@ -560,10 +571,10 @@ async fn recovery_resolves_once_and_a_restart_neither_reopens_nor_forgets(pool: 
     assert_eq!(opened.len(), 1, "{opened:?}");
     assert_eq!(resolved.len(), 1, "{resolved:?}");
     assert_eq!(opened[0].1, resolved[0].1);
-    // Opens at the first pass (its window shows ten failing rounds); the
-    // last failing window is minute 4, so 3 clear evaluations end at
-    // minute 7 (and 3 min >= the 60 s quiet).
-    assert_eq!((opened[0].0, resolved[0].0), (1, 7));
+    // Opens at the second pass that holds; the last failing window is
+    // minute 4, so 3 clear evaluations end at minute 7 (and 3 min >= the
+    // 60 s quiet).
+    assert_eq!((opened[0].0, resolved[0].0), (2, 7));
     let (state, resolved_at): (String, Option<DateTime<Utc>>) =
         sqlx::query_as("SELECT state, resolved_at FROM v_incidents")
             .fetch_one(&pool)

@@ -1,0 +1,594 @@
+//! A fleet simulator for the detection scenarios benchmark and tests:
+//! vantages probe targets once per round (at a fixed offset inside it),
+//! a fault model says which probes fail, and the real pass ([`plan`]) runs
+//! every detector interval over the window, with the tracked state carried
+//! from pass to pass as the database would. No I/O and no clock: a run of
+//! thousands of passes takes milliseconds, and the same seed gives the
+//! same events.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::DetectorSettings;
+use super::asn::AsnTable;
+use super::decision::{bucket_of, bucket_thresholds};
+use super::dimensions::{DIMENSIONS, sources};
+use super::plan::{self, PassInput};
+use super::track::{CandidateKey, Tracked};
+use crate::store::WindowCell;
+
+/// One simulated vantage.
+#[derive(Debug, Clone)]
+pub struct SimVantage {
+    pub agent: String,
+    pub name: String,
+    pub region: String,
+    /// The address the targets see (the proxy's, through a proxy).
+    pub egress: IpAddr,
+    pub proxy: Option<String>,
+    /// Where inside a round it probes, as a fraction of the round.
+    pub offset: f64,
+}
+
+impl SimVantage {
+    pub fn new(agent: &str, name: &str, region: &str, egress: &str) -> Self {
+        Self {
+            agent: agent.into(),
+            name: name.into(),
+            region: region.into(),
+            egress: egress.parse().unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            proxy: None,
+            offset: 0.5,
+        }
+    }
+
+    pub fn via(mut self, proxy: &str, proxy_ip: &str) -> Self {
+        self.proxy = Some(proxy.into());
+        self.egress = proxy_ip.parse().unwrap_or(self.egress);
+        self
+    }
+}
+
+/// One probe a vantage makes of a target in a round: which resolver it
+/// asked and which address it dialled.
+#[derive(Debug, Clone)]
+pub struct SimPath {
+    pub resolver: String,
+    pub address: IpAddr,
+}
+
+/// What a probe got: `true` for a 502.
+pub type FaultModel<'a> = dyn Fn(u64, &str, &SimVantage, &SimPath) -> bool + 'a;
+
+/// A simulated fleet probing targets.
+pub struct Simulation<'a> {
+    pub settings: DetectorSettings,
+    pub round: Duration,
+    pub vantages: Vec<SimVantage>,
+    /// Per target: the paths each vantage probes every round.
+    pub targets: Vec<(String, Vec<SimPath>)>,
+    pub fault: Box<FaultModel<'a>>,
+}
+
+/// What happened to an incident, at which simulated second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimEvent {
+    pub at: f64,
+    pub incident: i64,
+    pub kind: &'static str,
+    pub key: CandidateKey,
+}
+
+impl Simulation<'_> {
+    /// The standard fleet of the scenarios: 15 vantages on 4 agents.
+    /// us-east: 127.0.2.1-2 and 127.0.3.1-2; us-west: 127.0.4.1,
+    /// 127.0.5.1, 127.0.6.1; eu: 127.0.7.1-2, 127.0.8.1-2; ap: four
+    /// vantages through two proxies on 127.0.0.1 (two each).
+    pub fn standard_fleet() -> Vec<SimVantage> {
+        let mut v = vec![
+            SimVantage::new("east", "e1", "us-east", "127.0.2.1"),
+            SimVantage::new("east", "e2", "us-east", "127.0.2.2"),
+            SimVantage::new("east", "e3", "us-east", "127.0.3.1"),
+            SimVantage::new("east", "e4", "us-east", "127.0.3.2"),
+            SimVantage::new("west", "w1", "us-west", "127.0.4.1"),
+            SimVantage::new("west", "w2", "us-west", "127.0.5.1"),
+            SimVantage::new("west", "w3", "us-west", "127.0.6.1"),
+            SimVantage::new("eu", "u1", "eu", "127.0.7.1"),
+            SimVantage::new("eu", "u2", "eu", "127.0.7.2"),
+            SimVantage::new("eu", "u3", "eu", "127.0.8.1"),
+            SimVantage::new("eu", "u4", "eu", "127.0.8.2"),
+        ];
+        for (name, proxy) in [("p1", 'a'), ("p2", 'a'), ("p3", 'b'), ("p4", 'b')] {
+            let (url, port) = if proxy == 'a' {
+                ("http://127.0.0.1:8881", "127.0.0.1")
+            } else {
+                ("http://127.0.0.1:8882", "127.0.0.1")
+            };
+            v.push(SimVantage::new("ap", name, "ap", "127.0.10.1").via(url, port));
+        }
+        let n = v.len() as f64;
+        for (i, x) in v.iter_mut().enumerate() {
+            x.offset = (i as f64 + 0.5) / n;
+        }
+        v
+    }
+
+    /// Runs `rounds` rounds with a pass every detector interval; returns
+    /// every open, update and resolve.
+    pub fn run(&self, rounds: u64) -> Vec<SimEvent> {
+        let round = self.round.as_secs_f64();
+        let interval = self.settings.interval.as_secs_f64();
+        let window = self.settings.window.as_secs_f64();
+        let thresholds = bucket_thresholds(
+            u32::try_from(self.settings.window.as_millis() / 100).unwrap_or(u32::MAX),
+        );
+        let asn = AsnTable::default();
+        let epoch = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::days(20_000);
+        let mut tracked: Vec<Tracked> = Vec::new();
+        let mut events = Vec::new();
+        let mut next_id = 1;
+        let passes = (rounds as f64 * round / interval).floor() as u64;
+        let source_list = sources();
+        for pass in 1..=passes {
+            let now = pass as f64 * interval;
+            let cells = self.cells(now, window, round, &thresholds, &source_list);
+            let at = epoch + chrono::Duration::milliseconds((now * 1000.0) as i64);
+            let plan = plan::plan(PassInput {
+                cells: &cells,
+                tracked: std::mem::take(&mut tracked),
+                open: &[],
+                settings: &self.settings,
+                asn: &asn,
+                thresholds: &thresholds,
+                now: at,
+            });
+            tracked = plan.tracked;
+            for (ti, _) in &plan.opens {
+                if let Some(t) = tracked.get_mut(*ti) {
+                    t.state.incident = Some(next_id);
+                    events.push(SimEvent {
+                        at: now,
+                        incident: next_id,
+                        kind: "opened",
+                        key: t.key.clone(),
+                    });
+                    next_id += 1;
+                }
+            }
+            for (id, _) in &plan.updates {
+                if let Some(t) = tracked.iter().find(|t| t.state.incident == Some(*id)) {
+                    events.push(SimEvent {
+                        at: now,
+                        incident: *id,
+                        kind: "updated",
+                        key: t.key.clone(),
+                    });
+                }
+            }
+            for (id, key) in &plan.resolves {
+                events.push(SimEvent {
+                    at: now,
+                    incident: *id,
+                    kind: "resolved",
+                    key: key.clone(),
+                });
+            }
+        }
+        events
+    }
+
+    /// Every probe started in `(now - window, now]`, one cell each.
+    fn cells(
+        &self,
+        now: f64,
+        window: f64,
+        round: f64,
+        thresholds: &[u32],
+        source_list: &[&'static str],
+    ) -> Vec<WindowCell> {
+        let epoch = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::days(20_000);
+        let interval_ms = (round * 1000.0) as i32;
+        let mut out = Vec::new();
+        let first_round = ((now - window) / round).floor().max(0.0) as u64;
+        let last_round = (now / round).ceil() as u64;
+        for r in first_round..=last_round {
+            for v in &self.vantages {
+                let t = (r as f64 + v.offset) * round;
+                if t <= now - window || t > now {
+                    continue;
+                }
+                let age = ((now - t) / round).floor() as u32;
+                let bucket = i32::try_from(bucket_of(age, thresholds)).unwrap_or(i32::MAX);
+                for (target, paths) in &self.targets {
+                    for path in paths {
+                        let failed = (self.fault)(r, target, v, path);
+                        let values = self.values(v, path, failed);
+                        let sources = source_list
+                            .iter()
+                            .map(|s| {
+                                DIMENSIONS
+                                    .iter()
+                                    .find(|d| d.source == *s)
+                                    .and_then(|d| values.get(d.name).cloned().flatten())
+                            })
+                            .collect();
+                        let at = epoch + chrono::Duration::milliseconds((t * 1000.0) as i64);
+                        out.push(WindowCell {
+                            target: target.clone(),
+                            check: target.clone(),
+                            outcome: if failed { "http" } else { "ok" }.into(),
+                            status: Some(if failed { 502 } else { 200 }),
+                            agent_id: v.agent.clone(),
+                            vantage: v.name.clone(),
+                            sources,
+                            interval_ms,
+                            bucket,
+                            probes: 1,
+                            first_at: at,
+                            last_at: at,
+                            last_seq: i64::try_from(r).unwrap_or(0),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The source value of every dimension for one probe.
+    fn values(
+        &self,
+        v: &SimVantage,
+        path: &SimPath,
+        failed: bool,
+    ) -> HashMap<&'static str, Option<String>> {
+        let egress = v.egress.to_string();
+        let address = path.address.to_string();
+        HashMap::from([
+            ("region", Some(v.region.clone())),
+            (
+                "proxy",
+                Some(v.proxy.clone().unwrap_or_else(|| "direct".into())),
+            ),
+            ("egress_prefix", Some(egress.clone())),
+            ("asn", Some(egress)),
+            ("resolver", Some(path.resolver.clone())),
+            ("resolver_egress", None),
+            ("address", Some(address.clone())),
+            ("address_prefix", Some(address.clone())),
+            ("ip_family", Some(address)),
+            ("edge_location", None),
+            ("http_version", Some("HTTP/1.1".into())),
+            ("agent", Some(v.agent.clone())),
+            ("vantage", Some(format!("{}/{}", v.agent, v.name))),
+            ("gateway", failed.then(|| "nginx".into())),
+        ])
+    }
+}
+
+/// One path per target: resolver `udp://127.0.0.53:53`, address 127.0.0.10.
+pub fn one_path() -> Vec<SimPath> {
+    vec![SimPath {
+        resolver: "udp://127.0.0.53:53".into(),
+        address: IpAddr::from([127, 0, 0, 10]),
+    }]
+}
+
+/// A deterministic coin: `true` with probability `p` for these inputs.
+pub fn coin(
+    p: f64,
+    seed: u64,
+    round: u64,
+    target: &str,
+    vantage: &SimVantage,
+    path: &SimPath,
+) -> bool {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        seed,
+        round,
+        target,
+        &vantage.agent,
+        &vantage.name,
+        &path.resolver,
+        path.address,
+    )
+        .hash(&mut h);
+    // SplitMix64 finaliser over the hash, then a uniform in [0, 1).
+    let mut z = h.finish().wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 11) as f64 / (1u64 << 53) as f64) < p
+}
+
+/// A fault scenario: targets, when the fault is on, what it does, and
+/// which incident it should page.
+pub struct Scenario {
+    pub name: &'static str,
+    pub targets: Vec<(String, Vec<SimPath>)>,
+    /// The fault is on in rounds `[start, end)`.
+    pub start: u64,
+    pub end: u64,
+    /// Whether a probe fails while the fault is on.
+    pub fails: Box<FaultModel<'static>>,
+    /// (target or `*`, dimension, value) the page should name; `None`:
+    /// nothing should open.
+    pub expect: Option<(String, &'static str, String)>,
+}
+
+fn resolver(n: u8) -> String {
+    format!("udp://127.0.0.{n}:53")
+}
+
+fn path(resolver_n: u8, address: [u8; 4]) -> SimPath {
+    SimPath {
+        resolver: resolver(resolver_n),
+        address: IpAddr::from(address),
+    }
+}
+
+fn in_net(ip: IpAddr, net: &str) -> bool {
+    net.parse::<ipnet::IpNet>().is_ok_and(|n| n.contains(&ip))
+}
+
+/// The scenarios of the field notes, on the standard fleet, the fault
+/// starting at round 20 and ending at round 40.
+pub fn scenarios() -> Vec<Scenario> {
+    let one = |name: &str| vec![(name.to_owned(), one_path())];
+    let (start, end) = (20, 40);
+    vec![
+        Scenario {
+            name: "WAF rule on one egress /24 (2 of 4 us-east vantages)",
+            targets: one("waf"),
+            start,
+            end,
+            fails: Box::new(|_, _, v, _| in_net(v.egress, "127.0.2.0/24")),
+            expect: Some(("waf".into(), "egress_prefix", "127.0.2.0/24".into())),
+        },
+        Scenario {
+            name: "regional edge (us-west, 3 vantages in 3 /24s)",
+            targets: one("region"),
+            start,
+            end,
+            fails: Box::new(|_, _, v, _| v.region == "us-west"),
+            expect: Some(("region".into(), "region", "us-west".into())),
+        },
+        Scenario {
+            name: "stale resolver (one of two resolvers answers the old address)",
+            targets: vec![(
+                "stale".into(),
+                vec![path(53, [127, 0, 0, 20]), path(54, [127, 0, 0, 21])],
+            )],
+            start,
+            end,
+            fails: Box::new(|_, _, _, p| p.address == IpAddr::from([127, 0, 0, 21])),
+            expect: Some(("stale".into(), "resolver", resolver(54))),
+        },
+        Scenario {
+            name: "one bad address among two A records (dial each)",
+            targets: vec![(
+                "records".into(),
+                vec![path(53, [127, 0, 0, 30]), path(53, [127, 0, 0, 31])],
+            )],
+            start,
+            end,
+            fails: Box::new(|_, _, _, p| p.address == IpAddr::from([127, 0, 0, 31])),
+            expect: Some(("records".into(), "address", "127.0.0.31".into())),
+        },
+        Scenario {
+            name: "forward proxy answers 502 to CONNECT (5 targets)",
+            targets: (1..=5).map(|i| (format!("site{i}"), one_path())).collect(),
+            start,
+            end,
+            fails: Box::new(|_, _, v, _| v.proxy.as_deref() == Some("http://127.0.0.1:8881")),
+            expect: Some(("*".into(), "proxy", "http://127.0.0.1:8881".into())),
+        },
+        Scenario {
+            name: "global outage",
+            targets: one("global"),
+            start,
+            end,
+            fails: Box::new(|_, _, _, _| true),
+            expect: Some(("global".into(), "global", "*".into())),
+        },
+        Scenario {
+            name: "WAF rule failing half the probes of its /24",
+            targets: one("partial"),
+            start,
+            end,
+            fails: Box::new(|r, t, v, p| {
+                in_net(v.egress, "127.0.2.0/24") && coin(0.5, 7, r, t, v, p)
+            }),
+            expect: Some(("partial".into(), "egress_prefix", "127.0.2.0/24".into())),
+        },
+        Scenario {
+            name: "fault spreads from one /24 to the whole region (re-explained)",
+            targets: one("spread"),
+            start,
+            end,
+            fails: Box::new(move |r, _, v, _| {
+                in_net(v.egress, "127.0.2.0/24") || (r >= start + 6 && v.region == "us-east")
+            }),
+            expect: Some(("spread".into(), "region", "us-east".into())),
+        },
+    ]
+}
+
+/// What a scenario run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    /// Incidents opened (any).
+    pub opened: usize,
+    /// Rounds from the fault's start to the first incident's opening.
+    pub rounds_to_open: Option<f64>,
+    /// Rounds from the fault's end to that incident's resolution.
+    pub rounds_to_resolve: Option<f64>,
+    /// The first incident's key when it opened, and at the end.
+    pub first_key: Option<CandidateKey>,
+    pub final_key: Option<CandidateKey>,
+    pub updates: usize,
+}
+
+impl Simulation<'_> {
+    /// Runs a scenario on the standard fleet for `end + 30` rounds.
+    pub fn measure(settings: &DetectorSettings, round: Duration, scenario: &Scenario) -> Measured {
+        let (start, end) = (scenario.start, scenario.end);
+        let fails = &scenario.fails;
+        let sim = Simulation {
+            settings: settings.clone(),
+            round,
+            vantages: Self::standard_fleet(),
+            targets: scenario.targets.clone(),
+            fault: Box::new(move |r, t, v, p| (start..end).contains(&r) && fails(r, t, v, p)),
+        };
+        let events = sim.run(end + 30);
+        let r = round.as_secs_f64();
+        let first = events.iter().find(|e| e.kind == "opened");
+        let id = first.map(|e| e.incident);
+        let last_key = events
+            .iter()
+            .rev()
+            .find(|e| Some(e.incident) == id && e.kind != "resolved")
+            .map(|e| e.key.clone());
+        Measured {
+            opened: events.iter().filter(|e| e.kind == "opened").count(),
+            rounds_to_open: first.map(|e| e.at / r - start as f64),
+            rounds_to_resolve: events
+                .iter()
+                .find(|e| e.kind == "resolved" && Some(e.incident) == id)
+                .map(|e| e.at / r - end as f64),
+            first_key: first.map(|e| e.key.clone()),
+            final_key: last_key,
+            updates: events
+                .iter()
+                .filter(|e| e.kind == "updated" && Some(e.incident) == id)
+                .count(),
+        }
+    }
+
+    /// Incidents opened by a fault-free fleet probing `targets` targets
+    /// for `rounds` rounds, each probe failing with probability `rate`;
+    /// and the target-passes that covered.
+    pub fn noise(
+        settings: &DetectorSettings,
+        round: Duration,
+        targets: usize,
+        rounds: u64,
+        rate: f64,
+        seed: u64,
+    ) -> (usize, u64) {
+        let sim = Simulation {
+            settings: settings.clone(),
+            round,
+            vantages: Self::standard_fleet(),
+            targets: (0..targets)
+                .map(|i| (format!("t{i}"), one_path()))
+                .collect(),
+            fault: Box::new(move |r, t, v, p| coin(rate, seed, r, t, v, p)),
+        };
+        let events = sim.run(rounds);
+        let passes = (rounds as f64 * round.as_secs_f64() / settings.interval.as_secs_f64()) as u64;
+        (
+            events.iter().filter(|e| e.kind == "opened").count(),
+            passes * targets as u64,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field-notes scenario at the default settings pages the right
+    /// dimension within 3 rounds of the fault, once, and resolves within
+    /// 3 rounds of the repair plus `resolve_quiet` (the benchmark prints
+    /// the figures).
+    #[test]
+    fn every_scenario_pages_the_right_dimension_in_time() {
+        let settings = DetectorSettings::default();
+        let round = Duration::from_secs(30);
+        let quiet = settings.hysteresis.resolve_quiet.as_secs_f64() / round.as_secs_f64();
+        for s in scenarios() {
+            let m = Simulation::measure(&settings, round, &s);
+            let (target, dimension, value) = s.expect.clone().unwrap_or_default();
+            let key = m
+                .final_key
+                .clone()
+                .unwrap_or_else(|| panic!("{}: nothing opened", s.name));
+            assert_eq!(
+                (
+                    key.target.as_str(),
+                    key.dimension.as_str(),
+                    key.value.as_str()
+                ),
+                (target.as_str(), dimension, value.as_str()),
+                "{}: {m:?}",
+                s.name
+            );
+            assert_eq!(m.opened, 1, "{}: one incident: {m:?}", s.name);
+            // Partial rates take proportionally longer.
+            let open_limit = if s.name.contains("half") { 8.0 } else { 3.0 };
+            assert!(
+                m.rounds_to_open.is_some_and(|r| r <= open_limit),
+                "{}: {m:?}",
+                s.name
+            );
+            assert!(
+                m.rounds_to_resolve.is_some_and(|r| r <= 3.0 + quiet),
+                "{}: {m:?}",
+                s.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_spreading_fault_is_re_explained_once_not_paged_twice() {
+        let s = scenarios()
+            .into_iter()
+            .find(|s| s.name.contains("spreads"))
+            .expect("the spread scenario");
+        let m = Simulation::measure(&DetectorSettings::default(), Duration::from_secs(30), &s);
+        assert_eq!(
+            m.first_key.as_ref().map(|k| k.dimension.as_str()),
+            Some("egress_prefix")
+        );
+        assert_eq!(
+            m.final_key.as_ref().map(|k| k.value.as_str()),
+            Some("us-east")
+        );
+        assert_eq!((m.opened, m.updates), (1, 1), "{m:?}");
+    }
+
+    #[test]
+    fn noise_one_vantage_and_flapping_do_not_page() {
+        let settings = DetectorSettings::default();
+        let round = Duration::from_secs(30);
+        let (opened, target_passes) = Simulation::noise(&settings, round, 3, 400, 0.02, 2);
+        assert!(target_passes >= 2400);
+        assert_eq!(opened, 0, "2% noise over {target_passes} target-passes");
+        let alone = Scenario {
+            name: "one vantage",
+            targets: vec![("alone".into(), one_path())],
+            start: 10,
+            end: 60,
+            fails: Box::new(|_, _, v, _| v.name == "e1"),
+            expect: None,
+        };
+        assert_eq!(Simulation::measure(&settings, round, &alone).opened, 0);
+        let flapping = Scenario {
+            name: "flapping",
+            targets: vec![("flap".into(), one_path())],
+            start: 10,
+            end: 60,
+            fails: Box::new(|r, _, v, _| r % 2 == 0 && in_net(v.egress, "127.0.2.0/24")),
+            expect: None,
+        };
+        let m = Simulation::measure(&settings, round, &flapping);
+        assert_eq!(m.opened, 1, "one incident for the whole flapping: {m:?}");
+    }
+}
