@@ -41,6 +41,8 @@ pub const PROXY_ERROR_BODY: &str =
 pub struct ForwardProxy {
     addr: SocketAddr,
     tunnels: Arc<AtomicU64>,
+    /// An HTTP proxy's refusal status, changeable while it runs.
+    refusing: Arc<std::sync::Mutex<Option<u16>>>,
     _stop: DropGuard,
 }
 
@@ -53,14 +55,26 @@ impl ForwardProxy {
         let stop = CancellationToken::new();
         let tunnels = Arc::new(AtomicU64::new(0));
         let count = tunnels.clone();
+        let refusing = Arc::new(std::sync::Mutex::new(match &kind {
+            ProxyKind::Http { refuse_with, .. } => *refuse_with,
+            ProxyKind::Socks5 { .. } => None,
+        }));
+        let refusal = refusing.clone();
         crate::accept::serve_connections(listener, stop.clone(), move |stream| {
-            serve(stream, kind.clone(), count.clone())
+            serve(stream, kind.clone(), count.clone(), refusal.clone())
         });
         Ok(Self {
             addr,
             tunnels,
+            refusing,
             _stop: stop.drop_guard(),
         })
+    }
+
+    /// Makes an HTTP proxy refuse every tunnel with `status` from now on
+    /// (`None`: tunnel again).
+    pub fn set_refusing(&self, status: Option<u16>) {
+        *self.refusing.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -73,16 +87,19 @@ impl ForwardProxy {
     }
 }
 
-async fn serve(stream: TcpStream, kind: ProxyKind, tunnels: Arc<AtomicU64>) {
+async fn serve(
+    stream: TcpStream,
+    kind: ProxyKind,
+    tunnels: Arc<AtomicU64>,
+    refusing: Arc<std::sync::Mutex<Option<u16>>>,
+) {
     match kind {
         ProxyKind::Socks5 { credentials } => {
             let _ = serve_socks5(stream, credentials, tunnels).await;
         }
-        ProxyKind::Http {
-            credentials,
-            refuse_with,
-        } => {
+        ProxyKind::Http { credentials, .. } => {
             let service = service_fn(move |req| {
+                let refuse_with = *refusing.lock().unwrap_or_else(|e| e.into_inner());
                 connect(req, credentials.clone(), refuse_with, tunnels.clone())
             });
             let _ = hyper::server::conn::http1::Builder::new()

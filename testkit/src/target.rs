@@ -1,4 +1,4 @@
-//! An HTTP target that fails with 502 for one source range.
+//! An HTTP target that fails with 502 for some source ranges.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,7 @@ const NGINX_502_BODY: &str = "<html>\r\n<head><title>502 Bad Gateway</title></he
 
 #[derive(Default)]
 struct Shared {
-    failing: RwLock<Option<IpNet>>,
+    failing: RwLock<Vec<IpNet>>,
     requests: AtomicU64,
     failures: AtomicU64,
     /// `(agent, seq)` of every probe seen, from its `X-Vantage-Probe`.
@@ -35,11 +35,17 @@ pub struct Target {
 impl Target {
     /// Starts the site on `bind_ip` (free port), failing for `failing`.
     pub async fn start(bind_ip: IpAddr, failing: Option<IpNet>) -> Result<Self> {
+        Self::start_at(SocketAddr::new(bind_ip, 0), failing).await
+    }
+
+    /// Starts the site on `addr` (e.g. a second address of a name, on the
+    /// same port as the first), failing for `failing`.
+    pub async fn start_at(addr: SocketAddr, failing: Option<IpNet>) -> Result<Self> {
         let shared = Arc::new(Shared::default());
-        *shared.failing.write().unwrap_or_else(|e| e.into_inner()) = failing;
-        let listener = TcpListener::bind(SocketAddr::new(bind_ip, 0))
+        *shared.failing.write().unwrap_or_else(|e| e.into_inner()) = failing.into_iter().collect();
+        let listener = TcpListener::bind(addr)
             .await
-            .context("bind target listener")?;
+            .with_context(|| format!("bind target listener on {addr}"))?;
         let addr = listener.local_addr()?;
         let app = Router::new()
             .route("/ip", axum::routing::get(echo_ip))
@@ -67,11 +73,17 @@ impl Target {
 
     /// Changes (or clears, with `None`) the range that gets 502.
     pub fn set_failing(&self, failing: Option<IpNet>) {
+        self.set_failing_ranges(&failing.into_iter().collect::<Vec<_>>());
+    }
+
+    /// Changes the ranges that get 502 (none: healthy; `0.0.0.0/0`:
+    /// everyone).
+    pub fn set_failing_ranges(&self, ranges: &[IpNet]) {
         *self
             .shared
             .failing
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = failing;
+            .unwrap_or_else(|e| e.into_inner()) = ranges.to_vec();
     }
 
     /// Sequence numbers of the probes `agent` sent here (from their
@@ -124,8 +136,13 @@ async fn serve(
             .unwrap_or_else(|e| e.into_inner())
             .push(probe);
     }
-    let failing = *shared.failing.read().unwrap_or_else(|e| e.into_inner());
-    if failing.is_some_and(|net| net.contains(&peer.ip())) {
+    let failing = shared
+        .failing
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|net| net.contains(&peer.ip()));
+    if failing {
         shared.failures.fetch_add(1, Ordering::Relaxed);
         return (
             StatusCode::BAD_GATEWAY,

@@ -93,22 +93,35 @@ pub fn plan(input: PassInput<'_>) -> Plan {
         p.rounds = rounds_in(window_ms, p.round_ms);
         p.window = settings.window;
     }
+    let assess = |p: &Population| {
+        decision::assess(
+            &p.groups,
+            &infos,
+            &decision::windows_for(p.rounds),
+            &settings.params,
+        )
+    };
+    let mut assessments: Vec<Assessment> = populations.iter().map(assess).collect();
+    // Path failures across targets, leaving out the targets failing
+    // everywhere: an outage of one site says nothing about the paths.
     for pattern in Pattern::ALL {
-        if let Some(path) = path_population(&populations, pattern, names.vantages.len()) {
+        let members: Vec<&Population> = populations
+            .iter()
+            .zip(&assessments)
+            .filter(|(p, a)| {
+                p.pattern == pattern
+                    && !a
+                        .findings
+                        .iter()
+                        .any(|f| matches!(f, Finding::Global { .. }))
+            })
+            .map(|(p, _)| p)
+            .collect();
+        if let Some(path) = path_population(&members, pattern, names.vantages.len()) {
+            assessments.push(assess(&path));
             populations.push(path);
         }
     }
-    let assessments: Vec<Assessment> = populations
-        .iter()
-        .map(|p| {
-            decision::assess(
-                &p.groups,
-                &infos,
-                &decision::windows_for(p.rounds),
-                &settings.params,
-            )
-        })
-        .collect();
     for (p, a) in populations.iter().zip(&assessments) {
         plan.segments += a.segments.len();
         plan.rates.extend(rate_rows(&p.target, p.pattern, a));
@@ -330,19 +343,15 @@ fn group(
 /// and the distinct-witness gate counts targets, not vantages. None with
 /// fewer than two targets.
 fn path_population(
-    populations: &[Population],
+    members: &[&Population],
     pattern: Pattern,
     vantages: usize,
 ) -> Option<Population> {
-    let members: Vec<&Population> = populations
-        .iter()
-        .filter(|p| p.pattern == pattern && p.target != PATH_TARGET)
-        .collect();
     if members.len() < 2 {
         return None;
     }
     let mut path = Population::new(PATH_TARGET.to_owned(), pattern);
-    for p in members {
+    for p in members.iter().copied() {
         path.window = p.window;
         path.statuses.extend(p.statuses.iter().copied());
         path.round_ms = path.round_ms.max(p.round_ms);

@@ -8,8 +8,10 @@ mod auth;
 mod detection;
 mod e2e;
 mod faults;
+mod field;
 mod ingest;
 mod limits;
+mod process;
 mod schema;
 mod tls;
 
