@@ -196,14 +196,11 @@ impl Field {
     }
 }
 
-/// Each agent: its id, region, and vantages (name, source, proxy).
-fn fleet(
-    field: &Field,
-) -> Vec<(
-    &'static str,
-    &'static str,
-    Vec<(String, String, Option<String>)>,
-)> {
+/// A vantage: name, source address, proxy.
+type VantageSpec = (String, String, Option<String>);
+
+/// Each agent: its id, region, and vantages.
+fn fleet(field: &Field) -> Vec<(&'static str, &'static str, Vec<VantageSpec>)> {
     let direct = |name: &str, source: &str| (name.to_owned(), source.to_owned(), None);
     let proxied = |name: &str, source: &str, proxy: &ForwardProxy| {
         (
