@@ -130,6 +130,9 @@ ALTER TABLE detector_state
     ADD COLUMN pending_value     text,
     ADD COLUMN pending_streak    integer NOT NULL DEFAULT 0;
 
+-- Which collector ran each pass (its detector lease holder).
+ALTER TABLE detection_runs ADD COLUMN runner text;
+
 -- Which window the rates of a pass were taken over, in probe rounds.
 ALTER TABLE segment_rates ADD COLUMN window_rounds integer;
 

@@ -630,14 +630,16 @@ impl Store {
 
         // The run and its rates.
         let run_id: i64 = sqlx::query_scalar(
-            "INSERT INTO detection_runs (evaluated_at, window_start, window_end, probes, duration_ms)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO detection_runs (evaluated_at, window_start, window_end, probes, duration_ms,
+                                         runner)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(run.evaluated_at)
         .bind(run.window_start)
         .bind(run.window_end)
         .bind(run.probes)
         .bind(run.duration_ms)
+        .bind(holder)
         .fetch_one(&mut *tx)
         .await?;
         let rates = &plan.rates;

@@ -10,6 +10,7 @@ mod e2e;
 mod faults;
 mod field;
 mod ingest;
+mod lease;
 mod limits;
 mod process;
 mod schema;

@@ -1,0 +1,116 @@
+//! One detector per database, with real processes: two `vantage-collector`
+//! processes on one database; one holds the detector lease and runs every
+//! pass; when it is killed, the other takes over within two intervals.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use crate::database_url;
+use crate::process::{kill9, terminate};
+
+const INTERVAL: Duration = Duration::from_millis(500);
+
+fn start_collector(pool: &PgPool, dir: &std::path::Path, name: &str) -> Child {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let grpc = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "grpc_listen = \"{grpc}\"\n[detector]\ninterval = \"{}ms\"\nwindow = \"10s\"\n",
+            INTERVAL.as_millis()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_vantage-collector"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("DATABASE_URL", database_url(pool))
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(grpc).is_err() {
+        assert!(Instant::now() < deadline, "{name} did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// The pid in a lease holder name (`host:pid:nonce`).
+fn pid_of(runner: &str) -> Option<u32> {
+    runner.split(':').nth(1)?.parse().ok()
+}
+
+/// The runners of the passes recorded after pass `after`.
+async fn runners_since(pool: &PgPool, after: i64) -> Vec<(i64, String)> {
+    sqlx::query_as("SELECT id, runner FROM detection_runs WHERE id > $1 ORDER BY id")
+        .bind(after)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_collectors_run_one_detector_and_the_second_takes_over(pool: PgPool) {
+    let store = vantage_collector::store::Store::new(pool.clone());
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start_collector(&pool, dir.path(), "first");
+    // The first collector runs passes before the second starts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while runners_since(&pool, 0).await.is_empty() {
+        assert!(Instant::now() < deadline, "no detection pass");
+        tokio::time::sleep(INTERVAL).await;
+    }
+    let mut second = start_collector(&pool, dir.path(), "second");
+    let before = runners_since(&pool, 0).await.last().unwrap().0;
+    tokio::time::sleep(INTERVAL * 10).await;
+    let both_up = runners_since(&pool, before).await;
+    assert!(both_up.len() >= 4, "passes went on: {both_up:?}");
+    assert!(
+        both_up.iter().all(|(_, r)| pid_of(r) == Some(first.id())),
+        "only the first collector ran passes while both were up: {both_up:?}"
+    );
+
+    // The lease holder dies without releasing: the second takes over once
+    // the lease (two intervals) has expired.
+    let last = both_up.last().unwrap().0;
+    kill9(&mut first);
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(20);
+    let taken_over = loop {
+        let runs = runners_since(&pool, last).await;
+        if let Some((_, runner)) = runs.iter().find(|(_, r)| pid_of(r) == Some(second.id())) {
+            break (killed.elapsed(), runner.clone());
+        }
+        assert!(Instant::now() < deadline, "no takeover: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "the second collector ran its first pass {:.2} s after the first was killed \
+         (lease = 2 intervals = {:?})",
+        taken_over.0.as_secs_f64(),
+        INTERVAL * 2
+    );
+    let holder: String = sqlx::query_scalar("SELECT holder FROM detector_lease")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(holder, taken_over.1);
+
+    // A graceful stop releases the lease at once.
+    let status = terminate(&mut second, Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    let lease: Option<String> = sqlx::query_scalar("SELECT holder FROM detector_lease")
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+    assert_eq!(lease, None, "released at shutdown");
+}
