@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -379,13 +380,61 @@ async fn story(url: &str) -> Result<()> {
 
     print_sql(&pool).await?;
 
+    // The fault spreads: the WAF rule now covers the rest of us-east. The
+    // incident is the same failure, re-explained, not a second page.
+    let region_nets: Vec<IpNet> = demo_agents()
+        .iter()
+        .filter(|a| a.region == "us-east")
+        .map(|a| IpNet::from(a.source_ip))
+        .collect();
+    println!(
+        "The fault spreads: the target now answers 502 to every us-east agent ({}).",
+        region_nets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    scenario.target.set_failing_ranges(&region_nets);
+    let spread = Instant::now();
+    let Some(updated) = scenario
+        .webhook
+        .wait_for(wait, |b| b["event"] == "incident.updated")
+        .await
+    else {
+        scenario.stop().await?;
+        bail!("the incident was not re-explained within {wait:?} of the spread");
+    };
+    println!(
+        "Incident #{} re-explained {:.1} s later: {} {} (was {} {}). What on-call reads now:\n",
+        updated["incident_id"],
+        spread.elapsed().as_secs_f64(),
+        updated["dimension"].as_str().unwrap_or_default(),
+        updated["value"].as_str().unwrap_or_default(),
+        updated["previous"]["dimension"]
+            .as_str()
+            .unwrap_or_default(),
+        updated["previous"]["value"].as_str().unwrap_or_default(),
+    );
+    println!(
+        "  {}\n",
+        wrap(
+            updated["explanation"].as_str().unwrap_or_default(),
+            76,
+            "  "
+        )
+    );
+    print_history(&pool).await?;
+
     println!("Repairing the target: it now answers 200 to everyone.");
     scenario.target.set_failing(None);
     let repaired = Instant::now();
+    let dimension = updated["dimension"].as_str().unwrap_or_default().to_owned();
+    let value = updated["value"].as_str().unwrap_or_default().to_owned();
     let resolved = scenario
-        .wait_for_webhook("incident.resolved", "egress_prefix", &prefix, wait)
+        .wait_for_webhook("incident.resolved", &dimension, &value, wait)
         .await;
-    let (opens, resolves) = count_events(&scenario.webhook.received());
+    let (opens, updates, resolves) = count_events(&scenario.webhook.received());
     scenario.stop().await?;
     let Some(resolved) = resolved else {
         bail!("the incident for {prefix} did not resolve within {wait:?} of the repair");
@@ -396,15 +445,53 @@ async fn story(url: &str) -> Result<()> {
     );
     println!("{}\n", serde_json::to_string_pretty(&resolved)?);
     println!(
-        "Webhooks in all: {opens} opened, {resolves} resolved (one of each per incident, no storm)."
+        "Webhooks in all: {opens} opened, {updates} updated, {resolves} resolved (one incident, \
+         re-explained once, no storm)."
     );
     println!("Demo finished in {:.1} s.", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn count_events(bodies: &[Value]) -> (usize, usize) {
+fn count_events(bodies: &[Value]) -> (usize, usize, usize) {
     let count = |e: &str| bodies.iter().filter(|b| b["event"] == e).count();
-    (count("incident.opened"), count("incident.resolved"))
+    (
+        count("incident.opened"),
+        count("incident.updated"),
+        count("incident.resolved"),
+    )
+}
+
+/// How the incidents' explanations changed (`v_incident_history`).
+async fn print_history(pool: &PgPool) -> Result<()> {
+    println!(
+        "SQL> SELECT incident_id, version, dimension, value, explained_at, replaced_at\n     \
+         FROM v_incident_history;"
+    );
+    let rows: Vec<(
+        i64,
+        i32,
+        String,
+        String,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+    )> = sqlx::query_as(
+        "SELECT incident_id, version, dimension, value, explained_at, replaced_at
+             FROM v_incident_history",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (id, version, dimension, value, at, replaced) in rows {
+        println!(
+            "  {id:>3} v{version} {dimension:<14} {value:<16} from {} {}",
+            at.format("%H:%M:%S%.3f"),
+            replaced.map_or("(current)".to_owned(), |r| format!(
+                "to {}",
+                r.format("%H:%M:%S%.3f")
+            ))
+        );
+    }
+    println!();
+    Ok(())
 }
 
 /// Wraps `text` at `width` columns, continuing lines with `indent`.
