@@ -461,6 +461,16 @@ fn count_events(bodies: &[Value]) -> (usize, usize, usize) {
     )
 }
 
+/// A row of `v_incident_history` as the demo prints it.
+type HistoryLine = (
+    i64,
+    i32,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
 /// How the incidents' explanations changed (`v_incident_history`).
 async fn print_history(pool: &PgPool) -> Result<()> {
     println!(
