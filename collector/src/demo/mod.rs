@@ -477,14 +477,7 @@ async fn print_history(pool: &PgPool) -> Result<()> {
         "SQL> SELECT incident_id, version, dimension, value, explained_at, replaced_at\n     \
          FROM v_incident_history;"
     );
-    let rows: Vec<(
-        i64,
-        i32,
-        String,
-        String,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-    )> = sqlx::query_as(
+    let rows: Vec<HistoryLine> = sqlx::query_as(
         "SELECT incident_id, version, dimension, value, explained_at, replaced_at
              FROM v_incident_history",
     )
