@@ -486,6 +486,26 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads_with_the_documented_detector_settings() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/collector.example.toml"
+        ));
+        let c = CollectorConfig::load(path).unwrap();
+        let s = c.detector.settings();
+        assert_eq!(s.params, Params::default());
+        assert_eq!(s.hysteresis, Hysteresis::default());
+        assert_eq!(s.default_round, DetectorSettings::default().default_round);
+    }
+
+    #[test]
+    fn min_probes_is_accepted_and_ignored() {
+        let c = load("[detector]\nmin_probes = 20\n").unwrap();
+        assert_eq!(c.detector.min_probes, Some(20));
+        assert_eq!(c.detector.settings().params, Params::default());
+    }
+
+    #[test]
     fn minimal_config_uses_defaults() {
         let c = load("grpc_listen = \"127.0.0.1:7400\"\n").unwrap();
         assert_eq!(c.detector.window, Duration::from_secs(300));
