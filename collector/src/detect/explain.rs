@@ -13,9 +13,10 @@ use serde_json::{Value, json};
 use super::decision::{Assessment, Counts, Finding, Window};
 use super::dimensions::{DIMENSIONS, Role};
 use super::plan::Names;
+use super::population::Population;
 use super::track::PATH_TARGET;
 use super::{DetectorSettings, Pattern};
-use crate::store::{Incident, IncidentRecord, WindowCell};
+use crate::store::{Incident, IncidentRecord};
 
 /// What counts as a failure, in words: `502`, `502/503/504`, or a
 /// connection-level failure.
@@ -28,74 +29,6 @@ pub fn failure_label(pattern: Pattern, statuses: &BTreeSet<u16>) -> String {
             .collect::<Vec<_>>()
             .join("/"),
         Pattern::Connection => "a connection-level failure (DNS, connect, TLS, timeout)".into(),
-    }
-}
-
-/// Probes assessed together: one target's (or, for path findings, every
-/// target's) groups of one failure pattern, with what their records need.
-pub struct Population {
-    /// The target, or [`PATH_TARGET`].
-    pub target: String,
-    pub pattern: Pattern,
-    pub groups: Vec<super::decision::Group>,
-    /// Per group: its failing probes' times and samples.
-    pub evidence: Vec<GroupEvidence>,
-    /// Per group: indexes into [`Names`].
-    pub group_target: Vec<usize>,
-    pub group_vantage: Vec<usize>,
-    /// Statuses counted as failures.
-    pub statuses: BTreeSet<u16>,
-    /// One probe round (the longest check interval seen), milliseconds.
-    pub round_ms: i64,
-    /// Rounds in the detection window.
-    pub rounds: u32,
-    /// The detection window.
-    pub window: Duration,
-}
-
-impl Population {
-    pub fn new(target: String, pattern: Pattern) -> Self {
-        Self {
-            target,
-            pattern,
-            groups: Vec::new(),
-            evidence: Vec::new(),
-            group_target: Vec::new(),
-            group_vantage: Vec::new(),
-            statuses: BTreeSet::new(),
-            round_ms: 1,
-            rounds: 1,
-            window: Duration::ZERO,
-        }
-    }
-
-    fn round(&self) -> Duration {
-        Duration::from_millis(u64::try_from(self.round_ms).unwrap_or(0))
-    }
-}
-
-/// Failing probes of one group: when, and a sample of result ids.
-#[derive(Debug, Default, Clone)]
-pub struct GroupEvidence {
-    pub first_failure_at: Option<DateTime<Utc>>,
-    pub last_failure_at: Option<DateTime<Utc>>,
-    /// (agent, seq, started at).
-    pub samples: Vec<(String, i64, DateTime<Utc>)>,
-}
-
-impl GroupEvidence {
-    /// Adds a cell of failing probes.
-    pub fn add(&mut self, cell: &WindowCell) {
-        self.first_failure_at = Some(
-            self.first_failure_at
-                .map_or(cell.first_at, |t| t.min(cell.first_at)),
-        );
-        self.last_failure_at = Some(
-            self.last_failure_at
-                .map_or(cell.last_at, |t| t.max(cell.last_at)),
-        );
-        self.samples
-            .push((cell.agent_id.clone(), cell.last_seq, cell.last_at));
     }
 }
 

@@ -56,10 +56,8 @@ impl KeyState {
 /// One evaluation's observation of a candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observation {
-    /// The segment was flagged (or the target failed globally).
+    /// The failure was found, and is recent.
     pub held: bool,
-    /// It may open an incident (it is not already one).
-    pub may_open: bool,
     /// Distinct probe rounds with failures in the evidence.
     pub rounds_failing: u32,
 }
@@ -87,7 +85,6 @@ pub fn step(
         next.clear_streak = 0;
         next.last_held_at = Some(now);
         if state.incident.is_none()
-            && obs.may_open
             && obs.rounds_failing >= h.open_after
             && next.held_streak >= h.open_after
         {
@@ -152,7 +149,6 @@ mod tests {
                 rounds = if *held { rounds + 1 } else { 0 };
                 Observation {
                     held: *held,
-                    may_open: true,
                     rounds_failing: rounds,
                 }
             })
@@ -199,24 +195,10 @@ mod tests {
     }
 
     #[test]
-    fn a_covered_finding_does_not_open() {
-        let seq = vec![
-            Observation {
-                held: true,
-                may_open: false,
-                rounds_failing: 5,
-            };
-            5
-        ];
-        assert!(run(&seq).is_empty());
-    }
-
-    #[test]
     fn failures_over_two_rounds_open_at_the_second_pass_that_sees_them() {
         let seq = vec![
             Observation {
                 held: true,
-                may_open: true,
                 rounds_failing: 2,
             };
             2
@@ -226,7 +208,6 @@ mod tests {
         let seq = vec![
             Observation {
                 held: true,
-                may_open: true,
                 rounds_failing: 1,
             };
             6

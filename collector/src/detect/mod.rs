@@ -13,6 +13,7 @@ pub mod dimensions;
 pub mod explain;
 pub mod lifecycle;
 pub mod plan;
+pub mod population;
 pub mod simulate;
 pub mod track;
 

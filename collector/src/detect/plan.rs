@@ -1,5 +1,6 @@
 //! One detection pass as a pure plan (no I/O, no clock): the window's
-//! cells are grouped per target and failure pattern, assessed over several
+//! cells are grouped per target and failure pattern ([`population`]),
+//! assessed over several
 //! windows ([`decision`]), assessed once more across targets for path
 //! failures, matched to the failures tracked so far ([`track`]), run
 //! through the hysteresis ([`lifecycle`]), and turned into the incident
@@ -7,17 +8,17 @@
 //! the plan in one transaction.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 
 use super::asn::AsnTable;
-use super::decision::{self, Assessment, Counts, Finding, Group, Window};
-use super::dimensions::{DIMENSIONS, Derive, DeriveContext};
-use super::explain::{self, Population};
+use super::decision::{self, Assessment, Finding, Window};
+use super::dimensions::{DIMENSIONS, DeriveContext};
+use super::explain;
 use super::lifecycle::{self, Observation, Transition};
-use super::track::{self, CandidateKey, PATH_TARGET, Seen, Tracked};
-use super::{CONNECTION_OUTCOMES, DetectorSettings, Pattern, dimension_infos};
+use super::population::{Population, group, path_population, rounds_in};
+use super::track::{self, CandidateKey, Seen, Tracked};
+use super::{DetectorSettings, Pattern, dimension_infos};
 use crate::store::{Incident, IncidentRecord, RateRow, WindowCell};
 
 /// Everything a pass reads.
@@ -176,7 +177,6 @@ pub fn plan(input: PassInput<'_>) -> Plan {
         let held = s.is_some_and(|(_, s)| s.timing.recent);
         let obs = Observation {
             held,
-            may_open: true,
             rounds_failing: s.map_or(0, |(_, s)| {
                 u32::try_from(s.timing.rounds_failing).unwrap_or(u32::MAX)
             }),
@@ -239,140 +239,6 @@ pub fn plan(input: PassInput<'_>) -> Plan {
     }
     plan.tracked = kept;
     plan
-}
-
-/// Rounds of `round_ms` in a window of `window_ms` (at least 1).
-fn rounds_in(window_ms: i64, round_ms: i64) -> u32 {
-    let rounds = (window_ms + round_ms - 1) / round_ms.max(1);
-    u32::try_from(rounds.max(1)).unwrap_or(u32::MAX)
-}
-
-/// Per population: (dimension values, vantage) to the index of its group.
-type GroupIndex = HashMap<(Vec<Option<String>>, usize), usize>;
-
-/// Reduces the window's cells to populations: one per target and pattern,
-/// both patterns for every target with probes (an open incident must see
-/// the healthy window to resolve).
-fn group(
-    cells: &[WindowCell],
-    ctx: &DeriveContext<'_>,
-    settings: &DetectorSettings,
-    thresholds: &[u32],
-) -> (Vec<Population>, Names) {
-    let source_index = super::dimensions::source_index();
-    let buckets = thresholds.len() + 1;
-    let mut names = Names::default();
-    let mut target_ids: HashMap<&str, usize> = HashMap::new();
-    let mut vantage_ids: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut populations: Vec<Population> = Vec::new();
-    let mut by_key: HashMap<(usize, Pattern), usize> = HashMap::new();
-    let mut index: Vec<GroupIndex> = Vec::new();
-    for cell in cells {
-        let target = *target_ids.entry(cell.target.as_str()).or_insert_with(|| {
-            names.targets.push(cell.target.clone());
-            names.targets.len() - 1
-        });
-        let vantage = *vantage_ids
-            .entry((cell.agent_id.as_str(), cell.vantage.as_str()))
-            .or_insert_with(|| {
-                names
-                    .vantages
-                    .push(format!("{}/{}", cell.agent_id, cell.vantage));
-                names.vantages.len() - 1
-            });
-        let mut values = Vec::with_capacity(DIMENSIONS.len());
-        let mut addresses = Vec::with_capacity(DIMENSIONS.len());
-        for (d, si) in DIMENSIONS.iter().zip(&source_index) {
-            let source = cell.sources.get(*si).cloned().flatten();
-            values.push(source.as_deref().and_then(|s| d.derive.apply(s, ctx)));
-            addresses.push(if d.derive == Derive::Prefix {
-                source.as_deref().and_then(|s| s.parse::<IpAddr>().ok())
-            } else {
-                None
-            });
-        }
-        let statuses = settings.statuses_for(&cell.check);
-        let status_failure = cell
-            .status
-            .and_then(|s| u16::try_from(s).ok())
-            .is_some_and(|s| statuses.contains(&s));
-        let connection_failure =
-            !status_failure && CONNECTION_OUTCOMES.contains(&cell.outcome.as_str());
-        let probes = u64::try_from(cell.probes).unwrap_or(0);
-        let bucket = usize::try_from(cell.bucket).unwrap_or(0).min(buckets - 1);
-        for (pattern, failing) in [
-            (Pattern::Status, status_failure),
-            (Pattern::Connection, connection_failure),
-        ] {
-            let pi = *by_key.entry((target, pattern)).or_insert_with(|| {
-                populations.push(Population::new(cell.target.clone(), pattern));
-                index.push(HashMap::new());
-                populations.len() - 1
-            });
-            let p = &mut populations[pi];
-            p.statuses.extend(statuses.iter().copied());
-            p.round_ms = p.round_ms.max(i64::from(cell.interval_ms));
-            let gi = *index[pi]
-                .entry((values.clone(), vantage))
-                .or_insert_with(|| {
-                    p.groups.push(Group {
-                        values: values.clone(),
-                        addresses: addresses.clone(),
-                        witness: vantage,
-                        unit: vantage,
-                        buckets: vec![Counts::default(); buckets],
-                    });
-                    p.evidence.push(explain::GroupEvidence::default());
-                    p.group_target.push(target);
-                    p.group_vantage.push(vantage);
-                    p.groups.len() - 1
-                });
-            let c = &mut p.groups[gi].buckets[bucket];
-            c.probes += probes;
-            if failing {
-                c.failures += probes;
-                p.evidence[gi].add(cell);
-            }
-        }
-    }
-    (populations, names)
-}
-
-/// Every target's groups of one pattern at once, for failures of the
-/// vantages' own path: only the dimensions that span targets are kept,
-/// and the distinct-witness gate counts targets, not vantages. None with
-/// fewer than two targets.
-fn path_population(
-    members: &[&Population],
-    pattern: Pattern,
-    vantages: usize,
-) -> Option<Population> {
-    if members.len() < 2 {
-        return None;
-    }
-    let mut path = Population::new(PATH_TARGET.to_owned(), pattern);
-    for p in members.iter().copied() {
-        path.window = p.window;
-        path.statuses.extend(p.statuses.iter().copied());
-        path.round_ms = path.round_ms.max(p.round_ms);
-        path.rounds = path.rounds.max(p.rounds);
-        for (gi, g) in p.groups.iter().enumerate() {
-            let target = p.group_target[gi];
-            let mut g = g.clone();
-            for (d, v) in g.values.iter_mut().enumerate() {
-                if !DIMENSIONS[d].spans_targets {
-                    *v = None;
-                }
-            }
-            g.witness = target;
-            g.unit = target * vantages.max(1) + p.group_vantage[gi];
-            path.groups.push(g);
-            path.evidence.push(p.evidence[gi].clone());
-            path.group_target.push(target);
-            path.group_vantage.push(p.group_vantage[gi]);
-        }
-    }
-    Some(path)
 }
 
 /// Every finding as a seen failure. A target's segment finding whose

@@ -1,13 +1,14 @@
 //! PostgreSQL access: migrations, partitions, agents, batch inserts and
 //! the IP-to-ASN table here; the detector's window, tracked state, runs,
-//! lease and incidents in [`detection`]. Every SQL statement of the
-//! collector lives in this module.
+//! lease and pass in [`detection`]; incidents and their notification outbox
+//! in [`incidents`]. Every SQL statement of the collector lives in this
+//! module.
 
 mod detection;
+mod incidents;
 
-pub use detection::{
-    Applied, Incident, IncidentRecord, Notification, RateRow, RunRecord, WindowCell,
-};
+pub use detection::{Applied, IncidentRecord, RateRow, RunRecord, WindowCell};
+pub use incidents::{Incident, Notification};
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;

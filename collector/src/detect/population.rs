@@ -1,0 +1,219 @@
+//! Populations: the probes assessed together (one target's groups of one
+//! failure pattern, or every target's for path failures), built from the
+//! window's cells, with what their incident records need (when and which
+//! probes failed).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::decision::{Counts, Group};
+use super::dimensions::{DIMENSIONS, Derive, DeriveContext};
+use super::plan::Names;
+use super::track::PATH_TARGET;
+use super::{CONNECTION_OUTCOMES, DetectorSettings, Pattern};
+use crate::store::WindowCell;
+
+/// Probes assessed together: one target's (or, for path findings, every
+/// target's) groups of one failure pattern, with what their records need.
+pub struct Population {
+    /// The target, or [`PATH_TARGET`].
+    pub target: String,
+    pub pattern: Pattern,
+    pub groups: Vec<Group>,
+    /// Per group: its failing probes' times and samples.
+    pub evidence: Vec<GroupEvidence>,
+    /// Per group: indexes into [`Names`].
+    pub group_target: Vec<usize>,
+    pub group_vantage: Vec<usize>,
+    /// Statuses counted as failures.
+    pub statuses: BTreeSet<u16>,
+    /// One probe round (the longest check interval seen), milliseconds.
+    pub round_ms: i64,
+    /// Rounds in the detection window.
+    pub rounds: u32,
+    /// The detection window.
+    pub window: Duration,
+}
+
+impl Population {
+    pub fn new(target: String, pattern: Pattern) -> Self {
+        Self {
+            target,
+            pattern,
+            groups: Vec::new(),
+            evidence: Vec::new(),
+            group_target: Vec::new(),
+            group_vantage: Vec::new(),
+            statuses: BTreeSet::new(),
+            round_ms: 1,
+            rounds: 1,
+            window: Duration::ZERO,
+        }
+    }
+
+    pub fn round(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.round_ms).unwrap_or(0))
+    }
+}
+
+/// Failing probes of one group: when, and a sample of result ids.
+#[derive(Debug, Default, Clone)]
+pub struct GroupEvidence {
+    pub first_failure_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    /// (agent, seq, started at).
+    pub samples: Vec<(String, i64, DateTime<Utc>)>,
+}
+
+impl GroupEvidence {
+    /// Adds a cell of failing probes.
+    pub fn add(&mut self, cell: &WindowCell) {
+        self.first_failure_at = Some(
+            self.first_failure_at
+                .map_or(cell.first_at, |t| t.min(cell.first_at)),
+        );
+        self.last_failure_at = Some(
+            self.last_failure_at
+                .map_or(cell.last_at, |t| t.max(cell.last_at)),
+        );
+        self.samples
+            .push((cell.agent_id.clone(), cell.last_seq, cell.last_at));
+    }
+}
+
+/// Rounds of `round_ms` in a window of `window_ms` (at least 1).
+pub fn rounds_in(window_ms: i64, round_ms: i64) -> u32 {
+    let rounds = (window_ms + round_ms - 1) / round_ms.max(1);
+    u32::try_from(rounds.max(1)).unwrap_or(u32::MAX)
+}
+
+/// Per population: (dimension values, vantage) to the index of its group.
+type GroupIndex = HashMap<(Vec<Option<String>>, usize), usize>;
+
+/// Reduces the window's cells to populations: one per target and pattern,
+/// both patterns for every target with probes (an open incident must see
+/// the healthy window to resolve).
+pub fn group(
+    cells: &[WindowCell],
+    ctx: &DeriveContext<'_>,
+    settings: &DetectorSettings,
+    thresholds: &[u32],
+) -> (Vec<Population>, Names) {
+    let source_index = super::dimensions::source_index();
+    let buckets = thresholds.len() + 1;
+    let mut names = Names::default();
+    let mut target_ids: HashMap<&str, usize> = HashMap::new();
+    let mut vantage_ids: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut populations: Vec<Population> = Vec::new();
+    let mut by_key: HashMap<(usize, Pattern), usize> = HashMap::new();
+    let mut index: Vec<GroupIndex> = Vec::new();
+    for cell in cells {
+        let target = *target_ids.entry(cell.target.as_str()).or_insert_with(|| {
+            names.targets.push(cell.target.clone());
+            names.targets.len() - 1
+        });
+        let vantage = *vantage_ids
+            .entry((cell.agent_id.as_str(), cell.vantage.as_str()))
+            .or_insert_with(|| {
+                names
+                    .vantages
+                    .push(format!("{}/{}", cell.agent_id, cell.vantage));
+                names.vantages.len() - 1
+            });
+        let mut values = Vec::with_capacity(DIMENSIONS.len());
+        let mut addresses = Vec::with_capacity(DIMENSIONS.len());
+        for (d, si) in DIMENSIONS.iter().zip(&source_index) {
+            let source = cell.sources.get(*si).cloned().flatten();
+            values.push(source.as_deref().and_then(|s| d.derive.apply(s, ctx)));
+            addresses.push(if d.derive == Derive::Prefix {
+                source.as_deref().and_then(|s| s.parse::<IpAddr>().ok())
+            } else {
+                None
+            });
+        }
+        let statuses = settings.statuses_for(&cell.check);
+        let status_failure = cell
+            .status
+            .and_then(|s| u16::try_from(s).ok())
+            .is_some_and(|s| statuses.contains(&s));
+        let connection_failure =
+            !status_failure && CONNECTION_OUTCOMES.contains(&cell.outcome.as_str());
+        let probes = u64::try_from(cell.probes).unwrap_or(0);
+        let bucket = usize::try_from(cell.bucket).unwrap_or(0).min(buckets - 1);
+        for (pattern, failing) in [
+            (Pattern::Status, status_failure),
+            (Pattern::Connection, connection_failure),
+        ] {
+            let pi = *by_key.entry((target, pattern)).or_insert_with(|| {
+                populations.push(Population::new(cell.target.clone(), pattern));
+                index.push(HashMap::new());
+                populations.len() - 1
+            });
+            let p = &mut populations[pi];
+            p.statuses.extend(statuses.iter().copied());
+            p.round_ms = p.round_ms.max(i64::from(cell.interval_ms));
+            let gi = *index[pi]
+                .entry((values.clone(), vantage))
+                .or_insert_with(|| {
+                    p.groups.push(Group {
+                        values: values.clone(),
+                        addresses: addresses.clone(),
+                        witness: vantage,
+                        unit: vantage,
+                        buckets: vec![Counts::default(); buckets],
+                    });
+                    p.evidence.push(GroupEvidence::default());
+                    p.group_target.push(target);
+                    p.group_vantage.push(vantage);
+                    p.groups.len() - 1
+                });
+            let c = &mut p.groups[gi].buckets[bucket];
+            c.probes += probes;
+            if failing {
+                c.failures += probes;
+                p.evidence[gi].add(cell);
+            }
+        }
+    }
+    (populations, names)
+}
+
+/// Every target's groups of one pattern at once, for failures of the
+/// vantages' own path: only the dimensions that span targets are kept,
+/// and the distinct-witness gate counts targets, not vantages. None with
+/// fewer than two targets.
+pub fn path_population(
+    members: &[&Population],
+    pattern: Pattern,
+    vantages: usize,
+) -> Option<Population> {
+    if members.len() < 2 {
+        return None;
+    }
+    let mut path = Population::new(PATH_TARGET.to_owned(), pattern);
+    for p in members.iter().copied() {
+        path.window = p.window;
+        path.statuses.extend(p.statuses.iter().copied());
+        path.round_ms = path.round_ms.max(p.round_ms);
+        path.rounds = path.rounds.max(p.rounds);
+        for (gi, g) in p.groups.iter().enumerate() {
+            let target = p.group_target[gi];
+            let mut g = g.clone();
+            for (d, v) in g.values.iter_mut().enumerate() {
+                if !DIMENSIONS[d].spans_targets {
+                    *v = None;
+                }
+            }
+            g.witness = target;
+            g.unit = target * vantages.max(1) + p.group_vantage[gi];
+            path.groups.push(g);
+            path.evidence.push(p.evidence[gi].clone());
+            path.group_target.push(target);
+            path.group_vantage.push(p.group_vantage[gi]);
+        }
+    }
+    Some(path)
+}

@@ -1,0 +1,210 @@
+//! Incidents as the alerter and the demo read them, and the notification
+//! outbox: opened, each re-explanation (from the explanation history), and
+//! resolved, in that order per incident.
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, StoreError};
+
+/// An incident as stored (the columns the alerter and the demo read).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Incident {
+    pub id: i64,
+    pub target: String,
+    pub pattern: String,
+    pub kind: String,
+    pub dimension: String,
+    pub value: String,
+    pub narrowed_value: Option<String>,
+    pub explanation: String,
+    pub statuses: Vec<i16>,
+    pub segment_failures: i64,
+    pub segment_probes: i64,
+    pub rest_failures: i64,
+    pub rest_probes: i64,
+    pub p_value: Option<f64>,
+    pub failing_vantages: i32,
+    pub correlated: serde_json::Value,
+    pub gateways: Vec<String>,
+    pub edge_locations: Vec<String>,
+    pub first_failure_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    pub window_seconds: i32,
+    pub opened_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// `target`, or `path` (several targets through one path).
+    pub scope: String,
+    pub targets: Vec<String>,
+    /// `site`, or `path`: the fault is in the vantages' own path.
+    pub fault_side: String,
+    /// 1 at opening, +1 per re-explanation.
+    pub version: i32,
+}
+
+/// The columns of [`Incident`], for SELECTs.
+const INCIDENT_COLUMNS: &str = "id, target, pattern, kind, dimension, value, narrowed_value, \
+    explanation, statuses, segment_failures, segment_probes, rest_failures, rest_probes, p_value, \
+    failing_vantages, correlated, gateways, edge_locations, first_failure_at, last_failure_at, \
+    window_seconds, opened_at, last_seen_at, resolved_at, scope, targets, fault_side, version";
+
+/// Which notification of an incident is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notification {
+    Opened,
+    /// Re-explained: the explanation of this version replaced the one
+    /// before.
+    Updated(i32),
+    Resolved,
+}
+
+impl Store {
+    /// Every incident not yet resolved.
+    pub async fn open_incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE resolved_at IS NULL ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One incident.
+    pub async fn incident(&self, id: i64) -> Result<Option<Incident>, StoreError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Notifications not yet handled, per incident in order: opened, then
+    /// each re-explanation, then resolved; a later one is due only once
+    /// the earlier ones of its incident were handled.
+    pub async fn pending_notifications(&self) -> Result<Vec<(Incident, Notification)>, StoreError> {
+        let rows: Vec<IncidentWithOutbox> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {INCIDENT_COLUMNS}, open_notified_at, resolve_notified_at,
+                    (SELECT min(version) FROM incident_explanations e
+                     WHERE e.incident_id = incidents.id AND e.version > 1
+                       AND e.notified_at IS NULL) AS update_pending
+             FROM incidents
+             WHERE open_notified_at IS NULL
+                OR (resolved_at IS NOT NULL AND resolve_notified_at IS NULL)
+                OR EXISTS (SELECT 1 FROM incident_explanations e
+                           WHERE e.incident_id = incidents.id AND e.version > 1
+                             AND e.notified_at IS NULL)
+             ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut due = Vec::new();
+        for row in rows {
+            let next = if row.open_notified_at.is_none() {
+                Notification::Opened
+            } else if let Some(version) = row.update_pending {
+                Notification::Updated(version)
+            } else if row.incident.resolved_at.is_some() && row.resolve_notified_at.is_none() {
+                Notification::Resolved
+            } else {
+                continue;
+            };
+            due.push((row.incident, next));
+        }
+        Ok(due)
+    }
+
+    /// The explanation an update notification announces (its version of
+    /// the history), as an incident, for the payload.
+    pub async fn incident_as_of(
+        &self,
+        incident: &Incident,
+        version: i32,
+    ) -> Result<Incident, StoreError> {
+        let row: Option<ExplanationRow> = sqlx::query_as(
+            "SELECT scope, kind, dimension, value, narrowed_value, explanation, segment_failures,
+                    segment_probes, rest_failures, rest_probes, p_value
+             FROM incident_explanations WHERE incident_id = $1 AND version = $2",
+        )
+        .bind(incident.id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        let mut out = incident.clone();
+        if let Some(e) = row {
+            out.scope = e.scope;
+            out.kind = e.kind;
+            out.dimension = e.dimension;
+            out.value = e.value;
+            out.narrowed_value = e.narrowed_value;
+            out.explanation = e.explanation;
+            out.segment_failures = e.segment_failures;
+            out.segment_probes = e.segment_probes;
+            out.rest_failures = e.rest_failures;
+            out.rest_probes = e.rest_probes;
+            out.p_value = e.p_value;
+            out.version = version;
+        }
+        Ok(out)
+    }
+
+    /// The explanation replaced by version `version`, if any.
+    pub async fn previous_explanation(
+        &self,
+        id: i64,
+        version: i32,
+    ) -> Result<Option<(String, String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT dimension, value, explanation FROM incident_explanations
+             WHERE incident_id = $1 AND version = $2 - 1",
+        )
+        .bind(id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records that a notification was handled (sent, or given up on).
+    pub async fn mark_notified(&self, id: i64, which: Notification) -> Result<(), StoreError> {
+        let query = match which {
+            Notification::Opened => {
+                sqlx::query("UPDATE incidents SET open_notified_at = now() WHERE id = $1").bind(id)
+            }
+            Notification::Updated(version) => sqlx::query(
+                "UPDATE incident_explanations SET notified_at = now()
+                 WHERE incident_id = $1 AND version = $2",
+            )
+            .bind(id)
+            .bind(version),
+            Notification::Resolved => {
+                sqlx::query("UPDATE incidents SET resolve_notified_at = now() WHERE id = $1")
+                    .bind(id)
+            }
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct IncidentWithOutbox {
+    #[sqlx(flatten)]
+    incident: Incident,
+    open_notified_at: Option<DateTime<Utc>>,
+    resolve_notified_at: Option<DateTime<Utc>>,
+    update_pending: Option<i32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ExplanationRow {
+    scope: String,
+    kind: String,
+    dimension: String,
+    value: String,
+    narrowed_value: Option<String>,
+    explanation: String,
+    segment_failures: i64,
+    segment_probes: i64,
+    rest_failures: i64,
+    rest_probes: i64,
+    p_value: Option<f64>,
+}
