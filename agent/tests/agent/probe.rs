@@ -678,6 +678,13 @@ async fn http_connect_proxy_with_credentials_carries_the_probe() {
     );
     assert!(r.timings.proxy.is_some() && r.timings.connect.is_some());
     assert_eq!(proxy.tunnels(), 1);
+    // The target sees the proxy's address: the result names it.
+    assert_eq!(r.proxy_ip, Some(proxy.addr().ip()));
+    assert_eq!(
+        r.interval,
+        Some(Duration::from_secs(10)),
+        "the check's round"
+    );
 }
 
 #[tokio::test]

@@ -601,6 +601,13 @@ async fn real_faults_page_the_dimension_they_follow(pool: PgPool) {
     let proxy_page = hooks(&bodies, proxy.id, "incident.opened")[0];
     assert_eq!(proxy_page["fault_side"], "path");
     assert_eq!(proxy_page["targets"].as_array().unwrap().len(), 5);
+    // Every result says its probe round.
+    let rounds: Vec<Option<i32>> =
+        sqlx::query_scalar("SELECT DISTINCT interval_ms FROM probe_results")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rounds, [i32::try_from(ROUND.as_millis()).ok()]);
     // A proxied vantage leaves from its proxy's address, not the agent's.
     let egress: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT vantage, egress_ip FROM v_latest_by_vantage

@@ -204,6 +204,50 @@ async fn invalid_result_is_rejected_naming_the_field(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_probe_round_out_of_range_is_rejected_naming_the_field(pool: PgPool) {
+    let collector = spawn_collector(pool.clone()).await;
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
+    let mut bad = result(1, 200);
+    bad.interval_ms = 5;
+    stream.send_batch(1, vec![bad]).await;
+    let status = stream.next_ack(Duration::from_secs(10)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("interval_ms") && status.message().contains("100..=86400000"),
+        "{}",
+        status.message()
+    );
+    drop(stream);
+    // A valid round and a proxy address are stored as sent.
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
+    let mut good = result(1, 200);
+    good.interval_ms = 2_000;
+    good.proxy = "http://127.0.0.61:3128".into();
+    good.proxy_ip = "127.0.0.61".into();
+    stream.send_batch(1, vec![good]).await;
+    stream.next_ack(Duration::from_secs(10)).await.unwrap();
+    let stored: (Option<i32>, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT interval_ms, host(proxy_ip),
+                host(probe_egress(echo_ip, local_ip, proxy, proxy_ip, egress_ip))
+         FROM probe_results",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        (
+            Some(2_000),
+            Some("127.0.0.61".into()),
+            Some("127.0.0.61".into())
+        ),
+        "the proxy's address is the egress"
+    );
+    drop(stream);
+    collector.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
 async fn batch_spanning_days_lands_in_daily_partitions(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;
     let mut stream = open_stream(&collector, "agent-a", "eu-west").await;

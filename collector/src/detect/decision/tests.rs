@@ -285,6 +285,30 @@ fn an_outage_of_the_last_round_is_global_at_once_with_enough_vantages() {
 }
 
 proptest! {
+    /// Weighted Holm never makes a p-value smaller, never above 1, and a
+    /// smaller raw p-value of the same weight never gets a larger adjusted
+    /// one.
+    #[test]
+    fn weighted_holm_is_conservative_and_monotone(
+        raw in proptest::collection::vec(0.0f64..1.0, 1..20),
+        weights in proptest::collection::vec(0.05f64..1.0, 20),
+    ) {
+        let w = &weights[..raw.len()];
+        let total: f64 = w.iter().sum();
+        let adjusted = holm_weighted(&raw, w, total);
+        for (i, a) in adjusted.iter().enumerate() {
+            prop_assert!(*a >= raw[i] - 1e-12 && *a <= 1.0);
+        }
+        let equal = holm_weighted(&raw, &vec![1.0; raw.len()], raw.len() as f64);
+        for i in 0..raw.len() {
+            for j in 0..raw.len() {
+                if raw[i] < raw[j] {
+                    prop_assert!(equal[i] <= equal[j] + 1e-12);
+                }
+            }
+        }
+    }
+
     /// More failures in a segment (same probes, rest unchanged) never
     /// make it less suspicious: the gates it passed still pass and its
     /// p-value does not grow.
