@@ -175,6 +175,47 @@ fn bind_record<'q, O>(
         .bind(at)
 }
 
+/// Re-explains an open incident: a new key and explanation, the version
+/// bumped. Binds as [`bind_record`], the id as `$26`.
+const RE_EXPLAIN: &str = "UPDATE incidents SET target = $1, kind = $3, dimension = $4, value = $5,
+        narrowed_value = $6, explanation = $8, segment_failures = $9, segment_probes = $10,
+        rest_failures = $11, rest_probes = $12, p_value = $13, failing_vantages = $14,
+        correlated = $15, first_failure_at = LEAST(first_failure_at, $16),
+        last_failure_at = GREATEST(last_failure_at, $17), gateways = $18,
+        edge_locations = $19, evidence = $20, scope = $22, targets = $23, fault_side = $24,
+        last_seen_at = $25, version = version + 1
+    WHERE id = $26 AND resolved_at IS NULL
+    RETURNING id";
+
+/// Refreshes an open incident with the latest evidence of the same
+/// explanation: the failure window only grows, layers seen accumulate.
+const REFRESH: &str = "UPDATE incidents SET narrowed_value = $6, explanation = $8,
+        segment_failures = $9, segment_probes = $10, rest_failures = $11, rest_probes = $12,
+        p_value = $13, failing_vantages = $14, correlated = $15,
+        first_failure_at = LEAST(first_failure_at, $16),
+        last_failure_at = GREATEST(last_failure_at, $17),
+        gateways = ARRAY(SELECT DISTINCT unnest(gateways || $18) ORDER BY 1),
+        edge_locations = ARRAY(SELECT DISTINCT unnest(edge_locations || $19) ORDER BY 1),
+        evidence = $20, targets = $23, last_seen_at = $25
+    WHERE id = $26 AND resolved_at IS NULL
+    RETURNING id";
+
+/// Runs [`RE_EXPLAIN`] or [`REFRESH`] on incident `id`; false when it is no
+/// longer open.
+async fn update_incident(
+    tx: &mut Transaction<'_, Postgres>,
+    sql: &'static str,
+    id: i64,
+    r: &IncidentRecord,
+    at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let updated: Option<i64> = bind_record(sqlx::query_scalar(sql), r, at)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(updated.is_some())
+}
+
 /// Appends the incident's current explanation to its history.
 async fn record_explanation(
     tx: &mut Transaction<'_, Postgres>,
@@ -456,52 +497,12 @@ impl Store {
             }
         }
         for (id, r) in &plan.updates {
-            let updated: Option<i64> = bind_record(
-                sqlx::query_scalar(
-                    "UPDATE incidents SET target = $1, kind = $3, dimension = $4, value = $5,
-                            narrowed_value = $6, explanation = $8, segment_failures = $9,
-                            segment_probes = $10, rest_failures = $11, rest_probes = $12,
-                            p_value = $13, failing_vantages = $14, correlated = $15,
-                            first_failure_at = LEAST(first_failure_at, $16),
-                            last_failure_at = GREATEST(last_failure_at, $17),
-                            gateways = $18, edge_locations = $19, evidence = $20, scope = $22,
-                            targets = $23, fault_side = $24, last_seen_at = $25,
-                            version = version + 1
-                     WHERE id = $26 AND resolved_at IS NULL
-                     RETURNING id",
-                ),
-                r,
-                at,
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if updated.is_some() {
+            if update_incident(&mut tx, RE_EXPLAIN, *id, r, at).await? {
                 record_explanation(&mut tx, *id, at).await?;
             }
         }
         for (id, r) in &plan.refreshes {
-            let _refreshed: Option<i64> = bind_record(
-                sqlx::query_scalar(
-                    "UPDATE incidents SET narrowed_value = $6, explanation = $8,
-                            segment_failures = $9, segment_probes = $10, rest_failures = $11,
-                            rest_probes = $12, p_value = $13, failing_vantages = $14,
-                            correlated = $15,
-                            first_failure_at = LEAST(first_failure_at, $16),
-                            last_failure_at = GREATEST(last_failure_at, $17),
-                            gateways = ARRAY(SELECT DISTINCT unnest(gateways || $18) ORDER BY 1),
-                            edge_locations =
-                                ARRAY(SELECT DISTINCT unnest(edge_locations || $19) ORDER BY 1),
-                            evidence = $20, targets = $23, last_seen_at = $25
-                     WHERE id = $26 AND resolved_at IS NULL
-                     RETURNING id",
-                ),
-                r,
-                at,
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+            update_incident(&mut tx, REFRESH, *id, r, at).await?;
         }
         sqlx::query("UPDATE incidents SET last_seen_at = $2 WHERE id = ANY($1)")
             .bind(&plan.touches)
