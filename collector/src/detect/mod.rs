@@ -170,6 +170,21 @@ impl Detector {
             }
             match self.evaluate_at(Utc::now()).await {
                 Ok(summary) => {
+                    metrics::gauge!("vantage_detector_leader")
+                        .set(f64::from(u8::from(summary.ran)));
+                    if summary.ran {
+                        metrics::counter!("vantage_detector_passes_total").increment(1);
+                        metrics::histogram!("vantage_detector_pass_seconds")
+                            .record((summary.query_time + summary.decide_time).as_secs_f64());
+                        for (event, n) in [
+                            ("opened", summary.opened.len()),
+                            ("updated", summary.updated.len()),
+                            ("resolved", summary.resolved.len()),
+                        ] {
+                            metrics::counter!("vantage_incidents_total", "event" => event)
+                                .increment(n as u64);
+                        }
+                    }
                     if summary.ran != leading {
                         leading = summary.ran;
                         if leading {
@@ -180,6 +195,7 @@ impl Detector {
                     }
                 }
                 Err(error) => {
+                    metrics::counter!("vantage_detector_failed_passes_total").increment(1);
                     tracing::warn!(%error, "Detection pass failed; retrying next interval.")
                 }
             }
