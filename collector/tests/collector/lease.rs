@@ -13,34 +13,59 @@ use crate::process::{kill9, terminate};
 
 const INTERVAL: Duration = Duration::from_millis(500);
 
-fn start_collector(pool: &PgPool, dir: &std::path::Path, name: &str) -> Child {
+/// A collector process, killed if the test fails before stopping it.
+struct Collector(Child);
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            kill9(&mut self.0);
+        }
+    }
+}
+
+/// Starts a collector; returns it and its metrics URL.
+fn start_collector(pool: &PgPool, dir: &std::path::Path, name: &str) -> (Collector, String) {
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let grpc = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
+    let http = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
-            "grpc_listen = \"{grpc}\"\n[detector]\ninterval = \"{}ms\"\nwindow = \"10s\"\n",
+            "grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\n\
+             [detector]\ninterval = \"{}ms\"\nwindow = \"10s\"\n",
             INTERVAL.as_millis()
         ),
     )
     .unwrap();
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_vantage-collector"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("DATABASE_URL", database_url(pool))
-        .env("RUST_LOG", "info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let child = Collector(
+        Command::new(env!("CARGO_BIN_EXE_vantage-collector"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("DATABASE_URL", database_url(pool))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(grpc).is_err() {
         assert!(Instant::now() < deadline, "{name} did not listen");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    (child, format!("http://{http}/metrics"))
+}
+
+/// The value of an unlabelled metric.
+async fn metric(url: &str, name: &str) -> Option<f64> {
+    vantage_agent::install_crypto_provider();
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
 }
 
 /// The pid in a lease holder name (`host:pid:nonce`).
@@ -62,32 +87,46 @@ async fn two_collectors_run_one_detector_and_the_second_takes_over(pool: PgPool)
     let store = vantage_collector::store::Store::new(pool.clone());
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut first = start_collector(&pool, dir.path(), "first");
+    let (mut first, first_metrics) = start_collector(&pool, dir.path(), "first");
     // The first collector runs passes before the second starts.
     let deadline = Instant::now() + Duration::from_secs(20);
     while runners_since(&pool, 0).await.is_empty() {
         assert!(Instant::now() < deadline, "no detection pass");
         tokio::time::sleep(INTERVAL).await;
     }
-    let mut second = start_collector(&pool, dir.path(), "second");
+    let (mut second, second_metrics) = start_collector(&pool, dir.path(), "second");
     let before = runners_since(&pool, 0).await.last().unwrap().0;
     tokio::time::sleep(INTERVAL * 10).await;
     let both_up = runners_since(&pool, before).await;
     assert!(both_up.len() >= 4, "passes went on: {both_up:?}");
     assert!(
-        both_up.iter().all(|(_, r)| pid_of(r) == Some(first.id())),
+        both_up.iter().all(|(_, r)| pid_of(r) == Some(first.0.id())),
         "only the first collector ran passes while both were up: {both_up:?}"
+    );
+    // Operators see who leads in the metrics.
+    assert_eq!(
+        metric(&first_metrics, "vantage_detector_leader").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&second_metrics, "vantage_detector_leader").await,
+        Some(0.0)
+    );
+    assert!(
+        metric(&first_metrics, "vantage_detector_passes_total")
+            .await
+            .is_some_and(|n| n >= 4.0)
     );
 
     // The lease holder dies without releasing: the second takes over once
     // the lease (two intervals) has expired.
     let last = both_up.last().unwrap().0;
-    kill9(&mut first);
+    kill9(&mut first.0);
     let killed = Instant::now();
     let deadline = killed + Duration::from_secs(20);
     let taken_over = loop {
         let runs = runners_since(&pool, last).await;
-        if let Some((_, runner)) = runs.iter().find(|(_, r)| pid_of(r) == Some(second.id())) {
+        if let Some((_, runner)) = runs.iter().find(|(_, r)| pid_of(r) == Some(second.0.id())) {
             break (killed.elapsed(), runner.clone());
         }
         assert!(Instant::now() < deadline, "no takeover: {runs:?}");
@@ -106,7 +145,7 @@ async fn two_collectors_run_one_detector_and_the_second_takes_over(pool: PgPool)
     assert_eq!(holder, taken_over.1);
 
     // A graceful stop releases the lease at once.
-    let status = terminate(&mut second, Duration::from_secs(20));
+    let status = terminate(&mut second.0, Duration::from_secs(20));
     assert!(status.success(), "{status}");
     let lease: Option<String> = sqlx::query_scalar("SELECT holder FROM detector_lease")
         .fetch_optional(&pool)
