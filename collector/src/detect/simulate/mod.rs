@@ -20,6 +20,12 @@ use super::plan::{self, PassInput};
 use super::track::{CandidateKey, Tracked};
 use crate::store::WindowCell;
 
+mod scenarios;
+#[cfg(test)]
+mod tests;
+
+pub use scenarios::{Scenario, scenarios};
+
 /// One simulated vantage.
 #[derive(Debug, Clone)]
 pub struct SimVantage {
@@ -306,119 +312,6 @@ pub fn coin(
     ((z >> 11) as f64 / (1u64 << 53) as f64) < p
 }
 
-/// A fault scenario: targets, when the fault is on, what it does, and
-/// which incident it should page.
-pub struct Scenario {
-    pub name: &'static str,
-    pub targets: Vec<(String, Vec<SimPath>)>,
-    /// The fault is on in rounds `[start, end)`.
-    pub start: u64,
-    pub end: u64,
-    /// Whether a probe fails while the fault is on.
-    pub fails: Box<FaultModel<'static>>,
-    /// (target or `*`, dimension, value) the page should name; `None`:
-    /// nothing should open.
-    pub expect: Option<(String, &'static str, String)>,
-}
-
-fn resolver(n: u8) -> String {
-    format!("udp://127.0.0.{n}:53")
-}
-
-fn path(resolver_n: u8, address: [u8; 4]) -> SimPath {
-    SimPath {
-        resolver: resolver(resolver_n),
-        address: IpAddr::from(address),
-    }
-}
-
-fn in_net(ip: IpAddr, net: &str) -> bool {
-    net.parse::<ipnet::IpNet>().is_ok_and(|n| n.contains(&ip))
-}
-
-/// The scenarios of the field notes, on the standard fleet, the fault
-/// starting at round 20 and ending at round 40.
-pub fn scenarios() -> Vec<Scenario> {
-    let one = |name: &str| vec![(name.to_owned(), one_path())];
-    let (start, end) = (20, 40);
-    vec![
-        Scenario {
-            name: "WAF rule on one egress /24 (2 of 4 us-east vantages)",
-            targets: one("waf"),
-            start,
-            end,
-            fails: Box::new(|_, _, v, _| in_net(v.egress, "127.0.2.0/24")),
-            expect: Some(("waf".into(), "egress_prefix", "127.0.2.0/24".into())),
-        },
-        Scenario {
-            name: "regional edge (us-west, 3 vantages in 3 /24s)",
-            targets: one("region"),
-            start,
-            end,
-            fails: Box::new(|_, _, v, _| v.region == "us-west"),
-            expect: Some(("region".into(), "region", "us-west".into())),
-        },
-        Scenario {
-            name: "stale resolver (one of two resolvers answers the old address)",
-            targets: vec![(
-                "stale".into(),
-                vec![path(53, [127, 0, 0, 20]), path(54, [127, 0, 0, 21])],
-            )],
-            start,
-            end,
-            fails: Box::new(|_, _, _, p| p.address == IpAddr::from([127, 0, 0, 21])),
-            expect: Some(("stale".into(), "resolver", resolver(54))),
-        },
-        Scenario {
-            name: "one bad address among two A records (dial each)",
-            targets: vec![(
-                "records".into(),
-                vec![path(53, [127, 0, 0, 30]), path(53, [127, 0, 0, 31])],
-            )],
-            start,
-            end,
-            fails: Box::new(|_, _, _, p| p.address == IpAddr::from([127, 0, 0, 31])),
-            expect: Some(("records".into(), "address", "127.0.0.31".into())),
-        },
-        Scenario {
-            name: "forward proxy answers 502 to CONNECT (5 targets)",
-            targets: (1..=5).map(|i| (format!("site{i}"), one_path())).collect(),
-            start,
-            end,
-            fails: Box::new(|_, _, v, _| v.proxy.as_deref() == Some("http://127.0.0.1:8881")),
-            expect: Some(("*".into(), "proxy", "http://127.0.0.1:8881".into())),
-        },
-        Scenario {
-            name: "global outage",
-            targets: one("global"),
-            start,
-            end,
-            fails: Box::new(|_, _, _, _| true),
-            expect: Some(("global".into(), "global", "*".into())),
-        },
-        Scenario {
-            name: "WAF rule failing half the probes of its /24",
-            targets: one("partial"),
-            start,
-            end,
-            fails: Box::new(|r, t, v, p| {
-                in_net(v.egress, "127.0.2.0/24") && coin(0.5, 7, r, t, v, p)
-            }),
-            expect: Some(("partial".into(), "egress_prefix", "127.0.2.0/24".into())),
-        },
-        Scenario {
-            name: "fault spreads from one /24 to the whole region (re-explained)",
-            targets: one("spread"),
-            start,
-            end,
-            fails: Box::new(move |r, _, v, _| {
-                in_net(v.egress, "127.0.2.0/24") || (r >= start + 6 && v.region == "us-east")
-            }),
-            expect: Some(("spread".into(), "region", "us-east".into())),
-        },
-    ]
-}
-
 /// What a scenario run measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measured {
@@ -497,98 +390,5 @@ impl Simulation<'_> {
             events.iter().filter(|e| e.kind == "opened").count(),
             passes * targets as u64,
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every field-notes scenario at the default settings pages the right
-    /// dimension within 3 rounds of the fault, once, and resolves within
-    /// 3 rounds of the repair plus `resolve_quiet` (the benchmark prints
-    /// the figures).
-    #[test]
-    fn every_scenario_pages_the_right_dimension_in_time() {
-        let settings = DetectorSettings::default();
-        let round = Duration::from_secs(30);
-        let quiet = settings.hysteresis.resolve_quiet.as_secs_f64() / round.as_secs_f64();
-        for s in scenarios() {
-            let m = Simulation::measure(&settings, round, &s);
-            let (target, dimension, value) = s.expect.clone().unwrap_or_default();
-            let key = m
-                .final_key
-                .clone()
-                .unwrap_or_else(|| panic!("{}: nothing opened", s.name));
-            assert_eq!(
-                (
-                    key.target.as_str(),
-                    key.dimension.as_str(),
-                    key.value.as_str()
-                ),
-                (target.as_str(), dimension, value.as_str()),
-                "{}: {m:?}",
-                s.name
-            );
-            assert_eq!(m.opened, 1, "{}: one incident: {m:?}", s.name);
-            // Partial rates take proportionally longer.
-            let open_limit = if s.name.contains("half") { 8.0 } else { 3.0 };
-            assert!(
-                m.rounds_to_open.is_some_and(|r| r <= open_limit),
-                "{}: {m:?}",
-                s.name
-            );
-            assert!(
-                m.rounds_to_resolve.is_some_and(|r| r <= 3.0 + quiet),
-                "{}: {m:?}",
-                s.name
-            );
-        }
-    }
-
-    #[test]
-    fn a_spreading_fault_is_re_explained_once_not_paged_twice() {
-        let s = scenarios()
-            .into_iter()
-            .find(|s| s.name.contains("spreads"))
-            .expect("the spread scenario");
-        let m = Simulation::measure(&DetectorSettings::default(), Duration::from_secs(30), &s);
-        assert_eq!(
-            m.first_key.as_ref().map(|k| k.dimension.as_str()),
-            Some("egress_prefix")
-        );
-        assert_eq!(
-            m.final_key.as_ref().map(|k| k.value.as_str()),
-            Some("us-east")
-        );
-        assert_eq!((m.opened, m.updates), (1, 1), "{m:?}");
-    }
-
-    #[test]
-    fn noise_one_vantage_and_flapping_do_not_page() {
-        let settings = DetectorSettings::default();
-        let round = Duration::from_secs(30);
-        let (opened, target_passes) = Simulation::noise(&settings, round, 3, 400, 0.02, 2);
-        assert!(target_passes >= 2400);
-        assert_eq!(opened, 0, "2% noise over {target_passes} target-passes");
-        let alone = Scenario {
-            name: "one vantage",
-            targets: vec![("alone".into(), one_path())],
-            start: 10,
-            end: 60,
-            fails: Box::new(|_, _, v, _| v.name == "e1"),
-            expect: None,
-        };
-        assert_eq!(Simulation::measure(&settings, round, &alone).opened, 0);
-        let flapping = Scenario {
-            name: "flapping",
-            targets: vec![("flap".into(), one_path())],
-            start: 10,
-            end: 60,
-            fails: Box::new(|r, _, v, _| r % 2 == 0 && in_net(v.egress, "127.0.2.0/24")),
-            expect: None,
-        };
-        let m = Simulation::measure(&settings, round, &flapping);
-        assert_eq!(m.opened, 1, "one incident for the whole flapping: {m:?}");
     }
 }

@@ -1,0 +1,93 @@
+//! The scenario tests: the figures the benchmark prints, held.
+
+use super::scenarios::in_net;
+use super::*;
+use crate::detect::DetectorSettings;
+
+/// Every field-notes scenario at the default settings pages the right
+/// dimension within 3 rounds of the fault, once, and resolves within
+/// 3 rounds of the repair plus `resolve_quiet` (the benchmark prints
+/// the figures).
+#[test]
+fn every_scenario_pages_the_right_dimension_in_time() {
+    let settings = DetectorSettings::default();
+    let round = Duration::from_secs(30);
+    let quiet = settings.hysteresis.resolve_quiet.as_secs_f64() / round.as_secs_f64();
+    for s in scenarios() {
+        let m = Simulation::measure(&settings, round, &s);
+        let (target, dimension, value) = s.expect.clone().unwrap_or_default();
+        let key = m
+            .final_key
+            .clone()
+            .unwrap_or_else(|| panic!("{}: nothing opened", s.name));
+        assert_eq!(
+            (
+                key.target.as_str(),
+                key.dimension.as_str(),
+                key.value.as_str()
+            ),
+            (target.as_str(), dimension, value.as_str()),
+            "{}: {m:?}",
+            s.name
+        );
+        assert_eq!(m.opened, 1, "{}: one incident: {m:?}", s.name);
+        // Partial rates take proportionally longer.
+        let open_limit = if s.name.contains("half") { 8.0 } else { 3.0 };
+        assert!(
+            m.rounds_to_open.is_some_and(|r| r <= open_limit),
+            "{}: {m:?}",
+            s.name
+        );
+        assert!(
+            m.rounds_to_resolve.is_some_and(|r| r <= 3.0 + quiet),
+            "{}: {m:?}",
+            s.name
+        );
+    }
+}
+
+#[test]
+fn a_spreading_fault_is_re_explained_once_not_paged_twice() {
+    let s = scenarios()
+        .into_iter()
+        .find(|s| s.name.contains("spreads"))
+        .expect("the spread scenario");
+    let m = Simulation::measure(&DetectorSettings::default(), Duration::from_secs(30), &s);
+    assert_eq!(
+        m.first_key.as_ref().map(|k| k.dimension.as_str()),
+        Some("egress_prefix")
+    );
+    assert_eq!(
+        m.final_key.as_ref().map(|k| k.value.as_str()),
+        Some("us-east")
+    );
+    assert_eq!((m.opened, m.updates), (1, 1), "{m:?}");
+}
+
+#[test]
+fn noise_one_vantage_and_flapping_do_not_page() {
+    let settings = DetectorSettings::default();
+    let round = Duration::from_secs(30);
+    let (opened, target_passes) = Simulation::noise(&settings, round, 3, 400, 0.02, 2);
+    assert!(target_passes >= 2400);
+    assert_eq!(opened, 0, "2% noise over {target_passes} target-passes");
+    let alone = Scenario {
+        name: "one vantage",
+        targets: vec![("alone".into(), one_path())],
+        start: 10,
+        end: 60,
+        fails: Box::new(|_, _, v, _| v.name == "e1"),
+        expect: None,
+    };
+    assert_eq!(Simulation::measure(&settings, round, &alone).opened, 0);
+    let flapping = Scenario {
+        name: "flapping",
+        targets: vec![("flap".into(), one_path())],
+        start: 10,
+        end: 60,
+        fails: Box::new(|r, _, v, _| r % 2 == 0 && in_net(v.egress, "127.0.2.0/24")),
+        expect: None,
+    };
+    let m = Simulation::measure(&settings, round, &flapping);
+    assert_eq!(m.opened, 1, "one incident for the whole flapping: {m:?}");
+}
