@@ -70,7 +70,9 @@ impl Alerter {
     /// Delivers notifications until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            self.deliver_pending().await;
+            // An incident's next notification is due only once the one
+            // before was handled: go again at once while there were some.
+            while self.deliver_pending().await && !shutdown.is_cancelled() {}
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.changed.notified() => {}
@@ -79,14 +81,17 @@ impl Alerter {
         }
     }
 
-    async fn deliver_pending(&self) {
+    /// Handles every notification due now; whether any was handled (and
+    /// the next of its incident may be due).
+    async fn deliver_pending(&self) -> bool {
         let pending = match self.store.pending_notifications().await {
             Ok(p) => p,
             Err(error) => {
                 tracing::warn!(%error, "Cannot read pending notifications; will retry.");
-                return;
+                return false;
             }
         };
+        let mut handled = false;
         for (incident, which) in pending {
             let body = match which {
                 Notification::Updated(version) => {
@@ -133,8 +138,11 @@ impl Alerter {
             }
             if let Err(error) = self.store.mark_notified(incident.id, which).await {
                 tracing::warn!(%error, id = incident.id, "Cannot mark notification sent; it may repeat.");
+                return false;
             }
+            handled = true;
         }
+        handled
     }
 }
 
