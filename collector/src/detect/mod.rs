@@ -268,7 +268,13 @@ impl Detector {
         };
         let Some(applied) = self
             .store
-            .apply_pass(&pass, &run, now - keep, &self.holder)
+            .apply_pass(
+                &pass,
+                &run,
+                now.checked_sub_signed(keep)
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC),
+                &self.holder,
+            )
             .await?
         else {
             // The lease moved to another collector during the pass.
