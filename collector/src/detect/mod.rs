@@ -232,11 +232,7 @@ impl Detector {
             return Ok(PassSummary::default());
         }
         let asn = self.asn_table().await?;
-        let window =
-            chrono::Duration::from_std(self.settings.window).unwrap_or(chrono::Duration::MAX);
-        let window_start = now
-            .checked_sub_signed(window)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let window_start = before(now, self.settings.window);
         let sources = dimensions::sources();
         let default_round_ms =
             i64::try_from(self.settings.default_round.as_millis()).unwrap_or(i64::MAX);
@@ -257,8 +253,6 @@ impl Detector {
             thresholds: &thresholds,
             now,
         });
-        let keep = chrono::Duration::from_std(self.settings.rates_retention)
-            .unwrap_or(chrono::Duration::MAX);
         let run = RunRecord {
             evaluated_at: now,
             window_start,
@@ -271,8 +265,7 @@ impl Detector {
             .apply_pass(
                 &pass,
                 &run,
-                now.checked_sub_signed(keep)
-                    .unwrap_or(DateTime::<Utc>::MIN_UTC),
+                before(now, self.settings.rates_retention),
                 &self.holder,
             )
             .await?
@@ -335,6 +328,18 @@ impl Detector {
         *guard = (version, table.clone());
         Ok(table)
     }
+}
+
+/// `span` before `now`, but not before 1970: no probe is older, and
+/// PostgreSQL's timestamps end where chrono's do not (a window or retention
+/// of "100000000years" is accepted by the configuration).
+fn before(now: DateTime<Utc>, span: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(span)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .map_or(DateTime::<Utc>::UNIX_EPOCH, |t| {
+            t.max(DateTime::<Utc>::UNIX_EPOCH)
+        })
 }
 
 /// This machine's name, for the lease holder (best effort).

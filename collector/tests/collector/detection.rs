@@ -801,3 +801,16 @@ async fn asn_load_cli_loads_the_fixture_and_names_bad_lines(pool: PgPool) {
         .unwrap();
     assert_eq!(kept, 5);
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_enormous_window_and_retention_run_instead_of_panicking(pool: PgPool) {
+    let forever = Duration::from_secs(100_000_000 * 365 * 24 * 3600);
+    let settings = DetectorSettings {
+        window: forever,
+        rates_retention: forever,
+        ..settings()
+    };
+    let (_, d) = detector(&pool, settings).await;
+    let pass = d.evaluate_at(Utc::now()).await.unwrap();
+    assert!(pass.ran && pass.opened.is_empty(), "{pass:?}");
+}
