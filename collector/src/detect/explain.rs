@@ -306,11 +306,12 @@ pub fn record(
                 .add(p.groups[*g].counts(window));
         }
     }
-    let targets: Vec<(String, Counts)> = per_target
+    let mut targets: Vec<(String, Counts)> = per_target
         .iter()
         .filter(|(_, c)| c.probes > 0)
         .map(|(t, c)| (names.targets[*t].clone(), *c))
         .collect();
+    targets.sort_by(|a, b| a.0.cmp(&b.0));
     let text = Text {
         population: p,
         failure: &failure,

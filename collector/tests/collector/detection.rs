@@ -78,6 +78,19 @@ async fn write_probes_over(
     per_vantage: usize,
     end: DateTime<Utc>,
     span: Duration,
+    decide: impl FnMut(&Vantage, usize) -> Outcome,
+) {
+    write_probes_of(pool, TARGET, fleet, per_vantage, end, span, decide).await;
+}
+
+/// [`write_probes_over`] for another target (check `shop` still).
+async fn write_probes_of(
+    pool: &PgPool,
+    target: &str,
+    fleet: &[Vantage],
+    per_vantage: usize,
+    end: DateTime<Utc>,
+    span: Duration,
     mut decide: impl FnMut(&Vantage, usize) -> Outcome,
 ) {
     let mut cols: HashMap<&str, Vec<Option<String>>> = HashMap::new();
@@ -92,7 +105,8 @@ async fn write_probes_over(
             let o = decide(v, i);
             let at =
                 end - chrono::Duration::milliseconds(((i as f64 + 0.5) * step * 1000.0) as i64);
-            seqs.push(at.timestamp_micros());
+            // Unique per target too: several targets share the agents.
+            seqs.push(at.timestamp_micros() * 4 + i64::from(target != TARGET));
             times.push(at);
             statuses.push(o.status);
             let mut push =
@@ -119,7 +133,7 @@ async fn write_probes_over(
                      $13::text[])
               AS x(a, s, t, r, o, st, res, re, d, l, g, v)",
     )
-    .bind(TARGET)
+    .bind(target)
     .bind(col("agent"))
     .bind(seqs)
     .bind(times)
@@ -813,4 +827,98 @@ async fn an_enormous_window_and_retention_run_instead_of_panicking(pool: PgPool)
     let (_, d) = detector(&pool, settings).await;
     let pass = d.evaluate_at(Utc::now()).await.unwrap();
     assert!(pass.ran && pass.opened.is_empty(), "{pass:?}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_fault_spreading_to_its_region_is_re_explained_in_place(pool: PgPool) {
+    let (_, d) = detector(&pool, settings()).await;
+    let round = Duration::from_secs(30);
+    let t1 = Utc::now() - chrono::Duration::minutes(30);
+    // 127.10.1.0/24 fails in the last four of eleven rounds.
+    write_probes_over(&pool, &fleet(), 10, t1, round * 11, |v, i| {
+        http(
+            GOOD,
+            if v.agent.starts_with("eu-127.10.1.") && i < 4 {
+                502
+            } else {
+                200
+            },
+        )
+    })
+    .await;
+    let opened = two_passes(&d, t1).await.opened;
+    assert_eq!(opened.len(), 1);
+    // Two more rounds: now all of eu fails.
+    let t2 = t1 + chrono::Duration::seconds(60);
+    write_probes_over(&pool, &fleet(), 2, t2, round * 3, |v, _| {
+        http(GOOD, if v.region == "eu" { 502 } else { 200 })
+    })
+    .await;
+    let first = d
+        .evaluate_at(t2 - chrono::Duration::seconds(10))
+        .await
+        .unwrap();
+    assert!(
+        first.updated.is_empty(),
+        "one pass is not enough: {first:?}"
+    );
+    let second = d.evaluate_at(t2).await.unwrap();
+    assert_eq!(second.updated, opened, "{second:?}");
+    assert!(second.opened.is_empty(), "{second:?}");
+    let history: Vec<(i32, String, String, bool)> = sqlx::query_as(
+        "SELECT version, dimension, value, current FROM v_incident_history
+         WHERE incident_id = $1 ORDER BY version",
+    )
+    .bind(opened[0])
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        history,
+        [
+            (1, "egress_prefix".into(), "127.10.1.0/24".into(), false),
+            (2, "region".into(), "eu".into(), true)
+        ]
+    );
+    let rows = incidents(&pool).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!((rows[0].2.as_str(), rows[0].3.as_str()), ("region", "eu"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_resolver_failing_for_two_targets_is_one_path_incident(pool: PgPool) {
+    let (_, d) = detector(&pool, settings()).await;
+    let now = Utc::now();
+    let bad_resolver = |v: &Vantage, _| {
+        http(
+            GOOD,
+            if v.resolver.contains("127.0.0.54") {
+                502
+            } else {
+                200
+            },
+        )
+    };
+    let other = "http://other.test/";
+    write_probes(&pool, &fleet(), 20, now, bad_resolver).await;
+    write_probes_of(&pool, other, &fleet(), 20, now, WINDOW, bad_resolver).await;
+    two_passes(&d, now).await;
+    let rows: Vec<(String, String, String, String, Vec<String>, String)> = sqlx::query_as(
+        "SELECT target, scope, dimension, value, targets, fault_side FROM v_incidents",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [(
+            "*".to_owned(),
+            "path".to_owned(),
+            "resolver".to_owned(),
+            "udp://127.0.0.54:53".to_owned(),
+            vec![other.to_owned(), TARGET.to_owned()],
+            "path".to_owned()
+        )],
+        "one incident about the path, none per target"
+    );
 }
