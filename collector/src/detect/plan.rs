@@ -186,8 +186,8 @@ pub fn plan(input: PassInput<'_>) -> Plan {
         match (transition, s) {
             (Transition::Open, Some((f, s))) => {
                 if open_keys.contains(&s.key) {
-                    // Another open incident already has this explanation.
-                    t.state.incident = None;
+                    // Another open incident already has this explanation:
+                    // it covers these failures.
                     continue;
                 }
                 t.key = s.key.clone();
@@ -224,12 +224,16 @@ pub fn plan(input: PassInput<'_>) -> Plan {
             _ => {}
         }
     }
-    // Idle failures are forgotten; the opens keep pointing at theirs.
+    // Idle failures are forgotten; the opens keep pointing at theirs. A key
+    // is tracked once (the state's primary key): matching pairs a finding
+    // with the failure of the same key first, so a second one would be a
+    // bug, and must not stop every later pass.
     let opening: HashSet<usize> = plan.opens.iter().map(|o| o.0).collect();
     let mut new_index = vec![None; tracked.len()];
     let mut kept = Vec::with_capacity(tracked.len());
+    let mut keys = HashSet::new();
     for (i, t) in tracked.into_iter().enumerate() {
-        if !t.state.is_idle() || opening.contains(&i) {
+        if (!t.state.is_idle() || opening.contains(&i)) && keys.insert(t.key.clone()) {
             new_index[i] = Some(kept.len());
             kept.push(t);
         }
