@@ -135,6 +135,8 @@ pub struct Detector {
     asn: Mutex<(Option<i64>, Arc<AsnTable>)>,
     /// Who this detector is, for the lease.
     holder: String,
+    /// How long the last pass took: the lease covers at least two.
+    last_pass: Mutex<Duration>,
 }
 
 impl Detector {
@@ -150,6 +152,7 @@ impl Detector {
                 std::process::id(),
                 rand::random::<u32>()
             ),
+            last_pass: Mutex::new(Duration::ZERO),
         }
     }
 
@@ -214,9 +217,11 @@ impl Detector {
     }
 
     /// The lease's length: another collector takes over two intervals
-    /// after this one's last pass.
+    /// after this one's last pass (or two passes, when a pass takes longer
+    /// than an interval).
     fn lease(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.settings.interval.saturating_mul(2))
+        let last = *self.last_pass.lock().unwrap_or_else(|e| e.into_inner());
+        chrono::Duration::from_std(self.settings.interval.max(last).saturating_mul(2))
             .unwrap_or(chrono::Duration::MAX)
     }
 
@@ -231,6 +236,7 @@ impl Detector {
         {
             return Ok(PassSummary::default());
         }
+        let since_run = self.store.last_run_id().await?;
         let asn = self.asn_table().await?;
         let window_start = before(now, self.settings.window);
         let sources = dimensions::sources();
@@ -267,6 +273,8 @@ impl Detector {
                 &run,
                 before(now, self.settings.rates_retention),
                 &self.holder,
+                self.lease(),
+                since_run,
             )
             .await?
         else {
@@ -288,6 +296,7 @@ impl Detector {
         for (id, key) in &pass.resolves {
             tracing::info!(id, candidate = %key, "Incident resolved.");
         }
+        *self.last_pass.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed();
         let summary = PassSummary {
             ran: true,
             probes: pass.probes,

@@ -175,6 +175,29 @@ fn bind_record<'q, O>(
         .bind(at)
 }
 
+/// Takes or renews the lease (see [`Store::renew_detector_lease`]) on
+/// `conn`; inside a transaction, the lease row stays locked until it ends.
+async fn renew_lease(
+    conn: &mut sqlx::PgConnection,
+    holder: &str,
+    lease: chrono::Duration,
+) -> Result<bool, StoreError> {
+    let held: Option<String> = sqlx::query_scalar(
+        "INSERT INTO detector_lease (holder, expires_at)
+         VALUES ($1, now() + make_interval(secs => $2))
+         ON CONFLICT (singleton) DO UPDATE
+            SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+            WHERE detector_lease.holder = EXCLUDED.holder
+               OR detector_lease.expires_at < now()
+         RETURNING holder",
+    )
+    .bind(holder)
+    .bind(lease.as_seconds_f64())
+    .fetch_optional(conn)
+    .await?;
+    Ok(held.is_some())
+}
+
 /// Re-explains an open incident: a new key and explanation, the version
 /// bumped. Binds as [`bind_record`], the id as `$26`.
 const RE_EXPLAIN: &str = "UPDATE incidents SET target = $1, kind = $3, dimension = $4, value = $5,
@@ -326,21 +349,16 @@ impl Store {
         holder: &str,
         lease: chrono::Duration,
     ) -> Result<bool, StoreError> {
-        let seconds = lease.as_seconds_f64();
-        let held: Option<String> = sqlx::query_scalar(
-            "INSERT INTO detector_lease (holder, expires_at)
-             VALUES ($1, now() + make_interval(secs => $2))
-             ON CONFLICT (singleton) DO UPDATE
-                SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-                WHERE detector_lease.holder = EXCLUDED.holder
-                   OR detector_lease.expires_at < now()
-             RETURNING holder",
-        )
-        .bind(holder)
-        .bind(seconds)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(held.is_some())
+        let mut conn = self.pool.acquire().await?;
+        renew_lease(&mut conn, holder, lease).await
+    }
+
+    /// The id of the latest detection pass recorded, if any: a pass
+    /// applies only if no other collector recorded one since it began.
+    pub async fn last_run_id(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT max(id) FROM detection_runs")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Gives the lease up, if `holder` has it (at shutdown: another
@@ -440,26 +458,31 @@ impl Store {
     }
 
     /// Applies a pass in one transaction, if `holder` still holds the
-    /// lease (None otherwise: nothing was written). Opens, re-explains
-    /// (appending to the history), refreshes and resolves incidents,
-    /// replaces the tracked state, and records the run and its rates
-    /// (dropping runs older than `keep_since`).
+    /// lease (renewing it for `lease`, even if it ran out during a long
+    /// pass) and no other collector recorded a pass since `since_run`
+    /// (None otherwise: nothing was written, the plan being stale). Opens,
+    /// re-explains (appending to the history), refreshes and resolves
+    /// incidents, replaces the tracked state, and records the run and its
+    /// rates (dropping runs older than `keep_since`).
     pub async fn apply_pass(
         &self,
         plan: &Plan,
         run: &RunRecord,
         keep_since: DateTime<Utc>,
         holder: &str,
+        lease: chrono::Duration,
+        since_run: Option<i64>,
     ) -> Result<Option<Applied>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let holds: Option<String> = sqlx::query_scalar(
-            "SELECT holder FROM detector_lease WHERE holder = $1 AND expires_at >= now()
-             FOR UPDATE",
+        let others: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM detection_runs
+                            WHERE id > COALESCE($2, 0) AND runner IS DISTINCT FROM $1)",
         )
         .bind(holder)
-        .fetch_optional(&mut *tx)
+        .bind(since_run)
+        .fetch_one(&mut *tx)
         .await?;
-        if holds.is_none() {
+        if others || !renew_lease(&mut tx, holder, lease).await? {
             tx.rollback().await?;
             return Ok(None);
         }

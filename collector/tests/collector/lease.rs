@@ -153,3 +153,54 @@ async fn two_collectors_run_one_detector_and_the_second_takes_over(pool: PgPool)
         .unwrap();
     assert_eq!(lease, None, "released at shutdown");
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_pass_applies_only_under_its_lease_and_on_fresh_state(pool: PgPool) {
+    use vantage_collector::detect::plan::Plan;
+    use vantage_collector::store::{RunRecord, Store};
+    let store = Store::new(pool.clone());
+    store.migrate().await.unwrap();
+    let now = chrono::Utc::now();
+    let run = RunRecord {
+        evaluated_at: now,
+        window_start: now,
+        window_end: now,
+        probes: 0,
+        duration_ms: 0.0,
+    };
+    let lease = chrono::Duration::seconds(30);
+    let apply = |holder: &'static str, since: Option<i64>| {
+        let (store, run) = (&store, &run);
+        async move {
+            store
+                .apply_pass(&Plan::default(), run, now, holder, lease, since)
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    let expire = || async {
+        sqlx::query("UPDATE detector_lease SET expires_at = now() - interval '1 second'")
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    // A pass that outlasted its lease still applies when nobody took over.
+    assert!(store.renew_detector_lease("a", lease).await.unwrap());
+    expire().await;
+    assert!(
+        apply("a", None).await,
+        "an expired lease nobody took is renewed"
+    );
+    // Once another holder took the lease, the pass is discarded.
+    expire().await;
+    assert!(store.renew_detector_lease("b", lease).await.unwrap());
+    let since = store.last_run_id().await.unwrap();
+    assert!(!apply("a", since).await, "b holds the lease");
+    // b runs a pass and stops; a's plan, made before, is stale.
+    assert!(apply("b", since).await);
+    store.release_detector_lease("b").await.unwrap();
+    assert!(!apply("a", since).await, "b recorded a pass since a began");
+    let after = store.last_run_id().await.unwrap();
+    assert!(apply("a", after).await, "a fresh plan applies");
+}
