@@ -148,17 +148,17 @@ pub fn plan(input: PassInput<'_>) -> Plan {
     };
 
     let mut tracked = input.tracked;
-    let owned: Vec<Seen> = found.iter().map(|f| f.seen.clone()).collect();
-    let matches = track::match_seen(&tracked, &owned);
+    let seen: Vec<&Seen> = found.iter().map(|f| &f.seen).collect();
+    let matches = track::match_seen(&tracked, &seen);
     let mut seen_of: Vec<Option<usize>> = vec![None; tracked.len()];
     for (si, m) in matches.iter().enumerate() {
         match m {
             Some(ti) => seen_of[*ti] = Some(si),
-            None if owned[si].timing.recent => {
+            None if seen[si].timing.recent => {
                 tracked.push(Tracked {
-                    key: owned[si].key.clone(),
+                    key: seen[si].key.clone(),
                     state: lifecycle::KeyState::default(),
-                    footprint: owned[si].footprint.clone(),
+                    footprint: seen[si].footprint.clone(),
                     pending: None,
                 });
                 seen_of.push(Some(si));
@@ -173,7 +173,7 @@ pub fn plan(input: PassInput<'_>) -> Plan {
         .collect();
     let h = &settings.hysteresis;
     for (ti, t) in tracked.iter_mut().enumerate() {
-        let s = seen_of[ti].map(|si| (&found[si], &owned[si]));
+        let s = seen_of[ti].map(|si| (&found[si], seen[si]));
         let held = s.is_some_and(|(_, s)| s.timing.recent);
         let obs = Observation {
             held,

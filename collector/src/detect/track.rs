@@ -130,7 +130,7 @@ fn overlap(a: &BTreeSet<String>, b: &BTreeSet<String>) -> f64 {
 /// versa: same explanation first, then the largest footprint overlap
 /// (open incidents before candidates on ties). Global failures pair only
 /// by key. Returns, per seen failure, the index of its tracked failure.
-pub fn match_seen(tracked: &[Tracked], seen: &[Seen]) -> Vec<Option<usize>> {
+pub fn match_seen(tracked: &[Tracked], seen: &[&Seen]) -> Vec<Option<usize>> {
     let mut pairs: Vec<(bool, f64, bool, usize, usize)> = Vec::new();
     for (si, s) in seen.iter().enumerate() {
         for (ti, t) in tracked.iter().enumerate() {
@@ -208,14 +208,14 @@ mod tests {
             key("u", "egress_prefix", "127.0.2.0/24"),
             &["u a", "u b"],
         )];
-        assert_eq!(match_seen(&t, &s), [Some(0)]);
+        assert_eq!(match_seen(&t, &s.iter().collect::<Vec<_>>()), [Some(0)]);
     }
 
     #[test]
     fn disjoint_failures_are_different_incidents() {
         let t = [tracked(key("u", "region", "eu"), &["u a", "u b"], Some(1))];
         let s = [seen(key("u", "resolver", "r2"), &["u c", "u d"])];
-        assert_eq!(match_seen(&t, &s), [None]);
+        assert_eq!(match_seen(&t, &s.iter().collect::<Vec<_>>()), [None]);
     }
 
     #[test]
@@ -228,7 +228,10 @@ mod tests {
             seen(key("u", "proxy", "p"), &["u a", "u b"]),
             seen(key("u", "egress_prefix", "x"), &["u a", "u b"]),
         ];
-        assert_eq!(match_seen(&t, &s), [Some(1), Some(0)]);
+        assert_eq!(
+            match_seen(&t, &s.iter().collect::<Vec<_>>()),
+            [Some(1), Some(0)]
+        );
     }
 
     #[test]
@@ -238,7 +241,7 @@ mod tests {
             key(PATH_TARGET, "proxy", "p"),
             &["u a", "u b", "v a", "v b"],
         )];
-        assert_eq!(match_seen(&t, &s), [Some(0)]);
+        assert_eq!(match_seen(&t, &s.iter().collect::<Vec<_>>()), [Some(0)]);
         assert!(s[0].beats(&t[0].key));
     }
 

@@ -276,16 +276,9 @@ impl Store {
     ) -> Result<Vec<WindowCell>, StoreError> {
         let fixed = WINDOW_FIXED_COLUMNS;
         let sql = window_sql(sources);
-        let mut tx = self.pool.begin().await?;
-        sqlx::raw_sql(WINDOW_PLANNER).execute(&mut *tx).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(start)
-            .bind(end)
-            .bind(i32::try_from(default_round_ms).unwrap_or(i32::MAX))
-            .bind(thresholds_param(thresholds))
-            .fetch_all(&mut *tx)
+        let rows = self
+            .window_query(sql, start, end, default_round_ms, thresholds)
             .await?;
-        tx.commit().await?;
         let mut cells = Vec::with_capacity(rows.len());
         for row in rows {
             let mut values = Vec::with_capacity(sources.len());
@@ -329,17 +322,36 @@ impl Store {
             "FORMAT JSON"
         };
         let sql = format!("EXPLAIN ({options}) {}", window_sql(sources));
+        let rows = self
+            .window_query(sql, start, end, default_round_ms, thresholds)
+            .await?;
+        match rows.first() {
+            Some(row) => Ok(row.try_get(0)?),
+            None => Ok(serde_json::Value::Null),
+        }
+    }
+
+    /// Runs the window query `sql` (or its EXPLAIN) with its planner
+    /// settings and parameters, in a transaction of its own.
+    async fn window_query(
+        &self,
+        sql: String,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        default_round_ms: i64,
+        thresholds: &[u32],
+    ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::raw_sql(WINDOW_PLANNER).execute(&mut *tx).await?;
-        let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(start)
             .bind(end)
             .bind(i32::try_from(default_round_ms).unwrap_or(i32::MAX))
             .bind(thresholds_param(thresholds))
-            .fetch_one(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(plan)
+        Ok(rows)
     }
 
     /// Takes or renews the detector lease for `holder` until now + `lease`.
