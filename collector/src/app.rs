@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use vantage_proto::v1::ingest_server::IngestServer;
 
-use crate::alert::{Alerter, Webhook};
+use crate::alert::Alerter;
 use crate::config::{CollectorConfig, TlsConfig};
 use crate::detect::Detector;
 use crate::ingest::IngestService;
@@ -144,21 +144,22 @@ impl Application {
             changed.clone(),
         );
         tracker.spawn(detector.run(shutdown.clone()));
-        if !self.config.webhooks.is_empty() {
-            let webhooks = self
-                .config
-                .webhooks
-                .iter()
-                .map(|w| Webhook {
-                    url: w.url.clone(),
-                    timeout: w.timeout,
-                    attempts: w.attempts.max(1),
-                })
-                .collect();
-            let alerter = Alerter::new(self.store.clone(), webhooks, changed.clone())
-                .context("building the alerter")?;
-            tracker.spawn(alerter.run(shutdown.clone()));
+        // Runs without sinks too: events are then marked handled, so that a
+        // sink added later does not page for history.
+        let link_base = self.config.link_base();
+        if link_base.is_none() && !self.config.sinks.is_empty() {
+            tracing::warn!(
+                "Neither public_url nor http_listen is set: pages carry no link to the incident."
+            );
         }
+        let alerter = Alerter::new(
+            self.store.clone(),
+            self.config.sinks.clone(),
+            link_base,
+            changed.clone(),
+        )
+        .context("building the alerter")?;
+        tracker.spawn(alerter.run(shutdown.clone()));
         {
             let (store, shutdown) = (self.store.clone(), shutdown.clone());
             let ahead = self.config.database.partitions_ahead_days;

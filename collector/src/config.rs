@@ -10,6 +10,7 @@ use serde::Deserialize;
 use url::Url;
 use vantage_agent::config::{ConfigError, parse_toml, read_config};
 
+use crate::alert::config::{Sink, SinkConfig, WebhookConfig};
 use crate::detect::DetectorSettings;
 use crate::detect::decision::Params;
 use crate::detect::lifecycle::Hysteresis;
@@ -29,8 +30,19 @@ pub struct CollectorConfig {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub detector: DetectorConfig,
+    /// Where pages go: `[[sink]]` entries (see the README).
+    #[serde(default, rename = "sink")]
+    pub sink_configs: Vec<SinkConfig>,
+    /// `[[webhook]]`: the older way to name a webhook sink.
     #[serde(default, rename = "webhook")]
     pub webhooks: Vec<WebhookConfig>,
+    /// The base of every incident's link in pages (`<public_url>/incidents/
+    /// <id>`); default `http://<http_listen>`.
+    #[serde(default)]
+    pub public_url: Option<Url>,
+    /// The sinks, checked (by [`CollectorConfig::load`]).
+    #[serde(skip)]
+    pub sinks: Vec<Sink>,
     #[serde(default)]
     pub ingest: IngestConfig,
     /// TLS for the gRPC listener; plaintext when absent.
@@ -408,23 +420,6 @@ impl TryFrom<f64> for Rate {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: Url,
-    #[serde(with = "humantime_serde", default = "default_webhook_timeout")]
-    pub timeout: Duration,
-    #[serde(default = "default_webhook_attempts")]
-    pub attempts: usize,
-}
-
-fn default_webhook_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_webhook_attempts() -> usize {
-    5
-}
-
 impl Default for CollectorConfig {
     fn default() -> Self {
         Self {
@@ -432,7 +427,10 @@ impl Default for CollectorConfig {
             http_listen: None,
             database: DatabaseConfig::default(),
             detector: DetectorConfig::default(),
+            sink_configs: Vec::new(),
             webhooks: Vec::new(),
+            public_url: None,
+            sinks: Vec::new(),
             ingest: IngestConfig::default(),
             tls: None,
         }
@@ -442,7 +440,20 @@ impl Default for CollectorConfig {
 impl CollectorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read_config(path)?;
-        let config: Self = parse_toml(path, &text)?;
+        let mut config: Self = parse_toml(path, &text)?;
+        config.sinks =
+            crate::alert::config::sinks(path, &text, &config.sink_configs, &config.webhooks)?;
+        if let Some(url) = &config.public_url
+            && !matches!(url.scheme(), "http" | "https")
+        {
+            return Err(ConfigError::at(
+                path,
+                &text,
+                None,
+                "public_url".into(),
+                "expected an http:// or https:// URL".into(),
+            ));
+        }
         if let Some((key, expected)) = config.detector.problem() {
             return Err(ConfigError::at(path, &text, None, key, expected.into()));
         }
@@ -463,6 +474,15 @@ impl CollectorConfig {
             ));
         }
         Ok(config)
+    }
+
+    /// The base of incident links: `public_url`, else the HTTP listener.
+    pub fn link_base(&self) -> Option<String> {
+        match (&self.public_url, self.http_listen) {
+            (Some(url), _) => Some(url.as_str().trim_end_matches('/').to_owned()),
+            (None, Some(addr)) => Some(format!("http://{addr}")),
+            (None, None) => None,
+        }
     }
 
     /// The database URL: `DATABASE_URL` if set, else `database.url`.
@@ -509,7 +529,7 @@ mod tests {
     fn minimal_config_uses_defaults() {
         let c = load("grpc_listen = \"127.0.0.1:7400\"\n").unwrap();
         assert_eq!(c.detector.window, Duration::from_secs(300));
-        assert!(c.webhooks.is_empty());
+        assert!(c.sinks.is_empty());
     }
 
     #[test]

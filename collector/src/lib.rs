@@ -1,7 +1,8 @@
 //! Vantage collector: ingests probe results over gRPC into PostgreSQL,
 //! finds the dimension a 502 follows (region, egress prefix, network,
-//! resolver, address, edge, ...) or that it is global, and notifies
-//! webhooks when an incident opens and resolves.
+//! resolver, address, edge, ...) or that it is global, and pages on-call
+//! (webhook, Slack, PagerDuty, Alertmanager) when an incident opens,
+//! changes its explanation and resolves.
 //!
 //! - [`config`]: the TOML configuration.
 //! - [`app`]: wiring; `Application::build` then `run(shutdown)`.
@@ -13,8 +14,10 @@
 //! - [`store`]: every SQL statement: migrations, partitions, inserts, counts.
 //! - [`detect`]: the detector: dimension table, pure decision and
 //!   lifecycle, explanation and evidence.
-//! - [`alert`]: webhook delivery from the incidents outbox.
-//! - [`http`]: health endpoint.
+//! - [`alert`]: sinks and their formats; delivery from the outbox, once
+//!   per event and sink, retried until delivered or visibly expired.
+//! - [`silence`]: `silence add|list|expire`: pages held back, visibly.
+//! - [`http`]: health, metrics and incident endpoints.
 //! - [`demo`]: the one-command local demonstration.
 
 pub mod alert;
@@ -27,6 +30,7 @@ pub mod enrol;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod silence;
 pub mod store;
 pub mod wire;
 

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use vantage_collector::detect::asn;
-use vantage_collector::{Application, CollectorConfig, app, demo, enrol};
+use vantage_collector::{Application, CollectorConfig, alert, app, demo, enrol, silence};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +46,21 @@ enum Command {
         #[command(subcommand)]
         command: AsnCommand,
     },
+    /// Silence pages: matching incidents are still detected and stored,
+    /// but not paged until the silence ends.
+    Silence {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: SilenceCommand,
+    },
+    /// Check the configured sinks.
+    Sink {
+        #[arg(long, global = true, default_value = "/etc/vantage/collector.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: SinkCommand,
+    },
     /// Show the whole story locally: PostgreSQL, collector, agents in three
     /// "regions", a target failing for one, the detection and the webhooks.
     Demo,
@@ -64,6 +79,42 @@ enum AgentCommand {
     List,
     /// Revoke an agent's token: its streams are refused from the next batch.
     Revoke { agent_id: String },
+}
+
+#[derive(Subcommand)]
+enum SilenceCommand {
+    /// Silence a target, or one dimension value of it (`--target '*'`:
+    /// every target).
+    Add {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        dimension: Option<String>,
+        #[arg(long)]
+        value: Option<String>,
+        /// How long, e.g. 2h or 30m.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long)]
+        comment: String,
+        /// Who silenced it (default: $USER).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        author: String,
+    },
+    /// List silences in force or yet to start (`--all`: every one).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// End a silence now; its incidents still open are paged.
+    Expire { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum SinkCommand {
+    /// Send a clearly marked test event to each sink (or the one named)
+    /// and print what each answered.
+    Test { name: Option<String> },
 }
 
 #[derive(Subcommand)]
@@ -148,6 +199,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("Loaded {} ranges from {}.", ranges.len(), file.display());
             Ok(())
         }
+        Command::Silence { config, command } => {
+            let config = match config {
+                Some(path) => CollectorConfig::load(&path)?,
+                None => CollectorConfig::default(),
+            };
+            let store = vantage_collector::store::Store::new(app::connect(&config).await?);
+            store.migrate().await.context("applying migrations")?;
+            silence_command(&store, command).await
+        }
+        Command::Sink { config, command } => {
+            let config = CollectorConfig::load(&config)?;
+            let SinkCommand::Test { name } = command;
+            sink_test(&config, name.as_deref()).await
+        }
         Command::Demo => demo::run().await,
     }
 }
@@ -194,6 +259,92 @@ async fn agent_command(
             }
             println!("Revoked agent {agent_id:?}.");
         }
+    }
+    Ok(())
+}
+
+async fn silence_command(
+    store: &vantage_collector::store::Store,
+    command: SilenceCommand,
+) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    match command {
+        SilenceCommand::Add {
+            target,
+            dimension,
+            value,
+            duration,
+            comment,
+            author,
+        } => {
+            let matching = silence::check(
+                &target,
+                dimension.as_deref(),
+                value.as_deref(),
+                duration,
+                &comment,
+            )?;
+            let ends = now + chrono::Duration::from_std(duration)?;
+            let id = store
+                .add_silence(&matching, now, ends, &comment, &author)
+                .await?;
+            println!(
+                "Silence {id} until {} (UTC).",
+                ends.format("%Y-%m-%d %H:%M:%S")
+            );
+        }
+        SilenceCommand::List { all } => {
+            print!(
+                "{}",
+                silence::table(&store.list_silences(now, all).await?, now)
+            );
+        }
+        SilenceCommand::Expire { id } => {
+            if !store.expire_silence(id, now).await? {
+                anyhow::bail!("no silence {id} in force");
+            }
+            println!("Silence {id} expired; its incidents still open are paged now.");
+        }
+    }
+    Ok(())
+}
+
+/// `sink test`: one test event per sink, and what each answered.
+async fn sink_test(config: &CollectorConfig, name: Option<&str>) -> anyhow::Result<()> {
+    let sinks: Vec<_> = config
+        .sinks
+        .iter()
+        .filter(|s| name.is_none_or(|n| s.name == n))
+        .cloned()
+        .collect();
+    if sinks.is_empty() {
+        match name {
+            Some(n) => anyhow::bail!("no sink named {n:?} in the configuration"),
+            None => anyhow::bail!("no sinks configured ([[sink]] or [[webhook]])"),
+        }
+    }
+    let answers = alert::test_sinks(&sinks, config.link_base().as_deref()).await?;
+    let mut failed = 0;
+    for (sink, (name, answer)) in sinks.iter().zip(answers) {
+        match answer {
+            Ok(a) => println!(
+                "{name} ({}) {}: OK, HTTP {} {}",
+                sink.kind.as_str(),
+                sink.url,
+                a.status,
+                a.body
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("{name} ({}) {}: FAILED, {e}", sink.kind.as_str(), sink.url);
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} sinks did not accept the test event",
+            sinks.len()
+        );
     }
     Ok(())
 }

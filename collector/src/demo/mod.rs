@@ -23,7 +23,8 @@ use vantage_testkit::{DnsServer, Target, WebhookReceiver};
 pub use cluster::{PrivateCluster, find_server_binaries};
 
 use crate::Application;
-use crate::config::{CollectorConfig, DetectorConfig, WebhookConfig};
+use crate::alert::Sink;
+use crate::config::{CollectorConfig, DetectorConfig};
 
 /// The name agents probe; the scenario's DNS server answers it.
 pub const TARGET_HOST: &str = "shop.test";
@@ -103,10 +104,9 @@ impl Scenario {
                 resolve_quiet: timing.resolve_quiet,
                 ..DetectorConfig::default()
             },
-            webhooks: vec![WebhookConfig {
-                url: webhook.url().parse().context("webhook URL")?,
+            sinks: vec![Sink {
                 timeout: Duration::from_secs(2),
-                attempts: 3,
+                ..Sink::webhook("webhook-1", webhook.url().parse().context("webhook URL")?)
             }],
             ..CollectorConfig::default()
         };

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row, Transaction};
 
-use super::{Incident, Store, StoreError};
+use super::{EventKind, Incident, Store, StoreError};
 use crate::detect::Pattern;
 use crate::detect::lifecycle::KeyState;
 use crate::detect::plan::Plan;
@@ -254,6 +254,26 @@ async fn record_explanation(
          FROM incidents WHERE id = $1",
     )
     .bind(id)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records that `event` happened to incident `id` (at its current
+/// version): the outbox fans it out to the sinks.
+async fn record_event(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    event: EventKind,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO incident_events (incident_id, event, version, created_at)
+         SELECT id, $2, version, $3 FROM incidents WHERE id = $1",
+    )
+    .bind(id)
+    .bind(event.as_str())
     .bind(at)
     .execute(&mut **tx)
     .await?;
@@ -525,6 +545,7 @@ impl Store {
             .await?;
             if let Some(id) = id {
                 record_explanation(&mut tx, id, at).await?;
+                record_event(&mut tx, id, EventKind::Opened, at).await?;
                 applied.opened.push(id);
                 if let Some(slot) = incident_of.get_mut(*ti) {
                     *slot = Some(id);
@@ -534,6 +555,7 @@ impl Store {
         for (id, r) in &plan.updates {
             if update_incident(&mut tx, RE_EXPLAIN, *id, r, at).await? {
                 record_explanation(&mut tx, *id, at).await?;
+                record_event(&mut tx, *id, EventKind::Updated, at).await?;
             }
         }
         for (id, r) in &plan.refreshes {
@@ -546,10 +568,15 @@ impl Store {
             .await?;
         let resolved: Vec<i64> = plan.resolves.iter().map(|r| r.0).collect();
         sqlx::query(
-            "UPDATE incidents SET resolved_at = $2 WHERE id = ANY($1) AND resolved_at IS NULL",
+            "WITH resolved AS (
+                 UPDATE incidents SET resolved_at = $2 WHERE id = ANY($1) AND resolved_at IS NULL
+                 RETURNING id, version)
+             INSERT INTO incident_events (incident_id, event, version, created_at)
+             SELECT id, $3, version, $2 FROM resolved ORDER BY id",
         )
         .bind(&resolved)
         .bind(at)
+        .bind(EventKind::Resolved.as_str())
         .execute(&mut *tx)
         .await?;
 

@@ -1,6 +1,5 @@
-//! Incidents as the alerter and the demo read them, and the notification
-//! outbox: opened, each re-explanation (from the explanation history), and
-//! resolved, in that order per incident.
+//! Incidents as the alerter, the HTTP endpoint and the demo read them,
+//! with their explanation history.
 
 use chrono::{DateTime, Utc};
 
@@ -48,16 +47,6 @@ const INCIDENT_COLUMNS: &str = "id, target, pattern, kind, dimension, value, nar
     failing_vantages, correlated, gateways, edge_locations, first_failure_at, last_failure_at, \
     window_seconds, opened_at, last_seen_at, resolved_at, scope, targets, fault_side, version";
 
-/// Which notification of an incident is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Notification {
-    Opened,
-    /// Re-explained: the explanation of this version replaced the one
-    /// before.
-    Updated(i32),
-    Resolved,
-}
-
 impl Store {
     /// Every incident not yet resolved.
     pub async fn open_incidents(&self) -> Result<Vec<Incident>, StoreError> {
@@ -76,41 +65,6 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?)
-    }
-
-    /// Notifications not yet handled, per incident in order: opened, then
-    /// each re-explanation, then resolved; a later one is due only once
-    /// the earlier ones of its incident were handled.
-    pub async fn pending_notifications(&self) -> Result<Vec<(Incident, Notification)>, StoreError> {
-        let rows: Vec<IncidentWithOutbox> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {INCIDENT_COLUMNS}, open_notified_at, resolve_notified_at,
-                    (SELECT min(version) FROM incident_explanations e
-                     WHERE e.incident_id = incidents.id AND e.version > 1
-                       AND e.notified_at IS NULL) AS update_pending
-             FROM incidents
-             WHERE open_notified_at IS NULL
-                OR (resolved_at IS NOT NULL AND resolve_notified_at IS NULL)
-                OR EXISTS (SELECT 1 FROM incident_explanations e
-                           WHERE e.incident_id = incidents.id AND e.version > 1
-                             AND e.notified_at IS NULL)
-             ORDER BY id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut due = Vec::new();
-        for row in rows {
-            let next = if row.open_notified_at.is_none() {
-                Notification::Opened
-            } else if let Some(version) = row.update_pending {
-                Notification::Updated(version)
-            } else if row.incident.resolved_at.is_some() && row.resolve_notified_at.is_none() {
-                Notification::Resolved
-            } else {
-                continue;
-            };
-            due.push((row.incident, next));
-        }
-        Ok(due)
     }
 
     /// The explanation an update notification announces (its version of
@@ -147,6 +101,17 @@ impl Store {
         Ok(out)
     }
 
+    /// An incident's explanations, oldest first (`v_incident_history`
+    /// rows as JSON).
+    pub async fn incident_history(&self, id: i64) -> Result<Vec<serde_json::Value>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT to_jsonb(h) FROM v_incident_history h WHERE incident_id = $1 ORDER BY version",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The explanation replaced by version `version`, if any.
     pub async fn previous_explanation(
         &self,
@@ -162,36 +127,6 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?)
     }
-
-    /// Records that a notification was handled (sent, or given up on).
-    pub async fn mark_notified(&self, id: i64, which: Notification) -> Result<(), StoreError> {
-        let query = match which {
-            Notification::Opened => {
-                sqlx::query("UPDATE incidents SET open_notified_at = now() WHERE id = $1").bind(id)
-            }
-            Notification::Updated(version) => sqlx::query(
-                "UPDATE incident_explanations SET notified_at = now()
-                 WHERE incident_id = $1 AND version = $2",
-            )
-            .bind(id)
-            .bind(version),
-            Notification::Resolved => {
-                sqlx::query("UPDATE incidents SET resolve_notified_at = now() WHERE id = $1")
-                    .bind(id)
-            }
-        };
-        query.execute(&self.pool).await?;
-        Ok(())
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct IncidentWithOutbox {
-    #[sqlx(flatten)]
-    incident: Incident,
-    open_notified_at: Option<DateTime<Utc>>,
-    resolve_notified_at: Option<DateTime<Utc>>,
-    update_pending: Option<i32>,
 }
 
 #[derive(sqlx::FromRow)]

@@ -1,14 +1,16 @@
 //! PostgreSQL access: migrations, partitions, agents, batch inserts and
 //! the IP-to-ASN table here; the detector's window, tracked state, runs,
-//! lease and pass in [`detection`]; incidents and their notification outbox
-//! in [`incidents`]. Every SQL statement of the collector lives in this
+//! lease and pass in [`detection`]; incidents in [`incidents`]; the
+//! notification outbox and silences in [`outbox`]. Every SQL statement of the collector lives in this
 //! module.
 
 mod detection;
 mod incidents;
+mod outbox;
 
 pub use detection::{Applied, IncidentRecord, RateRow, RunRecord, WindowCell};
-pub use incidents::{Incident, Notification};
+pub use incidents::Incident;
+pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;

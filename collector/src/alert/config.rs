@@ -1,0 +1,351 @@
+//! `[[sink]]` (and the older `[[webhook]]`) configuration: parsed strictly,
+//! checked per kind, errors naming file, line and key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+use vantage_agent::config::ConfigError;
+
+/// PagerDuty's Events API v2 endpoint, the `pagerduty` sink's default URL.
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+/// How often an `alertmanager` sink re-sends an open incident's alert by
+/// default: Prometheus' own resend delay, well inside Alertmanager's
+/// `resolve_timeout` (5 minutes), after which an alert not re-sent would
+/// resolve by itself.
+pub const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
+
+/// Where a sink sends, and in which format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Vantage's own JSON, signed per the Standard Webhooks spec.
+    Webhook,
+    /// A Slack incoming webhook (`text` plus `blocks`).
+    Slack,
+    /// PagerDuty Events API v2.
+    Pagerduty,
+    /// Alertmanager's `/api/v2/alerts`.
+    Alertmanager,
+}
+
+impl SinkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Slack => "slack",
+            Self::Pagerduty => "pagerduty",
+            Self::Alertmanager => "alertmanager",
+        }
+    }
+}
+
+/// One `[[sink]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Unique; names the sink in `v_notifications`, metrics and logs
+    /// (default `<kind>-<n>`). Renaming a sink orphans its pending rows.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    pub kind: Spanned<SinkKind>,
+    /// Required except for `pagerduty` (default: PagerDuty's endpoint).
+    /// For `alertmanager`, Alertmanager's base URL (`/api/v2/alerts` is
+    /// appended).
+    #[serde(default)]
+    pub url: Option<Spanned<Url>>,
+    /// Per attempt.
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+    /// Attempts in flight at once to this sink.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: Spanned<usize>,
+    /// Retries back off exponentially from 1 s up to this.
+    #[serde(with = "humantime_serde", default = "default_max_backoff")]
+    pub max_backoff: Duration,
+    /// A delivery not done this long after its event is recorded as
+    /// expired.
+    #[serde(with = "humantime_serde", default = "default_expire_after")]
+    pub expire_after: Duration,
+    /// Send an open incident again after this long without news
+    /// (`alertmanager`: 1m by default, so that its alert stays active).
+    #[serde(with = "humantime_serde", default)]
+    pub repeat_interval: Option<Duration>,
+    /// `webhook`: signing secrets `whsec_<base64>`; the first signs, every
+    /// one is listed in `webhook-signature` (rotation).
+    #[serde(default)]
+    pub secrets: Option<Spanned<Vec<String>>>,
+    /// `pagerduty`: the integration's routing key.
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    /// `pagerduty`: critical, error, warning or info (default error).
+    #[serde(default)]
+    pub severity: Option<Spanned<String>>,
+    /// `pagerduty`: the `source` field (default `vantage-collector`).
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// `[[webhook]]`, kept working: a `webhook` sink without a secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: Url,
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+    /// Ignored since the outbox retries until `expire_after` (24 h).
+    #[serde(default)]
+    pub attempts: Option<usize>,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_concurrency() -> Spanned<usize> {
+    Spanned::new(0..0, 4)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_expire_after() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// A sink checked and ready to use.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    pub name: String,
+    pub kind: SinkKind,
+    pub url: Url,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub max_backoff: Duration,
+    pub expire_after: Duration,
+    pub repeat_interval: Option<Duration>,
+    /// Decoded signing keys, the signing one first.
+    pub secrets: Vec<Vec<u8>>,
+    pub routing_key: Option<String>,
+    pub severity: String,
+    pub source: String,
+}
+
+impl Sink {
+    /// A `webhook` sink at `url`, unsigned, with the defaults.
+    pub fn webhook(name: &str, url: Url) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind: SinkKind::Webhook,
+            url,
+            timeout: default_timeout(),
+            concurrency: *default_concurrency().get_ref(),
+            max_backoff: default_max_backoff(),
+            expire_after: default_expire_after(),
+            repeat_interval: None,
+            secrets: Vec::new(),
+            routing_key: None,
+            severity: "error".into(),
+            source: "vantage-collector".into(),
+        }
+    }
+}
+
+/// Decodes a `whsec_<base64>` secret.
+pub fn decode_secret(secret: &str) -> Option<Vec<u8>> {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_")?)
+        .ok()?;
+    (!key.is_empty()).then_some(key)
+}
+
+/// Checks `[[sink]]` and `[[webhook]]` entries of the file at `path`
+/// (text `text`) and turns them into sinks.
+pub fn sinks(
+    path: &Path,
+    text: &str,
+    configs: &[SinkConfig],
+    webhooks: &[WebhookConfig],
+) -> Result<Vec<Sink>, ConfigError> {
+    let mut out: Vec<Sink> = Vec::new();
+    let mut counts = std::collections::HashMap::<SinkKind, usize>::new();
+    let mut next_name = |kind: SinkKind| {
+        let n = counts.entry(kind).or_default();
+        *n += 1;
+        format!("{}-{n}", kind.as_str())
+    };
+    for (i, w) in webhooks.iter().enumerate() {
+        if w.attempts.is_some() {
+            tracing::warn!(
+                file = %path.display(),
+                "webhook[{i}].attempts is ignored: deliveries are retried until they expire \
+                 (24 h); use a [[sink]] with expire_after to change that."
+            );
+        }
+        let mut sink = Sink::webhook(&next_name(SinkKind::Webhook), w.url.clone());
+        sink.timeout = w.timeout;
+        check_url(path, text, &sink.url, None, &format!("webhook[{i}].url"))?;
+        out.push(sink);
+    }
+    for (i, c) in configs.iter().enumerate() {
+        let key = |field: &str| format!("sink[{i}].{field}");
+        let err = |span: std::ops::Range<usize>, field: &str, expected: &str| {
+            ConfigError::at(path, text, Some(span), key(field), expected.to_owned())
+        };
+        let kind = *c.kind.get_ref();
+        let kind_span = c.kind.span();
+        let name = match &c.name {
+            Some(n) if n.get_ref().trim().is_empty() || n.get_ref().len() > 64 => {
+                return Err(err(
+                    n.span(),
+                    "name",
+                    "expected a name of 1 to 64 characters",
+                ));
+            }
+            Some(n) if out.iter().any(|s| &s.name == n.get_ref()) => {
+                return Err(err(
+                    n.span(),
+                    "name",
+                    "expected a name no other sink has (it keys the sink's deliveries)",
+                ));
+            }
+            Some(n) => n.get_ref().clone(),
+            None => next_name(kind),
+        };
+        let url = match (&c.url, kind) {
+            (Some(u), _) => {
+                check_url(path, text, u.get_ref(), Some(u.span()), &key("url"))?;
+                u.get_ref().clone()
+            }
+            (None, SinkKind::Pagerduty) => Url::parse(PAGERDUTY_EVENTS_URL)
+                .map_err(|e| err(kind_span.clone(), "url", &e.to_string()))?,
+            (None, _) => {
+                return Err(err(
+                    kind_span,
+                    "url",
+                    &format!("expected a url for a {} sink", kind.as_str()),
+                ));
+            }
+        };
+        if *c.concurrency.get_ref() == 0 || *c.concurrency.get_ref() > 256 {
+            return Err(err(
+                c.concurrency.span(),
+                "concurrency",
+                "expected between 1 and 256 attempts in flight",
+            ));
+        }
+        if c.timeout.is_zero() || c.max_backoff < Duration::from_secs(1) {
+            return Err(err(
+                kind_span,
+                "timeout",
+                "expected a non-zero timeout and a max_backoff of at least 1s",
+            ));
+        }
+        if c.expire_after < Duration::from_secs(60) {
+            return Err(err(kind_span, "expire_after", "expected at least 1m"));
+        }
+        if c.repeat_interval
+            .is_some_and(|r| r < Duration::from_secs(10))
+        {
+            return Err(err(kind_span, "repeat_interval", "expected at least 10s"));
+        }
+        let mut secrets = Vec::new();
+        if let Some(list) = &c.secrets {
+            if kind != SinkKind::Webhook {
+                return Err(err(
+                    list.span(),
+                    "secrets",
+                    "secrets sign webhook sinks only",
+                ));
+            }
+            if list.get_ref().len() > 2 || list.get_ref().is_empty() {
+                return Err(err(
+                    list.span(),
+                    "secrets",
+                    "expected one secret, or two while rotating",
+                ));
+            }
+            for s in list.get_ref() {
+                secrets.push(decode_secret(s).ok_or_else(|| {
+                    err(
+                        list.span(),
+                        "secrets",
+                        "expected secrets written whsec_<base64 of the key>",
+                    )
+                })?);
+            }
+        }
+        let routing_key = c.routing_key.clone().filter(|k| !k.trim().is_empty());
+        if kind == SinkKind::Pagerduty && routing_key.is_none() {
+            return Err(err(
+                kind_span,
+                "routing_key",
+                "expected the PagerDuty integration's routing_key",
+            ));
+        }
+        if kind != SinkKind::Pagerduty && (c.routing_key.is_some() || c.severity.is_some()) {
+            return Err(err(
+                kind_span,
+                "routing_key",
+                "routing_key and severity are for pagerduty sinks",
+            ));
+        }
+        let severity = match &c.severity {
+            Some(s)
+                if !["critical", "error", "warning", "info"].contains(&s.get_ref().as_str()) =>
+            {
+                return Err(err(
+                    s.span(),
+                    "severity",
+                    "expected critical, error, warning or info",
+                ));
+            }
+            Some(s) => s.get_ref().clone(),
+            None => "error".into(),
+        };
+        let repeat_interval = match kind {
+            SinkKind::Alertmanager => Some(c.repeat_interval.unwrap_or(ALERTMANAGER_RESEND)),
+            _ => c.repeat_interval,
+        };
+        out.push(Sink {
+            name,
+            kind,
+            url,
+            timeout: c.timeout,
+            concurrency: *c.concurrency.get_ref(),
+            max_backoff: c.max_backoff,
+            expire_after: c.expire_after,
+            repeat_interval,
+            secrets,
+            routing_key,
+            severity,
+            source: c
+                .source
+                .clone()
+                .unwrap_or_else(|| "vantage-collector".into()),
+        });
+    }
+    Ok(out)
+}
+
+/// Sinks are reached over HTTP(S) only.
+fn check_url(
+    path: &Path,
+    text: &str,
+    url: &Url,
+    span: Option<std::ops::Range<usize>>,
+    key: &str,
+) -> Result<(), ConfigError> {
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(ConfigError::at(
+            path,
+            text,
+            span,
+            key.to_owned(),
+            format!("expected an http:// or https:// URL, got {url}"),
+        ));
+    }
+    Ok(())
+}
