@@ -590,4 +590,79 @@ mod tests {
         assert!(e.contains(":3:"), "{e}");
         assert!(e.contains("unknown field `retries`"), "{e}");
     }
+
+    #[test]
+    fn sink_errors_name_file_line_and_key() {
+        for (text, at, key, what) in [
+            (
+                "[[sink]]\nkind = \"pagerduty\"\n",
+                "collector.toml:2:",
+                "sink[0].routing_key",
+                "routing_key",
+            ),
+            (
+                "[[sink]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecrets = [\"hunter2\"]\n",
+                "collector.toml:4:",
+                "sink[0].secrets",
+                "whsec_",
+            ),
+            (
+                "[[sink]]\nkind = \"carrier-pigeon\"\n",
+                "collector.toml:2:",
+                "sink[0].kind",
+                "unknown variant",
+            ),
+            (
+                "[[sink]]\nkind = \"slack\"\nurl = \"file:///etc/passwd\"\n",
+                "collector.toml:3:",
+                "sink[0].url",
+                "http:// or https://",
+            ),
+            (
+                "[[sink]]\nname = \"a\"\nkind = \"slack\"\nurl = \"http://h/\"\n\
+                 [[sink]]\nname = \"a\"\nkind = \"slack\"\nurl = \"http://h/\"\n",
+                "collector.toml:6:",
+                "sink[1].name",
+                "no other sink",
+            ),
+            (
+                "[[sink]]\nkind = \"slack\"\nurl = \"http://h/\"\nconcurrency = 0\n",
+                "collector.toml:4:",
+                "sink[0].concurrency",
+                "between 1 and 256",
+            ),
+            (
+                "[[webhook]]\nurl = \"ftp://h/\"\n",
+                "collector.toml:2:",
+                "webhook[0].url",
+                "http:// or https://",
+            ),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(at), "{text}: {e}");
+            assert!(e.contains(key), "{text}: {e}");
+            assert!(e.contains(what), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn sinks_get_names_and_defaults_and_old_webhooks_keep_working() {
+        let c = load(
+            "[[webhook]]\nurl = \"http://127.0.0.1:9/hook\"\nattempts = 3\n\
+             [[sink]]\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:9093\"\n\
+             [[sink]]\nkind = \"pagerduty\"\nrouting_key = \"K\"\nseverity = \"critical\"\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = c.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["webhook-1", "alertmanager-1", "pagerduty-1"]);
+        assert_eq!(c.sinks[0].kind, crate::alert::SinkKind::Webhook);
+        assert!(c.sinks[0].secrets.is_empty());
+        assert_eq!(c.sinks[1].repeat_interval, Some(Duration::from_secs(60)));
+        assert_eq!(
+            c.sinks[2].url.as_str(),
+            "https://events.pagerduty.com/v2/enqueue"
+        );
+        assert_eq!(c.sinks[2].severity, "critical");
+        assert_eq!(c.sinks[2].expire_after, Duration::from_secs(24 * 3600));
+    }
 }

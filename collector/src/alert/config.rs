@@ -94,7 +94,7 @@ pub struct SinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    pub url: Url,
+    pub url: Spanned<Url>,
     #[serde(with = "humantime_serde", default = "default_timeout")]
     pub timeout: Duration,
     /// Ignored since the outbox retries until `expire_after` (24 h).
@@ -184,9 +184,15 @@ pub fn sinks(
                  (24 h); use a [[sink]] with expire_after to change that."
             );
         }
-        let mut sink = Sink::webhook(&next_name(SinkKind::Webhook), w.url.clone());
+        check_url(
+            path,
+            text,
+            w.url.get_ref(),
+            Some(w.url.span()),
+            &format!("webhook[{i}].url"),
+        )?;
+        let mut sink = Sink::webhook(&next_name(SinkKind::Webhook), w.url.get_ref().clone());
         sink.timeout = w.timeout;
-        check_url(path, text, &sink.url, None, &format!("webhook[{i}].url"))?;
         out.push(sink);
     }
     for (i, c) in configs.iter().enumerate() {

@@ -249,6 +249,9 @@ impl Alerter {
             )
             .await?;
         let count = claimed.len();
+        // Outcomes are recorded at `now` plus the real time the attempts
+        // took (simulated clocks in tests stay consistent).
+        let started = std::time::Instant::now();
         let mut unfinished: Vec<i64> = claimed.iter().map(|c| c.id).collect();
         let mut attempts: FuturesUnordered<_> = claimed
             .into_iter()
@@ -273,7 +276,8 @@ impl Alerter {
                 break;
             };
             unfinished.retain(|id| *id != claimed.id);
-            self.record(sink, &claimed, &outcome).await;
+            let at = now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+            self.record(sink, &claimed, &outcome, at).await;
         }
         Ok(count)
     }
@@ -323,7 +327,7 @@ impl Alerter {
     }
 
     /// Records an attempt's outcome, logged and counted.
-    async fn record(&self, sink: &Sink, claimed: &Claimed, outcome: &Outcome) {
+    async fn record(&self, sink: &Sink, claimed: &Claimed, outcome: &Outcome, at: DateTime<Utc>) {
         let event = claimed.event.as_str();
         let result = match outcome {
             Outcome::Delivered { status } => {
@@ -343,7 +347,7 @@ impl Alerter {
             .increment(1);
         match self
             .store
-            .finish_delivery(claimed.id, &self.claimant, Utc::now(), outcome)
+            .finish_delivery(claimed.id, &self.claimant, at, outcome)
             .await
         {
             Ok(true) => {

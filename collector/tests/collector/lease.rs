@@ -2,60 +2,22 @@
 //! processes on one database; one holds the detector lease and runs every
 //! pass; when it is killed, the other takes over within two intervals.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use crate::database_url;
-use crate::process::{kill9, terminate};
+use crate::process::{Collector, kill9, terminate};
 
 const INTERVAL: Duration = Duration::from_millis(500);
 
-/// A collector process, killed if the test fails before stopping it.
-struct Collector(Child);
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            kill9(&mut self.0);
-        }
-    }
-}
-
-/// Starts a collector; returns it and its metrics URL.
+/// Starts a collector with this test's detector settings; returns it and
+/// its metrics URL.
 fn start_collector(pool: &PgPool, dir: &std::path::Path, name: &str) -> (Collector, String) {
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let grpc = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
-    let http = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\n\
-             [detector]\ninterval = \"{}ms\"\nwindow = \"10s\"\n",
-            INTERVAL.as_millis()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Collector(
-        Command::new(env!("CARGO_BIN_EXE_vantage-collector"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("DATABASE_URL", database_url(pool))
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    let extra = format!(
+        "[detector]\ninterval = \"{}ms\"\nwindow = \"10s\"\n",
+        INTERVAL.as_millis()
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(grpc).is_err() {
-        assert!(Instant::now() < deadline, "{name} did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (child, http) = crate::process::start_collector(pool, dir, name, &extra);
     (child, format!("http://{http}/metrics"))
 }
 

@@ -12,6 +12,7 @@ mod field;
 mod ingest;
 mod lease;
 mod limits;
+mod pages;
 mod process;
 mod schema;
 mod tls;

@@ -1,9 +1,63 @@
 //! Real processes for the tests that need them: the `vantage-agent` binary
-//! (built on demand), graceful and hard stops.
+//! (built on demand), collector processes, graceful and hard stops.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use crate::database_url;
+
+/// A collector process, killed if the test fails before stopping it.
+pub struct Collector(pub Child);
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            kill9(&mut self.0);
+        }
+    }
+}
+
+/// Starts `vantage-collector serve` on the test's database with free gRPC
+/// and HTTP ports and `extra` appended to its config (log in
+/// `dir/<name>.log`); returns it once it listens, and its HTTP address.
+pub fn start_collector(
+    pool: &PgPool,
+    dir: &Path,
+    name: &str,
+    extra: &str,
+) -> (Collector, SocketAddr) {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let grpc = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
+    let http = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!("grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\n{extra}"),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Collector(
+        Command::new(env!("CARGO_BIN_EXE_vantage-collector"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("DATABASE_URL", database_url(pool))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(http).is_err() {
+        assert!(Instant::now() < deadline, "{name} did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, http)
+}
 
 /// The agent binary, built next to the collector's by `cargo test
 /// --workspace`; built on demand otherwise.
