@@ -26,6 +26,9 @@ use crate::Application;
 use crate::alert::Sink;
 use crate::config::{CollectorConfig, DetectorConfig};
 
+/// The demo webhook's Standard Webhooks signing secret.
+pub const DEMO_SECRET: &str = "whsec_ZGVtbyBzZWNyZXQgZm9yIHZhbnRhZ2U=";
+
 /// The name agents probe; the scenario's DNS server answers it.
 pub const TARGET_HOST: &str = "shop.test";
 
@@ -106,6 +109,9 @@ impl Scenario {
             },
             sinks: vec![Sink {
                 timeout: Duration::from_secs(2),
+                secrets: crate::alert::config::decode_secret(DEMO_SECRET)
+                    .into_iter()
+                    .collect(),
                 ..Sink::webhook("webhook-1", webhook.url().parse().context("webhook URL")?)
             }],
             ..CollectorConfig::default()
@@ -376,6 +382,21 @@ async fn story(url: &str) -> Result<()> {
         wrap(opened["explanation"].as_str().unwrap_or_default(), 76, "  ")
     );
     println!("Webhook received:");
+    if let Some(request) = scenario
+        .webhook
+        .requests()
+        .into_iter()
+        .find(|r| r.body == opened)
+    {
+        let header = |name: &str| request.headers.get(name).cloned().unwrap_or_default();
+        println!(
+            "  webhook-id: {}\n  webhook-timestamp: {}\n  webhook-signature: {}\n  (Standard \
+             Webhooks, secret {DEMO_SECRET})",
+            header("webhook-id"),
+            header("webhook-timestamp"),
+            header("webhook-signature")
+        );
+    }
     println!("{}\n", serde_json::to_string_pretty(&opened)?);
 
     print_sql(&pool).await?;

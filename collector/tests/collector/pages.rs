@@ -852,3 +852,83 @@ async fn a_real_alertmanager_shows_the_alert_while_open_and_not_after_resolve(po
         "{rows:?}"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_upgrade_delivers_what_the_old_outbox_had_pending(pool: PgPool) {
+    use vantage_collector::store::MIGRATOR;
+    MIGRATOR.run_to(20261130000001, &pool).await.unwrap();
+    // Under the old outbox: `pending` opened unannounced, `half` announced
+    // but re-explained and resolved unannounced, `done` fully announced.
+    for (target, open_notified, resolved, resolve_notified, version) in [
+        ("http://pending.test/", false, false, false, 1),
+        ("http://half.test/", true, true, false, 2),
+        ("http://done.test/", true, true, true, 1),
+    ] {
+        sqlx::query(
+            "WITH i AS (
+                 INSERT INTO incidents (target, kind, dimension, value, segment_failures,
+                     segment_probes, rest_failures, rest_probes, window_seconds, version,
+                     open_notified_at, resolved_at, resolve_notified_at)
+                 VALUES ($1, 'segment', 'region', 'eu', 5, 5, 0, 20, 300, $5,
+                         CASE WHEN $2 THEN now() END, CASE WHEN $3 THEN now() END,
+                         CASE WHEN $4 THEN now() END)
+                 RETURNING id, version)
+             INSERT INTO incident_explanations (incident_id, version, scope, kind, dimension,
+                 value, explanation, segment_failures, segment_probes, rest_failures,
+                 rest_probes, explained_at, notified_at)
+             SELECT i.id, v, 'target', 'segment', 'region', 'eu', 'x', 5, 5, 0, 20, now(),
+                    CASE WHEN v = 1 AND $2 THEN now() END
+             FROM i, generate_series(1, i.version) v",
+        )
+        .bind(target)
+        .bind(open_notified)
+        .bind(resolved)
+        .bind(resolve_notified)
+        .bind(version)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let store = migrated(&pool).await;
+    let receiver = WebhookReceiver::start(LOOPBACK).await.unwrap();
+    step(
+        &alerter(&store, vec![webhook("hook", &receiver)]),
+        Utc::now(),
+    )
+    .await;
+    let got: Vec<(String, String)> = receiver
+        .received()
+        .iter()
+        .map(|b| {
+            (
+                b["target"].as_str().unwrap().to_owned(),
+                b["event"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    assert_eq!(
+        got_sorted,
+        [
+            (
+                "http://half.test/".to_owned(),
+                "incident.resolved".to_owned()
+            ),
+            (
+                "http://half.test/".to_owned(),
+                "incident.updated".to_owned()
+            ),
+            (
+                "http://pending.test/".to_owned(),
+                "incident.opened".to_owned()
+            ),
+        ]
+    );
+    let half: Vec<&str> = got
+        .iter()
+        .filter(|(t, _)| t == "http://half.test/")
+        .map(|(_, e)| e.as_str())
+        .collect();
+    assert_eq!(half, ["incident.updated", "incident.resolved"]);
+}

@@ -133,6 +133,46 @@ async fn views_have_the_documented_columns(pool: PgPool) {
             "received_at"
         ]
     );
+    assert_eq!(
+        columns(&pool, "v_notifications").await,
+        [
+            "id",
+            "event_id",
+            "incident_id",
+            "event",
+            "version",
+            "sink",
+            "sink_kind",
+            "state",
+            "attempts",
+            "last_status",
+            "last_error",
+            "next_attempt_at",
+            "last_attempt_at",
+            "created_at",
+            "delivered_at",
+            "expired_at",
+            "expires_at",
+            "silenced_by",
+            "reason"
+        ]
+    );
+    assert_eq!(
+        columns(&pool, "v_silences").await,
+        [
+            "id",
+            "target",
+            "dimension",
+            "value",
+            "starts_at",
+            "ends_at",
+            "expired_at",
+            "comment",
+            "created_by",
+            "created_at",
+            "active"
+        ]
+    );
     collector.stop().await;
 }
 
