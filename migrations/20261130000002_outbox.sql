@@ -66,8 +66,10 @@ CREATE TABLE notification_deliveries (
     claimed_by      text,
     UNIQUE (event_id, sink)
 );
-CREATE INDEX notification_deliveries_due
-    ON notification_deliveries (sink, next_attempt_at) WHERE state = 'pending';
+-- Senders walk a sink's pending rows oldest event first and stop at their
+-- batch: no sort of the whole backlog per claim.
+CREATE INDEX notification_deliveries_pending
+    ON notification_deliveries (sink, event_id) WHERE state = 'pending';
 CREATE INDEX notification_deliveries_per_incident
     ON notification_deliveries (incident_id, sink, event_id);
 CREATE INDEX notification_deliveries_silenced
