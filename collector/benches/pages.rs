@@ -167,7 +167,11 @@ async fn main() {
         let started = Instant::now();
         events(&pool, 1, &format!("l{i}")).await;
         changed.notify_one();
-        assert!(receiver.wait_for_count(i + 1, Duration::from_secs(30)).await);
+        assert!(
+            receiver
+                .wait_for_count(i + 1, Duration::from_secs(30))
+                .await
+        );
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     shutdown.cancel();

@@ -4,6 +4,7 @@
 //! (webhook, Slack, PagerDuty, Alertmanager) when an incident opens,
 //! changes its explanation and resolves.
 //!
+//! - [`cli`]: the command line and what each command does.
 //! - [`config`]: the TOML configuration.
 //! - [`app`]: wiring; `Application::build` then `run(shutdown)`.
 //! - [`auth`]: enrolment tokens and client certificates: who an agent is.
@@ -23,6 +24,7 @@
 pub mod alert;
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod detect;

@@ -5,9 +5,10 @@
 //! of [`lifecycle`], the records of [`explain`]) and applies the plan in
 //! one transaction (incidents and their explanation history, tracked
 //! state, `detection_runs`, `segment_rates`). Everything here is I/O
-//! around those pure parts.
+//! around those pure parts; [`config`] is its `[detector]` section.
 
 pub mod asn;
+pub mod config;
 pub mod decision;
 pub mod dimensions;
 pub mod explain;

@@ -1,0 +1,319 @@
+//! The `vantage-collector` command line: its commands and what each does
+//! (the binary's `main` only sets up logging, signals and exit codes).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::detect::asn;
+use crate::store::Store;
+use crate::{Application, CollectorConfig, alert, app, demo, enrol, silence};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Vantage collector: stores probe results and detects 502 patterns"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the collector.
+    Serve {
+        #[arg(long, default_value = "/etc/vantage/collector.toml")]
+        config: PathBuf,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Enrol, list and revoke agents.
+    Agent {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Manage the IP-to-ASN table behind the `asn` dimension.
+    Asn {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AsnCommand,
+    },
+    /// Silence pages: matching incidents are still detected and stored,
+    /// but not paged until the silence ends.
+    Silence {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: SilenceCommand,
+    },
+    /// Check the configured sinks.
+    Sink {
+        #[arg(long, global = true, default_value = "/etc/vantage/collector.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: SinkCommand,
+    },
+    /// Show the whole story locally: PostgreSQL, collector, agents in three
+    /// "regions", a target failing for one, the detection and the webhooks.
+    Demo,
+}
+
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Enrol an agent (or re-enrol it with a new token) and print its token
+    /// once; only the token's hash is stored.
+    Add {
+        agent_id: String,
+        #[arg(long)]
+        region: String,
+    },
+    /// List every known agent with its enrolment state and progress.
+    List,
+    /// Revoke an agent's token: its streams are refused from the next batch.
+    Revoke { agent_id: String },
+}
+
+#[derive(Subcommand)]
+pub enum SilenceCommand {
+    /// Silence a target, or one dimension value of it (`--target '*'`:
+    /// every target).
+    Add {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        dimension: Option<String>,
+        #[arg(long)]
+        value: Option<String>,
+        /// How long, e.g. 2h or 30m.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long)]
+        comment: String,
+        /// Who silenced it (default: $USER).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        author: String,
+    },
+    /// List silences in force or yet to start (`--all`: every one).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// End a silence now; its incidents still open are paged.
+    Expire { id: i64 },
+}
+
+#[derive(Subcommand)]
+pub enum SinkCommand {
+    /// Send a clearly marked test event to each sink (or the one named)
+    /// and print what each answered.
+    Test { name: Option<String> },
+}
+
+#[derive(Subcommand)]
+pub enum AsnCommand {
+    /// Replace the table with a tab-separated file of `first_ip last_ip asn
+    /// country name` lines (the ip2asn format, e.g. iptoasn.com's
+    /// ip2asn-combined.tsv); the running collector picks it up at its next
+    /// detection pass.
+    Load { file: PathBuf },
+}
+
+/// Runs `command`; `serve` runs until `shutdown`.
+pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => {
+            let config = CollectorConfig::load(&config)?;
+            let pool = app::connect(&config).await?;
+            let app = Application::build(config, pool).await?;
+            app.run(shutdown).await
+        }
+        Command::Migrate { config } => {
+            let config = match config {
+                Some(path) => CollectorConfig::load(&path)?,
+                None => CollectorConfig::default(),
+            };
+            let pool = app::connect(&config).await?;
+            Store::new(pool)
+                .migrate()
+                .await
+                .context("applying migrations")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Agent { config, command } => {
+            let config = match config {
+                Some(path) => CollectorConfig::load(&path)?,
+                None => CollectorConfig::default(),
+            };
+            let store = Store::new(app::connect(&config).await?);
+            store.migrate().await.context("applying migrations")?;
+            agent_command(&store, command).await
+        }
+        Command::Asn { config, command } => {
+            let config = match config {
+                Some(path) => CollectorConfig::load(&path)?,
+                None => CollectorConfig::default(),
+            };
+            let AsnCommand::Load { file } = command;
+            let ranges = asn::read_file(&file)?;
+            let store = Store::new(app::connect(&config).await?);
+            store.migrate().await.context("applying migrations")?;
+            store
+                .load_asn(&file.display().to_string(), &ranges)
+                .await
+                .context("storing the ASN table")?;
+            println!("Loaded {} ranges from {}.", ranges.len(), file.display());
+            Ok(())
+        }
+        Command::Silence { config, command } => {
+            let config = match config {
+                Some(path) => CollectorConfig::load(&path)?,
+                None => CollectorConfig::default(),
+            };
+            let store = Store::new(app::connect(&config).await?);
+            store.migrate().await.context("applying migrations")?;
+            silence_command(&store, command).await
+        }
+        Command::Sink { config, command } => {
+            let config = CollectorConfig::load(&config)?;
+            let SinkCommand::Test { name } = command;
+            sink_test(&config, name.as_deref()).await
+        }
+        Command::Demo => demo::run().await,
+    }
+}
+
+async fn agent_command(store: &Store, command: AgentCommand) -> anyhow::Result<()> {
+    match command {
+        AgentCommand::Add { agent_id, region } => {
+            let token = enrol::enrol(store, &agent_id, &region).await?;
+            eprintln!("Enrolled agent {agent_id:?} in region {region:?}. Its token (shown once):");
+            println!("{token}");
+        }
+        AgentCommand::List => {
+            println!(
+                "{:<24} {:<16} {:<8} {:<20} {:>20}  last seen",
+                "agent", "region", "state", "enrolled", "last seq"
+            );
+            for a in store.list_agents().await? {
+                let state = match (a.enrolled_at, a.revoked_at) {
+                    (_, Some(_)) => "revoked",
+                    (Some(_), None) => "enrolled",
+                    (None, None) => "unknown",
+                };
+                let enrolled = a
+                    .enrolled_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<24} {:<16} {:<8} {:<20} {:>20}  {}",
+                    a.agent_id,
+                    a.region,
+                    state,
+                    enrolled,
+                    a.last_seq,
+                    a.last_seen.format("%Y-%m-%d %H:%M:%S")
+                );
+            }
+        }
+        AgentCommand::Revoke { agent_id } => {
+            if !store.revoke_agent(&agent_id).await? {
+                anyhow::bail!("no enrolled, unrevoked agent {agent_id:?}");
+            }
+            println!("Revoked agent {agent_id:?}.");
+        }
+    }
+    Ok(())
+}
+
+async fn silence_command(store: &Store, command: SilenceCommand) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    match command {
+        SilenceCommand::Add {
+            target,
+            dimension,
+            value,
+            duration,
+            comment,
+            author,
+        } => {
+            let matching = silence::check(
+                &target,
+                dimension.as_deref(),
+                value.as_deref(),
+                duration,
+                &comment,
+            )?;
+            let ends = now + chrono::Duration::from_std(duration)?;
+            let id = store
+                .add_silence(&matching, now, ends, &comment, &author)
+                .await?;
+            println!(
+                "Silence {id} until {} (UTC).",
+                ends.format("%Y-%m-%d %H:%M:%S")
+            );
+        }
+        SilenceCommand::List { all } => {
+            print!(
+                "{}",
+                silence::table(&store.list_silences(now, all).await?, now)
+            );
+        }
+        SilenceCommand::Expire { id } => {
+            if !store.expire_silence(id, now).await? {
+                anyhow::bail!("no silence {id} in force");
+            }
+            println!("Silence {id} expired; its incidents still open are paged now.");
+        }
+    }
+    Ok(())
+}
+
+/// `sink test`: one test event per sink, and what each answered.
+async fn sink_test(config: &CollectorConfig, name: Option<&str>) -> anyhow::Result<()> {
+    let sinks: Vec<_> = config
+        .sinks
+        .iter()
+        .filter(|s| name.is_none_or(|n| s.name == n))
+        .cloned()
+        .collect();
+    if sinks.is_empty() {
+        match name {
+            Some(n) => anyhow::bail!("no sink named {n:?} in the configuration"),
+            None => anyhow::bail!("no sinks configured ([[sink]] or [[webhook]])"),
+        }
+    }
+    let answers = alert::test_sinks(&sinks, config.link_base().as_deref()).await?;
+    let mut failed = 0;
+    for (sink, (name, answer)) in sinks.iter().zip(answers) {
+        match answer {
+            Ok(a) => println!(
+                "{name} ({}) {}: OK, HTTP {} {}",
+                sink.kind.as_str(),
+                sink.url,
+                a.status,
+                a.body
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("{name} ({}) {}: FAILED, {e}", sink.kind.as_str(), sink.url);
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} sinks did not accept the test event",
+            sinks.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! `[detector]`: when and how 502 patterns are found, as configured; the
+//! README explains each default. Checked by [`DetectorConfig::problem`]
+//! (the collector's config loader names the key).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::DetectorSettings;
+use super::decision::Params;
+use super::lifecycle::Hysteresis;
+
+/// `[detector]`: when and how 502 patterns are found. The README explains
+/// each default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorConfig {
+    #[serde(with = "humantime_serde", default = "default_detect_interval")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde", default = "default_window")]
+    pub window: Duration,
+    /// Statuses counted as failures (default `[502]`).
+    #[serde(default = "default_statuses")]
+    pub statuses: Vec<u16>,
+    /// Per-check overrides of `statuses`.
+    #[serde(default, rename = "check")]
+    pub checks: Vec<CheckStatuses>,
+    /// Deprecated (detection v2 weighs small samples with the exact test
+    /// over several windows instead): accepted, ignored with a warning.
+    #[serde(default)]
+    pub min_probes: Option<u64>,
+    #[serde(default = "default_min_vantages")]
+    pub min_vantages: usize,
+    #[serde(default = "default_min_rate_difference")]
+    pub min_rate_difference: Rate,
+    #[serde(default = "default_min_rate_ratio")]
+    pub min_rate_ratio: f64,
+    #[serde(default = "default_alpha")]
+    pub alpha: Rate,
+    #[serde(default = "default_global_rate")]
+    pub global_rate: Rate,
+    #[serde(default = "default_global_baseline")]
+    pub global_baseline: Rate,
+    #[serde(default = "default_open_after")]
+    pub open_after: u32,
+    #[serde(default = "default_resolve_after")]
+    pub resolve_after: u32,
+    #[serde(with = "humantime_serde", default = "default_resolve_quiet")]
+    pub resolve_quiet: Duration,
+    #[serde(default = "default_update_after")]
+    pub update_after: u32,
+    /// The probe round of results that do not carry their check's
+    /// interval (older agents).
+    #[serde(with = "humantime_serde", default = "default_round")]
+    pub default_round: Duration,
+    #[serde(default = "default_prefix_v4")]
+    pub egress_prefix_v4: u8,
+    #[serde(default = "default_prefix_v6")]
+    pub egress_prefix_v6: u8,
+    #[serde(with = "humantime_serde", default = "default_rates_retention")]
+    pub rates_retention: Duration,
+}
+
+/// `[[detector.check]]`: the statuses counted for one check name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckStatuses {
+    pub name: String,
+    pub statuses: Vec<u16>,
+}
+
+fn default_detect_interval() -> Duration {
+    DetectorSettings::default().interval
+}
+fn default_window() -> Duration {
+    DetectorSettings::default().window
+}
+fn default_statuses() -> Vec<u16> {
+    DetectorSettings::default().statuses
+}
+fn default_global_baseline() -> Rate {
+    Rate(Params::default().global_baseline)
+}
+fn default_update_after() -> u32 {
+    Hysteresis::default().update_after
+}
+fn default_round() -> Duration {
+    DetectorSettings::default().default_round
+}
+fn default_min_vantages() -> usize {
+    Params::default().min_vantages
+}
+fn default_min_rate_difference() -> Rate {
+    Rate(Params::default().min_rate_difference)
+}
+fn default_min_rate_ratio() -> f64 {
+    Params::default().min_rate_ratio
+}
+fn default_alpha() -> Rate {
+    Rate(Params::default().alpha)
+}
+fn default_global_rate() -> Rate {
+    Rate(Params::default().global_rate)
+}
+fn default_open_after() -> u32 {
+    Hysteresis::default().open_after
+}
+fn default_resolve_after() -> u32 {
+    Hysteresis::default().resolve_after
+}
+fn default_resolve_quiet() -> Duration {
+    Hysteresis::default().resolve_quiet
+}
+fn default_prefix_v4() -> u8 {
+    DetectorSettings::default().prefix_v4
+}
+fn default_prefix_v6() -> u8 {
+    DetectorSettings::default().prefix_v6
+}
+fn default_rates_retention() -> Duration {
+    DetectorSettings::default().rates_retention
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_detect_interval(),
+            window: default_window(),
+            statuses: default_statuses(),
+            checks: Vec::new(),
+            min_probes: None,
+            global_baseline: default_global_baseline(),
+            update_after: default_update_after(),
+            default_round: default_round(),
+            min_vantages: default_min_vantages(),
+            min_rate_difference: default_min_rate_difference(),
+            min_rate_ratio: default_min_rate_ratio(),
+            alpha: default_alpha(),
+            global_rate: default_global_rate(),
+            open_after: default_open_after(),
+            resolve_after: default_resolve_after(),
+            resolve_quiet: default_resolve_quiet(),
+            egress_prefix_v4: default_prefix_v4(),
+            egress_prefix_v6: default_prefix_v6(),
+            rates_retention: default_rates_retention(),
+        }
+    }
+}
+
+impl DetectorConfig {
+    /// The detector's settings.
+    pub fn settings(&self) -> DetectorSettings {
+        DetectorSettings {
+            interval: self.interval,
+            window: self.window,
+            params: Params {
+                min_vantages: self.min_vantages,
+                min_rate_difference: self.min_rate_difference.0,
+                min_rate_ratio: self.min_rate_ratio,
+                alpha: self.alpha.0,
+                global_rate: self.global_rate.0,
+                global_baseline: self.global_baseline.0,
+                ..Params::default()
+            },
+            hysteresis: Hysteresis {
+                open_after: self.open_after,
+                resolve_after: self.resolve_after,
+                resolve_quiet: self.resolve_quiet,
+                update_after: self.update_after,
+            },
+            statuses: self.statuses.clone(),
+            check_statuses: self
+                .checks
+                .iter()
+                .map(|c| (c.name.clone(), c.statuses.clone()))
+                .collect(),
+            prefix_v4: self.egress_prefix_v4,
+            prefix_v6: self.egress_prefix_v6,
+            rates_retention: self.rates_retention,
+            default_round: self.default_round,
+        }
+    }
+
+    /// The first setting that makes no sense, as (key, what was expected).
+    pub fn problem(&self) -> Option<(String, &'static str)> {
+        let bad_statuses = |s: &[u16]| s.is_empty() || s.iter().any(|s| !(100..=599).contains(s));
+        if self.interval.is_zero() || self.window < self.interval {
+            return Some((
+                "detector.window".into(),
+                "expected a non-zero interval and a window at least as long",
+            ));
+        }
+        if bad_statuses(&self.statuses) {
+            return Some((
+                "detector.statuses".into(),
+                "expected a non-empty list of HTTP statuses (100-599)",
+            ));
+        }
+        if let Some(c) = self.checks.iter().find(|c| bad_statuses(&c.statuses)) {
+            return Some((
+                format!("detector.check.{}.statuses", c.name),
+                "expected a non-empty list of HTTP statuses (100-599)",
+            ));
+        }
+        if self.min_vantages == 0 {
+            return Some(("detector.min_vantages".into(), "expected min_vantages >= 1"));
+        }
+        if self.min_rate_difference.0 <= 0.0 {
+            return Some((
+                "detector.min_rate_difference".into(),
+                "expected a fraction above 0 (a uniform rate must never flag)",
+            ));
+        }
+        if !(self.min_rate_ratio >= 1.0 && self.min_rate_ratio.is_finite()) {
+            return Some(("detector.min_rate_ratio".into(), "expected a ratio >= 1.0"));
+        }
+        if self.alpha.0 <= 0.0 || self.alpha.0 >= 1.0 {
+            return Some((
+                "detector.alpha".into(),
+                "expected a significance level between 0 and 1, exclusive",
+            ));
+        }
+        if self.open_after == 0 || self.resolve_after == 0 || self.update_after == 0 {
+            return Some((
+                "detector.open_after".into(),
+                "expected open_after, resolve_after and update_after >= 1",
+            ));
+        }
+        if self.global_baseline.0 <= 0.0 || self.global_baseline.0 >= self.global_rate.0 {
+            return Some((
+                "detector.global_baseline".into(),
+                "expected a background rate above 0 and below global_rate",
+            ));
+        }
+        if self.default_round < Duration::from_millis(100) {
+            return Some((
+                "detector.default_round".into(),
+                "expected a probe round of at least 100ms",
+            ));
+        }
+        if self.egress_prefix_v4 > 32 || self.egress_prefix_v6 > 128 {
+            return Some((
+                "detector.egress_prefix_v4".into(),
+                "expected egress_prefix_v4 <= 32 and egress_prefix_v6 <= 128",
+            ));
+        }
+        None
+    }
+}
+
+/// A fraction in `[0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "f64")]
+pub struct Rate(pub f64);
+
+impl TryFrom<f64> for Rate {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!(
+                "invalid rate {v}: expected a fraction between 0.0 and 1.0"
+            ))
+        }
+    }
+}
