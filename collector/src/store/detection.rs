@@ -1,6 +1,7 @@
-//! The detector's tables: the window query, the tracked failures, the
-//! detector lease, and one pass's transaction (incidents and their
-//! explanation history, state, runs and segment rates).
+//! The detector's tables: the tracked failures and one pass's transaction
+//! (incidents, their explanation history and events, state, runs and
+//! segment rates). The window query is in [`super::window`], the lease in
+//! [`super::lease`].
 
 use std::collections::BTreeSet;
 
@@ -41,31 +42,6 @@ pub struct IncidentRecord {
     pub window_seconds: i32,
 }
 
-/// Probes of one target in the detection window that agree on every
-/// dimension's source value, status, outcome, vantage and age bucket.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WindowCell {
-    pub target: String,
-    pub check: String,
-    pub outcome: String,
-    /// The HTTP status, or the forward proxy's refusal status.
-    pub status: Option<i16>,
-    pub agent_id: String,
-    pub vantage: String,
-    /// One per source expression asked for.
-    pub sources: Vec<Option<String>>,
-    /// The check's interval (the default round when unknown), ms.
-    pub interval_ms: i32,
-    /// How old, in rounds: the `width_bucket` over the thresholds asked
-    /// for (0: the last round).
-    pub bucket: i32,
-    pub probes: i64,
-    pub first_at: DateTime<Utc>,
-    pub last_at: DateTime<Utc>,
-    /// The newest result's sequence number (a sample result id).
-    pub last_seq: i64,
-}
-
 /// One row of `segment_rates`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateRow {
@@ -101,45 +77,6 @@ pub struct Applied {
     pub opened: Vec<i64>,
 }
 
-/// Planner settings for the window query's aggregate, local to its
-/// transaction: the groups are few (thousands) but the planner multiplies
-/// the distinct counts of 20 grouping columns, expects millions, and sorts
-/// the whole window instead of hashing it (37 s instead of about 5 at 10 M
-/// rows). Hashing is right whatever it estimates.
-const WINDOW_PLANNER: &str = "SET LOCAL work_mem = '64MB'; SET LOCAL enable_sort = off";
-
-/// Columns of the window query before the dimension sources.
-const WINDOW_FIXED_COLUMNS: usize = 8;
-
-/// The window query: one aggregate over the window's partitions, grouped
-/// by target, check, outcome, status, vantage, round, age bucket and every
-/// source. `$1`, `$2`: the window; `$3`: the round of results that do not
-/// say theirs (ms); `$4`: the bucket thresholds (rounds).
-fn window_sql(sources: &[&'static str]) -> String {
-    // Byte-order collation: grouping needs equality, not language order,
-    // and "C" compares text several times faster than a locale does.
-    let mut select = String::from(
-        "SELECT url COLLATE \"C\", check_name COLLATE \"C\", outcome COLLATE \"C\",
-                COALESCE(http_status, proxy_status), agent_id COLLATE \"C\",
-                vantage COLLATE \"C\", COALESCE(interval_ms, $3::int4),
-                width_bucket(floor(extract(epoch FROM $2 - started_at) * 1000
-                                   / COALESCE(interval_ms, $3::int4))::int4, $4::int4[])",
-    );
-    for s in sources {
-        select.push_str(&format!(", ({s})::text COLLATE \"C\""));
-    }
-    let group: Vec<String> = (1..=WINDOW_FIXED_COLUMNS + sources.len())
-        .map(|i| i.to_string())
-        .collect();
-    format!(
-        "{select}, count(*), min(started_at), max(started_at), max(seq)
-         FROM probe_results
-         WHERE started_at > $1 AND started_at <= $2
-         GROUP BY {}",
-        group.join(", ")
-    )
-}
-
 /// Binds an incident record as `$1`..`$24` (the columns' order in
 /// `open`'s INSERT) and `at` as `$25`; statements use the ones they need.
 fn bind_record<'q, O>(
@@ -173,29 +110,6 @@ fn bind_record<'q, O>(
         .bind(&r.targets)
         .bind(r.fault_side)
         .bind(at)
-}
-
-/// Takes or renews the lease (see [`Store::renew_detector_lease`]) on
-/// `conn`; inside a transaction, the lease row stays locked until it ends.
-async fn renew_lease(
-    conn: &mut sqlx::PgConnection,
-    holder: &str,
-    lease: chrono::Duration,
-) -> Result<bool, StoreError> {
-    let held: Option<String> = sqlx::query_scalar(
-        "INSERT INTO detector_lease (holder, expires_at)
-         VALUES ($1, now() + make_interval(secs => $2))
-         ON CONFLICT (singleton) DO UPDATE
-            SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-            WHERE detector_lease.holder = EXCLUDED.holder
-               OR detector_lease.expires_at < now()
-         RETURNING holder",
-    )
-    .bind(holder)
-    .bind(lease.as_seconds_f64())
-    .fetch_optional(conn)
-    .await?;
-    Ok(held.is_some())
 }
 
 /// Re-explains an open incident: a new key and explanation, the version
@@ -281,138 +195,6 @@ async fn record_event(
 }
 
 impl Store {
-    /// The probes of every target in `(start, end]`, grouped by the given
-    /// SQL `sources` (text-valued expressions over `probe_results`, taken
-    /// from the dimension table, never from input) plus target, check,
-    /// outcome, status, vantage, round and age bucket. One scan of the
-    /// window's partitions.
-    pub async fn window_cells(
-        &self,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-        sources: &[&'static str],
-        default_round_ms: i64,
-        thresholds: &[u32],
-    ) -> Result<Vec<WindowCell>, StoreError> {
-        let fixed = WINDOW_FIXED_COLUMNS;
-        let sql = window_sql(sources);
-        let rows = self
-            .window_query(sql, start, end, default_round_ms, thresholds)
-            .await?;
-        let mut cells = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut values = Vec::with_capacity(sources.len());
-            for i in 0..sources.len() {
-                values.push(row.try_get::<Option<String>, _>(fixed + i)?);
-            }
-            let n = fixed + sources.len();
-            cells.push(WindowCell {
-                target: row.try_get(0)?,
-                check: row.try_get(1)?,
-                outcome: row.try_get(2)?,
-                status: row.try_get(3)?,
-                agent_id: row.try_get(4)?,
-                vantage: row.try_get(5)?,
-                interval_ms: row.try_get(6)?,
-                bucket: row.try_get(7)?,
-                sources: values,
-                probes: row.try_get(n)?,
-                first_at: row.try_get(n + 1)?,
-                last_at: row.try_get(n + 2)?,
-                last_seq: row.try_get(n + 3)?,
-            });
-        }
-        Ok(cells)
-    }
-
-    /// The query plan of [`Self::window_cells`] (`EXPLAIN (FORMAT JSON)`,
-    /// with `ANALYZE` if asked), for the benchmark.
-    pub async fn explain_window_cells(
-        &self,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-        sources: &[&'static str],
-        default_round_ms: i64,
-        thresholds: &[u32],
-        analyze: bool,
-    ) -> Result<serde_json::Value, StoreError> {
-        let options = if analyze {
-            "ANALYZE, BUFFERS, FORMAT JSON"
-        } else {
-            "FORMAT JSON"
-        };
-        let sql = format!("EXPLAIN ({options}) {}", window_sql(sources));
-        let rows = self
-            .window_query(sql, start, end, default_round_ms, thresholds)
-            .await?;
-        match rows.first() {
-            Some(row) => Ok(row.try_get(0)?),
-            None => Ok(serde_json::Value::Null),
-        }
-    }
-
-    /// Runs the window query `sql` (or its EXPLAIN) with its planner
-    /// settings and parameters, in a transaction of its own.
-    async fn window_query(
-        &self,
-        sql: String,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-        default_round_ms: i64,
-        thresholds: &[u32],
-    ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::raw_sql(WINDOW_PLANNER).execute(&mut *tx).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(start)
-            .bind(end)
-            .bind(i32::try_from(default_round_ms).unwrap_or(i32::MAX))
-            .bind(thresholds_param(thresholds))
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(rows)
-    }
-
-    /// Takes or renews the detector lease for `holder` until now + `lease`.
-    /// False when another holder's lease has not expired.
-    pub async fn renew_detector_lease(
-        &self,
-        holder: &str,
-        lease: chrono::Duration,
-    ) -> Result<bool, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        renew_lease(&mut conn, holder, lease).await
-    }
-
-    /// The id of the latest detection pass recorded, if any: a pass
-    /// applies only if no other collector recorded one since it began.
-    pub async fn last_run_id(&self) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT max(id) FROM detection_runs")
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    /// Gives the lease up, if `holder` has it (at shutdown: another
-    /// collector takes over at its next pass instead of two intervals
-    /// later).
-    pub async fn release_detector_lease(&self, holder: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM detector_lease WHERE holder = $1")
-            .bind(holder)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// The current lease holder and its expiry, if any.
-    pub async fn detector_lease(&self) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT holder, expires_at FROM detector_lease")
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
     /// Every tracked failure, plus one for every open incident that has
     /// none (an incident opened by an older version).
     pub async fn tracked_failures(&self, open: &[Incident]) -> Result<Vec<Tracked>, StoreError> {
@@ -514,7 +296,7 @@ impl Store {
         .bind(since_run)
         .fetch_one(&mut *tx)
         .await?;
-        if others || !renew_lease(&mut tx, holder, lease).await? {
+        if others || !super::lease::renew_lease(&mut tx, holder, lease).await? {
             tx.rollback().await?;
             return Ok(None);
         }
@@ -683,12 +465,4 @@ impl Store {
         tx.commit().await?;
         Ok(Some(applied))
     }
-}
-
-/// The thresholds as the `int4[]` parameter.
-fn thresholds_param(thresholds: &[u32]) -> Vec<i32> {
-    thresholds
-        .iter()
-        .map(|t| i32::try_from(*t).unwrap_or(i32::MAX))
-        .collect()
 }

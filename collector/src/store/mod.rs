@@ -1,16 +1,20 @@
 //! PostgreSQL access: migrations, partitions, agents, batch inserts and
-//! the IP-to-ASN table here; the detector's window, tracked state, runs,
-//! lease and pass in [`detection`]; incidents in [`incidents`]; the
-//! notification outbox and silences in [`outbox`]. Every SQL statement of the collector lives in this
-//! module.
+//! the IP-to-ASN table here; the detector's window query in [`window`],
+//! its lease in [`lease`], its tracked state, runs and pass in
+//! [`detection`]; incidents in [`incidents`]; the notification outbox and
+//! silences in [`outbox`]. Every SQL statement of the collector lives in
+//! this module.
 
 mod detection;
 mod incidents;
+mod lease;
 mod outbox;
+mod window;
 
-pub use detection::{Applied, IncidentRecord, RateRow, RunRecord, WindowCell};
+pub use detection::{Applied, IncidentRecord, RateRow, RunRecord};
 pub use incidents::Incident;
 pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};
+pub use window::WindowCell;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
