@@ -142,6 +142,16 @@ pub fn correlated(incident: &Incident) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// At most `limit` characters, marked when cut.
+pub fn truncate(text: &str, limit: usize) -> String {
+    if text.chars().count() <= limit {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(limit.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// Vantage's own JSON body. Third parties parse this: fields are only
 /// ever added (`counts.*.status_502` stays, equal to `failures`).
 pub fn webhook_body(notice: &Notice) -> Value {

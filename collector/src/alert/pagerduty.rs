@@ -6,8 +6,7 @@
 use serde_json::{Value, json};
 
 use super::config::Sink;
-use super::notice::{Notice, correlated, summary, title};
-use super::slack::truncate;
+use super::notice::{Notice, correlated, summary, title, truncate};
 use crate::store::EventKind;
 
 /// PagerDuty's limit on `payload.summary`.

@@ -8,7 +8,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::config::{Sink, SinkKind};
-use super::notice::{Notice, webhook_body};
+use super::notice::{Notice, truncate, webhook_body};
 use super::{alertmanager, pagerduty, signing, slack};
 
 /// Most bytes of a refusal's body kept as its error.
@@ -101,7 +101,7 @@ pub async fn send(
         Ok(Ok(text)) => text,
         _ => String::new(),
     };
-    let excerpt = slack::truncate(body.trim(), ERROR_BODY_LIMIT);
+    let excerpt = truncate(body.trim(), ERROR_BODY_LIMIT);
     if status.is_success() {
         Ok(Answer {
             status: status.as_u16(),

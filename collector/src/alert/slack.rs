@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::notice::{Notice, correlated, summary, title};
+use super::notice::{Notice, correlated, summary, title, truncate};
 
 /// Slack refuses a section text longer than this.
 const SECTION_LIMIT: usize = 3000;
@@ -43,16 +43,6 @@ pub fn body(notice: &Notice) -> Value {
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("<{link}|Incident {} in Vantage>", i.id)}}));
     }
     json!({ "text": text, "blocks": blocks })
-}
-
-/// At most `limit` characters, marked when cut.
-pub fn truncate(text: &str, limit: usize) -> String {
-    if text.chars().count() <= limit {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(limit.saturating_sub(1)).collect();
-    out.push('…');
-    out
 }
 
 #[cfg(test)]
