@@ -263,6 +263,14 @@ async fn a_real_alertmanager_shows_the_alert_while_open_and_not_after_resolve(po
         format!("http://vantage.test/incidents/{a}")
     );
 
+    // Re-explained: the alert moves to the new dimension and value.
+    re_explain(&pool, a, "region", "us-east").await;
+    step(&alerter, Utc::now()).await;
+    let active = am.active().await;
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(active[0]["labels"]["dimension"], "region");
+    assert_eq!(active[0]["labels"]["value"], "us-east");
+
     resolve(&pool, a).await;
     step(&alerter, Utc::now()).await;
     let active = am.active().await;
@@ -273,4 +281,51 @@ async fn a_real_alertmanager_shows_the_alert_while_open_and_not_after_resolve(po
             .all(|r| r.state == "delivered" && r.sink == "am"),
         "{rows:?}"
     );
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_open_incident_stays_active_in_alertmanager_past_its_first_ends_at(pool: PgPool) {
+    vantage_agent::install_crypto_provider();
+    let am = Alertmanager::start();
+    am.ready().await;
+    let store = migrated(&pool).await;
+    let mut sink = Sink::webhook("am", am.url.parse().unwrap());
+    sink.kind = SinkKind::Alertmanager;
+    // Re-sent every 5 s with endsAt 20 s ahead (a short cadence for the
+    // test; 1 minute by default).
+    sink.repeat_interval = Some(Duration::from_secs(5));
+    let changed = Arc::new(Notify::new());
+    let alerter = Alerter::new(store.clone(), vec![sink], None, changed.clone()).unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(alerter.run(shutdown.clone()));
+    open_incident(&pool, "http://shop.test/", "region", "eu").await;
+    changed.notify_one();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first_ends_at = loop {
+        if let Some(alert) = am.active().await.first() {
+            break alert["endsAt"]
+                .as_str()
+                .unwrap()
+                .parse::<DateTime<Utc>>()
+                .unwrap();
+        }
+        assert!(Instant::now() < deadline, "never active");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Past the first endsAt, it is still active: the reminders kept it so.
+    let wait = (first_ends_at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(3);
+    tokio::time::sleep(wait).await;
+    let active = am.active().await;
+    assert_eq!(active.len(), 1, "auto-resolved: {active:?}");
+    let ends_at: DateTime<Utc> = active[0]["endsAt"].as_str().unwrap().parse().unwrap();
+    assert!(ends_at > first_ends_at, "{ends_at} <= {first_ends_at}");
+    let reminders: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM v_notifications WHERE event = 'incident.reminder' AND state = 'delivered'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(reminders >= 3, "{reminders} reminders");
+    shutdown.cancel();
+    running.await.unwrap();
 }
