@@ -266,3 +266,67 @@ async fn agent_queues_while_collector_is_down_then_delivers_everything_once(pool
     stop_collector.cancel();
     collector_task.await.unwrap().unwrap();
 }
+
+/// The page that used to be lost: the receiver is down for half a minute
+/// when the incident opens (the old alerter gave up after 5 quick tries).
+/// Real agents, the real detector; the page arrives once, after the
+/// receiver is back, and SQL shows the failed attempts.
+#[sqlx::test(migrations = false)]
+async fn a_receiver_down_for_half_a_minute_still_gets_the_page_once(pool: PgPool) {
+    let timing = ScenarioTiming::default();
+    let failing = "127.0.2.0/24";
+    let scenario = Scenario::start(
+        pool.clone(),
+        agents(),
+        Some(failing.parse().unwrap()),
+        &timing,
+    )
+    .await
+    .unwrap();
+    scenario.webhook.set_status(503);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM incidents")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if open > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no incident opened");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        scenario.webhook.attempts() >= 4,
+        "retried while down: {}",
+        scenario.webhook.attempts()
+    );
+    assert!(scenario.webhook.received().is_empty());
+    scenario.webhook.set_status(204);
+    let opened = scenario
+        .wait_for_webhook(
+            "incident.opened",
+            "egress_prefix",
+            failing,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("the page arrives once the receiver is back");
+    let (attempts, state): (i32, String) = sqlx::query_as(
+        "SELECT attempts, state FROM v_notifications WHERE event = 'incident.opened'
+           AND incident_id = $1",
+    )
+    .bind(opened["incident_id"].as_i64().unwrap())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "delivered");
+    assert!(attempts >= 5, "{attempts} attempts");
+    let bodies = scenario.webhook.received();
+    assert_eq!(
+        events(&bodies, "incident.opened", "egress_prefix", failing).len(),
+        1
+    );
+    scenario.stop().await.unwrap();
+}
