@@ -28,6 +28,7 @@ pub mod slack;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
@@ -345,11 +346,21 @@ impl Alerter {
         };
         metrics::counter!("vantage_notification_attempts_total", "sink" => sink.name.clone(), "result" => result)
             .increment(1);
-        match self
-            .store
-            .finish_delivery(claimed.id, &self.claimant, at, outcome)
-            .await
-        {
+        // A database blip must not turn a sent page into a repeated one:
+        // recording is retried for a few seconds (well within the claim).
+        let finish = || {
+            self.store
+                .finish_delivery(claimed.id, &self.claimant, at, outcome)
+        };
+        let recorded = finish
+            .retry(
+                ExponentialBuilder::new()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(5),
+            )
+            .await;
+        match recorded {
             Ok(true) => {
                 if matches!(outcome, Outcome::Delivered { .. }) {
                     metrics::counter!("vantage_notifications_delivered_total", "sink" => sink.name.clone(), "event" => event)
