@@ -223,7 +223,10 @@ impl Store {
     /// Claims up to `limit` deliveries of `sink` that are due, oldest event
     /// first, for `lease` (after which another sender may take one whose
     /// sender died). A delivery is due only when every earlier event of
-    /// its incident is done for this sink, so events reach a sink in order.
+    /// its incident is done for this sink (delivered, expired, or, for a
+    /// resolution, held by a silence), so events reach a sink in order and
+    /// the resolution of a paged incident is never stuck behind an update a
+    /// silence holds.
     pub async fn claim_deliveries(
         &self,
         sink: &str,
@@ -235,11 +238,14 @@ impl Store {
         let rows: Vec<(i64, i64, i64, String, i32, i32)> = sqlx::query_as(
             "WITH due AS (
                  SELECT d.id FROM notification_deliveries d
+                 JOIN incident_events de ON de.id = d.event_id
                  WHERE d.sink = $1 AND d.state = 'pending' AND d.next_attempt_at <= $3
                    AND NOT EXISTS (
                        SELECT 1 FROM notification_deliveries p
                        WHERE p.incident_id = d.incident_id AND p.sink = d.sink
-                         AND p.event_id < d.event_id AND p.state IN ('pending', 'silenced'))
+                         AND p.event_id < d.event_id
+                         AND (p.state = 'pending'
+                              OR (p.state = 'silenced' AND de.event <> 'incident.resolved')))
                  ORDER BY d.event_id
                  LIMIT $5
                  FOR UPDATE SKIP LOCKED)

@@ -176,6 +176,8 @@ async fn silences_hold_pages_and_release_them_when_they_end(pool: PgPool) {
     ]);
     assert!(!ok && out.contains("--target"), "{out}");
 
+    // Re-explained during the silence: the update is held...
+    re_explain(&pool, paged, "region", "eu-west").await;
     let held = open_incident(&pool, "http://shop.test/", "region", "eu").await;
     let brief = open_incident(&pool, "http://shop.test/", "region", "us").await;
     let other = open_incident(&pool, "http://blog.test/", "region", "eu").await;
@@ -192,7 +194,21 @@ async fn silences_hold_pages_and_release_them_when_they_end(pool: PgPool) {
         ],
         "silenced pages held; a paged incident's resolution still sent"
     );
+    // ...and its resolution went out past it.
     let rows = notifications(&pool).await;
+    let paged_rows: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r.incident_id == paged)
+        .map(|r| (r.event.as_str(), r.state.as_str()))
+        .collect();
+    assert_eq!(
+        paged_rows,
+        [
+            ("incident.opened", "delivered"),
+            ("incident.updated", "silenced"),
+            ("incident.resolved", "delivered")
+        ]
+    );
     let held_row = rows.iter().find(|r| r.incident_id == held).unwrap();
     assert_eq!(held_row.state, "silenced");
     assert!(
