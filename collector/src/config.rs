@@ -410,4 +410,15 @@ mod tests {
         assert_eq!(c.sinks[2].severity, "critical");
         assert_eq!(c.sinks[2].expire_after, Duration::from_secs(24 * 3600));
     }
+
+    #[test]
+    fn a_default_sink_name_never_takes_an_explicit_one() {
+        let c = load(
+            "[[webhook]]\nurl = \"http://127.0.0.1:9/a\"\n\
+             [[sink]]\nname = \"webhook-1\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/b\"\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = c.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["webhook-2", "webhook-1"]);
+    }
 }

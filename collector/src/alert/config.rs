@@ -162,20 +162,15 @@ pub fn decode_secret(secret: &str) -> Option<Vec<u8>> {
 }
 
 /// Checks `[[sink]]` and `[[webhook]]` entries of the file at `path`
-/// (text `text`) and turns them into sinks.
+/// (text `text`) and turns them into sinks, named: a sink without a name
+/// gets `<kind>-<n>`, the first such name no other sink has.
 pub fn sinks(
     path: &Path,
     text: &str,
     configs: &[SinkConfig],
     webhooks: &[WebhookConfig],
 ) -> Result<Vec<Sink>, ConfigError> {
-    let mut out: Vec<Sink> = Vec::new();
-    let mut counts = std::collections::HashMap::<SinkKind, usize>::new();
-    let mut next_name = |kind: SinkKind| {
-        let n = counts.entry(kind).or_default();
-        *n += 1;
-        format!("{}-{n}", kind.as_str())
-    };
+    let mut out: Vec<(Sink, Option<&Spanned<String>>)> = Vec::new();
     for (i, w) in webhooks.iter().enumerate() {
         if w.attempts.is_some() {
             tracing::warn!(
@@ -191,149 +186,175 @@ pub fn sinks(
             Some(w.url.span()),
             &format!("webhook[{i}].url"),
         )?;
-        let mut sink = Sink::webhook(&next_name(SinkKind::Webhook), w.url.get_ref().clone());
+        let mut sink = Sink::webhook("", w.url.get_ref().clone());
         sink.timeout = w.timeout;
-        out.push(sink);
+        out.push((sink, None));
     }
     for (i, c) in configs.iter().enumerate() {
-        let key = |field: &str| format!("sink[{i}].{field}");
-        let err = |span: std::ops::Range<usize>, field: &str, expected: &str| {
-            ConfigError::at(path, text, Some(span), key(field), expected.to_owned())
+        let err = |span: std::ops::Range<usize>, expected: &str| {
+            ConfigError::at(
+                path,
+                text,
+                Some(span),
+                format!("sink[{i}].name"),
+                expected.into(),
+            )
         };
-        let kind = *c.kind.get_ref();
-        let kind_span = c.kind.span();
-        let name = match &c.name {
-            Some(n) if n.get_ref().trim().is_empty() || n.get_ref().len() > 64 => {
-                return Err(err(
-                    n.span(),
-                    "name",
-                    "expected a name of 1 to 64 characters",
-                ));
+        if let Some(n) = &c.name {
+            let name = n.get_ref();
+            if name.trim().is_empty() || name.len() > 64 {
+                return Err(err(n.span(), "expected a name of 1 to 64 characters"));
             }
-            Some(n) if out.iter().any(|s| &s.name == n.get_ref()) => {
+            if out
+                .iter()
+                .any(|(_, other)| other.is_some_and(|o| o.get_ref() == name))
+            {
                 return Err(err(
                     n.span(),
-                    "name",
                     "expected a name no other sink has (it keys the sink's deliveries)",
                 ));
             }
-            Some(n) => n.get_ref().clone(),
-            None => next_name(kind),
-        };
-        let url = match (&c.url, kind) {
-            (Some(u), _) => {
-                check_url(path, text, u.get_ref(), Some(u.span()), &key("url"))?;
-                u.get_ref().clone()
-            }
-            (None, SinkKind::Pagerduty) => Url::parse(PAGERDUTY_EVENTS_URL)
-                .map_err(|e| err(kind_span.clone(), "url", &e.to_string()))?,
-            (None, _) => {
-                return Err(err(
-                    kind_span,
-                    "url",
-                    &format!("expected a url for a {} sink", kind.as_str()),
-                ));
-            }
-        };
-        if *c.concurrency.get_ref() == 0 || *c.concurrency.get_ref() > 256 {
-            return Err(err(
-                c.concurrency.span(),
-                "concurrency",
-                "expected between 1 and 256 attempts in flight",
-            ));
         }
-        if c.timeout.is_zero() || c.max_backoff < Duration::from_secs(1) {
-            return Err(err(
-                kind_span,
-                "timeout",
-                "expected a non-zero timeout and a max_backoff of at least 1s",
-            ));
-        }
-        if c.expire_after < Duration::from_secs(60) {
-            return Err(err(kind_span, "expire_after", "expected at least 1m"));
-        }
-        if c.repeat_interval
-            .is_some_and(|r| r < Duration::from_secs(10))
-        {
-            return Err(err(kind_span, "repeat_interval", "expected at least 10s"));
-        }
-        let mut secrets = Vec::new();
-        if let Some(list) = &c.secrets {
-            if kind != SinkKind::Webhook {
-                return Err(err(
-                    list.span(),
-                    "secrets",
-                    "secrets sign webhook sinks only",
-                ));
-            }
-            if list.get_ref().len() > 2 || list.get_ref().is_empty() {
-                return Err(err(
-                    list.span(),
-                    "secrets",
-                    "expected one secret, or two while rotating",
-                ));
-            }
-            for s in list.get_ref() {
-                secrets.push(decode_secret(s).ok_or_else(|| {
-                    err(
-                        list.span(),
-                        "secrets",
-                        "expected secrets written whsec_<base64 of the key>",
-                    )
-                })?);
-            }
-        }
-        let routing_key = c.routing_key.clone().filter(|k| !k.trim().is_empty());
-        if kind == SinkKind::Pagerduty && routing_key.is_none() {
-            return Err(err(
-                kind_span,
-                "routing_key",
-                "expected the PagerDuty integration's routing_key",
-            ));
-        }
-        if kind != SinkKind::Pagerduty && (c.routing_key.is_some() || c.severity.is_some()) {
-            return Err(err(
-                kind_span,
-                "routing_key",
-                "routing_key and severity are for pagerduty sinks",
-            ));
-        }
-        let severity = match &c.severity {
-            Some(s)
-                if !["critical", "error", "warning", "info"].contains(&s.get_ref().as_str()) =>
-            {
-                return Err(err(
-                    s.span(),
-                    "severity",
-                    "expected critical, error, warning or info",
-                ));
-            }
-            Some(s) => s.get_ref().clone(),
-            None => "error".into(),
-        };
-        let repeat_interval = match kind {
-            SinkKind::Alertmanager => Some(c.repeat_interval.unwrap_or(ALERTMANAGER_RESEND)),
-            _ => c.repeat_interval,
-        };
-        out.push(Sink {
-            name,
-            kind,
-            url,
-            timeout: c.timeout,
-            concurrency: *c.concurrency.get_ref(),
-            max_backoff: c.max_backoff,
-            expire_after: c.expire_after,
-            repeat_interval,
-            secrets,
-            routing_key,
-            severity,
-            source: c
-                .source
-                .clone()
-                .unwrap_or_else(|| "vantage-collector".into()),
-        });
+        out.push((check_sink(path, text, i, c)?, c.name.as_ref()));
     }
-    Ok(out)
+    let taken: Vec<String> = out
+        .iter()
+        .filter_map(|(_, n)| n.map(|n| n.get_ref().clone()))
+        .collect();
+    let mut sinks = Vec::with_capacity(out.len());
+    let mut assigned: Vec<String> = Vec::new();
+    for (mut sink, name) in out {
+        sink.name = match name {
+            Some(n) => n.get_ref().clone(),
+            None => (1..)
+                .map(|n| format!("{}-{n}", sink.kind.as_str()))
+                .find(|candidate| !taken.contains(candidate) && !assigned.contains(candidate))
+                .unwrap_or_default(),
+        };
+        assigned.push(sink.name.clone());
+        sinks.push(sink);
+    }
+    Ok(sinks)
+}
+
+/// Checks one `[[sink]]` (number `i`); the sink, not yet named.
+fn check_sink(path: &Path, text: &str, i: usize, c: &SinkConfig) -> Result<Sink, ConfigError> {
+    let key = |field: &str| format!("sink[{i}].{field}");
+    let err = |span: std::ops::Range<usize>, field: &str, expected: &str| {
+        ConfigError::at(path, text, Some(span), key(field), expected.to_owned())
+    };
+    let kind = *c.kind.get_ref();
+    let kind_span = c.kind.span();
+    let url = match (&c.url, kind) {
+        (Some(u), _) => {
+            check_url(path, text, u.get_ref(), Some(u.span()), &key("url"))?;
+            u.get_ref().clone()
+        }
+        (None, SinkKind::Pagerduty) => Url::parse(PAGERDUTY_EVENTS_URL)
+            .map_err(|e| err(kind_span.clone(), "url", &e.to_string()))?,
+        (None, _) => {
+            return Err(err(
+                kind_span,
+                "url",
+                &format!("expected a url for a {} sink", kind.as_str()),
+            ));
+        }
+    };
+    if *c.concurrency.get_ref() == 0 || *c.concurrency.get_ref() > 256 {
+        return Err(err(
+            c.concurrency.span(),
+            "concurrency",
+            "expected between 1 and 256 attempts in flight",
+        ));
+    }
+    if c.timeout.is_zero() || c.max_backoff < Duration::from_secs(1) {
+        return Err(err(
+            kind_span,
+            "timeout",
+            "expected a non-zero timeout and a max_backoff of at least 1s",
+        ));
+    }
+    if c.expire_after < Duration::from_secs(60) {
+        return Err(err(kind_span, "expire_after", "expected at least 1m"));
+    }
+    if c.repeat_interval
+        .is_some_and(|r| r < Duration::from_secs(10))
+    {
+        return Err(err(kind_span, "repeat_interval", "expected at least 10s"));
+    }
+    let mut secrets = Vec::new();
+    if let Some(list) = &c.secrets {
+        if kind != SinkKind::Webhook {
+            return Err(err(
+                list.span(),
+                "secrets",
+                "secrets sign webhook sinks only",
+            ));
+        }
+        if list.get_ref().len() > 2 || list.get_ref().is_empty() {
+            return Err(err(
+                list.span(),
+                "secrets",
+                "expected one secret, or two while rotating",
+            ));
+        }
+        for s in list.get_ref() {
+            secrets.push(decode_secret(s).ok_or_else(|| {
+                err(
+                    list.span(),
+                    "secrets",
+                    "expected secrets written whsec_<base64 of the key>",
+                )
+            })?);
+        }
+    }
+    let routing_key = c.routing_key.clone().filter(|k| !k.trim().is_empty());
+    if kind == SinkKind::Pagerduty && routing_key.is_none() {
+        return Err(err(
+            kind_span,
+            "routing_key",
+            "expected the PagerDuty integration's routing_key",
+        ));
+    }
+    if kind != SinkKind::Pagerduty && (c.routing_key.is_some() || c.severity.is_some()) {
+        return Err(err(
+            kind_span,
+            "routing_key",
+            "routing_key and severity are for pagerduty sinks",
+        ));
+    }
+    let severity = match &c.severity {
+        Some(s) if !["critical", "error", "warning", "info"].contains(&s.get_ref().as_str()) => {
+            return Err(err(
+                s.span(),
+                "severity",
+                "expected critical, error, warning or info",
+            ));
+        }
+        Some(s) => s.get_ref().clone(),
+        None => "error".into(),
+    };
+    let repeat_interval = match kind {
+        SinkKind::Alertmanager => Some(c.repeat_interval.unwrap_or(ALERTMANAGER_RESEND)),
+        _ => c.repeat_interval,
+    };
+    Ok(Sink {
+        name: String::new(),
+        kind,
+        url,
+        timeout: c.timeout,
+        concurrency: *c.concurrency.get_ref(),
+        max_backoff: c.max_backoff,
+        expire_after: c.expire_after,
+        repeat_interval,
+        secrets,
+        routing_key,
+        severity,
+        source: c
+            .source
+            .clone()
+            .unwrap_or_else(|| "vantage-collector".into()),
+    })
 }
 
 /// Sinks are reached over HTTP(S) only.
