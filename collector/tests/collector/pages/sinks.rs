@@ -165,6 +165,22 @@ struct Alertmanager {
 }
 
 impl Alertmanager {
+    /// Started and ready.
+    async fn running() -> Self {
+        vantage_agent::install_crypto_provider();
+        let am = Self::start();
+        am.ready().await;
+        am
+    }
+
+    /// A sink pushing to it, re-sending open incidents every `repeat`.
+    fn sink(&self, repeat: Duration) -> Sink {
+        let mut sink = Sink::webhook("am", self.url.parse().unwrap());
+        sink.kind = SinkKind::Alertmanager;
+        sink.repeat_interval = Some(repeat);
+        sink
+    }
+
     fn start() -> Self {
         let binary = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
             .into_iter()
@@ -231,14 +247,9 @@ impl Alertmanager {
 
 #[sqlx::test(migrations = false)]
 async fn a_real_alertmanager_shows_the_alert_while_open_and_not_after_resolve(pool: PgPool) {
-    vantage_agent::install_crypto_provider();
-    let am = Alertmanager::start();
-    am.ready().await;
+    let am = Alertmanager::running().await;
     let store = migrated(&pool).await;
-    let mut sink = Sink::webhook("am", am.url.parse().unwrap());
-    sink.kind = SinkKind::Alertmanager;
-    sink.repeat_interval = Some(Duration::from_secs(60));
-    let alerter = alerter(&store, vec![sink]);
+    let alerter = alerter(&store, vec![am.sink(Duration::from_secs(60))]);
     let a = open_incident(&pool, "http://shop.test/", "egress_prefix", "127.0.2.0/24").await;
     step(&alerter, Utc::now()).await;
 
@@ -285,17 +296,18 @@ async fn a_real_alertmanager_shows_the_alert_while_open_and_not_after_resolve(po
 
 #[sqlx::test(migrations = false)]
 async fn an_open_incident_stays_active_in_alertmanager_past_its_first_ends_at(pool: PgPool) {
-    vantage_agent::install_crypto_provider();
-    let am = Alertmanager::start();
-    am.ready().await;
+    let am = Alertmanager::running().await;
     let store = migrated(&pool).await;
-    let mut sink = Sink::webhook("am", am.url.parse().unwrap());
-    sink.kind = SinkKind::Alertmanager;
     // Re-sent every 5 s with endsAt 20 s ahead (a short cadence for the
     // test; 1 minute by default).
-    sink.repeat_interval = Some(Duration::from_secs(5));
     let changed = Arc::new(Notify::new());
-    let alerter = Alerter::new(store.clone(), vec![sink], None, changed.clone()).unwrap();
+    let alerter = Alerter::new(
+        store.clone(),
+        vec![am.sink(Duration::from_secs(5))],
+        None,
+        changed.clone(),
+    )
+    .unwrap();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(alerter.run(shutdown.clone()));
     open_incident(&pool, "http://shop.test/", "region", "eu").await;
