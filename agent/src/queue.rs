@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::probe::ProbeResult;
@@ -23,8 +23,11 @@ use crate::wire::result_to_proto;
 pub struct ResultQueue {
     state: Mutex<State>,
     spool: Spool,
-    /// Fired when results become sendable.
-    arrived: Notify,
+    /// Counts syncs (results may have become sendable). A counter, not a
+    /// notification: a reporter that checked the queue just before a sync
+    /// still sees it (the last sync at shutdown was once missed that way,
+    /// and its results waited for the next start).
+    syncs: watch::Sender<u64>,
 }
 
 struct State {
@@ -75,7 +78,7 @@ impl ResultQueue {
                 in_flight: BTreeSet::new(),
             }),
             spool,
-            arrived: Notify::new(),
+            syncs: watch::Sender::new(0),
         };
         Ok((queue, opened))
     }
@@ -177,7 +180,7 @@ impl ResultQueue {
     /// Syncs completed results to disk (blocking) and wakes the reporter.
     pub fn sync(&self) {
         self.spool.sync(self.complete_below());
-        self.arrived.notify_waiters();
+        self.syncs.send_modify(|n| *n += 1);
         let stats = self.spool.stats();
         metrics::gauge!("vantage_agent_spool_records").set(stats.disk_records as f64);
         metrics::gauge!("vantage_agent_spool_bytes").set(stats.disk_bytes as f64);
@@ -200,7 +203,7 @@ impl ResultQueue {
         let _ = tokio::task::spawn_blocking(move || {
             let below = queue.complete_below();
             queue.spool.close(below);
-            queue.arrived.notify_waiters();
+            queue.syncs.send_modify(|n| *n += 1);
         })
         .await;
     }
@@ -219,9 +222,18 @@ impl ResultQueue {
         self.spool.stats()
     }
 
-    /// Resolves at the next sync (new results may be sendable).
-    pub async fn synced(&self) {
-        self.arrived.notified().await;
+    /// How many syncs happened so far: take it before looking at the
+    /// queue, then wait with [`Self::synced_since`].
+    pub fn sync_count(&self) -> u64 {
+        *self.syncs.borrow()
+    }
+
+    /// Resolves once a sync happened after the one counted `count` (at
+    /// once if one already did).
+    pub async fn synced_since(&self, count: u64) {
+        let mut syncs = self.syncs.subscribe();
+        // The sender lives as long as the queue: no error while we wait.
+        let _ = syncs.wait_for(|n| *n > count).await;
     }
 }
 
@@ -399,5 +411,25 @@ mod tests {
             proptest::prop_assert!(seqs.windows(2).all(|w| w[0] + 1 == w[1]));
             proptest::prop_assert_eq!(q.stats().dropped as usize, pushes.saturating_sub(cap));
         }
+    }
+
+    #[tokio::test]
+    async fn a_sync_between_looking_and_waiting_is_not_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = disk_queue(dir.path());
+        queue.push(result());
+        let seen = queue.sync_count();
+        // The sync lands after the reporter looked, before it waits.
+        queue.sync();
+        tokio::time::timeout(Duration::from_secs(5), queue.synced_since(seen))
+            .await
+            .expect("the wait sees the sync that already happened");
+        // And a wait from the current count waits for the next one.
+        let now = queue.sync_count();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), queue.synced_since(now))
+                .await
+                .is_err()
+        );
     }
 }

@@ -347,6 +347,9 @@ impl Reporter {
         let mut gaps_in_flight = BTreeSet::new();
         let mut batch_id = 0u64;
         loop {
+            // Counted before the queue is read: a sync after the read wakes
+            // the waits below even if it happens before they start.
+            let syncs = self.queue.sync_count();
             // Fill the window with what is sendable.
             while in_flight.len() < window {
                 let queue = self.queue.clone();
@@ -393,14 +396,14 @@ impl Reporter {
                 }
                 tokio::select! {
                     _ = stop.cancelled(), if !stop.is_cancelled() => {}
-                    _ = self.queue.synced() => {}
+                    _ = self.queue.synced_since(syncs) => {}
                 }
                 continue;
             }
             let reply = tokio::select! {
                 reply = tokio::time::timeout(ACK_TIMEOUT, inbound.next()) => reply,
                 // More to send while the window has room.
-                _ = self.queue.synced(), if in_flight.len() < window => continue,
+                _ = self.queue.synced_since(syncs), if in_flight.len() < window => continue,
             };
             let reply = match reply.map_err(|_| ReportError::AckTimeout)? {
                 // Fault tests: the ack arrived, the connection dies before

@@ -313,14 +313,22 @@ async fn a_receiver_down_for_half_a_minute_still_gets_the_page_once(pool: PgPool
         )
         .await
         .expect("the page arrives once the receiver is back");
-    let (attempts, state): (i32, String) = sqlx::query_as(
-        "SELECT attempts, state FROM v_notifications WHERE event = 'incident.opened'
-           AND incident_id = $1",
-    )
-    .bind(opened["incident_id"].as_i64().unwrap())
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    // The receiver answered; the outcome is recorded just after.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (attempts, state) = loop {
+        let (attempts, state): (i32, String) = sqlx::query_as(
+            "SELECT attempts, state FROM v_notifications WHERE event = 'incident.opened'
+               AND incident_id = $1",
+        )
+        .bind(opened["incident_id"].as_i64().unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if state != "pending" || tokio::time::Instant::now() > deadline {
+            break (attempts, state);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(state, "delivered");
     assert!(attempts >= 5, "{attempts} attempts");
     let bodies = scenario.webhook.received();
