@@ -137,36 +137,18 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
             app.run(shutdown).await
         }
         Command::Migrate { config } => {
-            let config = match config {
-                Some(path) => CollectorConfig::load(&path)?,
-                None => CollectorConfig::default(),
-            };
-            let pool = app::connect(&config).await?;
-            Store::new(pool)
-                .migrate()
-                .await
-                .context("applying migrations")?;
+            migrated_store(config.as_deref()).await?;
             println!("migrations applied");
             Ok(())
         }
         Command::Agent { config, command } => {
-            let config = match config {
-                Some(path) => CollectorConfig::load(&path)?,
-                None => CollectorConfig::default(),
-            };
-            let store = Store::new(app::connect(&config).await?);
-            store.migrate().await.context("applying migrations")?;
+            let store = migrated_store(config.as_deref()).await?;
             agent_command(&store, command).await
         }
         Command::Asn { config, command } => {
-            let config = match config {
-                Some(path) => CollectorConfig::load(&path)?,
-                None => CollectorConfig::default(),
-            };
             let AsnCommand::Load { file } = command;
             let ranges = asn::read_file(&file)?;
-            let store = Store::new(app::connect(&config).await?);
-            store.migrate().await.context("applying migrations")?;
+            let store = migrated_store(config.as_deref()).await?;
             store
                 .load_asn(&file.display().to_string(), &ranges)
                 .await
@@ -175,12 +157,7 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
             Ok(())
         }
         Command::Silence { config, command } => {
-            let config = match config {
-                Some(path) => CollectorConfig::load(&path)?,
-                None => CollectorConfig::default(),
-            };
-            let store = Store::new(app::connect(&config).await?);
-            store.migrate().await.context("applying migrations")?;
+            let store = migrated_store(config.as_deref()).await?;
             silence_command(&store, command).await
         }
         Command::Sink { config, command } => {
@@ -190,6 +167,18 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
         }
         Command::Demo => demo::run().await,
     }
+}
+
+/// The database of the config at `path` (defaults without one; the
+/// `DATABASE_URL` environment variable wins), migrated.
+async fn migrated_store(path: Option<&std::path::Path>) -> anyhow::Result<Store> {
+    let config = match path {
+        Some(path) => CollectorConfig::load(path)?,
+        None => CollectorConfig::default(),
+    };
+    let store = Store::new(app::connect(&config).await?);
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
 }
 
 async fn agent_command(store: &Store, command: AgentCommand) -> anyhow::Result<()> {

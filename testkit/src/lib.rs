@@ -30,7 +30,7 @@ pub use dns::{DnsServer, NSID, RECORD_TTL, WHOAMI_NAMES};
 pub use proxy::{ForwardProxy, PROXY_ERROR_BODY, ProxyKind};
 pub use site::{Behaviour, Delays, Leaf, ScriptedSite, TestCa};
 pub use target::Target;
-pub use webhook::WebhookReceiver;
+pub use webhook::{Received, WebhookReceiver};
 
 /// A port on `ip` that was free a moment ago (the OS picked it; nothing
 /// holds it now, so a test can hand it to a process that binds it later).

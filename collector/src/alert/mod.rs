@@ -66,6 +66,8 @@ pub struct Alerter {
     link_base: Option<String>,
     /// Names this process in `claimed_by`.
     claimant: String,
+    /// What upkeep needs of `sinks`.
+    specs: Vec<SinkSpec>,
 }
 
 /// The alerter could not be built.
@@ -110,8 +112,18 @@ impl Alerter {
             std::process::id(),
             rand::random::<u32>()
         );
+        let specs = sinks
+            .iter()
+            .map(|s| SinkSpec {
+                name: s.name.clone(),
+                kind: s.kind.as_str(),
+                expire_after: s.expire_after,
+                repeat_interval: s.repeat_interval,
+            })
+            .collect();
         Ok(Self {
             store,
+            specs,
             sinks,
             client: client()?,
             changed,
@@ -122,18 +134,6 @@ impl Alerter {
 
     pub fn sinks(&self) -> &[Sink] {
         &self.sinks
-    }
-
-    fn specs(&self) -> Vec<SinkSpec> {
-        self.sinks
-            .iter()
-            .map(|s| SinkSpec {
-                name: s.name.clone(),
-                kind: s.kind.as_str(),
-                expire_after: s.expire_after,
-                repeat_interval: s.repeat_interval,
-            })
-            .collect()
     }
 
     /// Delivers until `shutdown`: upkeep here, one sender per sink.
@@ -162,7 +162,7 @@ impl Alerter {
     /// One round of upkeep at `now`, logged and counted; whether it made
     /// deliveries due (senders should look now).
     pub async fn upkeep(&self, now: DateTime<Utc>) -> bool {
-        let upkeep = match self.store.outbox_upkeep(&self.specs(), now).await {
+        let upkeep = match self.store.outbox_upkeep(&self.specs, now).await {
             Ok(Some(u)) => u,
             Ok(None) => return false,
             Err(error) => {

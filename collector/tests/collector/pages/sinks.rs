@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// The Standard Webhooks headers of a received request, for a verifier.
+fn signature_headers(r: &vantage_testkit::Received) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, r.headers[name].parse().unwrap());
+    }
+    headers
+}
+
 #[sqlx::test(migrations = false)]
 async fn every_kind_of_sink_gets_its_format_and_webhooks_verify_during_rotation(pool: PgPool) {
     let store = migrated(&pool).await;
@@ -41,10 +50,7 @@ async fn every_kind_of_sink_gets_its_format_and_webhooks_verify_during_rotation(
     for secret in [SECRET, OLD_SECRET] {
         let verifier = standardwebhooks::Webhook::new(secret).unwrap();
         for r in &requests {
-            let mut headers = http::HeaderMap::new();
-            for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-                headers.insert(name, r.headers[name].parse().unwrap());
-            }
+            let headers = signature_headers(r);
             verifier
                 .verify(&r.raw, &headers)
                 .unwrap_or_else(|e| panic!("{secret}: {e:?}"));
@@ -52,11 +58,7 @@ async fn every_kind_of_sink_gets_its_format_and_webhooks_verify_during_rotation(
     }
     let wrong = standardwebhooks::Webhook::new("whsec_d3Jvbmcgc2VjcmV0").unwrap();
     let r = &requests[0];
-    let mut headers = http::HeaderMap::new();
-    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        headers.insert(name, r.headers[name].parse().unwrap());
-    }
-    assert!(wrong.verify(&r.raw, &headers).is_err());
+    assert!(wrong.verify(&r.raw, &signature_headers(r)).is_err());
     assert_eq!(r.body["event"], "incident.opened");
     assert_eq!(
         r.body["summary"],
