@@ -44,16 +44,21 @@ pub struct App {
 }
 
 impl App {
+    /// What [`App::build`] checks before it opens the spool, run alone:
+    /// `--check-config` (the spool is left alone, as a running agent holds
+    /// its lock).
+    pub fn check(config: &AgentConfig) -> Result<(), SetupError> {
+        Vantage::build_all(config)?;
+        tls_configs(config)?;
+        connection(config)?;
+        Ok(())
+    }
+
     /// Builds the agent; fails only on setup errors (bad resolver config,
-    /// unreadable CA, token or certificate file).
+    /// unreadable CA, token or certificate file, a spool in use).
     pub fn build(config: AgentConfig) -> Result<Self, SetupError> {
         let vantages = Vantage::build_all(&config)?;
-        let tls = TlsConfigs::build(
-            config
-                .checks
-                .iter()
-                .map(|c| (c.ca_file.clone(), c.http_version)),
-        )?;
+        let tls = tls_configs(&config)?;
         let connection = connection(&config)?;
         let prober = HttpProber::new(config.agent_id.as_str(), config.probe_header, tls);
         let refresher = IdentityRefresher::new(vantages.clone(), &config.dns);
@@ -154,6 +159,16 @@ impl App {
         tracker.wait().await;
         reporter.await.unwrap_or(Ok(()))
     }
+}
+
+/// The TLS settings of every check, with their CA files read.
+fn tls_configs(config: &AgentConfig) -> Result<TlsConfigs, TlsSetupError> {
+    TlsConfigs::build(
+        config
+            .checks
+            .iter()
+            .map(|c| (c.ca_file.clone(), c.http_version)),
+    )
 }
 
 /// How to reach the collector, with the credential and TLS files read.

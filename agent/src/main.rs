@@ -45,8 +45,17 @@ async fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!("{}: ok", args.config.display());
-        return ExitCode::SUCCESS;
+        // What start-up checks, short of opening the spool.
+        return match App::check(&config) {
+            Ok(()) => {
+                println!("{}: OK", args.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     if let Some(addr) = config.metrics_listen {
         let installed = metrics_exporter_prometheus::PrometheusBuilder::new()

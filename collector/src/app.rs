@@ -25,17 +25,40 @@ use crate::store::Store;
 /// How often daily partitions ahead of today are checked for.
 const PARTITION_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// Opens a connection pool to the configured database.
+/// How long a request waits for a pooled database connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a connection pool to the configured database. Errors name the
+/// setting the URL came from and where it points, never the password.
 pub async fn connect(config: &CollectorConfig) -> Result<PgPool> {
-    let url = config.database_url().context(
-        "no database configured: set DATABASE_URL or database.url in the collector config",
-    )?;
+    let (options, source) = config.database().map_err(anyhow::Error::msg)?;
+    let target = format!(
+        "{}:{}/{} as {}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("(default database)"),
+        options.get_username()
+    );
     PgPoolOptions::new()
         .max_connections(config.database.max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(&url)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
         .await
-        .context("connecting to PostgreSQL")
+        .with_context(|| format!("connecting to PostgreSQL at {target} (from {source})"))
+}
+
+/// What start-up checks before it touches the database or a socket, so
+/// that `check-config` runs exactly the same: the database URL parses and
+/// the TLS files load.
+pub fn preflight(config: &CollectorConfig) -> Result<()> {
+    config.database().map_err(anyhow::Error::msg)?;
+    if let Some(tls) = &config.tls {
+        let (tls_config, _) = server_tls(tls)?;
+        tonic::transport::Server::builder()
+            .tls_config(tls_config)
+            .context("configuring gRPC TLS")?;
+    }
+    Ok(())
 }
 
 /// A collector with its database migrated and its listeners bound.

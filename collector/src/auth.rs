@@ -78,17 +78,19 @@ pub fn token_sha256(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// The bearer token in a call's metadata.
+/// The bearer token in a call's metadata. The scheme is matched without
+/// regard to case (RFC 9110 §11.1): `bearer`, `BEARER` and `Bearer` alike.
 pub fn bearer(metadata: &MetadataMap) -> Result<&str, AuthError> {
     let value = metadata
         .get(vantage_proto::AUTHORIZATION)
         .ok_or(AuthError::Missing)?;
-    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
-    value
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(AuthError::Malformed)
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?.trim();
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token)
 }
 
 /// The names a client certificate (DER) gives its holder: the subject's
@@ -138,6 +140,23 @@ mod tests {
             "Bearer vantage_xyz".parse().expect("ascii"),
         );
         assert_eq!(bearer(&m).expect("token"), "vantage_xyz");
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let value = format!("{scheme} vantage_xyz");
+            m.insert("authorization", value.parse().expect("ascii"));
+            assert_eq!(bearer(&m).expect("token"), "vantage_xyz", "{scheme}");
+        }
+        for malformed in [
+            "Bearer",
+            "Bearer   ",
+            "Bearervantage_xyz",
+            "Bearer_ vantage_xyz",
+        ] {
+            m.insert("authorization", malformed.parse().expect("ascii"));
+            assert!(
+                matches!(bearer(&m), Err(AuthError::Malformed)),
+                "{malformed}"
+            );
+        }
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub enum Command {
         #[arg(long, default_value = "/etc/vantage/collector.toml")]
         config: PathBuf,
     },
+    /// Check a configuration as start-up does (every key, the database
+    /// URL, the TLS files) without connecting or listening; exits non-zero
+    /// with the file, line and key of the first problem.
+    CheckConfig {
+        #[arg(long, default_value = "/etc/vantage/collector.toml")]
+        config: PathBuf,
+    },
     /// Apply database migrations and exit.
     Migrate {
         #[arg(long)]
@@ -132,9 +139,16 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
     match command {
         Command::Serve { config } => {
             let config = CollectorConfig::load(&config)?;
+            app::preflight(&config)?;
             let pool = app::connect(&config).await?;
             let app = Application::build(config, pool).await?;
             app.run(shutdown).await
+        }
+        Command::CheckConfig { config: path } => {
+            let config = CollectorConfig::load(&path)?;
+            app::preflight(&config)?;
+            println!("{}: OK", path.display());
+            Ok(())
         }
         Command::Migrate { config } => {
             migrated_store(config.as_deref()).await?;

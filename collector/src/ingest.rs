@@ -271,10 +271,14 @@ impl Reader {
                 m = self.inbound.message() => match m {
                     Ok(Some(m)) => Ok(m),
                     Ok(None) => return,
-                    // Too large, or not protobuf: tell the agent, which
-                    // then quarantines the batch instead of resending it.
+                    // Too large, not protobuf, or not a gRPC frame (e.g. the
+                    // compressed flag without an encoding): the client's
+                    // fault, so tell it (tonic's status: INTERNAL for a bad
+                    // flag, as the gRPC spec requires); an agent then
+                    // quarantines the batch instead of resending it.
                     Err(status) if status.code() == Code::OutOfRange
-                        || status.message().starts_with("failed to decode") => {
+                        || status.message().starts_with("failed to decode")
+                        || status.message().starts_with("protocol error") => {
                         Err(IngestError::Decode(status))
                     }
                     Err(status) => {

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
-use vantage_agent::config::ConfigError;
+use vantage_agent::config::{ConfigError, Problem, count_within, duration_within};
 
 /// PagerDuty's Events API v2 endpoint, the `pagerduty` sink's default URL.
 pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
@@ -18,6 +18,14 @@ pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue"
 /// `resolve_timeout` (5 minutes), after which an alert not re-sent would
 /// resolve by itself.
 pub const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// The range of one attempt's timeout: a receiver slower than five
+/// minutes is down, and one attempt holds a delivery's lease that long.
+const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where a sink sends, and in which format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -172,7 +180,9 @@ pub fn sinks(
 ) -> Result<Vec<Sink>, ConfigError> {
     let mut out: Vec<(Sink, Option<&Spanned<String>>)> = Vec::new();
     for (i, w) in webhooks.iter().enumerate() {
-        if w.attempts.is_some() {
+        if let Some(attempts) = w.attempts {
+            count_within(format!("webhook[{i}].attempts"), attempts, 1, 100)
+                .map_err(|p| p.into_error(path, text))?;
             tracing::warn!(
                 file = %path.display(),
                 "webhook[{i}].attempts is ignored: deliveries are retried until they expire \
@@ -186,6 +196,13 @@ pub fn sinks(
             Some(w.url.span()),
             &format!("webhook[{i}].url"),
         )?;
+        duration_within(
+            format!("webhook[{i}].timeout"),
+            w.timeout,
+            MIN_TIMEOUT,
+            MAX_TIMEOUT,
+        )
+        .map_err(|p| p.into_error(path, text))?;
         let mut sink = Sink::webhook("", w.url.get_ref().clone());
         sink.timeout = w.timeout;
         out.push((sink, None));
@@ -267,20 +284,12 @@ fn check_sink(path: &Path, text: &str, i: usize, c: &SinkConfig) -> Result<Sink,
             "expected between 1 and 256 attempts in flight",
         ));
     }
-    if c.timeout.is_zero() || c.max_backoff < Duration::from_secs(1) {
-        return Err(err(
-            kind_span,
-            "timeout",
-            "expected a non-zero timeout and a max_backoff of at least 1s",
-        ));
-    }
-    if c.expire_after < Duration::from_secs(60) {
-        return Err(err(kind_span, "expire_after", "expected at least 1m"));
-    }
-    if c.repeat_interval
-        .is_some_and(|r| r < Duration::from_secs(10))
-    {
-        return Err(err(kind_span, "repeat_interval", "expected at least 10s"));
+    let located = |p: Problem| p.into_error(path, text);
+    duration_within(key("timeout"), c.timeout, MIN_TIMEOUT, MAX_TIMEOUT).map_err(located)?;
+    duration_within(key("max_backoff"), c.max_backoff, SECOND, DAY).map_err(located)?;
+    duration_within(key("expire_after"), c.expire_after, MINUTE, 30 * DAY).map_err(located)?;
+    if let Some(repeat) = c.repeat_interval {
+        duration_within(key("repeat_interval"), repeat, 10 * SECOND, 7 * DAY).map_err(located)?;
     }
     let mut secrets = Vec::new();
     if let Some(list) = &c.secrets {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use vantage_agent::config::{Problem, count_within, duration_within};
 
 use super::DetectorSettings;
 use super::decision::Params;
@@ -181,72 +182,77 @@ impl DetectorConfig {
         }
     }
 
-    /// The first setting that makes no sense, as (key, what was expected).
-    pub fn problem(&self) -> Option<(String, &'static str)> {
+    /// The first setting that makes no sense. Durations stay within
+    /// ranges that the clock arithmetic of a pass cannot overflow.
+    pub fn validate(&self) -> Result<(), Problem> {
         let bad_statuses = |s: &[u16]| s.is_empty() || s.iter().any(|s| !(100..=599).contains(s));
-        if self.interval.is_zero() || self.window < self.interval {
-            return Some((
-                "detector.window".into(),
-                "expected a non-zero interval and a window at least as long",
-            ));
-        }
+        const STATUSES: &str = "expected a non-empty list of HTTP statuses (100-599)";
+        duration_within("detector.interval", self.interval, 100 * MS, HOUR)?;
+        duration_within("detector.window", self.window, self.interval, 30 * DAY)?;
+        duration_within(
+            "detector.resolve_quiet",
+            self.resolve_quiet,
+            Duration::ZERO,
+            30 * DAY,
+        )?;
+        duration_within("detector.default_round", self.default_round, 100 * MS, DAY)?;
+        duration_within(
+            "detector.rates_retention",
+            self.rates_retention,
+            MINUTE,
+            10 * YEAR,
+        )?;
         if bad_statuses(&self.statuses) {
-            return Some((
-                "detector.statuses".into(),
-                "expected a non-empty list of HTTP statuses (100-599)",
-            ));
+            return Err(Problem::new("detector.statuses", STATUSES));
         }
-        if let Some(c) = self.checks.iter().find(|c| bad_statuses(&c.statuses)) {
-            return Some((
-                format!("detector.check.{}.statuses", c.name),
-                "expected a non-empty list of HTTP statuses (100-599)",
-            ));
+        for (i, c) in self.checks.iter().enumerate() {
+            if bad_statuses(&c.statuses) {
+                return Err(Problem::new(
+                    format!("detector.check[{i}].statuses"),
+                    STATUSES,
+                ));
+            }
         }
-        if self.min_vantages == 0 {
-            return Some(("detector.min_vantages".into(), "expected min_vantages >= 1"));
-        }
+        count_within("detector.min_vantages", self.min_vantages, 1, 1000)?;
         if self.min_rate_difference.0 <= 0.0 {
-            return Some((
-                "detector.min_rate_difference".into(),
+            return Err(Problem::new(
+                "detector.min_rate_difference",
                 "expected a fraction above 0 (a uniform rate must never flag)",
             ));
         }
         if !(self.min_rate_ratio >= 1.0 && self.min_rate_ratio.is_finite()) {
-            return Some(("detector.min_rate_ratio".into(), "expected a ratio >= 1.0"));
+            return Err(Problem::new(
+                "detector.min_rate_ratio",
+                "expected a ratio >= 1.0",
+            ));
         }
         if self.alpha.0 <= 0.0 || self.alpha.0 >= 1.0 {
-            return Some((
-                "detector.alpha".into(),
+            return Err(Problem::new(
+                "detector.alpha",
                 "expected a significance level between 0 and 1, exclusive",
             ));
         }
-        if self.open_after == 0 || self.resolve_after == 0 || self.update_after == 0 {
-            return Some((
-                "detector.open_after".into(),
-                "expected open_after, resolve_after and update_after >= 1",
-            ));
-        }
+        count_within("detector.open_after", self.open_after, 1, 1000)?;
+        count_within("detector.resolve_after", self.resolve_after, 1, 1000)?;
+        count_within("detector.update_after", self.update_after, 1, 1000)?;
         if self.global_baseline.0 <= 0.0 || self.global_baseline.0 >= self.global_rate.0 {
-            return Some((
-                "detector.global_baseline".into(),
+            return Err(Problem::new(
+                "detector.global_baseline",
                 "expected a background rate above 0 and below global_rate",
             ));
         }
-        if self.default_round < Duration::from_millis(100) {
-            return Some((
-                "detector.default_round".into(),
-                "expected a probe round of at least 100ms",
-            ));
-        }
-        if self.egress_prefix_v4 > 32 || self.egress_prefix_v6 > 128 {
-            return Some((
-                "detector.egress_prefix_v4".into(),
-                "expected egress_prefix_v4 <= 32 and egress_prefix_v6 <= 128",
-            ));
-        }
-        None
+        // A shorter prefix puts unrelated networks in one egress segment.
+        count_within("detector.egress_prefix_v4", self.egress_prefix_v4, 8, 32)?;
+        count_within("detector.egress_prefix_v6", self.egress_prefix_v6, 16, 128)?;
+        Ok(())
     }
 }
+
+const MS: Duration = Duration::from_millis(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A fraction in `[0, 1]`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]

@@ -7,7 +7,9 @@ use sqlx::PgPool;
 use tonic::Code;
 use vantage_collector::store::Store;
 
-use crate::{database_url, open_stream, result, spawn_collector, try_open_stream};
+use crate::{
+    database_url, open_stream, result, spawn_collector, try_open_stream, try_open_stream_authorized,
+};
 
 async fn rows_of(pool: &PgPool, agent: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM probe_results WHERE agent_id = $1")
@@ -33,6 +35,34 @@ async fn wrong_or_missing_token_is_unauthenticated(pool: PgPool) {
         .err()
         .expect("refused");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    collector.stop().await;
+}
+
+/// The scheme is case-insensitive (RFC 9110); the token is not.
+#[sqlx::test(migrations = false)]
+async fn the_bearer_scheme_is_accepted_in_any_case(pool: PgPool) {
+    let collector = spawn_collector(pool.clone()).await;
+    let token = collector.enrol("agent-a", "eu-west").await;
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let mut stream = try_open_stream_authorized(
+            collector.grpc_addr,
+            &format!("{scheme} {token}"),
+            "agent-a",
+        )
+        .await
+        .unwrap_or_else(|s| panic!("{scheme}: {s:?}"));
+        stream.send_batch(1, vec![result(1, 200)]).await;
+        stream.next_ack(Duration::from_secs(10)).await.unwrap();
+    }
+    let status = try_open_stream_authorized(
+        collector.grpc_addr,
+        &format!("bearer {}", token.to_uppercase()),
+        "agent-a",
+    )
+    .await
+    .err()
+    .expect("a token differing in case is another token");
+    assert_eq!(status.code(), Code::Unauthenticated);
     collector.stop().await;
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod config;
 mod detection;
 mod e2e;
 mod faults;
@@ -105,12 +106,30 @@ pub async fn try_open_stream(
     token: &str,
     agent_id: &str,
 ) -> Result<RawStream, tonic::Status> {
+    try_open_stream_authorized(addr, &format!("Bearer {token}"), agent_id).await
+}
+
+/// Opens a stream sending `authorization` as it is (any scheme or case).
+pub async fn try_open_stream_authorized(
+    addr: SocketAddr,
+    authorization: &str,
+    agent_id: &str,
+) -> Result<RawStream, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut client = vantage_proto::authenticated_client(channel, token).unwrap();
+    let value: tonic::metadata::MetadataValue<_> = authorization.parse().unwrap();
+    let mut client = pb::ingest_client::IngestClient::with_interceptor(
+        channel,
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert(vantage_proto::AUTHORIZATION, value.clone());
+            Ok(request)
+        },
+    );
     let (outbound, rx) = mpsc::channel(16);
     outbound
         .send(pb::AgentMessage {

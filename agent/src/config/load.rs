@@ -1,0 +1,278 @@
+//! Reading and strictly parsing every Vantage TOML file, and errors that
+//! name the file, the line and column, and the dotted key: for a value
+//! serde refused, where the value is; for a rule that relates values
+//! ([`Problem`]), where the key is written (or, when it is not written, the
+//! table that lacks it).
+
+use std::fmt::Display;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}:{line}: invalid UTF-8 at byte {offset} (line {line}, byte {column} of the line): \
+         expected a UTF-8 text file"
+    )]
+    NotUtf8 {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        /// Offset of the first invalid byte in the file.
+        offset: usize,
+    },
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        /// Dotted path of the offending key, e.g. `check[0].interval`.
+        key: String,
+        message: String,
+    },
+}
+
+/// A value that breaks a rule serde cannot see (a range, or a relation
+/// between keys): the dotted key and what was expected. The error built
+/// from it is located by looking the key up in the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+    /// Where to point instead of the key, when known (e.g. a duplicate
+    /// name: the second one).
+    pub span: Option<Range<usize>>,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+            span: None,
+        }
+    }
+
+    pub fn at(mut self, span: Range<usize>) -> Self {
+        self.span = Some(span);
+        self
+    }
+
+    /// The error in `path`, whose text is `text`.
+    pub fn into_error(self, path: &Path, text: &str) -> ConfigError {
+        ConfigError::at(path, text, self.span, self.key, self.message)
+    }
+}
+
+/// `value` must lie in `min..=max`: a duration key's sensible range.
+pub fn duration_within(
+    key: impl Into<String>,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), Problem> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    Err(Problem::new(
+        key,
+        format!(
+            "{} is out of range: expected between {} and {}",
+            show(value),
+            show(min),
+            show(max)
+        ),
+    ))
+}
+
+/// `value` must lie in `min..=max`: a count's sensible range.
+pub fn count_within<T: PartialOrd + Display>(
+    key: impl Into<String>,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), Problem> {
+    if min <= value && value <= max {
+        return Ok(());
+    }
+    Err(Problem::new(
+        key,
+        format!("{value} is out of range: expected between {min} and {max}"),
+    ))
+}
+
+/// Reads a configuration file; the error names the path, and for bytes
+/// that are not UTF-8, the line and byte offset of the first.
+pub fn read_config(path: &Path) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let before = &e.as_bytes()[..offset];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |nl| nl + 1);
+        ConfigError::NotUtf8 {
+            path: path.to_owned(),
+            line,
+            column: offset - line_start + 1,
+            offset,
+        }
+    })
+}
+
+/// Deserializes `text` strictly into `T`; errors name `path`, the line and
+/// column, and the dotted key. Shared by every Vantage configuration file.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        ConfigError::at(
+            path,
+            text,
+            e.span(),
+            "(document)".into(),
+            e.message().to_owned(),
+        )
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError::at(path, text, inner.span(), key, inner.message().to_owned())
+    })
+}
+
+impl ConfigError {
+    /// An `Invalid` error located at byte range `span` of `text`, or, when
+    /// there is none, where `key` is written in `text` (see [`locate`]).
+    pub fn at(
+        path: &Path,
+        text: &str,
+        span: Option<Range<usize>>,
+        key: String,
+        message: String,
+    ) -> Self {
+        let offset = span.or_else(|| locate(text, &key)).map_or(0, |s| s.start);
+        let (line, column) = line_col(text, offset);
+        Self::Invalid {
+            path: path.to_owned(),
+            line,
+            column,
+            key,
+            message,
+        }
+    }
+}
+
+/// Where the dotted `key` (`a.b`, `check[2].timeout`) is written in
+/// `text`: the key itself, else the nearest written table on its path
+/// (a rule about a key left at its default points at the table that
+/// lacks it). `None` for a document that does not parse or a key with no
+/// written ancestor.
+pub fn locate(text: &str, key: &str) -> Option<Range<usize>> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut found = None;
+    let mut segments = key_segments(key).into_iter().peekable();
+    while let Some(Segment::Key(name)) = segments.next() {
+        let Some((written, value)) = table.get_key_value(name) else {
+            break;
+        };
+        found = Some(written.span());
+        let mut value = value;
+        while let Some(Segment::Index(i)) = segments.peek() {
+            let Some(element) = value.get_ref().as_array().and_then(|a| a.get(*i)) else {
+                return found;
+            };
+            value = element;
+            found = Some(value.span());
+            segments.next();
+        }
+        match value.get_ref().as_table() {
+            Some(inner) => table = inner,
+            None => break,
+        }
+    }
+    found
+}
+
+enum Segment<'k> {
+    Key(&'k str),
+    Index(usize),
+}
+
+/// `check[2].headers.x` → `check`, 2, `headers`, `x`.
+fn key_segments(key: &str) -> Vec<Segment<'_>> {
+    let mut segments = Vec::new();
+    for part in key.split('.') {
+        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+        segments.push(Segment::Key(name));
+        while let Some((index, after)) = rest.split_once(']') {
+            match index.parse() {
+                Ok(i) => segments.push(Segment::Index(i)),
+                Err(_) => return segments,
+            }
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    segments
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_of(text: &str, key: &str) -> Option<usize> {
+        locate(text, key).map(|s| line_col(text, s.start).0)
+    }
+
+    #[test]
+    fn keys_are_found_on_their_line() {
+        let text = "a = 1\n[detector]\nwindow = \"5m\"\n\n[[check]]\nname = \"x\"\n\
+                    [[check]]\nname = \"y\"\ntimeout = \"1s\"\n[check.headers]\nx = \"1\"\n";
+        assert_eq!(line_of(text, "a"), Some(1));
+        assert_eq!(line_of(text, "detector.window"), Some(3));
+        assert_eq!(line_of(text, "check[1].timeout"), Some(9));
+        assert_eq!(line_of(text, "check[1].headers.x"), Some(11));
+        // Not written: the table that lacks it.
+        assert_eq!(line_of(text, "detector.interval"), Some(2));
+        assert_eq!(line_of(text, "check[0].timeout"), Some(5));
+        assert_eq!(line_of(text, "spool.path"), None);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, b"a = 1\nb = \"x\xff\"\n").unwrap();
+        let e = read_config(&path).unwrap_err().to_string();
+        assert!(e.contains("agent.toml:2:"), "{e}");
+        assert!(e.contains("byte 12"), "{e}");
+        assert!(e.contains("byte 7 of the line"), "{e}");
+        assert_eq!(e.matches("UTF-8").count(), 2, "{e}");
+    }
+}

@@ -1,0 +1,173 @@
+//! The agent configuration's rules that serde cannot see one value at a
+//! time: sensible ranges for every duration and count (so a config that
+//! passes `--check-config` never panics or spins at run time), and
+//! relations between keys.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::load::{Problem, count_within, duration_within};
+use super::{AgentConfig, DIRECT_VANTAGE};
+
+const MS: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl AgentConfig {
+    /// The first rule this configuration breaks.
+    pub(super) fn validate(&self) -> Result<(), Problem> {
+        if self.checks.is_empty() {
+            return Err(Problem::new("check", "expected at least one [[check]]"));
+        }
+        count_within(
+            "max_concurrent_probes",
+            self.max_concurrent_probes,
+            1,
+            10_000,
+        )?;
+        self.validate_collector()?;
+        let spool = &self.spool;
+        count_within("spool.max_bytes", spool.max_bytes, 1 << 20, 1 << 40)?;
+        duration_within("spool.max_age", spool.max_age, MINUTE, YEAR)?;
+        duration_within("spool.sync_interval", spool.sync_interval, 10 * MS, MINUTE)?;
+        count_within(
+            "spool.memory_capacity",
+            spool.memory_capacity,
+            1,
+            10_000_000,
+        )?;
+        let dns = &self.dns;
+        if dns.resolvers.is_empty() {
+            return Err(Problem::new(
+                "dns.resolvers",
+                "expected at least one resolver",
+            ));
+        }
+        duration_within("dns.timeout", dns.timeout, 10 * MS, MINUTE)?;
+        duration_within(
+            "dns.identity_interval",
+            dns.identity_interval,
+            SECOND,
+            7 * DAY,
+        )?;
+        let vantage_names = self.validate_vantages()?;
+        self.validate_checks(&vantage_names)
+    }
+
+    fn validate_collector(&self) -> Result<(), Problem> {
+        let collector = &self.collector;
+        count_within("collector.batch_size", collector.batch_size, 1, 100_000)?;
+        count_within("collector.window", collector.window, 1, 1024)?;
+        if collector.token.is_some() == collector.token_file.is_some() {
+            return Err(Problem::new(
+                "collector",
+                "expected exactly one of token or token_file (see `vantage-collector agent add`)",
+            ));
+        }
+        if collector.plaintext_beyond_loopback() && !collector.insecure {
+            return Err(Problem::new(
+                "collector.endpoint",
+                format!(
+                    "{} is plaintext to a non-loopback host: the token would be readable on the \
+                     network. Use https://, or set insecure = true to accept that",
+                    collector.endpoint.as_str()
+                ),
+            ));
+        }
+        if collector.client_cert_file.is_some() != collector.client_key_file.is_some() {
+            return Err(Problem::new(
+                "collector",
+                "client_cert_file and client_key_file go together",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The vantage names checks may refer to.
+    fn validate_vantages(&self) -> Result<HashSet<&str>, Problem> {
+        let mut names = HashSet::new();
+        for (i, vantage) in self.vantages.iter().enumerate() {
+            let name = vantage.name.get_ref().as_str();
+            if !names.insert(name) {
+                return Err(Problem::new(
+                    format!("vantage[{i}].name"),
+                    format!("duplicate vantage name {name:?}: expected unique names"),
+                )
+                .at(vantage.name.span()));
+            }
+            duration_within(
+                format!("vantage[{i}].ip_echo_interval"),
+                vantage.ip_echo_interval,
+                SECOND,
+                7 * DAY,
+            )?;
+        }
+        if self.vantages.is_empty() {
+            names.insert(DIRECT_VANTAGE);
+        }
+        Ok(names)
+    }
+
+    fn validate_checks(&self, vantage_names: &HashSet<&str>) -> Result<(), Problem> {
+        let mut names = HashSet::new();
+        for (i, check) in self.checks.iter().enumerate() {
+            let key = |field: &str| format!("check[{i}].{field}");
+            if !names.insert(check.name.get_ref().as_str()) {
+                return Err(Problem::new(
+                    key("name"),
+                    format!(
+                        "duplicate check name {:?}: expected unique names",
+                        check.name.get_ref().as_str()
+                    ),
+                )
+                .at(check.name.span()));
+            }
+            duration_within(key("interval"), check.interval, 100 * MS, DAY)?;
+            if check.timeout.is_zero() || check.timeout > check.interval {
+                return Err(Problem::new(
+                    key("timeout"),
+                    format!(
+                        "timeout {:?} must be non-zero and at most the interval {:?}, so a check \
+                         never overlaps itself",
+                        check.timeout, check.interval
+                    ),
+                ));
+            }
+            duration_within(
+                key("cert_expiry_threshold"),
+                check.cert_expiry_threshold,
+                Duration::ZERO,
+                10 * YEAR,
+            )?;
+            if check.resolvers.as_ref().is_some_and(Vec::is_empty) {
+                return Err(Problem::new(
+                    key("resolvers"),
+                    "expected at least one resolver (or no key, for [dns] resolvers)",
+                ));
+            }
+            for name in check.vantages.iter().flatten() {
+                if !vantage_names.contains(name.as_str()) {
+                    return Err(Problem::new(
+                        key("vantages"),
+                        format!("unknown vantage {name:?}: expected one of the [[vantage]] names"),
+                    ));
+                }
+            }
+            count_within(key("follow_redirects"), check.follow_redirects, 0, 20)?;
+            count_within(key("body_hash_bytes"), check.body_hash_bytes, 0, 16 << 20)?;
+            for (name, value) in &check.headers {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(value).is_err()
+                {
+                    return Err(Problem::new(
+                        format!("check[{i}].headers.{name}"),
+                        "expected a valid HTTP header name and value",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

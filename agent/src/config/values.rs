@@ -1,0 +1,274 @@
+//! The value types of the agent's configuration: each parses itself from
+//! its TOML string (or number) and says what was expected.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use url::Url;
+
+/// Which kind of forward proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    Http,
+    Https,
+    Socks5,
+}
+
+/// A forward proxy, with its credentials decoded.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ProxyUrl {
+    pub kind: ProxyKind,
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(String, String)>,
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print credentials.
+        f.write_str(&self.redacted())
+    }
+}
+
+impl TryFrom<String> for ProxyUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let expected = "expected http://, https:// or socks5://[USER:PASSWORD@]HOST:PORT";
+        let url = Url::parse(&s).map_err(|e| format!("invalid proxy URL: {e}: {expected}"))?;
+        let (kind, default_port) = match url.scheme() {
+            "http" => (ProxyKind::Http, 80),
+            "https" => (ProxyKind::Https, 443),
+            "socks5" => (ProxyKind::Socks5, 1080),
+            other => return Err(format!("invalid proxy scheme {other:?}: {expected}")),
+        };
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(host) => host.to_string(),
+            None => return Err(format!("invalid proxy URL: no host: {expected}")),
+        };
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            return Err(format!(
+                "invalid proxy URL: unexpected path or query: {expected}"
+            ));
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| "invalid proxy URL: credentials are not UTF-8".to_owned())
+        };
+        let credentials = if url.username().is_empty() {
+            None
+        } else {
+            Some((
+                decode(url.username())?,
+                decode(url.password().unwrap_or(""))?,
+            ))
+        };
+        Ok(Self {
+            kind,
+            host,
+            port: url.port().unwrap_or(default_port),
+            credentials,
+        })
+    }
+}
+
+impl ProxyUrl {
+    /// The proxy's URL without credentials, safe to log and store.
+    pub fn redacted(&self) -> String {
+        let scheme = match self.kind {
+            ProxyKind::Http => "http",
+            ProxyKind::Https => "https",
+            ProxyKind::Socks5 => "socks5",
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{host}:{}", self.port)
+    }
+
+    /// The URL with credentials, for clients that take one (IP echo).
+    pub fn with_credentials(&self) -> String {
+        match &self.credentials {
+            None => self.redacted(),
+            Some((user, pass)) => {
+                let enc = |s: &str| {
+                    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+                        .to_string()
+                };
+                let redacted = self.redacted();
+                let (scheme, rest) = redacted.split_once("://").unwrap_or(("http", &redacted));
+                format!("{scheme}://{}:{}@{rest}", enc(user), enc(pass))
+            }
+        }
+    }
+}
+
+/// One nameserver, or the system's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ResolverSpec {
+    #[default]
+    System,
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+}
+
+impl FromStr for ResolverSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = "expected `system`, `IP:PORT`, `udp://IP:PORT` or `tcp://IP:PORT`";
+        if s == "system" {
+            return Ok(Self::System);
+        }
+        let (ctor, rest): (fn(SocketAddr) -> Self, &str) = if let Some(r) = s.strip_prefix("tcp://")
+        {
+            (Self::Tcp, r)
+        } else if let Some(r) = s.strip_prefix("udp://") {
+            (Self::Udp, r)
+        } else {
+            (Self::Udp, s)
+        };
+        rest.parse::<SocketAddr>()
+            .map(ctor)
+            .map_err(|_| format!("invalid resolver {s:?}: {expected}"))
+    }
+}
+
+impl TryFrom<String> for ResolverSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for ResolverSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::System => f.write_str("system"),
+            Self::Udp(a) => write!(f, "udp://{a}"),
+            Self::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+/// A string that must not be empty or blank.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NonEmpty(pub(super) String);
+
+impl TryFrom<String> for NonEmpty {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            Err("expected a non-empty string".into())
+        } else {
+            Ok(Self(s))
+        }
+    }
+}
+
+impl NonEmpty {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NonEmpty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An `http://` or `https://` URL with a host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TargetUrl(Url);
+
+impl TryFrom<String> for TargetUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let url = Url::parse(&s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("invalid URL {s:?}: expected scheme http or https"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("invalid URL {s:?}: expected a host"));
+        }
+        Ok(Self(url))
+    }
+}
+
+impl TargetUrl {
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+}
+
+/// The collector's gRPC endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Endpoint(pub(super) Url);
+
+impl TryFrom<String> for Endpoint {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let url = Url::parse(&s).map_err(|e| format!("invalid endpoint {s:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "invalid endpoint {s:?}: expected http://HOST:PORT or https://HOST:PORT"
+            ));
+        }
+        Ok(Self(url))
+    }
+}
+
+impl Endpoint {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// HTTP method of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Get,
+    Head,
+    Post,
+    Options,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Post => "POST",
+            Self::Options => "OPTIONS",
+        }
+    }
+}
+
+/// An HTTP status code, 100..=599.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u16")]
+pub struct StatusCode(pub u16);
+
+impl TryFrom<u16> for StatusCode {
+    type Error = String;
+    fn try_from(v: u16) -> Result<Self, String> {
+        if (100..=599).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!("invalid status {v}: expected 100..=599"))
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The collector's TOML configuration (`collector.toml`), strictly parsed
+//! with the same loader as the agent's: errors name file, line and key.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sqlx::postgres::PgConnectOptions;
+use url::Url;
+use vantage_agent::config::{
+    ConfigError, Problem, count_within, duration_within, parse_toml, read_config,
+};
+
+use crate::alert::config::{Sink, SinkConfig, WebhookConfig};
+pub use crate::detect::config::{CheckStatuses, DetectorConfig, Rate};
+use crate::ingest::IngestLimits;
+use crate::wire::SkewLimits;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Where agents connect (gRPC).
+    #[serde(default = "default_grpc_listen")]
+    pub grpc_listen: SocketAddr,
+    /// Health endpoint (`GET /healthz`); off when absent.
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub detector: DetectorConfig,
+    /// Where pages go: `[[sink]]` entries (see the README).
+    #[serde(default, rename = "sink")]
+    pub sink_configs: Vec<SinkConfig>,
+    /// `[[webhook]]`: the older way to name a webhook sink.
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<WebhookConfig>,
+    /// The base of every incident's link in pages (`<public_url>/incidents/
+    /// <id>`); default `http://<http_listen>`.
+    #[serde(default)]
+    pub public_url: Option<Url>,
+    /// The sinks, checked (by [`CollectorConfig::load`]).
+    #[serde(skip)]
+    pub sinks: Vec<Sink>,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// TLS for the gRPC listener; plaintext when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// What one agent may send (`[ingest]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Most results in one batch (default 10000); agents learn it at hello.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Largest gRPC message decoded (default 16 MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Sustained results per second per agent (default 20000); beyond it the
+    /// collector stops reading that agent's stream for a while (others are
+    /// unaffected).
+    #[serde(default = "default_results_per_second")]
+    pub max_results_per_second: NonZeroU32,
+    /// Results that started longer ago than this are refused one by one and
+    /// recorded as `timestamp_skew` gaps (default 7 days: a spool's age).
+    #[serde(with = "humantime_serde", default = "default_max_past")]
+    pub max_result_age: Duration,
+    /// Results that start further in the future than this are refused the
+    /// same way (default 5 minutes: a badly set agent clock).
+    #[serde(with = "humantime_serde", default = "default_max_future")]
+    pub max_clock_ahead: Duration,
+}
+
+fn default_max_batch() -> usize {
+    10_000
+}
+fn default_max_message_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_results_per_second() -> NonZeroU32 {
+    NonZeroU32::new(20_000).unwrap_or(NonZeroU32::MIN)
+}
+fn default_max_past() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_max_future() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: default_max_batch(),
+            max_message_bytes: default_max_message_bytes(),
+            max_results_per_second: default_results_per_second(),
+            max_result_age: default_max_past(),
+            max_clock_ahead: default_max_future(),
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn limits(&self) -> IngestLimits {
+        let chrono = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        IngestLimits {
+            max_batch: self.max_batch,
+            max_message_bytes: self.max_message_bytes,
+            results_per_second: self.max_results_per_second,
+            skew: SkewLimits {
+                max_past: chrono(self.max_result_age),
+                max_future: chrono(self.max_clock_ahead),
+            },
+        }
+    }
+}
+
+/// `[tls]`: the gRPC listener's certificate, and optionally the CA whose
+/// client certificates it requires (mutual TLS: the certificate must name
+/// the agent, as common name or DNS name).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+fn default_grpc_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7400))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...`; the `DATABASE_URL` environment variable wins.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Daily partitions created ahead of today.
+    #[serde(default = "default_partitions_ahead")]
+    pub partitions_ahead_days: u64,
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+fn default_partitions_ahead() -> u64 {
+    3
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: default_max_connections(),
+            partitions_ahead_days: default_partitions_ahead(),
+        }
+    }
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: default_grpc_listen(),
+            http_listen: None,
+            database: DatabaseConfig::default(),
+            detector: DetectorConfig::default(),
+            sink_configs: Vec::new(),
+            webhooks: Vec::new(),
+            public_url: None,
+            sinks: Vec::new(),
+            ingest: IngestConfig::default(),
+            tls: None,
+        }
+    }
+}
+
+impl CollectorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_config(path)?;
+        let mut config: Self = parse_toml(path, &text)?;
+        config.sinks =
+            crate::alert::config::sinks(path, &text, &config.sink_configs, &config.webhooks)?;
+        if let Some(url) = &config.public_url
+            && !matches!(url.scheme(), "http" | "https")
+        {
+            return Err(ConfigError::at(
+                path,
+                &text,
+                None,
+                "public_url".into(),
+                "expected an http:// or https:// URL".into(),
+            ));
+        }
+        config.validate().map_err(|p| p.into_error(path, &text))?;
+        if config.detector.min_probes.is_some() {
+            tracing::warn!(
+                file = %path.display(),
+                "detector.min_probes is ignored since detection v2: small samples are weighed \
+                 by the exact test over windows of 1, 2, 4... probe rounds; remove the key."
+            );
+        }
+        Ok(config)
+    }
+
+    /// The base of incident links: `public_url`, else the HTTP listener.
+    pub fn link_base(&self) -> Option<String> {
+        match (&self.public_url, self.http_listen) {
+            (Some(url), _) => Some(url.as_str().trim_end_matches('/').to_owned()),
+            (None, Some(addr)) => Some(format!("http://{addr}")),
+            (None, None) => None,
+        }
+    }
+
+    /// The rules serde cannot see: every duration and count within a
+    /// range that makes sense, so that a config that loads never panics,
+    /// hangs or spins at run time.
+    fn validate(&self) -> Result<(), Problem> {
+        self.detector.validate()?;
+        let db = &self.database;
+        count_within("database.max_connections", db.max_connections, 1, 1000)?;
+        count_within(
+            "database.partitions_ahead_days",
+            db.partitions_ahead_days,
+            0,
+            366,
+        )?;
+        if let Some(url) = &db.url {
+            database_options(url).map_err(|e| Problem::new("database.url", e))?;
+        }
+        let ingest = &self.ingest;
+        count_within("ingest.max_batch", ingest.max_batch, 1, 100_000)?;
+        count_within(
+            "ingest.max_message_bytes",
+            ingest.max_message_bytes,
+            1 << 10,
+            256 << 20,
+        )?;
+        count_within(
+            "ingest.max_results_per_second",
+            ingest.max_results_per_second.get(),
+            1,
+            10_000_000,
+        )?;
+        duration_within("ingest.max_result_age", ingest.max_result_age, MINUTE, YEAR)?;
+        duration_within(
+            "ingest.max_clock_ahead",
+            ingest.max_clock_ahead,
+            Duration::ZERO,
+            DAY,
+        )?;
+        if let Some(url) = &self.public_url
+            && !matches!(url.scheme(), "http" | "https")
+        {
+            return Err(Problem::new(
+                "public_url",
+                "expected an http:// or https:// URL",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where the database is, and which setting said so: `DATABASE_URL`
+    /// if set, else `database.url`.
+    pub fn database(&self) -> Result<(PgConnectOptions, &'static str), String> {
+        let (url, source) = match std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()) {
+            Some(url) => (url, "DATABASE_URL"),
+            None => match &self.database.url {
+                Some(url) => (url.clone(), "database.url"),
+                None => {
+                    return Err(
+                        "no database configured: set DATABASE_URL or database.url in the \
+                         collector config"
+                            .into(),
+                    );
+                }
+            },
+        };
+        database_options(&url)
+            .map(|options| (options, source))
+            .map_err(|e| format!("{source}: {e}"))
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a PostgreSQL URL; the error never shows the password.
+fn database_options(url: &str) -> Result<PgConnectOptions, String> {
+    let expected = "expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE";
+    let parsed = Url::parse(url).map_err(|e| format!("not a URL ({e}): {expected}"))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "unsupported scheme {:?}: {expected}",
+            parsed.scheme()
+        ));
+    }
+    url.parse::<PgConnectOptions>().map_err(|e| {
+        let mut message = e.to_string();
+        if let Some(password) = parsed.password().filter(|p| !p.is_empty()) {
+            message = message.replace(password, "***");
+        }
+        format!("{message}: {expected}")
+    })
+}
+
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod tests;
