@@ -23,6 +23,7 @@ pub mod queue;
 pub mod report;
 pub mod schedule;
 pub mod spool;
+pub mod supervise;
 pub mod vantage;
 pub mod wire;
 

@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use vantage_agent::supervise::{Policy, Supervisor};
 use vantage_proto::v1::ingest_server::IngestServer;
 
 use crate::alert::Alerter;
@@ -24,6 +24,9 @@ use crate::store::Store;
 
 /// How often daily partitions ahead of today are checked for.
 const PARTITION_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+/// The alerter's upkeep runs every second; a minute without one is a
+/// stall (PostgreSQL down, or the task stuck).
+const ALERTER_STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// How long a request waits for a pooled database connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,13 +114,26 @@ impl Application {
         self.store.clone()
     }
 
-    /// Runs until `shutdown` is cancelled or a component fails fatally.
-    /// Order on the way out: stop taking streams, end the sessions (a batch
-    /// being committed finishes first), then stop detection and alerts.
+    /// Runs until `shutdown` is cancelled or a component fails fatally,
+    /// every component under one [`Supervisor`]:
+    ///
+    /// | component    | on failure | alive while                          |
+    /// |--------------|------------|--------------------------------------|
+    /// | `grpc`       | exit       | serving (agents cannot deliver without it) |
+    /// | `http`       | exit       | serving (`/healthz` itself)          |
+    /// | `detector`   | restart    | a pass ended within 3 intervals      |
+    /// | `alerter`    | restart    | an outbox upkeep ended within 60 s   |
+    /// | `partitions` | restart    | partitions were ensured within 3 h   |
+    ///
+    /// Restart where the state is in PostgreSQL and a new instance takes
+    /// over where the old one stopped; exit where the process is useless
+    /// without the component (the service manager restarts it whole).
+    /// Order on the way out: stop taking streams, end the sessions (a
+    /// batch being committed finishes first), then stop detection and
+    /// alerts.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let tracker = TaskTracker::new();
+        let supervisor = Supervisor::new(shutdown.clone());
         let changed = Arc::new(Notify::new());
-        let fatal = Fatal::new(shutdown.clone());
 
         tracing::info!(grpc = %self.grpc_addr(), http = ?self.http_addr(), "Collector listening.");
         let limits = self.config.ingest.limits();
@@ -141,32 +157,52 @@ impl Application {
                 TcpListenerStream::new(self.grpc),
                 shutdown.clone().cancelled_owned(),
             );
-        {
-            let fatal = fatal.clone();
-            tracker.spawn(async move {
-                if let Err(e) = grpc.await {
-                    fatal.fail(anyhow::Error::new(e).context("gRPC server failed"));
+        // A server cannot be made twice (it owns its listener): `Exit`.
+        let mut grpc = Some(grpc);
+        supervisor.spawn("grpc", Policy::Exit, None, move |_, _| {
+            let grpc = grpc.take();
+            async move {
+                match grpc {
+                    Some(serving) => serving.await.map_err(|e| e.into()),
+                    None => Err("the gRPC server cannot be started twice".into()),
                 }
-            });
-        }
+            }
+        });
         if let Some(listener) = self.http {
-            let (stopped, fatal) = (shutdown.clone().cancelled_owned(), fatal.clone());
-            let router = crate::http::router(self.store.clone());
-            tracker.spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await;
-                if let Err(e) = served {
-                    fatal.fail(anyhow::Error::new(e).context("HTTP server failed"));
+            let router = crate::http::router(self.store.clone(), supervisor.clone());
+            let mut serving = Some(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .into_future(),
+            );
+            supervisor.spawn("http", Policy::Exit, None, move |_, _| {
+                let serving = serving.take();
+                async move {
+                    match serving {
+                        Some(serving) => serving.await.map_err(|e| e.into()),
+                        None => Err("the HTTP server cannot be started twice".into()),
+                    }
                 }
             });
         }
-        let detector = Detector::new(
-            self.store.clone(),
-            self.config.detector.settings(),
-            changed.clone(),
-        );
-        tracker.spawn(detector.run(shutdown.clone()));
+        let settings = self.config.detector.settings();
+        let stale = (settings.interval * 3).max(Duration::from_secs(30));
+        {
+            let (store, changed) = (self.store.clone(), changed.clone());
+            supervisor.spawn(
+                "detector",
+                Policy::Restart,
+                Some(stale),
+                move |live, stop| {
+                    let detector = Detector::new(store.clone(), settings.clone(), changed.clone())
+                        .with_liveness(live);
+                    async move {
+                        detector.run(stop).await;
+                        Ok(())
+                    }
+                },
+            );
+        }
         // Runs without sinks too: events are then marked handled, so that a
         // sink added later does not page for history.
         let link_base = self.config.link_base();
@@ -175,37 +211,58 @@ impl Application {
                 "Neither public_url nor http_listen is set: pages carry no link to the incident."
             );
         }
-        let alerter = Alerter::new(
-            self.store.clone(),
-            self.config.sinks.clone(),
-            link_base,
-            changed.clone(),
-        )
-        .context("building the alerter")?;
-        tracker.spawn(alerter.run(shutdown.clone()));
         {
-            let (store, shutdown) = (self.store.clone(), shutdown.clone());
-            let ahead = self.config.database.partitions_ahead_days;
-            tracker.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(PARTITION_MAINTENANCE_INTERVAL) => {}
+            let (store, sinks) = (self.store.clone(), self.config.sinks.clone());
+            supervisor.spawn(
+                "alerter",
+                Policy::Restart,
+                Some(ALERTER_STALE_AFTER),
+                move |live, stop| {
+                    let alerter = Alerter::new(
+                        store.clone(),
+                        sinks.clone(),
+                        link_base.clone(),
+                        changed.clone(),
+                    );
+                    async move {
+                        alerter?.with_liveness(live).run(stop).await;
+                        Ok(())
                     }
-                    if let Err(error) = store
-                        .ensure_partitions_around(chrono::Utc::now(), 0, ahead)
-                        .await
-                    {
-                        tracing::warn!(%error, "Cannot create partitions ahead; will retry.");
-                    }
-                }
-            });
+                },
+            );
         }
-        tracker.close();
-        shutdown.cancelled().await;
-        tracker.wait().await;
-        match fatal.take() {
-            Some(e) => Err(e),
+        {
+            let store = self.store.clone();
+            let ahead = self.config.database.partitions_ahead_days;
+            supervisor.spawn(
+                "partitions",
+                Policy::Restart,
+                Some(PARTITION_MAINTENANCE_INTERVAL * 3),
+                move |live, stop| {
+                    let store = store.clone();
+                    async move {
+                        loop {
+                            match store
+                                .ensure_partitions_around(chrono::Utc::now(), 0, ahead)
+                                .await
+                            {
+                                Ok(()) => live.beat(),
+                                Err(error) => tracing::warn!(
+                                    %error,
+                                    "Cannot create partitions ahead; will retry."
+                                ),
+                            }
+                            tokio::select! {
+                                _ = stop.cancelled() => return Ok(()),
+                                _ = tokio::time::sleep(PARTITION_MAINTENANCE_INTERVAL) => {}
+                            }
+                        }
+                    }
+                },
+            );
+        }
+        match supervisor.wait().await {
+            Some(error) => Err(anyhow::anyhow!(error)),
             None => Ok(()),
         }
     }
@@ -226,31 +283,4 @@ fn server_tls(tls: &TlsConfig) -> Result<(ServerTlsConfig, bool)> {
         config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
     }
     Ok((config, mutual))
-}
-
-/// The first fatal error of any component; recording it shuts all down.
-#[derive(Clone)]
-struct Fatal {
-    error: Arc<std::sync::Mutex<Option<anyhow::Error>>>,
-    shutdown: CancellationToken,
-}
-
-impl Fatal {
-    fn new(shutdown: CancellationToken) -> Self {
-        Self {
-            error: Arc::default(),
-            shutdown,
-        }
-    }
-
-    fn fail(&self, error: anyhow::Error) {
-        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
-        // Keep the first: later failures are usually its consequences.
-        slot.get_or_insert(error);
-        self.shutdown.cancel();
-    }
-
-    fn take(&self) -> Option<anyhow::Error> {
-        self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
 }

@@ -231,10 +231,41 @@ impl Ingest for IngestService {
             region: enrolled.region,
             replies,
         };
-        tokio::spawn(reader.run(self.shutdown.clone()));
-        tokio::spawn(committer.run(pending));
+        let (agent_id, replies) = (committer.agent_id.clone(), committer.replies.clone());
+        spawn_stream_task("reader", agent_id.clone(), replies.clone(), {
+            let shutdown = self.shutdown.clone();
+            async move { reader.run(shutdown).await }
+        });
+        spawn_stream_task("committer", agent_id, replies, committer.run(pending));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Runs one half of a stream's work. Streams are supervised by their
+/// agent: a panic is logged at ERROR and counted
+/// (`vantage_component_restarts_total{component="ingest"}`), the stream
+/// ends with INTERNAL, and the agent reconnects and resends what was not
+/// acknowledged (acks follow commits, so nothing is lost).
+fn spawn_stream_task(
+    part: &'static str,
+    agent_id: String,
+    replies: Replies,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let task = tokio::spawn(task);
+    tokio::spawn(async move {
+        let Err(join) = task.await else { return };
+        if !join.is_panic() {
+            return;
+        }
+        tracing::error!(%agent_id, part, "Ingest stream task panicked; ending the stream (the agent resends).");
+        metrics::counter!("vantage_component_restarts_total", "component" => "ingest").increment(1);
+        let _ = replies
+            .send(Err(Status::internal(
+                "collector error while handling this stream: reconnect and resend",
+            )))
+            .await;
+    });
 }
 
 /// What the reader hands the committer, in stream order.

@@ -35,6 +35,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use vantage_agent::supervise::Liveness;
 
 pub use config::{Sink, SinkKind};
 pub use notice::{Notice, Previous};
@@ -68,6 +69,8 @@ pub struct Alerter {
     claimant: String,
     /// What upkeep needs of `sinks`.
     specs: Vec<SinkSpec>,
+    /// Told of every upkeep that reached the database, for `/healthz`.
+    liveness: Option<Liveness>,
 }
 
 /// The alerter could not be built.
@@ -129,7 +132,14 @@ impl Alerter {
             changed,
             link_base: link_base.map(|b| b.trim_end_matches('/').to_owned()),
             claimant,
+            liveness: None,
         })
+    }
+
+    /// Reports each upkeep that reached the database to `liveness`.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 
     pub fn sinks(&self) -> &[Sink] {
@@ -162,7 +172,13 @@ impl Alerter {
     /// One round of upkeep at `now`, logged and counted; whether it made
     /// deliveries due (senders should look now).
     pub async fn upkeep(&self, now: DateTime<Utc>) -> bool {
-        let upkeep = match self.store.outbox_upkeep(&self.specs, now).await {
+        let upkeep = self.store.outbox_upkeep(&self.specs, now).await;
+        if upkeep.is_ok()
+            && let Some(liveness) = &self.liveness
+        {
+            liveness.beat();
+        }
+        let upkeep = match upkeep {
             Ok(Some(u)) => u,
             Ok(None) => return false,
             Err(error) => {

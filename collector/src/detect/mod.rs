@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use vantage_agent::supervise::Liveness;
 
 use crate::store::{RunRecord, Store, StoreError};
 use asn::AsnTable;
@@ -138,6 +139,8 @@ pub struct Detector {
     holder: String,
     /// How long the last pass took: the lease covers at least two.
     last_pass: Mutex<Duration>,
+    /// Told of every pass that ended (led or stood by), for `/healthz`.
+    liveness: Option<Liveness>,
 }
 
 impl Detector {
@@ -154,7 +157,14 @@ impl Detector {
                 rand::random::<u32>()
             ),
             last_pass: Mutex::new(Duration::ZERO),
+            liveness: None,
         }
+    }
+
+    /// Reports each pass that ended to `liveness` (its supervisor's).
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 
     /// This detector's lease holder name.
@@ -172,8 +182,13 @@ impl Detector {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
             }
+            // Fault tests make a pass panic here (test builds only).
+            fail::fail_point!("detector-pass");
             match self.evaluate_at(Utc::now()).await {
                 Ok(summary) => {
+                    if let Some(liveness) = &self.liveness {
+                        liveness.beat();
+                    }
                     metrics::gauge!("vantage_detector_leader")
                         .set(f64::from(u8::from(summary.ran)));
                     if summary.ran {

@@ -16,6 +16,7 @@ mod limits;
 mod pages;
 mod process;
 mod schema;
+mod supervision;
 mod tls;
 
 use std::net::SocketAddr;

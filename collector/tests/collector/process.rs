@@ -30,6 +30,17 @@ pub fn start_collector(
     name: &str,
     extra: &str,
 ) -> (Collector, SocketAddr) {
+    start_collector_env(pool, dir, name, extra, &[])
+}
+
+/// [`start_collector`] with extra environment variables (`FAILPOINTS`).
+pub fn start_collector_env(
+    pool: &PgPool,
+    dir: &Path,
+    name: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (Collector, SocketAddr) {
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let grpc = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
     let http = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
@@ -46,6 +57,7 @@ pub fn start_collector(
             .arg(&config)
             .env("DATABASE_URL", database_url(pool))
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
