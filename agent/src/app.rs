@@ -1,12 +1,11 @@
 //! Wiring: builds every component of the agent from its configuration and
 //! runs them until shutdown.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
 use crate::probe::HttpProber;
@@ -15,6 +14,7 @@ use crate::probe::tls::{TlsConfigs, TlsSetupError};
 use crate::queue::ResultQueue;
 use crate::report::{Connection, CredentialsRefused, Delivery, Identity, Reporter};
 use crate::schedule::Scheduler;
+use crate::supervise::{Policy, Supervisor};
 use crate::vantage::{IdentityRefresher, Vantage};
 
 /// The agent could not be set up.
@@ -125,40 +125,85 @@ impl App {
 
     /// Runs until `shutdown`: stops probing first, syncs and closes the
     /// spool, and lets the reporter deliver what is left (bounded by the
-    /// drain timeout). Fails when the collector refuses the credentials.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), CredentialsRefused> {
-        let tracker = TaskTracker::new();
-        let stop_probing = shutdown.child_token();
+    /// drain timeout). Every task runs under a [`Supervisor`]:
+    ///
+    /// | component            | on failure | why                               |
+    /// |----------------------|------------|-----------------------------------|
+    /// | `check:<name>@<vantage>` | restart | one loop's panic must not stop the others; results already spooled stay |
+    /// | `identity`           | restart    | identities are re-learnt from scratch |
+    /// | `reporter`           | exit       | it owns the stream's window of unacked batches; a new process rebuilds it from the spool |
+    /// | `spool-sync`         | exit       | results not synced would be lost silently; a new process reopens the spool |
+    ///
+    /// Fails when the collector refuses the credentials or a component
+    /// under `exit` fails.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentExit> {
+        let main = Supervisor::new(shutdown.clone());
+        let refused: Arc<Mutex<Option<CredentialsRefused>>> = Arc::default();
         let stop_sync = CancellationToken::new();
-        let reporter = {
-            let (shutdown, stop_probing) = (shutdown.clone(), stop_probing.clone());
-            let reporter = self.reporter;
-            tracker.spawn(async move {
-                let outcome = reporter.run(shutdown).await;
-                if outcome.is_err() {
-                    stop_probing.cancel();
+        let mut reporter = Some(self.reporter);
+        {
+            let refused = refused.clone();
+            main.spawn("reporter", Policy::Exit, None, move |_, stop| {
+                let (reporter, refused) = (reporter.take(), refused.clone());
+                async move {
+                    let Some(reporter) = reporter else {
+                        return Err("the reporter cannot be started twice".into());
+                    };
+                    reporter.run(stop).await.map_err(|e| {
+                        let message = e.to_string();
+                        *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        message.into()
+                    })
                 }
-                outcome
-            })
-        };
-        tracker.spawn(self.queue.clone().run_sync(stop_sync.clone()));
+            });
+        }
+        {
+            let (queue, stop_sync) = (self.queue.clone(), stop_sync.clone());
+            main.spawn("spool-sync", Policy::Exit, None, move |_, _| {
+                let (queue, stop_sync) = (queue.clone(), stop_sync.clone());
+                async move {
+                    queue.run_sync(stop_sync).await;
+                    Ok(())
+                }
+            });
+        }
         // Identities first (bounded by the DNS and echo timeouts), so the
         // first results already carry them.
         tokio::select! {
-            _ = stop_probing.cancelled() => {}
+            _ = shutdown.cancelled() => {}
             () = self.refresher.refresh_all() => {}
         }
-        let probing = TaskTracker::new();
-        probing.spawn(self.refresher.run(stop_probing.clone()));
-        probing.spawn(self.scheduler.run(stop_probing.clone()));
-        probing.close();
+        let probing = Supervisor::new(shutdown.clone());
+        let refresher = self.refresher;
+        probing.spawn("identity", Policy::Restart, None, move |_, stop| {
+            let refresher = refresher.clone();
+            async move {
+                refresher.run(stop).await;
+                Ok(())
+            }
+        });
+        self.scheduler.run(&probing);
         probing.wait().await;
         // Every probe has ended: the last sync catches all results.
         stop_sync.cancel();
-        tracker.close();
-        tracker.wait().await;
-        reporter.await.unwrap_or(Ok(()))
+        let fatal = main.wait().await;
+        if let Some(refusal) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(AgentExit::CredentialsRefused(refusal));
+        }
+        match fatal {
+            Some(error) => Err(AgentExit::Component(error)),
+            None => Ok(()),
+        }
     }
+}
+
+/// Why the agent stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentExit {
+    #[error(transparent)]
+    CredentialsRefused(#[from] CredentialsRefused),
+    #[error("{0}")]
+    Component(String),
 }
 
 /// The TLS settings of every check, with their CA files read.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use vantage_agent::app::AgentExit;
 use vantage_agent::{AgentConfig, App};
 
 #[derive(Parser)]
@@ -77,11 +78,15 @@ async fn main() -> ExitCode {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match app.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(refused) => {
+        Err(AgentExit::CredentialsRefused(refused)) => {
             eprintln!("error: {refused}");
             // EX_CONFIG: the unit's RestartPreventExitStatus keeps systemd
             // from hammering the collector with a bad token.
             ExitCode::from(78)
+        }
+        Err(AgentExit::Component(error)) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
         }
     }
 }

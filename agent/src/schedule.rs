@@ -9,12 +9,12 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::CheckConfig;
 use crate::probe::http::Probed;
 use crate::probe::{HttpProber, ProbeResult};
 use crate::queue::ResultQueue;
+use crate::supervise::{Liveness, Policy, Supervisor};
 use crate::vantage::Vantage;
 
 /// Runs probes on schedule and queues their results.
@@ -67,10 +67,15 @@ impl Scheduler {
     }
 
     /// Probes until `shutdown`; a probe in progress is abandoned then.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
+    /// Starts one supervised loop per check and vantage (component
+    /// `check:<name>@<vantage>`, made again after a panic); they stop with
+    /// the supervisor's shutdown.
+    pub fn run(self, supervisor: &Supervisor) {
         for check in self.checks {
             let check = Arc::new(check);
+            // A loop that has not finished a round in three intervals
+            // (plus one timeout) is stuck.
+            let stale_after = check.interval * 3 + check.timeout;
             for vantage in self.vantages.iter().filter(|v| v.runs(&check)) {
                 let run = CheckLoop {
                     offset: random_offset(check.interval),
@@ -81,16 +86,24 @@ impl Scheduler {
                     egress_ip: self.egress_ip.clone(),
                     permits: self.permits.clone(),
                 };
-                tracker.spawn(run.run(shutdown.clone()));
+                let name = format!("check:{}@{}", check.name.get_ref(), vantage.name);
+                supervisor.spawn(
+                    name,
+                    Policy::Restart,
+                    Some(stale_after + run.offset),
+                    move |live, stop| {
+                        let run = run.clone();
+                        async move {
+                            run.run(stop, live).await;
+                            Ok(())
+                        }
+                    },
+                );
             }
         }
-        tracker.close();
-        tracker.wait().await;
     }
 }
 
-/// A uniformly random start offset in `[0, interval)`, so that checks of
-/// many agents do not fire in lockstep.
 fn random_offset(interval: Duration) -> Duration {
     let nanos = u64::try_from(interval.as_nanos())
         .unwrap_or(u64::MAX)
@@ -101,6 +114,7 @@ fn random_offset(interval: Duration) -> Duration {
 /// How long a round already under way may run on after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+#[derive(Clone)]
 struct CheckLoop {
     check: Arc<CheckConfig>,
     vantage: Arc<Vantage>,
@@ -112,7 +126,7 @@ struct CheckLoop {
 }
 
 impl CheckLoop {
-    async fn run(self, shutdown: CancellationToken) {
+    async fn run(self, shutdown: CancellationToken, liveness: Liveness) {
         let mut ticker =
             tokio::time::interval_at(Instant::now() + self.offset, self.check.interval);
         // A probe that overran its slot is not made up for: the next one
@@ -128,6 +142,8 @@ impl CheckLoop {
                 permit = self.permits.acquire() => permit,
             };
             let Ok(_permit) = permit else { return };
+            // Fault tests make a round panic here (test builds only).
+            fail::fail_point!("check-round");
             let reserve = || self.queue.reserve();
             // A round under way at shutdown may finish within a grace
             // period (its request has reached the site: its result should
@@ -141,6 +157,7 @@ impl CheckLoop {
                 probed = self.prober.round(&self.check, &self.vantage, &reserve) => probed,
             };
             complete(probed, &self.egress_ip, |_| {});
+            liveness.beat();
         }
     }
 }

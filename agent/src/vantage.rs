@@ -162,6 +162,7 @@ impl Vantage {
 /// Keeps every vantage's identity fresh: each resolver asked who it is
 /// every `identity_interval`, each IP-echo URL fetched every
 /// `ip_echo_interval`. Failures are logged and recorded, never fatal.
+#[derive(Clone)]
 pub struct IdentityRefresher {
     vantages: Vec<Arc<Vantage>>,
     interval: Duration,
@@ -208,6 +209,9 @@ impl IdentityRefresher {
         }
         tracker.close();
         tracker.wait().await;
+        // With nothing to refresh, idle until shutdown: ending early would
+        // read as a failure to the supervisor.
+        shutdown.cancelled().await;
     }
 }
 

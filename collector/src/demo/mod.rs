@@ -77,7 +77,7 @@ pub struct Scenario {
     stop_agents: CancellationToken,
     stop_collector: CancellationToken,
     collector: JoinHandle<Result<()>>,
-    agent_tasks: Vec<JoinHandle<Result<(), vantage_agent::report::CredentialsRefused>>>,
+    agent_tasks: Vec<JoinHandle<Result<(), vantage_agent::app::AgentExit>>>,
 }
 
 impl Scenario {

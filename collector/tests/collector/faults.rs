@@ -376,6 +376,29 @@ async fn postgres_stopped_and_started(pool: PgPool) {
     cluster.stop().await.unwrap();
 }
 
+/// A check loop that panics is logged at ERROR by name and made again;
+/// the agent goes on probing, loses nothing and still stops on SIGTERM.
+#[sqlx::test(migrations = false)]
+async fn a_check_loop_that_panics_is_made_again(pool: PgPool) {
+    let mut rig = Rig::new(&pool, database_url(&pool)).await;
+    rig.start_collector(None);
+    let agent = rig.start_agent(None, "", Some("check-round=2*panic(injected probe fault)"));
+    // Two panics (1 s and 2 s of backoff), then rounds again.
+    rig.probes(20).await;
+    rig.stop_agent(agent);
+    let log = rig.read_log("agent.log");
+    let panics = log
+        .lines()
+        .filter(|l| {
+            l.contains("ERROR")
+                && l.contains("Component check:")
+                && l.contains("panicked: injected probe fault")
+        })
+        .count();
+    assert_eq!(panics, 2, "{log}");
+    assert_exactly_once(&audit(&pool, &rig.target).await, "check loop panic");
+}
+
 #[sqlx::test(migrations = false)]
 async fn spool_full_drops_the_oldest_and_records_the_gap(pool: PgPool) {
     let mut rig = Rig::new(&pool, database_url(&pool)).await;

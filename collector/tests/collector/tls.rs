@@ -92,6 +92,9 @@ async fn mutual_tls_admits_the_agent_its_certificate_names_only(pool: PgPool) {
     .await
     .expect("the agent stops by itself")
     .expect_err("credentials refused");
+    let vantage_agent::app::AgentExit::CredentialsRefused(refused) = refused else {
+        panic!("expected the credentials refused, got {refused}");
+    };
     assert_eq!(refused.code, tonic::Code::PermissionDenied);
     assert!(
         refused.message.contains("does not name agent \"thief\""),
