@@ -112,6 +112,19 @@ impl ResultQueue {
     pub fn reserve(self: &Arc<Self>) -> Ticket {
         let seq = {
             let mut state = self.state();
+            if state.next_seq > SEQ_TOP {
+                // Cannot happen from the clock in the next 290,000 years;
+                // only numbers pushed up by something else get here.
+                let restart = clock_seq().max(1);
+                tracing::error!(
+                    next_seq = state.next_seq,
+                    restart,
+                    "Sequence numbers reached the top of their range; restarting them at the \
+                     clock (a new epoch)."
+                );
+                metrics::counter!("vantage_agent_seq_epoch_restarts_total").increment(1);
+                state.next_seq = restart;
+            }
             let seq = state.next_seq;
             state.next_seq += 1;
             state.in_flight.insert(seq);
@@ -137,6 +150,19 @@ impl ResultQueue {
     /// reinstalled agent whose spool and lease are gone).
     pub fn continue_above(&self, seq: u64) {
         let mut state = self.state();
+        let ceiling = vantage_proto::plausible_seq_ceiling(clock_seq(), 0);
+        if seq > ceiling {
+            // Continuing above it would burn the sequence space and get
+            // every later result refused.
+            tracing::error!(
+                collector_last_seq = seq,
+                ceiling,
+                next_seq = state.next_seq,
+                "The collector's last sequence number for this agent is beyond any it can have \
+                 given (a forged result?); keeping this agent's own numbering."
+            );
+            return;
+        }
         if state.next_seq <= seq {
             tracing::warn!(
                 next_seq = state.next_seq,
@@ -237,6 +263,17 @@ impl ResultQueue {
     }
 }
 
+/// Past this, numbering restarts at the clock: 2^32 below the top of the
+/// collector's signed 64-bit range, so a batch in flight still fits.
+const SEQ_TOP: u64 = (i64::MAX as u64) - (1 << 32);
+
+/// The clock as a sequence number: Unix microseconds.
+fn clock_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +298,26 @@ mod tests {
             .unwrap()
             .0,
         )
+    }
+
+    /// A forged result at 2^63-1 must not make the agent number above it.
+    #[test]
+    fn an_implausible_collector_seq_is_not_continued_above() {
+        let q = Arc::new(ResultQueue::in_memory(10, 1));
+        q.continue_above(i64::MAX as u64);
+        assert_eq!(q.reserve().seq(), 1);
+        let plausible = clock_seq();
+        q.continue_above(plausible);
+        assert_eq!(q.reserve().seq(), plausible + 1);
+    }
+
+    #[test]
+    fn numbering_restarts_at_the_clock_before_the_top_of_the_range() {
+        let q = Arc::new(ResultQueue::in_memory(10, SEQ_TOP));
+        assert_eq!(q.reserve().seq(), SEQ_TOP);
+        let restarted = q.reserve().seq();
+        assert!(restarted < SEQ_TOP, "{restarted}");
+        assert!(restarted.abs_diff(clock_seq()) < 60_000_000, "{restarted}");
     }
 
     #[test]

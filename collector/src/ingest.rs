@@ -24,7 +24,9 @@ use vantage_proto::v1::ingest_server::Ingest;
 
 use crate::auth::{self, AuthError};
 use crate::store::{AgentHello, EnrolledAgent, Store, StoreError, StoredGap, StoredResult};
-use crate::wire::{InvalidGap, InvalidResult, SkewLimits, stored_gap, stored_result};
+use crate::wire::{
+    IMPLAUSIBLE_SEQ, InvalidGap, InvalidResult, SkewLimits, stored_gap, stored_result,
+};
 
 /// Batches validated ahead of the one being committed, per stream.
 const PIPELINE_DEPTH: usize = 4;
@@ -197,7 +199,7 @@ impl Ingest for IngestService {
         };
         let last_seq = self
             .store
-            .record_hello(&agent)
+            .record_hello(&agent, self.limits.skew.seq_ceiling(chrono::Utc::now()))
             .await
             .map_err(IngestError::from)?;
         tracing::info!(agent_id = %agent.agent_id, region = %enrolled.region, %peer_ip, last_seq, "Agent connected.");
@@ -281,6 +283,8 @@ struct ValidBatch {
     gaps: Vec<StoredGap>,
     /// Highest seq the agent sent in the batch, refused results included.
     max_seq: u64,
+    /// Highest plausible seq stored (result or gap): the agent's progress.
+    progress_seq: i64,
     refused: u32,
 }
 
@@ -360,12 +364,28 @@ impl Reader {
             .map(stored_gap)
             .collect::<Result<Vec<_>, InvalidGap>>()
             .map_err(|e| invalid(e.to_string()))?;
+        let ceiling = self.limits.skew.seq_ceiling(now);
         let mut results = Vec::with_capacity(batch.results.len());
         let mut refused = 0u32;
+        let mut implausible = 0u32;
         for r in batch.results {
             let r = stored_result(r, self.observed_ip)
                 .map_err(|e: InvalidResult| invalid(e.to_string()))?;
-            if self.limits.skew.accepts(r.started_at, now) {
+            if r.seq > ceiling {
+                tracing::warn!(
+                    agent_id = %self.agent_id, seq = r.seq, ceiling,
+                    "Refused a result whose sequence number is far beyond any this agent can \
+                     have given (a forged or corrupted result); recorded as an implausible_seq gap."
+                );
+                implausible += 1;
+                gaps.push(StoredGap {
+                    first_seq: r.seq,
+                    last_seq: r.seq,
+                    count: Some(1),
+                    reason: IMPLAUSIBLE_SEQ,
+                    detected_at: now,
+                });
+            } else if self.limits.skew.accepts(r.started_at, now) {
                 results.push(r);
             } else {
                 tracing::warn!(agent_id = %self.agent_id, seq = r.seq, started_at = %r.started_at, "Refused a result whose start time is too far from the collector's clock.");
@@ -383,12 +403,26 @@ impl Reader {
             metrics::counter!("vantage_ingest_refused_results_total", "reason" => "timestamp_skew")
                 .increment(u64::from(refused));
         }
+        if implausible > 0 {
+            metrics::counter!("vantage_ingest_refused_results_total", "reason" => IMPLAUSIBLE_SEQ)
+                .increment(u64::from(implausible));
+        }
+        // What the agent's progress may advance to: never past the
+        // ceiling, whatever a gap or a refused result claimed.
+        let progress_seq = results
+            .iter()
+            .map(|r| r.seq)
+            .chain(gaps.iter().map(|g| g.last_seq))
+            .filter(|seq| *seq <= ceiling)
+            .max()
+            .unwrap_or(0);
         Ok(ValidBatch {
             batch_id,
             results,
             gaps,
             max_seq,
-            refused,
+            progress_seq,
+            refused: refused + implausible,
         })
     }
 
@@ -440,7 +474,13 @@ impl Committer {
         let started = Instant::now();
         let inserted = self
             .store
-            .insert_batch(&self.agent_id, &self.region, &batch.results, &batch.gaps)
+            .insert_batch(
+                &self.agent_id,
+                &self.region,
+                &batch.results,
+                &batch.gaps,
+                batch.progress_seq,
+            )
             .await?;
         let elapsed = started.elapsed();
         metrics::histogram!("vantage_ingest_commit_seconds").record(elapsed.as_secs_f64());

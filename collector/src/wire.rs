@@ -232,7 +232,21 @@ impl SkewLimits {
     pub fn accepts(&self, started_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
         started_at >= now - self.max_past && started_at <= now + self.max_future
     }
+
+    /// The highest sequence number any agent can have given by `now`
+    /// ([`vantage_proto::plausible_seq_ceiling`]); results above it are
+    /// refused as [`IMPLAUSIBLE_SEQ`] gaps and never advance an agent's
+    /// progress.
+    pub fn seq_ceiling(&self, now: DateTime<Utc>) -> i64 {
+        let now_us = u64::try_from(now.timestamp_micros()).unwrap_or(0);
+        let ahead_us = u64::try_from(self.max_future.num_microseconds().unwrap_or(0)).unwrap_or(0);
+        i64::try_from(vantage_proto::plausible_seq_ceiling(now_us, ahead_us)).unwrap_or(i64::MAX)
+    }
 }
+
+/// The gap reason of a result refused for a sequence number beyond
+/// [`SkewLimits::seq_ceiling`].
+pub const IMPLAUSIBLE_SEQ: &str = "implausible_seq";
 
 /// A gap the agent reported.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

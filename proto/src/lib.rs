@@ -21,6 +21,24 @@ pub const AUTHORIZATION: &str = "authorization";
 /// at fault, so the agent quarantines exactly that one.
 pub const BATCH_ID_METADATA: &str = "vantage-batch-id";
 
+/// How far above the clock (in Unix microseconds) an agent's sequence
+/// numbers may run. Agents number from the clock (one number per result,
+/// restarting at the clock's microsecond), so a real agent stays within
+/// seconds of it; 10^12 (11.6 days' worth) leaves room for any clock error
+/// and still ends a million times below the top of the range. A seq
+/// beyond it is refused by the collector, and an agent told of one at
+/// hello does not continue above it: one forged result cannot use up an
+/// agent's sequence space.
+pub const MAX_SEQ_LEAD: u64 = 1_000_000_000_000;
+
+/// The highest plausible sequence number at Unix time `now_us` (in
+/// microseconds), allowing `clock_ahead_us` of clock difference.
+pub fn plausible_seq_ceiling(now_us: u64, clock_ahead_us: u64) -> u64 {
+    now_us
+        .saturating_add(clock_ahead_us)
+        .saturating_add(MAX_SEQ_LEAD)
+}
+
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Debug, Clone)]
 pub struct BearerToken(MetadataValue<Ascii>);

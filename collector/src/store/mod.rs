@@ -280,8 +280,10 @@ impl Store {
         .await?)
     }
 
-    /// Records an enrolled agent's Hello; returns its last committed seq.
-    pub async fn record_hello(&self, hello: &AgentHello) -> Result<u64, StoreError> {
+    /// Records an enrolled agent's Hello; returns its last committed seq,
+    /// never above `ceiling`: a progress row a forged result pushed past it
+    /// (before the ceiling was enforced) is repaired from what is stored.
+    pub async fn record_hello(&self, hello: &AgentHello, ceiling: i64) -> Result<u64, StoreError> {
         let labels = serde_json::to_value(&hello.labels).unwrap_or_default();
         let last_seq: i64 = sqlx::query_scalar(
             "UPDATE agents SET labels = $2, version = $3, observed_ip = $4::text::inet,
@@ -295,7 +297,27 @@ impl Store {
         .bind(hello.observed_ip.to_string())
         .fetch_one(&self.pool)
         .await?;
-        Ok(u64::try_from(last_seq).unwrap_or(0))
+        if last_seq <= ceiling {
+            return Ok(u64::try_from(last_seq).unwrap_or(0));
+        }
+        let repaired: i64 = sqlx::query_scalar(
+            "UPDATE agents SET last_seq = GREATEST(
+                 (SELECT max(seq) FROM probe_results WHERE agent_id = $1 AND seq <= $2),
+                 (SELECT max(last_seq) FROM delivery_gaps WHERE agent_id = $1 AND last_seq <= $2),
+                 0)
+             WHERE agent_id = $1
+             RETURNING last_seq",
+        )
+        .bind(&hello.agent_id)
+        .bind(ceiling)
+        .fetch_one(&self.pool)
+        .await?;
+        tracing::warn!(
+            agent_id = %hello.agent_id, stored = last_seq, repaired,
+            "The agent's progress was beyond any plausible sequence number (a forged result \
+             stored before such results were refused); repaired from its stored results."
+        );
+        Ok(u64::try_from(repaired).unwrap_or(0))
     }
 
     /// Inserts a batch of one agent's results in one transaction; rows that
@@ -307,6 +329,7 @@ impl Store {
         region: &str,
         results: &[StoredResult],
         gaps: &[StoredGap],
+        progress_seq: i64,
     ) -> Result<Inserted, StoreError> {
         if results.is_empty() && gaps.is_empty() {
             return Ok(Inserted {
@@ -431,12 +454,6 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        let max_seq = results
-            .iter()
-            .map(|r| r.seq)
-            .chain(gaps.iter().map(|g| g.last_seq))
-            .max()
-            .unwrap_or(0);
         // The progress row, in the same transaction; it also re-checks the
         // credential, so a revocation stops an open stream at its next batch.
         let progressed = sqlx::query(
@@ -444,7 +461,7 @@ impl Store {
              WHERE agent_id = $1 AND revoked_at IS NULL",
         )
         .bind(agent_id)
-        .bind(max_seq)
+        .bind(progress_seq)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -153,6 +153,112 @@ async fn results_far_from_the_clock_are_refused_one_by_one_and_recorded(pool: Pg
     collector.stop().await;
 }
 
+async fn last_seq(pool: &PgPool, agent: &str) -> i64 {
+    sqlx::query_scalar("SELECT last_seq FROM agents WHERE agent_id = $1")
+        .bind(agent)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A client holding an agent's token sends the extreme sequence numbers:
+/// each is refused and recorded as a gap, the agent's progress does not
+/// move, and the real numbering goes on being stored.
+#[sqlx::test(migrations = false)]
+async fn implausible_sequence_numbers_are_refused_and_cannot_poison_the_agent(pool: PgPool) {
+    let collector = spawn_collector(pool.clone()).await;
+    let mut forger = open_stream(&collector, "agent-a", "eu-west").await;
+    let now_us = chrono::Utc::now().timestamp_micros() as u64;
+    let top = i64::MAX as u64;
+    forger
+        .send_batch(
+            1,
+            vec![result(now_us, 200), result(top, 200), result(top - 1, 200)],
+        )
+        .await;
+    let ack = forger.next_ack(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((ack.inserted, ack.refused), (1, 2));
+    // A gap claiming the top of the range is stored, and moves nothing.
+    forger
+        .outbound
+        .send(pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Batch(pb::ResultBatch {
+                batch_id: 2,
+                results: Vec::new(),
+                gaps: vec![pb::Gap {
+                    first_seq: top - 10,
+                    last_seq: top,
+                    count: Some(11),
+                    reason: "spool_full".into(),
+                    detected_at: Some(prost_types::Timestamp {
+                        seconds: chrono::Utc::now().timestamp(),
+                        nanos: 0,
+                    }),
+                }],
+            })),
+        })
+        .await
+        .unwrap();
+    forger.next_ack(Duration::from_secs(10)).await.unwrap();
+    let stored: Vec<i64> = sqlx::query_scalar("SELECT seq FROM probe_results")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, [now_us as i64]);
+    let gaps: Vec<(i64, String)> =
+        sqlx::query_as("SELECT last_seq, reason FROM delivery_gaps ORDER BY first_seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        gaps,
+        [
+            (top as i64, "spool_full".to_owned()),
+            (top as i64 - 1, "implausible_seq".to_owned()),
+            (top as i64, "implausible_seq".to_owned()),
+        ]
+    );
+    assert_eq!(last_seq(&pool, "agent-a").await, now_us as i64);
+
+    // The real agent, connecting next, learns a plausible number and its
+    // results above it are stored.
+    let token = collector.enrol("agent-a", "eu-west").await;
+    let mut agent = crate::try_open_stream(collector.grpc_addr, &token, "agent-a")
+        .await
+        .unwrap();
+    assert_eq!(agent.welcome.last_committed_seq, now_us);
+    agent
+        .send_batch(1, vec![result(now_us + 1, 200), result(now_us + 2, 200)])
+        .await;
+    let ack = agent.next_ack(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((ack.inserted, ack.refused), (2, 0));
+    collector.stop().await;
+}
+
+/// A progress row pushed to the top by a collector that stored forged
+/// results (before they were refused) is repaired at the next hello.
+#[sqlx::test(migrations = false)]
+async fn a_poisoned_progress_row_is_repaired_at_hello(pool: PgPool) {
+    let collector = spawn_collector(pool.clone()).await;
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
+    let now_us = chrono::Utc::now().timestamp_micros() as u64;
+    stream.send_batch(1, vec![result(now_us, 200)]).await;
+    stream.next_ack(Duration::from_secs(10)).await.unwrap();
+    drop(stream);
+    sqlx::query("UPDATE agents SET last_seq = $1 WHERE agent_id = 'agent-a'")
+        .bind(i64::MAX)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let token = collector.enrol("agent-a", "eu-west").await;
+    let agent = crate::try_open_stream(collector.grpc_addr, &token, "agent-a")
+        .await
+        .unwrap();
+    assert_eq!(agent.welcome.last_committed_seq, now_us);
+    assert_eq!(last_seq(&pool, "agent-a").await, now_us as i64);
+    collector.stop().await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn gaps_reported_by_an_agent_are_stored_once(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;
