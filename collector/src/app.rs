@@ -10,7 +10,6 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use vantage_agent::supervise::{Policy, Supervisor};
@@ -20,10 +19,18 @@ use crate::alert::Alerter;
 use crate::config::{CollectorConfig, TlsConfig};
 use crate::detect::Detector;
 use crate::ingest::IngestService;
+use crate::listen;
 use crate::store::Store;
 
 /// How often daily partitions ahead of today are checked for.
 const PARTITION_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+/// HTTP/2 streams one gRPC connection may open at once (an agent needs one).
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// Connections the HTTP listener holds at once (health checkers, scrapers,
+/// people following a page's link).
+const HTTP_MAX_CONNECTIONS: usize = 1024;
+/// The HTTP listener's header-read, first-byte and idle timeout.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The alerter's upkeep runs every second; a minute without one is a
 /// stall (PostgreSQL down, or the task stuck).
 const ALERTER_STALE_AFTER: Duration = Duration::from_secs(60);
@@ -137,9 +144,34 @@ impl Application {
 
         tracing::info!(grpc = %self.grpc_addr(), http = ?self.http_addr(), "Collector listening.");
         let limits = self.config.ingest.limits();
+        let ingest_config = &self.config.ingest;
+        let descriptors = listen::raise_descriptor_limit();
+        let listeners = if self.http.is_some() { 2 } else { 1 };
+        let grpc_bounds = listen::Bounds {
+            max_connections: listen::fit_to_descriptors(
+                ingest_config.max_connections,
+                descriptors,
+                listeners,
+            ),
+            handshake_timeout: ingest_config.handshake_timeout,
+            // Keepalive pings every KEEPALIVE make a live peer answer.
+            idle_timeout: crate::ingest::KEEPALIVE * 3,
+        };
+        tracing::info!(
+            max_connections = grpc_bounds.max_connections,
+            descriptor_limit = ?descriptors,
+            "Connection bounds."
+        );
+        let stall = ingest_config.message_stall_timeout;
         let mut server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(crate::ingest::KEEPALIVE))
-            .http2_keepalive_timeout(Some(crate::ingest::KEEPALIVE));
+            .http2_keepalive_timeout(Some(crate::ingest::KEEPALIVE))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .layer(tower::util::MapRequestLayer::new(
+                move |request: tonic::codegen::http::Request<tonic::body::Body>| {
+                    request.map(|body| listen::StallGuard::wrap(body, stall))
+                },
+            ));
         let mut mutual_tls = false;
         if let Some(tls) = &self.config.tls {
             let (config, mutual) = server_tls(tls)?;
@@ -154,33 +186,51 @@ impl Application {
                     .max_encoding_message_size(limits.max_message_bytes),
             )
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.grpc),
+                listen::incoming(self.grpc, "grpc", grpc_bounds, shutdown.clone()),
                 shutdown.clone().cancelled_owned(),
             );
         // A server cannot be made twice (it owns its listener): `Exit`.
         let mut grpc = Some(grpc);
-        supervisor.spawn("grpc", Policy::Exit, None, move |_, _| {
+        supervisor.spawn("grpc", Policy::Exit, None, move |_, stop| {
             let grpc = grpc.take();
             async move {
-                match grpc {
-                    Some(serving) => serving.await.map_err(|e| e.into()),
-                    None => Err("the gRPC server cannot be started twice".into()),
-                }
+                let Some(serving) = grpc else {
+                    return Err("the gRPC server cannot be started twice".into());
+                };
+                within_grace(serving, stop, "gRPC")
+                    .await?
+                    .map_err(|e| e.into())
             }
         });
         if let Some(listener) = self.http {
             let router = crate::http::router(self.store.clone(), supervisor.clone());
-            let mut serving = Some(
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                    .into_future(),
-            );
-            supervisor.spawn("http", Policy::Exit, None, move |_, _| {
+            let bounds = listen::Bounds {
+                max_connections: listen::fit_to_descriptors(
+                    HTTP_MAX_CONNECTIONS,
+                    descriptors,
+                    listeners,
+                ),
+                handshake_timeout: HTTP_TIMEOUT,
+                idle_timeout: HTTP_TIMEOUT,
+            };
+            let incoming = listen::incoming(listener, "http", bounds, shutdown.clone());
+            let mut serving = Some(listen::serve_http(
+                incoming,
+                router,
+                HTTP_TIMEOUT,
+                shutdown.clone(),
+            ));
+            supervisor.spawn("http", Policy::Exit, None, move |_, stop| {
                 let serving = serving.take();
                 async move {
-                    match serving {
-                        Some(serving) => serving.await.map_err(|e| e.into()),
-                        None => Err("the HTTP server cannot be started twice".into()),
+                    let Some(serving) = serving else {
+                        return Err("the HTTP server cannot be started twice".into());
+                    };
+                    within_grace(serving, stop.clone(), "HTTP").await?;
+                    if stop.is_cancelled() {
+                        Ok(())
+                    } else {
+                        Err("the HTTP listener stopped accepting".into())
                     }
                 }
             });
@@ -264,6 +314,35 @@ impl Application {
         match supervisor.wait().await {
             Some(error) => Err(anyhow::anyhow!(error)),
             None => Ok(()),
+        }
+    }
+}
+
+/// How long a server waits, once shutdown is asked for, for its clients
+/// to close their connections (a client that never reads would hold it
+/// forever).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs `serving` to its end, or until [`SHUTDOWN_GRACE`] after `stop`:
+/// then the connections still open are left to close with the process.
+async fn within_grace<T>(
+    serving: impl std::future::Future<Output = T>,
+    stop: CancellationToken,
+    what: &'static str,
+) -> Result<T, vantage_agent::supervise::ComponentError> {
+    let grace = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        done = serving => Ok(done),
+        () = grace => {
+            tracing::warn!(
+                "{what} clients did not close their connections within {} s of shutdown; \
+                 closing them.",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            Err(format!("{what} shutdown grace elapsed").into())
         }
     }
 }

@@ -7,10 +7,11 @@
 //! validates and rate-limits batch N+1 while the committer writes batch N,
 //! so an agent's window of batches in flight keeps the database busy.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -40,6 +41,10 @@ pub struct IngestLimits {
     pub max_message_bytes: usize,
     /// Results per second per agent, sustained; a full batch may burst.
     pub results_per_second: NonZeroU32,
+    /// Streams one agent identity may hold open at once.
+    pub max_streams_per_agent: usize,
+    /// How long a stream may take to send its Hello.
+    pub hello_timeout: Duration,
     pub skew: SkewLimits,
 }
 
@@ -101,6 +106,8 @@ pub struct IngestService {
     limits: IngestLimits,
     rate: Arc<DefaultKeyedRateLimiter<String>>,
     require_client_cert: bool,
+    /// Open streams per agent identity.
+    streams: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl IngestService {
@@ -122,7 +129,27 @@ impl IngestService {
             limits,
             rate: Arc::new(RateLimiter::keyed(quota)),
             require_client_cert,
+            streams: Arc::default(),
         }
+    }
+
+    /// A place for one more stream of `agent_id`, if it has fewer than
+    /// the limit open.
+    fn stream_slot(&self, agent_id: &str) -> Result<StreamSlot, Status> {
+        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(agent_id.to_owned()).or_default();
+        if *count >= self.limits.max_streams_per_agent {
+            metrics::counter!("vantage_ingest_refused_streams_total").increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "agent {agent_id:?} already has {count} streams open, the most allowed \
+                 (ingest.max_streams_per_agent)"
+            )));
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            streams: self.streams.clone(),
+            agent_id: agent_id.to_owned(),
+        })
     }
 
     /// The enrolled agent this call's credentials belong to.
@@ -179,7 +206,15 @@ impl Ingest for IngestService {
             }
         };
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await?.and_then(|m| m.body) {
+        let first = tokio::time::timeout(self.limits.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no Hello within {} s",
+                    self.limits.hello_timeout.as_secs()
+                ))
+            })??;
+        let hello = match first.and_then(|m| m.body) {
             Some(pb::agent_message::Body::Hello(h)) => h,
             _ => return Err(IngestError::NoHello.into()),
         };
@@ -191,6 +226,9 @@ impl Ingest for IngestService {
             tracing::warn!(%peer_ip, %error, "Refused a stream.");
             return Err(error.into());
         }
+        let slot = self.stream_slot(&enrolled.agent_id).inspect_err(|status| {
+            tracing::warn!(%peer_ip, agent_id = %enrolled.agent_id, %status, "Refused a stream.");
+        })?;
         let agent = AgentHello {
             agent_id: enrolled.agent_id,
             labels: hello.labels.into_iter().collect(),
@@ -228,6 +266,7 @@ impl Ingest for IngestService {
             steps,
         };
         let committer = Committer {
+            _slot: slot,
             store: self.store.clone(),
             agent_id: agent.agent_id,
             region: enrolled.region,
@@ -446,8 +485,28 @@ impl Reader {
     }
 }
 
+/// One open stream of an agent, counted until dropped.
+struct StreamSlot {
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+    agent_id: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.agent_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.agent_id);
+            }
+        }
+    }
+}
+
 /// Commits one stream's batches in order and acknowledges each.
 struct Committer {
+    /// Held while the stream lives (the committer outlives the reader).
+    _slot: StreamSlot,
     store: Arc<Store>,
     agent_id: String,
     region: String,

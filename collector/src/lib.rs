@@ -19,6 +19,7 @@
 //!   per event and sink, retried until delivered or visibly expired.
 //! - [`silence`]: `silence add|list|expire`: pages held back, visibly.
 //! - [`http`]: health, metrics and incident endpoints.
+//! - [`listen`]: connections within bounds (caps, descriptors, timeouts).
 //! - [`demo`]: the one-command local demonstration.
 
 pub mod alert;
@@ -31,6 +32,7 @@ pub mod detect;
 pub mod enrol;
 pub mod http;
 pub mod ingest;
+pub mod listen;
 pub mod metrics;
 pub mod silence;
 pub mod store;

@@ -74,6 +74,21 @@ pub struct IngestConfig {
     /// same way (default 5 minutes: a badly set agent clock).
     #[serde(with = "humantime_serde", default = "default_max_future")]
     pub max_clock_ahead: Duration,
+    /// Connections the gRPC listener holds at once (default 1024, lowered
+    /// to fit the descriptor limit); beyond, new ones are closed at once.
+    #[serde(default = "default_max_connections_grpc")]
+    pub max_connections: usize,
+    /// Streams one agent identity may hold open at once (default 4).
+    #[serde(default = "default_max_streams_per_agent")]
+    pub max_streams_per_agent: usize,
+    /// A connection must complete its HTTP/2 preface, and a stream send its
+    /// Hello, within this (default 10s).
+    #[serde(with = "humantime_serde", default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    /// A message that has begun must go on arriving: no byte of it for this
+    /// long ends the stream (default 30s).
+    #[serde(with = "humantime_serde", default = "default_message_stall_timeout")]
+    pub message_stall_timeout: Duration,
 }
 
 fn default_max_batch() -> usize {
@@ -84,6 +99,18 @@ fn default_max_message_bytes() -> usize {
 }
 fn default_results_per_second() -> NonZeroU32 {
     NonZeroU32::new(20_000).unwrap_or(NonZeroU32::MIN)
+}
+fn default_max_connections_grpc() -> usize {
+    1024
+}
+fn default_max_streams_per_agent() -> usize {
+    4
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_message_stall_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_past() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
@@ -100,6 +127,10 @@ impl Default for IngestConfig {
             max_results_per_second: default_results_per_second(),
             max_result_age: default_max_past(),
             max_clock_ahead: default_max_future(),
+            max_connections: default_max_connections_grpc(),
+            max_streams_per_agent: default_max_streams_per_agent(),
+            handshake_timeout: default_handshake_timeout(),
+            message_stall_timeout: default_message_stall_timeout(),
         }
     }
 }
@@ -111,6 +142,8 @@ impl IngestConfig {
             max_batch: self.max_batch,
             max_message_bytes: self.max_message_bytes,
             results_per_second: self.max_results_per_second,
+            max_streams_per_agent: self.max_streams_per_agent,
+            hello_timeout: self.handshake_timeout,
             skew: SkewLimits {
                 max_past: chrono(self.max_result_age),
                 max_future: chrono(self.max_clock_ahead),
@@ -255,6 +288,30 @@ impl CollectorConfig {
             ingest.max_clock_ahead,
             Duration::ZERO,
             DAY,
+        )?;
+        count_within(
+            "ingest.max_connections",
+            ingest.max_connections,
+            1,
+            1_000_000,
+        )?;
+        count_within(
+            "ingest.max_streams_per_agent",
+            ingest.max_streams_per_agent,
+            1,
+            1000,
+        )?;
+        duration_within(
+            "ingest.handshake_timeout",
+            ingest.handshake_timeout,
+            Duration::from_millis(100),
+            MINUTE,
+        )?;
+        duration_within(
+            "ingest.message_stall_timeout",
+            ingest.message_stall_timeout,
+            Duration::from_secs(1),
+            10 * MINUTE,
         )?;
         if let Some(url) = &self.public_url
             && !matches!(url.scheme(), "http" | "https")

@@ -10,6 +10,7 @@ mod detection;
 mod e2e;
 mod faults;
 mod field;
+mod hostile;
 mod ingest;
 mod lease;
 mod limits;

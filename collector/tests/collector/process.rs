@@ -43,6 +43,19 @@ pub fn start_collector_env(
 ) -> (Collector, SocketAddr) {
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let grpc = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
+    start_collector_at(pool, dir, name, grpc, extra, env)
+}
+
+/// [`start_collector_env`] with its gRPC listener on `grpc`.
+pub fn start_collector_at(
+    pool: &PgPool,
+    dir: &Path,
+    name: &str,
+    grpc: SocketAddr,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (Collector, SocketAddr) {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let http = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
