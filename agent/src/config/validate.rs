@@ -29,7 +29,7 @@ impl AgentConfig {
         )?;
         self.validate_collector()?;
         let spool = &self.spool;
-        count_within("spool.max_bytes", spool.max_bytes, 1 << 20, 1 << 40)?;
+        count_within("spool.max_bytes", spool.max_bytes, 4096, 1 << 40)?;
         duration_within("spool.max_age", spool.max_age, MINUTE, YEAR)?;
         duration_within("spool.sync_interval", spool.sync_interval, 10 * MS, MINUTE)?;
         count_within(

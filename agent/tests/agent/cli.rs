@@ -4,10 +4,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-fn run_check_config(text: &str) -> (i32, String, String) {
+fn run_check_config(text: impl AsRef<[u8]>) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, text.as_ref()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vantage-agent"))
         .arg("--config")
         .arg(&path)
@@ -35,7 +35,7 @@ fn example_with_token_file(dir: &Path, mode: u32) -> String {
 #[test]
 fn shipped_example_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, stdout, stderr) = run_check_config(&example_with_token_file(dir.path(), 0o600));
+    let (code, stdout, stderr) = run_check_config(example_with_token_file(dir.path(), 0o600));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(": OK"), "{stdout}");
 }
@@ -43,7 +43,7 @@ fn shipped_example_config_is_valid() {
 #[test]
 fn a_token_file_others_may_read_fails_the_check_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, _, stderr) = run_check_config(&example_with_token_file(dir.path(), 0o644));
+    let (code, _, stderr) = run_check_config(example_with_token_file(dir.path(), 0o644));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("collector.token_file"), "{stderr}");
     assert!(stderr.contains("chmod 600"), "{stderr}");
@@ -75,23 +75,12 @@ fn zero_intervals_fail_the_check_at_their_line() {
 fn invalid_utf8_names_the_line_and_byte() {
     let mut text = MINIMAL.as_bytes().to_vec();
     text.extend_from_slice(b"labels = { a = \"\xc3\x28\" }\n");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.toml");
-    std::fs::write(&path, &text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vantage-agent"))
-        .arg("--config")
-        .arg(&path)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, _, stderr) = run_check_config(&text);
+    assert_eq!(code, 2, "{stderr}");
     let line = MINIMAL.lines().count() + 1;
+    let at = MINIMAL.len() + 16;
     assert!(
-        stderr.contains(&format!(
-            "agent.toml:{line}: invalid UTF-8 at byte {}",
-            MINIMAL.len() + 16
-        )),
+        stderr.contains(&format!("agent.toml:{line}: invalid UTF-8 at byte {at}")),
         "{stderr}"
     );
 }

@@ -69,6 +69,10 @@ max_message_bytes = 16777216
 max_results_per_second = 20000
 max_result_age = "7days"
 max_clock_ahead = "5m"
+max_connections = 1024
+max_streams_per_agent = 4
+handshake_timeout = "10s"
+message_stall_timeout = "30s"
 [detector]
 interval = "15s"
 window = "5m"
@@ -275,7 +279,10 @@ proptest! {
                     arithmetic_survives(d);
                 }
                 let limits = config.ingest.limits();
-                prop_assert!(limits.max_batch >= 1);
+                prop_assert!(limits.max_batch >= 1 && limits.max_streams_per_agent >= 1);
+                prop_assert!(config.ingest.max_connections >= 1);
+                prop_assert!(!config.ingest.handshake_timeout.is_zero());
+                prop_assert!(!config.ingest.message_stall_timeout.is_zero());
                 prop_assert!(config.database.max_connections >= 1);
                 for sink in &config.sinks {
                     prop_assert!(!sink.timeout.is_zero() && sink.concurrency >= 1);
