@@ -214,12 +214,7 @@ impl Application {
                 idle_timeout: HTTP_TIMEOUT,
             };
             let incoming = listen::incoming(listener, "http", bounds, shutdown.clone());
-            let mut serving = Some(listen::serve_http(
-                incoming,
-                router,
-                HTTP_TIMEOUT,
-                shutdown.clone(),
-            ));
+            let mut serving = Some(listen::serve_http(incoming, router, HTTP_TIMEOUT));
             supervisor.spawn("http", Policy::Exit, None, move |_, stop| {
                 let serving = serving.take();
                 async move {

@@ -397,14 +397,13 @@ impl http_body::Body for StallGuard {
     }
 }
 
-/// Serves `router` on `incoming` until `shutdown`, with hyper's
+/// Serves `router` on `incoming` until it ends (at shutdown), with hyper's
 /// header-read timeout (a slowloris client is closed after it) and a
 /// graceful end for requests in flight.
 pub async fn serve_http(
     incoming: impl Stream<Item = io::Result<BoundedIo>> + Send + 'static,
     router: axum::Router,
     header_read_timeout: Duration,
-    shutdown: CancellationToken,
 ) {
     use futures_util::StreamExt as _;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -430,7 +429,6 @@ pub async fn serve_http(
         });
     }
     // `incoming` ends at shutdown: let requests in flight finish.
-    let _ = shutdown;
     graceful.shutdown().await;
 }
 
