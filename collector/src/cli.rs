@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::detect::asn;
 use crate::store::Store;
-use crate::{Application, CollectorConfig, alert, app, demo, enrol, silence};
+use crate::{Application, CollectorConfig, alert, app, checks, demo, enrol, silence};
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +61,13 @@ pub enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: SilenceCommand,
+    },
+    /// Manage the checks defined centrally (the set the collector owns).
+    Check {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: CheckCommand,
     },
     /// Check the configured sinks.
     Sink {
@@ -119,6 +126,25 @@ pub enum SilenceCommand {
 }
 
 #[derive(Subcommand)]
+pub enum CheckCommand {
+    /// Make FILE (`[[check]]` entries, each with an optional `[check.select]`
+    /// of `regions`, `agents`, `labels`) the whole set: prints the changes
+    /// (`+` added, `~` changed, `-` removed) and applies them.
+    Apply {
+        file: PathBuf,
+        /// Print the changes without applying them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the checks with their version, interval, URL and selector.
+    List,
+    /// Show one check as stored.
+    Show { name: String },
+    /// Delete one check.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
 pub enum SinkCommand {
     /// Send a clearly marked test event to each sink (or the one named)
     /// and print what each answered.
@@ -169,6 +195,10 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
                 .context("storing the ASN table")?;
             println!("Loaded {} ranges from {}.", ranges.len(), file.display());
             Ok(())
+        }
+        Command::Check { config, command } => {
+            let store = migrated_store(config.as_deref()).await?;
+            check_command(&store, command).await
         }
         Command::Silence { config, command } => {
             let store = migrated_store(config.as_deref()).await?;
@@ -234,6 +264,75 @@ async fn agent_command(store: &Store, command: AgentCommand) -> anyhow::Result<(
             }
             println!("Revoked agent {agent_id:?}.");
         }
+    }
+    Ok(())
+}
+
+async fn check_command(store: &Store, command: CheckCommand) -> anyhow::Result<()> {
+    match command {
+        CheckCommand::Apply { file, dry_run } => {
+            let fleet = store.fleet().await?;
+            let checks = checks::read_file(&file, &fleet)?;
+            let (version, changes) = store.apply_checks(&checks, dry_run).await?;
+            for change in &changes {
+                println!("{change}");
+            }
+            match (changes.is_empty(), dry_run) {
+                (true, _) => println!("No changes; check set version {version}."),
+                (false, true) => {
+                    println!("Dry run: nothing applied (check set version {version}).")
+                }
+                (false, false) => println!(
+                    "Applied: check set version {version}, {} checks.",
+                    checks.len()
+                ),
+            }
+        }
+        CheckCommand::List => {
+            let (version, stored) = store.central_checks().await?;
+            println!("check set version {version}");
+            println!(
+                "{:<24} {:>7} {:>9}  {:<40} select",
+                "check", "version", "interval", "url"
+            );
+            for c in stored {
+                let text = |key: &str| c.definition[key].as_str().unwrap_or("").to_owned();
+                let interval = Some(text("interval"))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "30s".into());
+                let select = if c.selector.as_object().is_none_or(|o| o.is_empty()) {
+                    "all agents".to_owned()
+                } else {
+                    c.selector.to_string()
+                };
+                println!(
+                    "{:<24} {:>7} {:>9}  {:<40} {select}",
+                    c.name,
+                    c.version,
+                    interval,
+                    text("url")
+                );
+            }
+        }
+        CheckCommand::Show { name } => {
+            let (_, stored) = store.central_checks().await?;
+            let check = stored
+                .into_iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| anyhow::anyhow!("no check named {name:?}"))?;
+            let shown = serde_json::json!({
+                "name": check.name,
+                "version": check.version,
+                "updated_at": check.updated_at,
+                "definition": check.definition,
+                "select": check.selector,
+            });
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        }
+        CheckCommand::Delete { name } => match store.delete_check(&name).await? {
+            Some(version) => println!("- {name}\nDeleted: check set version {version}."),
+            None => anyhow::bail!("no check named {name:?}"),
+        },
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - [`config`]: the TOML configuration.
 //! - [`app`]: wiring; `Application::build` then `run(shutdown)`.
 //! - [`auth`]: enrolment tokens and client certificates: who an agent is.
+//! - [`checks`]: checks defined centrally (`check apply`): file and diff.
 //! - [`enrol`]: `agent add`: a new token, its hash stored.
 //! - [`ingest`]: the gRPC service (limits, ordered commits, ack after commit).
 //! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
@@ -25,6 +26,7 @@
 pub mod alert;
 pub mod app;
 pub mod auth;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod demo;

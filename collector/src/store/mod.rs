@@ -5,12 +5,14 @@
 //! silences in [`outbox`]. Every SQL statement of the collector lives in
 //! this module.
 
+mod checks;
 mod detection;
 mod incidents;
 mod lease;
 mod outbox;
 mod window;
 
+pub use checks::StoredCheck;
 pub use detection::{Applied, IncidentRecord, RateRow, RunRecord};
 pub use incidents::Incident;
 pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};

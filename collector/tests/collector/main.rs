@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod checks;
 mod config;
 mod detection;
 mod e2e;
