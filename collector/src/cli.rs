@@ -299,7 +299,10 @@ async fn check_command(store: &Store, command: CheckCommand) -> anyhow::Result<(
                 let text = |key: &str| c.definition[key].as_str().unwrap_or("").to_owned();
                 let interval = Some(text("interval"))
                     .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "30s".into());
+                    .unwrap_or_else(|| {
+                        humantime::format_duration(vantage_agent::config::default_check_interval())
+                            .to_string()
+                    });
                 let select = if c.selector.as_object().is_none_or(|o| o.is_empty()) {
                     "all agents".to_owned()
                 } else {

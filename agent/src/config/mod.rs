@@ -316,7 +316,7 @@ impl Default for DnsConfig {
 pub struct CheckConfig {
     pub name: Spanned<NonEmpty>,
     pub url: TargetUrl,
-    #[serde(with = "humantime_serde", default = "default_interval")]
+    #[serde(with = "humantime_serde", default = "default_check_interval")]
     pub interval: Duration,
     #[serde(with = "humantime_serde", default = "default_timeout")]
     pub timeout: Duration,
@@ -400,7 +400,8 @@ pub enum HttpVersion {
     Http2,
 }
 
-fn default_interval() -> Duration {
+/// A check's interval when its `interval` key is absent.
+pub fn default_check_interval() -> Duration {
     Duration::from_secs(30)
 }
 fn default_timeout() -> Duration {

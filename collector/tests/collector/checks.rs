@@ -94,6 +94,12 @@ async fn the_file_is_the_whole_set_and_bad_input_changes_nothing(pool: PgPool) {
     assert!(list.starts_with("check set version 2\n"), "{list}");
     assert!(list.contains("https://shop.example.com/ready"), "{list}");
     assert!(list.contains("all agents"), "{list}");
+    // A check without `interval` shows the interval agents will use.
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("home ") && l.contains(" 30s ")),
+        "{list}"
+    );
     assert!(list.contains("\"agents\":[\"fra-1\"]"), "{list}");
     assert!(!list.contains("api.example.com"), "{list}");
     let (_, shown, _) = check(&pool, &["show", "home"]);
