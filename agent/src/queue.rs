@@ -267,11 +267,9 @@ impl ResultQueue {
 /// collector's signed 64-bit range, so a batch in flight still fits.
 const SEQ_TOP: u64 = (i64::MAX as u64) - (1 << 32);
 
-/// The clock as a sequence number: Unix microseconds.
+/// The clock as a sequence number (the spool numbers from it too).
 fn clock_seq() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    u64::try_from(crate::spool::now_us()).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -236,7 +236,8 @@ pub struct Spool {
     stats: Mutex<(u64, u64)>,
 }
 
-fn now_us() -> i64 {
+/// The clock in Unix microseconds: where sequence numbers start.
+pub(crate) fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

@@ -9,6 +9,18 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Units for the ranges of duration keys, shared by every config.
+pub mod units {
+    use std::time::Duration;
+
+    pub const MS: Duration = Duration::from_millis(1);
+    pub const SECOND: Duration = Duration::from_secs(1);
+    pub const MINUTE: Duration = Duration::from_secs(60);
+    pub const HOUR: Duration = Duration::from_secs(3600);
+    pub const DAY: Duration = Duration::from_secs(24 * 3600);
+    pub const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

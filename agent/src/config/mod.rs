@@ -18,7 +18,7 @@ mod load;
 mod validate;
 mod values;
 pub use load::{
-    ConfigError, Problem, count_within, duration_within, locate, parse_toml, read_config,
+    ConfigError, Problem, count_within, duration_within, locate, parse_toml, read_config, units,
 };
 pub use values::{
     Endpoint, Method, NonEmpty, ProxyKind, ProxyUrl, ResolverSpec, StatusCode, TargetUrl,

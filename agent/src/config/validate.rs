@@ -6,14 +6,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use super::load::units::{DAY, MINUTE, MS, SECOND, YEAR};
 use super::load::{Problem, count_within, duration_within};
 use super::{AgentConfig, CheckConfig, DIRECT_VANTAGE};
-
-const MS: Duration = Duration::from_millis(1);
-const SECOND: Duration = Duration::from_secs(1);
-const MINUTE: Duration = Duration::from_secs(60);
-const DAY: Duration = Duration::from_secs(24 * 3600);
-const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl AgentConfig {
     /// The first rule this configuration breaks.

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
+use vantage_agent::config::units::{DAY, MINUTE, SECOND};
 use vantage_agent::config::{ConfigError, Problem, count_within, duration_within};
 
 /// PagerDuty's Events API v2 endpoint, the `pagerduty` sink's default URL.
@@ -19,9 +20,6 @@ pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue"
 /// resolve by itself.
 pub const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
 
-const SECOND: Duration = Duration::from_secs(1);
-const MINUTE: Duration = Duration::from_secs(60);
-const DAY: Duration = Duration::from_secs(24 * 3600);
 /// The range of one attempt's timeout: a receiver slower than five
 /// minutes is down, and one attempt holds a delivery's lease that long.
 const MIN_TIMEOUT: Duration = Duration::from_millis(100);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
 use url::Url;
+use vantage_agent::config::units::{DAY, MINUTE, YEAR};
 use vantage_agent::config::{
     ConfigError, Problem, count_within, duration_within, parse_toml, read_config,
 };
@@ -345,10 +346,6 @@ impl CollectorConfig {
             .map_err(|e| format!("{source}: {e}"))
     }
 }
-
-const MINUTE: Duration = Duration::from_secs(60);
-const DAY: Duration = Duration::from_secs(24 * 3600);
-const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses a PostgreSQL URL; the error never shows the password.
 fn database_options(url: &str) -> Result<PgConnectOptions, String> {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use vantage_agent::config::units::{DAY, HOUR, MINUTE, MS, YEAR};
 use vantage_agent::config::{Problem, count_within, duration_within};
 
 use super::DetectorSettings;
@@ -247,12 +248,6 @@ impl DetectorConfig {
         Ok(())
     }
 }
-
-const MS: Duration = Duration::from_millis(1);
-const MINUTE: Duration = Duration::from_secs(60);
-const HOUR: Duration = Duration::from_secs(3600);
-const DAY: Duration = Duration::from_secs(24 * 3600);
-const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A fraction in `[0, 1]`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
