@@ -4,15 +4,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::central::{CentralChecks, file_beside};
 use crate::config::AgentConfig;
+use crate::control::Control;
 use crate::probe::HttpProber;
 use crate::probe::dns::DnsSetupError;
 use crate::probe::tls::{TlsConfigs, TlsSetupError};
 use crate::queue::ResultQueue;
-use crate::report::{Connection, CredentialsRefused, Delivery, Identity, Reporter};
+use crate::report::{Connection, ControlLink, CredentialsRefused, Delivery, Identity, Reporter};
 use crate::schedule::Scheduler;
 use crate::supervise::{Policy, Supervisor};
 use crate::vantage::{IdentityRefresher, Vantage};
@@ -37,7 +39,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A built agent, ready to run.
 pub struct App {
-    scheduler: Scheduler,
+    scheduler: Arc<Scheduler>,
+    control: Arc<Control>,
     refresher: IdentityRefresher,
     reporter: Reporter,
     queue: Arc<ResultQueue>,
@@ -76,21 +79,39 @@ impl App {
         }
         let queue = Arc::new(queue);
         let (egress_tx, egress_rx) = watch::channel(None);
-        let scheduler = Scheduler::new(
-            config.checks,
+        let identity = Identity {
+            agent_id: config.agent_id.to_string(),
+            region: config.region.to_string(),
+            labels: config.labels,
+            vantages: vantages
+                .iter()
+                .map(|v| vantage_proto::v1::VantageInfo {
+                    name: v.name.clone(),
+                    region: v.region.clone().unwrap_or_default(),
+                })
+                .collect(),
+        };
+        let central = CentralChecks::open(config.spool.path.as_deref().map(file_beside));
+        let scheduler = Arc::new(Scheduler::new(
+            config.checks.clone(),
             vantages,
             prober,
             queue.clone(),
             egress_rx,
             config.max_concurrent_probes,
-        );
+        ));
+        let (pushed_tx, pushed_rx) = mpsc::unbounded_channel();
+        let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+        let control = Arc::new(Control::new(
+            scheduler.clone(),
+            central,
+            config.checks,
+            answers_tx,
+            pushed_rx,
+        ));
         let reporter = Reporter::new(
             connection,
-            Identity {
-                agent_id: config.agent_id.to_string(),
-                region: config.region.to_string(),
-                labels: config.labels,
-            },
+            identity,
             queue.clone(),
             Delivery {
                 batch_size: config.collector.batch_size,
@@ -98,9 +119,14 @@ impl App {
                 drain_timeout: DRAIN_TIMEOUT,
             },
             egress_tx,
+            ControlLink {
+                pushed: pushed_tx,
+                answers: tokio::sync::Mutex::new(answers_rx),
+            },
         );
         Ok(Self {
             scheduler,
+            control,
             refresher,
             reporter,
             queue,
@@ -131,6 +157,7 @@ impl App {
     /// |----------------------|------------|-----------------------------------|
     /// | `check:<name>@<vantage>` | restart | one loop's panic must not stop the others; results already spooled stay |
     /// | `identity`           | restart    | identities are re-learnt from scratch |
+    /// | `control`            | restart    | the checks in force are kept in the scheduler and the assigned-checks file |
     /// | `reporter`           | exit       | it owns the stream's window of unacked batches; a new process rebuilds it from the spool |
     /// | `spool-sync`         | exit       | results not synced would be lost silently; a new process reopens the spool |
     ///
@@ -182,7 +209,18 @@ impl App {
                 Ok(())
             }
         });
-        self.scheduler.run(&probing);
+        if self.control.checks().is_empty() {
+            tracing::warn!(
+                "No checks yet: none in the config, none assigned by the collector so far."
+            );
+        }
+        self.control.apply(&probing, "start");
+        {
+            let (control, loops) = (self.control.clone(), probing.clone());
+            probing.spawn("control", Policy::Restart, None, move |live, stop| {
+                control.clone().run(loops.clone(), live, stop)
+            });
+        }
         probing.wait().await;
         // Every probe has ended: the last sync catches all results.
         stop_sync.cancel();

@@ -6,7 +6,10 @@
 //!   timed), failures as data; resolver identity; gateway signatures.
 //! - [`vantage`]: the egress paths probes leave from, and their identity.
 //! - [`schedule`]: runs each check from each vantage on its interval with
-//!   bounded concurrency.
+//!   bounded concurrency, as the set of checks changes; one-off probes.
+//! - [`central`]: the checks the collector assigns, kept next to the spool.
+//! - [`control`]: applies pushed check sets and reloads; runs one-off
+//!   probes the collector asks for.
 //! - [`queue`]: owns sequence numbers and the order in which results
 //!   become sendable.
 //! - [`spool`]: the on-disk spool (redb): durable results, gaps, the
@@ -17,7 +20,9 @@
 //! - [`app`]: wiring and the run loop.
 
 pub mod app;
+pub mod central;
 pub mod config;
+pub mod control;
 pub mod probe;
 pub mod queue;
 pub mod report;

@@ -79,6 +79,23 @@ pub struct Identity {
     pub agent_id: String,
     pub region: String,
     pub labels: BTreeMap<String, String>,
+    /// The vantages' names and region overrides.
+    pub vantages: Vec<pb::VantageInfo>,
+}
+
+/// What the collector asks of the agent beyond acks.
+#[derive(Debug)]
+pub enum Pushed {
+    Checks(pb::CheckSet),
+    Probe(pb::ProbeRequest),
+}
+
+/// The reporter's side of the agent's control plane: messages the
+/// collector pushes go out on `pushed`; answers to send come in on
+/// `answers` (kept across sessions: an answer waits for the next one).
+pub struct ControlLink {
+    pub pushed: mpsc::UnboundedSender<Pushed>,
+    pub answers: tokio::sync::Mutex<mpsc::UnboundedReceiver<pb::ProbeDone>>,
 }
 
 /// How to reach the collector.
@@ -122,6 +139,7 @@ pub struct Reporter {
     queue: Arc<ResultQueue>,
     delivery: Delivery,
     egress_ip: watch::Sender<Option<IpAddr>>,
+    control: ControlLink,
     /// Everything up to here is committed by the collector.
     acked_through: AtomicU64,
 }
@@ -141,6 +159,7 @@ impl Reporter {
         queue: Arc<ResultQueue>,
         delivery: Delivery,
         egress_ip: watch::Sender<Option<IpAddr>>,
+        control: ControlLink,
     ) -> Self {
         Self {
             connection,
@@ -148,6 +167,7 @@ impl Reporter {
             queue,
             delivery,
             egress_ip,
+            control,
             acked_through: AtomicU64::new(0),
         }
     }
@@ -300,6 +320,11 @@ impl Reporter {
                 region: self.identity.region.clone(),
                 labels: self.identity.labels.clone().into_iter().collect(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
+                capabilities: vec![
+                    pb::Capability::CentralChecks as i32,
+                    pb::Capability::ProbeRequests as i32,
+                ],
+                vantages: self.identity.vantages.clone(),
             })),
         };
         outbound
@@ -342,6 +367,7 @@ impl Reporter {
             "Connected to collector."
         );
 
+        let mut answers = self.control.answers.lock().await;
         let mut cursor = self.acked_through.load(Ordering::SeqCst);
         let mut in_flight: VecDeque<Sent> = VecDeque::new();
         let mut gaps_in_flight = BTreeSet::new();
@@ -397,6 +423,13 @@ impl Reporter {
                 tokio::select! {
                     _ = stop.cancelled(), if !stop.is_cancelled() => {}
                     _ = self.queue.synced_since(syncs) => {}
+                    answer = answers.recv() => {
+                        send_answer(&outbound, answer).await?;
+                    }
+                    message = inbound.next() => {
+                        let message = message.ok_or(ReportError::Closed)?.map_err(ReportError::from)?;
+                        self.control(message.body, None)?;
+                    }
                 }
                 continue;
             }
@@ -404,6 +437,10 @@ impl Reporter {
                 reply = tokio::time::timeout(ACK_TIMEOUT, inbound.next()) => reply,
                 // More to send while the window has room.
                 _ = self.queue.synced_since(syncs), if in_flight.len() < window => continue,
+                answer = answers.recv() => {
+                    send_answer(&outbound, answer).await?;
+                    continue;
+                }
             };
             let reply = match reply.map_err(|_| ReportError::AckTimeout)? {
                 // Fault tests: the ack arrived, the connection dies before
@@ -413,13 +450,8 @@ impl Reporter {
                 Some(Err(status)) => return Err(refusal(status, &in_flight)),
                 None => return Err(ReportError::Closed),
             };
-            let ack = match reply.body {
-                Some(pb::collector_message::Body::Ack(ack)) => ack,
-                other => {
-                    return Err(ReportError::Protocol(format!(
-                        "expected an Ack, got {other:?}"
-                    )));
-                }
+            let Some(ack) = self.control(reply.body, Some(()))? else {
+                continue;
             };
             let Some(sent) = in_flight.pop_front() else {
                 return Err(ReportError::Protocol(
@@ -450,6 +482,51 @@ impl Reporter {
             );
         }
     }
+}
+
+impl Reporter {
+    /// Passes what the collector pushed to the agent's control; returns an
+    /// Ack when one is expected (`acks` is set while batches are in
+    /// flight).
+    fn control(
+        &self,
+        body: Option<pb::collector_message::Body>,
+        acks: Option<()>,
+    ) -> Result<Option<pb::BatchAck>, ReportError> {
+        use pb::collector_message::Body;
+        let pushed = match body {
+            Some(Body::Ack(ack)) if acks.is_some() => return Ok(Some(ack)),
+            Some(Body::Checks(set)) => Pushed::Checks(set),
+            Some(Body::Probe(request)) => Pushed::Probe(request),
+            other => {
+                return Err(ReportError::Protocol(format!(
+                    "unexpected message from the collector: {other:?}"
+                )));
+            }
+        };
+        if self.control.pushed.send(pushed).is_err() {
+            tracing::error!(
+                "The agent's control has stopped; a message from the collector was not applied."
+            );
+        }
+        Ok(None)
+    }
+}
+
+/// Sends an answer to a probe request (`None`: nobody answers any more).
+async fn send_answer(
+    outbound: &mpsc::Sender<pb::AgentMessage>,
+    answer: Option<pb::ProbeDone>,
+) -> Result<(), ReportError> {
+    let Some(done) = answer else {
+        return Ok(());
+    };
+    outbound
+        .send(pb::AgentMessage {
+            body: Some(pb::agent_message::Body::ProbeDone(done)),
+        })
+        .await
+        .map_err(|_| ReportError::Closed)
 }
 
 /// Turns the status a stream ended with into the error to act on: a

@@ -1,16 +1,20 @@
 //! The scheduler: runs every check from every vantage it applies to, on its
 //! interval, from a random offset inside the interval, never overlapping
-//! itself, with bounded concurrency.
+//! itself, with bounded concurrency. The set of checks changes while it
+//! runs ([`Scheduler::apply`]): loops of checks that did not change keep
+//! their rhythm, the others stop or start; results and sequence numbers
+//! go on in the same queue.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::CheckConfig;
+use crate::config::{CheckConfig, Dial, ResolverSpec};
 use crate::probe::http::Probed;
 use crate::probe::{HttpProber, ProbeResult};
 use crate::queue::ResultQueue;
@@ -19,15 +23,63 @@ use crate::vantage::Vantage;
 
 /// Runs probes on schedule and queues their results.
 pub struct Scheduler {
-    checks: Vec<CheckConfig>,
     vantages: Vec<Arc<Vantage>>,
     prober: Arc<HttpProber>,
     queue: Arc<ResultQueue>,
     egress_ip: watch::Receiver<Option<IpAddr>>,
     permits: Arc<Semaphore>,
+    /// The checks in force, and the loop running each from each vantage.
+    running: Mutex<Running>,
+}
+
+#[derive(Default)]
+struct Running {
+    checks: Vec<Arc<CheckConfig>>,
+    /// Component name (`check:<name>@<vantage>`) → the check it runs.
+    loops: HashMap<String, Arc<CheckConfig>>,
+}
+
+/// What [`Scheduler::apply`] did, in check names.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub started: BTreeSet<String>,
+    pub changed: BTreeSet<String>,
+    pub stopped: BTreeSet<String>,
+}
+
+/// Why a one-off probe could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum OneOffError {
+    #[error("no check named {0:?} runs on this agent")]
+    UnknownCheck(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no vantage of this agent is named {0:?}")]
+    UnknownVantage(String),
+}
+
+/// A probe asked for now, beyond the schedule.
+#[derive(Debug, Clone)]
+pub struct OneOff {
+    pub request_id: u64,
+    /// The check as configured here, or a definition of its own.
+    pub check: OneOffCheck,
+    /// Vantages that probe; empty: all the check runs from.
+    pub vantages: Vec<String>,
+    /// Resolvers instead of the check's; empty: the check's.
+    pub resolvers: Vec<ResolverSpec>,
+    pub dial_each: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum OneOffCheck {
+    Named(String),
+    Defined(Box<CheckConfig>),
 }
 
 impl Scheduler {
+    /// A scheduler with `checks` in force and no loop running yet (until
+    /// [`Scheduler::apply`]).
     pub fn new(
         checks: Vec<CheckConfig>,
         vantages: Vec<Arc<Vantage>>,
@@ -37,46 +89,78 @@ impl Scheduler {
         max_concurrent_probes: usize,
     ) -> Self {
         Self {
-            checks,
             vantages,
             prober: Arc::new(prober),
             queue,
             egress_ip,
             permits: Arc::new(Semaphore::new(max_concurrent_probes)),
+            running: Mutex::new(Running {
+                checks: checks.into_iter().map(Arc::new).collect(),
+                loops: HashMap::new(),
+            }),
         }
     }
 
-    /// Runs the check named `check` once from every vantage it applies to,
-    /// queues the results and returns copies: what a scheduled round does,
-    /// on demand (tests, `--probe-once`).
-    pub async fn probe_once(&self, check: &str) -> Vec<ProbeResult> {
-        let Some(check) = self
+    /// The names of this agent's vantages.
+    pub fn vantage_names(&self) -> Vec<&str> {
+        self.vantages.iter().map(|v| v.name.as_str()).collect()
+    }
+
+    /// The vantages, for the Hello.
+    pub fn vantages(&self) -> &[Arc<Vantage>] {
+        &self.vantages
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `checks` the checks in force: a loop whose check is
+    /// unchanged keeps running, a changed one is started again, a removed
+    /// one stops (a round under way may finish, within the shutdown
+    /// grace). A check whose resolvers or CA file cannot be set up is
+    /// left out, logged at ERROR.
+    pub fn apply(&self, supervisor: &Supervisor, checks: Vec<CheckConfig>) -> Applied {
+        let mut ready = Vec::with_capacity(checks.len());
+        for check in checks {
+            match self.prepare(&check) {
+                Ok(()) => ready.push(Arc::new(check)),
+                Err(error) => tracing::error!(
+                    check = %check.name.get_ref(),
+                    %error,
+                    "Cannot run this check; it is left out."
+                ),
+            }
+        }
+        let mut running = self.running();
+        let before: HashMap<String, Arc<CheckConfig>> = running
             .checks
             .iter()
-            .find(|c| c.name.get_ref().as_str() == check)
-        else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for vantage in self.vantages.iter().filter(|v| v.runs(check)) {
-            let reserve = || self.queue.reserve();
-            let probed = self.prober.round(check, vantage, &reserve).await;
-            complete(probed, &self.egress_ip, |r| out.push(r.clone()));
-        }
-        out
-    }
-
-    /// Probes until `shutdown`; a probe in progress is abandoned then.
-    /// Starts one supervised loop per check and vantage (component
-    /// `check:<name>@<vantage>`, made again after a panic); they stop with
-    /// the supervisor's shutdown.
-    pub fn run(self, supervisor: &Supervisor) {
-        for check in self.checks {
-            let check = Arc::new(check);
-            // A loop that has not finished a round in three intervals
-            // (plus one timeout) is stuck.
+            .map(|c| (c.name.get_ref().to_string(), c.clone()))
+            .collect();
+        let mut applied = Applied::default();
+        let mut wanted = HashSet::new();
+        for check in &ready {
+            let name = check.name.get_ref().to_string();
+            match before.get(&name) {
+                None => applied.started.insert(name.clone()),
+                Some(old) if **old != **check => applied.changed.insert(name.clone()),
+                Some(_) => false,
+            };
+            // A loop lives a bit beyond three intervals without a round
+            // (plus one timeout): then it is stuck.
             let stale_after = check.interval * 3 + check.timeout;
-            for vantage in self.vantages.iter().filter(|v| v.runs(&check)) {
+            for vantage in self.vantages.iter().filter(|v| v.runs(check)) {
+                let component = format!("check:{name}@{}", vantage.name);
+                wanted.insert(component.clone());
+                if running
+                    .loops
+                    .get(&component)
+                    .is_some_and(|c| **c == **check)
+                {
+                    continue;
+                }
+                supervisor.stop(&component);
                 let run = CheckLoop {
                     offset: random_offset(check.interval),
                     check: check.clone(),
@@ -86,9 +170,8 @@ impl Scheduler {
                     egress_ip: self.egress_ip.clone(),
                     permits: self.permits.clone(),
                 };
-                let name = format!("check:{}@{}", check.name.get_ref(), vantage.name);
                 supervisor.spawn(
-                    name,
+                    component.clone(),
                     Policy::Restart,
                     Some(stale_after + run.offset),
                     move |live, stop| {
@@ -99,8 +182,95 @@ impl Scheduler {
                         }
                     },
                 );
+                running.loops.insert(component, check.clone());
             }
         }
+        running.loops.retain(|component, _| {
+            let keep = wanted.contains(component);
+            if !keep {
+                supervisor.stop(component);
+            }
+            keep
+        });
+        let now: HashSet<String> = ready.iter().map(|c| c.name.get_ref().to_string()).collect();
+        applied.stopped = before.into_keys().filter(|n| !now.contains(n)).collect();
+        running.checks = ready;
+        applied
+    }
+
+    /// Resolvers and TLS for a check that may name new ones.
+    fn prepare(&self, check: &CheckConfig) -> Result<(), String> {
+        for vantage in self.vantages.iter().filter(|v| v.runs(check)) {
+            vantage.ensure_resolvers(check).map_err(|e| e.to_string())?;
+        }
+        self.prober.prepare(check).map_err(|e| e.to_string())
+    }
+
+    /// The check named `name`, as in force.
+    pub fn check(&self, name: &str) -> Option<Arc<CheckConfig>> {
+        self.running()
+            .checks
+            .iter()
+            .find(|c| c.name.get_ref().as_str() == name)
+            .cloned()
+    }
+
+    /// Runs the check named `check` once from every vantage it applies to,
+    /// queues the results and returns copies: what a scheduled round does,
+    /// on demand (tests, `--probe-once`).
+    pub async fn probe_once(&self, check: &str) -> Vec<ProbeResult> {
+        let Some(check) = self.check(check) else {
+            return Vec::new();
+        };
+        self.round_from(&check, self.vantages.iter().filter(|v| v.runs(&check)))
+            .await
+    }
+
+    /// Runs a probe request now: one round of its check from its vantages,
+    /// results queued with the request's id. How many results it made.
+    pub async fn one_off(&self, request: OneOff) -> Result<Vec<ProbeResult>, OneOffError> {
+        let mut check = match request.check {
+            OneOffCheck::Named(name) => {
+                let check = self.check(&name).ok_or(OneOffError::UnknownCheck(name))?;
+                (*check).clone()
+            }
+            OneOffCheck::Defined(check) => *check,
+        };
+        if !request.resolvers.is_empty() {
+            check.resolvers = Some(request.resolvers);
+        }
+        if request.dial_each {
+            check.dial = Dial::Each;
+        }
+        check.origin.request_id = Some(request.request_id);
+        if let Some(unknown) = request
+            .vantages
+            .iter()
+            .find(|name| !self.vantages.iter().any(|v| &v.name == *name))
+        {
+            return Err(OneOffError::UnknownVantage(unknown.clone()));
+        }
+        self.prepare(&check).map_err(OneOffError::Invalid)?;
+        let vantages = self.vantages.iter().filter(|v| {
+            v.runs(&check) && (request.vantages.is_empty() || request.vantages.contains(&v.name))
+        });
+        Ok(self.round_from(&check, vantages).await)
+    }
+
+    async fn round_from(
+        &self,
+        check: &CheckConfig,
+        vantages: impl Iterator<Item = &Arc<Vantage>>,
+    ) -> Vec<ProbeResult> {
+        let rounds = vantages.map(|vantage| async {
+            let reserve = || self.queue.reserve();
+            self.prober.round(check, vantage, &reserve).await
+        });
+        let mut out = Vec::new();
+        for probed in futures_util::future::join_all(rounds).await {
+            complete(probed, &self.egress_ip, |r| out.push(r.clone()));
+        }
+        out
     }
 }
 

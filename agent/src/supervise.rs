@@ -95,6 +95,9 @@ struct Component {
     name: String,
     stale_after: Option<Duration>,
     status: Mutex<Status>,
+    /// Cancelled with the process's shutdown, or alone by
+    /// [`Supervisor::stop`].
+    stop: CancellationToken,
 }
 
 struct Status {
@@ -206,6 +209,7 @@ impl Supervisor {
                 restarts: 0,
                 last_error: None,
             }),
+            stop: self.shutdown.child_token(),
         });
         self.components
             .lock()
@@ -227,9 +231,9 @@ impl Supervisor {
                     status.state = State::Running;
                     status.run_started = started;
                 }
-                let run = tokio::spawn(make(handle.clone(), this.shutdown.clone()));
+                let run = tokio::spawn(make(handle.clone(), component.stop.clone()));
                 let outcome = run.await;
-                if this.shutdown.is_cancelled() {
+                if component.stop.is_cancelled() {
                     component.status().state = State::Stopped;
                     return;
                 }
@@ -272,7 +276,7 @@ impl Supervisor {
                     .min(MAX_BACKOFF);
                 failures = failures.saturating_add(1);
                 tokio::select! {
-                    _ = this.shutdown.cancelled() => {
+                    _ = component.stop.cancelled() => {
                         component.status().state = State::Stopped;
                         return;
                     }
@@ -283,6 +287,21 @@ impl Supervisor {
             }
         });
         liveness
+    }
+
+    /// Stops the component `name` alone (a check that was removed) and
+    /// forgets it: it no longer counts in [`Supervisor::health`]. Its
+    /// future sees its shutdown token cancelled, as at the process's
+    /// shutdown. Whether there was such a component.
+    pub fn stop(&self, name: &str) -> bool {
+        let mut components = self.components.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(at) = components.iter().position(|c| c.name == name) else {
+            return false;
+        };
+        let component = components.remove(at);
+        component.stop.cancel();
+        metrics::gauge!("vantage_component_up", "component" => component.name.clone()).set(0.0);
+        true
     }
 
     /// Every component's health now, in the order they were started; also
@@ -393,6 +412,39 @@ mod tests {
         let health = supervisor.health();
         assert_eq!(health[0].state, State::Failed);
         assert_eq!(health[1].state, State::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_component_ends_alone_and_is_forgotten() {
+        let shutdown = CancellationToken::new();
+        let supervisor = Supervisor::new(shutdown.clone());
+        let ended = Arc::new(AtomicU32::new(0));
+        for name in ["a", "b"] {
+            let ended = ended.clone();
+            supervisor.spawn(name, Policy::Restart, None, move |_, stop| {
+                let ended = ended.clone();
+                async move {
+                    stop.cancelled().await;
+                    ended.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(supervisor.stop("a"));
+        assert!(!supervisor.stop("a"), "already gone");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(ended.load(Ordering::SeqCst), 1);
+        let health = supervisor.health();
+        assert_eq!(health.len(), 1);
+        assert_eq!(
+            (health[0].name.as_str(), health[0].state),
+            ("b", State::Running)
+        );
+        assert!(!shutdown.is_cancelled());
+        shutdown.cancel();
+        assert_eq!(supervisor.wait().await, None);
+        assert_eq!(ended.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

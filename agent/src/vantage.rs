@@ -31,8 +31,11 @@ pub struct Vantage {
     pub proxy: Option<ProxyUrl>,
     /// Region override; `None` means the agent's.
     pub region: Option<String>,
-    resolvers: BTreeMap<ResolverSpec, DnsResolver>,
+    /// One resolver per nameserver a check asks from here; grows when a
+    /// new check names another ([`Vantage::ensure_resolvers`]).
+    resolvers: RwLock<BTreeMap<ResolverSpec, Arc<DnsResolver>>>,
     default_resolvers: Vec<ResolverSpec>,
+    dns_timeout: Duration,
     echo_url: Option<Url>,
     echo_interval: Duration,
     echo_ip: RwLock<Option<IpAddr>>,
@@ -51,7 +54,11 @@ impl Vantage {
             for spec in &specs {
                 if let std::collections::btree_map::Entry::Vacant(slot) = map.entry((*spec).clone())
                 {
-                    slot.insert(DnsResolver::new(spec, config.dns.timeout, source_ip)?);
+                    slot.insert(Arc::new(DnsResolver::new(
+                        spec,
+                        config.dns.timeout,
+                        source_ip,
+                    )?));
                 }
             }
             Ok::<_, DnsSetupError>(map)
@@ -65,8 +72,9 @@ impl Vantage {
                     source_ip: v.source_ip,
                     proxy: v.proxy.clone(),
                     region: v.region.as_ref().map(ToString::to_string),
-                    resolvers: resolvers(v.source_ip)?,
+                    resolvers: RwLock::new(resolvers(v.source_ip)?),
                     default_resolvers: config.dns.resolvers.clone(),
+                    dns_timeout: config.dns.timeout,
                     echo_url: v.ip_echo_url.as_ref().map(|u| u.url().clone()),
                     echo_interval: v.ip_echo_interval,
                     echo_ip: RwLock::new(None),
@@ -83,22 +91,38 @@ impl Vantage {
             .is_none_or(|names| names.contains(&self.name))
     }
 
+    /// Makes the resolvers `check` names (a check assigned after start)
+    /// ready; their identity is learnt at the next refresh.
+    pub fn ensure_resolvers(&self, check: &CheckConfig) -> Result<(), DnsSetupError> {
+        let Some(specs) = &check.resolvers else {
+            return Ok(());
+        };
+        let mut resolvers = self.resolvers.write().unwrap_or_else(|e| e.into_inner());
+        for spec in specs {
+            if !resolvers.contains_key(spec) {
+                let resolver = DnsResolver::new(spec, self.dns_timeout, self.source_ip)?;
+                resolvers.insert(spec.clone(), Arc::new(resolver));
+            }
+        }
+        Ok(())
+    }
+
     /// The resolvers `check` asks from here, in configuration order.
-    pub fn resolvers_for<'a>(
-        &'a self,
-        check: &'a CheckConfig,
-    ) -> impl Iterator<Item = &'a DnsResolver> {
+    pub fn resolvers_for(&self, check: &CheckConfig) -> Vec<Arc<DnsResolver>> {
+        let resolvers = self.resolvers.read().unwrap_or_else(|e| e.into_inner());
         check
             .resolvers
             .as_ref()
             .unwrap_or(&self.default_resolvers)
             .iter()
-            .filter_map(|spec| self.resolvers.get(spec))
+            .filter_map(|spec| resolvers.get(spec).cloned())
+            .collect()
     }
 
     /// Every resolver of this vantage.
-    pub fn resolvers(&self) -> impl Iterator<Item = &DnsResolver> {
-        self.resolvers.values()
+    pub fn resolvers(&self) -> Vec<Arc<DnsResolver>> {
+        let resolvers = self.resolvers.read().unwrap_or_else(|e| e.into_inner());
+        resolvers.values().cloned().collect()
     }
 
     /// The public address the IP-echo URL last saw through this path.

@@ -126,5 +126,7 @@ pub fn result_to_proto(r: &ProbeResult) -> pb::ProbeResult {
             .interval
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         proxy_ip: text(r.proxy_ip),
+        check_version: r.check_version.unwrap_or(0),
+        request_id: r.request_id.unwrap_or(0),
     }
 }

@@ -107,6 +107,9 @@ fn result(seq: u64, now: &prost_types::Timestamp) -> pb::ProbeResult {
         hops: vec![],
         interval_ms: 10_000,
         proxy_ip: String::new(),
+        // A central check's version, as most results will carry.
+        check_version: 7,
+        request_id: 0,
     }
 }
 
@@ -135,6 +138,7 @@ async fn agent(
             region: "bench".into(),
             labels: Default::default(),
             version: "bench".into(),
+            ..Default::default()
         })),
     })
     .await

@@ -17,6 +17,7 @@ use vantage_proto::v1::ingest_server::IngestServer;
 
 use crate::alert::Alerter;
 use crate::config::{CollectorConfig, TlsConfig};
+use crate::control::ControlHub;
 use crate::detect::Detector;
 use crate::ingest::IngestService;
 use crate::listen;
@@ -131,6 +132,7 @@ impl Application {
     /// | `detector`   | restart    | a pass ended within 3 intervals      |
     /// | `alerter`    | restart    | an outbox upkeep ended within 60 s   |
     /// | `partitions` | restart    | partitions were ensured within 3 h   |
+    /// | `control`    | restart    | the check set was read within 90 s   |
     ///
     /// Restart where the state is in PostgreSQL and a new instance takes
     /// over where the old one stopped; exit where the process is useless
@@ -178,7 +180,23 @@ impl Application {
             mutual_tls = mutual;
             server = server.tls_config(config).context("configuring gRPC TLS")?;
         }
-        let ingest = IngestService::new(self.store.clone(), shutdown.clone(), limits, mutual_tls);
+        let control = Arc::new(ControlHub::default());
+        {
+            let (control, store) = (control.clone(), self.store.clone());
+            supervisor.spawn(
+                "control",
+                Policy::Restart,
+                Some(crate::control::RELOAD_EVERY * 3),
+                move |live, stop| control.clone().run(store.clone(), live, stop),
+            );
+        }
+        let ingest = IngestService::new(
+            self.store.clone(),
+            shutdown.clone(),
+            limits,
+            mutual_tls,
+            control,
+        );
         let grpc = server
             .add_service(
                 IngestServer::new(ingest)

@@ -9,6 +9,8 @@
 //! - [`app`]: wiring; `Application::build` then `run(shutdown)`.
 //! - [`auth`]: enrolment tokens and client certificates: who an agent is.
 //! - [`checks`]: checks defined centrally (`check apply`): file and diff.
+//! - [`control`]: what each connected agent is sent: its checks, probe
+//!   requests; follows the database's control notices.
 //! - [`enrol`]: `agent add`: a new token, its hash stored.
 //! - [`ingest`]: the gRPC service (limits, ordered commits, ack after commit).
 //! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod detect;
 pub mod enrol;

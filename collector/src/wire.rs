@@ -215,7 +215,19 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
         hops: serde_json::Value::Array(hops),
         interval_ms,
         proxy_ip: optional_ip(seq, "proxy_ip", &r.proxy_ip)?,
+        check_version: positive(r.check_version).map_err(|p| bad("check_version", p))?,
+        request_id: positive(r.request_id).map_err(|p| bad("request_id", p))?,
     })
+}
+
+/// An optional positive id: 0 means absent.
+fn positive(value: u64) -> Result<Option<i64>, String> {
+    match value {
+        0 => Ok(None),
+        v => i64::try_from(v)
+            .map(Some)
+            .map_err(|_| format!("{v} is out of range: expected 1..=2^63-1 (or 0: none)")),
+    }
 }
 
 /// Results whose start time is further than this from the collector's clock

@@ -56,7 +56,8 @@ pub struct AgentConfig {
     /// Egress paths; without any, one path named `direct` from `source_ip`.
     #[serde(default, rename = "vantage")]
     pub vantages: Vec<VantageConfig>,
-    #[serde(rename = "check")]
+    /// Checks of this agent alone; the collector may assign more.
+    #[serde(default, rename = "check")]
     pub checks: Vec<CheckConfig>,
 }
 
@@ -311,7 +312,7 @@ impl Default for DnsConfig {
 }
 
 /// One target URL probed on a schedule.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
     pub name: Spanned<NonEmpty>,
@@ -358,6 +359,9 @@ pub struct CheckConfig {
     /// The vantages this check runs from; default: all.
     #[serde(default)]
     pub vantages: Option<Vec<String>>,
+    /// Where the check comes from (not a key: set by whoever made it).
+    #[serde(skip)]
+    pub origin: CheckOrigin,
 }
 
 fn default_body_hash_bytes() -> usize {
@@ -406,6 +410,46 @@ pub fn default_check_interval() -> Duration {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// Where a check comes from; its results say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CheckOrigin {
+    /// Assigned by the collector: the version it last changed in. `None`:
+    /// a `[[check]]` of this agent's config.
+    pub central_version: Option<u64>,
+    /// Run once for a probe request. `None`: on schedule.
+    pub request_id: Option<u64>,
+}
+
+impl CheckConfig {
+    /// One check from the text of a `[[check]]` table (as the collector
+    /// sends it), validated as a config's own check would be against the
+    /// agent's vantage names. Errors name the key and say what was
+    /// expected; `what` names the check's source in them.
+    pub fn from_table_text(
+        what: &str,
+        table: &str,
+        vantage_names: &std::collections::HashSet<&str>,
+    ) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct One {
+            check: [CheckConfig; 1],
+        }
+        // As a config's first [[check]]: errors are located and named as
+        // the same keys in an agent.toml would be.
+        let path = Path::new(what);
+        let table: toml::Table = parse_toml(path, table).map_err(|e| e.to_string())?;
+        let mut document = toml::Table::new();
+        document.insert("check".into(), toml::Value::Array(vec![table.into()]));
+        let text = toml::to_string(&document).map_err(|e| format!("{what}: {e}"))?;
+        let One { check: [check] } = parse_toml(path, &text).map_err(|e| e.to_string())?;
+        check
+            .validate("check[0]", Some(vantage_names))
+            .map_err(|p| p.into_error(path, &text).to_string())?;
+        Ok(check)
+    }
 }
 
 impl CheckConfig {

@@ -13,9 +13,6 @@ use super::{AgentConfig, CheckConfig, DIRECT_VANTAGE};
 impl AgentConfig {
     /// The first rule this configuration breaks.
     pub(super) fn validate(&self) -> Result<(), Problem> {
-        if self.checks.is_empty() {
-            return Err(Problem::new("check", "expected at least one [[check]]"));
-        }
         count_within(
             "max_concurrent_probes",
             self.max_concurrent_probes,

@@ -64,6 +64,13 @@ impl HttpProber {
         }
     }
 
+    /// Makes TLS ready for `check` (a check assigned after start): reads
+    /// its CA file.
+    pub fn prepare(&self, check: &CheckConfig) -> Result<(), super::tls::TlsSetupError> {
+        self.tls
+            .ensure(check.ca_file.as_deref(), check.http_version)
+    }
+
     /// One round of `check` from `vantage`: one result per resolver, and
     /// per resolved address when the check dials each. `reserve` hands out
     /// sequence numbers as requests start. Never fails: failures are in
@@ -93,6 +100,7 @@ impl HttpProber {
             let start = Instant::now();
             let started_at = Utc::now();
             let deadline = TokioInstant::from_std(start + check.timeout);
+            let resolver = &*resolver;
             let answer = match resolve(resolver, &domain, check, deadline).await {
                 Ok(answer) => answer,
                 Err(failed) => {
@@ -156,6 +164,8 @@ impl HttpProber {
         r.echo_ip = vantage.echo_ip();
         r.local_ip = vantage.source_ip;
         r.interval = Some(check.interval);
+        r.check_version = check.origin.central_version;
+        r.request_id = check.origin.request_id;
         r
     }
 

@@ -176,6 +176,11 @@ pub struct ProbeResult {
     pub hops: Vec<Hop>,
     /// Response headers that identify the responding layer.
     pub headers: BTreeMap<String, String>,
+    /// The version of a check the collector assigned; `None` for a check
+    /// of the agent's own config.
+    pub check_version: Option<u64>,
+    /// The probe request this one-off probe answers; `None` on schedule.
+    pub request_id: Option<u64>,
 }
 
 pub use gateway::LAYER_HEADERS;
@@ -223,6 +228,8 @@ impl ProbeResult {
             edge_location: None,
             hops: Vec::new(),
             headers: BTreeMap::new(),
+            check_version: None,
+            request_id: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! ALPN, cipher suite, the leaf certificate's subject, issuer and expiry).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use rustls::pki_types::CertificateDer;
@@ -33,16 +33,23 @@ fn alpn(version: HttpVersion) -> Vec<Vec<u8>> {
     }
 }
 
+/// A client configuration and the (extra CA file, HTTP version) it is for.
+type ConfigFor = (Option<PathBuf>, HttpVersion, Arc<ClientConfig>);
+
 /// Client configurations, one per distinct (extra CA file, HTTP version),
 /// shared by every probe that needs it: building one reads the system's
-/// trust store, which is too slow and too large to do per probe.
-#[derive(Clone, Default)]
+/// trust store, which is too slow and too large to do per probe. Cloning
+/// shares them; a check assigned later adds its own
+/// ([`TlsConfigs::ensure`]).
+#[derive(Clone)]
 pub struct TlsConfigs {
     /// A handful of entries at most: looked up by a scan that borrows the
     /// check's path, so a probe allocates nothing to find its config.
-    configs: Vec<(Option<PathBuf>, HttpVersion, Arc<ClientConfig>)>,
+    configs: Arc<RwLock<Vec<ConfigFor>>>,
+    /// The system's trust store, read once.
+    system: Arc<RootCertStore>,
     /// For the HTTPS connection to a forward proxy (HTTP/1.1 only).
-    proxy: Option<Arc<ClientConfig>>,
+    proxy: Arc<ClientConfig>,
 }
 
 impl TlsConfigs {
@@ -53,25 +60,46 @@ impl TlsConfigs {
     ) -> Result<Self, TlsSetupError> {
         crate::install_crypto_provider();
         let system = system_roots();
-        let mut configs = Self::default();
+        let configs = Self {
+            configs: Arc::default(),
+            proxy: client_config(system.clone(), HttpVersion::Http1)?,
+            system: Arc::new(system),
+        };
         for (ca_file, version) in wanted {
-            if configs.get(ca_file.as_deref(), version).is_some() {
-                continue;
-            }
-            let mut roots = system.clone();
-            if let Some(path) = &ca_file {
-                add_ca_file(&mut roots, path)?;
-            }
-            let config = client_config(roots, version)?;
-            configs.configs.push((ca_file, version, config));
+            configs.ensure(ca_file.as_deref(), version)?;
         }
-        configs.proxy = Some(client_config(system, HttpVersion::Http1)?);
         Ok(configs)
+    }
+
+    /// Builds the configuration for `ca_file` and `version` unless it is
+    /// there already (reading the CA file).
+    pub fn ensure(
+        &self,
+        ca_file: Option<&Path>,
+        version: HttpVersion,
+    ) -> Result<(), TlsSetupError> {
+        if self.get(ca_file, version).is_some() {
+            return Ok(());
+        }
+        let mut roots = (*self.system).clone();
+        if let Some(path) = ca_file {
+            add_ca_file(&mut roots, path)?;
+        }
+        let config = client_config(roots, version)?;
+        let mut configs = self.configs.write().unwrap_or_else(|p| p.into_inner());
+        if !configs
+            .iter()
+            .any(|(path, v, _)| path.as_deref() == ca_file && *v == version)
+        {
+            configs.push((ca_file.map(Path::to_owned), version, config));
+        }
+        Ok(())
     }
 
     /// The configuration for a check with `ca_file` and `version`.
     pub fn get(&self, ca_file: Option<&Path>, version: HttpVersion) -> Option<Arc<ClientConfig>> {
-        self.configs
+        let configs = self.configs.read().unwrap_or_else(|p| p.into_inner());
+        configs
             .iter()
             .find(|(path, v, _)| path.as_deref() == ca_file && *v == version)
             .map(|(_, _, config)| config.clone())
@@ -79,7 +107,7 @@ impl TlsConfigs {
 
     /// The configuration for TLS to an `https://` forward proxy.
     pub fn proxy(&self) -> Option<Arc<ClientConfig>> {
-        self.proxy.clone()
+        Some(self.proxy.clone())
     }
 }
 

@@ -27,6 +27,8 @@ impl Drop for StreamSlot {
 pub(super) struct Committer {
     /// Held while the stream lives (the committer outlives the reader).
     pub(super) _slot: StreamSlot,
+    /// Ends the stream's pusher with the committer.
+    pub(super) _ended: tokio_util::sync::DropGuard,
     pub(super) store: Arc<Store>,
     pub(super) agent_id: String,
     pub(super) region: String,
@@ -38,6 +40,11 @@ impl Committer {
         while let Some(step) = pending.recv().await {
             let result = match step {
                 Step::Commit(batch) => self.commit(batch).await,
+                Step::ProbeDone(answer) => self
+                    .store
+                    .record_probe_answer(&self.agent_id, &answer)
+                    .await
+                    .map_err(IngestError::from),
                 Step::Fail(e) => Err(e),
             };
             if let Err(error) = result {

@@ -30,7 +30,10 @@ use vantage_proto::v1 as pb;
 use vantage_proto::v1::ingest_server::Ingest;
 
 use crate::auth::{self, AuthError};
-use crate::store::{AgentHello, EnrolledAgent, Store, StoreError, StoredGap, StoredResult};
+use crate::control::{AgentView, ControlHub};
+use crate::store::{
+    AgentHello, EnrolledAgent, ProbeAnswer, Store, StoreError, StoredGap, StoredResult,
+};
 use crate::wire::{
     IMPLAUSIBLE_SEQ, InvalidGap, InvalidResult, SkewLimits, stored_gap, stored_result,
 };
@@ -114,6 +117,8 @@ pub struct IngestService {
     require_client_cert: bool,
     /// Open streams per agent identity.
     streams: Arc<Mutex<HashMap<String, usize>>>,
+    /// What agents that announced the capabilities are sent.
+    control: Arc<ControlHub>,
 }
 
 impl IngestService {
@@ -124,6 +129,7 @@ impl IngestService {
         shutdown: CancellationToken,
         limits: IngestLimits,
         require_client_cert: bool,
+        control: Arc<ControlHub>,
     ) -> Self {
         let burst = NonZeroU32::new(u32::try_from(limits.max_batch).unwrap_or(u32::MAX))
             .unwrap_or(NonZeroU32::MIN)
@@ -136,6 +142,7 @@ impl IngestService {
             rate: Arc::new(RateLimiter::keyed(quota)),
             require_client_cert,
             streams: Arc::default(),
+            control,
         }
     }
 
@@ -235,11 +242,14 @@ impl Ingest for IngestService {
         let slot = self.stream_slot(&enrolled.agent_id).inspect_err(|status| {
             tracing::warn!(%peer_ip, agent_id = %enrolled.agent_id, %status, "Refused a stream.");
         })?;
+        let view = AgentView::new(&hello, &enrolled.region);
         let agent = AgentHello {
             agent_id: enrolled.agent_id,
-            labels: hello.labels.into_iter().collect(),
+            labels: view.labels.clone(),
             version: hello.version,
             observed_ip: peer_ip,
+            capabilities: view.capability_names(),
+            vantages: view.vantages.clone(),
         };
         let last_seq = self
             .store
@@ -271,8 +281,10 @@ impl Ingest for IngestService {
             inbound,
             steps,
         };
+        let ended = CancellationToken::new();
         let committer = Committer {
             _slot: slot,
+            _ended: ended.clone().drop_guard(),
             store: self.store.clone(),
             agent_id: agent.agent_id,
             region: enrolled.region,
@@ -283,6 +295,16 @@ impl Ingest for IngestService {
             let shutdown = self.shutdown.clone();
             async move { reader.run(shutdown).await }
         });
+        if view.central_checks || view.probe_requests {
+            let pusher = crate::control::push_to_agent(
+                view,
+                self.control.clone(),
+                self.store.clone(),
+                replies.clone(),
+                ended,
+            );
+            spawn_stream_task("pusher", agent_id.clone(), replies.clone(), pusher);
+        }
         spawn_stream_task("committer", agent_id, replies, committer.run(pending));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -7,6 +7,8 @@ use super::*;
 /// What the reader hands the committer, in stream order.
 pub(super) enum Step {
     Commit(ValidBatch),
+    /// The agent ran (or could not run) a probe request.
+    ProbeDone(ProbeAnswer),
     /// End the stream with this error once everything before it is acked.
     Fail(IngestError),
 }
@@ -20,6 +22,30 @@ pub(super) struct ValidBatch {
     /// Highest plausible seq stored (result or gap): the agent's progress.
     pub(super) progress_seq: i64,
     pub(super) refused: u32,
+}
+
+/// Longest error text of a probe answer kept.
+const MAX_ANSWER_ERROR: usize = 1000;
+
+/// A ProbeDone, checked.
+fn probe_answer(done: pb::ProbeDone) -> Result<ProbeAnswer, IngestError> {
+    let request_id = i64::try_from(done.request_id)
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or(IngestError::Unexpected("ProbeDone without a request id"))?;
+    let mut error = done.error;
+    if error.len() > MAX_ANSWER_ERROR {
+        let mut end = MAX_ANSWER_ERROR;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+    }
+    Ok(ProbeAnswer {
+        request_id,
+        results: i32::try_from(done.results).unwrap_or(i32::MAX),
+        error: Some(error).filter(|e| !e.is_empty()),
+    })
 }
 
 /// Decodes, validates and rate-limits one stream's batches.
@@ -56,12 +82,20 @@ impl Reader {
                     }
                 },
             };
-            let step = match message.and_then(|m| self.validate(m)) {
-                Ok(batch) => {
-                    self.throttle(batch.results.len()).await;
-                    Step::Commit(batch)
-                }
-                Err(e) => Step::Fail(e),
+            let step = match message {
+                Ok(pb::AgentMessage {
+                    body: Some(pb::agent_message::Body::ProbeDone(done)),
+                }) => match probe_answer(done) {
+                    Ok(answer) => Step::ProbeDone(answer),
+                    Err(e) => Step::Fail(e),
+                },
+                message => match message.and_then(|m| self.validate(m)) {
+                    Ok(batch) => {
+                        self.throttle(batch.results.len()).await;
+                        Step::Commit(batch)
+                    }
+                    Err(e) => Step::Fail(e),
+                },
             };
             let last = matches!(step, Step::Fail(_));
             if self.steps.send(step).await.is_err() || last {
@@ -75,6 +109,9 @@ impl Reader {
             Some(pb::agent_message::Body::Batch(b)) => b,
             Some(pb::agent_message::Body::Hello(_)) => {
                 return Err(IngestError::Unexpected("second Hello"));
+            }
+            Some(pb::agent_message::Body::ProbeDone(_)) => {
+                return Err(IngestError::Unexpected("ProbeDone out of place"));
             }
             None => return Err(IngestError::Unexpected("empty message")),
         };

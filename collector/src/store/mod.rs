@@ -2,7 +2,8 @@
 //! the IP-to-ASN table here; the detector's window query in [`window`],
 //! its lease in [`lease`], its tracked state, runs and pass in
 //! [`detection`]; incidents in [`incidents`]; the notification outbox and
-//! silences in [`outbox`]. Every SQL statement of the collector lives in
+//! silences in [`outbox`]; central checks in [`checks`]; probe requests and
+//! control notices in [`requests`]. Every SQL statement of the collector lives in
 //! this module.
 
 mod checks;
@@ -10,12 +11,16 @@ mod detection;
 mod incidents;
 mod lease;
 mod outbox;
+mod requests;
 mod window;
 
 pub use checks::StoredCheck;
 pub use detection::{Applied, IncidentRecord, RateRow, RunRecord};
 pub use incidents::Incident;
 pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};
+pub use requests::{
+    CONTROL_CHANNEL, NewProbeRequest, Notice, ProbeAnswer, ProbeRequest, Purpose, RequestAgent,
+};
 pub use window::WindowCell;
 
 use std::collections::{BTreeMap, HashSet};
@@ -96,6 +101,11 @@ pub struct StoredResult {
     pub interval_ms: Option<i32>,
     /// The forward proxy's address as dialled.
     pub proxy_ip: Option<IpAddr>,
+    /// The version of a check the collector assigned; `None`: the
+    /// agent's own.
+    pub check_version: Option<i64>,
+    /// The probe request a one-off result answers; `None`: scheduled.
+    pub request_id: Option<i64>,
 }
 
 /// What the agent said in its Hello, plus where it came from. Its identity
@@ -106,6 +116,11 @@ pub struct AgentHello {
     pub labels: BTreeMap<String, String>,
     pub version: String,
     pub observed_ip: IpAddr,
+    /// What it can do beyond delivering results (`central_checks`,
+    /// `probe_requests`).
+    pub capabilities: Vec<String>,
+    /// Its vantages and their regions.
+    pub vantages: Vec<(String, String)>,
 }
 
 /// An agent as enrolled, found by its token's hash.
@@ -289,7 +304,7 @@ impl Store {
         let labels = serde_json::to_value(&hello.labels).unwrap_or_default();
         let last_seq: i64 = sqlx::query_scalar(
             "UPDATE agents SET labels = $2, version = $3, observed_ip = $4::text::inet,
-                               last_seen = now()
+                               last_seen = now(), capabilities = $5, vantages = $6
              WHERE agent_id = $1
              RETURNING last_seq",
         )
@@ -297,6 +312,14 @@ impl Store {
         .bind(labels)
         .bind(&hello.version)
         .bind(hello.observed_ip.to_string())
+        .bind(&hello.capabilities)
+        .bind(serde_json::json!(
+            hello
+                .vantages
+                .iter()
+                .map(|(name, region)| serde_json::json!({"name": name, "region": region}))
+                .collect::<Vec<_>>()
+        ))
         .fetch_one(&self.pool)
         .await?;
         if last_seq <= ceiling {
@@ -355,7 +378,8 @@ impl Store {
                 vantage, proxy, proxy_status, dns_rcode, resolver_egress_ip, resolver_nsid,
                 resolver_identity_error, echo_ip, proxy_us, transfer_us, tls_version, tls_alpn,
                 tls_cipher, cert_subject, cert_issuer, cert_not_after, body_bytes, body_sha256,
-                body_truncated, gateway, edge_location, hops, interval_ms, proxy_ip)
+                body_truncated, gateway, edge_location, hops, interval_ms, proxy_ip,
+                check_version, request_id)
              SELECT $1, COALESCE(t.region, $2), t.seq, t.started_at, t.check_name, t.url,
                 t.method, t.outcome, t.message, t.http_status, t.http_version, t.resolver,
                 t.resolved_ips::inet[], t.resolved_ttls::integer[],
@@ -365,7 +389,8 @@ impl Store {
                 t.resolver_nsid, t.resolver_identity_error, t.echo_ip::inet, t.proxy_us,
                 t.transfer_us, t.tls_version, t.tls_alpn, t.tls_cipher, t.cert_subject,
                 t.cert_issuer, t.cert_not_after, t.body_bytes, t.body_sha256, t.body_truncated,
-                t.gateway, t.edge_location, t.hops::jsonb, t.interval_ms, t.proxy_ip::inet
+                t.gateway, t.edge_location, t.hops::jsonb, t.interval_ms, t.proxy_ip::inet,
+                t.check_version, t.request_id
              FROM UNNEST(
                 $3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[],
                 $9::text[], $10::smallint[], $11::text[], $12::text[], $13::text[], $14::text[],
@@ -376,7 +401,7 @@ impl Store {
                 $34::bigint[], $35::bigint[], $36::text[], $37::text[], $38::text[],
                 $39::text[], $40::text[], $41::timestamptz[], $42::bigint[], $43::text[],
                 $44::boolean[], $45::text[], $46::text[], $47::text[], $48::integer[],
-                $49::text[]
+                $49::text[], $50::bigint[], $51::bigint[]
              ) AS t(seq, started_at, check_name, url, method, outcome, message, http_status,
                     http_version, resolver, resolved_ips, resolved_ttls, dialed_ip, dialed_port,
                     local_ip, egress_ip, dns_us, connect_us, tls_us, ttfb_us, total_us, headers,
@@ -384,7 +409,7 @@ impl Store {
                     resolver_nsid, resolver_identity_error, echo_ip, proxy_us, transfer_us,
                     tls_version, tls_alpn, tls_cipher, cert_subject, cert_issuer, cert_not_after,
                     body_bytes, body_sha256, body_truncated, gateway, edge_location, hops,
-                    interval_ms, proxy_ip)
+                    interval_ms, proxy_ip, check_version, request_id)
              ON CONFLICT DO NOTHING",
         )
         .bind(agent_id)
@@ -436,6 +461,8 @@ impl Store {
         .bind(columns.hops)
         .bind(columns.interval_ms)
         .bind(columns.proxy_ip)
+        .bind(columns.check_version)
+        .bind(columns.request_id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -612,6 +639,8 @@ struct Columns {
     hops: Vec<String>,
     interval_ms: Vec<Option<i32>>,
     proxy_ip: Vec<Option<String>>,
+    check_version: Vec<Option<i64>>,
+    request_id: Vec<Option<i64>>,
 }
 
 impl From<&[StoredResult]> for Columns {
@@ -700,6 +729,8 @@ impl From<&[StoredResult]> for Columns {
                 .iter()
                 .map(|r| r.proxy_ip.map(|a| a.to_string()))
                 .collect(),
+            check_version: results.iter().map(|r| r.check_version).collect(),
+            request_id: results.iter().map(|r| r.request_id).collect(),
         }
     }
 }

@@ -41,7 +41,9 @@ const WINDOW_PLANNER: &str = "SET LOCAL work_mem = '64MB'; SET LOCAL enable_sort
 /// Columns of the window query before the dimension sources.
 const WINDOW_FIXED_COLUMNS: usize = 8;
 
-/// The window query: one aggregate over the window's partitions, grouped
+/// The window query: one aggregate over the window's partitions (scheduled
+/// probes and the detector's confirmation probes; a person's one-off
+/// probes are not statistics), grouped
 /// by target, check, outcome, status, vantage, round, age bucket and every
 /// source. `$1`, `$2`: the window; `$3`: the round of results that do not
 /// say theirs (ms); `$4`: the bucket thresholds (rounds).
@@ -65,6 +67,8 @@ fn window_sql(sources: &[&'static str]) -> String {
         "{select}, count(*), min(started_at), max(started_at), max(seq)
          FROM probe_results
          WHERE started_at > $1 AND started_at <= $2
+           AND (request_id IS NULL OR request_id IN (
+                  SELECT id FROM probe_requests WHERE purpose = 'confirmation'))
          GROUP BY {}",
         group.join(", ")
     )

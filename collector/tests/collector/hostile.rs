@@ -177,6 +177,7 @@ async fn raw_call(
             region: "ignored".into(),
             labels: Default::default(),
             version: "raw".into(),
+            ..Default::default()
         })),
     };
     body.send(Ok(Frame::data(grpc_frame(0, &hello.encode_to_vec()))))

@@ -11,6 +11,7 @@ mod detection;
 mod e2e;
 mod faults;
 mod field;
+mod fleet;
 mod hostile;
 mod ingest;
 mod lease;
@@ -141,6 +142,10 @@ pub async fn try_open_stream_authorized(
                 region: "ignored".into(),
                 labels: [("provider".to_owned(), "test".to_owned())].into(),
                 version: "test".into(),
+                // As an agent from before the control plane: it announces
+                // nothing and must be sent nothing but Welcome and acks.
+                capabilities: Vec::new(),
+                vantages: Vec::new(),
             })),
         })
         .await

@@ -1,0 +1,247 @@
+//! One-off probe requests (`vantage-collector probe`, the detector's
+//! confirmation probes): asking, who was asked, their answers and the
+//! results; and the notices that tell every collector process that the
+//! check set changed or a request is waiting.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Transaction};
+
+use super::{Store, StoreError};
+
+/// The PostgreSQL channel of control notices (`LISTEN vantage_control`).
+pub const CONTROL_CHANNEL: &str = "vantage_control";
+
+/// What a notice on [`CONTROL_CHANNEL`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The central check set changed.
+    Checks,
+    /// The probe request with this id waits for its agents.
+    Probe(i64),
+}
+
+impl Notice {
+    /// The notice's payload.
+    pub fn payload(self) -> String {
+        match self {
+            Self::Checks => "checks".into(),
+            Self::Probe(id) => format!("probe:{id}"),
+        }
+    }
+
+    /// A payload read back; `None` for one this version does not know.
+    pub fn parse(payload: &str) -> Option<Self> {
+        match payload.split_once(':') {
+            None if payload == "checks" => Some(Self::Checks),
+            Some(("probe", id)) => id.parse().ok().map(Self::Probe),
+            _ => None,
+        }
+    }
+}
+
+/// Sends `notice` when `tx` commits.
+pub(super) async fn notify(
+    tx: &mut Transaction<'_, Postgres>,
+    notice: Notice,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CONTROL_CHANNEL)
+        .bind(notice.payload())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Why a probe is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A person, with `vantage-collector probe`.
+    Manual,
+    /// The detector, for a candidate segment.
+    Confirmation,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Confirmation => "confirmation",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "confirmation" => Self::Confirmation,
+            _ => Self::Manual,
+        }
+    }
+}
+
+/// A probe request, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeRequest {
+    pub id: i64,
+    pub purpose: Purpose,
+    /// Run the check of this name the agents have…
+    pub check_name: Option<String>,
+    /// …or this one ([[check]] keys as JSON).
+    pub definition: Option<serde_json::Value>,
+    /// Who probes (see [`crate::control::Targets`]).
+    pub selector: serde_json::Value,
+    pub resolvers: Vec<String>,
+    pub dial_each: bool,
+    pub candidate: Option<serde_json::Value>,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// A request to make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewProbeRequest {
+    pub purpose: Purpose,
+    pub check_name: Option<String>,
+    pub definition: Option<serde_json::Value>,
+    pub selector: serde_json::Value,
+    pub resolvers: Vec<String>,
+    pub dial_each: bool,
+    pub candidate: Option<serde_json::Value>,
+}
+
+/// An agent's answer to a request (its ProbeDone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeAnswer {
+    pub request_id: i64,
+    pub results: i32,
+    pub error: Option<String>,
+}
+
+/// One agent a request went to, and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RequestAgent {
+    pub agent_id: String,
+    pub vantages: Vec<String>,
+    pub done_at: Option<DateTime<Utc>>,
+    /// Results it said it made.
+    pub results: Option<i32>,
+    pub error: Option<String>,
+    /// Results of the request from it stored so far.
+    pub stored: i64,
+}
+
+type RequestRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<serde_json::Value>,
+    serde_json::Value,
+    Vec<String>,
+    bool,
+    Option<serde_json::Value>,
+    DateTime<Utc>,
+);
+
+fn request(row: RequestRow) -> ProbeRequest {
+    let (id, purpose, check_name, definition, selector, resolvers, dial_each, candidate, at) = row;
+    ProbeRequest {
+        id,
+        purpose: Purpose::parse(&purpose),
+        check_name,
+        definition,
+        selector,
+        resolvers,
+        dial_each,
+        candidate,
+        requested_at: at,
+    }
+}
+
+impl Store {
+    /// Stores a request and tells every collector (at commit); its id.
+    pub async fn create_probe_request(&self, new: &NewProbeRequest) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO probe_requests (purpose, check_name, definition, selector, resolvers,
+                                         dial_each, candidate)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(new.purpose.as_str())
+        .bind(&new.check_name)
+        .bind(&new.definition)
+        .bind(&new.selector)
+        .bind(&new.resolvers)
+        .bind(new.dial_each)
+        .bind(&new.candidate)
+        .fetch_one(&mut *tx)
+        .await?;
+        notify(&mut tx, Notice::Probe(id)).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// The request `id`.
+    pub async fn probe_request(&self, id: i64) -> Result<Option<ProbeRequest>, StoreError> {
+        let row: Option<RequestRow> = sqlx::query_as(
+            "SELECT id, purpose, check_name, definition, selector, resolvers, dial_each,
+                    candidate, requested_at
+             FROM probe_requests WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(request))
+    }
+
+    /// Records that `agent_id` was asked, from `vantages`.
+    pub async fn record_probe_sent(
+        &self,
+        request_id: i64,
+        agent_id: &str,
+        vantages: &[String],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO probe_request_agents (request_id, agent_id, vantages)
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(request_id)
+        .bind(agent_id)
+        .bind(vantages)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records an agent's answer (one to a request it was not sent is
+    /// ignored).
+    pub async fn record_probe_answer(
+        &self,
+        agent_id: &str,
+        answer: &ProbeAnswer,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE probe_request_agents SET done_at = now(), results = $3, error = $4
+             WHERE request_id = $1 AND agent_id = $2",
+        )
+        .bind(answer.request_id)
+        .bind(agent_id)
+        .bind(answer.results)
+        .bind(&answer.error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The agents request `id` went to, with their answers and how many
+    /// of their results are stored.
+    pub async fn probe_request_agents(&self, id: i64) -> Result<Vec<RequestAgent>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT a.agent_id, a.vantages, a.done_at, a.results, a.error,
+                    (SELECT count(*) FROM probe_results r
+                     WHERE r.request_id = a.request_id AND r.agent_id = a.agent_id
+                       AND r.started_at >= p.requested_at - interval '1 minute') AS stored
+             FROM probe_request_agents a JOIN probe_requests p ON p.id = a.request_id
+             WHERE a.request_id = $1 ORDER BY a.agent_id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
