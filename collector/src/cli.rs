@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::detect::asn;
 use crate::store::Store;
-use crate::{Application, CollectorConfig, alert, app, checks, demo, enrol, silence};
+use crate::{Application, CollectorConfig, alert, app, checks, demo, enrol, probe_now, silence};
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +69,34 @@ pub enum Command {
         #[command(subcommand)]
         command: CheckCommand,
     },
+    /// Probe now from the connected agents (all, or those `--from`
+    /// names) and print the results side by side: "is it just me?". The
+    /// results are stored, marked as one-off; the detector does not count
+    /// them.
+    Probe {
+        /// The URL to probe (or --check NAME).
+        url: Option<String>,
+        /// Run this check of the agents' (central or their own) instead.
+        #[arg(long)]
+        check: Option<String>,
+        /// region=NAME, agent=ID or vantage=NAME; repeat for more (several
+        /// of one kind: any; of different kinds: all).
+        #[arg(long)]
+        from: Vec<String>,
+        /// Ask this resolver instead of the agents' own (udp://IP:PORT,
+        /// tcp://IP:PORT, IP:PORT, system); repeat for several.
+        #[arg(long)]
+        resolver: Vec<String>,
+        /// Dial the first resolved address or each (one result per
+        /// address).
+        #[arg(long, value_enum, default_value = "first")]
+        dial: DialChoice,
+        /// The probe's timeout.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check the configured sinks.
     Sink {
         #[arg(long, global = true, default_value = "/etc/vantage/collector.toml")]
@@ -79,6 +107,13 @@ pub enum Command {
     /// Show the whole story locally: PostgreSQL, collector, agents in three
     /// "regions", a target failing for one, the detection and the webhooks.
     Demo,
+}
+
+/// Which resolved addresses a probe dials.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum DialChoice {
+    First,
+    Each,
 }
 
 #[derive(Subcommand)]
@@ -208,6 +243,38 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
             let config = CollectorConfig::load(&config)?;
             let SinkCommand::Test { name } = command;
             sink_test(&config, name.as_deref()).await
+        }
+        Command::Probe {
+            url,
+            check,
+            from,
+            resolver,
+            dial,
+            timeout,
+            config,
+        } => {
+            let store = migrated_store(config.as_deref()).await?;
+            let what = url
+                .clone()
+                .or_else(|| check.as_ref().map(|c| format!("check {c:?}")))
+                .unwrap_or_default();
+            let options = probe_now::ProbeOptions {
+                url,
+                check,
+                from,
+                resolvers: resolver,
+                dial_each: matches!(dial, DialChoice::Each),
+                timeout,
+            };
+            let outcome = probe_now::run(&store, &options).await?;
+            print!("{}", probe_now::render(&outcome, &what));
+            if !outcome.complete() {
+                anyhow::bail!(
+                    "not every agent asked answered (probe request {})",
+                    outcome.request_id
+                );
+            }
+            Ok(())
         }
         Command::Demo => demo::run().await,
     }

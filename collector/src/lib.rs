@@ -20,6 +20,7 @@
 //!   lifecycle, explanation and evidence.
 //! - [`alert`]: sinks and their formats; delivery from the outbox, once
 //!   per event and sink, retried until delivered or visibly expired.
+//! - [`probe_now`]: `probe URL`: one-off probes from chosen agents, side by side.
 //! - [`silence`]: `silence add|list|expire`: pages held back, visibly.
 //! - [`http`]: health, metrics and incident endpoints.
 //! - [`listen`]: connections within bounds (caps, descriptors, timeouts).
@@ -39,6 +40,7 @@ pub mod http;
 pub mod ingest;
 pub mod listen;
 pub mod metrics;
+pub mod probe_now;
 pub mod silence;
 pub mod store;
 pub mod wire;

@@ -148,13 +148,15 @@ impl Fleet {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
 
-    /// Runs `vantage-collector ARGS` against the fleet's database.
-    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_vantage-collector"))
+    /// Runs `vantage-collector ARGS` against the fleet's database (without
+    /// blocking the test's runtime, which serves the target and DNS).
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage-collector"))
             .args(args)
             .env("DATABASE_URL", database_url(&self.pool))
             .env("RUST_LOG", "error")
             .output()
+            .await
             .unwrap();
         (
             out.status.code().unwrap_or(-1),
@@ -164,10 +166,10 @@ impl Fleet {
     }
 
     /// `check apply` of `text`; panics if refused.
-    pub fn apply(&self, text: &str) -> String {
+    pub async fn apply(&self, text: &str) -> String {
         let file = self.dir.path().join("checks.toml");
         std::fs::write(&file, text).unwrap();
-        let (code, out, err) = self.cli(&["check", "apply", file.to_str().unwrap()]);
+        let (code, out, err) = self.cli(&["check", "apply", file.to_str().unwrap()]).await;
         assert_eq!(code, 0, "check apply failed: {err}");
         out
     }
@@ -242,7 +244,7 @@ async fn applied_checks_reach_the_selected_agents_change_live_and_survive_the_co
     // collector.
     let mut fra = fleet.start_agent("fra-1", "[labels]\nteam = \"web\"", "");
     let mut iad = fleet.start_agent("iad-1", "", "");
-    let out = fleet.apply(&first);
+    let out = fleet.apply(&first).await;
     assert!(out.contains("+ home") && out.contains("+ all"), "{out}");
     let applied_at = chrono::Utc::now();
     // Within one interval (and the time to connect): each agent runs what
@@ -287,7 +289,7 @@ async fn applied_checks_reach_the_selected_agents_change_live_and_survive_the_co
         home = fleet.url("/home2"),
         new = fleet.url("/new"),
     );
-    let out = fleet.apply(&second);
+    let out = fleet.apply(&second).await;
     assert!(
         out.contains("~ home (url)") && out.contains("+ new") && out.contains("- all"),
         "{out}"
@@ -377,12 +379,14 @@ async fn local_checks_keep_working_and_win_a_name_collision(pool: PgPool) {
         fleet.url("/local")
     );
     let _fra = fleet.start_agent("fra-1", "", &local);
-    fleet.apply(&format!(
-        "[[check]]\nname = \"mine\"\nurl = \"{}\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n\
+    fleet
+        .apply(&format!(
+            "[[check]]\nname = \"mine\"\nurl = \"{}\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n\
          [[check]]\nname = \"theirs\"\nurl = \"{}\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n",
-        fleet.url("/central-mine"),
-        fleet.url("/theirs"),
-    ));
+            fleet.url("/central-mine"),
+            fleet.url("/theirs"),
+        ))
+        .await;
     fleet
         .wait_for(
             "the central check",
@@ -460,10 +464,12 @@ async fn an_agent_that_does_not_announce_the_capability_gets_no_checks(pool: PgP
             .1
             .clone()
     };
-    fleet.apply(&format!(
-        "[[check]]\nname = \"home\"\nurl = \"{}\"\n",
-        fleet.url("/home")
-    ));
+    fleet
+        .apply(&format!(
+            "[[check]]\nname = \"home\"\nurl = \"{}\"\n",
+            fleet.url("/home")
+        ))
+        .await;
     let (old_out, mut old_in) = raw_stream(fleet.grpc, &token("old-1"), "old-1", vec![]).await;
     let (_new_out, mut new_in) = raw_stream(
         fleet.grpc,
@@ -472,27 +478,35 @@ async fn an_agent_that_does_not_announce_the_capability_gets_no_checks(pool: PgP
         vec![pb::Capability::CentralChecks as i32],
     )
     .await;
-    // The new agent gets its set at once…
-    let pushed = tokio::time::timeout(Duration::from_secs(10), new_in.message())
-        .await
-        .expect("a check set within 10 s")
-        .unwrap()
-        .and_then(|m| m.body);
-    match pushed {
-        Some(pb::collector_message::Body::Checks(set)) => {
-            assert!(set.full);
-            assert_eq!(set.version, 1);
+    // The new agent gets its set at once: full first (it may be the set
+    // before the apply, if the collector had not yet read the notice),
+    // then the change.
+    let mut first = true;
+    loop {
+        let pushed = tokio::time::timeout(Duration::from_secs(10), new_in.message())
+            .await
+            .expect("a check set within 10 s")
+            .unwrap()
+            .and_then(|m| m.body);
+        let Some(pb::collector_message::Body::Checks(set)) = pushed else {
+            panic!("expected a CheckSet, got {pushed:?}");
+        };
+        assert_eq!(set.full, first, "{set:?}");
+        first = false;
+        if set.version == 1 {
             assert_eq!(set.checks.len(), 1);
             assert!(set.checks[0].definition_toml.contains("/home"));
+            break;
         }
-        other => panic!("expected a CheckSet, got {other:?}"),
     }
     // …the old one, nothing but the ack of what it sends, even after
     // another change.
-    fleet.apply(&format!(
-        "[[check]]\nname = \"home\"\nurl = \"{}\"\n",
-        fleet.url("/home2")
-    ));
+    fleet
+        .apply(&format!(
+            "[[check]]\nname = \"home\"\nurl = \"{}\"\n",
+            fleet.url("/home2")
+        ))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut result = crate::result(1, 200);
     result.started_at = Some(prost_types::Timestamp {

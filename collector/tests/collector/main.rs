@@ -17,6 +17,7 @@ mod ingest;
 mod lease;
 mod limits;
 mod pages;
+mod probe_now;
 mod process;
 mod schema;
 mod supervision;

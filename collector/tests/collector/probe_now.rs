@@ -1,0 +1,162 @@
+//! `vantage-collector probe`, with real processes: the connected agents
+//! probe now from the vantages `--from` names, the results print side by
+//! side and are stored as one-off results the detector does not count.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use vantage_testkit::{DnsServer, Target};
+
+use crate::fleet::Fleet;
+
+const VANTAGES: &str = "[[vantage]]\nname = \"direct\"\nsource_ip = \"127.0.2.1\"\n\
+                        [[vantage]]\nname = \"vpn\"\nsource_ip = \"127.0.3.1\"\nregion = \"us-vpn\"\n";
+
+/// The line of the table that starts with `vantage`.
+fn row<'a>(out: &'a str, vantage: &str) -> Vec<&'a str> {
+    out.lines()
+        .filter(|l| l.starts_with(&format!("{vantage} ")))
+        .collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn probe_asks_the_chosen_vantages_and_prints_them_side_by_side(pool: PgPool) {
+    let fleet = Fleet::start(pool, &[("fra-1", "eu-west"), ("iad-1", "us-east")], "").await;
+    // The site answers 502 to the VPN's range only.
+    fleet
+        .target
+        .set_failing(Some("127.0.3.0/24".parse().unwrap()));
+    let _fra = fleet.start_agent("fra-1", "source_ip = \"127.0.1.1\"", "");
+    let _iad = fleet.start_agent("iad-1", VANTAGES, "");
+    fleet
+        .wait_for(
+            "both agents connected",
+            "SELECT count(*) FROM agents WHERE 'probe_requests' = ANY(capabilities)",
+            2,
+            Duration::from_secs(20),
+        )
+        .await;
+    let url = fleet.url("/checkout");
+    let (code, out, err) = fleet.cli(&["probe", &url]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.starts_with(&format!(
+            "Probe 1 of {url}: 3 results from 3 vantages of 2 agents."
+        )),
+        "{out}"
+    );
+    let header = out.lines().nth(1).unwrap();
+    for column in [
+        "vantage", "region", "egress", "resolver", "answer", "dialled", "status", "gateway", "ttfb",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let target = fleet.target.addr();
+    let fra = row(&out, "fra-1/direct");
+    assert_eq!(fra.len(), 1, "{out}");
+    assert!(
+        fra[0].contains("200 ok") && fra[0].contains(&target.to_string()),
+        "{out}"
+    );
+    assert!(
+        fra[0].contains(&format!("udp://{}", fleet.dns.addr())),
+        "{out}"
+    );
+    let vpn = row(&out, "iad-1/vpn");
+    assert!(
+        vpn[0].contains("us-vpn") && vpn[0].contains("502 http"),
+        "{out}"
+    );
+    assert!(row(&out, "iad-1/direct")[0].contains("200 ok"), "{out}");
+
+    // Only the vantages of one region (a vantage's own, here).
+    let (code, out, _) = fleet.cli(&["probe", &url, "--from", "region=us-vpn"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("1 results from 1 vantages of 1 agents"),
+        "{out}"
+    );
+    assert_eq!(row(&out, "iad-1/vpn").len(), 1, "{out}");
+
+    // Another resolver, whose answer has a second address that fails for
+    // everyone: dialling each shows which address the 502 follows.
+    let port = target.port();
+    let second = Target::start_at(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), port),
+        Some("0.0.0.0/0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let stale = DnsServer::start(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        &[
+            ("shop.test", IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            ("shop.test", second.addr().ip()),
+        ],
+    )
+    .await
+    .unwrap();
+    let resolver = format!("udp://{}", stale.addr());
+    let (code, out, err) = fleet
+        .cli(&[
+            "probe",
+            &url,
+            "--from",
+            "agent=fra-1",
+            "--resolver",
+            &resolver,
+            "--dial",
+            "each",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let fra = row(&out, "fra-1/direct");
+    assert_eq!(fra.len(), 2, "one row per address: {out}");
+    assert!(
+        fra.iter()
+            .all(|l| l.contains(&resolver) && l.contains("127.0.0.1,127.0.0.2")),
+        "{out}"
+    );
+    assert!(
+        fra.iter()
+            .any(|l| l.contains(&format!("127.0.0.1:{port}")) && l.contains("200 ok")),
+        "{out}"
+    );
+    assert!(
+        fra.iter()
+            .any(|l| l.contains(&format!("127.0.0.2:{port}")) && l.contains("502 http")),
+        "{out}"
+    );
+
+    // Stored, marked as one-off, not in the detector's statistics.
+    let stored: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT p.purpose, r.request_id FROM probe_results r
+         JOIN probe_requests p ON p.id = r.request_id ORDER BY r.request_id",
+    )
+    .fetch_all(&fleet.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 3 + 1 + 2);
+    assert!(stored.iter().all(|(purpose, _)| purpose == "manual"));
+    let store = vantage_collector::store::Store::new(fleet.pool.clone());
+    let now = chrono::Utc::now();
+    let cells = store
+        .window_cells(now - chrono::Duration::minutes(10), now, &[], 30_000, &[1])
+        .await
+        .unwrap();
+    assert!(cells.iter().all(|c| c.check != "probe"), "{cells:?}");
+
+    // Nobody there: said plainly, non-zero.
+    let (code, out, err) = fleet.cli(&["probe", &url, "--from", "region=mars"]).await;
+    assert_ne!(code, 0);
+    assert!(out.contains("No connected agent matched"), "{out}");
+    assert!(err.contains("not every agent asked answered"), "{err}");
+    // Bad options name the option.
+    let (code, _, err) = fleet.cli(&["probe", &url, "--from", "country=de"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--from \"country=de\": expected region=NAME, agent=ID or vantage=NAME"),
+        "{err}"
+    );
+}
