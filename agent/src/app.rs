@@ -41,7 +41,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct App {
     scheduler: Arc<Scheduler>,
     control: Arc<Control>,
-    refresher: IdentityRefresher,
+    refresher: Arc<Mutex<IdentityRefresher>>,
+    /// The configuration file, re-read on SIGHUP.
+    config_path: Option<std::path::PathBuf>,
     reporter: Reporter,
     queue: Arc<ResultQueue>,
 }
@@ -64,7 +66,10 @@ impl App {
         let tls = tls_configs(&config)?;
         let connection = connection(&config)?;
         let prober = HttpProber::new(config.agent_id.as_str(), config.probe_header, tls);
-        let refresher = IdentityRefresher::new(vantages.clone(), &config.dns);
+        let refresher = Arc::new(Mutex::new(IdentityRefresher::new(
+            vantages.clone(),
+            &config.dns,
+        )));
         if config.spool.path.is_none() {
             tracing::warn!(
                 "No [spool] path: results are kept in memory only and are lost when the agent stops."
@@ -82,7 +87,7 @@ impl App {
         let identity = Identity {
             agent_id: config.agent_id.to_string(),
             region: config.region.to_string(),
-            labels: config.labels,
+            labels: config.labels.clone(),
             vantages: vantages
                 .iter()
                 .map(|v| vantage_proto::v1::VantageInfo {
@@ -105,7 +110,8 @@ impl App {
         let control = Arc::new(Control::new(
             scheduler.clone(),
             central,
-            config.checks,
+            config.clone(),
+            refresher.clone(),
             answers_tx,
             pushed_rx,
         ));
@@ -128,6 +134,7 @@ impl App {
             scheduler,
             control,
             refresher,
+            config_path: None,
             reporter,
             queue,
         })
@@ -135,7 +142,22 @@ impl App {
 
     /// Asks every resolver and IP-echo URL who they are, now.
     pub async fn refresh_identities(&self) {
-        self.refresher.refresh_all().await;
+        self.identities().refresh_all().await;
+    }
+
+    fn identities(&self) -> IdentityRefresher {
+        self.refresher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads `path` on SIGHUP: checks, vantages and resolvers change
+    /// live; the rest is named in the log as waiting for a restart; a file
+    /// that does not load changes nothing.
+    pub fn reload_from(mut self, path: std::path::PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     /// Runs one round of the check named `check` from every vantage, now,
@@ -158,6 +180,7 @@ impl App {
     /// | `check:<name>@<vantage>` | restart | one loop's panic must not stop the others; results already spooled stay |
     /// | `identity`           | restart    | identities are re-learnt from scratch |
     /// | `control`            | restart    | the checks in force are kept in the scheduler and the assigned-checks file |
+    /// | `reload`             | restart    | SIGHUP re-reads the file; a failed reload changes nothing |
     /// | `reporter`           | exit       | it owns the stream's window of unacked batches; a new process rebuilds it from the spool |
     /// | `spool-sync`         | exit       | results not synced would be lost silently; a new process reopens the spool |
     ///
@@ -196,14 +219,19 @@ impl App {
         }
         // Identities first (bounded by the DNS and echo timeouts), so the
         // first results already carry them.
+        let identities = self
+            .refresher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            () = self.refresher.refresh_all() => {}
+            () = identities.refresh_all() => {}
         }
         let probing = Supervisor::new(shutdown.clone());
-        let refresher = self.refresher;
+        let refresher = self.refresher.clone();
         probing.spawn("identity", Policy::Restart, None, move |_, stop| {
-            let refresher = refresher.clone();
+            let refresher = refresher.lock().unwrap_or_else(|p| p.into_inner()).clone();
             async move {
                 refresher.run(stop).await;
                 Ok(())
@@ -221,6 +249,12 @@ impl App {
                 control.clone().run(loops.clone(), live, stop)
             });
         }
+        if let Some(path) = self.config_path.clone() {
+            let (control, loops) = (self.control.clone(), probing.clone());
+            probing.spawn("reload", Policy::Restart, None, move |_, stop| {
+                follow_sighup(path.clone(), control.clone(), loops.clone(), stop)
+            });
+        }
         probing.wait().await;
         // Every probe has ended: the last sync catches all results.
         stop_sync.cancel();
@@ -231,6 +265,41 @@ impl App {
         match fatal {
             Some(error) => Err(AgentExit::Component(error)),
             None => Ok(()),
+        }
+    }
+}
+
+/// Re-reads `path` on every SIGHUP until `stop`.
+async fn follow_sighup(
+    path: std::path::PathBuf,
+    control: Arc<Control>,
+    probing: Supervisor,
+    stop: CancellationToken,
+) -> Result<(), crate::supervise::ComponentError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = hangups.recv() => {}
+        }
+        let loaded = AgentConfig::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|config| control.reload(&probing, config));
+        match loaded {
+            Ok(()) => {
+                metrics::counter!("vantage_config_reloads_total", "result" => "applied")
+                    .increment(1);
+                tracing::info!(path = %path.display(), "Configuration reloaded.");
+            }
+            Err(error) => {
+                metrics::counter!("vantage_config_reloads_total", "result" => "refused")
+                    .increment(1);
+                tracing::error!(
+                    path = %path.display(),
+                    "Configuration reload refused: {error}. The running configuration stays."
+                );
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The agent's control: turns what changes the checks in force (a check
-//! set the collector pushes, a reloaded config) into a new set for the
-//! scheduler, and runs the one-off probes the collector asks for,
-//! answering each.
+//! set the collector pushes, a configuration reloaded on SIGHUP) into a
+//! new set for the scheduler, and runs the one-off probes the collector
+//! asks for, answering each.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -11,16 +11,21 @@ use tokio_util::sync::CancellationToken;
 use vantage_proto::v1 as pb;
 
 use crate::central::CentralChecks;
-use crate::config::{CheckConfig, ResolverSpec};
+use crate::config::{AgentConfig, CheckConfig, ResolverSpec};
 use crate::report::Pushed;
 use crate::schedule::{OneOff, OneOffCheck, Scheduler};
 use crate::supervise::{ComponentError, Liveness, Supervisor};
+use crate::vantage::{IdentityRefresher, Vantage};
 
 /// The checks in force come from here.
 pub struct Control {
     scheduler: Arc<Scheduler>,
     central: Mutex<CentralChecks>,
-    local: Mutex<Vec<CheckConfig>>,
+    /// The configuration in force (its checks are the local ones).
+    config: Mutex<AgentConfig>,
+    /// Shared with the `identity` component, made again on a reload that
+    /// changes the vantages.
+    refresher: Arc<Mutex<IdentityRefresher>>,
     answers: mpsc::UnboundedSender<pb::ProbeDone>,
     pushed: tokio::sync::Mutex<mpsc::UnboundedReceiver<Pushed>>,
 }
@@ -29,14 +34,16 @@ impl Control {
     pub fn new(
         scheduler: Arc<Scheduler>,
         central: CentralChecks,
-        local: Vec<CheckConfig>,
+        config: AgentConfig,
+        refresher: Arc<Mutex<IdentityRefresher>>,
         answers: mpsc::UnboundedSender<pb::ProbeDone>,
         pushed: mpsc::UnboundedReceiver<Pushed>,
     ) -> Self {
         Self {
             scheduler,
             central: Mutex::new(central),
-            local: Mutex::new(local),
+            config: Mutex::new(config),
+            refresher,
             answers,
             pushed: tokio::sync::Mutex::new(pushed),
         }
@@ -45,10 +52,10 @@ impl Control {
     /// The local checks and the assigned ones that are valid here.
     pub fn checks(&self) -> Vec<CheckConfig> {
         let names = self.scheduler.vantage_names();
-        let names: HashSet<&str> = names.into_iter().collect();
-        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let names: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
         let central = self.central.lock().unwrap_or_else(|p| p.into_inner());
-        central.merged(&local, &names)
+        central.merged(&config.checks, &names)
     }
 
     /// Puts the checks in force into effect under `probing`; logs what
@@ -72,10 +79,41 @@ impl Control {
         }
     }
 
-    /// Replaces the config's own checks (a reload).
-    pub fn set_local(&self, probing: &Supervisor, local: Vec<CheckConfig>) {
-        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = local;
+    /// Puts a reloaded configuration in force: its checks, vantages and
+    /// resolvers now; what can change only at a restart is named in the
+    /// log and keeps its running value. A configuration whose vantages
+    /// cannot be set up changes nothing.
+    pub fn reload(&self, probing: &Supervisor, new: AgentConfig) -> Result<(), String> {
+        let old = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let dns_changed = old.dns != new.dns;
+        let vantages_changed = old.effective_vantages() != new.effective_vantages();
+        if dns_changed || vantages_changed {
+            let vantages = Vantage::rebuild_all(&new, &self.scheduler.vantages(), dns_changed)
+                .map_err(|e| e.to_string())?;
+            *self.refresher.lock().unwrap_or_else(|p| p.into_inner()) =
+                IdentityRefresher::new(vantages.clone(), &new.dns);
+            self.scheduler.set_vantages(vantages);
+            probing.restart("identity");
+        }
+        let at_restart = restart_only_changes(&old, &new);
+        if !at_restart.is_empty() {
+            tracing::warn!(
+                keys = ?at_restart,
+                "Configuration reloaded, but these settings take effect only at the next restart."
+            );
+        }
+        // Keys that wait for a restart keep their running values.
+        let mut kept = old;
+        kept.checks = new.checks;
+        kept.dns = new.dns;
+        kept.vantages = new.vantages;
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = kept;
         self.apply(probing, "configuration reloaded");
+        Ok(())
     }
 
     /// Handles what the collector pushes until `stop`.
@@ -158,7 +196,7 @@ impl Control {
             Some(Target::Check(name)) => OneOffCheck::Named(name),
             Some(Target::DefinitionToml(text)) => {
                 let names = self.scheduler.vantage_names();
-                let names: HashSet<&str> = names.into_iter().collect();
+                let names: HashSet<&str> = names.iter().map(String::as_str).collect();
                 let what = format!("probe request {}", request.request_id);
                 OneOffCheck::Defined(Box::new(CheckConfig::from_table_text(
                     &what, &text, &names,
@@ -179,4 +217,35 @@ impl Control {
             dial_each: request.dial_each,
         })
     }
+}
+
+/// The keys of `new` that differ from `old` and take effect only at a
+/// restart: who the agent is and how it delivers.
+fn restart_only_changes(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
+    // Debug text compares nested settings without every type having to
+    // implement PartialEq; nothing here is logged.
+    fn differs(a: &impl std::fmt::Debug, b: &impl std::fmt::Debug) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    [
+        ("agent_id", differs(&old.agent_id, &new.agent_id)),
+        ("region", differs(&old.region, &new.region)),
+        ("labels", old.labels != new.labels),
+        (
+            "source_ip",
+            old.source_ip != new.source_ip && !new.vantages.is_empty(),
+        ),
+        (
+            "max_concurrent_probes",
+            old.max_concurrent_probes != new.max_concurrent_probes,
+        ),
+        ("probe_header", old.probe_header != new.probe_header),
+        ("collector", differs(&old.collector, &new.collector)),
+        ("spool", differs(&old.spool, &new.spool)),
+        ("metrics_listen", old.metrics_listen != new.metrics_listen),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(key, _)| key)
+    .collect()
 }

@@ -68,7 +68,7 @@ async fn main() -> ExitCode {
         }
     }
     let app = match App::build(config) {
-        Ok(app) => app,
+        Ok(app) => app.reload_from(args.config.clone()),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;

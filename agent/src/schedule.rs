@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
@@ -23,7 +23,8 @@ use crate::vantage::Vantage;
 
 /// Runs probes on schedule and queues their results.
 pub struct Scheduler {
-    vantages: Vec<Arc<Vantage>>,
+    /// Replaced whole by a reload ([`Scheduler::set_vantages`]).
+    vantages: RwLock<Vec<Arc<Vantage>>>,
     prober: Arc<HttpProber>,
     queue: Arc<ResultQueue>,
     egress_ip: watch::Receiver<Option<IpAddr>>,
@@ -35,8 +36,9 @@ pub struct Scheduler {
 #[derive(Default)]
 struct Running {
     checks: Vec<Arc<CheckConfig>>,
-    /// Component name (`check:<name>@<vantage>`) → the check it runs.
-    loops: HashMap<String, Arc<CheckConfig>>,
+    /// Component name (`check:<name>@<vantage>`) → the check it runs and
+    /// from where.
+    loops: HashMap<String, (Arc<CheckConfig>, Arc<Vantage>)>,
 }
 
 /// What [`Scheduler::apply`] did, in check names.
@@ -89,7 +91,7 @@ impl Scheduler {
         max_concurrent_probes: usize,
     ) -> Self {
         Self {
-            vantages,
+            vantages: RwLock::new(vantages),
             prober: Arc::new(prober),
             queue,
             egress_ip,
@@ -102,13 +104,22 @@ impl Scheduler {
     }
 
     /// The names of this agent's vantages.
-    pub fn vantage_names(&self) -> Vec<&str> {
-        self.vantages.iter().map(|v| v.name.as_str()).collect()
+    pub fn vantage_names(&self) -> Vec<String> {
+        self.vantages().iter().map(|v| v.name.clone()).collect()
     }
 
-    /// The vantages, for the Hello.
-    pub fn vantages(&self) -> &[Arc<Vantage>] {
-        &self.vantages
+    /// The vantages in force.
+    pub fn vantages(&self) -> Vec<Arc<Vantage>> {
+        self.vantages
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the vantages (a reload); loops from a vantage that is no
+    /// longer the same start again at the next [`Scheduler::apply`].
+    pub fn set_vantages(&self, vantages: Vec<Arc<Vantage>>) {
+        *self.vantages.write().unwrap_or_else(|p| p.into_inner()) = vantages;
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, Running> {
@@ -132,6 +143,7 @@ impl Scheduler {
                 ),
             }
         }
+        let vantages = self.vantages();
         let mut running = self.running();
         let before: HashMap<String, Arc<CheckConfig>> = running
             .checks
@@ -150,13 +162,13 @@ impl Scheduler {
             // A loop lives a bit beyond three intervals without a round
             // (plus one timeout): then it is stuck.
             let stale_after = check.interval * 3 + check.timeout;
-            for vantage in self.vantages.iter().filter(|v| v.runs(check)) {
+            for vantage in vantages.iter().filter(|v| v.runs(check)) {
                 let component = format!("check:{name}@{}", vantage.name);
                 wanted.insert(component.clone());
                 if running
                     .loops
                     .get(&component)
-                    .is_some_and(|c| **c == **check)
+                    .is_some_and(|(c, v)| **c == **check && Arc::ptr_eq(v, vantage))
                 {
                     continue;
                 }
@@ -182,7 +194,9 @@ impl Scheduler {
                         }
                     },
                 );
-                running.loops.insert(component, check.clone());
+                running
+                    .loops
+                    .insert(component, (check.clone(), vantage.clone()));
             }
         }
         running.loops.retain(|component, _| {
@@ -200,7 +214,7 @@ impl Scheduler {
 
     /// Resolvers and TLS for a check that may name new ones.
     fn prepare(&self, check: &CheckConfig) -> Result<(), String> {
-        for vantage in self.vantages.iter().filter(|v| v.runs(check)) {
+        for vantage in self.vantages().iter().filter(|v| v.runs(check)) {
             vantage.ensure_resolvers(check).map_err(|e| e.to_string())?;
         }
         self.prober.prepare(check).map_err(|e| e.to_string())
@@ -222,7 +236,8 @@ impl Scheduler {
         let Some(check) = self.check(check) else {
             return Vec::new();
         };
-        self.round_from(&check, self.vantages.iter().filter(|v| v.runs(&check)))
+        let vantages = self.vantages();
+        self.round_from(&check, vantages.iter().filter(|v| v.runs(&check)))
             .await
     }
 
@@ -243,15 +258,16 @@ impl Scheduler {
             check.dial = Dial::Each;
         }
         check.origin.request_id = Some(request.request_id);
+        let vantages = self.vantages();
         if let Some(unknown) = request
             .vantages
             .iter()
-            .find(|name| !self.vantages.iter().any(|v| &v.name == *name))
+            .find(|name| !vantages.iter().any(|v| &v.name == *name))
         {
             return Err(OneOffError::UnknownVantage(unknown.clone()));
         }
         self.prepare(&check).map_err(OneOffError::Invalid)?;
-        let vantages = self.vantages.iter().filter(|v| {
+        let vantages = vantages.iter().filter(|v| {
             v.runs(&check) && (request.vantages.is_empty() || request.vantages.contains(&v.name))
         });
         Ok(self.round_from(&check, vantages).await)

@@ -98,6 +98,11 @@ struct Component {
     /// Cancelled with the process's shutdown, or alone by
     /// [`Supervisor::stop`].
     stop: CancellationToken,
+    /// The current run's token (a child of `stop`), cancelled alone by
+    /// [`Supervisor::restart`].
+    run: Mutex<CancellationToken>,
+    /// The current run was ended to be made again at once.
+    restart_asked: std::sync::atomic::AtomicBool,
 }
 
 struct Status {
@@ -210,6 +215,8 @@ impl Supervisor {
                 last_error: None,
             }),
             stop: self.shutdown.child_token(),
+            run: Mutex::new(CancellationToken::new()),
+            restart_asked: std::sync::atomic::AtomicBool::new(false),
         });
         self.components
             .lock()
@@ -231,11 +238,21 @@ impl Supervisor {
                     status.state = State::Running;
                     status.run_started = started;
                 }
-                let run = tokio::spawn(make(handle.clone(), component.stop.clone()));
+                let token = component.stop.child_token();
+                *component.run.lock().unwrap_or_else(|p| p.into_inner()) = token.clone();
+                let run = tokio::spawn(make(handle.clone(), token));
                 let outcome = run.await;
                 if component.stop.is_cancelled() {
                     component.status().state = State::Stopped;
                     return;
+                }
+                if component
+                    .restart_asked
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                    && !matches!(&outcome, Err(join) if join.is_panic())
+                {
+                    tracing::info!(component = %component.name, "Component {} made again with new settings.", component.name);
+                    continue;
                 }
                 let error = match outcome {
                     Ok(Ok(())) => "ended on its own while the process was running".to_owned(),
@@ -301,6 +318,26 @@ impl Supervisor {
         let component = components.remove(at);
         component.stop.cancel();
         metrics::gauge!("vantage_component_up", "component" => component.name.clone()).set(0.0);
+        true
+    }
+
+    /// Ends the current run of the component `name` as at shutdown and
+    /// makes it again at once, after the run has ended (new settings are
+    /// read by its factory); not a failure. Whether there was such a
+    /// component.
+    pub fn restart(&self, name: &str) -> bool {
+        let components = self.components.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(component) = components.iter().find(|c| c.name == name) else {
+            return false;
+        };
+        component
+            .restart_asked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        component
+            .run
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancel();
         true
     }
 
@@ -445,6 +482,51 @@ mod tests {
         shutdown.cancel();
         assert_eq!(supervisor.wait().await, None);
         assert_eq!(ended.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_component_ends_its_run_and_is_made_again_at_once() {
+        let shutdown = CancellationToken::new();
+        let supervisor = Supervisor::new(shutdown.clone());
+        let made = Arc::new(AtomicU32::new(0));
+        let ended = Arc::new(AtomicU32::new(0));
+        {
+            let (made, ended) = (made.clone(), ended.clone());
+            supervisor.spawn("detector", Policy::Restart, None, move |_, stop| {
+                made.fetch_add(1, Ordering::SeqCst);
+                let ended = ended.clone();
+                async move {
+                    stop.cancelled().await;
+                    // A graceful end takes a while (a lease released).
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    ended.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(supervisor.restart("detector"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            made.load(Ordering::SeqCst),
+            1,
+            "not before the old run ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ended.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            made.load(Ordering::SeqCst),
+            2,
+            "made again without a backoff"
+        );
+        let h = &supervisor.health()[0];
+        assert_eq!(
+            (h.state, h.restarts, h.last_error.as_deref()),
+            (State::Running, 0, None)
+        );
+        assert!(!supervisor.restart("nobody"));
+        shutdown.cancel();
+        assert_eq!(supervisor.wait().await, None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,6 +39,8 @@ pub struct Vantage {
     echo_url: Option<Url>,
     echo_interval: Duration,
     echo_ip: RwLock<Option<IpAddr>>,
+    /// What it was built from, to tell whether a reload changes it.
+    config: VantageConfig,
 }
 
 impl Vantage {
@@ -78,9 +80,31 @@ impl Vantage {
                     echo_url: v.ip_echo_url.as_ref().map(|u| u.url().clone()),
                     echo_interval: v.ip_echo_interval,
                     echo_ip: RwLock::new(None),
+                    config: v.clone(),
                 }))
             })
             .collect()
+    }
+
+    /// The vantages of `config` after a reload: those whose settings (and
+    /// the `[dns]` settings) did not change are the running ones, with
+    /// what they learnt about themselves; the others are new.
+    pub fn rebuild_all(
+        config: &AgentConfig,
+        running: &[Arc<Self>],
+        dns_changed: bool,
+    ) -> Result<Vec<Arc<Self>>, DnsSetupError> {
+        let fresh = Self::build_all(config)?;
+        Ok(fresh
+            .into_iter()
+            .map(|new| {
+                running
+                    .iter()
+                    .find(|old| !dns_changed && old.config == new.config)
+                    .cloned()
+                    .unwrap_or(new)
+            })
+            .collect())
     }
 
     /// Whether `check` runs from this vantage.

@@ -2,6 +2,7 @@
 //! it until shutdown or the first fatal error.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use crate::control::ControlHub;
 use crate::detect::Detector;
 use crate::ingest::IngestService;
 use crate::listen;
+use crate::reload::LiveConfig;
 use crate::store::Store;
 
 /// How often daily partitions ahead of today are checked for.
@@ -75,6 +77,8 @@ pub fn preflight(config: &CollectorConfig) -> Result<()> {
 /// A collector with its database migrated and its listeners bound.
 pub struct Application {
     config: CollectorConfig,
+    /// The file `config` came from: re-read on SIGHUP.
+    config_path: Option<PathBuf>,
     store: Arc<Store>,
     grpc: TcpListener,
     http: Option<TcpListener>,
@@ -104,10 +108,17 @@ impl Application {
         };
         Ok(Self {
             config,
+            config_path: None,
             store,
             grpc,
             http,
         })
+    }
+
+    /// Re-reads `path` on SIGHUP (see [`crate::reload`]).
+    pub fn reload_from(mut self, path: PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -133,6 +144,7 @@ impl Application {
     /// | `alerter`    | restart    | an outbox upkeep ended within 60 s   |
     /// | `partitions` | restart    | partitions were ensured within 3 h   |
     /// | `control`    | restart    | the check set was read within 90 s   |
+    /// | `reload`     | restart    | running (SIGHUP re-reads the file)   |
     ///
     /// Restart where the state is in PostgreSQL and a new instance takes
     /// over where the old one stopped; exit where the process is useless
@@ -248,17 +260,33 @@ impl Application {
                 }
             });
         }
-        let settings = self.config.detector.settings();
-        let stale = (settings.interval * 3).max(Duration::from_secs(30));
+        let config = Arc::new(LiveConfig::new(self.config.clone()));
+        if let Some(path) = self.config_path.clone() {
+            let (config, components) = (config.clone(), supervisor.clone());
+            supervisor.spawn("reload", Policy::Restart, None, move |live, stop| {
+                crate::reload::follow_sighup(
+                    path.clone(),
+                    config.clone(),
+                    components.clone(),
+                    live,
+                    stop,
+                )
+            });
+        }
+        // Stalled after three intervals (of the configuration at start: a
+        // reload that lengthens the interval a lot needs a restart for
+        // /healthz to follow).
+        let stale = (self.config.detector.settings().interval * 3).max(Duration::from_secs(30));
         {
-            let (store, changed) = (self.store.clone(), changed.clone());
+            let (store, changed, config) = (self.store.clone(), changed.clone(), config.clone());
             supervisor.spawn(
                 "detector",
                 Policy::Restart,
                 Some(stale),
                 move |live, stop| {
-                    let detector = Detector::new(store.clone(), settings.clone(), changed.clone())
-                        .with_liveness(live);
+                    let settings = config.get().detector.settings();
+                    let detector =
+                        Detector::new(store.clone(), settings, changed.clone()).with_liveness(live);
                     async move {
                         detector.run(stop).await;
                         Ok(())
@@ -268,25 +296,23 @@ impl Application {
         }
         // Runs without sinks too: events are then marked handled, so that a
         // sink added later does not page for history.
-        let link_base = self.config.link_base();
-        if link_base.is_none() && !self.config.sinks.is_empty() {
-            tracing::warn!(
-                "Neither public_url nor http_listen is set: pages carry no link to the incident."
-            );
-        }
         {
-            let (store, sinks) = (self.store.clone(), self.config.sinks.clone());
+            let store = self.store.clone();
             supervisor.spawn(
                 "alerter",
                 Policy::Restart,
                 Some(ALERTER_STALE_AFTER),
                 move |live, stop| {
-                    let alerter = Alerter::new(
-                        store.clone(),
-                        sinks.clone(),
-                        link_base.clone(),
-                        changed.clone(),
-                    );
+                    let config = config.get();
+                    let link_base = config.link_base();
+                    if link_base.is_none() && !config.sinks.is_empty() {
+                        tracing::warn!(
+                            "Neither public_url nor http_listen is set: pages carry no link to \
+                             the incident."
+                        );
+                    }
+                    let alerter =
+                        Alerter::new(store.clone(), config.sinks, link_base, changed.clone());
                     async move {
                         alerter?.with_liveness(live).run(stop).await;
                         Ok(())

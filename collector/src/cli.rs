@@ -198,11 +198,11 @@ pub enum AsnCommand {
 /// Runs `command`; `serve` runs until `shutdown`.
 pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config } => {
-            let config = CollectorConfig::load(&config)?;
+        Command::Serve { config: path } => {
+            let config = CollectorConfig::load(&path)?;
             app::preflight(&config)?;
             let pool = app::connect(&config).await?;
-            let app = Application::build(config, pool).await?;
+            let app = Application::build(config, pool).await?.reload_from(path);
             app.run(shutdown).await
         }
         Command::CheckConfig { config: path } => {

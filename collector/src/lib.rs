@@ -21,6 +21,7 @@
 //! - [`alert`]: sinks and their formats; delivery from the outbox, once
 //!   per event and sink, retried until delivered or visibly expired.
 //! - [`probe_now`]: `probe URL`: one-off probes from chosen agents, side by side.
+//! - [`reload`]: SIGHUP re-reads collector.toml; what changes live, what waits.
 //! - [`silence`]: `silence add|list|expire`: pages held back, visibly.
 //! - [`http`]: health, metrics and incident endpoints.
 //! - [`listen`]: connections within bounds (caps, descriptors, timeouts).
@@ -41,6 +42,7 @@ pub mod ingest;
 pub mod listen;
 pub mod metrics;
 pub mod probe_now;
+pub mod reload;
 pub mod silence;
 pub mod store;
 pub mod wire;

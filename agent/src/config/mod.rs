@@ -93,7 +93,7 @@ impl AgentConfig {
 }
 
 /// One egress path: a source address, a forward proxy, or both.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VantageConfig {
     pub name: Spanned<NonEmpty>,
@@ -269,7 +269,7 @@ impl SpoolConfig {
 }
 
 /// Which nameserver answers the probes' lookups.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// Resolvers of every check that names none: `system` (from

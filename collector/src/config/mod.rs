@@ -218,7 +218,12 @@ impl Default for CollectorConfig {
 
 impl CollectorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_config(path)?;
+        Self::parse(path, &read_config(path)?)
+    }
+
+    /// Parses and checks `text`; `path` is only named in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let text = text.to_owned();
         let mut config: Self = parse_toml(path, &text)?;
         config.sinks =
             crate::alert::config::sinks(path, &text, &config.sink_configs, &config.webhooks)?;

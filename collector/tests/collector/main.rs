@@ -19,6 +19,7 @@ mod limits;
 mod pages;
 mod probe_now;
 mod process;
+mod reload;
 mod schema;
 mod supervision;
 mod tls;

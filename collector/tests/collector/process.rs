@@ -118,6 +118,15 @@ pub fn terminate(child: &mut Child, within: Duration) -> std::process::ExitStatu
     }
 }
 
+/// Sends SIGHUP (reload the configuration).
+pub fn hangup(child: &Child) {
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -HUP {}", child.id())])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// Sends SIGKILL and reaps the process.
 pub fn kill9(child: &mut Child) {
     child.kill().unwrap();
