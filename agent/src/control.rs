@@ -215,6 +215,7 @@ impl Control {
             vantages: request.vantages,
             resolvers,
             dial_each: request.dial_each,
+            rounds: request.rounds.max(1),
         })
     }
 }

@@ -49,6 +49,9 @@ pub struct Applied {
     pub stopped: BTreeSet<String>,
 }
 
+/// Rounds one request may ask for at most.
+const MAX_ONE_OFF_ROUNDS: u32 = 10;
+
 /// Why a one-off probe could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum OneOffError {
@@ -71,6 +74,8 @@ pub struct OneOff {
     /// Resolvers instead of the check's; empty: the check's.
     pub resolvers: Vec<ResolverSpec>,
     pub dial_each: bool,
+    /// Rounds run one after the other (at least one).
+    pub rounds: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -267,10 +272,19 @@ impl Scheduler {
             return Err(OneOffError::UnknownVantage(unknown.clone()));
         }
         self.prepare(&check).map_err(OneOffError::Invalid)?;
-        let vantages = vantages.iter().filter(|v| {
-            v.runs(&check) && (request.vantages.is_empty() || request.vantages.contains(&v.name))
-        });
-        Ok(self.round_from(&check, vantages).await)
+        let chosen: Vec<Arc<Vantage>> = vantages
+            .iter()
+            .filter(|v| {
+                v.runs(&check)
+                    && (request.vantages.is_empty() || request.vantages.contains(&v.name))
+            })
+            .cloned()
+            .collect();
+        let mut results = Vec::new();
+        for _ in 0..request.rounds.clamp(1, MAX_ONE_OFF_ROUNDS) {
+            results.extend(self.round_from(&check, chosen.iter()).await);
+        }
+        Ok(results)
     }
 
     async fn round_from(

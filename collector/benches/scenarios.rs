@@ -2,7 +2,11 @@
 //! settings of the field test (checks and detector every 2 s, window 60 s,
 //! `resolve_quiet` 10 s): rounds to open and to resolve per scenario, and
 //! the false-positive rates (2% uniform noise, one vantage failing alone,
-//! a flapping fault). The simulated fleet runs the real detection pass
+//! a flapping fault). Every figure is measured twice in the same run:
+//! without confirmation probes and with them (the detector asks the
+//! candidate's vantages and a matched set outside it to probe again when
+//! it first holds a candidate; they are stored 2 s later), side by side as
+//! `off → on`. The simulated fleet runs the real detection pass
 //! ([`vantage_collector::detect::simulate`]); no database, no clock.
 //!
 //! `cargo bench -p vantage-collector --bench scenarios`
@@ -11,7 +15,17 @@ use std::time::{Duration, Instant};
 
 use vantage_collector::detect::DetectorSettings;
 use vantage_collector::detect::lifecycle::Hysteresis;
-use vantage_collector::detect::simulate::{Scenario, SimVantage, Simulation, one_path, scenarios};
+use vantage_collector::detect::simulate::{
+    Measured, Scenario, SimVantage, Simulation, one_path, scenarios,
+};
+
+/// `settings` without confirmation probes: the detector before them.
+fn without(settings: &DetectorSettings) -> DetectorSettings {
+    DetectorSettings {
+        confirmation_probes: false,
+        ..settings.clone()
+    }
+}
 
 fn main() {
     let default = DetectorSettings::default();
@@ -39,49 +53,100 @@ fn main() {
         println!("\n== {label}");
         let quiet = settings.hysteresis.resolve_quiet.as_secs_f64() / round.as_secs_f64();
         println!(
-            "  {:<66} {:>8} {:>10}  {:<40} updates",
-            "scenario (15 vantages, fault from round 20 to 40)", "to open", "to resolve", "paged",
+            "  {:<62} {:>12} {:>12} {:>10}  {:<36} {:>7}",
+            "scenario (15 vantages, fault from round 20 to 40)",
+            "to open",
+            "to resolve",
+            "candidates",
+            "paged",
+            "asked",
         );
+        let (mut sum_off, mut sum_on, mut n) = (0.0, 0.0, 0);
         for s in scenarios() {
-            let m = Simulation::measure(settings, round, &s);
+            let off = Simulation::measure(&without(settings), round, &s);
+            let on = Simulation::measure(settings, round, &s);
             let key = |k: &Option<vantage_collector::detect::track::CandidateKey>| {
                 k.as_ref().map_or("-".to_owned(), |k| {
                     format!("{} {}={}", k.target, k.dimension, k.value)
                 })
             };
-            let paged = if m.first_key == m.final_key {
-                key(&m.final_key)
-            } else {
-                format!("{} -> {}", key(&m.first_key), key(&m.final_key))
-            };
-            let ok = match (&s.expect, &m.final_key) {
-                (Some((t, d, v)), Some(k)) => k.target == *t && k.dimension == *d && k.value == *v,
-                (None, None) => true,
-                _ => false,
-            };
-            println!(
-                "  {:<66} {:>8} {:>10}  {:<40} {} {}",
-                s.name,
-                m.rounds_to_open.map_or("-".into(), |r| format!("{r:.1}")),
-                m.rounds_to_resolve
-                    .map_or("-".into(), |r| format!("{r:.1}")),
-                paged,
-                m.updates,
-                if ok && m.opened == 1 {
-                    "ok"
+            let paged = |m: &Measured| {
+                if m.first_key == m.final_key {
+                    key(&m.final_key)
                 } else {
-                    "UNEXPECTED"
+                    format!("{} -> {}", key(&m.first_key), key(&m.final_key))
                 }
+            };
+            let ok = |m: &Measured| {
+                let right = match (&s.expect, &m.final_key) {
+                    (Some((t, d, v)), Some(k)) => {
+                        k.target == *t && k.dimension == *d && k.value == *v
+                    }
+                    (None, None) => true,
+                    _ => false,
+                };
+                right && m.opened == usize::from(s.expect.is_some())
+            };
+            let rounds = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.1}"));
+            if let (Some(a), Some(b)) = (off.rounds_to_open, on.rounds_to_open) {
+                sum_off += a;
+                sum_on += b;
+                n += 1;
+            }
+            println!(
+                "  {:<62} {:>12} {:>12} {:>10}  {:<36} {:>7} {}",
+                s.name,
+                format!(
+                    "{} → {}",
+                    rounds(off.rounds_to_open),
+                    rounds(on.rounds_to_open)
+                ),
+                format!(
+                    "{} → {}",
+                    rounds(off.rounds_to_resolve),
+                    rounds(on.rounds_to_resolve)
+                ),
+                format!("{} → {}", off.stats.new_candidates, on.stats.new_candidates),
+                paged(&on),
+                on.stats.confirmation_probes,
+                match (ok(&off), ok(&on)) {
+                    (true, true) => "ok",
+                    (false, true) => "UNEXPECTED without confirmation",
+                    (true, false) => "UNEXPECTED with confirmation",
+                    (false, false) => "UNEXPECTED",
+                }
+            );
+        }
+        if n > 0 {
+            println!(
+                "  mean rounds to open over {n} scenarios: {:.2} without confirmation probes, {:.2} with ({:+.0}%)",
+                sum_off / f64::from(n),
+                sum_on / f64::from(n),
+                (sum_on - sum_off) / sum_off * 100.0
             );
         }
         println!(
             "  (rounds to resolve include resolve_quiet = {quiet:.0} rounds; target: <= 3 + {quiet:.0})"
         );
         let started = Instant::now();
-        let (opened, target_passes) = Simulation::noise(settings, round, 6, 2000, 0.02, 1);
+        let (off_opened, target_passes, off) =
+            Simulation::noise_with_stats(&without(settings), round, 6, 2000, 0.02, 1);
+        let (on_opened, _, on) = Simulation::noise_with_stats(settings, round, 6, 2000, 0.02, 1);
+        let scheduled = 6 * 2000 * Simulation::standard_fleet().len() as u64;
         println!(
-            "  2% uniform noise: {opened} incidents over {target_passes} target-passes (6 targets, 2000 rounds; {:.1} s)",
+            "  2% uniform noise, 6 targets, 2000 rounds ({target_passes} target-passes; {:.1} s):",
             started.elapsed().as_secs_f64()
+        );
+        println!(
+            "    incidents {off_opened} → {on_opened}; false candidates held {} → {}; candidate-passes {} → {}; confirmation requests 0 → {} ({} probes, {:.2}% of the {} scheduled)",
+            off.new_candidates,
+            on.new_candidates,
+            off.candidate_passes,
+            on.candidate_passes,
+            on.confirmations,
+            on.confirmation_probes,
+            on.confirmation_probes as f64 / scheduled as f64 * 100.0,
+            scheduled,
         );
         let alone = Scenario {
             name: "one vantage failing alone",
@@ -91,10 +156,13 @@ fn main() {
             fails: Box::new(|_, _, v: &SimVantage, _| v.name == "e1"),
             expect: None,
         };
-        let m = Simulation::measure(settings, round, &alone);
+        let (off, on) = (
+            Simulation::measure(&without(settings), round, &alone),
+            Simulation::measure(settings, round, &alone),
+        );
         println!(
-            "  one vantage failing alone for 180 rounds: {} incidents",
-            m.opened
+            "  one vantage failing alone for 180 rounds: {} → {} incidents",
+            off.opened, on.opened
         );
         let flapping = Scenario {
             name: "flapping",
@@ -106,12 +174,20 @@ fn main() {
             }),
             expect: None,
         };
-        let m = Simulation::measure(settings, round, &flapping);
-        println!(
-            "  a /24 failing every other round for 100 rounds: {} incident(s), resolved {} rounds after the last flap",
-            m.opened,
+        let (off, on) = (
+            Simulation::measure(&without(settings), round, &flapping),
+            Simulation::measure(settings, round, &flapping),
+        );
+        let resolved = |m: &Measured| {
             m.rounds_to_resolve
                 .map_or("-".into(), |r| format!("{r:.1}"))
+        };
+        println!(
+            "  a /24 failing every other round for 100 rounds: {} → {} incident(s), resolved {} → {} rounds after the last flap",
+            off.opened,
+            on.opened,
+            resolved(&off),
+            resolved(&on)
         );
     }
 }

@@ -328,6 +328,7 @@ pub fn probe_message(
         vantages,
         resolvers: request.resolvers.clone(),
         dial_each: request.dial_each,
+        rounds: u32::try_from(request.rounds).unwrap_or(1),
     })
 }
 

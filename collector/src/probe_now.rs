@@ -112,6 +112,7 @@ pub fn request(options: &ProbeOptions) -> Result<NewProbeRequest, ProbeOptionErr
         selector: serde_json::to_value(&targets).unwrap_or_default(),
         resolvers: options.resolvers.clone(),
         dial_each: options.dial_each,
+        rounds: 1,
         candidate: None,
     })
 }

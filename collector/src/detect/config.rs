@@ -61,6 +61,15 @@ pub struct DetectorConfig {
     pub egress_prefix_v6: u8,
     #[serde(with = "humantime_serde", default = "default_rates_retention")]
     pub rates_retention: Duration,
+    /// Ask for probes from inside and outside a candidate segment as soon
+    /// as it is first held, and count a reproduced failure as a second
+    /// observation (default true).
+    #[serde(default = "default_confirmation_probes")]
+    pub confirmation_probes: bool,
+}
+
+fn default_confirmation_probes() -> bool {
+    DetectorSettings::default().confirmation_probes
 }
 
 /// `[[detector.check]]`: the statuses counted for one check name.
@@ -145,6 +154,7 @@ impl Default for DetectorConfig {
             egress_prefix_v4: default_prefix_v4(),
             egress_prefix_v6: default_prefix_v6(),
             rates_retention: default_rates_retention(),
+            confirmation_probes: default_confirmation_probes(),
         }
     }
 }
@@ -171,6 +181,7 @@ impl DetectorConfig {
                 update_after: self.update_after,
             },
             statuses: self.statuses.clone(),
+            confirmation_probes: self.confirmation_probes,
             check_statuses: self
                 .checks
                 .iter()

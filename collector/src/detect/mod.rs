@@ -9,6 +9,7 @@
 
 pub mod asn;
 pub mod config;
+pub mod confirm;
 pub mod decision;
 pub mod dimensions;
 pub mod explain;
@@ -81,6 +82,8 @@ pub struct DetectorSettings {
     /// The probe round assumed for results that do not say their check's
     /// interval (from agents older than the `interval_ms` field).
     pub default_round: Duration,
+    /// Ask for confirmation probes when a candidate is first held.
+    pub confirmation_probes: bool,
 }
 
 impl Default for DetectorSettings {
@@ -96,6 +99,7 @@ impl Default for DetectorSettings {
             prefix_v6: 48,
             rates_retention: Duration::from_secs(3600),
             default_round: Duration::from_secs(30),
+            confirmation_probes: true,
         }
     }
 }
@@ -266,7 +270,8 @@ impl Detector {
         let query_time = started.elapsed();
         let open = self.store.open_incidents().await?;
         let tracked = self.store.tracked_failures(&open).await?;
-        let pass = plan::plan(plan::PassInput {
+        let asked = confirm::recently_asked(&self.store, window_start).await?;
+        let mut pass = plan::plan(plan::PassInput {
             cells: &cells,
             tracked,
             open: &open,
@@ -274,7 +279,9 @@ impl Detector {
             asn: &asn,
             thresholds: &thresholds,
             now,
+            asked: &asked,
         });
+        confirm::add_evidence(&self.store, &mut pass, window_start).await?;
         let run = RunRecord {
             evaluated_at: now,
             window_start,
@@ -312,6 +319,7 @@ impl Detector {
         for (id, key) in &pass.resolves {
             tracing::info!(id, candidate = %key, "Incident resolved.");
         }
+        confirm::ask(&self.store, &pass.confirmations).await;
         *self.last_pass.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed();
         let summary = PassSummary {
             ran: true,

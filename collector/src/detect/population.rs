@@ -21,6 +21,8 @@ use crate::store::WindowCell;
 pub struct Population {
     /// The target, or [`PATH_TARGET`].
     pub target: String,
+    /// The check that probes it (the first seen; empty for a path).
+    pub check: String,
     pub pattern: Pattern,
     pub groups: Vec<Group>,
     /// Per group: its failing probes' times and samples.
@@ -42,6 +44,7 @@ impl Population {
     pub fn new(target: String, pattern: Pattern) -> Self {
         Self {
             target,
+            check: String::new(),
             pattern,
             groups: Vec::new(),
             evidence: Vec::new(),
@@ -121,6 +124,9 @@ pub fn group(
                 names
                     .vantages
                     .push(format!("{}/{}", cell.agent_id, cell.vantage));
+                names
+                    .vantage_pairs
+                    .push((cell.agent_id.clone(), cell.vantage.clone()));
                 names.vantages.len() - 1
             });
         let mut values = Vec::with_capacity(DIMENSIONS.len());
@@ -164,16 +170,28 @@ pub fn group(
                         witness: vantage,
                         unit: vantage,
                         buckets: vec![Counts::default(); buckets],
+                        confirmed: Counts::default(),
                     });
                     p.evidence.push(GroupEvidence::default());
                     p.group_target.push(target);
                     p.group_vantage.push(vantage);
                     p.groups.len() - 1
                 });
-            let c = &mut p.groups[gi].buckets[bucket];
-            c.probes += probes;
+            if p.check.is_empty() {
+                p.check.clone_from(&cell.check);
+            }
+            let group = &mut p.groups[gi];
+            let mut counted = vec![&mut group.buckets[bucket]];
+            if cell.confirmation {
+                counted.push(&mut group.confirmed);
+            }
+            for c in counted {
+                c.probes += probes;
+                if failing {
+                    c.failures += probes;
+                }
+            }
             if failing {
-                c.failures += probes;
                 p.evidence[gi].add(cell);
             }
         }

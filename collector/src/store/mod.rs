@@ -19,8 +19,8 @@ pub use detection::{Applied, IncidentRecord, RateRow, RunRecord};
 pub use incidents::Incident;
 pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};
 pub use requests::{
-    CONTROL_CHANNEL, NewProbeRequest, Notice, OneOffResult, ProbeAnswer, ProbeRequest, Purpose,
-    RequestAgent,
+    CONTROL_CHANNEL, ConfirmationRecord, NewProbeRequest, Notice, OneOffResult, ProbeAnswer,
+    ProbeRequest, Purpose, RequestAgent,
 };
 pub use window::WindowCell;
 

@@ -90,6 +90,8 @@ pub struct ProbeRequest {
     pub selector: serde_json::Value,
     pub resolvers: Vec<String>,
     pub dial_each: bool,
+    /// Rounds each vantage runs, one after the other.
+    pub rounds: i32,
     pub candidate: Option<serde_json::Value>,
     pub requested_at: DateTime<Utc>,
 }
@@ -103,6 +105,7 @@ pub struct NewProbeRequest {
     pub selector: serde_json::Value,
     pub resolvers: Vec<String>,
     pub dial_each: bool,
+    pub rounds: i32,
     pub candidate: Option<serde_json::Value>,
 }
 
@@ -135,12 +138,24 @@ type RequestRow = (
     serde_json::Value,
     Vec<String>,
     bool,
+    i32,
     Option<serde_json::Value>,
     DateTime<Utc>,
 );
 
 fn request(row: RequestRow) -> ProbeRequest {
-    let (id, purpose, check_name, definition, selector, resolvers, dial_each, candidate, at) = row;
+    let (
+        id,
+        purpose,
+        check_name,
+        definition,
+        selector,
+        resolvers,
+        dial_each,
+        rounds,
+        candidate,
+        at,
+    ) = row;
     ProbeRequest {
         id,
         purpose: Purpose::parse(&purpose),
@@ -149,6 +164,7 @@ fn request(row: RequestRow) -> ProbeRequest {
         selector,
         resolvers,
         dial_each,
+        rounds,
         candidate,
         requested_at: at,
     }
@@ -205,8 +221,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO probe_requests (purpose, check_name, definition, selector, resolvers,
-                                         dial_each, candidate)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                                         dial_each, candidate, rounds)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(new.purpose.as_str())
         .bind(&new.check_name)
@@ -215,6 +231,7 @@ impl Store {
         .bind(&new.resolvers)
         .bind(new.dial_each)
         .bind(&new.candidate)
+        .bind(new.rounds)
         .fetch_one(&mut *tx)
         .await?;
         notify(&mut tx, Notice::Probe(id)).await?;
@@ -226,7 +243,7 @@ impl Store {
     pub async fn probe_request(&self, id: i64) -> Result<Option<ProbeRequest>, StoreError> {
         let row: Option<RequestRow> = sqlx::query_as(
             "SELECT id, purpose, check_name, definition, selector, resolvers, dial_each,
-                    candidate, requested_at
+                    rounds, candidate, requested_at
              FROM probe_requests WHERE id = $1",
         )
         .bind(id)
@@ -289,4 +306,81 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+impl Store {
+    /// When confirmation probes were last asked for each candidate since
+    /// `since`: (target, pattern, dimension, value) and the time.
+    pub async fn recent_confirmations(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, String, String, String, DateTime<Utc>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT candidate->>'target', candidate->>'pattern', candidate->>'dimension',
+                    candidate->>'value', max(requested_at)
+             FROM probe_requests
+             WHERE purpose = 'confirmation' AND requested_at > $1 AND candidate IS NOT NULL
+             GROUP BY 1, 2, 3, 4",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The confirmation probes asked for the candidate (target, pattern,
+    /// dimension, value) since `since`, each with the results stored from
+    /// inside and outside the segment: (request id, asked at, candidate
+    /// JSON, probes and failures inside, probes and failures outside),
+    /// failures counted by the statuses `failing` (status pattern) or the
+    /// `connection_outcomes` (connection pattern).
+    pub async fn confirmations_of(
+        &self,
+        key: (&str, &str, &str, &str),
+        since: DateTime<Utc>,
+        failing: &[i16],
+        connection_outcomes: &[&str],
+    ) -> Result<Vec<ConfirmationRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT p.id, p.requested_at, p.candidate,
+                    count(r.*) FILTER (WHERE inside) AS inside_probes,
+                    count(r.*) FILTER (WHERE inside AND failed) AS inside_failures,
+                    count(r.*) FILTER (WHERE NOT inside) AS outside_probes,
+                    count(r.*) FILTER (WHERE NOT inside AND failed) AS outside_failures
+             FROM probe_requests p
+             LEFT JOIN LATERAL (
+                 SELECT CASE WHEN $2 = 'connection' THEN r.outcome = ANY($7)
+                             ELSE COALESCE(r.http_status, r.proxy_status) = ANY($6) END
+                            AS failed,
+                        p.candidate->'inside' @> jsonb_build_array(
+                            jsonb_build_array(r.agent_id, r.vantage)) AS inside
+                 FROM probe_results r
+                 WHERE r.request_id = p.id AND r.started_at >= p.requested_at - interval '1 minute'
+             ) r ON true
+             WHERE p.purpose = 'confirmation' AND p.requested_at > $5
+               AND p.candidate->>'target' = $1 AND p.candidate->>'pattern' = $2
+               AND p.candidate->>'dimension' = $3 AND p.candidate->>'value' = $4
+             GROUP BY p.id ORDER BY p.id",
+        )
+        .bind(key.0)
+        .bind(key.1)
+        .bind(key.2)
+        .bind(key.3)
+        .bind(since)
+        .bind(failing)
+        .bind(connection_outcomes)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// One confirmation request and what its probes found.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ConfirmationRecord {
+    pub id: i64,
+    pub requested_at: DateTime<Utc>,
+    pub candidate: Option<serde_json::Value>,
+    pub inside_probes: i64,
+    pub inside_failures: i64,
+    pub outside_probes: i64,
+    pub outside_failures: i64,
 }

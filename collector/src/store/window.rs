@@ -29,6 +29,8 @@ pub struct WindowCell {
     pub last_at: DateTime<Utc>,
     /// The newest result's sequence number (a sample result id).
     pub last_seq: i64,
+    /// Confirmation probes the detector asked for (not scheduled ones).
+    pub confirmation: bool,
 }
 
 /// Planner settings for the window query's aggregate, local to its
@@ -39,13 +41,13 @@ pub struct WindowCell {
 const WINDOW_PLANNER: &str = "SET LOCAL work_mem = '64MB'; SET LOCAL enable_sort = off";
 
 /// Columns of the window query before the dimension sources.
-const WINDOW_FIXED_COLUMNS: usize = 8;
+const WINDOW_FIXED_COLUMNS: usize = 9;
 
 /// The window query: one aggregate over the window's partitions (scheduled
 /// probes and the detector's confirmation probes; a person's one-off
 /// probes are not statistics), grouped
-/// by target, check, outcome, status, vantage, round, age bucket and every
-/// source. `$1`, `$2`: the window; `$3`: the round of results that do not
+/// by target, check, outcome, status, vantage, round, age bucket, whether
+/// they were confirmation probes, and every source. `$1`, `$2`: the window; `$3`: the round of results that do not
 /// say theirs (ms); `$4`: the bucket thresholds (rounds).
 fn window_sql(sources: &[&'static str]) -> String {
     // Byte-order collation: grouping needs equality, not language order,
@@ -55,7 +57,8 @@ fn window_sql(sources: &[&'static str]) -> String {
                 COALESCE(http_status, proxy_status), agent_id COLLATE \"C\",
                 vantage COLLATE \"C\", COALESCE(interval_ms, $3::int4),
                 width_bucket(floor(extract(epoch FROM $2 - started_at) * 1000
-                                   / COALESCE(interval_ms, $3::int4))::int4, $4::int4[])",
+                                   / COALESCE(interval_ms, $3::int4))::int4, $4::int4[]),
+                request_id IS NOT NULL",
     );
     for s in sources {
         select.push_str(&format!(", ({s})::text COLLATE \"C\""));
@@ -109,6 +112,7 @@ impl Store {
                 vantage: row.try_get(5)?,
                 interval_ms: row.try_get(6)?,
                 bucket: row.try_get(7)?,
+                confirmation: row.try_get(8)?,
                 sources: values,
                 probes: row.try_get(n)?,
                 first_at: row.try_get(n + 1)?,

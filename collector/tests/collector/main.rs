@@ -7,6 +7,7 @@
 mod auth;
 mod checks;
 mod config;
+mod confirm;
 mod detection;
 mod e2e;
 mod faults;

@@ -189,8 +189,17 @@ fn timing(groups: &[Group], members: &[usize], windows: &[Window]) -> Timing {
             buckets: usize::MAX,
             rounds: 1,
         });
+    // A failure the detector's confirmation probes reproduced (at least
+    // half of them inside failed) was seen once more, after it was first
+    // held: another round of evidence.
+    let mut confirmed = Counts::default();
+    for g in members {
+        confirmed.add(groups[*g].confirmed);
+    }
+    let reproduced = confirmed.failures > 0 && confirmed.failures * 2 >= confirmed.probes;
     Timing {
-        rounds_failing: per_bucket.iter().filter(|c| c.failures > 0).count(),
+        rounds_failing: per_bucket.iter().filter(|c| c.failures > 0).count()
+            + usize::from(reproduced),
         recent: per_bucket
             .iter()
             .take(lookback.buckets)

@@ -162,8 +162,11 @@ pub struct Group {
     pub witness: usize,
     /// The (target, vantage) it belongs to: one probe per round each.
     pub unit: usize,
-    /// Counts per age bucket, newest first.
+    /// Counts per age bucket, newest first (confirmation probes included).
     pub buckets: Vec<Counts>,
+    /// The confirmation probes among them: a failure that reproduced when
+    /// the detector asked again is a second observation of it.
+    pub confirmed: Counts,
 }
 
 impl Group {

@@ -50,6 +50,7 @@ fn vantages(
                 witness: first_id + i,
                 unit: first_id + i,
                 buckets,
+                confirmed: Counts::default(),
             }
         })
         .collect()

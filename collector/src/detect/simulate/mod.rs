@@ -37,6 +37,9 @@ pub struct SimVantage {
     pub proxy: Option<String>,
     /// Where inside a round it probes, as a fraction of the round.
     pub offset: f64,
+    /// 0 for scheduled probes; the confirmation request otherwise (its
+    /// probes are independent draws of a random fault).
+    pub nonce: u64,
 }
 
 impl SimVantage {
@@ -48,6 +51,7 @@ impl SimVantage {
             egress: egress.parse().unwrap_or(IpAddr::from([127, 0, 0, 1])),
             proxy: None,
             offset: 0.5,
+            nonce: 0,
         }
     }
 
@@ -77,6 +81,42 @@ pub struct Simulation<'a> {
     /// Per target: the paths each vantage probes every round.
     pub targets: Vec<(String, Vec<SimPath>)>,
     pub fault: Box<FaultModel<'a>>,
+}
+
+/// How long after a pass its confirmation probes are stored (probe,
+/// spool sync, delivery), at most half a detector interval; a second
+/// round of them a second later.
+pub const CONFIRMATION_DELAY: Duration = Duration::from_secs(2);
+
+/// A confirmation probe asked for: when it runs, from where, of what.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    at: f64,
+    vantage: usize,
+    target: usize,
+    nonce: u64,
+}
+
+/// A pass's view of probes: when it runs, the round, the age buckets and
+/// the dimension sources.
+#[derive(Clone, Copy)]
+struct Sight<'a> {
+    now: f64,
+    round: f64,
+    thresholds: &'a [u32],
+    sources: &'a [&'static str],
+}
+
+/// What a run did besides its events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Candidates held for the first time without an incident.
+    pub new_candidates: u64,
+    /// Passes × candidates held without an incident.
+    pub candidate_passes: u64,
+    /// Confirmation requests and the probes they made.
+    pub confirmations: u64,
+    pub confirmation_probes: u64,
 }
 
 /// What happened to an incident, at which simulated second.
@@ -125,6 +165,17 @@ impl Simulation<'_> {
     /// Runs `rounds` rounds with a pass every detector interval; returns
     /// every open, update and resolve.
     pub fn run(&self, rounds: u64) -> Vec<SimEvent> {
+        self.run_with_stats(rounds).0
+    }
+
+    /// [`Simulation::run`], and what it did besides.
+    pub fn run_with_stats(&self, rounds: u64) -> (Vec<SimEvent>, SimStats) {
+        let mut stats = SimStats::default();
+        let mut asked: Vec<Asked> = Vec::new();
+        let mut asked_at: HashMap<CandidateKey, DateTime<Utc>> = HashMap::new();
+        let delay = CONFIRMATION_DELAY
+            .min(self.settings.interval / 2)
+            .as_secs_f64();
         let round = self.round.as_secs_f64();
         let interval = self.settings.interval.as_secs_f64();
         let window = self.settings.window.as_secs_f64();
@@ -140,7 +191,25 @@ impl Simulation<'_> {
         let source_list = sources();
         for pass in 1..=passes {
             let now = pass as f64 * interval;
-            let cells = self.cells(now, window, round, &thresholds, &source_list);
+            let mut cells = self.cells(now, window, round, &thresholds, &source_list);
+            asked.retain(|a| a.at > now - window);
+            for a in asked.iter().filter(|a| a.at <= now) {
+                let v = &self.vantages[a.vantage];
+                let v = SimVantage {
+                    nonce: a.nonce,
+                    ..v.clone()
+                };
+                let (target, paths) = &self.targets[a.target];
+                let sight = Sight {
+                    now,
+                    round,
+                    thresholds: &thresholds,
+                    sources: &source_list,
+                };
+                for path in paths {
+                    cells.push(self.cell(&sight, a.at, &v, target, path, true));
+                }
+            }
             let at = epoch + chrono::Duration::milliseconds((now * 1000.0) as i64);
             let plan = plan::plan(PassInput {
                 cells: &cells,
@@ -150,8 +219,34 @@ impl Simulation<'_> {
                 asn: &asn,
                 thresholds: &thresholds,
                 now: at,
+                asked: &asked_at,
             });
             tracked = plan.tracked;
+            for c in &plan.confirmations {
+                stats.confirmations += 1;
+                asked_at.insert(c.key.clone(), at);
+                let Some(target) = self.targets.iter().position(|(t, _)| *t == c.key.target) else {
+                    continue;
+                };
+                for (agent, name) in c.inside.iter().chain(&c.outside) {
+                    if let Some(vantage) = self
+                        .vantages
+                        .iter()
+                        .position(|v| v.agent == *agent && v.name == *name)
+                    {
+                        for round in 0..c.rounds {
+                            stats.confirmation_probes += self.targets[target].1.len() as u64;
+                            asked.push(Asked {
+                                // One after the other, a second apart.
+                                at: now + delay + f64::from(round),
+                                vantage,
+                                target,
+                                nonce: stats.confirmations * 16 + u64::from(round),
+                            });
+                        }
+                    }
+                }
+            }
             for (ti, _) in &plan.opens {
                 if let Some(t) = tracked.get_mut(*ti) {
                     t.state.incident = Some(next_id);
@@ -163,6 +258,14 @@ impl Simulation<'_> {
                     });
                     next_id += 1;
                 }
+            }
+            // Candidates held and not (yet) an incident.
+            for t in tracked
+                .iter()
+                .filter(|t| t.state.incident.is_none() && t.state.held_streak > 0)
+            {
+                stats.candidate_passes += 1;
+                stats.new_candidates += u64::from(t.state.held_streak == 1);
             }
             for (id, _) in &plan.updates {
                 if let Some(t) = tracked.iter().find(|t| t.state.incident == Some(*id)) {
@@ -183,7 +286,7 @@ impl Simulation<'_> {
                 });
             }
         }
-        events
+        (events, stats)
     }
 
     /// Every probe started in `(now - window, now]`, one cell each.
@@ -195,8 +298,12 @@ impl Simulation<'_> {
         thresholds: &[u32],
         source_list: &[&'static str],
     ) -> Vec<WindowCell> {
-        let epoch = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::days(20_000);
-        let interval_ms = (round * 1000.0) as i32;
+        let sight = Sight {
+            now,
+            round,
+            thresholds,
+            sources: source_list,
+        };
         let mut out = Vec::new();
         let first_round = ((now - window) / round).floor().max(0.0) as u64;
         let last_round = (now / round).ceil() as u64;
@@ -206,42 +313,64 @@ impl Simulation<'_> {
                 if t <= now - window || t > now {
                     continue;
                 }
-                let age = ((now - t) / round).floor() as u32;
-                let bucket = i32::try_from(bucket_of(age, thresholds)).unwrap_or(i32::MAX);
                 for (target, paths) in &self.targets {
                     for path in paths {
-                        let failed = (self.fault)(r, target, v, path);
-                        let values = self.values(v, path, failed);
-                        let sources = source_list
-                            .iter()
-                            .map(|s| {
-                                DIMENSIONS
-                                    .iter()
-                                    .find(|d| d.source == *s)
-                                    .and_then(|d| values.get(d.name).cloned().flatten())
-                            })
-                            .collect();
-                        let at = epoch + chrono::Duration::milliseconds((t * 1000.0) as i64);
-                        out.push(WindowCell {
-                            target: target.clone(),
-                            check: target.clone(),
-                            outcome: if failed { "http" } else { "ok" }.into(),
-                            status: Some(if failed { 502 } else { 200 }),
-                            agent_id: v.agent.clone(),
-                            vantage: v.name.clone(),
-                            sources,
-                            interval_ms,
-                            bucket,
-                            probes: 1,
-                            first_at: at,
-                            last_at: at,
-                            last_seq: i64::try_from(r).unwrap_or(0),
-                        });
+                        out.push(self.cell(&sight, t, v, target, path, false));
                     }
                 }
             }
         }
         out
+    }
+
+    /// The cell of one probe made at `t` (seconds), seen from a pass.
+    fn cell(
+        &self,
+        sight: &Sight<'_>,
+        t: f64,
+        v: &SimVantage,
+        target: &str,
+        path: &SimPath,
+        confirmation: bool,
+    ) -> WindowCell {
+        let Sight {
+            now,
+            round,
+            thresholds,
+            sources: source_list,
+        } = *sight;
+        let epoch = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::days(20_000);
+        let r = (t / round).floor() as u64;
+        let age = ((now - t) / round).floor() as u32;
+        let bucket = i32::try_from(bucket_of(age, thresholds)).unwrap_or(i32::MAX);
+        let failed = (self.fault)(r, target, v, path);
+        let values = self.values(v, path, failed);
+        let sources = source_list
+            .iter()
+            .map(|s| {
+                DIMENSIONS
+                    .iter()
+                    .find(|d| d.source == *s)
+                    .and_then(|d| values.get(d.name).cloned().flatten())
+            })
+            .collect();
+        let at = epoch + chrono::Duration::milliseconds((t * 1000.0) as i64);
+        WindowCell {
+            target: target.to_owned(),
+            check: target.to_owned(),
+            outcome: if failed { "http" } else { "ok" }.into(),
+            status: Some(if failed { 502 } else { 200 }),
+            agent_id: v.agent.clone(),
+            vantage: v.name.clone(),
+            sources,
+            interval_ms: (round * 1000.0) as i32,
+            bucket,
+            probes: 1,
+            first_at: at,
+            last_at: at,
+            last_seq: i64::try_from(r).unwrap_or(0),
+            confirmation,
+        }
     }
 
     /// The source value of every dimension for one probe.
@@ -304,6 +433,11 @@ pub fn coin(
         path.address,
     )
         .hash(&mut h);
+    // A confirmation probe is another draw (scheduled probes hash as they
+    // always did, so earlier runs' figures stand).
+    if vantage.nonce != 0 {
+        vantage.nonce.hash(&mut h);
+    }
     // SplitMix64 finaliser over the hash, then a uniform in [0, 1).
     let mut z = h.finish().wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -325,6 +459,7 @@ pub struct Measured {
     pub first_key: Option<CandidateKey>,
     pub final_key: Option<CandidateKey>,
     pub updates: usize,
+    pub stats: SimStats,
 }
 
 impl Simulation<'_> {
@@ -339,7 +474,7 @@ impl Simulation<'_> {
             targets: scenario.targets.clone(),
             fault: Box::new(move |r, t, v, p| (start..end).contains(&r) && fails(r, t, v, p)),
         };
-        let events = sim.run(end + 30);
+        let (events, stats) = sim.run_with_stats(end + 30);
         let r = round.as_secs_f64();
         let first = events.iter().find(|e| e.kind == "opened");
         let id = first.map(|e| e.incident);
@@ -361,6 +496,7 @@ impl Simulation<'_> {
                 .iter()
                 .filter(|e| e.kind == "updated" && Some(e.incident) == id)
                 .count(),
+            stats,
         }
     }
 
@@ -375,6 +511,20 @@ impl Simulation<'_> {
         rate: f64,
         seed: u64,
     ) -> (usize, u64) {
+        let (opened, passes, _) =
+            Self::noise_with_stats(settings, round, targets, rounds, rate, seed);
+        (opened, passes)
+    }
+
+    /// [`Simulation::noise`] with the run's candidates and confirmations.
+    pub fn noise_with_stats(
+        settings: &DetectorSettings,
+        round: Duration,
+        targets: usize,
+        rounds: u64,
+        rate: f64,
+        seed: u64,
+    ) -> (usize, u64, SimStats) {
         let sim = Simulation {
             settings: settings.clone(),
             round,
@@ -384,11 +534,12 @@ impl Simulation<'_> {
                 .collect(),
             fault: Box::new(move |r, t, v, p| coin(rate, seed, r, t, v, p)),
         };
-        let events = sim.run(rounds);
+        let (events, stats) = sim.run_with_stats(rounds);
         let passes = (rounds as f64 * round.as_secs_f64() / settings.interval.as_secs_f64()) as u64;
         (
             events.iter().filter(|e| e.kind == "opened").count(),
             passes * targets as u64,
+            stats,
         )
     }
 }

@@ -91,3 +91,32 @@ fn noise_one_vantage_and_flapping_do_not_page() {
     let m = Simulation::measure(&settings, round, &flapping);
     assert_eq!(m.opened, 1, "one incident for the whole flapping: {m:?}");
 }
+
+/// Confirmation probes (default on) open no scenario later than the
+/// detector without them, some earlier, and add no false incident on
+/// noise. Deterministic: the simulation has no clock.
+#[test]
+fn confirmation_probes_open_sooner_and_add_no_noise() {
+    let on = DetectorSettings::default();
+    let off = DetectorSettings {
+        confirmation_probes: false,
+        ..on.clone()
+    };
+    let round = Duration::from_secs(30);
+    let (mut sooner, mut sum_on, mut sum_off) = (0, 0.0, 0.0);
+    for s in scenarios() {
+        let a = Simulation::measure(&off, round, &s);
+        let b = Simulation::measure(&on, round, &s);
+        let (a_open, b_open) = (a.rounds_to_open.unwrap(), b.rounds_to_open.unwrap());
+        assert!(b_open <= a_open, "{}: {a_open} → {b_open}", s.name);
+        assert_eq!(a.final_key, b.final_key, "{}: same explanation", s.name);
+        sooner += usize::from(b_open < a_open);
+        sum_on += b_open;
+        sum_off += a_open;
+        assert!(b.stats.confirmations > 0, "{}: asked", s.name);
+    }
+    assert!(sooner >= 3, "{sooner} scenarios opened sooner");
+    assert!(sum_on < sum_off);
+    let (opened, _, stats) = Simulation::noise_with_stats(&on, round, 2, 300, 0.02, 7);
+    assert_eq!(opened, 0, "{stats:?}");
+}
