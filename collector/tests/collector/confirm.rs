@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::fleet::Fleet;
+use crate::rig::Fleet;
 
 #[sqlx::test(migrations = false)]
 async fn the_detector_asks_inside_and_outside_a_suspect_and_lists_them_in_the_evidence(

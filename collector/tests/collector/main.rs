@@ -21,6 +21,7 @@ mod pages;
 mod probe_now;
 mod process;
 mod reload;
+mod rig;
 mod schema;
 mod supervision;
 mod tls;

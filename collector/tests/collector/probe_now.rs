@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use vantage_testkit::{DnsServer, Target};
 
-use crate::fleet::Fleet;
+use crate::rig::Fleet;
 
 const VANTAGES: &str = "[[vantage]]\nname = \"direct\"\nsource_ip = \"127.0.2.1\"\n\
                         [[vantage]]\nname = \"vpn\"\nsource_ip = \"127.0.3.1\"\nregion = \"us-vpn\"\n";

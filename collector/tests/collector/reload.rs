@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use crate::fleet::Fleet;
 use crate::process::hangup;
+use crate::rig::Fleet;
 
 /// Waits until `log` of the fleet contains `text` `times` times.
 async fn wait_for_log(fleet: &Fleet, log: &str, text: &str, times: usize) -> String {

@@ -15,7 +15,7 @@
 //!   agent exits; results stay in the spool for when the credential is
 //!   fixed).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,11 +26,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use vantage_proto::v1 as pb;
 
 use crate::queue::ResultQueue;
+
+mod link;
+pub use link::{Connection, ControlLink, Delivery, Identity, Pushed};
 
 /// How long the collector may take to acknowledge a batch before the stream
 /// is considered broken. A commit of one batch takes milliseconds; a minute
@@ -71,65 +74,6 @@ pub enum ReportError {
 pub struct CredentialsRefused {
     pub code: Code,
     pub message: String,
-}
-
-/// Who this agent is, as told to the collector in the Hello.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub agent_id: String,
-    pub region: String,
-    pub labels: BTreeMap<String, String>,
-    /// The vantages' names and region overrides.
-    pub vantages: Vec<pb::VantageInfo>,
-}
-
-/// What the collector asks of the agent beyond acks.
-#[derive(Debug)]
-pub enum Pushed {
-    Checks(pb::CheckSet),
-    Probe(pb::ProbeRequest),
-}
-
-/// The reporter's side of the agent's control plane: messages the
-/// collector pushes go out on `pushed`; answers to send come in on
-/// `answers` (kept across sessions: an answer waits for the next one).
-pub struct ControlLink {
-    pub pushed: mpsc::UnboundedSender<Pushed>,
-    pub answers: tokio::sync::Mutex<mpsc::UnboundedReceiver<pb::ProbeDone>>,
-}
-
-/// How to reach the collector.
-#[derive(Debug, Clone)]
-pub struct Connection {
-    pub endpoint: String,
-    pub source_ip: Option<IpAddr>,
-    pub token: String,
-    /// Set for `https://` endpoints.
-    pub tls: Option<ClientTlsConfig>,
-}
-
-impl Connection {
-    /// TLS settings from PEM files: the collector's CA (default: the
-    /// system's roots) and an optional client certificate.
-    pub fn tls_config(ca: Option<&[u8]>, client: Option<(&[u8], &[u8])>) -> ClientTlsConfig {
-        let mut tls = ClientTlsConfig::new();
-        tls = match ca {
-            Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
-            None => tls.with_native_roots(),
-        };
-        if let Some((cert, key)) = client {
-            tls = tls.identity(TlsIdentity::from_pem(cert, key));
-        }
-        tls
-    }
-}
-
-/// Delivery settings.
-#[derive(Debug, Clone, Copy)]
-pub struct Delivery {
-    pub batch_size: usize,
-    pub window: usize,
-    pub drain_timeout: Duration,
 }
 
 /// Delivers results from the queue to the collector.

@@ -1,0 +1,194 @@
+//! A fleet of real processes for the control-plane tests: a collector
+//! process, enrolled agents started as `vantage-agent` processes, a target
+//! behind a name and the DNS server that answers it, and the CLI.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use vantage_collector::store::Store;
+use vantage_testkit::{DnsServer, Target};
+
+use crate::database_url;
+use crate::process::{Collector, agent_binary, kill9, start_collector_at};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A collector process, a target behind a name, enrolled agents.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub pool: PgPool,
+    pub target: Target,
+    pub dns: DnsServer,
+    pub grpc: SocketAddr,
+    pub collector: Option<Collector>,
+    pub collector_http: Option<SocketAddr>,
+    pub tokens: Vec<(String, String)>,
+}
+
+/// An agent process, killed if the test fails before stopping it.
+pub struct AgentProcess {
+    pub child: Child,
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            kill9(&mut self.child);
+        }
+    }
+}
+
+impl Fleet {
+    /// Enrols `agents` ((id, region)), starts a target (`shop.test`), a
+    /// DNS server and the collector.
+    pub async fn start(pool: PgPool, agents: &[(&str, &str)], collector_extra: &str) -> Self {
+        let store = Store::new(pool.clone());
+        store.migrate().await.unwrap();
+        let mut tokens = Vec::new();
+        for (id, region) in agents {
+            let token = vantage_collector::enrol::enrol(&store, id, region)
+                .await
+                .unwrap();
+            tokens.push((id.to_string(), token));
+        }
+        let target = Target::start(LOOPBACK, None).await.unwrap();
+        let dns = DnsServer::start(LOOPBACK, &[("shop.test", target.addr().ip())])
+            .await
+            .unwrap();
+        let mut fleet = Self {
+            dir: tempfile::tempdir().unwrap(),
+            pool,
+            target,
+            dns,
+            grpc: SocketAddr::new(LOOPBACK, vantage_testkit::free_port(LOOPBACK).unwrap()),
+            collector: None,
+            collector_http: None,
+            tokens,
+        };
+        fleet.start_collector(collector_extra);
+        fleet
+    }
+
+    pub fn start_collector(&mut self, extra: &str) {
+        let (collector, http) = start_collector_at(
+            &self.pool,
+            self.dir.path(),
+            "collector",
+            self.grpc,
+            extra,
+            &[],
+        );
+        self.collector = Some(collector);
+        self.collector_http = Some(http);
+    }
+
+    pub fn kill_collector(&mut self) {
+        if let Some(mut c) = self.collector.take() {
+            kill9(&mut c.0);
+        }
+    }
+
+    /// The URL of `path` on the target, by name.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://shop.test:{}{path}", self.target.addr().port())
+    }
+
+    /// Writes the config of agent `id` (its own checks: `checks`, TOML;
+    /// `extra` goes before them) and starts it.
+    pub fn start_agent(&self, id: &str, extra: &str, checks: &str) -> AgentProcess {
+        let config = self.dir.path().join(format!("{id}.toml"));
+        self.write_agent_config(id, extra, checks);
+        let log = self.log(&format!("{id}.log"));
+        let child = Command::new(agent_binary())
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        AgentProcess { child }
+    }
+
+    /// (Re)writes agent `id`'s config file.
+    pub fn write_agent_config(&self, id: &str, extra: &str, checks: &str) {
+        let token = &self.tokens.iter().find(|(a, _)| a == id).unwrap().1;
+        let text = format!(
+            "agent_id = \"{id}\"\nregion = \"ignored\"\n{extra}\n\
+             [collector]\nendpoint = \"http://{grpc}\"\ntoken = \"{token}\"\n\
+             [spool]\npath = \"{spool}\"\nsync_interval = \"50ms\"\n\
+             [dns]\nresolvers = [\"udp://{dns}\"]\nidentity_queries = []\n{checks}",
+            grpc = self.grpc,
+            spool = self.dir.path().join(format!("{id}.spool")).display(),
+            dns = self.dns.addr(),
+        );
+        std::fs::write(self.dir.path().join(format!("{id}.toml")), text).unwrap();
+    }
+
+    pub fn spool_of(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("{id}.spool"))
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(name))
+            .unwrap()
+    }
+
+    pub fn read_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// Runs `vantage-collector ARGS` against the fleet's database (without
+    /// blocking the test's runtime, which serves the target and DNS).
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage-collector"))
+            .args(args)
+            .env("DATABASE_URL", database_url(&self.pool))
+            .env("RUST_LOG", "error")
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `check apply` of `text`; panics if refused.
+    pub async fn apply(&self, text: &str) -> String {
+        let file = self.dir.path().join("checks.toml");
+        std::fs::write(&file, text).unwrap();
+        let (code, out, err) = self.cli(&["check", "apply", file.to_str().unwrap()]).await;
+        assert_eq!(code, 0, "check apply failed: {err}");
+        out
+    }
+
+    /// Waits until `sql` (one bigint) reaches `at_least`.
+    pub async fn wait_for(&self, what: &str, sql: &str, at_least: i64, within: Duration) -> i64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            if n >= at_least {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {n} < {at_least} after {within:?}\n--- collector ---\n{}\n--- agents ---\n{}{}",
+                self.read_log("collector.log"),
+                self.read_log("fra-1.log"),
+                self.read_log("iad-1.log"),
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
