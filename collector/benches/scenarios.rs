@@ -130,8 +130,8 @@ fn main() {
         );
         let started = Instant::now();
         let (off_opened, target_passes, off) =
-            Simulation::noise_with_stats(&without(settings), round, 6, 2000, 0.02, 1);
-        let (on_opened, _, on) = Simulation::noise_with_stats(settings, round, 6, 2000, 0.02, 1);
+            Simulation::noise(&without(settings), round, 6, 2000, 0.02, 1);
+        let (on_opened, _, on) = Simulation::noise(settings, round, 6, 2000, 0.02, 1);
         let scheduled = 6 * 2000 * Simulation::standard_fleet().len() as u64;
         println!(
             "  2% uniform noise, 6 targets, 2000 rounds ({target_passes} target-passes; {:.1} s):",

@@ -317,7 +317,8 @@ pub fn probe_message(
     vantages: Vec<String>,
 ) -> Result<pb::ProbeRequest, String> {
     use pb::probe_request::Target;
-    let target = match (&request.check_name, &request.definition) {
+    let ask = &request.ask;
+    let target = match (&ask.check_name, &ask.definition) {
         (Some(name), _) => Target::Check(name.clone()),
         (None, Some(definition)) => Target::DefinitionToml(json_to_toml(definition)?),
         (None, None) => return Err("the request names no check".into()),
@@ -326,9 +327,9 @@ pub fn probe_message(
         request_id: u64::try_from(request.id).unwrap_or(0),
         target: Some(target),
         vantages,
-        resolvers: request.resolvers.clone(),
-        dial_each: request.dial_each,
-        rounds: u32::try_from(request.rounds).unwrap_or(1),
+        resolvers: ask.resolvers.clone(),
+        dial_each: ask.dial_each,
+        rounds: u32::try_from(ask.rounds).unwrap_or(1),
     })
 }
 
@@ -377,7 +378,7 @@ pub async fn push_to_agent(
                 if !agent.probe_requests {
                     continue;
                 }
-                let targets: Targets = serde_json::from_value(request.selector.clone()).unwrap_or_default();
+                let targets: Targets = serde_json::from_value(request.ask.selector.clone()).unwrap_or_default();
                 let Some(vantages) = targets.vantages_of(&agent) else { continue };
                 let ask = match probe_message(&request, vantages.clone()) {
                     Ok(ask) => ask,

@@ -81,6 +81,13 @@ impl Purpose {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeRequest {
     pub id: i64,
+    pub requested_at: DateTime<Utc>,
+    pub ask: NewProbeRequest,
+}
+
+/// A request to make: what, from where, how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewProbeRequest {
     pub purpose: Purpose,
     /// Run the check of this name the agents have…
     pub check_name: Option<String>,
@@ -92,20 +99,7 @@ pub struct ProbeRequest {
     pub dial_each: bool,
     /// Rounds each vantage runs, one after the other.
     pub rounds: i32,
-    pub candidate: Option<serde_json::Value>,
-    pub requested_at: DateTime<Utc>,
-}
-
-/// A request to make.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewProbeRequest {
-    pub purpose: Purpose,
-    pub check_name: Option<String>,
-    pub definition: Option<serde_json::Value>,
-    pub selector: serde_json::Value,
-    pub resolvers: Vec<String>,
-    pub dial_each: bool,
-    pub rounds: i32,
+    /// Confirmation probes: the candidate they test.
     pub candidate: Option<serde_json::Value>,
 }
 
@@ -158,15 +152,17 @@ fn request(row: RequestRow) -> ProbeRequest {
     ) = row;
     ProbeRequest {
         id,
-        purpose: Purpose::parse(&purpose),
-        check_name,
-        definition,
-        selector,
-        resolvers,
-        dial_each,
-        rounds,
-        candidate,
         requested_at: at,
+        ask: NewProbeRequest {
+            purpose: Purpose::parse(&purpose),
+            check_name,
+            definition,
+            selector,
+            resolvers,
+            dial_each,
+            rounds,
+            candidate,
+        },
     }
 }
 

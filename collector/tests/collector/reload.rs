@@ -36,6 +36,25 @@ async fn ran_since(pool: &PgPool, since: chrono::DateTime<chrono::Utc>) -> Vec<(
     .unwrap()
 }
 
+/// Check b, from both vantages, is all that ran in the last 1.5 s.
+async fn assert_runs_b_from_both_vantages(fleet: &Fleet, when: &str) {
+    let since = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    fleet
+        .wait_for(
+            when,
+            &format!("SELECT count(*) FROM probe_results WHERE started_at > '{since}'"),
+            4,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        ran_since(&fleet.pool, since).await,
+        [("b".into(), "direct".into()), ("b".into(), "vpn".into())],
+        "{when}"
+    );
+}
+
 fn check(fleet: &Fleet, name: &str) -> String {
     format!(
         "[[check]]\nname = \"{name}\"\nurl = \"{}\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n",
@@ -72,20 +91,7 @@ async fn sighup_reloads_the_agents_checks_and_vantages_and_refuses_a_broken_file
         "{log}"
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let since = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    fleet
-        .wait_for(
-            "results after the reload",
-            &format!("SELECT count(*) FROM probe_results WHERE started_at > '{since}'"),
-            4,
-            Duration::from_secs(10),
-        )
-        .await;
-    assert_eq!(
-        ran_since(&fleet.pool, since).await,
-        [("b".into(), "direct".into()), ("b".into(), "vpn".into())]
-    );
+    assert_runs_b_from_both_vantages(&fleet, "after the reload").await;
 
     // A broken file: refused with its line and key; b keeps running.
     let path = fleet.dir.path().join("fra-1.toml");
@@ -101,20 +107,7 @@ async fn sighup_reloads_the_agents_checks_and_vantages_and_refuses_a_broken_file
     hangup(&agent.child);
     let log = wait_for_log(&fleet, "fra-1.log", "Configuration reload refused", 1).await;
     assert!(log.contains("timout"), "{log}");
-    let since = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    fleet
-        .wait_for(
-            "results after the refused reload",
-            &format!("SELECT count(*) FROM probe_results WHERE started_at > '{since}'"),
-            4,
-            Duration::from_secs(10),
-        )
-        .await;
-    assert_eq!(
-        ran_since(&fleet.pool, since).await,
-        [("b".into(), "direct".into()), ("b".into(), "vpn".into())]
-    );
+    assert_runs_b_from_both_vantages(&fleet, "after the refused reload").await;
     assert!(
         agent.child.try_wait().unwrap().is_none(),
         "the agent never restarted"

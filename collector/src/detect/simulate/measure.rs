@@ -65,22 +65,9 @@ impl Simulation<'_> {
 
     /// Incidents opened by a fault-free fleet probing `targets` targets
     /// for `rounds` rounds, each probe failing with probability `rate`;
-    /// and the target-passes that covered.
+    /// the target-passes that covered; the run's candidates and
+    /// confirmations.
     pub fn noise(
-        settings: &DetectorSettings,
-        round: Duration,
-        targets: usize,
-        rounds: u64,
-        rate: f64,
-        seed: u64,
-    ) -> (usize, u64) {
-        let (opened, passes, _) =
-            Self::noise_with_stats(settings, round, targets, rounds, rate, seed);
-        (opened, passes)
-    }
-
-    /// [`Simulation::noise`] with the run's candidates and confirmations.
-    pub fn noise_with_stats(
         settings: &DetectorSettings,
         round: Duration,
         targets: usize,

@@ -68,7 +68,7 @@ fn a_spreading_fault_is_re_explained_once_not_paged_twice() {
 fn noise_one_vantage_and_flapping_do_not_page() {
     let settings = DetectorSettings::default();
     let round = Duration::from_secs(30);
-    let (opened, target_passes) = Simulation::noise(&settings, round, 3, 400, 0.02, 2);
+    let (opened, target_passes, _) = Simulation::noise(&settings, round, 3, 400, 0.02, 2);
     assert!(target_passes >= 2400);
     assert_eq!(opened, 0, "2% noise over {target_passes} target-passes");
     let alone = Scenario {
@@ -117,6 +117,6 @@ fn confirmation_probes_open_sooner_and_add_no_noise() {
     }
     assert!(sooner >= 3, "{sooner} scenarios opened sooner");
     assert!(sum_on < sum_off);
-    let (opened, _, stats) = Simulation::noise_with_stats(&on, round, 2, 300, 0.02, 7);
+    let (opened, _, stats) = Simulation::noise(&on, round, 2, 300, 0.02, 7);
     assert_eq!(opened, 0, "{stats:?}");
 }
