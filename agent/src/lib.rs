@@ -17,12 +17,14 @@
 //! - [`report`]: the gRPC stream to the collector: a window of batches,
 //!   cumulative acks, retry rules.
 //! - [`wire`]: domain → protobuf conversion, in one place.
+//! - [`logging`]: both programs' log output (stderr, text or JSON).
 //! - [`app`]: wiring and the run loop.
 
 pub mod app;
 pub mod central;
 pub mod config;
 pub mod control;
+pub mod logging;
 pub mod probe;
 pub mod queue;
 pub mod report;

@@ -19,6 +19,16 @@ use crate::{Application, CollectorConfig, alert, app, checks, demo, enrol, probe
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text (coloured on a terminal) or JSON, on stderr;
+    /// stdout carries only what a command prints.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "VANTAGE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: vantage_agent::logging::LogFormat,
 }
 
 #[derive(Subcommand)]

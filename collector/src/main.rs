@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 use vantage_collector::cli::{self, Args, Command};
 
 #[tokio::main]
@@ -19,11 +18,7 @@ async fn main() -> ExitCode {
     } else {
         "info"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .init();
+    vantage_agent::logging::init(args.log_format, default_level);
     vantage_agent::install_crypto_provider();
     // Only `serve` stops gracefully on a signal; the other commands keep
     // the default (a signal ends them at once).

@@ -176,3 +176,58 @@ async fn agent_cli_enrols_lists_and_revokes(pool: PgPool) {
     let again = cli(&["agent", "revoke", "fra-1"]);
     assert!(!again.status.success(), "revoking twice is an error");
 }
+
+/// A command that prints a result prints only that on stdout: the token
+/// alone, even with logging at info on an already migrated database (a
+/// script reads it); logs go to stderr, uncoloured when it is not a
+/// terminal, as JSON lines when asked.
+#[sqlx::test(migrations = false)]
+async fn stdout_carries_only_the_result_and_logs_go_to_stderr(pool: PgPool) {
+    let url = database_url(&pool);
+    let cli = |args: &[&str], format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vantage-collector"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "debug")
+            .env("VANTAGE_LOG_FORMAT", format)
+            .output()
+            .unwrap()
+    };
+    for (i, format) in ["text", "json"].into_iter().enumerate() {
+        let id = format!("agent-{i}");
+        let added = cli(&["agent", "add", &id, "--region", "eu"], format);
+        assert!(added.status.success(), "{added:?}");
+        let stdout = String::from_utf8(added.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "only the token: {stdout:?}");
+        assert!(lines[0].starts_with("vantage_"), "{stdout:?}");
+        let stderr = String::from_utf8(added.stderr).unwrap();
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "no colours off a terminal: {stderr:?}"
+        );
+        assert!(
+            stderr.contains(&format!("Enrolled agent \"{id}\"")),
+            "{stderr}"
+        );
+        if format == "json" {
+            let logged: Vec<serde_json::Value> = stderr
+                .lines()
+                .filter(|l| l.starts_with('{'))
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert!(!logged.is_empty(), "debug logs as JSON: {stderr}");
+            assert!(
+                logged
+                    .iter()
+                    .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+            );
+        }
+    }
+    let bad = cli(&["agent", "list", "--log-format", "yaml"], "text");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("yaml"),
+        "{bad:?}"
+    );
+}
