@@ -14,10 +14,13 @@
 //!   on purpose (slowloris, endless body, garbage, oversized headers).
 //! - [`ForwardProxy`]: an HTTP CONNECT or SOCKS5 proxy, with credentials.
 //! - [`CuttingRelay`]: a TCP relay whose connections a test cuts at will.
+//! - [`cluster::PrivateCluster`]: a throwaway PostgreSQL cluster (the
+//!   demo's, and a test run's without `DATABASE_URL`).
 //!
 //! Each fixture stops when dropped.
 
 mod accept;
+pub mod cluster;
 mod cut;
 mod dns;
 mod proxy;

@@ -4,8 +4,6 @@
 //! a local DNS server, a target failing for one source range, a webhook
 //! receiver. Everything real, everything on 127.0.0.0/8.
 
-pub mod cluster;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -20,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use vantage_agent::AgentConfig;
 use vantage_testkit::{DnsServer, Target, WebhookReceiver};
 
-pub use cluster::{PrivateCluster, find_server_binaries};
+pub use vantage_testkit::cluster::{PrivateCluster, find_server_binaries};
 
 use crate::Application;
 use crate::alert::Sink;
@@ -285,7 +283,7 @@ async fn demo_database() -> Result<(DemoDatabase, String)> {
              DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres"
         );
     };
-    let cluster = PrivateCluster::start(bin.clone()).await?;
+    let cluster = PrivateCluster::start(bin.clone())?;
     println!(
         "  PostgreSQL  private cluster from {} on 127.0.0.1:{} (temporary, removed at exit)",
         bin.display(),
@@ -298,7 +296,7 @@ async fn demo_database() -> Result<(DemoDatabase, String)> {
 impl DemoDatabase {
     async fn remove(self) -> Result<()> {
         match self {
-            Self::Private(cluster) => cluster.stop().await,
+            Self::Private(cluster) => cluster.stop(),
             Self::Borrowed { admin, name } => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {name} WITH (FORCE)"

@@ -351,29 +351,29 @@ fn rand_between(low: u64, high: u64) -> u64 {
 
 #[sqlx::test(migrations = false)]
 async fn postgres_stopped_and_started(pool: PgPool) {
-    use vantage_collector::demo::cluster::{PrivateCluster, find_server_binaries};
+    use vantage_testkit::cluster::{PrivateCluster, find_server_binaries};
     let _ = pool;
     let Some(bin) = find_server_binaries() else {
         panic!("PostgreSQL server binaries not found under /usr/lib/postgresql");
     };
-    let cluster = PrivateCluster::start(bin).await.unwrap();
+    let cluster = PrivateCluster::start(bin).unwrap();
     let private = PgPool::connect(&cluster.url()).await.unwrap();
     let mut rig = Rig::new(&private, cluster.url()).await;
     rig.start_collector(None);
     let agent = rig.start_agent(None, "", None);
     rig.probes(20).await;
-    cluster.kill_server().await.unwrap();
+    cluster.kill_server().unwrap();
     // The agent keeps probing and spooling; the collector answers
     // UNAVAILABLE, never an ack.
     rig.probes(30).await;
-    cluster.restart_server().await.unwrap();
+    cluster.restart_server().unwrap();
     rig.probes(20).await;
     rig.stop_agent(agent);
     let private = PgPool::connect(&cluster.url()).await.unwrap();
     assert_exactly_once(&audit(&private, &rig.target).await, "PostgreSQL stopped");
     drop(rig);
     private.close().await;
-    cluster.stop().await.unwrap();
+    cluster.stop().unwrap();
 }
 
 /// A check loop that panics is logged at ERROR by name and made again;

@@ -36,6 +36,59 @@ use tokio_util::sync::CancellationToken;
 use vantage_collector::{Application, CollectorConfig};
 use vantage_proto::v1 as pb;
 
+/// Without `DATABASE_URL`, this run's private PostgreSQL cluster (the
+/// demo's kind: server binaries from PATH or /usr/lib/postgresql), shared
+/// by every test of this binary, each in its own database as with any
+/// server; stopped and removed after the last test.
+static PRIVATE_POSTGRES: std::sync::Mutex<Option<vantage_testkit::cluster::PrivateCluster>> =
+    std::sync::Mutex::new(None);
+
+/// Before any test (and before main, one thread): with `DATABASE_URL`
+/// unset, start the private cluster and point `DATABASE_URL` at it.
+#[ctor::ctor]
+#[allow(unsafe_code)]
+unsafe fn start_private_postgres() {
+    if std::env::var_os("DATABASE_URL").is_some() {
+        return;
+    }
+    let Some(bin) = vantage_testkit::cluster::find_server_binaries() else {
+        eprintln!(
+            "DATABASE_URL is not set and no PostgreSQL server binaries (initdb, pg_ctl) are on \
+             PATH or in /usr/lib/postgresql/*/bin: install PostgreSQL's server (Debian: \
+             apt-get install postgresql) or set DATABASE_URL to a server whose user may \
+             create databases."
+        );
+        std::process::exit(2);
+    };
+    match vantage_testkit::cluster::PrivateCluster::start(bin) {
+        Ok(cluster) => {
+            // SAFETY: this runs before main, while the process has one
+            // thread: nothing else reads or writes the environment.
+            unsafe { std::env::set_var("DATABASE_URL", cluster.url()) };
+            *PRIVATE_POSTGRES.lock().unwrap_or_else(|p| p.into_inner()) = Some(cluster);
+        }
+        Err(e) => {
+            eprintln!("cannot start a private PostgreSQL cluster for the tests: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// After the last test: stop and remove the private cluster.
+#[ctor::dtor]
+#[allow(unsafe_code)]
+unsafe fn stop_private_postgres() {
+    let cluster = PRIVATE_POSTGRES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(cluster) = cluster
+        && let Err(e) = cluster.stop()
+    {
+        eprintln!("stopping the tests' private PostgreSQL: {e:#}");
+    }
+}
+
 /// A collector running on a free port against a fresh database.
 pub struct TestCollector {
     pub grpc_addr: SocketAddr,

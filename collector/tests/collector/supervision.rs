@@ -143,10 +143,10 @@ async fn a_detector_that_keeps_failing_turns_healthz_503_naming_it(pool: PgPool)
 
 #[sqlx::test(migrations = false)]
 async fn healthz_answers_503_within_a_checkers_timeout_while_postgres_is_down(pool: PgPool) {
-    use vantage_collector::demo::cluster::{PrivateCluster, find_server_binaries};
+    use vantage_testkit::cluster::{PrivateCluster, find_server_binaries};
     let _ = pool;
     let bin = find_server_binaries().expect("PostgreSQL server binaries");
-    let cluster = PrivateCluster::start(bin).await.unwrap();
+    let cluster = PrivateCluster::start(bin).unwrap();
     let private = PgPool::connect(&cluster.url()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (mut collector, http) =
@@ -154,7 +154,7 @@ async fn healthz_answers_503_within_a_checkers_timeout_while_postgres_is_down(po
     private.close().await;
     wait_for_health(http, "healthy", |code, _| code == 200).await;
 
-    cluster.kill_server().await.unwrap();
+    cluster.kill_server().unwrap();
     // Each answer comes within the checker's 3 s (the database check gives
     // up after 500 ms), says the database is the problem, and is a 503.
     for _ in 0..5 {
@@ -169,8 +169,8 @@ async fn healthz_answers_503_within_a_checkers_timeout_while_postgres_is_down(po
     })
     .await;
 
-    cluster.restart_server().await.unwrap();
+    cluster.restart_server().unwrap();
     wait_for_health(http, "healthy again", |code, _| code == 200).await;
     assert!(terminate(&mut collector.0, Duration::from_secs(15)).success());
-    cluster.stop().await.unwrap();
+    cluster.stop().unwrap();
 }

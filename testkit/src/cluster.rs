@@ -1,11 +1,16 @@
-//! A throwaway PostgreSQL cluster in a temporary directory, for the demo.
+//! A throwaway PostgreSQL cluster in a temporary directory, for the demo
+//! and for a test run without `DATABASE_URL`: initdb and pg_ctl from PATH
+//! or the newest `/usr/lib/postgresql/*/bin`, trust authentication on
+//! 127.0.0.1 only, on a free port; as root, run as the user `postgres`
+//! (initdb refuses root). The calls block for as long as the server tool
+//! runs (seconds at most).
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use tokio::process::Command;
+use std::process::Command;
 
 /// A running private cluster; stopped and deleted by [`PrivateCluster::stop`]
 /// (or, as a last resort, on drop).
@@ -46,9 +51,9 @@ fn running_as_root() -> bool {
 
 impl PrivateCluster {
     /// initdb + pg_ctl start on a free loopback port.
-    pub async fn start(bin: PathBuf) -> Result<Self> {
+    pub fn start(bin: PathBuf) -> Result<Self> {
         let dir = tempfile::Builder::new()
-            .prefix("vantage-demo-pg-")
+            .prefix("vantage-pg-")
             .tempdir()
             .context("creating a temporary directory for PostgreSQL")?;
         // initdb refuses to run as root: hand the cluster to `postgres`.
@@ -58,7 +63,6 @@ impl PrivateCluster {
                 .arg("postgres:")
                 .arg(dir.path())
                 .status()
-                .await
                 .context("running chown")?;
             if !status.success() {
                 bail!(
@@ -71,8 +75,7 @@ impl PrivateCluster {
         } else {
             None
         };
-        let port = vantage_testkit::free_port(Ipv4Addr::LOCALHOST.into())
-            .context("finding a free port")?;
+        let port = crate::free_port(Ipv4Addr::LOCALHOST.into()).context("finding a free port")?;
         let mut cluster = Self {
             dir,
             bin,
@@ -81,23 +84,21 @@ impl PrivateCluster {
             stopped: false,
         };
         let data = cluster.data_dir();
-        cluster
-            .pg_tool(
-                "initdb",
-                &[
-                    "-D",
-                    path_str(&data)?,
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--no-sync",
-                ],
-            )
-            .await?;
+        cluster.pg_tool(
+            "initdb",
+            &[
+                "-D",
+                path_str(&data)?,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )?;
         let log = cluster.dir.path().join("postgres.log");
-        let started = cluster.start_server().await;
+        let started = cluster.start_server();
         if let Err(e) = started {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             cluster.stopped = true;
@@ -111,22 +112,21 @@ impl PrivateCluster {
     }
 
     /// Stops the server at once (as a crash would), keeping its data.
-    pub async fn kill_server(&self) -> Result<()> {
+    pub fn kill_server(&self) -> Result<()> {
         let data = self.data_dir();
         self.pg_tool(
             "pg_ctl",
             &["-D", path_str(&data)?, "-m", "immediate", "-w", "stop"],
         )
-        .await
     }
 
     /// Starts the server again after [`PrivateCluster::kill_server`].
-    pub async fn restart_server(&self) -> Result<()> {
-        self.start_server().await
+    pub fn restart_server(&self) -> Result<()> {
+        self.start_server()
     }
 
     /// `pg_ctl start` on the cluster's port, waiting until it accepts.
-    async fn start_server(&self) -> Result<()> {
+    fn start_server(&self) -> Result<()> {
         let data = self.data_dir();
         let log = self.dir.path().join("postgres.log");
         let options = self.server_options()?;
@@ -145,12 +145,13 @@ impl PrivateCluster {
                 "start",
             ],
         )
-        .await
     }
 
     fn server_options(&self) -> Result<String> {
         Ok(format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off",
+            // Tests run many at once, each with a pool and collectors.
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off \
+             -c full_page_writes=off -c max_connections=500",
             self.port,
             path_str(self.dir.path())?
         ))
@@ -166,25 +167,25 @@ impl PrivateCluster {
     }
 
     /// A command running the server tool `tool`, as the cluster's owner.
-    fn pg_command(&self, tool: &str) -> std::process::Command {
+    fn pg_command(&self, tool: &str) -> Command {
         let exe = self.bin.join(tool);
         match self.run_as {
             Some(user) => {
-                let mut c = std::process::Command::new("runuser");
+                let mut c = Command::new("runuser");
                 c.args(["-u", user, "--"]).arg(exe);
                 c
             }
-            None => std::process::Command::new(exe),
+            None => Command::new(exe),
         }
     }
 
-    async fn pg_tool(&self, tool: &str, args: &[&str]) -> Result<()> {
+    fn pg_tool(&self, tool: &str, args: &[&str]) -> Result<()> {
         let exe = self.bin.join(tool);
-        let output = Command::from(self.pg_command(tool))
+        let output = self
+            .pg_command(tool)
             .args(args)
             .current_dir(self.dir.path())
             .output()
-            .await
             .with_context(|| format!("running {}", exe.display()))?;
         if !output.status.success() {
             bail!(
@@ -199,14 +200,13 @@ impl PrivateCluster {
     }
 
     /// Stops the cluster and deletes its directory.
-    pub async fn stop(mut self) -> Result<()> {
+    pub fn stop(mut self) -> Result<()> {
         let data = self.data_dir();
         self.stopped = true;
         self.pg_tool(
             "pg_ctl",
             &["-D", path_str(&data)?, "-m", "fast", "-w", "stop"],
         )
-        .await
     }
 }
 
