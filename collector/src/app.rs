@@ -142,7 +142,7 @@ impl Application {
     /// | `http`       | exit       | serving (`/healthz` itself)          |
     /// | `detector`   | restart    | a pass ended within 3 intervals      |
     /// | `alerter`    | restart    | an outbox upkeep ended within 60 s   |
-    /// | `partitions` | restart    | partitions were ensured within 3 h   |
+    /// | `partitions` | restart    | partitions ensured and old ones dropped within 3 h |
     /// | `control`    | restart    | the check set was read within 90 s   |
     /// | `reload`     | restart    | running (SIGHUP re-reads the file)   |
     ///
@@ -323,6 +323,7 @@ impl Application {
         {
             let store = self.store.clone();
             let ahead = self.config.database.partitions_ahead_days;
+            let raw = self.config.retention.raw;
             supervisor.spawn(
                 "partitions",
                 Policy::Restart,
@@ -331,15 +332,8 @@ impl Application {
                     let store = store.clone();
                     async move {
                         loop {
-                            match store
-                                .ensure_partitions_around(chrono::Utc::now(), 0, ahead)
-                                .await
-                            {
-                                Ok(()) => live.beat(),
-                                Err(error) => tracing::warn!(
-                                    %error,
-                                    "Cannot create partitions ahead; will retry."
-                                ),
+                            if maintain_partitions(&store, ahead, raw).await {
+                                live.beat();
                             }
                             tokio::select! {
                                 _ = stop.cancelled() => return Ok(()),
@@ -355,6 +349,28 @@ impl Application {
             None => Ok(()),
         }
     }
+}
+
+/// Creates the partitions `ahead` days ahead and drops those past the
+/// `raw` retention; whether both reached the database.
+async fn maintain_partitions(store: &Store, ahead: u64, raw: Duration) -> bool {
+    let now = chrono::Utc::now();
+    let created = store.ensure_partitions_around(now, 0, ahead).await;
+    if let Err(error) = &created {
+        tracing::warn!(%error, "Cannot create partitions ahead; will retry.");
+    }
+    let cutoff = now - chrono::Duration::from_std(raw).unwrap_or(chrono::Duration::MAX);
+    let dropped = store.drop_partitions_before(cutoff).await;
+    match &dropped {
+        Ok(names) => {
+            for name in names {
+                metrics::counter!("vantage_partitions_dropped_total").increment(1);
+                tracing::info!(partition = %name, "Dropped a partition past retention.raw.");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "Cannot drop partitions past retention; will retry."),
+    }
+    created.is_ok() && dropped.is_ok()
 }
 
 /// How long a server waits, once shutdown is asked for, for its clients

@@ -72,6 +72,7 @@ pub fn changes(old: &CollectorConfig, new: &CollectorConfig) -> Changes {
         ("database", differs(&old.database, &new.database)),
         ("ingest", differs(&old.ingest, &new.ingest)),
         ("tls", differs(&old.tls, &new.tls)),
+        ("retention", differs(&old.retention, &new.retention)),
     ] {
         if changed {
             c.at_restart.push(key);

@@ -50,6 +50,30 @@ pub struct CollectorConfig {
     /// TLS for the gRPC listener; plaintext when absent.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// How long data is kept (`[retention]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Raw results older than this are dropped a whole daily partition at
+    /// a time (default 14 days); never a row-by-row DELETE.
+    #[serde(with = "humantime_serde", default = "default_raw_retention")]
+    pub raw: Duration,
+}
+
+fn default_raw_retention() -> Duration {
+    Duration::from_secs(14 * 24 * 3600)
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            raw: default_raw_retention(),
+        }
+    }
 }
 
 /// What one agent may send (`[ingest]`).
@@ -212,6 +236,7 @@ impl Default for CollectorConfig {
             sinks: Vec::new(),
             ingest: IngestConfig::default(),
             tls: None,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -289,6 +314,14 @@ impl CollectorConfig {
             10_000_000,
         )?;
         duration_within("ingest.max_result_age", ingest.max_result_age, MINUTE, YEAR)?;
+        // A result as old as the collector still accepts must not land in
+        // a partition the next maintenance drops.
+        duration_within(
+            "retention.raw",
+            self.retention.raw,
+            ingest.max_result_age + DAY,
+            10 * YEAR,
+        )?;
         duration_within(
             "ingest.max_clock_ahead",
             ingest.max_clock_ahead,

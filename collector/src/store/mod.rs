@@ -237,6 +237,53 @@ impl Store {
         Ok(())
     }
 
+    /// Drops the daily partitions of `probe_results` whose whole day ended
+    /// before `cutoff` (whole tables: no row-by-row DELETE, no bloat);
+    /// the names dropped, oldest first.
+    pub async fn drop_partitions_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.probe_results.partitions'))")
+            .execute(&mut *tx)
+            .await?;
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid
+             JOIN pg_class p ON p.oid = i.inhparent
+             WHERE p.relname = 'probe_results' AND c.relname ~ '^probe_results_p[0-9]{8}$'
+             ORDER BY c.relname",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut dropped = Vec::new();
+        for name in names {
+            let Ok(day) = NaiveDate::parse_from_str(&name["probe_results_p".len()..], "%Y%m%d")
+            else {
+                continue;
+            };
+            let day_end = day
+                .succ_opt()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc());
+            if day_end.is_none_or(|end| end > cutoff) {
+                continue;
+            }
+            // The name matched ^probe_results_p[0-9]{8}$: safe to splice.
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
+                .execute(&mut *tx)
+                .await?;
+            self.partitions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&day);
+            dropped.push(name);
+        }
+        tx.commit().await?;
+        Ok(dropped)
+    }
+
     /// Enrols `agent_id` in `region` with the token whose SHA-256 is
     /// `token_sha256`; re-enrolling replaces the token and lifts a
     /// revocation. Returns whether the agent was new.

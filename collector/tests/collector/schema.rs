@@ -215,3 +215,76 @@ async fn partitions_exist_ahead_of_today(pool: PgPool) {
     assert_eq!(ahead, 4);
     collector.stop().await;
 }
+
+/// The partitions of `probe_results`, by name.
+async fn partitions(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'probe_results'
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// `[retention] raw` bounds the disk: a running collector drops whole
+/// daily partitions past it (no DELETE), and keeps the rest and their rows.
+#[sqlx::test(migrations = false)]
+async fn partitions_past_raw_retention_are_dropped_whole(pool: PgPool) {
+    let store = vantage_collector::store::Store::new(pool.clone());
+    store.migrate().await.unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let day = |n: u64| today.checked_sub_days(chrono::Days::new(n)).unwrap();
+    store
+        .ensure_partitions(&[day(10), day(4), day(3), day(2), today])
+        .await
+        .unwrap();
+    // One row on each of those days.
+    for n in [10, 4, 3, 2, 0] {
+        sqlx::query(
+            "INSERT INTO probe_results (agent_id, region, seq, started_at, check_name, url,
+                                        method, outcome, message)
+             VALUES ('a', 'eu', $1, $2::date + time '12:00', 'c', 'http://x/', 'GET', 'ok', '')",
+        )
+        .bind(i64::try_from(n).unwrap() + 1)
+        .bind(day(n))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut collector, _) = crate::process::start_collector(
+        &pool,
+        dir.path(),
+        "collector",
+        "[ingest]\nmax_result_age = \"1day\"\n[retention]\nraw = \"3days\"\n",
+    );
+    let name = |d: chrono::NaiveDate| format!("probe_results_p{}", d.format("%Y%m%d"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while partitions(&pool).await.contains(&name(day(4))) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            partitions(&pool).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let left = partitions(&pool).await;
+    assert!(!left.contains(&name(day(10))), "{left:?}");
+    // The day that ended less than 3 days ago stays, with its row.
+    for n in [3, 2, 0] {
+        assert!(left.contains(&name(day(n))), "{n} days ago: {left:?}");
+    }
+    let rows: Vec<i64> = sqlx::query_scalar("SELECT seq FROM probe_results ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, [1, 3, 4]);
+    crate::process::terminate(&mut collector.0, std::time::Duration::from_secs(20));
+    let log = std::fs::read_to_string(dir.path().join("collector.log")).unwrap();
+    assert!(
+        log.contains("Dropped a partition past retention.raw"),
+        "{log}"
+    );
+}
