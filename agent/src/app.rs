@@ -181,6 +181,7 @@ impl App {
     /// | `identity`           | restart    | identities are re-learnt from scratch |
     /// | `control`            | restart    | the checks in force are kept in the scheduler and the assigned-checks file |
     /// | `reload`             | restart    | SIGHUP re-reads the file; a failed reload changes nothing |
+    /// | `watchdog`           | restart    | under systemd's WatchdogSec: pings it from this runtime |
     /// | `reporter`           | exit       | it owns the stream's window of unacked batches; a new process rebuilds it from the spool |
     /// | `spool-sync`         | exit       | results not synced would be lost silently; a new process reopens the spool |
     ///
@@ -243,6 +244,25 @@ impl App {
             );
         }
         self.control.apply(&probing, "start");
+        if let Some(period) = crate::service::watchdog_period() {
+            probing.spawn(
+                "watchdog",
+                Policy::Restart,
+                None,
+                move |_, stop| async move {
+                    crate::service::watchdog(period, stop).await;
+                    Ok(())
+                },
+            );
+        }
+        crate::service::ready("probing");
+        {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                crate::service::stopping();
+            });
+        }
         {
             let (control, loops) = (self.control.clone(), probing.clone());
             probing.spawn("control", Policy::Restart, None, move |live, stop| {
@@ -283,9 +303,11 @@ async fn follow_sighup(
             _ = stop.cancelled() => return Ok(()),
             _ = hangups.recv() => {}
         }
+        crate::service::reloading();
         let loaded = AgentConfig::load(&path)
             .map_err(|e| e.to_string())
             .and_then(|config| control.reload(&probing, config));
+        crate::service::ready("probing");
         match loaded {
             Ok(()) => {
                 metrics::counter!("vantage_config_reloads_total", "result" => "applied")

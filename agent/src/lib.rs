@@ -18,6 +18,7 @@
 //!   cumulative acks, retry rules.
 //! - [`wire`]: domain → protobuf conversion, in one place.
 //! - [`logging`]: both programs' log output (stderr, text or JSON).
+//! - [`service`]: systemd notifications (ready, reloading, stopping, watchdog).
 //! - [`app`]: wiring and the run loop.
 
 pub mod app;
@@ -29,6 +30,7 @@ pub mod probe;
 pub mod queue;
 pub mod report;
 pub mod schedule;
+pub mod service;
 pub mod spool;
 pub mod supervise;
 pub mod vantage;

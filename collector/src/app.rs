@@ -145,6 +145,7 @@ impl Application {
     /// | `partitions` | restart    | partitions ensured and old ones dropped within 3 h |
     /// | `control`    | restart    | the check set was read within 90 s   |
     /// | `reload`     | restart    | running (SIGHUP re-reads the file)   |
+    /// | `watchdog`   | restart    | under systemd's WatchdogSec: pings it from this runtime |
     ///
     /// Restart where the state is in PostgreSQL and a new instance takes
     /// over where the old one stopped; exit where the process is useless
@@ -343,6 +344,26 @@ impl Application {
                     }
                 },
             );
+        }
+        if let Some(period) = vantage_agent::service::watchdog_period() {
+            supervisor.spawn(
+                "watchdog",
+                Policy::Restart,
+                None,
+                move |_, stop| async move {
+                    vantage_agent::service::watchdog(period, stop).await;
+                    Ok(())
+                },
+            );
+        }
+        // Listening (bound in build), serving, detecting: ready.
+        vantage_agent::service::ready("serving");
+        {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                vantage_agent::service::stopping();
+            });
         }
         match supervisor.wait().await {
             Some(error) => Err(anyhow::anyhow!(error)),

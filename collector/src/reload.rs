@@ -96,7 +96,9 @@ pub async fn follow_sighup(
             _ = stop.cancelled() => return Ok(()),
             _ = hangups.recv() => {}
         }
+        vantage_agent::service::reloading();
         reload(&path, &live, &supervisor);
+        vantage_agent::service::ready("serving");
         liveness.beat();
     }
 }

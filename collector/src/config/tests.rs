@@ -304,10 +304,14 @@ fn raw_retention_must_outlast_the_oldest_result_still_accepted() {
         load("").unwrap().retention.raw,
         Duration::from_secs(14 * 86_400)
     );
-    let e = load("[retention]\nraw = \"5days\"\n").unwrap_err().to_string();
+    let e = load("[retention]\nraw = \"5days\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("retention.raw"), "{e}");
     assert!(e.contains(":2:"), "at its line: {e}");
     load("[ingest]\nmax_result_age = \"1day\"\n[retention]\nraw = \"2days\"\n").unwrap();
-    let e = load("[retention]\nrow = \"5days\"\n").unwrap_err().to_string();
+    let e = load("[retention]\nrow = \"5days\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("row"), "{e}");
 }

@@ -17,6 +17,7 @@ mod hostile;
 mod ingest;
 mod lease;
 mod limits;
+mod notify;
 mod pages;
 mod probe_now;
 mod process;

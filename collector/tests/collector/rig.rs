@@ -99,6 +99,17 @@ impl Fleet {
     /// Writes the config of agent `id` (its own checks: `checks`, TOML;
     /// `extra` goes before them) and starts it.
     pub fn start_agent(&self, id: &str, extra: &str, checks: &str) -> AgentProcess {
+        self.start_agent_env(id, extra, checks, &[])
+    }
+
+    /// [`Fleet::start_agent`] with extra environment variables.
+    pub fn start_agent_env(
+        &self,
+        id: &str,
+        extra: &str,
+        checks: &str,
+        env: &[(&str, &str)],
+    ) -> AgentProcess {
         let config = self.dir.path().join(format!("{id}.toml"));
         self.write_agent_config(id, extra, checks);
         let log = self.log(&format!("{id}.log"));
@@ -106,6 +117,7 @@ impl Fleet {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
