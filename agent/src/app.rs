@@ -191,16 +191,21 @@ impl App {
         let main = Supervisor::new(shutdown.clone());
         let refused: Arc<Mutex<Option<CredentialsRefused>>> = Arc::default();
         let stop_sync = CancellationToken::new();
+        // Delivery winds down only once every probe has ended and been
+        // synced: a round finishing within its shutdown grace is still
+        // delivered, not left in the spool for the next start.
+        let probes_done = CancellationToken::new();
         let mut reporter = Some(self.reporter);
         {
-            let refused = refused.clone();
-            main.spawn("reporter", Policy::Exit, None, move |_, stop| {
+            let (refused, probes_done) = (refused.clone(), probes_done.clone());
+            main.spawn("reporter", Policy::Exit, None, move |_, _| {
                 let (reporter, refused) = (reporter.take(), refused.clone());
+                let probes_done = probes_done.clone();
                 async move {
                     let Some(reporter) = reporter else {
                         return Err("the reporter cannot be started twice".into());
                     };
-                    reporter.run(stop).await.map_err(|e| {
+                    reporter.run(probes_done).await.map_err(|e| {
                         let message = e.to_string();
                         *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         message.into()
@@ -276,8 +281,10 @@ impl App {
             });
         }
         probing.wait().await;
-        // Every probe has ended: the last sync catches all results.
+        // Every probe has ended: the last sync catches all results, and
+        // the reporter delivers them (within its drain timeout).
         stop_sync.cancel();
+        probes_done.cancel();
         let fatal = main.wait().await;
         if let Some(refusal) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(AgentExit::CredentialsRefused(refusal));
