@@ -7,17 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use chrono::DurationRound as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-use vantage_agent::supervise::{Policy, Supervisor};
+use vantage_agent::supervise::{Liveness, Policy, Supervisor};
 use vantage_proto::v1::ingest_server::IngestServer;
 
 use crate::alert::Alerter;
-use crate::config::{CollectorConfig, TlsConfig};
+use crate::config::{CollectorConfig, RetentionConfig, TlsConfig};
 use crate::control::ControlHub;
 use crate::detect::Detector;
 use crate::ingest::IngestService;
@@ -143,6 +144,7 @@ impl Application {
     /// | `detector`   | restart    | a pass ended within 3 intervals      |
     /// | `alerter`    | restart    | an outbox upkeep ended within 60 s   |
     /// | `partitions` | restart    | partitions ensured and old ones dropped within 3 h |
+    /// | `rollup`     | restart    | the last minutes rolled up within 5 min |
     /// | `control`    | restart    | the check set was read within 90 s   |
     /// | `reload`     | restart    | running (SIGHUP re-reads the file)   |
     /// | `watchdog`   | restart    | under systemd's WatchdogSec: pings it from this runtime |
@@ -324,16 +326,16 @@ impl Application {
         {
             let store = self.store.clone();
             let ahead = self.config.database.partitions_ahead_days;
-            let raw = self.config.retention.raw;
+            let retention = self.config.retention.clone();
             supervisor.spawn(
                 "partitions",
                 Policy::Restart,
                 Some(PARTITION_MAINTENANCE_INTERVAL * 3),
                 move |live, stop| {
-                    let store = store.clone();
+                    let (store, retention) = (store.clone(), retention.clone());
                     async move {
                         loop {
-                            if maintain_partitions(&store, ahead, raw).await {
+                            if maintain_partitions(&store, ahead, &retention).await {
                                 live.beat();
                             }
                             tokio::select! {
@@ -341,6 +343,21 @@ impl Application {
                                 _ = tokio::time::sleep(PARTITION_MAINTENANCE_INTERVAL) => {}
                             }
                         }
+                    }
+                },
+            );
+        }
+        {
+            let store = self.store.clone();
+            supervisor.spawn(
+                "rollup",
+                Policy::Restart,
+                Some(ROLLUP_INTERVAL * 5),
+                move |live, stop| {
+                    let store = store.clone();
+                    async move {
+                        roll_up_continuously(store, live, stop).await;
+                        Ok(())
                     }
                 },
             );
@@ -373,25 +390,70 @@ impl Application {
 }
 
 /// Creates the partitions `ahead` days ahead and drops those past the
-/// `raw` retention; whether both reached the database.
-async fn maintain_partitions(store: &Store, ahead: u64, raw: Duration) -> bool {
+/// retention (raw results rolled up first); whether all of it reached the
+/// database.
+async fn maintain_partitions(store: &Store, ahead: u64, retention: &RetentionConfig) -> bool {
     let now = chrono::Utc::now();
     let created = store.ensure_partitions_around(now, 0, ahead).await;
     if let Err(error) = &created {
         tracing::warn!(%error, "Cannot create partitions ahead; will retry.");
     }
-    let cutoff = now - chrono::Duration::from_std(raw).unwrap_or(chrono::Duration::MAX);
-    let dropped = store.drop_partitions_before(cutoff).await;
-    match &dropped {
-        Ok(names) => {
-            for name in names {
-                metrics::counter!("vantage_partitions_dropped_total").increment(1);
-                tracing::info!(partition = %name, "Dropped a partition past retention.raw.");
+    let before =
+        |age: Duration| now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    let mut ok = created.is_ok();
+    for (what, dropped) in [
+        (
+            "retention.raw",
+            store.drop_partitions_before(before(retention.raw)).await,
+        ),
+        (
+            "retention.rollup",
+            store
+                .drop_rollup_partitions_before(before(retention.rollup))
+                .await,
+        ),
+    ] {
+        match dropped {
+            Ok(names) => {
+                for name in names {
+                    metrics::counter!("vantage_partitions_dropped_total").increment(1);
+                    tracing::info!(partition = %name, "Dropped a partition past {what}.");
+                }
+            }
+            Err(error) => {
+                ok = false;
+                tracing::warn!(%error, "Cannot drop partitions past {what}; will retry.");
             }
         }
-        Err(error) => tracing::warn!(%error, "Cannot drop partitions past retention; will retry."),
     }
-    created.is_ok() && dropped.is_ok()
+    ok
+}
+
+/// How often the last minutes are rolled up.
+const ROLLUP_INTERVAL: Duration = Duration::from_secs(60);
+/// How far back each roll-up recomputes: results that arrive later than
+/// this (a spool delivered after an outage) are rolled up with their whole
+/// day before its raw partition is dropped.
+const ROLLUP_LOOKBACK: Duration = Duration::from_secs(600);
+
+/// Rolls the finished minutes of the last [`ROLLUP_LOOKBACK`] up, every
+/// [`ROLLUP_INTERVAL`], until `stop`.
+async fn roll_up_continuously(store: Arc<Store>, live: Liveness, stop: CancellationToken) {
+    loop {
+        let now = chrono::Utc::now();
+        let minute = now
+            .duration_trunc(chrono::Duration::minutes(1))
+            .unwrap_or(now);
+        let from = minute - chrono::Duration::from_std(ROLLUP_LOOKBACK).unwrap_or_default();
+        match store.roll_up(from, minute).await {
+            Ok(_) => live.beat(),
+            Err(error) => tracing::warn!(%error, "Cannot roll results up; will retry."),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ROLLUP_INTERVAL) => {}
+        }
+    }
 }
 
 /// How long a server waits, once shutdown is asked for, for its clients

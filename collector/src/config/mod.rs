@@ -62,16 +62,24 @@ pub struct RetentionConfig {
     /// a time (default 14 days); never a row-by-row DELETE.
     #[serde(with = "humantime_serde", default = "default_raw_retention")]
     pub raw: Duration,
+    /// The per-minute roll-up (`probe_rollups`) older than this is dropped
+    /// a whole month at a time (default 400 days); at least `raw`.
+    #[serde(with = "humantime_serde", default = "default_rollup_retention")]
+    pub rollup: Duration,
 }
 
 fn default_raw_retention() -> Duration {
     Duration::from_secs(14 * 24 * 3600)
+}
+fn default_rollup_retention() -> Duration {
+    Duration::from_secs(400 * 24 * 3600)
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             raw: default_raw_retention(),
+            rollup: default_rollup_retention(),
         }
     }
 }
@@ -320,6 +328,12 @@ impl CollectorConfig {
             "retention.raw",
             self.retention.raw,
             ingest.max_result_age + DAY,
+            10 * YEAR,
+        )?;
+        duration_within(
+            "retention.rollup",
+            self.retention.rollup,
+            self.retention.raw,
             10 * YEAR,
         )?;
         duration_within(

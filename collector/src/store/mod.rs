@@ -12,6 +12,7 @@ mod incidents;
 mod lease;
 mod outbox;
 mod requests;
+mod rollup;
 mod window;
 
 pub use checks::StoredCheck;
@@ -238,8 +239,10 @@ impl Store {
     }
 
     /// Drops the daily partitions of `probe_results` whose whole day ended
-    /// before `cutoff` (whole tables: no row-by-row DELETE, no bloat);
-    /// the names dropped, oldest first.
+    /// before `cutoff` (whole tables: no row-by-row DELETE, no bloat),
+    /// each rolled up whole into `probe_rollups` first, in the same
+    /// transaction (its late results included); the names dropped, oldest
+    /// first.
     pub async fn drop_partitions_before(
         &self,
         cutoff: DateTime<Utc>,
@@ -269,6 +272,10 @@ impl Store {
                 .map(|t| t.and_utc());
             if day_end.is_none_or(|end| end > cutoff) {
                 continue;
+            }
+            let day_start = day.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+            if let (Some(start), Some(end)) = (day_start, day_end) {
+                rollup::roll_up_in(&mut tx, start, end).await?;
             }
             // The name matched ^probe_results_p[0-9]{8}$: safe to splice.
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))

@@ -22,6 +22,7 @@ mod pages;
 mod probe_now;
 mod process;
 mod reload;
+mod retention;
 mod rig;
 mod schema;
 mod supervision;
