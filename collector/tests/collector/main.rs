@@ -13,6 +13,7 @@ mod e2e;
 mod faults;
 mod field;
 mod fleet;
+mod grafana;
 mod hostile;
 mod ingest;
 mod lease;
