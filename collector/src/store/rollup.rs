@@ -56,12 +56,24 @@ fn months(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<NaiveDate> {
     out
 }
 
-/// Rolls `[from, to)` up inside `tx`; the rows written.
+/// Takes the roll-up's lock for the rest of `tx`: one writer of roll-ups
+/// (and of their partitions: CREATE TABLE IF NOT EXISTS is not safe
+/// against itself) at a time, across collectors.
+async fn lock(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.probe_rollups'))")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Rolls `[from, to)` up inside `tx` (taking the roll-up's lock); the
+/// rows written.
 pub(super) async fn roll_up_in(
     tx: &mut Transaction<'_, Postgres>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
+    lock(tx).await?;
     for month in months(from, to) {
         sqlx::query("SELECT ensure_probe_rollups_partition($1)")
             .bind(month)
@@ -82,10 +94,6 @@ impl Store {
     /// written.
     pub async fn roll_up(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // One writer of roll-ups at a time across collectors.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.probe_rollups'))")
-            .execute(&mut *tx)
-            .await?;
         let rows = roll_up_in(&mut tx, from, to).await?;
         tx.commit().await?;
         Ok(rows)
@@ -98,9 +106,7 @@ impl Store {
         cutoff: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.probe_rollups'))")
-            .execute(&mut *tx)
-            .await?;
+        lock(&mut tx).await?;
         let names: Vec<String> = sqlx::query_scalar(
             "SELECT c.relname::text FROM pg_inherits i
              JOIN pg_class c ON c.oid = i.inhrelid

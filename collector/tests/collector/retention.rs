@@ -154,8 +154,9 @@ async fn partitions_past_raw_retention_are_dropped_whole(pool: PgPool) {
     while partitions(&pool).await.contains(&name(day(4))) {
         assert!(
             std::time::Instant::now() < deadline,
-            "{:?}",
-            partitions(&pool).await
+            "{:?}\n{}",
+            partitions(&pool).await,
+            std::fs::read_to_string(dir.path().join("collector.log")).unwrap_or_default()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
