@@ -356,7 +356,10 @@ mod tests {
             (gaps[0].1.first_seq, gaps[0].1.last_seq, gaps[0].1.count),
             (10, 10, Some(1))
         );
-        assert_eq!(gaps[0].1.reason, "memory_full");
+        assert_eq!(
+            gaps[0].1.reason,
+            vantage_proto::v1::GapReason::MemoryFull.text()
+        );
     }
 
     #[test]
@@ -413,7 +416,7 @@ mod tests {
         let gaps = q.spool().pending_gaps();
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         let gap = &gaps[0].1;
-        assert_eq!(gap.reason, "agent_crash");
+        assert_eq!(gap.reason, vantage_proto::v1::GapReason::AgentCrash.text());
         assert!(
             gap.first_seq <= lost && lost <= gap.last_seq,
             "{gap:?} covers {lost}"

@@ -120,7 +120,7 @@ impl Gap {
 
     fn decode(bytes: &[u8]) -> Option<Self> {
         let g = pb::Gap::decode(bytes).ok()?;
-        let reason = REASONS.iter().find(|r| **r == g.reason)?;
+        let reason = pb::GapReason::from_text(&g.reason)?.text();
         let at = g.detected_at.unwrap_or_default();
         Some(Self {
             first_seq: g.first_seq,
@@ -131,16 +131,6 @@ impl Gap {
         })
     }
 }
-
-const REASONS: [&str; 7] = [
-    "spool_full",
-    "spool_age",
-    "spool_corrupt",
-    "spool_unreadable",
-    "memory_full",
-    "rejected",
-    "agent_crash",
-];
 
 /// One result as stored: its sequence number and its checked bytes.
 #[derive(Debug, Clone)]
@@ -341,7 +331,7 @@ impl Spool {
                 Err(error) => {
                     let aside = move_aside(path);
                     tracing::error!(path = %path.display(), moved_to = ?aside, %error, "Spool file unreadable; moved it aside and started a new one. What it held is recorded as a gap.");
-                    gaps.push(Gap::new(0, 0, None, "spool_unreadable"));
+                    gaps.push(Gap::new(0, 0, None, pb::GapReason::SpoolUnreadable.text()));
                     match guarded(|| open_db(path)) {
                         Ok(state) => disk.db = Some(state.db),
                         Err(error) => {
@@ -363,12 +353,12 @@ impl Spool {
                 complete_below,
                 disk.leased_through,
                 None,
-                "agent_crash",
+                pb::GapReason::AgentCrash.text(),
             ));
         }
         // A gap whose start is unknown ends just below the new numbers.
         for gap in &mut gaps {
-            if gap.reason == "spool_unreadable" {
+            if gap.reason == pb::GapReason::SpoolUnreadable.text() {
                 gap.last_seq = next_seq - 1;
             }
         }
@@ -418,7 +408,7 @@ impl Spool {
                 unsynced.remove(seq);
             }
             drop(unsynced);
-            self.dropped(&dropped, "memory_full");
+            self.dropped(&dropped, pb::GapReason::MemoryFull.text());
         }
     }
 
@@ -561,7 +551,10 @@ impl Spool {
             tracing::warn!(%error, "Cannot scan the spool for its bounds.");
             return;
         }
-        for (dropped, reason) in [(full, "spool_full"), (aged, "spool_age")] {
+        for (dropped, reason) in [
+            (full, pb::GapReason::SpoolFull.text()),
+            (aged, pb::GapReason::SpoolAge.text()),
+        ] {
             if let Some(&(last, _)) = dropped.last() {
                 self.delete_through(last);
                 let seqs: Vec<u64> = dropped.iter().map(|(s, _)| *s).collect();
@@ -588,7 +581,7 @@ impl Spool {
         metrics::counter!("vantage_agent_spool_dropped_total", "reason" => reason)
             .increment(seqs.len() as u64);
         let mut stats = lock(&self.stats);
-        if reason == "spool_corrupt" {
+        if reason == pb::GapReason::SpoolCorrupt.text() {
             stats.1 += seqs.len() as u64;
         } else {
             stats.0 += seqs.len() as u64;
@@ -752,7 +745,7 @@ impl Spool {
             for seq in &corrupt {
                 self.delete_one(*seq);
             }
-            self.dropped(&corrupt, "spool_corrupt");
+            self.dropped(&corrupt, pb::GapReason::SpoolCorrupt.text());
         }
         batch
     }
@@ -871,7 +864,12 @@ impl Spool {
         drop(disk);
         metrics::counter!("vantage_agent_batches_quarantined_total").increment(1);
         if moved > 0 {
-            self.record_gap(Gap::new(after + 1, through, Some(moved), "rejected"));
+            self.record_gap(Gap::new(
+                after + 1,
+                through,
+                Some(moved),
+                pb::GapReason::Rejected.text(),
+            ));
         }
     }
 
@@ -905,7 +903,7 @@ impl Spool {
             0,
             leased,
             Some(lost).filter(|n| *n > 0),
-            "spool_unreadable",
+            pb::GapReason::SpoolUnreadable.text(),
         ));
     }
 

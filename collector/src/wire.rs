@@ -247,7 +247,7 @@ impl SkewLimits {
 
     /// The highest sequence number any agent can have given by `now`
     /// ([`vantage_proto::plausible_seq_ceiling`]); results above it are
-    /// refused as [`IMPLAUSIBLE_SEQ`] gaps and never advance an agent's
+    /// refused as `implausible_seq` gaps and never advance an agent's
     /// progress.
     pub fn seq_ceiling(&self, now: DateTime<Utc>) -> i64 {
         let now_us = u64::try_from(now.timestamp_micros()).unwrap_or(0);
@@ -255,10 +255,6 @@ impl SkewLimits {
         i64::try_from(vantage_proto::plausible_seq_ceiling(now_us, ahead_us)).unwrap_or(i64::MAX)
     }
 }
-
-/// The gap reason of a result refused for a sequence number beyond
-/// [`SkewLimits::seq_ceiling`].
-pub const IMPLAUSIBLE_SEQ: &str = "implausible_seq";
 
 /// A gap the agent reported.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -289,16 +285,12 @@ pub fn stored_gap(g: pb::Gap) -> Result<StoredGap, InvalidGap> {
     if first_seq > last_seq {
         return Err(bad("last_seq", "must not be below first_seq".into()));
     }
-    let reason = match g.reason.as_str() {
-        "spool_full" => "spool_full",
-        "spool_age" => "spool_age",
-        "spool_corrupt" => "spool_corrupt",
-        "spool_unreadable" => "spool_unreadable",
-        "memory_full" => "memory_full",
-        "rejected" => "rejected",
-        "agent_crash" => "agent_crash",
-        other => return Err(bad("reason", format!("unknown reason {other:?}"))),
-    };
+    // The agent's own reasons; the collector's refusals are its own to
+    // record.
+    let reason = pb::GapReason::from_text(&g.reason)
+        .filter(|r| r.recorded_by_agent())
+        .map(pb::GapReason::text)
+        .ok_or_else(|| bad("reason", format!("unknown reason {:?}", g.reason)))?;
     let count = g
         .count
         .map(|c| i64::try_from(c).map_err(|_| bad("count", format!("{c} is out of range"))))

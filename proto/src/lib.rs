@@ -14,6 +14,56 @@ pub mod v1 {
     tonic::include_proto!("vantage.v1");
 }
 
+impl v1::GapReason {
+    /// The text form `Gap.reason` and `delivery_gaps.reason` carry: the
+    /// enum's name without its prefix, in lower case (`spool_full`).
+    pub fn text(self) -> &'static str {
+        gap_reason_texts()
+            .iter()
+            .find(|(r, _)| *r == self)
+            .map_or("unspecified", |(_, text)| text.as_str())
+    }
+
+    /// The reason whose text form is `text`.
+    pub fn from_text(text: &str) -> Option<Self> {
+        gap_reason_texts()
+            .iter()
+            .find(|(_, t)| *t == text)
+            .map(|(r, _)| *r)
+    }
+
+    /// Every reason, in declaration order.
+    pub fn all() -> impl Iterator<Item = Self> {
+        gap_reason_texts().iter().map(|(r, _)| *r)
+    }
+
+    /// Whether an agent records it (the others are the collector's own
+    /// refusals, which an agent never sends).
+    pub fn recorded_by_agent(self) -> bool {
+        !matches!(self, Self::TimestampSkew | Self::ImplausibleSeq)
+    }
+}
+
+/// Every declared reason and its text form, derived once from the
+/// generated enum, so the .proto file is the only list.
+fn gap_reason_texts() -> &'static [(v1::GapReason, String)] {
+    static TEXTS: std::sync::OnceLock<Vec<(v1::GapReason, String)>> = std::sync::OnceLock::new();
+    TEXTS.get_or_init(|| {
+        (1..i32::from(u8::MAX))
+            .filter_map(|n| v1::GapReason::try_from(n).ok())
+            .map(|r| {
+                let name = r.as_str_name();
+                (
+                    r,
+                    name.strip_prefix("GAP_REASON_")
+                        .unwrap_or(name)
+                        .to_lowercase(),
+                )
+            })
+            .collect()
+    })
+}
+
 /// The metadata key carrying an agent's token.
 pub const AUTHORIZATION: &str = "authorization";
 
@@ -80,4 +130,23 @@ pub fn authenticated_client(
         channel,
         BearerToken::new(token)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::GapReason;
+
+    #[test]
+    fn gap_reasons_have_their_text_form_both_ways() {
+        assert_eq!(GapReason::SpoolFull.text(), "spool_full");
+        assert_eq!(GapReason::ImplausibleSeq.text(), "implausible_seq");
+        assert_eq!(
+            GapReason::from_text("agent_crash"),
+            Some(GapReason::AgentCrash)
+        );
+        assert_eq!(GapReason::from_text("unspecified"), None);
+        assert_eq!(GapReason::from_text("nonsense"), None);
+        assert_eq!(GapReason::all().count(), 9);
+        assert!(GapReason::all().all(|r| GapReason::from_text(r.text()) == Some(r)));
+    }
 }

@@ -34,9 +34,7 @@ use crate::control::{AgentView, ControlHub};
 use crate::store::{
     AgentHello, EnrolledAgent, ProbeAnswer, Store, StoreError, StoredGap, StoredResult,
 };
-use crate::wire::{
-    IMPLAUSIBLE_SEQ, InvalidGap, InvalidResult, SkewLimits, stored_gap, stored_result,
-};
+use crate::wire::{InvalidGap, InvalidResult, SkewLimits, stored_gap, stored_result};
 
 /// Batches validated ahead of the one being committed, per stream.
 const PIPELINE_DEPTH: usize = 4;

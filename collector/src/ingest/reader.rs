@@ -153,7 +153,7 @@ impl Reader {
                     first_seq: r.seq,
                     last_seq: r.seq,
                     count: Some(1),
-                    reason: IMPLAUSIBLE_SEQ,
+                    reason: pb::GapReason::ImplausibleSeq.text(),
                     detected_at: now,
                 });
             } else if self.limits.skew.accepts(r.started_at, now) {
@@ -165,17 +165,17 @@ impl Reader {
                     first_seq: r.seq,
                     last_seq: r.seq,
                     count: Some(1),
-                    reason: "timestamp_skew",
+                    reason: pb::GapReason::TimestampSkew.text(),
                     detected_at: now,
                 });
             }
         }
         if refused > 0 {
-            metrics::counter!("vantage_ingest_refused_results_total", "reason" => "timestamp_skew")
+            metrics::counter!("vantage_ingest_refused_results_total", "reason" => pb::GapReason::TimestampSkew.text())
                 .increment(u64::from(refused));
         }
         if implausible > 0 {
-            metrics::counter!("vantage_ingest_refused_results_total", "reason" => IMPLAUSIBLE_SEQ)
+            metrics::counter!("vantage_ingest_refused_results_total", "reason" => pb::GapReason::ImplausibleSeq.text())
                 .increment(u64::from(implausible));
         }
         // What the agent's progress may advance to: never past the

@@ -215,3 +215,28 @@ async fn partitions_exist_ahead_of_today(pool: PgPool) {
     assert_eq!(ahead, 4);
     collector.stop().await;
 }
+
+/// The gap reasons are declared once, in the wire contract
+/// (`vantage.v1.GapReason`); the database's CHECK on
+/// `delivery_gaps.reason` allows exactly their text forms.
+#[sqlx::test(migrations = false)]
+async fn the_database_allows_exactly_the_declared_gap_reasons(pool: PgPool) {
+    vantage_collector::store::Store::new(pool.clone())
+        .migrate()
+        .await
+        .unwrap();
+    let check: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+         WHERE conname = 'delivery_gaps_reason_check'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let mut allowed: Vec<&str> = check.split('\'').skip(1).step_by(2).collect();
+    allowed.sort_unstable();
+    let mut declared: Vec<&str> = vantage_proto::v1::GapReason::all()
+        .map(|r| r.text())
+        .collect();
+    declared.sort_unstable();
+    assert_eq!(allowed, declared, "{check}");
+}
