@@ -249,25 +249,7 @@ impl App {
             );
         }
         self.control.apply(&probing, "start");
-        if let Some(period) = crate::service::watchdog_period() {
-            probing.spawn(
-                "watchdog",
-                Policy::Restart,
-                None,
-                move |_, stop| async move {
-                    crate::service::watchdog(period, stop).await;
-                    Ok(())
-                },
-            );
-        }
-        crate::service::ready("probing");
-        {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                crate::service::stopping();
-            });
-        }
+        crate::service::serving(&probing, &shutdown, "probing");
         {
             let (control, loops) = (self.control.clone(), probing.clone());
             probing.spawn("control", Policy::Restart, None, move |live, stop| {

@@ -10,6 +10,8 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
+use crate::supervise::{Policy, Supervisor};
+
 fn send(states: &[NotifyState<'_>]) {
     if let Err(error) = sd_notify::notify(states) {
         tracing::warn!(%error, "Cannot notify the service manager.");
@@ -37,6 +39,29 @@ pub fn stopping() {
 /// The watchdog's period, when the service manager asks for pings.
 pub fn watchdog_period() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|timeout| timeout / 2)
+}
+
+/// The program serves (`status`): says `READY=1`, pings the watchdog (a
+/// `watchdog` component of `supervisor`, when asked for), and says
+/// `STOPPING=1` once `shutdown` is cancelled.
+pub fn serving(supervisor: &Supervisor, shutdown: &CancellationToken, status: &str) {
+    if let Some(period) = watchdog_period() {
+        supervisor.spawn(
+            "watchdog",
+            Policy::Restart,
+            None,
+            move |_, stop| async move {
+                watchdog(period, stop).await;
+                Ok(())
+            },
+        );
+    }
+    ready(status);
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stopping();
+    });
 }
 
 /// Pings the watchdog every `period` until `stop`.

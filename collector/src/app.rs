@@ -362,26 +362,8 @@ impl Application {
                 },
             );
         }
-        if let Some(period) = vantage_agent::service::watchdog_period() {
-            supervisor.spawn(
-                "watchdog",
-                Policy::Restart,
-                None,
-                move |_, stop| async move {
-                    vantage_agent::service::watchdog(period, stop).await;
-                    Ok(())
-                },
-            );
-        }
         // Listening (bound in build), serving, detecting: ready.
-        vantage_agent::service::ready("serving");
-        {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                vantage_agent::service::stopping();
-            });
-        }
+        vantage_agent::service::serving(&supervisor, &shutdown, "serving");
         match supervisor.wait().await {
             Some(error) => Err(anyhow::anyhow!(error)),
             None => Ok(()),

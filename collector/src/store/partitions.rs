@@ -3,6 +3,8 @@
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 
+use sqlx::{Postgres, Transaction};
+
 use super::{Store, StoreError, rollup};
 
 impl Store {
@@ -70,43 +72,66 @@ impl Store {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.probe_results.partitions'))")
             .execute(&mut *tx)
             .await?;
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT c.relname::text FROM pg_inherits i
-             JOIN pg_class c ON c.oid = i.inhrelid
-             JOIN pg_class p ON p.oid = i.inhparent
-             WHERE p.relname = 'probe_results' AND c.relname ~ '^probe_results_p[0-9]{8}$'
-             ORDER BY c.relname",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let day_range = |digits: &str| {
+            let day = NaiveDate::parse_from_str(digits, "%Y%m%d").ok()?;
+            Some((
+                day.and_hms_opt(0, 0, 0)?.and_utc(),
+                day.succ_opt()?.and_hms_opt(0, 0, 0)?.and_utc(),
+            ))
+        };
         let mut dropped = Vec::new();
-        for name in names {
-            let Ok(day) = NaiveDate::parse_from_str(&name["probe_results_p".len()..], "%Y%m%d")
-            else {
-                continue;
-            };
-            let day_end = day
-                .succ_opt()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|t| t.and_utc());
-            if day_end.is_none_or(|end| end > cutoff) {
-                continue;
-            }
-            let day_start = day.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
-            if let (Some(start), Some(end)) = (day_start, day_end) {
-                rollup::roll_up_in(&mut tx, start, end).await?;
-            }
-            // The name matched ^probe_results_p[0-9]{8}$: safe to splice.
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
-                .execute(&mut *tx)
-                .await?;
+        for (name, start, end) in expired(&mut tx, "probe_results", day_range, cutoff).await? {
+            rollup::roll_up_in(&mut tx, start, end).await?;
+            drop_partition(&mut tx, &name).await?;
             self.partitions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&day);
+                .remove(&start.date_naive());
             dropped.push(name);
         }
         tx.commit().await?;
         Ok(dropped)
     }
+}
+
+/// The partitions of `parent` named `<parent>_p<digits>` whose range (by
+/// `range_of` the digits) ended at or before `cutoff`: name, start and
+/// end, oldest first. Names whose digits do not parse are left alone.
+pub(super) async fn expired(
+    tx: &mut Transaction<'_, Postgres>,
+    parent: &'static str,
+    range_of: impl Fn(&str) -> Option<(DateTime<Utc>, DateTime<Utc>)>,
+    cutoff: DateTime<Utc>,
+) -> Result<Vec<(String, DateTime<Utc>, DateTime<Utc>)>, StoreError> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i
+         JOIN pg_class c ON c.oid = i.inhrelid
+         JOIN pg_class p ON p.oid = i.inhparent
+         WHERE p.relname = $1 AND c.relname ~ ('^' || $1 || '_p[0-9]+$')
+         ORDER BY c.relname",
+    )
+    .bind(parent)
+    .fetch_all(&mut **tx)
+    .await?;
+    let prefix = format!("{parent}_p");
+    Ok(names
+        .into_iter()
+        .filter_map(|name| {
+            let (start, end) = range_of(name.strip_prefix(&prefix)?)?;
+            (end <= cutoff).then_some((name, start, end))
+        })
+        .collect())
+}
+
+/// Drops one partition [`expired`] named.
+pub(super) async fn drop_partition(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+) -> Result<(), StoreError> {
+    // [`expired`] names only `<parent>_p<digits>` of a constant parent:
+    // safe to splice.
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

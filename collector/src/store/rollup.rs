@@ -6,6 +6,7 @@
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sqlx::{Postgres, Transaction};
 
+use super::partitions::{drop_partition, expired};
 use super::{Store, StoreError};
 
 /// The roll-up of the raw results started in `[$1, $2)`, upserted.
@@ -107,32 +108,17 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
         lock(&mut tx).await?;
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT c.relname::text FROM pg_inherits i
-             JOIN pg_class c ON c.oid = i.inhrelid
-             JOIN pg_class p ON p.oid = i.inhparent
-             WHERE p.relname = 'probe_rollups' AND c.relname ~ '^probe_rollups_p[0-9]{6}$'
-             ORDER BY c.relname",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let month_range = |digits: &str| {
+            let first = NaiveDate::parse_from_str(&format!("{digits}01"), "%Y%m%d").ok()?;
+            let next = first.checked_add_months(chrono::Months::new(1))?;
+            Some((
+                first.and_hms_opt(0, 0, 0)?.and_utc(),
+                next.and_hms_opt(0, 0, 0)?.and_utc(),
+            ))
+        };
         let mut dropped = Vec::new();
-        for name in names {
-            let month = format!("{}01", &name["probe_rollups_p".len()..]);
-            let Ok(first) = NaiveDate::parse_from_str(&month, "%Y%m%d") else {
-                continue;
-            };
-            let end = first
-                .checked_add_months(chrono::Months::new(1))
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|t| t.and_utc());
-            if end.is_none_or(|end| end > cutoff) {
-                continue;
-            }
-            // The name matched ^probe_rollups_p[0-9]{6}$: safe to splice.
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
-                .execute(&mut *tx)
-                .await?;
+        for (name, _, _) in expired(&mut tx, "probe_rollups", month_range, cutoff).await? {
+            drop_partition(&mut tx, &name).await?;
             dropped.push(name);
         }
         tx.commit().await?;
