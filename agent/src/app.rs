@@ -16,8 +16,8 @@ use crate::probe::tls::{TlsConfigs, TlsSetupError};
 use crate::queue::ResultQueue;
 use crate::report::{Connection, ControlLink, CredentialsRefused, Delivery, Identity, Reporter};
 use crate::schedule::Scheduler;
-use crate::supervise::{Policy, Supervisor};
 use crate::vantage::{IdentityRefresher, Vantage};
+use vantage_service::supervise::{Policy, Supervisor};
 
 /// The agent could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -249,7 +249,7 @@ impl App {
             );
         }
         self.control.apply(&probing, "start");
-        crate::service::serving(&probing, &shutdown, "probing");
+        vantage_service::systemd::serving(&probing, &shutdown, "probing");
         {
             let (control, loops) = (self.control.clone(), probing.clone());
             probing.spawn("control", Policy::Restart, None, move |live, stop| {
@@ -284,7 +284,7 @@ async fn follow_sighup(
     control: Arc<Control>,
     probing: Supervisor,
     stop: CancellationToken,
-) -> Result<(), crate::supervise::ComponentError> {
+) -> Result<(), vantage_service::supervise::ComponentError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup())?;
     loop {
@@ -292,11 +292,11 @@ async fn follow_sighup(
             _ = stop.cancelled() => return Ok(()),
             _ = hangups.recv() => {}
         }
-        crate::service::reloading();
+        vantage_service::systemd::reloading();
         let loaded = AgentConfig::load(&path)
             .map_err(|e| e.to_string())
             .and_then(|config| control.reload(&probing, config));
-        crate::service::ready("probing");
+        vantage_service::systemd::ready("probing");
         match loaded {
             Ok(()) => {
                 metrics::counter!("vantage_config_reloads_total", "result" => "applied")

@@ -14,8 +14,8 @@ use crate::central::CentralChecks;
 use crate::config::{AgentConfig, CheckConfig, ResolverSpec};
 use crate::report::Pushed;
 use crate::schedule::{OneOff, OneOffCheck, Scheduler};
-use crate::supervise::{ComponentError, Liveness, Supervisor};
 use crate::vantage::{IdentityRefresher, Vantage};
+use vantage_service::supervise::{ComponentError, Liveness, Supervisor};
 
 /// The checks in force come from here.
 pub struct Control {

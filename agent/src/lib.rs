@@ -17,31 +17,19 @@
 //! - [`report`]: the gRPC stream to the collector: a window of batches,
 //!   cumulative acks, retry rules.
 //! - [`wire`]: domain → protobuf conversion, in one place.
-//! - [`logging`]: both programs' log output (stderr, text or JSON).
-//! - [`service`]: systemd notifications (ready, reloading, stopping, watchdog).
 //! - [`app`]: wiring and the run loop.
 
 pub mod app;
 pub mod central;
 pub mod config;
 pub mod control;
-pub mod logging;
 pub mod probe;
 pub mod queue;
 pub mod report;
 pub mod schedule;
-pub mod service;
 pub mod spool;
-pub mod supervise;
 pub mod vantage;
 pub mod wire;
 
 pub use app::App;
 pub use config::AgentConfig;
-
-/// Installs ring as the process-wide rustls crypto provider. Idempotent:
-/// every entry point (binary, tests, the collector's demo) may call it.
-pub fn install_crypto_provider() {
-    // Err only means a provider is installed already, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use vantage_agent::app::AgentExit;
-use vantage_agent::logging::LogFormat;
 use vantage_agent::{AgentConfig, App};
+use vantage_service::logging::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -33,8 +33,8 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    vantage_agent::logging::init(args.log_format, "info");
-    vantage_agent::install_crypto_provider();
+    vantage_service::logging::init(args.log_format, "info");
+    vantage_service::install_crypto_provider();
     // Reads FAILPOINTS; compiled in only for the fault tests' builds.
     let _failpoints = fail::FailScenario::setup();
     let config = match AgentConfig::load(&args.config) {
@@ -74,7 +74,10 @@ async fn main() -> ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(vantage_service::signal::cancel_on_signal(
+        shutdown.clone(),
+        "agent",
+    ));
     match app.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(AgentExit::CredentialsRefused(refused)) => {
@@ -88,23 +91,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the agent.");
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("Shutdown requested, delivering queued results.");
-    shutdown.cancel();
 }

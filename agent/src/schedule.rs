@@ -18,8 +18,8 @@ use crate::config::{CheckConfig, Dial, ResolverSpec};
 use crate::probe::http::Probed;
 use crate::probe::{HttpProber, ProbeResult};
 use crate::queue::ResultQueue;
-use crate::supervise::{Liveness, Policy, Supervisor};
 use crate::vantage::Vantage;
+use vantage_service::supervise::{Liveness, Policy, Supervisor};
 
 /// Runs probes on schedule and queues their results.
 pub struct Scheduler {

@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-use vantage_agent::supervise::{Liveness, Policy, Supervisor};
 use vantage_proto::v1::ingest_server::IngestServer;
+use vantage_service::supervise::{Liveness, Policy, Supervisor};
 
 use crate::alert::Alerter;
 use crate::config::{CollectorConfig, RetentionConfig, TlsConfig};
@@ -236,7 +236,12 @@ impl Application {
             }
         });
         if let Some(listener) = self.http {
-            let router = crate::http::router(self.store.clone(), supervisor.clone());
+            let ui = self
+                .config
+                .ui
+                .enabled
+                .then(|| crate::ui::access::Access::new(self.config.ui.token.as_deref()));
+            let router = crate::http::router(self.store.clone(), supervisor.clone(), ui);
             let bounds = listen::Bounds {
                 max_connections: listen::fit_to_descriptors(
                     HTTP_MAX_CONNECTIONS,
@@ -363,7 +368,7 @@ impl Application {
             );
         }
         // Listening (bound in build), serving, detecting: ready.
-        vantage_agent::service::serving(&supervisor, &shutdown, "serving");
+        vantage_service::systemd::serving(&supervisor, &shutdown, "serving");
         match supervisor.wait().await {
             Some(error) => Err(anyhow::anyhow!(error)),
             None => Ok(()),
@@ -449,7 +454,7 @@ async fn within_grace<T>(
     serving: impl std::future::Future<Output = T>,
     stop: CancellationToken,
     what: &'static str,
-) -> Result<T, vantage_agent::supervise::ComponentError> {
+) -> Result<T, vantage_service::supervise::ComponentError> {
     let grace = async {
         stop.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vantage_agent::config::{CheckConfig, ConfigError, Problem, parse_toml, read_config};
+use vantage_check::CheckConfig;
+use vantage_service::config::{ConfigError, Problem, parse_toml, read_config};
 
 /// Which agents run a check: each non-empty list must match (an agent in
 /// `agents`, of a region in `regions`, with every label in `labels`);

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::detect::asn;
 use crate::store::Store;
-use crate::{Application, CollectorConfig, alert, app, checks, demo, enrol, probe_now, silence};
+use crate::{Application, CollectorConfig, alert, app, checks, enrol, probe_now, silence};
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +28,7 @@ pub struct Args {
         env = "VANTAGE_LOG_FORMAT",
         default_value = "text"
     )]
-    pub log_format: vantage_agent::logging::LogFormat,
+    pub log_format: vantage_service::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -114,9 +114,6 @@ pub enum Command {
         #[command(subcommand)]
         command: SinkCommand,
     },
-    /// Show the whole story locally: PostgreSQL, collector, agents in three
-    /// "regions", a target failing for one, the detection and the webhooks.
-    Demo,
 }
 
 /// Which resolved addresses a probe dials.
@@ -286,7 +283,6 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
             }
             Ok(())
         }
-        Command::Demo => demo::run().await,
     }
 }
 
@@ -377,7 +373,7 @@ async fn check_command(store: &Store, command: CheckCommand) -> anyhow::Result<(
                 let interval = Some(text("interval"))
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| {
-                        humantime::format_duration(vantage_agent::config::default_check_interval())
+                        humantime::format_duration(vantage_check::default_check_interval())
                             .to_string()
                     });
                 let select = if c.selector.as_object().is_none_or(|o| o.is_empty()) {

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use vantage_agent::supervise::{ComponentError, Liveness};
 use vantage_proto::v1 as pb;
+use vantage_service::supervise::{ComponentError, Liveness};
 
 use crate::checks::Selector;
 use crate::store::{CONTROL_CHANNEL, Notice, ProbeRequest, Store, StoredCheck};

@@ -1,18 +1,19 @@
 //! The collector's HTTP endpoint for operators, load balancers and
-//! Prometheus.
+//! Prometheus: health, metrics, and the incident pages.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
-use vantage_agent::supervise::{ComponentHealth, Supervisor};
+use vantage_service::supervise::{ComponentHealth, Supervisor};
 
 use crate::store::Store;
+use crate::ui::access;
 
 /// How long `/healthz` waits for PostgreSQL: a health checker's timeout
 /// is often a few seconds, and the answer must come before it.
@@ -28,14 +29,20 @@ struct Shared {
 /// `GET /healthz`: per-component status as JSON; 200 only when every
 /// component is alive and PostgreSQL answered within
 /// [`HEALTH_DATABASE_TIMEOUT`], else 503. `GET /metrics`: Prometheus.
-/// `GET /incidents/<id>`: one incident as JSON (the link every page
-/// carries).
-pub fn router(store: Arc<Store>, supervisor: Supervisor) -> Router {
-    Router::new()
+/// The incident pages ([`crate::ui`]) are merged in, behind their own
+/// access rule, when `[ui] enabled`.
+pub fn router(store: Arc<Store>, supervisor: Supervisor, ui: Option<access::Access>) -> Router {
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/incidents/{id}", get(incident))
-        .with_state(Shared { store, supervisor })
+        .with_state(Shared {
+            store: store.clone(),
+            supervisor,
+        });
+    match ui {
+        Some(access) => router.merge(crate::ui::router(store, access)),
+        None => router,
+    }
 }
 
 async fn healthz(State(shared): State<Shared>) -> (StatusCode, Json<Value>) {
@@ -100,27 +107,4 @@ async fn metrics() -> (StatusCode, String) {
             "metrics recorder not installed\n".into(),
         ),
     }
-}
-
-/// `GET /incidents/<id>`: the incident as the webhook JSON describes it,
-/// with its explanation history.
-async fn incident(
-    State(Shared { store, .. }): State<Shared>,
-    Path(id): Path<i64>,
-) -> Result<Json<serde_json::Value>, (StatusCode, &'static str)> {
-    let unavailable = |_| (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n");
-    let incident = store
-        .incident(id)
-        .await
-        .map_err(unavailable)?
-        .ok_or((StatusCode::NOT_FOUND, "no such incident\n"))?;
-    let history = store.incident_history(id).await.map_err(unavailable)?;
-    let mut body = crate::alert::notice::incident_json(&incident);
-    body["state"] = serde_json::json!(if incident.resolved_at.is_some() {
-        "resolved"
-    } else {
-        "open"
-    });
-    body["history"] = serde_json::Value::Array(history);
-    Ok(Json(body))
 }

@@ -23,9 +23,10 @@
 //! - [`probe_now`]: `probe URL`: one-off probes from chosen agents, side by side.
 //! - [`reload`]: SIGHUP re-reads collector.toml; what changes live, what waits.
 //! - [`silence`]: `silence add|list|expire`: pages held back, visibly.
-//! - [`http`]: health, metrics and incident endpoints.
+//! - [`http`]: health and metrics; the incident pages merged in.
+//! - [`ui`]: the read-only incident pages (HTML, inline SVG) and who may
+//!   read them.
 //! - [`listen`]: connections within bounds (caps, descriptors, timeouts).
-//! - [`demo`]: the one-command local demonstration.
 
 pub mod alert;
 pub mod app;
@@ -34,7 +35,6 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod demo;
 pub mod detect;
 pub mod enrol;
 pub mod http;
@@ -45,6 +45,7 @@ pub mod probe_now;
 pub mod reload;
 pub mod silence;
 pub mod store;
+pub mod ui;
 pub mod wire;
 
 pub use app::Application;

@@ -420,7 +420,19 @@ pub async fn serve_http(
     let mut incoming = std::pin::pin!(incoming);
     while let Some(accepted) = incoming.next().await {
         let Ok(io) = accepted else { continue };
-        let service = TowerToHyperService::new(router.clone());
+        // The peer's address, for the pages' loopback-only rule.
+        let peer = io.connect_info().remote_addr();
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                if let Some(peer) = peer {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                }
+                request
+            },
+        ));
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {

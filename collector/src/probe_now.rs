@@ -9,10 +9,10 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use vantage_agent::config::{CheckConfig, ResolverSpec};
+use vantage_check::{CheckConfig, ResolverSpec};
 
 use crate::control::Targets;
-use crate::store::{NewProbeRequest, OneOffResult, Purpose, RequestAgent, Store};
+use crate::store::{NewProbeRequest, Purpose, RequestAgent, ResultPath, Store};
 
 /// The check name one-off probes of a URL run under.
 pub const PROBE_CHECK_NAME: &str = "probe";
@@ -85,9 +85,7 @@ pub fn request(options: &ProbeOptions) -> Result<NewProbeRequest, ProbeOptionErr
             // A round's interval must hold its timeout; it is never
             // scheduled.
             let interval = humantime::format_duration(
-                options
-                    .timeout
-                    .max(vantage_agent::config::default_check_interval()),
+                options.timeout.max(vantage_check::default_check_interval()),
             )
             .to_string();
             let definition = serde_json::json!({
@@ -122,7 +120,7 @@ pub fn request(options: &ProbeOptions) -> Result<NewProbeRequest, ProbeOptionErr
 pub struct ProbeOutcome {
     pub request_id: i64,
     pub agents: Vec<RequestAgent>,
-    pub results: Vec<OneOffResult>,
+    pub results: Vec<ResultPath>,
 }
 
 impl ProbeOutcome {

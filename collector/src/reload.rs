@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use vantage_agent::supervise::{ComponentError, Liveness, Supervisor};
+use vantage_service::supervise::{ComponentError, Liveness, Supervisor};
 
 use crate::config::CollectorConfig;
 
@@ -96,9 +96,9 @@ pub async fn follow_sighup(
             _ = stop.cancelled() => return Ok(()),
             _ = hangups.recv() => {}
         }
-        vantage_agent::service::reloading();
+        vantage_service::systemd::reloading();
         reload(&path, &live, &supervisor);
-        vantage_agent::service::ready("serving");
+        vantage_service::systemd::ready("serving");
         liveness.beat();
     }
 }

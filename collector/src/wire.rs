@@ -58,21 +58,11 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
         .ok()
         .and_then(|nanos| DateTime::from_timestamp(started.seconds, nanos))
         .ok_or_else(|| bad("started_at", "not a valid timestamp".into()))?;
-    let outcome = match pb::Outcome::try_from(r.outcome) {
-        Ok(pb::Outcome::Ok) => "ok",
-        Ok(pb::Outcome::Dns) => "dns",
-        Ok(pb::Outcome::Connect) => "connect",
-        Ok(pb::Outcome::Tls) => "tls",
-        Ok(pb::Outcome::Timeout) => "timeout",
-        Ok(pb::Outcome::Http) => "http",
-        Ok(pb::Outcome::Other) => "other",
-        Ok(pb::Outcome::Protocol) => "protocol",
-        Ok(pb::Outcome::CertExpiry) => "cert_expiry",
-        Ok(pb::Outcome::Proxy) => "proxy",
-        Ok(pb::Outcome::Unspecified) | Err(_) => {
-            return Err(bad("outcome", format!("unknown outcome {}", r.outcome)));
-        }
-    };
+    let outcome = pb::Outcome::try_from(r.outcome)
+        .ok()
+        .filter(|o| *o != pb::Outcome::Unspecified)
+        .ok_or_else(|| bad("outcome", format!("unknown outcome {}", r.outcome)))?
+        .text();
     let status = |field: &'static str, s: Option<u32>| {
         s.map(|s| {
             i16::try_from(s)

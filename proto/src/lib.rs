@@ -3,6 +3,8 @@
 //! The generated types, and how a client presents its credential; each
 //! side converts the types to its own domain types at the gRPC boundary.
 
+use std::sync::OnceLock;
+
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -18,18 +20,12 @@ impl v1::GapReason {
     /// The text form `Gap.reason` and `delivery_gaps.reason` carry: the
     /// enum's name without its prefix, in lower case (`spool_full`).
     pub fn text(self) -> &'static str {
-        gap_reason_texts()
-            .iter()
-            .find(|(r, _)| *r == self)
-            .map_or("unspecified", |(_, text)| text.as_str())
+        text_of(gap_reason_texts(), self)
     }
 
     /// The reason whose text form is `text`.
     pub fn from_text(text: &str) -> Option<Self> {
-        gap_reason_texts()
-            .iter()
-            .find(|(_, t)| *t == text)
-            .map(|(r, _)| *r)
+        from_text(gap_reason_texts(), text)
     }
 
     /// Every reason, in declaration order.
@@ -44,24 +40,68 @@ impl v1::GapReason {
     }
 }
 
-/// Every declared reason and its text form, derived once from the
-/// generated enum, so the .proto file is the only list.
+impl v1::Outcome {
+    /// The text form `probe_results.outcome` stores and every query, page
+    /// and view shows: the enum's name without its prefix, in lower case
+    /// (`cert_expiry`).
+    pub fn text(self) -> &'static str {
+        text_of(outcome_texts(), self)
+    }
+
+    /// The outcome whose text form is `text`.
+    pub fn from_text(text: &str) -> Option<Self> {
+        from_text(outcome_texts(), text)
+    }
+
+    /// Every outcome but `UNSPECIFIED`, in declaration order.
+    pub fn all() -> impl Iterator<Item = Self> {
+        outcome_texts().iter().map(|(o, _)| *o)
+    }
+}
+
 fn gap_reason_texts() -> &'static [(v1::GapReason, String)] {
-    static TEXTS: std::sync::OnceLock<Vec<(v1::GapReason, String)>> = std::sync::OnceLock::new();
+    static TEXTS: OnceLock<Vec<(v1::GapReason, String)>> = OnceLock::new();
     TEXTS.get_or_init(|| {
-        (1..i32::from(u8::MAX))
-            .filter_map(|n| v1::GapReason::try_from(n).ok())
-            .map(|r| {
-                let name = r.as_str_name();
-                (
-                    r,
-                    name.strip_prefix("GAP_REASON_")
-                        .unwrap_or(name)
-                        .to_lowercase(),
-                )
-            })
-            .collect()
+        texts(
+            "GAP_REASON_",
+            v1::GapReason::try_from,
+            v1::GapReason::as_str_name,
+        )
     })
+}
+
+fn outcome_texts() -> &'static [(v1::Outcome, String)] {
+    static TEXTS: OnceLock<Vec<(v1::Outcome, String)>> = OnceLock::new();
+    TEXTS.get_or_init(|| texts("OUTCOME_", v1::Outcome::try_from, v1::Outcome::as_str_name))
+}
+
+/// Every declared value of a generated enum (but its zero, UNSPECIFIED)
+/// and its text form, derived once from the generated code, so the .proto
+/// file is the only list.
+fn texts<E: Copy>(
+    prefix: &str,
+    from_number: impl Fn(i32) -> Result<E, prost::UnknownEnumValue>,
+    name: impl Fn(&E) -> &'static str,
+) -> Vec<(E, String)> {
+    (1..i32::from(u8::MAX))
+        .filter_map(|n| from_number(n).ok())
+        .map(|value| {
+            let name = name(&value);
+            let text = name.strip_prefix(prefix).unwrap_or(name).to_lowercase();
+            (value, text)
+        })
+        .collect()
+}
+
+fn text_of<E: PartialEq>(texts: &'static [(E, String)], value: E) -> &'static str {
+    texts
+        .iter()
+        .find(|(v, _)| *v == value)
+        .map_or("unspecified", |(_, text)| text.as_str())
+}
+
+fn from_text<E: Copy>(texts: &[(E, String)], text: &str) -> Option<E> {
+    texts.iter().find(|(_, t)| t == text).map(|(v, _)| *v)
 }
 
 /// The metadata key carrying an agent's token.

@@ -14,14 +14,17 @@ use toml::Spanned;
 
 use crate::probe::identity::IdentityQuery;
 
-mod load;
 mod validate;
 mod values;
-pub use load::{
-    ConfigError, Problem, count_within, duration_within, locate, parse_toml, read_config, units,
+// The check schema and the loader are shared with the collector; the
+// agent's config is built from them.
+pub use values::{Endpoint, ProxyKind, ProxyUrl};
+pub use vantage_check::{
+    CheckConfig, CheckOrigin, Dial, HttpVersion, IpFamily, Method, NonEmpty, ResolverSpec,
+    StatusCode, TargetUrl, default_check_interval,
 };
-pub use values::{
-    Endpoint, Method, NonEmpty, ProxyKind, ProxyUrl, ResolverSpec, StatusCode, TargetUrl,
+pub use vantage_service::config::{
+    ConfigError, Problem, count_within, duration_within, locate, parse_toml, read_config, units,
 };
 
 /// The whole agent configuration (`agent.toml`).
@@ -82,7 +85,10 @@ impl AgentConfig {
             return self.vantages.clone();
         }
         vec![VantageConfig {
-            name: Spanned::new(0..0, NonEmpty(DIRECT_VANTAGE.to_owned())),
+            name: Spanned::new(
+                0..0,
+                NonEmpty::try_from(DIRECT_VANTAGE.to_owned()).expect("a non-empty constant"),
+            ),
             source_ip: self.source_ip,
             proxy: None,
             region: None,
@@ -307,158 +313,6 @@ impl Default for DnsConfig {
             timeout: default_dns_timeout(),
             identity_interval: default_identity_interval(),
             identity_queries: crate::probe::identity::default_queries(),
-        }
-    }
-}
-
-/// One target URL probed on a schedule.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckConfig {
-    pub name: Spanned<NonEmpty>,
-    pub url: TargetUrl,
-    #[serde(with = "humantime_serde", default = "default_check_interval")]
-    pub interval: Duration,
-    #[serde(with = "humantime_serde", default = "default_timeout")]
-    pub timeout: Duration,
-    #[serde(default)]
-    pub method: Method,
-    /// Statuses that count as success; empty means any 2xx or 3xx.
-    #[serde(default)]
-    pub expected_status: Vec<StatusCode>,
-    /// Resolvers for this check (one result per resolver per round);
-    /// default: `[dns] resolvers`.
-    #[serde(default)]
-    pub resolvers: Option<Vec<ResolverSpec>>,
-    /// Which address families to resolve and dial.
-    #[serde(default)]
-    pub ip_family: IpFamily,
-    /// Dial the first answer, or each (one result per address).
-    #[serde(default)]
-    pub dial: Dial,
-    /// Redirects followed at most; 0 (default) makes a 3xx the result.
-    #[serde(default)]
-    pub follow_redirects: u8,
-    /// Extra request headers.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Body bytes read and hashed at most; the rest is not downloaded.
-    #[serde(default = "default_body_hash_bytes")]
-    pub body_hash_bytes: usize,
-    /// A certificate expiring sooner than this fails the probe as
-    /// `cert_expiry`; 0 turns the check off.
-    #[serde(default = "default_cert_expiry_threshold", with = "humantime_serde")]
-    pub cert_expiry_threshold: Duration,
-    /// PEM file of extra CAs trusted for this check (private PKI).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// HTTP version offered: `auto` (ALPN h2 and http/1.1 on https, 1.1 on
-    /// http), `1.1`, or `2` (h2 by ALPN, or prior knowledge on http).
-    #[serde(default)]
-    pub http_version: HttpVersion,
-    /// The vantages this check runs from; default: all.
-    #[serde(default)]
-    pub vantages: Option<Vec<String>>,
-    /// Where the check comes from (not a key: set by whoever made it).
-    #[serde(skip)]
-    pub origin: CheckOrigin,
-}
-
-fn default_body_hash_bytes() -> usize {
-    64 * 1024
-}
-fn default_cert_expiry_threshold() -> Duration {
-    // A week: enough warning to renew, late enough not to page on every
-    // certificate in its last renewal window.
-    Duration::from_secs(7 * 24 * 3600)
-}
-
-/// The address families a check resolves and dials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IpFamily {
-    #[default]
-    Any,
-    V4,
-    V6,
-}
-
-/// Which resolved addresses a check dials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dial {
-    #[default]
-    First,
-    Each,
-}
-
-/// The HTTP version a check offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-pub enum HttpVersion {
-    #[default]
-    #[serde(rename = "auto")]
-    Auto,
-    #[serde(rename = "1.1")]
-    Http1,
-    #[serde(rename = "2")]
-    Http2,
-}
-
-/// A check's interval when its `interval` key is absent.
-pub fn default_check_interval() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-/// Where a check comes from; its results say so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CheckOrigin {
-    /// Assigned by the collector: the version it last changed in. `None`:
-    /// a `[[check]]` of this agent's config.
-    pub central_version: Option<u64>,
-    /// Run once for a probe request. `None`: on schedule.
-    pub request_id: Option<u64>,
-}
-
-impl CheckConfig {
-    /// One check from the text of a `[[check]]` table (as the collector
-    /// sends it), validated as a config's own check would be against the
-    /// agent's vantage names. Errors name the key and say what was
-    /// expected; `what` names the check's source in them.
-    pub fn from_table_text(
-        what: &str,
-        table: &str,
-        vantage_names: &std::collections::HashSet<&str>,
-    ) -> Result<Self, String> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct One {
-            check: [CheckConfig; 1],
-        }
-        // As a config's first [[check]]: errors are located and named as
-        // the same keys in an agent.toml would be.
-        let path = Path::new(what);
-        let table: toml::Table = parse_toml(path, table).map_err(|e| e.to_string())?;
-        let mut document = toml::Table::new();
-        document.insert("check".into(), toml::Value::Array(vec![table.into()]));
-        let text = toml::to_string(&document).map_err(|e| format!("{what}: {e}"))?;
-        let One { check: [check] } = parse_toml(path, &text).map_err(|e| e.to_string())?;
-        check
-            .validate("check[0]", Some(vantage_names))
-            .map_err(|p| p.into_error(path, &text).to_string())?;
-        Ok(check)
-    }
-}
-
-impl CheckConfig {
-    /// Whether `status` counts as success for this check.
-    pub fn expects(&self, status: u16) -> bool {
-        if self.expected_status.is_empty() {
-            (200..400).contains(&status)
-        } else {
-            self.expected_status.iter().any(|s| s.0 == status)
         }
     }
 }

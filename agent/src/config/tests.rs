@@ -2,7 +2,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::load::line_col;
 use super::*;
 
 const VALID: &str = r#"
@@ -225,12 +224,6 @@ proptest::proptest! {
         proptest::prop_assert_eq!(spec.to_string().parse::<ResolverSpec>().unwrap(), spec);
     }
 
-    #[test]
-    fn line_col_points_inside_the_text(text in "[a-z\n]{0,40}", offset in 0usize..50) {
-        let (line, col) = line_col(&text, offset);
-        proptest::prop_assert!(line >= 1 && col >= 1);
-        proptest::prop_assert!(line <= text.matches('\n').count() + 1);
-    }
 }
 
 /// Accepted once, then a panic at run time (a zero-period interval).

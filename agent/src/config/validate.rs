@@ -4,11 +4,9 @@
 //! relations between keys.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
-use super::load::units::{DAY, MINUTE, MS, SECOND, YEAR};
-use super::load::{Problem, count_within, duration_within};
-use super::{AgentConfig, CheckConfig, DIRECT_VANTAGE};
+use super::units::{DAY, MINUTE, MS, SECOND, YEAR};
+use super::{AgentConfig, DIRECT_VANTAGE, Problem, count_within, duration_within};
 
 impl AgentConfig {
     /// The first rule this configuration breaks.
@@ -116,64 +114,6 @@ impl AgentConfig {
                 .at(check.name.span()));
             }
             check.validate(&format!("check[{i}]"), Some(vantage_names))?;
-        }
-        Ok(())
-    }
-}
-
-impl CheckConfig {
-    /// The rules of one check, its keys named under `prefix` (e.g.
-    /// `check[2]`); `vantage_names`: the vantages it may name, when known
-    /// (a check defined centrally is checked against each agent's later).
-    pub fn validate(
-        &self,
-        prefix: &str,
-        vantage_names: Option<&HashSet<&str>>,
-    ) -> Result<(), Problem> {
-        let check = self;
-        let key = |field: &str| format!("{prefix}.{field}");
-        duration_within(key("interval"), check.interval, 100 * MS, DAY)?;
-        if check.timeout.is_zero() || check.timeout > check.interval {
-            return Err(Problem::new(
-                key("timeout"),
-                format!(
-                    "timeout {:?} must be non-zero and at most the interval {:?}, so a check \
-                     never overlaps itself",
-                    check.timeout, check.interval
-                ),
-            ));
-        }
-        duration_within(
-            key("cert_expiry_threshold"),
-            check.cert_expiry_threshold,
-            Duration::ZERO,
-            10 * YEAR,
-        )?;
-        if check.resolvers.as_ref().is_some_and(Vec::is_empty) {
-            return Err(Problem::new(
-                key("resolvers"),
-                "expected at least one resolver (or no key, for [dns] resolvers)",
-            ));
-        }
-        for name in check.vantages.iter().flatten() {
-            if vantage_names.is_some_and(|known| !known.contains(name.as_str())) {
-                return Err(Problem::new(
-                    key("vantages"),
-                    format!("unknown vantage {name:?}: expected one of the [[vantage]] names"),
-                ));
-            }
-        }
-        count_within(key("follow_redirects"), check.follow_redirects, 0, 20)?;
-        count_within(key("body_hash_bytes"), check.body_hash_bytes, 0, 16 << 20)?;
-        for (name, value) in &check.headers {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || http::HeaderValue::from_str(value).is_err()
-            {
-                return Err(Problem::new(
-                    format!("{prefix}.headers.{name}"),
-                    "expected a valid HTTP header name and value",
-                ));
-            }
         }
         Ok(())
     }

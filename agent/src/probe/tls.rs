@@ -58,7 +58,7 @@ impl TlsConfigs {
     pub fn build(
         wanted: impl IntoIterator<Item = (Option<PathBuf>, HttpVersion)>,
     ) -> Result<Self, TlsSetupError> {
-        crate::install_crypto_provider();
+        vantage_service::install_crypto_provider();
         let system = system_roots();
         let configs = Self {
             configs: Arc::default(),

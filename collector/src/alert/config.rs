@@ -8,8 +8,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
-use vantage_agent::config::units::{DAY, MINUTE, SECOND};
-use vantage_agent::config::{ConfigError, Problem, count_within, duration_within};
+use vantage_service::config::units::{DAY, MINUTE, SECOND};
+use vantage_service::config::{ConfigError, Problem, count_within, duration_within};
 
 /// PagerDuty's Events API v2 endpoint, the `pagerduty` sink's default URL.
 pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";

@@ -35,7 +35,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use vantage_agent::supervise::Liveness;
+use vantage_service::supervise::Liveness;
 
 pub use config::{Sink, SinkKind};
 pub use notice::{Notice, Previous};
@@ -83,7 +83,7 @@ pub enum AlertError {
 /// The HTTP client every sink uses: no redirects (a sink that moved must
 /// be reconfigured, not followed blindly with signed pages).
 pub fn client() -> Result<reqwest::Client, AlertError> {
-    vantage_agent::install_crypto_provider();
+    vantage_service::install_crypto_provider();
     reqwest::Client::builder()
         .user_agent(concat!("vantage-collector/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())

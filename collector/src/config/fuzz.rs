@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use vantage_agent::AgentConfig;
-use vantage_agent::config::ConfigError;
+use vantage_service::config::ConfigError;
 
 use super::CollectorConfig;
 

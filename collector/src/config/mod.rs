@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
 use url::Url;
-use vantage_agent::config::units::{DAY, MINUTE, YEAR};
-use vantage_agent::config::{
+use vantage_service::config::units::{DAY, MINUTE, YEAR};
+use vantage_service::config::{
     ConfigError, Problem, count_within, duration_within, parse_toml, read_config,
 };
 
@@ -52,6 +52,36 @@ pub struct CollectorConfig {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub ui: UiConfig,
+}
+
+/// The incident pages on `http_listen` (`[ui]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiConfig {
+    /// Serve the pages (default true). `/healthz` and `/metrics` are
+    /// served either way.
+    #[serde(default = "default_ui_enabled")]
+    pub enabled: bool,
+    /// Without it the pages answer loopback only. With it every reader
+    /// presents it: `Authorization: Bearer <token>`, or as the password of
+    /// basic auth (any user name). At least 16 characters.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+fn default_ui_enabled() -> bool {
+    true
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: default_ui_enabled(),
+            token: None,
+        }
+    }
 }
 
 /// How long data is kept (`[retention]`).
@@ -245,6 +275,7 @@ impl Default for CollectorConfig {
             ingest: IngestConfig::default(),
             tls: None,
             retention: RetentionConfig::default(),
+            ui: UiConfig::default(),
         }
     }
 }
@@ -296,6 +327,15 @@ impl CollectorConfig {
     /// hangs or spins at run time.
     fn validate(&self) -> Result<(), Problem> {
         self.detector.validate()?;
+        if let Some(token) = &self.ui.token
+            && (token.chars().count() < 16 || token.trim() != token)
+        {
+            return Err(Problem::new(
+                "ui.token",
+                "expected at least 16 characters without surrounding spaces (e.g. from \
+                 `openssl rand -hex 24`)",
+            ));
+        }
         let db = &self.database;
         count_within("database.max_connections", db.max_connections, 1, 1000)?;
         count_within(

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use vantage_agent::config::units::{DAY, HOUR, MINUTE, MS, YEAR};
-use vantage_agent::config::{Problem, count_within, duration_within};
+use vantage_service::config::units::{DAY, HOUR, MINUTE, MS, YEAR};
+use vantage_service::config::{Problem, count_within, duration_within};
 
 use super::DetectorSettings;
 use super::decision::Params;

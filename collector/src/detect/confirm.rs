@@ -263,7 +263,7 @@ async fn add_to(
         record.value.as_str(),
     );
     let found = store
-        .confirmations_of(key, since, &record.statuses, super::CONNECTION_OUTCOMES)
+        .confirmations_of(key, since, &record.statuses, &super::CONNECTION_OUTCOMES)
         .await?;
     if found.is_empty() {
         return Ok(());

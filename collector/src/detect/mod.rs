@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use vantage_agent::supervise::Liveness;
+use vantage_service::supervise::Liveness;
 
 use crate::store::{RunRecord, Store, StoreError};
 use asn::AsnTable;
@@ -37,7 +37,20 @@ use lifecycle::Hysteresis;
 /// Outcomes that are connection-level failures: the site never answered
 /// with a status. They form their own pattern, never mixed into the rate
 /// of the configured statuses.
-pub const CONNECTION_OUTCOMES: &[&str] = &["dns", "connect", "tls", "timeout", "protocol", "proxy"];
+pub static CONNECTION_OUTCOMES: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| {
+        use vantage_proto::v1::Outcome;
+        [
+            Outcome::Dns,
+            Outcome::Connect,
+            Outcome::Tls,
+            Outcome::Timeout,
+            Outcome::Protocol,
+            Outcome::Proxy,
+        ]
+        .map(Outcome::text)
+        .to_vec()
+    });
 
 /// The two failure patterns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -57,6 +57,36 @@ impl Store {
         .await?)
     }
 
+    /// The incidents open now or resolved after `since`, newest first, at
+    /// most `limit`.
+    pub async fn recent_incidents(
+        &self,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Incident>, StoreError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents
+             WHERE resolved_at IS NULL OR resolved_at > $1
+             ORDER BY resolved_at IS NULL DESC, opened_at DESC LIMIT $2"
+        )))
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// An incident's evidence (the JSON its latest explanation carries:
+    /// counts table, prefix walk, samples, rounds).
+    pub async fn incident_evidence(&self, id: i64) -> Result<serde_json::Value, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT evidence FROM incidents WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// One incident.
     pub async fn incident(&self, id: i64) -> Result<Option<Incident>, StoreError> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(

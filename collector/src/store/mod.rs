@@ -5,7 +5,8 @@
 //! in [`lease`], its tracked state, runs and pass in [`detection`];
 //! incidents in [`incidents`]; the notification outbox and silences in
 //! [`outbox`]; central checks in [`checks`]; probe requests and control
-//! notices in [`requests`]. Every SQL statement of the collector lives in
+//! notices in [`requests`]; the incident pages' own reads in [`pages`].
+//! Every SQL statement of the collector lives in
 //! this module.
 
 mod agents;
@@ -15,6 +16,7 @@ mod detection;
 mod incidents;
 mod lease;
 mod outbox;
+mod pages;
 mod partitions;
 mod requests;
 mod results;
@@ -26,11 +28,12 @@ pub use checks::StoredCheck;
 pub use detection::{Applied, IncidentRecord, RateRow, RunRecord};
 pub use incidents::Incident;
 pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};
+pub use pages::{FailureRule, RoundCell, VantageRow};
 pub use requests::{
-    CONTROL_CHANNEL, ConfirmationRecord, NewProbeRequest, Notice, OneOffResult, ProbeAnswer,
-    ProbeRequest, Purpose, RequestAgent,
+    CONTROL_CHANNEL, ConfirmationRecord, NewProbeRequest, Notice, ProbeAnswer, ProbeRequest,
+    Purpose, RequestAgent,
 };
-pub use results::{Inserted, StoredGap, StoredResult};
+pub use results::{Inserted, ResultPath, StoredGap, StoredResult};
 pub use window::WindowCell;
 
 use std::collections::HashSet;

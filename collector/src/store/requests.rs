@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
+use super::results::{RESULT_PATH_COLUMNS, ResultPath};
 use super::{Store, StoreError};
 
 /// The PostgreSQL channel of control notices (`LISTEN vantage_control`).
@@ -166,47 +167,15 @@ fn request(row: RequestRow) -> ProbeRequest {
     }
 }
 
-/// One result of a one-off probe, as `vantage-collector probe` shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OneOffResult {
-    pub agent_id: String,
-    pub vantage: String,
-    pub region: String,
-    pub egress_ip: Option<String>,
-    pub proxy: Option<String>,
-    pub resolver: Option<String>,
-    pub resolved: Vec<String>,
-    pub dialed: Option<String>,
-    pub outcome: String,
-    pub http_status: Option<i16>,
-    pub message: String,
-    pub gateway: Option<String>,
-    pub edge_location: Option<String>,
-    pub dns_us: Option<i64>,
-    pub connect_us: Option<i64>,
-    pub proxy_us: Option<i64>,
-    pub tls_us: Option<i64>,
-    pub ttfb_us: Option<i64>,
-    pub total_us: Option<i64>,
-}
-
 impl Store {
     /// The stored results of request `id`, by agent, vantage, resolver.
-    pub async fn request_results(&self, id: i64) -> Result<Vec<OneOffResult>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT r.agent_id, r.vantage, r.region, host(r.egress_ip) AS egress_ip, r.proxy,
-                    r.resolver,
-                    ARRAY(SELECT host(a) FROM unnest(r.resolved_ips) a) AS resolved,
-                    CASE WHEN r.dialed_ip IS NULL THEN NULL
-                         WHEN family(r.dialed_ip) = 6
-                              THEN '[' || host(r.dialed_ip) || ']:' || r.dialed_port
-                         ELSE host(r.dialed_ip) || ':' || r.dialed_port END AS dialed,
-                    r.outcome, r.http_status, r.message, r.gateway, r.edge_location,
-                    r.dns_us, r.connect_us, r.proxy_us, r.tls_us, r.ttfb_us, r.total_us
+    pub async fn request_results(&self, id: i64) -> Result<Vec<ResultPath>, StoreError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RESULT_PATH_COLUMNS}
              FROM probe_results r JOIN probe_requests p ON p.id = r.request_id
              WHERE r.request_id = $1 AND r.started_at >= p.requested_at - interval '1 minute'
-             ORDER BY r.agent_id, r.vantage, r.resolver, r.seq",
-        )
+             ORDER BY r.agent_id, r.vantage, r.resolver, r.seq"
+        )))
         .bind(id)
         .fetch_all(&self.pool)
         .await?)

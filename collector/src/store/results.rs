@@ -392,3 +392,71 @@ impl From<&[StoredResult]> for Columns {
         }
     }
 }
+
+impl Store {
+    /// The stored results named by (agent, seq, started_at), with their
+    /// whole path, in the order asked for (missing ones left out: a
+    /// sample's partition may have been dropped).
+    pub async fn result_paths(
+        &self,
+        keys: &[(String, i64, DateTime<Utc>)],
+    ) -> Result<Vec<ResultPath>, StoreError> {
+        let agents: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
+        let times: Vec<DateTime<Utc>> = keys.iter().map(|k| k.2).collect();
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RESULT_PATH_COLUMNS}
+             FROM unnest($1::text[], $2::int8[], $3::timestamptz[]) WITH ORDINALITY
+                  AS k(agent_id, seq, started_at, n)
+             JOIN probe_results r ON r.agent_id = k.agent_id AND r.seq = k.seq
+                                 AND r.started_at = k.started_at
+             ORDER BY k.n"
+        )))
+        .bind(agents)
+        .bind(seqs)
+        .bind(times)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// One stored result with its whole path: where it left from, which
+/// resolver answered what, the address dialled, who answered and how long
+/// each phase took. What `vantage-collector probe` prints side by side and
+/// what the incident page shows for each sample.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ResultPath {
+    pub agent_id: String,
+    pub vantage: String,
+    pub region: String,
+    pub seq: i64,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub egress_ip: Option<String>,
+    pub proxy: Option<String>,
+    pub resolver: Option<String>,
+    pub resolved: Vec<String>,
+    pub dialed: Option<String>,
+    pub outcome: String,
+    pub http_status: Option<i16>,
+    pub message: String,
+    pub gateway: Option<String>,
+    pub edge_location: Option<String>,
+    pub dns_us: Option<i64>,
+    pub connect_us: Option<i64>,
+    pub proxy_us: Option<i64>,
+    pub tls_us: Option<i64>,
+    pub ttfb_us: Option<i64>,
+    pub total_us: Option<i64>,
+}
+
+/// The columns of [`ResultPath`] over `probe_results r`. The egress is
+/// the address the target saw (`probe_egress`, as the detector reads it).
+pub(super) const RESULT_PATH_COLUMNS: &str = "r.agent_id, r.vantage, r.region, r.seq, r.started_at,
+    host(probe_egress(r.echo_ip, r.local_ip, r.proxy, r.proxy_ip, r.egress_ip)) AS egress_ip,
+    r.proxy, r.resolver,
+    ARRAY(SELECT host(a) FROM unnest(r.resolved_ips) a) AS resolved,
+    CASE WHEN r.dialed_ip IS NULL THEN NULL
+         WHEN family(r.dialed_ip) = 6 THEN '[' || host(r.dialed_ip) || ']:' || r.dialed_port
+         ELSE host(r.dialed_ip) || ':' || r.dialed_port END AS dialed,
+    r.outcome, r.http_status, r.message, r.gateway, r.edge_location,
+    r.dns_us, r.connect_us, r.proxy_us, r.tls_us, r.ttfb_us, r.total_us";

@@ -657,11 +657,9 @@ async fn statuses_are_configurable_per_check(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn an_asn_spanning_regions_and_prefixes_is_the_network(pool: PgPool) {
     let (store, d) = detector(&pool, settings()).await;
-    let ranges = vantage_collector::detect::asn::parse(
-        "asn-loopback.tsv",
-        vantage_collector::demo::DEMO_ASN_TABLE,
-    )
-    .unwrap();
+    let ranges =
+        vantage_collector::detect::asn::parse("asn-loopback.tsv", vantage_demo::DEMO_ASN_TABLE)
+            .unwrap();
     store.load_asn("asn-loopback.tsv", &ranges).await.unwrap();
     // AS64503 holds 127.0.3.0/24 and 127.0.4.0/24; its vantages sit in two
     // regions, each of which also has healthy vantages elsewhere.

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
-use vantage_collector::demo::{AgentSpec, Scenario, ScenarioTiming};
+use vantage_demo::{AgentSpec, Scenario, ScenarioTiming};
 
 /// Two agents per region on the region's /24, and a third us-east agent
 /// on another /24 (the demo's layout).
 fn agents() -> Vec<AgentSpec> {
-    vantage_collector::demo::demo_agents()
+    vantage_demo::demo_agents()
 }
 
 fn events<'a>(bodies: &'a [Value], event: &str, dimension: &str, value: &str) -> Vec<&'a Value> {

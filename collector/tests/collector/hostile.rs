@@ -140,7 +140,7 @@ async fn beyond_the_connection_cap_new_ones_are_refused_and_the_rest_served(pool
             .inserted,
         1
     );
-    vantage_agent::install_crypto_provider();
+    vantage_service::install_crypto_provider();
     let health = reqwest::get(format!("http://{http}/healthz"))
         .await
         .unwrap();
@@ -311,7 +311,7 @@ async fn slowloris_on_the_http_port_is_closed_and_healthz_still_answers(pool: Pg
         }
     };
     let healthy = async {
-        vantage_agent::install_crypto_provider();
+        vantage_service::install_crypto_provider();
         let response = reqwest::get(format!("http://{http}/healthz"))
             .await
             .unwrap();

@@ -23,7 +23,7 @@ fn start_collector(pool: &PgPool, dir: &std::path::Path, name: &str) -> (Collect
 
 /// The value of an unlabelled metric.
 async fn metric(url: &str, name: &str) -> Option<f64> {
-    vantage_agent::install_crypto_provider();
+    vantage_service::install_crypto_provider();
     let text = reqwest::get(url).await.ok()?.text().await.ok()?;
     text.lines()
         .find(|l| l.split_whitespace().next() == Some(name))

@@ -28,6 +28,7 @@ mod rig;
 mod schema;
 mod supervision;
 mod tls;
+mod ui;
 
 use std::net::SocketAddr;
 use std::time::Duration;

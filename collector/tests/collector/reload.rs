@@ -154,7 +154,7 @@ async fn sighup_reloads_the_collectors_detector_settings_and_refuses_a_broken_fi
     hangup(&collector.0);
     let log = wait_for_log(&fleet, "collector.log", "Configuration reload refused", 1).await;
     assert!(log.contains("windoww"), "{log}");
-    vantage_agent::install_crypto_provider();
+    vantage_service::install_crypto_provider();
     let http = fleet.collector_http.unwrap();
     let health = reqwest::get(format!("http://{http}/healthz"))
         .await

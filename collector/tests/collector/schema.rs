@@ -216,27 +216,55 @@ async fn partitions_exist_ahead_of_today(pool: PgPool) {
     collector.stop().await;
 }
 
-/// The gap reasons are declared once, in the wire contract
-/// (`vantage.v1.GapReason`); the database's CHECK on
-/// `delivery_gaps.reason` allows exactly their text forms.
-#[sqlx::test(migrations = false)]
-async fn the_database_allows_exactly_the_declared_gap_reasons(pool: PgPool) {
+/// The texts a CHECK constraint allows, sorted.
+async fn allowed_by(pool: &PgPool, constraint: &str) -> Vec<String> {
     vantage_collector::store::Store::new(pool.clone())
         .migrate()
         .await
         .unwrap();
     let check: String = sqlx::query_scalar(
-        "SELECT pg_get_constraintdef(oid) FROM pg_constraint
-         WHERE conname = 'delivery_gaps_reason_check'",
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = $1",
     )
-    .fetch_one(&pool)
+    .bind(constraint)
+    .fetch_one(pool)
     .await
     .unwrap();
-    let mut allowed: Vec<&str> = check.split('\'').skip(1).step_by(2).collect();
+    let mut allowed: Vec<String> = check
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
     allowed.sort_unstable();
+    allowed
+}
+
+/// The gap reasons are declared once, in the wire contract
+/// (`vantage.v1.GapReason`); the database's CHECK on
+/// `delivery_gaps.reason` allows exactly their text forms.
+#[sqlx::test(migrations = false)]
+async fn the_database_allows_exactly_the_declared_gap_reasons(pool: PgPool) {
     let mut declared: Vec<&str> = vantage_proto::v1::GapReason::all()
         .map(|r| r.text())
         .collect();
     declared.sort_unstable();
-    assert_eq!(allowed, declared, "{check}");
+    assert_eq!(
+        allowed_by(&pool, "delivery_gaps_reason_check").await,
+        declared
+    );
+}
+
+/// The outcomes too (`vantage.v1.Outcome`): the CHECK on
+/// `probe_results.outcome` allows exactly their text forms, so a new
+/// outcome in the contract without a migration fails here, not at ingest.
+#[sqlx::test(migrations = false)]
+async fn the_database_allows_exactly_the_declared_outcomes(pool: PgPool) {
+    let mut declared: Vec<&str> = vantage_proto::v1::Outcome::all()
+        .map(|o| o.text())
+        .collect();
+    declared.sort_unstable();
+    assert_eq!(
+        allowed_by(&pool, "probe_results_outcome_check").await,
+        declared
+    );
 }

@@ -14,7 +14,7 @@ const DETECTOR: &str = "[detector]\ninterval = \"200ms\"\nwindow = \"10s\"\n";
 
 /// `/healthz` as a health checker with a 3 s timeout sees it.
 async fn healthz(http: std::net::SocketAddr) -> Result<(u16, Value), reqwest::Error> {
-    vantage_agent::install_crypto_provider();
+    vantage_service::install_crypto_provider();
     let response = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()?

@@ -148,7 +148,7 @@ async fn a_collector_stopped_mid_attempt_loses_nothing(pool: PgPool) {
         body["incident_url"],
         format!("http://{http2}/incidents/{a}")
     );
-    vantage_agent::install_crypto_provider();
+    vantage_service::install_crypto_provider();
     let incident: Value = reqwest::get(format!("http://{http2}/incidents/{a}"))
         .await
         .unwrap()

@@ -169,7 +169,7 @@ struct Alertmanager {
 impl Alertmanager {
     /// Started and ready.
     async fn running() -> Self {
-        vantage_agent::install_crypto_provider();
+        vantage_service::install_crypto_provider();
         let am = Self::start();
         am.ready().await;
         am

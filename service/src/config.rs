@@ -244,7 +244,7 @@ fn key_segments(key: &str) -> Vec<Segment<'_>> {
 }
 
 /// 1-based line and column of byte `offset` in `text`.
-pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before
@@ -286,5 +286,14 @@ mod tests {
         assert!(e.contains("byte 12"), "{e}");
         assert!(e.contains("byte 7 of the line"), "{e}");
         assert_eq!(e.matches("UTF-8").count(), 2, "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn line_col_points_inside_the_text(text in "[a-z\n]{0,40}", offset in 0usize..50) {
+            let (line, col) = line_col(&text, offset);
+            proptest::prop_assert!(line >= 1 && col >= 1);
+            proptest::prop_assert!(line <= text.matches('\n').count() + 1);
+        }
     }
 }

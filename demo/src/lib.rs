@@ -1,4 +1,4 @@
-//! The one-command demonstration (`vantage-collector demo`), and the
+//! The one-command demonstration (`vantage-demo`), and the
 //! [`Scenario`] it is built from, which the end-to-end tests reuse: a
 //! collector, agents bound to different loopback sources acting as regions,
 //! a local DNS server, a target failing for one source range, a webhook
@@ -20,9 +20,9 @@ use vantage_testkit::{DnsServer, Target, WebhookReceiver};
 
 pub use vantage_testkit::cluster::{PrivateCluster, find_server_binaries};
 
-use crate::Application;
-use crate::alert::Sink;
-use crate::config::{CollectorConfig, DetectorConfig};
+use vantage_collector::Application;
+use vantage_collector::alert::Sink;
+use vantage_collector::config::{CollectorConfig, DetectorConfig};
 
 /// The demo webhook's Standard Webhooks signing secret.
 pub const DEMO_SECRET: &str = "whsec_ZGVtbyBzZWNyZXQgZm9yIHZhbnRhZ2U=";
@@ -87,7 +87,7 @@ impl Scenario {
         failing: Option<IpNet>,
         timing: &ScenarioTiming,
     ) -> Result<Self> {
-        vantage_agent::install_crypto_provider();
+        vantage_service::install_crypto_provider();
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let target = Target::start(loopback, failing).await?;
         let dns = DnsServer::start(loopback, &[(TARGET_HOST, target.addr().ip())]).await?;
@@ -107,7 +107,7 @@ impl Scenario {
             },
             sinks: vec![Sink {
                 timeout: Duration::from_secs(2),
-                secrets: crate::alert::config::decode_secret(DEMO_SECRET)
+                secrets: vantage_collector::alert::config::decode_secret(DEMO_SECRET)
                     .into_iter()
                     .collect(),
                 ..Sink::webhook("webhook-1", webhook.url().parse().context("webhook URL")?)
@@ -123,7 +123,7 @@ impl Scenario {
 
         let mut agent_tasks = Vec::new();
         for spec in &agents {
-            let token = crate::enrol::enrol(&store, &spec.agent_id, &spec.region)
+            let token = vantage_collector::enrol::enrol(&store, &spec.agent_id, &spec.region)
                 .await
                 .with_context(|| format!("enrolling {}", spec.agent_id))?;
             let toml = agent_toml(
@@ -241,7 +241,7 @@ pub fn demo_agents() -> Vec<AgentSpec> {
 
 /// The IP-to-ASN table the demo loads (also the tests' fixture): the
 /// loopback networks the demo's agents use, named like real networks.
-pub const DEMO_ASN_TABLE: &str = include_str!("../../fixtures/asn-loopback.tsv");
+pub const DEMO_ASN_TABLE: &str = include_str!("../../collector/fixtures/asn-loopback.tsv");
 
 /// Where the demo's data lives, and how to clean it up.
 enum DemoDatabase {
@@ -328,9 +328,9 @@ async fn story(url: &str) -> Result<()> {
     let failing: IpNet = "127.0.2.0/24".parse().context("failing range")?;
     let timing = ScenarioTiming::default();
     let started = Instant::now();
-    let store = crate::store::Store::new(pool.clone());
+    let store = vantage_collector::store::Store::new(pool.clone());
     store.migrate().await?;
-    let ranges = crate::detect::asn::parse("asn-loopback.tsv", DEMO_ASN_TABLE)?;
+    let ranges = vantage_collector::detect::asn::parse("asn-loopback.tsv", DEMO_ASN_TABLE)?;
     store.load_asn("asn-loopback.tsv", &ranges).await?;
     println!(
         "  ASN table   {} ranges loaded (vantage-collector asn load <file>)",

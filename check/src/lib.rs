@@ -1,0 +1,226 @@
+//! A check's definition: the `[[check]]` table both programs read. The
+//! agent runs checks (from its own config or assigned centrally); the
+//! collector stores and assigns them (`check apply`, probe requests), so
+//! it validates them exactly as an agent would.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use vantage_service::config::units::{DAY, MS, YEAR};
+use vantage_service::config::{Problem, count_within, duration_within, parse_toml};
+
+mod values;
+pub use values::{Method, NonEmpty, ResolverSpec, StatusCode, TargetUrl};
+
+/// One target URL probed on a schedule.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    pub name: Spanned<NonEmpty>,
+    pub url: TargetUrl,
+    #[serde(with = "humantime_serde", default = "default_check_interval")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub method: Method,
+    /// Statuses that count as success; empty means any 2xx or 3xx.
+    #[serde(default)]
+    pub expected_status: Vec<StatusCode>,
+    /// Resolvers for this check (one result per resolver per round);
+    /// default: `[dns] resolvers`.
+    #[serde(default)]
+    pub resolvers: Option<Vec<ResolverSpec>>,
+    /// Which address families to resolve and dial.
+    #[serde(default)]
+    pub ip_family: IpFamily,
+    /// Dial the first answer, or each (one result per address).
+    #[serde(default)]
+    pub dial: Dial,
+    /// Redirects followed at most; 0 (default) makes a 3xx the result.
+    #[serde(default)]
+    pub follow_redirects: u8,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Body bytes read and hashed at most; the rest is not downloaded.
+    #[serde(default = "default_body_hash_bytes")]
+    pub body_hash_bytes: usize,
+    /// A certificate expiring sooner than this fails the probe as
+    /// `cert_expiry`; 0 turns the check off.
+    #[serde(default = "default_cert_expiry_threshold", with = "humantime_serde")]
+    pub cert_expiry_threshold: Duration,
+    /// PEM file of extra CAs trusted for this check (private PKI).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// HTTP version offered: `auto` (ALPN h2 and http/1.1 on https, 1.1 on
+    /// http), `1.1`, or `2` (h2 by ALPN, or prior knowledge on http).
+    #[serde(default)]
+    pub http_version: HttpVersion,
+    /// The vantages this check runs from; default: all.
+    #[serde(default)]
+    pub vantages: Option<Vec<String>>,
+    /// Where the check comes from (not a key: set by whoever made it).
+    #[serde(skip)]
+    pub origin: CheckOrigin,
+}
+
+fn default_body_hash_bytes() -> usize {
+    64 * 1024
+}
+fn default_cert_expiry_threshold() -> Duration {
+    // A week: enough warning to renew, late enough not to page on every
+    // certificate in its last renewal window.
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// The address families a check resolves and dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    #[default]
+    Any,
+    V4,
+    V6,
+}
+
+/// Which resolved addresses a check dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dial {
+    #[default]
+    First,
+    Each,
+}
+
+/// The HTTP version a check offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+pub enum HttpVersion {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "1.1")]
+    Http1,
+    #[serde(rename = "2")]
+    Http2,
+}
+
+/// A check's interval when its `interval` key is absent.
+pub fn default_check_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Where a check comes from; its results say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CheckOrigin {
+    /// Assigned by the collector: the version it last changed in. `None`:
+    /// a `[[check]]` of this agent's config.
+    pub central_version: Option<u64>,
+    /// Run once for a probe request. `None`: on schedule.
+    pub request_id: Option<u64>,
+}
+
+impl CheckConfig {
+    /// One check from the text of a `[[check]]` table (as the collector
+    /// sends it), validated as a config's own check would be against the
+    /// agent's vantage names. Errors name the key and say what was
+    /// expected; `what` names the check's source in them.
+    pub fn from_table_text(
+        what: &str,
+        table: &str,
+        vantage_names: &std::collections::HashSet<&str>,
+    ) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct One {
+            check: [CheckConfig; 1],
+        }
+        // As a config's first [[check]]: errors are located and named as
+        // the same keys in an agent.toml would be.
+        let path = Path::new(what);
+        let table: toml::Table = parse_toml(path, table).map_err(|e| e.to_string())?;
+        let mut document = toml::Table::new();
+        document.insert("check".into(), toml::Value::Array(vec![table.into()]));
+        let text = toml::to_string(&document).map_err(|e| format!("{what}: {e}"))?;
+        let One { check: [check] } = parse_toml(path, &text).map_err(|e| e.to_string())?;
+        check
+            .validate("check[0]", Some(vantage_names))
+            .map_err(|p| p.into_error(path, &text).to_string())?;
+        Ok(check)
+    }
+}
+
+impl CheckConfig {
+    /// Whether `status` counts as success for this check.
+    pub fn expects(&self, status: u16) -> bool {
+        if self.expected_status.is_empty() {
+            (200..400).contains(&status)
+        } else {
+            self.expected_status.iter().any(|s| s.0 == status)
+        }
+    }
+}
+
+impl CheckConfig {
+    /// The rules of one check, its keys named under `prefix` (e.g.
+    /// `check[2]`); `vantage_names`: the vantages it may name, when known
+    /// (a check defined centrally is checked against each agent's later).
+    pub fn validate(
+        &self,
+        prefix: &str,
+        vantage_names: Option<&HashSet<&str>>,
+    ) -> Result<(), Problem> {
+        let check = self;
+        let key = |field: &str| format!("{prefix}.{field}");
+        duration_within(key("interval"), check.interval, 100 * MS, DAY)?;
+        if check.timeout.is_zero() || check.timeout > check.interval {
+            return Err(Problem::new(
+                key("timeout"),
+                format!(
+                    "timeout {:?} must be non-zero and at most the interval {:?}, so a check \
+                     never overlaps itself",
+                    check.timeout, check.interval
+                ),
+            ));
+        }
+        duration_within(
+            key("cert_expiry_threshold"),
+            check.cert_expiry_threshold,
+            Duration::ZERO,
+            10 * YEAR,
+        )?;
+        if check.resolvers.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Problem::new(
+                key("resolvers"),
+                "expected at least one resolver (or no key, for [dns] resolvers)",
+            ));
+        }
+        for name in check.vantages.iter().flatten() {
+            if vantage_names.is_some_and(|known| !known.contains(name.as_str())) {
+                return Err(Problem::new(
+                    key("vantages"),
+                    format!("unknown vantage {name:?}: expected one of the [[vantage]] names"),
+                ));
+            }
+        }
+        count_within(key("follow_redirects"), check.follow_redirects, 0, 20)?;
+        count_within(key("body_hash_bytes"), check.body_hash_bytes, 0, 16 << 20)?;
+        for (name, value) in &check.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_str(value).is_err()
+            {
+                return Err(Problem::new(
+                    format!("{prefix}.headers.{name}"),
+                    "expected a valid HTTP header name and value",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

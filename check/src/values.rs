@@ -1,0 +1,148 @@
+//! The value types of a check: each parses itself from its TOML string
+//! (or number) and says what was expected.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use url::Url;
+
+/// One nameserver, or the system's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ResolverSpec {
+    #[default]
+    System,
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+}
+
+impl FromStr for ResolverSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = "expected `system`, `IP:PORT`, `udp://IP:PORT` or `tcp://IP:PORT`";
+        if s == "system" {
+            return Ok(Self::System);
+        }
+        let (ctor, rest): (fn(SocketAddr) -> Self, &str) = if let Some(r) = s.strip_prefix("tcp://")
+        {
+            (Self::Tcp, r)
+        } else if let Some(r) = s.strip_prefix("udp://") {
+            (Self::Udp, r)
+        } else {
+            (Self::Udp, s)
+        };
+        rest.parse::<SocketAddr>()
+            .map(ctor)
+            .map_err(|_| format!("invalid resolver {s:?}: {expected}"))
+    }
+}
+
+impl TryFrom<String> for ResolverSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for ResolverSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::System => f.write_str("system"),
+            Self::Udp(a) => write!(f, "udp://{a}"),
+            Self::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+/// A string that must not be empty or blank.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NonEmpty(String);
+
+impl TryFrom<String> for NonEmpty {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            Err("expected a non-empty string".into())
+        } else {
+            Ok(Self(s))
+        }
+    }
+}
+
+impl NonEmpty {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NonEmpty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An `http://` or `https://` URL with a host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TargetUrl(Url);
+
+impl TryFrom<String> for TargetUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let url = Url::parse(&s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("invalid URL {s:?}: expected scheme http or https"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("invalid URL {s:?}: expected a host"));
+        }
+        Ok(Self(url))
+    }
+}
+
+impl TargetUrl {
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+}
+
+/// HTTP method of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Get,
+    Head,
+    Post,
+    Options,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Post => "POST",
+            Self::Options => "OPTIONS",
+        }
+    }
+}
+
+/// An HTTP status code, 100..=599.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u16")]
+pub struct StatusCode(pub u16);
+
+impl TryFrom<u16> for StatusCode {
+    type Error = String;
+    fn try_from(v: u16) -> Result<Self, String> {
+        if (100..=599).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!("invalid status {v}: expected 100..=599"))
+        }
+    }
+}

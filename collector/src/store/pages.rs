@@ -1,0 +1,150 @@
+//! The read queries behind the incident pages that nothing else needs: an
+//! incident's failure rate per round, inside its segment and outside, and
+//! the vantage list.
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, StoreError};
+
+/// Probes of an incident's targets in one round, with one source value of
+/// its dimension (see [`Store::incident_rounds`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RoundCell {
+    pub round_start: DateTime<Utc>,
+    /// The dimension's source value (NULL: the probe has none).
+    pub source: Option<String>,
+    pub probes: i64,
+    pub failures: i64,
+}
+
+/// Which failures an incident counts.
+#[derive(Debug, Clone)]
+pub enum FailureRule<'a> {
+    /// A status among these (the check's own, or the proxy's refusal).
+    Status(&'a [i16]),
+    /// A connection-level outcome (and none of `statuses`, which form
+    /// their own pattern).
+    Connection {
+        statuses: &'a [i16],
+        outcomes: &'a [&'a str],
+    },
+}
+
+/// One vantage as the vantage list shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VantageRow {
+    pub agent_id: String,
+    pub vantage: Option<String>,
+    pub region: String,
+    /// The agent's stream last seen (hello or batch).
+    pub last_seen: DateTime<Utc>,
+    /// The newest result's probe time.
+    pub last_result_at: Option<DateTime<Utc>>,
+    /// How long the most recently received result waited between its
+    /// probe and its arrival: the agent's spool backlog, in time.
+    pub delivery_delay_s: Option<f64>,
+    /// Scheduled probes in the last 5 minutes, and the failed ones.
+    pub probes: i64,
+    pub failures: i64,
+    /// Checks whose latest result from this vantage failed, of those it
+    /// ran in the last 15 minutes.
+    pub failing_checks: i64,
+    pub checks: i64,
+    /// Results it reported lost in the last day (delivery gaps).
+    pub lost_last_day: i64,
+}
+
+impl Store {
+    /// The probes of `targets` in `[from, to)` per round of `round_s`
+    /// seconds (rounds start at `from`) and per value of `source`, a
+    /// text-valued SQL expression over `probe_results` taken from the
+    /// dimension table (never from input). Scheduled and confirmation
+    /// probes count, as in the detector's window; a person's one-off
+    /// probes do not.
+    pub async fn incident_rounds(
+        &self,
+        targets: &[String],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        round_s: f64,
+        source: &'static str,
+        rule: &FailureRule<'_>,
+    ) -> Result<Vec<RoundCell>, StoreError> {
+        let status = "COALESCE(http_status, proxy_status) = ANY($5)";
+        let (failure, statuses, outcomes): (String, &[i16], &[&str]) = match rule {
+            FailureRule::Status(statuses) => (status.to_owned(), statuses, &[]),
+            FailureRule::Connection { statuses, outcomes } => (
+                format!("NOT COALESCE({status}, false) AND outcome = ANY($6)"),
+                statuses,
+                outcomes,
+            ),
+        };
+        let sql = format!(
+            "SELECT date_bin(make_interval(secs => $4), started_at, $2) AS round_start,
+                    ({source})::text AS source,
+                    count(*) AS probes,
+                    count(*) FILTER (WHERE {failure}) AS failures
+             FROM probe_results
+             WHERE url = ANY($1) AND started_at >= $2 AND started_at < $3
+               AND (request_id IS NULL OR request_id IN (
+                      SELECT id FROM probe_requests WHERE purpose = 'confirmation'))
+             GROUP BY 1, 2 ORDER BY 1"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(targets)
+            .bind(from)
+            .bind(to)
+            .bind(round_s)
+            .bind(statuses)
+            .bind(outcomes)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Every enrolled agent (not revoked) and each vantage it probed from
+    /// in the last 15 minutes: last seen, delivery delay, recent failures.
+    pub async fn vantage_rows(&self) -> Result<Vec<VantageRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "WITH recent AS (
+                 SELECT agent_id, vantage, region, check_name, url, started_at, received_at,
+                        outcome <> 'ok' AS failed
+                 FROM probe_results
+                 WHERE started_at > now() - interval '15 minutes' AND request_id IS NULL
+             ), latest AS (
+                 SELECT DISTINCT ON (agent_id, vantage, check_name, url) agent_id, vantage, failed
+                 FROM recent ORDER BY agent_id, vantage, check_name, url, started_at DESC
+             ), per_vantage AS (
+                 SELECT agent_id, vantage, max(region) AS region,
+                        max(started_at) AS last_result_at,
+                        (array_agg(extract(epoch FROM received_at - started_at)::float8
+                                   ORDER BY received_at DESC))[1] AS delivery_delay_s,
+                        count(*) FILTER (WHERE started_at > now() - interval '5 minutes') AS probes,
+                        count(*) FILTER (WHERE started_at > now() - interval '5 minutes'
+                                           AND failed) AS failures
+                 FROM recent GROUP BY agent_id, vantage
+             ), checks AS (
+                 SELECT agent_id, vantage, count(*) FILTER (WHERE failed) AS failing_checks,
+                        count(*) AS checks
+                 FROM latest GROUP BY agent_id, vantage
+             ), lost AS (
+                 SELECT agent_id, COALESCE(sum(count), 0)::int8 AS lost
+                 FROM delivery_gaps WHERE received_at > now() - interval '1 day'
+                 GROUP BY agent_id
+             )
+             SELECT a.agent_id, v.vantage, COALESCE(v.region, a.region) AS region, a.last_seen,
+                    v.last_result_at, v.delivery_delay_s,
+                    COALESCE(v.probes, 0) AS probes, COALESCE(v.failures, 0) AS failures,
+                    COALESCE(c.failing_checks, 0) AS failing_checks,
+                    COALESCE(c.checks, 0) AS checks,
+                    COALESCE(l.lost, 0) AS lost_last_day
+             FROM agents a
+             LEFT JOIN per_vantage v USING (agent_id)
+             LEFT JOIN checks c USING (agent_id, vantage)
+             LEFT JOIN lost l USING (agent_id)
+             WHERE a.revoked_at IS NULL
+             ORDER BY COALESCE(c.failing_checks, 0) DESC, a.agent_id, v.vantage",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
