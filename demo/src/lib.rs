@@ -70,6 +70,8 @@ pub struct Scenario {
     pub target: Target,
     pub webhook: WebhookReceiver,
     pub grpc_addr: SocketAddr,
+    /// The collector's HTTP listener: health, metrics, the incident pages.
+    pub http_addr: SocketAddr,
     pub target_url: String,
     pub agents: Vec<AgentSpec>,
     stop_agents: CancellationToken,
@@ -94,9 +96,11 @@ impl Scenario {
         let webhook = WebhookReceiver::start(loopback).await?;
         let target_url = format!("http://{TARGET_HOST}:{}/", target.addr().port());
 
+        // A known port (not 0): the pages' links name it.
+        let http_addr = SocketAddr::new(loopback, vantage_testkit::free_port(loopback)?);
         let config = CollectorConfig {
             grpc_listen: SocketAddr::new(loopback, 0),
-            http_listen: None,
+            http_listen: Some(http_addr),
             detector: DetectorConfig {
                 interval: timing.detector_interval,
                 window: timing.window,
@@ -144,6 +148,7 @@ impl Scenario {
             target,
             webhook,
             grpc_addr,
+            http_addr,
             target_url,
             agents,
             stop_agents,
@@ -309,17 +314,19 @@ impl DemoDatabase {
     }
 }
 
-/// Runs the demo; prints the story on stdout.
-pub async fn run() -> Result<()> {
+/// Runs the demo; prints the story on stdout. With `keep`, the collector
+/// and the agents keep running at the end, so the incident pages can be
+/// browsed, until Ctrl-C.
+pub async fn run(keep: bool) -> Result<()> {
     println!("Vantage demo: which vantage points get 502, and why only them?\n");
     let (database, url) = demo_database().await?;
-    let outcome = story(&url).await;
+    let outcome = story(&url, keep).await;
     let removed = database.remove().await;
     outcome?;
     removed.context("removing the demo database")
 }
 
-async fn story(url: &str) -> Result<()> {
+async fn story(url: &str, keep: bool) -> Result<()> {
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .connect(url)
@@ -348,8 +355,8 @@ async fn story(url: &str) -> Result<()> {
     );
     println!("  webhook     {}", scenario.webhook.url());
     println!(
-        "  collector   gRPC {} (detector every {:?} over a {:?} window)",
-        scenario.grpc_addr, timing.detector_interval, timing.window
+        "  collector   gRPC {} (detector every {:?} over a {:?} window), pages http://{}/",
+        scenario.grpc_addr, timing.detector_interval, timing.window, scenario.http_addr
     );
     for a in &scenario.agents {
         println!(
@@ -454,8 +461,8 @@ async fn story(url: &str) -> Result<()> {
         .wait_for_webhook("incident.resolved", &dimension, &value, wait)
         .await;
     let (opens, updates, resolves) = count_events(&scenario.webhook.received());
-    scenario.stop().await?;
     let Some(resolved) = resolved else {
+        scenario.stop().await?;
         bail!("the incident for {prefix} did not resolve within {wait:?} of the repair");
     };
     println!(
@@ -468,7 +475,26 @@ async fn story(url: &str) -> Result<()> {
          re-explained once, no storm)."
     );
     println!("Demo finished in {:.1} s.", started.elapsed().as_secs_f64());
-    Ok(())
+    let page = resolved["incident_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if keep {
+        println!(
+            "\nStill running: the incident pages are at http://{}/ (this incident: {page}), \
+             the vantages at http://{}/vantages. Ctrl-C to stop.",
+            scenario.http_addr, scenario.http_addr
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+    } else {
+        println!(
+            "To browse the incident page ({page}) before everything stops: \
+             cargo run -p vantage-demo -- --keep"
+        );
+    }
+    scenario.stop().await
 }
 
 fn count_events(bodies: &[Value]) -> (usize, usize, usize) {

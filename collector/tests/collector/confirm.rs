@@ -24,19 +24,8 @@ async fn the_detector_asks_inside_and_outside_a_suspect_and_lists_them_in_the_ev
     fleet
         .target
         .set_failing(Some("127.0.2.0/24".parse().unwrap()));
-    let check = format!(
-        "[[check]]\nname = \"shop\"\nurl = \"{}\"\ninterval = \"4s\"\ntimeout = \"2s\"\n",
-        fleet.url("/")
-    );
-    let vantages = |a: &str, b: &str| {
-        format!(
-            "[[vantage]]\nname = \"v1\"\nsource_ip = \"{a}\"\n[[vantage]]\nname = \"v2\"\nsource_ip = \"{b}\"\n"
-        )
-    };
     // The failing /24 spans two regions: only the prefix explains it.
-    let _east = fleet.start_agent("east", &vantages("127.0.2.1", "127.0.3.1"), &check);
-    let _west = fleet.start_agent("west", &vantages("127.0.2.2", "127.0.5.1"), &check);
-    let _eu = fleet.start_agent("eu", &vantages("127.0.7.1", "127.0.8.1"), &check);
+    let _agents = fleet.start_prefix_agents("4s", "2s");
     fleet
         .wait_for(
             "an incident",

@@ -102,6 +102,27 @@ impl Fleet {
         self.start_agent_env(id, extra, checks, &[])
     }
 
+    /// The failing-/24 fleet: agents `east`, `west` and `eu` (enrolled by
+    /// [`Fleet::start`]), two vantages each, running the check `shop` on
+    /// `/` every `interval`. 127.0.2.0/24 holds one vantage of `east` and
+    /// one of `west`, so when it fails only the prefix explains it.
+    pub fn start_prefix_agents(&self, interval: &str, timeout: &str) -> [AgentProcess; 3] {
+        let check = format!(
+            "[[check]]\nname = \"shop\"\nurl = \"{}\"\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n",
+            self.url("/")
+        );
+        let vantages = |a: &str, b: &str| {
+            format!(
+                "[[vantage]]\nname = \"v1\"\nsource_ip = \"{a}\"\n[[vantage]]\nname = \"v2\"\nsource_ip = \"{b}\"\n"
+            )
+        };
+        [
+            self.start_agent("east", &vantages("127.0.2.1", "127.0.3.1"), &check),
+            self.start_agent("west", &vantages("127.0.2.2", "127.0.5.1"), &check),
+            self.start_agent("eu", &vantages("127.0.7.1", "127.0.8.1"), &check),
+        ]
+    }
+
     /// [`Fleet::start_agent`] with extra environment variables.
     pub fn start_agent_env(
         &self,

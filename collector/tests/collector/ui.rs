@@ -75,20 +75,7 @@ async fn incident_pages_load_clean_in_chromium_and_show_the_databases_numbers(po
     fleet
         .target
         .set_failing(Some("127.0.2.0/24".parse().unwrap()));
-    let check = format!(
-        "[[check]]\nname = \"shop\"\nurl = \"{}\"\ninterval = \"1s\"\ntimeout = \"900ms\"\n",
-        fleet.url("/")
-    );
-    let vantages = |a: &str, b: &str| {
-        format!(
-            "[[vantage]]\nname = \"v1\"\nsource_ip = \"{a}\"\n[[vantage]]\nname = \"v2\"\nsource_ip = \"{b}\"\n"
-        )
-    };
-    let agents = [
-        fleet.start_agent("east", &vantages("127.0.2.1", "127.0.3.1"), &check),
-        fleet.start_agent("west", &vantages("127.0.2.2", "127.0.5.1"), &check),
-        fleet.start_agent("eu", &vantages("127.0.7.1", "127.0.8.1"), &check),
-    ];
+    let agents = fleet.start_prefix_agents("1s", "900ms");
     fleet
         .wait_for(
             "an incident",
