@@ -219,11 +219,29 @@ async fn incident_pages_load_clean_in_chromium_and_show_the_databases_numbers(po
         "{index}"
     );
     let (vantage_list, _) = browse(&format!("{base}/vantages"), profile.path(), None);
-    for agent in ["east", "west", "eu"] {
-        assert!(
-            vantage_list.contains(&format!("<td>{agent}</td>")),
-            "{vantage_list}"
-        );
+    // Each vantage's latest result: failing inside the /24, not outside.
+    let row = |agent: &str, vantage: &str| {
+        vantage_list
+            .split("<tr>")
+            .find(|r| r.starts_with(&format!("<td>{agent}</td><td>{vantage}</td>")))
+            .unwrap_or_else(|| panic!("no row for {agent}/{vantage}: {vantage_list}"))
+            .to_owned()
+    };
+    for (agent, vantage, failing) in [
+        ("east", "v1", true),
+        ("west", "v1", true),
+        ("east", "v2", false),
+        ("west", "v2", false),
+        ("eu", "v1", false),
+        ("eu", "v2", false),
+    ] {
+        let row = row(agent, vantage);
+        let expected = if failing {
+            "<strong>1</strong> of 1 checks"
+        } else {
+            ">0 of 1 checks"
+        };
+        assert!(row.contains(expected), "{agent}/{vantage}: {row}");
     }
 
     // The screenshot, kept for CI.
