@@ -3,8 +3,6 @@
 //! outside it to probe again now, through the agents' streams; the
 //! incident's evidence lists what they found.
 
-use std::time::Duration;
-
 use sqlx::PgPool;
 
 use crate::rig::Fleet;
@@ -14,26 +12,15 @@ async fn the_detector_asks_inside_and_outside_a_suspect_and_lists_them_in_the_ev
     pool: PgPool,
 ) {
     // Rounds four times as long as the detector's interval, as by default
-    // (30 s checks, 15 s passes) compressed.
-    let fleet = Fleet::start(
+    // (30 s checks, 15 s passes) compressed. The failing /24 spans two
+    // regions: only the prefix explains it.
+    let (fleet, _agents) = Fleet::prefix_incident(
         pool,
-        &[("east", "us-east"), ("west", "us-west"), ("eu", "eu")],
         "[detector]\ninterval = \"1s\"\nwindow = \"60s\"\nresolve_quiet = \"5s\"\n",
+        "4s",
+        "2s",
     )
     .await;
-    fleet
-        .target
-        .set_failing(Some("127.0.2.0/24".parse().unwrap()));
-    // The failing /24 spans two regions: only the prefix explains it.
-    let _agents = fleet.start_prefix_agents("4s", "2s");
-    fleet
-        .wait_for(
-            "an incident",
-            "SELECT count(*) FROM incidents",
-            1,
-            Duration::from_secs(60),
-        )
-        .await;
     // Asked through the agents' streams, answered, stored as one-offs of
     // the check the failing probes ran.
     let asked: Vec<(i64, Option<String>, serde_json::Value)> = sqlx::query_as(

@@ -102,25 +102,50 @@ impl Fleet {
         self.start_agent_env(id, extra, checks, &[])
     }
 
-    /// The failing-/24 fleet: agents `east`, `west` and `eu` (enrolled by
-    /// [`Fleet::start`]), two vantages each, running the check `shop` on
-    /// `/` every `interval`. 127.0.2.0/24 holds one vantage of `east` and
-    /// one of `west`, so when it fails only the prefix explains it.
-    pub fn start_prefix_agents(&self, interval: &str, timeout: &str) -> [AgentProcess; 3] {
+    /// The failing-/24 fleet, up to its first incident: agents `east`,
+    /// `west` and `eu` with two vantages each run the check `shop` on `/`
+    /// every `interval`; the target answers 502 to 127.0.2.0/24, which
+    /// holds one vantage of `east` and one of `west`, so only the prefix
+    /// explains it. Returns once the collector (with `collector_extra`)
+    /// has opened an incident.
+    pub async fn prefix_incident(
+        pool: PgPool,
+        collector_extra: &str,
+        interval: &str,
+        timeout: &str,
+    ) -> (Self, [AgentProcess; 3]) {
+        let fleet = Self::start(
+            pool,
+            &[("east", "us-east"), ("west", "us-west"), ("eu", "eu")],
+            collector_extra,
+        )
+        .await;
+        fleet
+            .target
+            .set_failing(Some("127.0.2.0/24".parse().unwrap()));
         let check = format!(
             "[[check]]\nname = \"shop\"\nurl = \"{}\"\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n",
-            self.url("/")
+            fleet.url("/")
         );
         let vantages = |a: &str, b: &str| {
             format!(
                 "[[vantage]]\nname = \"v1\"\nsource_ip = \"{a}\"\n[[vantage]]\nname = \"v2\"\nsource_ip = \"{b}\"\n"
             )
         };
-        [
-            self.start_agent("east", &vantages("127.0.2.1", "127.0.3.1"), &check),
-            self.start_agent("west", &vantages("127.0.2.2", "127.0.5.1"), &check),
-            self.start_agent("eu", &vantages("127.0.7.1", "127.0.8.1"), &check),
-        ]
+        let agents = [
+            fleet.start_agent("east", &vantages("127.0.2.1", "127.0.3.1"), &check),
+            fleet.start_agent("west", &vantages("127.0.2.2", "127.0.5.1"), &check),
+            fleet.start_agent("eu", &vantages("127.0.7.1", "127.0.8.1"), &check),
+        ];
+        fleet
+            .wait_for(
+                "an incident",
+                "SELECT count(*) FROM incidents",
+                1,
+                Duration::from_secs(60),
+            )
+            .await;
+        (fleet, agents)
     }
 
     /// [`Fleet::start_agent`] with extra environment variables.

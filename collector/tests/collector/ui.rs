@@ -66,24 +66,13 @@ fn browse(url: &str, profile: &Path, screenshot: Option<&Path>) -> (String, Vec<
 #[sqlx::test(migrations = false)]
 async fn incident_pages_load_clean_in_chromium_and_show_the_databases_numbers(pool: PgPool) {
     vantage_service::install_crypto_provider();
-    let mut fleet = Fleet::start(
+    let (mut fleet, agents) = Fleet::prefix_incident(
         pool,
-        &[("east", "us-east"), ("west", "us-west"), ("eu", "eu")],
         "[detector]\ninterval = \"1s\"\nwindow = \"60s\"\n",
+        "1s",
+        "900ms",
     )
     .await;
-    fleet
-        .target
-        .set_failing(Some("127.0.2.0/24".parse().unwrap()));
-    let agents = fleet.start_prefix_agents("1s", "900ms");
-    fleet
-        .wait_for(
-            "an incident",
-            "SELECT count(*) FROM incidents",
-            1,
-            Duration::from_secs(60),
-        )
-        .await;
     // A few more rounds, then the fleet stops; a new collector serves the
     // pages with a detector that will not pass again during the test, so
     // the incident holds still while it is compared.
