@@ -338,11 +338,14 @@ fn tls_configs(config: &AgentConfig) -> Result<TlsConfigs, TlsSetupError> {
 fn connection(config: &AgentConfig) -> Result<Connection, SetupError> {
     let c = &config.collector;
     let token = c.load_token().map_err(SetupError::Collector)?;
-    if c.insecure && c.plaintext_beyond_loopback() {
-        tracing::warn!(
-            endpoint = c.endpoint.as_str(),
-            "INSECURE: the token is sent in plaintext to a non-loopback collector (collector.insecure = true)."
-        );
+    let endpoints = c.all_endpoints();
+    for endpoint in &endpoints {
+        if c.insecure && endpoint.plaintext_beyond_loopback() {
+            tracing::warn!(
+                endpoint = endpoint.as_str(),
+                "INSECURE: the token is sent in plaintext to a non-loopback collector (collector.insecure = true)."
+            );
+        }
     }
     let read = |path: &std::path::Path, what: &str| {
         std::fs::read(path).map_err(|e| {
@@ -352,7 +355,7 @@ fn connection(config: &AgentConfig) -> Result<Connection, SetupError> {
             ))
         })
     };
-    let tls = if c.endpoint.as_str().starts_with("https://") {
+    let tls = if endpoints.iter().any(|e| e.as_str().starts_with("https://")) {
         let ca = c
             .ca_file
             .as_deref()
@@ -373,7 +376,10 @@ fn connection(config: &AgentConfig) -> Result<Connection, SetupError> {
         None
     };
     Ok(Connection {
-        endpoint: c.endpoint.as_str().trim_end_matches('/').to_owned(),
+        endpoints: endpoints
+            .iter()
+            .map(|e| e.as_str().trim_end_matches('/').to_owned())
+            .collect(),
         source_ip: config.source_ip,
         token,
         tls,

@@ -126,7 +126,13 @@ pub struct VantageConfig {
 pub struct CollectorConfig {
     /// gRPC endpoint of the collector, `https://host:port` (or `http://`
     /// to loopback, or anywhere with `insecure = true`).
-    pub endpoint: Endpoint,
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+    /// Several collectors (on one database), instead of `endpoint`: the
+    /// agent streams to one at a time and moves to the next when a
+    /// session with it fails.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
     /// The token printed by `vantage-collector agent add`.
     #[serde(default)]
     pub token: Option<String>,
@@ -162,10 +168,18 @@ fn default_window() -> usize {
 }
 
 impl CollectorConfig {
-    /// Whether the endpoint is plaintext to somewhere other than loopback:
-    /// the token would cross the network readable by anyone on the path.
+    /// The collectors, in the order they are tried: `endpoint`, or
+    /// `endpoints`.
+    pub fn all_endpoints(&self) -> Vec<&Endpoint> {
+        self.endpoint.iter().chain(&self.endpoints).collect()
+    }
+}
+
+impl Endpoint {
+    /// Whether it is plaintext to somewhere other than loopback: the token
+    /// would cross the network readable by anyone on the path.
     pub fn plaintext_beyond_loopback(&self) -> bool {
-        let url = &self.endpoint.0;
+        let url = &self.0;
         if url.scheme() != "http" {
             return false;
         }
@@ -176,7 +190,9 @@ impl CollectorConfig {
             None => true,
         }
     }
+}
 
+impl CollectorConfig {
     /// The token, from `token` or `token_file`. A token file that group
     /// or others may read is refused, as ssh refuses such a key: anyone on
     /// the host could stream results in this agent's name.

@@ -105,13 +105,58 @@ fn token_goes_in_plaintext_only_to_loopback_unless_insecure() {
             "token = \"vantage_test\"\ninsecure = true",
         );
         let c = parse(&insecure).expect("insecure = true allows it");
-        assert!(c.collector.plaintext_beyond_loopback() && c.collector.insecure);
+        let endpoint = c.collector.all_endpoints()[0];
+        assert!(endpoint.plaintext_beyond_loopback() && c.collector.insecure);
     }
     let tls = VALID.replace(
         "http://127.0.0.1:7400",
         "https://collector.example.net:7400",
     );
-    assert!(!parse(&tls).unwrap().collector.plaintext_beyond_loopback());
+    let tls = parse(&tls).unwrap();
+    assert!(!tls.collector.all_endpoints()[0].plaintext_beyond_loopback());
+}
+
+#[test]
+fn several_collectors_are_a_list_checked_one_by_one() {
+    let two = VALID.replace(
+        "endpoint = \"http://127.0.0.1:7400\"",
+        "endpoints = [\"http://127.0.0.1:7400\", \"https://collector-b.example.net:7400\"]",
+    );
+    let c = parse(&two).expect("a list of collectors");
+    let endpoints: Vec<&str> = c
+        .collector
+        .all_endpoints()
+        .iter()
+        .map(|e| e.as_str())
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            "http://127.0.0.1:7400/",
+            "https://collector-b.example.net:7400/"
+        ]
+    );
+    // Each is checked, and named by its place in the list.
+    let plaintext = two.replace("https://collector-b", "http://collector-b");
+    let e = error(&plaintext);
+    assert!(e.contains("collector.endpoints[1]"), "{e}");
+    assert!(e.contains("plaintext to a non-loopback host"), "{e}");
+    // One of endpoint or endpoints, not both, not neither.
+    let both = two.replace(
+        "endpoints = [",
+        "endpoint = \"http://127.0.0.1:7400\"\nendpoints = [",
+    );
+    assert!(
+        error(&both).contains("exactly one of endpoint"),
+        "{}",
+        error(&both)
+    );
+    let neither = VALID.replace("endpoint = \"http://127.0.0.1:7400\"\n", "");
+    assert!(
+        error(&neither).contains("exactly one of endpoint"),
+        "{}",
+        error(&neither)
+    );
 }
 
 #[test]

@@ -56,15 +56,37 @@ impl AgentConfig {
                 "expected exactly one of token or token_file (see `vantage-collector agent add`)",
             ));
         }
-        if collector.plaintext_beyond_loopback() && !collector.insecure {
-            return Err(Problem::new(
-                "collector.endpoint",
-                format!(
-                    "{} is plaintext to a non-loopback host: the token would be readable on the \
-                     network. Use https://, or set insecure = true to accept that",
-                    collector.endpoint.as_str()
-                ),
-            ));
+        let keyed = match (&collector.endpoint, collector.endpoints.is_empty()) {
+            (Some(_), true) => vec![(
+                "collector.endpoint".to_owned(),
+                collector.endpoint.iter().next(),
+            )],
+            (None, false) => collector
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (format!("collector.endpoints[{i}]"), Some(e)))
+                .collect(),
+            _ => {
+                return Err(Problem::new(
+                    "collector",
+                    "expected exactly one of endpoint (one collector) or endpoints (a list of \
+                     collectors on one database, tried in turn)",
+                ));
+            }
+        };
+        for (key, endpoint) in keyed {
+            let Some(endpoint) = endpoint else { continue };
+            if endpoint.plaintext_beyond_loopback() && !collector.insecure {
+                return Err(Problem::new(
+                    key,
+                    format!(
+                        "{} is plaintext to a non-loopback host: the token would be readable on \
+                         the network. Use https://, or set insecure = true to accept that",
+                        endpoint.as_str()
+                    ),
+                ));
+            }
         }
         if collector.client_cert_file.is_some() != collector.client_key_file.is_some() {
             return Err(Problem::new(

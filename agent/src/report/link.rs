@@ -38,10 +38,11 @@ pub struct ControlLink {
 /// How to reach the collector.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    pub endpoint: String,
+    /// The collectors, tried in turn (at least one).
+    pub endpoints: Vec<String>,
     pub source_ip: Option<IpAddr>,
     pub token: String,
-    /// Set for `https://` endpoints.
+    /// Used for the `https://` endpoints.
     pub tls: Option<ClientTlsConfig>,
 }
 

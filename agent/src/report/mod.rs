@@ -18,7 +18,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -86,6 +86,9 @@ pub struct Reporter {
     control: ControlLink,
     /// Everything up to here is committed by the collector.
     acked_through: AtomicU64,
+    /// Which of the collectors this session uses (an index into
+    /// `connection.endpoints`, modulo their number).
+    current: AtomicUsize,
 }
 
 /// A batch sent and not yet acknowledged.
@@ -113,7 +116,14 @@ impl Reporter {
             egress_ip,
             control,
             acked_through: AtomicU64::new(0),
+            current: AtomicUsize::new(0),
         }
+    }
+
+    /// The collector this session uses.
+    fn endpoint(&self) -> &str {
+        let endpoints = &self.connection.endpoints;
+        &endpoints[self.current.load(Ordering::SeqCst) % endpoints.len().max(1)]
     }
 
     /// Reports until `shutdown`, then keeps delivering what is spooled for
@@ -158,6 +168,10 @@ impl Reporter {
                 .build()
         };
         let mut delays = backoff();
+        // Collectors tried without a welcome since the last one that
+        // welcomed this agent: the next is tried at once until every one
+        // has failed; then the backoff applies.
+        let mut failed_in_turn = 0;
         loop {
             let mut welcomed = false;
             let error = match self.session(shutdown, &mut welcomed).await {
@@ -166,7 +180,9 @@ impl Reporter {
             };
             if welcomed {
                 delays = backoff();
+                failed_in_turn = 0;
             }
+            failed_in_turn += 1;
             match &error {
                 ReportError::Status(status)
                     if matches!(
@@ -175,7 +191,7 @@ impl Reporter {
                     ) =>
                 {
                     tracing::error!(
-                        endpoint = %self.connection.endpoint,
+                        endpoint = %self.endpoint(),
                         agent_id = %self.identity.agent_id,
                         code = ?status.code(),
                         message = status.message(),
@@ -207,9 +223,23 @@ impl Reporter {
                 }
                 _ => {}
             }
-            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+            let collectors = self.connection.endpoints.len();
+            let failed = self.endpoint().to_owned();
+            let delay = if collectors > 1 && failed_in_turn < collectors {
+                // Another collector may be up: try it now (a short pause
+                // so a flapping pair cannot spin).
+                Duration::from_millis(100)
+            } else {
+                failed_in_turn = 0;
+                delays.next().unwrap_or(Duration::from_secs(30))
+            };
+            if collectors > 1 {
+                self.current.fetch_add(1, Ordering::SeqCst);
+            }
             tracing::warn!(
                 %error,
+                endpoint = %failed,
+                next = %self.endpoint(),
                 retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 pending = self.queue.len(),
                 "Collector session ended, reconnecting."
@@ -224,17 +254,18 @@ impl Reporter {
 
     async fn connect(&self) -> Result<Channel, ReportError> {
         let connect_error = |source| ReportError::Connect {
-            endpoint: self.connection.endpoint.clone(),
+            endpoint: self.endpoint().to_owned(),
             source,
         };
-        let mut endpoint =
-            tonic::transport::Endpoint::from_shared(self.connection.endpoint.clone())
-                .map_err(connect_error)?
-                .connect_timeout(Duration::from_secs(5))
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(20))
-                .local_address(self.connection.source_ip);
-        if let Some(tls) = &self.connection.tls {
+        let target = self.endpoint().to_owned();
+        let https = target.starts_with("https://");
+        let mut endpoint = tonic::transport::Endpoint::from_shared(target)
+            .map_err(connect_error)?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .local_address(self.connection.source_ip);
+        if let Some(tls) = self.connection.tls.as_ref().filter(|_| https) {
             endpoint = endpoint.tls_config(tls.clone()).map_err(connect_error)?;
         }
         endpoint.connect().await.map_err(connect_error)
@@ -304,7 +335,7 @@ impl Reporter {
             .filter(|m| *m > 0)
             .unwrap_or(4 << 20);
         tracing::info!(
-            endpoint = %self.connection.endpoint,
+            endpoint = %self.endpoint(),
             observed_ip = %welcome.observed_ip,
             last_committed_seq = welcome.last_committed_seq,
             pending = self.queue.len(),

@@ -10,6 +10,7 @@ mod config;
 mod confirm;
 mod detection;
 mod e2e;
+mod failover;
 mod faults;
 mod field;
 mod fleet;

@@ -156,8 +156,33 @@ impl Fleet {
         checks: &str,
         env: &[(&str, &str)],
     ) -> AgentProcess {
-        let config = self.dir.path().join(format!("{id}.toml"));
         self.write_agent_config(id, extra, checks);
+        self.spawn_agent(id, env)
+    }
+
+    /// [`Fleet::start_agent`] streaming to `collectors` (an `endpoints`
+    /// list, tried in turn) instead of the fleet's collector.
+    pub fn start_agent_to(
+        &self,
+        id: &str,
+        checks: &str,
+        collectors: &[SocketAddr],
+    ) -> AgentProcess {
+        let list: Vec<String> = collectors
+            .iter()
+            .map(|c| format!("\"http://{c}\""))
+            .collect();
+        self.write_agent_config_with(
+            id,
+            "",
+            checks,
+            &format!("endpoints = [{}]", list.join(", ")),
+        );
+        self.spawn_agent(id, &[])
+    }
+
+    fn spawn_agent(&self, id: &str, env: &[(&str, &str)]) -> AgentProcess {
+        let config = self.dir.path().join(format!("{id}.toml"));
         let log = self.log(&format!("{id}.log"));
         let child = Command::new(agent_binary())
             .arg("--config")
@@ -173,13 +198,17 @@ impl Fleet {
 
     /// (Re)writes agent `id`'s config file.
     pub fn write_agent_config(&self, id: &str, extra: &str, checks: &str) {
+        let endpoint = format!("endpoint = \"http://{}\"", self.grpc);
+        self.write_agent_config_with(id, extra, checks, &endpoint);
+    }
+
+    fn write_agent_config_with(&self, id: &str, extra: &str, checks: &str, endpoint: &str) {
         let token = &self.tokens.iter().find(|(a, _)| a == id).unwrap().1;
         let text = format!(
             "agent_id = \"{id}\"\nregion = \"ignored\"\n{extra}\n\
-             [collector]\nendpoint = \"http://{grpc}\"\ntoken = \"{token}\"\n\
+             [collector]\n{endpoint}\ntoken = \"{token}\"\n\
              [spool]\npath = \"{spool}\"\nsync_interval = \"50ms\"\n\
              [dns]\nresolvers = [\"udp://{dns}\"]\nidentity_queries = []\n{checks}",
-            grpc = self.grpc,
             spool = self.dir.path().join(format!("{id}.spool")).display(),
             dns = self.dns.addr(),
         );
