@@ -58,6 +58,8 @@ impl Committer {
 
     async fn commit(&self, batch: ValidBatch) -> Result<(), IngestError> {
         let started = Instant::now();
+        // Fault tests: a slow commit (`sleep(ms)`).
+        fail::fail_point!("ingest-before-commit");
         let inserted = self
             .store
             .insert_batch(

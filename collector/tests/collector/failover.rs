@@ -17,7 +17,11 @@ use crate::rig::{AgentProcess, Fleet};
 /// Stops the agent (it drains) and checks that every result it produced
 /// is stored once and nothing was recorded lost.
 async fn assert_stored_exactly_once(fleet: &Fleet, id: &str, mut agent: AgentProcess) {
-    let status = terminate(&mut agent.child, Duration::from_secs(30));
+    // Off the test's runtime, which serves the target and DNS.
+    let status =
+        tokio::task::spawn_blocking(move || terminate(&mut agent.child, Duration::from_secs(30)))
+            .await
+            .unwrap();
     assert!(status.success(), "{}", fleet.read_log(&format!("{id}.log")));
     let produced = fleet.target.probe_seqs(id);
     let seqs: Vec<i64> =

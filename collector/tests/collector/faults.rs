@@ -155,8 +155,14 @@ impl Rig {
     }
 
     /// Stops the agent gracefully (it drains) and checks it exited cleanly.
-    fn stop_agent(&self, mut agent: Child) {
-        let status = terminate(&mut agent, Duration::from_secs(30));
+    /// The wait runs off this test's runtime, which serves what the agent
+    /// drains through (the cutting relay): blocking it would hold the last
+    /// acks in the relay until the agent's drain times out.
+    async fn stop_agent(&self, mut agent: Child) {
+        let status =
+            tokio::task::spawn_blocking(move || terminate(&mut agent, Duration::from_secs(30)))
+                .await
+                .unwrap();
         assert!(
             status.success(),
             "agent exited with {status}:\n{}",
@@ -230,7 +236,9 @@ fn assert_exactly_once(audit: &Audit, what: &str) {
 #[sqlx::test(migrations = false)]
 async fn connection_cut_before_the_write(pool: PgPool) {
     let mut rig = Rig::new(&pool, database_url(&pool)).await;
-    rig.start_collector(None);
+    // Commits as slow as a loaded database's (45 ms), so that the last ack
+    // is still on its way when the agent is asked to stop.
+    rig.start_collector(Some("ingest-before-commit=sleep(45)"));
     let relay = CuttingRelay::start(rig.grpc).await.unwrap();
     let agent = rig.start_agent(Some(relay.addr()), "", None);
     let mut cut = 0;
@@ -240,7 +248,7 @@ async fn connection_cut_before_the_write(pool: PgPool) {
     }
     assert!(cut >= 4, "connections were cut while streaming ({cut})");
     rig.probes(6).await;
-    rig.stop_agent(agent);
+    rig.stop_agent(agent).await;
     assert_exactly_once(&audit(&pool, &rig.target).await, "cut before the write");
 }
 
@@ -252,7 +260,7 @@ async fn connection_cut_after_commit_before_the_ack(pool: PgPool) {
     ));
     let agent = rig.start_agent(None, "", None);
     rig.probes(60).await;
-    rig.stop_agent(agent);
+    rig.stop_agent(agent).await;
     let log = rig.read_log("collector.log");
     assert_eq!(
         log.matches("fault injected: stream ended after commit, before the ack")
@@ -273,7 +281,7 @@ async fn connection_cut_after_the_ack_before_the_agent_reads_it(pool: PgPool) {
         Some("report-drop-ack=2*off->1*return->3*off->1*return->off"),
     );
     rig.probes(60).await;
-    rig.stop_agent(agent);
+    rig.stop_agent(agent).await;
     let log = rig.read_log("agent.log");
     assert_eq!(
         log.matches("connection dropped with an ack unread").count(),
@@ -295,7 +303,7 @@ async fn collector_killed_mid_stream(pool: PgPool) {
         rig.start_collector(None);
     }
     rig.probes(10).await;
-    rig.stop_agent(agent);
+    rig.stop_agent(agent).await;
     assert_exactly_once(&audit(&pool, &rig.target).await, "collector kill -9");
 }
 
@@ -320,7 +328,7 @@ async fn agent_killed_at_random_moments(pool: PgPool) {
     }
     let agent = rig.start_agent(None, "", None);
     rig.probes(10).await;
-    rig.stop_agent(agent);
+    rig.stop_agent(agent).await;
     let a = audit(&pool, &rig.target).await;
     let crash_gaps = a.gaps.iter().filter(|g| g.3 == "agent_crash").count();
     println!(
@@ -368,7 +376,7 @@ async fn postgres_stopped_and_started(pool: PgPool) {
     rig.probes(30).await;
     cluster.restart_server().unwrap();
     rig.probes(20).await;
-    rig.stop_agent(agent);
+    rig.stop_agent(agent).await;
     let private = PgPool::connect(&cluster.url()).await.unwrap();
     assert_exactly_once(&audit(&private, &rig.target).await, "PostgreSQL stopped");
     drop(rig);
@@ -385,7 +393,7 @@ async fn a_check_loop_that_panics_is_made_again(pool: PgPool) {
     let agent = rig.start_agent(None, "", Some("check-round=2*panic(injected probe fault)"));
     // Two panics (1 s and 2 s of backoff), then rounds again.
     rig.probes(20).await;
-    rig.stop_agent(agent);
+    rig.stop_agent(agent).await;
     let log = rig.read_log("agent.log");
     let panics = log
         .lines()
@@ -407,7 +415,7 @@ async fn spool_full_drops_the_oldest_and_records_the_gap(pool: PgPool) {
     rig.probes(120).await;
     rig.start_collector(None);
     rig.probes(10).await;
-    rig.stop_agent(agent);
+    rig.stop_agent(agent).await;
     let a = audit(&pool, &rig.target).await;
     assert_exactly_once(&a, "spool full");
     assert!(a.gaps.iter().any(|g| g.3 == "spool_full"), "{:?}", a.gaps);
@@ -422,7 +430,7 @@ async fn corrupted_spool_file_is_skipped_not_fatal(pool: PgPool) {
     let mut rig = Rig::new(&pool, database_url(&pool)).await;
     let agent = rig.start_agent(None, "", None);
     rig.probes(60).await;
-    rig.stop_agent(agent);
+    rig.stop_agent(agent).await;
     // Cut the file in half, as a crash of the disk might.
     let path = rig.spool_path();
     let len = std::fs::metadata(&path).unwrap().len();
@@ -433,7 +441,7 @@ async fn corrupted_spool_file_is_skipped_not_fatal(pool: PgPool) {
     rig.start_collector(None);
     let agent = rig.start_agent(None, "", None);
     rig.probes(30).await;
-    rig.stop_agent(agent);
+    rig.stop_agent(agent).await;
     let a = audit(&pool, &rig.target).await;
     assert_exactly_once(&a, "spool corrupted");
     assert!(
