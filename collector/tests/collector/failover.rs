@@ -11,40 +11,18 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use vantage_testkit::WebhookReceiver;
 
-use crate::process::{start_collector_at, terminate};
+use crate::delivery::{assert_exactly_once, audit};
+use crate::process::{start_collector_at, terminate_off_runtime};
 use crate::rig::{AgentProcess, Fleet};
 
 /// Stops the agent (it drains) and checks that every result it produced
 /// is stored once and nothing was recorded lost.
-async fn assert_stored_exactly_once(fleet: &Fleet, id: &str, mut agent: AgentProcess) {
-    // Off the test's runtime, which serves the target and DNS.
-    let status =
-        tokio::task::spawn_blocking(move || terminate(&mut agent.child, Duration::from_secs(30)))
-            .await
-            .unwrap();
+async fn assert_stored_exactly_once(fleet: &Fleet, id: &str, agent: AgentProcess) {
+    let status = terminate_off_runtime(agent, Duration::from_secs(30)).await;
     assert!(status.success(), "{}", fleet.read_log(&format!("{id}.log")));
-    let produced = fleet.target.probe_seqs(id);
-    let seqs: Vec<i64> =
-        sqlx::query_scalar("SELECT seq FROM probe_results WHERE agent_id = $1 ORDER BY seq")
-            .bind(id)
-            .fetch_all(&fleet.pool)
-            .await
-            .unwrap();
-    let distinct: std::collections::BTreeSet<u64> = seqs.iter().map(|s| *s as u64).collect();
-    assert_eq!(seqs.len(), distinct.len(), "a result was stored twice");
-    let missing: Vec<&u64> = produced.difference(&distinct).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} produced results are not stored: {missing:?}\n{}",
-        missing.len(),
-        produced.len(),
-        fleet.read_log(&format!("{id}.log"))
-    );
-    let gaps: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_gaps")
-        .fetch_one(&fleet.pool)
-        .await
-        .unwrap();
-    assert_eq!(gaps, 0);
+    let audit = audit(&fleet.pool, &fleet.target, id).await;
+    assert_exactly_once(&audit, id);
+    assert!(audit.gaps.is_empty(), "{:?}", audit.gaps);
 }
 
 #[sqlx::test(migrations = false)]

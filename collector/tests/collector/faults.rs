@@ -8,7 +8,6 @@
 //! `VANTAGE_SOAK_CYCLES` sets how often the agent is killed in
 //! `agent_killed_at_random_moments` (default 5; `bench/soak.sh` runs 1,000).
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -17,7 +16,8 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 use crate::database_url;
-use crate::process::{agent_binary, kill9, terminate};
+use crate::delivery::{assert_exactly_once, audit};
+use crate::process::{agent_binary, kill9, terminate_off_runtime};
 use vantage_testkit::{CuttingRelay, DnsServer, Target};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -158,11 +158,8 @@ impl Rig {
     /// The wait runs off this test's runtime, which serves what the agent
     /// drains through (the cutting relay): blocking it would hold the last
     /// acks in the relay until the agent's drain times out.
-    async fn stop_agent(&self, mut agent: Child) {
-        let status =
-            tokio::task::spawn_blocking(move || terminate(&mut agent, Duration::from_secs(30)))
-                .await
-                .unwrap();
+    async fn stop_agent(&self, agent: Child) {
+        let status = terminate_off_runtime(agent, Duration::from_secs(30)).await;
         assert!(
             status.success(),
             "agent exited with {status}:\n{}",
@@ -175,62 +172,6 @@ impl Drop for Rig {
     fn drop(&mut self) {
         self.kill_collector();
     }
-}
-
-/// What reached the database, compared with what the agent produced.
-#[derive(Debug)]
-struct Audit {
-    produced: usize,
-    stored: usize,
-    duplicates: i64,
-    /// Produced, not stored, not inside any recorded gap.
-    missing: Vec<u64>,
-    /// Produced, not stored, inside a recorded gap.
-    in_gaps: usize,
-    gaps: Vec<(i64, i64, Option<i64>, String)>,
-}
-
-async fn audit(pool: &PgPool, target: &Target) -> Audit {
-    let produced = target.probe_seqs("fault");
-    let stored: Vec<i64> =
-        sqlx::query_scalar("SELECT seq FROM probe_results WHERE agent_id = 'fault'")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-    let distinct: BTreeSet<u64> = stored.iter().map(|s| *s as u64).collect();
-    let gaps: Vec<(i64, i64, Option<i64>, String)> = sqlx::query_as(
-        "SELECT first_seq, last_seq, count, reason FROM delivery_gaps
-         WHERE agent_id = 'fault' ORDER BY first_seq",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let in_gap = |seq: u64| {
-        gaps.iter()
-            .any(|(first, last, _, _)| (*first as u64..=*last as u64).contains(&seq))
-    };
-    let lost: Vec<u64> = produced.difference(&distinct).copied().collect();
-    let missing: Vec<u64> = lost.iter().copied().filter(|s| !in_gap(*s)).collect();
-    Audit {
-        produced: produced.len(),
-        stored: stored.len(),
-        duplicates: stored.len() as i64 - distinct.len() as i64,
-        in_gaps: lost.len() - missing.len(),
-        missing,
-        gaps,
-    }
-}
-
-fn assert_exactly_once(audit: &Audit, what: &str) {
-    println!("{what}: {audit:?}");
-    assert!(audit.produced > 0, "{what}: nothing produced");
-    assert_eq!(audit.duplicates, 0, "{what}: duplicates");
-    assert!(
-        audit.missing.is_empty(),
-        "{what}: {} results missing outside gaps: {:?}",
-        audit.missing.len(),
-        audit.missing
-    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -249,7 +190,10 @@ async fn connection_cut_before_the_write(pool: PgPool) {
     assert!(cut >= 4, "connections were cut while streaming ({cut})");
     rig.probes(6).await;
     rig.stop_agent(agent).await;
-    assert_exactly_once(&audit(&pool, &rig.target).await, "cut before the write");
+    assert_exactly_once(
+        &audit(&pool, &rig.target, "fault").await,
+        "cut before the write",
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -268,7 +212,10 @@ async fn connection_cut_after_commit_before_the_ack(pool: PgPool) {
         2,
         "the fault fired twice:\n{log}"
     );
-    assert_exactly_once(&audit(&pool, &rig.target).await, "cut after commit");
+    assert_exactly_once(
+        &audit(&pool, &rig.target, "fault").await,
+        "cut after commit",
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -288,7 +235,10 @@ async fn connection_cut_after_the_ack_before_the_agent_reads_it(pool: PgPool) {
         2,
         "the fault fired twice:\n{log}"
     );
-    assert_exactly_once(&audit(&pool, &rig.target).await, "cut after the ack");
+    assert_exactly_once(
+        &audit(&pool, &rig.target, "fault").await,
+        "cut after the ack",
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -304,7 +254,10 @@ async fn collector_killed_mid_stream(pool: PgPool) {
     }
     rig.probes(10).await;
     rig.stop_agent(agent).await;
-    assert_exactly_once(&audit(&pool, &rig.target).await, "collector kill -9");
+    assert_exactly_once(
+        &audit(&pool, &rig.target, "fault").await,
+        "collector kill -9",
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -329,7 +282,7 @@ async fn agent_killed_at_random_moments(pool: PgPool) {
     let agent = rig.start_agent(None, "", None);
     rig.probes(10).await;
     rig.stop_agent(agent).await;
-    let a = audit(&pool, &rig.target).await;
+    let a = audit(&pool, &rig.target, "fault").await;
     let crash_gaps = a.gaps.iter().filter(|g| g.3 == "agent_crash").count();
     println!(
         "soak: {cycles} kill -9 cycles in {:.1} s: {} produced, {} stored, {} duplicates, \
@@ -378,7 +331,10 @@ async fn postgres_stopped_and_started(pool: PgPool) {
     rig.probes(20).await;
     rig.stop_agent(agent).await;
     let private = PgPool::connect(&cluster.url()).await.unwrap();
-    assert_exactly_once(&audit(&private, &rig.target).await, "PostgreSQL stopped");
+    assert_exactly_once(
+        &audit(&private, &rig.target, "fault").await,
+        "PostgreSQL stopped",
+    );
     drop(rig);
     private.close().await;
     cluster.stop().unwrap();
@@ -404,7 +360,10 @@ async fn a_check_loop_that_panics_is_made_again(pool: PgPool) {
         })
         .count();
     assert_eq!(panics, 2, "{log}");
-    assert_exactly_once(&audit(&pool, &rig.target).await, "check loop panic");
+    assert_exactly_once(
+        &audit(&pool, &rig.target, "fault").await,
+        "check loop panic",
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -416,7 +375,7 @@ async fn spool_full_drops_the_oldest_and_records_the_gap(pool: PgPool) {
     rig.start_collector(None);
     rig.probes(10).await;
     rig.stop_agent(agent).await;
-    let a = audit(&pool, &rig.target).await;
+    let a = audit(&pool, &rig.target, "fault").await;
     assert_exactly_once(&a, "spool full");
     assert!(a.gaps.iter().any(|g| g.3 == "spool_full"), "{:?}", a.gaps);
     assert!(
@@ -442,7 +401,7 @@ async fn corrupted_spool_file_is_skipped_not_fatal(pool: PgPool) {
     let agent = rig.start_agent(None, "", None);
     rig.probes(30).await;
     rig.stop_agent(agent).await;
-    let a = audit(&pool, &rig.target).await;
+    let a = audit(&pool, &rig.target, "fault").await;
     assert_exactly_once(&a, "spool corrupted");
     assert!(
         a.gaps

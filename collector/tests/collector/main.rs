@@ -8,6 +8,7 @@ mod auth;
 mod checks;
 mod config;
 mod confirm;
+mod delivery;
 mod detection;
 mod e2e;
 mod failover;

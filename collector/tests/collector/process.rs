@@ -118,6 +118,19 @@ pub fn terminate(child: &mut Child, within: Duration) -> std::process::ExitStatu
     }
 }
 
+/// [`terminate`], waited for off the test's runtime: that runtime serves
+/// what the process may still talk to while it stops (a relay, the
+/// target, DNS), and blocking it would stall them. `process` is the child
+/// or what owns it.
+pub async fn terminate_off_runtime<P>(mut process: P, within: Duration) -> std::process::ExitStatus
+where
+    P: std::borrow::BorrowMut<Child> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || terminate(process.borrow_mut(), within))
+        .await
+        .expect("the wait for the process's exit ran to completion")
+}
+
 /// Sends SIGHUP (reload the configuration).
 pub fn hangup(child: &Child) {
     let status = Command::new("sh")

@@ -33,6 +33,18 @@ pub struct AgentProcess {
     pub child: Child,
 }
 
+impl std::borrow::Borrow<Child> for AgentProcess {
+    fn borrow(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::borrow::BorrowMut<Child> for AgentProcess {
+    fn borrow_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
