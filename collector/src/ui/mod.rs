@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::detect::CONNECTION_OUTCOMES;
 use crate::detect::asn::AsnTable;
-use crate::detect::dimensions::{DIMENSIONS, Derive};
+use crate::detect::dimensions::{DIMENSIONS, Derive, DeriveContext};
 use crate::store::{FailureRule, Incident, Store, StoreError};
 use plot::Round;
 
@@ -178,7 +178,6 @@ async fn incident_page(
         rounds: &rounds,
         round_seconds,
         samples: &samples,
-        now,
     }))
 }
 
@@ -208,21 +207,18 @@ async fn timeline(
     };
     let prefix: Option<ipnet::IpNet> = value.parse().ok();
     let derive = dimension.derive;
+    // Other derivations are the detector's own (`Derive::apply`); the
+    // prefix lengths play no part in them.
+    let ctx = DeriveContext {
+        prefix_v4: 32,
+        prefix_v6: 128,
+        asn: &asn,
+    };
     let inside = move |source: &str| match derive {
         Derive::Prefix => prefix
             .zip(source.parse::<std::net::IpAddr>().ok())
             .is_some_and(|(net, ip)| net.contains(&ip)),
-        Derive::Asn => source
-            .parse()
-            .ok()
-            .and_then(|ip| asn.lookup(ip))
-            .is_some_and(|entry| entry.label() == value),
-        Derive::Text => source == value,
-        Derive::Family => match source.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(_)) => value == "IPv4",
-            Ok(std::net::IpAddr::V6(_)) => value == "IPv6",
-            Err(_) => false,
-        },
+        other => other.apply(source, &ctx).is_some_and(|v| v == value),
     };
     rounds_of(
         store,

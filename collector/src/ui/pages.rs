@@ -179,7 +179,6 @@ pub struct IncidentView<'a> {
     pub rounds: &'a [Round],
     pub round_seconds: f64,
     pub samples: &'a [ResultPath],
-    pub now: DateTime<Utc>,
 }
 
 /// `/incidents/<id>`.
