@@ -362,6 +362,9 @@ impl Alerter {
         };
         metrics::counter!("vantage_notification_attempts_total", "sink" => sink.name.clone(), "result" => result)
             .increment(1);
+        // Failover tests lose the record here, as a collector killed
+        // between the sink's answer and the record would (test builds only).
+        fail::fail_point!("alert-before-record", |_| ());
         // A database blip must not turn a sent page into a repeated one:
         // recording is retried for a few seconds (well within the claim).
         let finish = || {

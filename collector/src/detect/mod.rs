@@ -189,16 +189,27 @@ impl Detector {
         &self.holder
     }
 
-    /// Evaluates every `interval` until `shutdown`.
+    /// Evaluates every `interval` until `shutdown`. Standing by, it also
+    /// tries the moment the holder's lease runs out, so a killed holder is
+    /// replaced within two intervals of its last pass, not three.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.settings.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leading = false;
+        let mut lease_ends: Option<tokio::time::Instant> = None;
         loop {
+            let lease_ended = async {
+                match lease_ends {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
+                _ = lease_ended => ticker.reset(),
             }
+            lease_ends = None;
             // Fault tests make a pass panic here (test builds only).
             fail::fail_point!("detector-pass");
             match self.evaluate_at(Utc::now()).await {
@@ -221,6 +232,9 @@ impl Detector {
                                 .increment(n as u64);
                         }
                     }
+                    if !summary.ran {
+                        lease_ends = self.standby_until().await;
+                    }
                     if summary.ran != leading {
                         leading = summary.ran;
                         if leading {
@@ -238,6 +252,23 @@ impl Detector {
         }
         if leading {
             self.release_lease().await;
+        }
+    }
+
+    /// When the other holder's lease runs out, if before the next tick
+    /// (by the database's clock, which the lease is kept in).
+    async fn standby_until(&self) -> Option<tokio::time::Instant> {
+        match self.store.detector_lease_remaining().await {
+            Ok(Some(remaining)) if remaining < self.settings.interval => {
+                // A moment past the expiry, so the lease has run out when
+                // the renewal arrives.
+                Some(tokio::time::Instant::now() + remaining + Duration::from_millis(5))
+            }
+            Ok(_) => None,
+            Err(error) => {
+                tracing::debug!(%error, "Cannot read the detector lease; trying at the next tick.");
+                None
+            }
         }
     }
 

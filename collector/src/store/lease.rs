@@ -58,6 +58,19 @@ impl Store {
         Ok(())
     }
 
+    /// How long the current lease has left by the database's clock (zero
+    /// once expired), if there is one.
+    pub async fn detector_lease_remaining(
+        &self,
+    ) -> Result<Option<std::time::Duration>, StoreError> {
+        let seconds: Option<f64> = sqlx::query_scalar(
+            "SELECT greatest(extract(epoch FROM expires_at - now()), 0)::float8 FROM detector_lease",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(seconds.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
+    }
+
     /// The current lease holder and its expiry, if any.
     pub async fn detector_lease(&self) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
         Ok(

@@ -57,6 +57,17 @@ impl Fleet {
     /// Enrols `agents` ((id, region)), starts a target (`shop.test`), a
     /// DNS server and the collector.
     pub async fn start(pool: PgPool, agents: &[(&str, &str)], collector_extra: &str) -> Self {
+        Self::start_env(pool, agents, collector_extra, &[]).await
+    }
+
+    /// [`Fleet::start`] with extra environment variables for the collector
+    /// (`FAILPOINTS`).
+    pub async fn start_env(
+        pool: PgPool,
+        agents: &[(&str, &str)],
+        collector_extra: &str,
+        collector_env: &[(&str, &str)],
+    ) -> Self {
         let store = Store::new(pool.clone());
         store.migrate().await.unwrap();
         let mut tokens = Vec::new();
@@ -80,18 +91,22 @@ impl Fleet {
             collector_http: None,
             tokens,
         };
-        fleet.start_collector(collector_extra);
+        fleet.start_collector_env(collector_extra, collector_env);
         fleet
     }
 
     pub fn start_collector(&mut self, extra: &str) {
+        self.start_collector_env(extra, &[]);
+    }
+
+    pub fn start_collector_env(&mut self, extra: &str, env: &[(&str, &str)]) {
         let (collector, http) = start_collector_at(
             &self.pool,
             self.dir.path(),
             "collector",
             self.grpc,
             extra,
-            &[],
+            env,
         );
         self.collector = Some(collector);
         self.collector_http = Some(http);
