@@ -1,7 +1,12 @@
-//! Detection pass over a large window: 1 M and 10 M results (by default)
-//! written server-side into today's partition, then one real detection
-//! pass (window query + decision + state and segment-rate writes) timed,
-//! and the window query's plan (`EXPLAIN (ANALYZE, BUFFERS)`) summarised.
+//! Detection passes over a large window: 1 M and 10 M results (by
+//! default) written server-side into today's partition; a first pass
+//! (which reads the whole window: a detector starting or taking the lease
+//! over), then 15 s later of new results (the window's rate: 5 % of it) and
+//! a second pass, which reads only those (the pass every interval runs),
+//! then a pass with nothing new. Each pass is a real one (read, decision,
+//! state and segment-rate writes). The plans of both reads
+//! (`EXPLAIN (ANALYZE, BUFFERS)`) are summarised. Reference: a pass over
+//! 10 M results in the window within 1 s.
 //!
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p vantage-collector --bench detect`
 //! Environment: `BENCH_SIZES` (comma-separated result counts, default
@@ -17,7 +22,7 @@ use chrono::Utc;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
-use vantage_collector::detect::{Detector, DetectorSettings, decision, dimensions};
+use vantage_collector::detect::{Detector, DetectorSettings, PassSummary, dimensions};
 use vantage_collector::store::Store;
 
 mod common;
@@ -56,28 +61,30 @@ fn walk_plan(node: &Value, depth: usize, out: &mut Vec<String>) {
     }
 }
 
-async fn fill(
-    pool: &sqlx::PgPool,
+/// Results `first..first + rows` (their seq), started over the `spread`
+/// seconds before `end`.
+struct Fill {
+    first: usize,
     rows: usize,
-    agents: usize,
-    targets: usize,
+    spread: f64,
     end: chrono::DateTime<Utc>,
-) -> Duration {
+}
+
+async fn fill(pool: &sqlx::PgPool, agents: usize, targets: usize, f: Fill) -> Duration {
     let started = Instant::now();
     // Agents four to a /24 in 198.18.0.0/16 (250 /24s), 12 regions, 4
     // resolvers, 3 records per target; the four agents of 198.18.7.0/24
-    // get 502, everyone else 1% random 502s. Spread over the 280 s before
-    // `end`, so that every row is in the window however long the fill takes.
+    // get 502, everyone else 1% random 502s.
     let chunk = 1_000_000usize;
     let mut done = 0usize;
-    while done < rows {
-        let n = chunk.min(rows - done);
+    while done < f.rows {
+        let n = chunk.min(f.rows - done);
         sqlx::query(
             "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
                                         outcome, http_status, http_version, resolver,
                                         resolver_egress_ip, resolved_ips, dialed_ip, local_ip,
                                         vantage, gateway, total_us)
-             SELECT 'agent-' || a, g, $5::timestamptz - (random() * 280) * interval '1 second',
+             SELECT 'agent-' || a, g, $5::timestamptz - (random() * $6) * interval '1 second',
                     'region-' || (a % 12), 'site-' || (g % $3), 'https://site' || (g % $3) || '.example/',
                     'GET', CASE WHEN bad THEN 'http' ELSE 'ok' END,
                     CASE WHEN bad THEN 502 ELSE 200 END, 'HTTP/2.0',
@@ -91,11 +98,12 @@ async fn fill(
                           (g % $4) % 250 = 7 OR random() < 0.01 AS bad
                    FROM generate_series($1::int8, $2::int8) g) s",
         )
-        .bind((done + 1) as i64)
-        .bind((done + n) as i64)
+        .bind((f.first + done) as i64)
+        .bind((f.first + done + n - 1) as i64)
         .bind(targets as i64)
         .bind(agents as i64)
-        .bind(end)
+        .bind(f.end)
+        .bind(f.spread)
         .execute(pool)
         .await
         .unwrap();
@@ -135,7 +143,20 @@ async fn main() {
             .await
             .unwrap();
         let end = Utc::now();
-        let filled = fill(&pool, rows, agents, targets, end).await;
+        // Over the 280 s before `end`, so that every row is in the window
+        // however long the fill takes.
+        let filled = fill(
+            &pool,
+            agents,
+            targets,
+            Fill {
+                first: 1,
+                rows,
+                spread: 280.0,
+                end,
+            },
+        )
+        .await;
         println!(
             "\n{rows} results in the window: written in {:.1} s",
             filled.as_secs_f64()
@@ -146,64 +167,80 @@ async fn main() {
             ..DetectorSettings::default()
         };
         let detector = Detector::new(store.clone(), settings, Arc::new(Notify::new()));
-        for pass in 1..=2 {
-            // Consecutive passes 15 s apart over the same window.
-            let now = end + chrono::Duration::seconds(15 * (pass - 1));
-            let started = Instant::now();
-            let summary = detector.evaluate_at(now).await.unwrap();
+        let pass = |n: u32, what: &str, elapsed: Duration, s: &PassSummary| {
             println!(
-                "  pass {pass}: {:.2} s total (window query {:.2} s, decision and writes {:.2} s); \
-                 {} probes in {} cells, {} segments, {} incidents opened",
-                started.elapsed().as_secs_f64(),
-                summary.query_time.as_secs_f64(),
-                summary.decide_time.as_secs_f64(),
-                summary.probes,
-                summary.cells,
-                summary.segments,
-                summary.opened.len()
+                "  pass {n} ({what}): {:.3} s total (read {:.3} s: {} {} probes; decision and \
+                 writes {:.3} s); {} probes in the window in {} cells, {} segments, {} incidents \
+                 opened",
+                elapsed.as_secs_f64(),
+                s.query_time.as_secs_f64(),
+                s.refresh.map_or("-", |r| r.as_str()),
+                s.read_probes,
+                s.decide_time.as_secs_f64(),
+                s.probes,
+                s.cells,
+                s.segments,
+                s.opened.len()
             );
-        }
-        let now = end;
-        let plan = store
-            .explain_window_cells(
-                now - chrono::Duration::seconds(300),
-                now,
-                &dimensions::sources(),
-                30_000,
-                &decision::bucket_thresholds(3000),
-                true,
-            )
+        };
+        let started = Instant::now();
+        let first = detector.evaluate_at(end).await.unwrap();
+        pass(1, "start: the whole window", started.elapsed(), &first);
+
+        // 15 s of results at the window's rate arrive, then the next pass.
+        let before: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+            .fetch_one(&pool)
             .await
             .unwrap();
-        let top = &plan[0];
+        let next = end + chrono::Duration::seconds(15);
+        let new = rows / 20;
+        fill(
+            &pool,
+            agents,
+            targets,
+            Fill {
+                first: rows + 1,
+                rows: new,
+                spread: 15.0,
+                end: next,
+            },
+        )
+        .await;
+        let started = Instant::now();
+        let second = detector.evaluate_at(next).await.unwrap();
+        let steady = started.elapsed();
+        pass(2, "15 s later: the new results", steady, &second);
+        let started = Instant::now();
+        let third = detector.evaluate_at(next).await.unwrap();
+        pass(3, "nothing new", started.elapsed(), &third);
         println!(
-            "  window query plan: planning {:.1} ms, execution {:.0} ms",
-            top["Planning Time"].as_f64().unwrap_or(0.0),
-            top["Execution Time"].as_f64().unwrap_or(0.0)
+            "  => a pass over {} results in the window with {new} new: {:.3} s \
+             (reference: 1 s at 10 M); reading the whole window: {:.3} s",
+            second.probes,
+            steady.as_secs_f64(),
+            (first.query_time).as_secs_f64(),
         );
-        let mut lines = Vec::new();
-        walk_plan(&top["Plan"], 2, &mut lines);
-        for l in lines {
-            println!("{l}");
-        }
-        // The same query over a window an hour back (no rows): partitions
-        // and index chosen when the window is a small slice of the day.
-        let plan = store
-            .explain_window_cells(
-                now - chrono::Duration::seconds(3900),
-                now - chrono::Duration::seconds(3600),
-                &dimensions::sources(),
-                30_000,
-                &decision::bucket_thresholds(3000),
-                true,
-            )
-            .await
-            .unwrap();
-        let mut lines = Vec::new();
-        walk_plan(&plan[0]["Plan"], 2, &mut lines);
-        println!("  plan for a window an hour back (a small slice of the partition):");
-        for l in lines {
-            println!("{l}");
+
+        let start = next - chrono::Duration::seconds(300);
+        for (what, since) in [
+            ("the new results' read", Some(before.as_str())),
+            ("the whole window's read", None),
+        ] {
+            let plan = store
+                .explain_window_slots(start, &dimensions::sources(), 30_000, since, true)
+                .await
+                .unwrap();
+            let top = &plan[0];
+            println!(
+                "  plan of {what}: planning {:.1} ms, execution {:.0} ms",
+                top["Planning Time"].as_f64().unwrap_or(0.0),
+                top["Execution Time"].as_f64().unwrap_or(0.0)
+            );
+            let mut lines = Vec::new();
+            walk_plan(&top["Plan"], 2, &mut lines);
+            for l in lines {
+                println!("{l}");
+            }
         }
         let size: String = sqlx::query_scalar(
             "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid)))

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod population;
 pub mod simulate;
 pub mod track;
+pub mod window;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -138,7 +139,11 @@ pub struct PassSummary {
     /// Incidents re-explained (one `incident.updated` each).
     pub updated: Vec<i64>,
     pub resolved: Vec<i64>,
-    /// Time in the window query, and in everything after it.
+    /// How the kept window was brought up to date, and the probes read
+    /// for it (only the new ones when updated).
+    pub refresh: Option<window::Refresh>,
+    pub read_probes: u64,
+    /// Time bringing the window up to date, and in everything after it.
     pub query_time: Duration,
     pub decide_time: Duration,
 }
@@ -158,6 +163,8 @@ pub struct Detector {
     last_pass: Mutex<Duration>,
     /// Told of every pass that ended (led or stood by), for `/healthz`.
     liveness: Option<Liveness>,
+    /// The window as of the last pass, while this detector leads.
+    window: tokio::sync::Mutex<Option<window::KeptWindow>>,
 }
 
 impl Detector {
@@ -175,6 +182,7 @@ impl Detector {
             ),
             last_pass: Mutex::new(Duration::ZERO),
             liveness: None,
+            window: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -293,11 +301,15 @@ impl Detector {
     /// (or can take) the lease.
     pub async fn evaluate_at(&self, now: DateTime<Utc>) -> Result<PassSummary, StoreError> {
         let started = Instant::now();
+        let mut kept = self.window.lock().await;
         if !self
             .store
             .renew_detector_lease(&self.holder, self.lease())
             .await?
         {
+            // What another leader's passes read is not in it: taking the
+            // lease back starts from the whole window.
+            *kept = None;
             return Ok(PassSummary::default());
         }
         let since_run = self.store.last_run_id().await?;
@@ -307,10 +319,20 @@ impl Detector {
         let default_round_ms =
             i64::try_from(self.settings.default_round.as_millis()).unwrap_or(i64::MAX);
         let thresholds = self.thresholds();
-        let cells = self
-            .store
-            .window_cells(window_start, now, &sources, default_round_ms, &thresholds)
-            .await?;
+        let refreshed = window::KeptWindow::refresh(
+            &mut kept,
+            &self.store,
+            window_start,
+            &sources,
+            default_round_ms,
+            self.settings.window,
+        )
+        .await?;
+        let cells = kept
+            .as_ref()
+            .map(|k| k.cells(window_start, now, &thresholds))
+            .unwrap_or_default();
+        drop(kept);
         let query_time = started.elapsed();
         let open = self.store.open_incidents().await?;
         let tracked = self.store.tracked_failures(&open).await?;
@@ -373,6 +395,8 @@ impl Detector {
             opened: applied.opened,
             updated: pass.updates.iter().map(|u| u.0).collect(),
             resolved: pass.resolves.iter().map(|r| r.0).collect(),
+            refresh: Some(refreshed.refresh),
+            read_probes: refreshed.probes,
             query_time,
             decide_time: started.elapsed().saturating_sub(query_time),
         };

@@ -1,5 +1,8 @@
-//! The detector's window query: one aggregate over the window's
-//! partitions, grouped by every dimension's source and age bucket.
+//! The detector's window reads: the window's probes grouped by every
+//! dimension's source and by time slot, either all of them (a rebuild) or
+//! only those committed since an earlier read (an update), each with the
+//! snapshot it saw. What the detector keeps of them is its own
+//! ([`crate::detect::window`]).
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -21,8 +24,8 @@ pub struct WindowCell {
     pub sources: Vec<Option<String>>,
     /// The check's interval (the default round when unknown), ms.
     pub interval_ms: i32,
-    /// How old, in rounds: the `width_bucket` over the thresholds asked
-    /// for (0: the last round).
+    /// How old, in rounds: the number of bucket thresholds at or below
+    /// the age of the slot's newest probe (0: the last round).
     pub bucket: i32,
     pub probes: i64,
     pub first_at: DateTime<Utc>,
@@ -33,105 +36,196 @@ pub struct WindowCell {
     pub confirmation: bool,
 }
 
-/// Planner settings for the window query's aggregate, local to its
-/// transaction: the groups are few (thousands) but the planner multiplies
-/// the distinct counts of 20 grouping columns, expects millions, and sorts
-/// the whole window instead of hashing it (37 s instead of about 5 at 10 M
-/// rows). Hashing is right whatever it estimates.
-const WINDOW_PLANNER: &str = "SET LOCAL work_mem = '64MB'; SET LOCAL enable_sort = off";
+/// What a window read groups by besides the slot: one cell's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SlotKey {
+    pub target: String,
+    pub check: String,
+    pub outcome: String,
+    pub status: Option<i16>,
+    pub agent_id: String,
+    pub vantage: String,
+    pub interval_ms: i32,
+    pub confirmation: bool,
+    /// One per source expression asked for.
+    pub sources: Vec<Option<String>>,
+}
 
-/// Columns of the window query before the dimension sources.
-const WINDOW_FIXED_COLUMNS: usize = 9;
+/// Probes of one [`SlotKey`] started in one time slot (a quarter of
+/// their round).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlotCounts {
+    pub probes: i64,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+    pub last_seq: i64,
+}
 
-/// The window query: one aggregate over the window's partitions (scheduled
+/// One row of a window read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotRow {
+    pub key: SlotKey,
+    /// `started_at` in ms since the epoch, divided by the slot's length.
+    pub slot: i64,
+    pub counts: SlotCounts,
+}
+
+/// A window read: its rows and the snapshot it saw (`pg_snapshot` text),
+/// from which the next read continues.
+#[derive(Debug, Clone)]
+pub struct SlotRead {
+    pub rows: Vec<SlotRow>,
+    pub snapshot: String,
+}
+
+/// Slots per round: a probe's age is known to a quarter of a round.
+pub const SLOTS_PER_ROUND: i32 = 4;
+
+/// Settings of a window read, local to its transaction:
+/// - one snapshot for the read and the snapshot it reports;
+/// - the groups are few (thousands) but the planner multiplies the
+///   distinct counts of 20 grouping columns, expects millions, and sorts
+///   the whole window instead of hashing it (37 s instead of about 5 at
+///   10 M rows): hashing is right whatever it estimates;
+/// - JIT compiling the expressions took 0.6-0.7 s of every large read and
+///   saved nothing;
+/// - a parallel scan computes the sources on every core (1.75 s instead
+///   of 2.4 s for 1 M rows); the planner's default costs never chose it.
+const WINDOW_PLANNER: &str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+     SET LOCAL work_mem = '64MB'; SET LOCAL enable_sort = off; SET LOCAL jit = off; \
+     SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0";
+
+/// Summarises the BRIN ranges of `ingest_xid` written since the last time,
+/// in the partitions from the window's start on, before every read, so
+/// that a read of new results skips every older page (a range not yet summarised is read
+/// whole). Autovacuum does it too, a minute or so late. Gives up rather
+/// than wait behind a vacuum of the same partition.
+const SUMMARIZE_NEW: &str = "SELECT count(brin_summarize_new_values(x.indexrelid))
+     FROM pg_inherits i
+     JOIN pg_index x ON x.indexrelid = i.inhrelid
+     JOIN pg_class t ON t.oid = x.indrelid
+     WHERE i.inhparent = 'probe_results_ingest_xid'::regclass
+       AND t.relname >= 'probe_results_p' || to_char($1 AT TIME ZONE 'UTC', 'YYYYMMDD')";
+
+/// Columns of a window read before the dimension sources.
+const FIXED_COLUMNS: usize = 9;
+
+/// A window read: one aggregate over the window's partitions (scheduled
 /// probes and the detector's confirmation probes; a person's one-off
-/// probes are not statistics), grouped
-/// by target, check, outcome, status, vantage, round, age bucket, whether
-/// they were confirmation probes, and every source. `$1`, `$2`: the window; `$3`: the round of results that do not
-/// say theirs (ms); `$4`: the bucket thresholds (rounds).
-fn window_sql(sources: &[&'static str]) -> String {
+/// probes are not statistics), grouped by target, check, outcome, status,
+/// vantage, round, whether they were confirmation probes, time slot and
+/// every source. `$1`: the window's start; `$2`: the round of results
+/// that do not say theirs (ms); with `since`, `$3`: the snapshot of the
+/// previous read, whose results are left out. The window's end is the
+/// pass's business: a read takes everything committed.
+fn slots_sql(sources: &[&'static str], since: bool) -> String {
     // Byte-order collation: grouping needs equality, not language order,
     // and "C" compares text several times faster than a locale does.
-    let mut select = String::from(
+    let mut select = format!(
         "SELECT url COLLATE \"C\", check_name COLLATE \"C\", outcome COLLATE \"C\",
                 COALESCE(http_status, proxy_status), agent_id COLLATE \"C\",
-                vantage COLLATE \"C\", COALESCE(interval_ms, $3::int4),
-                width_bucket(floor(extract(epoch FROM $2 - started_at) * 1000
-                                   / COALESCE(interval_ms, $3::int4))::int4, $4::int4[]),
-                request_id IS NOT NULL",
+                vantage COLLATE \"C\", COALESCE(interval_ms, $2::int4),
+                request_id IS NOT NULL,
+                (date_part('epoch', started_at) * 1000)::int8
+                    / greatest(COALESCE(interval_ms, $2::int4) / {SLOTS_PER_ROUND}, 1)",
     );
     for s in sources {
         select.push_str(&format!(", ({s})::text COLLATE \"C\""));
     }
-    let group: Vec<String> = (1..=WINDOW_FIXED_COLUMNS + sources.len())
+    let group: Vec<String> = (1..=FIXED_COLUMNS + sources.len())
         .map(|i| i.to_string())
         .collect();
+    // New since the previous read: stored by a transaction that read did
+    // not see (whatever order transactions committed in); the lower bound
+    // lets the BRIN index skip everything older.
+    let new = if since {
+        "AND ingest_xid >= pg_snapshot_xmin($3::text::pg_snapshot)::text::int8
+           AND NOT pg_visible_in_snapshot(ingest_xid::text::xid8, $3::text::pg_snapshot)"
+    } else {
+        ""
+    };
     format!(
         "{select}, count(*), min(started_at), max(started_at), max(seq)
          FROM probe_results
-         WHERE started_at > $1 AND started_at <= $2
-           AND (request_id IS NULL OR request_id IN (
-                  SELECT id FROM probe_requests WHERE purpose = 'confirmation'))
+         WHERE started_at > $1 {new}
+           AND (request_id IS NULL OR request_id = ANY (ARRAY(
+                  SELECT id FROM probe_requests WHERE purpose = 'confirmation')))
          GROUP BY {}",
         group.join(", ")
     )
 }
 
 impl Store {
-    /// The probes of every target in `(start, end]`, grouped by the given
-    /// SQL `sources` (text-valued expressions over `probe_results`, taken
-    /// from the dimension table, never from input) plus target, check,
-    /// outcome, status, vantage, round and age bucket. One scan of the
-    /// window's partitions.
-    pub async fn window_cells(
+    /// The window's probes started after `start`, grouped by the given SQL
+    /// `sources` (text-valued expressions over `probe_results`, taken from
+    /// the dimension table, never from input), the cell's identity and
+    /// time slot: all of them, or with `since` (a previous read's
+    /// snapshot) only those committed after it. One scan of the window's
+    /// partitions, or of the pages written since.
+    pub async fn window_slots(
         &self,
         start: DateTime<Utc>,
-        end: DateTime<Utc>,
         sources: &[&'static str],
         default_round_ms: i64,
-        thresholds: &[u32],
-    ) -> Result<Vec<WindowCell>, StoreError> {
-        let fixed = WINDOW_FIXED_COLUMNS;
-        let sql = window_sql(sources);
-        let rows = self
-            .window_query(sql, start, end, default_round_ms, thresholds)
+        since: Option<&str>,
+    ) -> Result<SlotRead, StoreError> {
+        let sql = slots_sql(sources, since.is_some());
+        self.summarize_new_ranges(start).await;
+        let mut tx = self.window_transaction().await?;
+        let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+            .fetch_one(&mut *tx)
             .await?;
-        let mut cells = Vec::with_capacity(rows.len());
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(start)
+            .bind(round_param(default_round_ms));
+        if let Some(since) = since {
+            query = query.bind(since);
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let fixed = FIXED_COLUMNS;
+        let n = fixed + sources.len();
+        let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let mut values = Vec::with_capacity(sources.len());
             for i in 0..sources.len() {
                 values.push(row.try_get::<Option<String>, _>(fixed + i)?);
             }
-            let n = fixed + sources.len();
-            cells.push(WindowCell {
-                target: row.try_get(0)?,
-                check: row.try_get(1)?,
-                outcome: row.try_get(2)?,
-                status: row.try_get(3)?,
-                agent_id: row.try_get(4)?,
-                vantage: row.try_get(5)?,
-                interval_ms: row.try_get(6)?,
-                bucket: row.try_get(7)?,
-                confirmation: row.try_get(8)?,
-                sources: values,
-                probes: row.try_get(n)?,
-                first_at: row.try_get(n + 1)?,
-                last_at: row.try_get(n + 2)?,
-                last_seq: row.try_get(n + 3)?,
+            out.push(SlotRow {
+                key: SlotKey {
+                    target: row.try_get(0)?,
+                    check: row.try_get(1)?,
+                    outcome: row.try_get(2)?,
+                    status: row.try_get(3)?,
+                    agent_id: row.try_get(4)?,
+                    vantage: row.try_get(5)?,
+                    interval_ms: row.try_get(6)?,
+                    confirmation: row.try_get(7)?,
+                    sources: values,
+                },
+                slot: row.try_get(8)?,
+                counts: SlotCounts {
+                    probes: row.try_get(n)?,
+                    first_at: row.try_get(n + 1)?,
+                    last_at: row.try_get(n + 2)?,
+                    last_seq: row.try_get(n + 3)?,
+                },
             });
         }
-        Ok(cells)
+        Ok(SlotRead {
+            rows: out,
+            snapshot,
+        })
     }
 
-    /// The query plan of [`Self::window_cells`] (`EXPLAIN (FORMAT JSON)`,
+    /// The query plan of [`Self::window_slots`] (`EXPLAIN (FORMAT JSON)`,
     /// with `ANALYZE` if asked), for the benchmark.
-    pub async fn explain_window_cells(
+    pub async fn explain_window_slots(
         &self,
         start: DateTime<Utc>,
-        end: DateTime<Utc>,
         sources: &[&'static str],
         default_round_ms: i64,
-        thresholds: &[u32],
+        since: Option<&str>,
         analyze: bool,
     ) -> Result<serde_json::Value, StoreError> {
         let options = if analyze {
@@ -139,44 +233,52 @@ impl Store {
         } else {
             "FORMAT JSON"
         };
-        let sql = format!("EXPLAIN ({options}) {}", window_sql(sources));
-        let rows = self
-            .window_query(sql, start, end, default_round_ms, thresholds)
-            .await?;
-        match rows.first() {
-            Some(row) => Ok(row.try_get(0)?),
-            None => Ok(serde_json::Value::Null),
+        let sql = format!(
+            "EXPLAIN ({options}) {}",
+            slots_sql(sources, since.is_some())
+        );
+        let mut tx = self.window_transaction().await?;
+        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(start)
+            .bind(round_param(default_round_ms));
+        if let Some(since) = since {
+            query = query.bind(since);
+        }
+        let plan: serde_json::Value = query.fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(plan)
+    }
+
+    /// See [`SUMMARIZE_NEW`]; a failure only makes the next read slower.
+    async fn summarize_new_ranges(&self, start: DateTime<Utc>) {
+        let summarized = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::raw_sql("SET LOCAL lock_timeout = '100ms'")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(SUMMARIZE_NEW)
+                .bind(start)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        };
+        if let Err(error) = summarized.await {
+            tracing::debug!(%error, "Cannot summarise the new BRIN ranges; the read scans them.");
         }
     }
 
-    /// Runs the window query `sql` (or its EXPLAIN) with its planner
-    /// settings and parameters, in a transaction of its own.
-    async fn window_query(
+    /// A transaction for a window read: one snapshot for the read and the
+    /// snapshot it reports, and the aggregate's planner settings.
+    async fn window_transaction(
         &self,
-        sql: String,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-        default_round_ms: i64,
-        thresholds: &[u32],
-    ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::raw_sql(WINDOW_PLANNER).execute(&mut *tx).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(start)
-            .bind(end)
-            .bind(i32::try_from(default_round_ms).unwrap_or(i32::MAX))
-            .bind(thresholds_param(thresholds))
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(rows)
+        Ok(tx)
     }
 }
 
-/// The thresholds as the `int4[]` parameter.
-fn thresholds_param(thresholds: &[u32]) -> Vec<i32> {
-    thresholds
-        .iter()
-        .map(|t| i32::try_from(*t).unwrap_or(i32::MAX))
-        .collect()
+/// The default round as the `int4` parameter.
+fn round_param(default_round_ms: i64) -> i32 {
+    i32::try_from(default_round_ms).unwrap_or(i32::MAX)
 }

@@ -31,6 +31,7 @@ mod schema;
 mod supervision;
 mod tls;
 mod ui;
+mod window;
 
 use std::net::SocketAddr;
 use std::time::Duration;

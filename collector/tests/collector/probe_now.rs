@@ -141,11 +141,15 @@ async fn probe_asks_the_chosen_vantages_and_prints_them_side_by_side(pool: PgPoo
     assert!(stored.iter().all(|(purpose, _)| purpose == "manual"));
     let store = vantage_collector::store::Store::new(fleet.pool.clone());
     let now = chrono::Utc::now();
-    let cells = store
-        .window_cells(now - chrono::Duration::minutes(10), now, &[], 30_000, &[1])
+    let read = store
+        .window_slots(now - chrono::Duration::minutes(10), &[], 30_000, None)
         .await
         .unwrap();
-    assert!(cells.iter().all(|c| c.check != "probe"), "{cells:?}");
+    assert!(
+        read.rows.iter().all(|r| r.key.check != "probe"),
+        "{:?}",
+        read.rows
+    );
 
     // Nobody there: said plainly, non-zero.
     let (code, out, err) = fleet.cli(&["probe", &url, "--from", "region=mars"]).await;

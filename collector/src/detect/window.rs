@@ -1,0 +1,310 @@
+//! The detector's window, kept between passes: the window's probes counted
+//! per cell and time slot (a quarter of their round), updated each pass
+//! with only the results committed since the last read, so that a pass
+//! costs what arrived since the last one, not what the window holds.
+//!
+//! Rebuilt from the whole window when there is nothing to continue from:
+//! at the first pass, when this collector takes the detector lease (the
+//! results it did not read while another led), and when the window's
+//! shape changes. The read itself is [`Store::window_slots`]; the age
+//! buckets the decision needs are computed here for each pass's `now`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::store::{SlotCounts, SlotKey, SlotRow, Store, StoreError, WindowCell};
+
+/// What the kept window was read with: a pass asking for another shape
+/// starts over.
+#[derive(Debug, Clone, PartialEq)]
+struct Shape {
+    sources: Vec<&'static str>,
+    default_round_ms: i64,
+    window: Duration,
+}
+
+/// The window's probes per cell and slot, and where the next read
+/// continues from.
+#[derive(Debug)]
+pub struct KeptWindow {
+    shape: Shape,
+    /// The snapshot of the last read: what it saw is counted here.
+    snapshot: String,
+    cells: HashMap<SlotKey, BTreeMap<i64, SlotCounts>>,
+}
+
+/// How a pass brought the window up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// Read the whole window.
+    Rebuilt,
+    /// Read only what was committed since the last pass.
+    Updated,
+}
+
+impl Refresh {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rebuilt => "rebuilt",
+            Self::Updated => "updated",
+        }
+    }
+}
+
+/// What one refresh read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefreshSummary {
+    pub refresh: Refresh,
+    /// Probes read (new ones, for an update).
+    pub probes: u64,
+    /// Cell slots kept after it.
+    pub slots: usize,
+}
+
+impl KeptWindow {
+    /// Brings `kept` up to date for a window starting at `start`: a read of
+    /// what was committed since its snapshot, or of the whole window when
+    /// there is none or it was read with another shape. Slots that ended
+    /// before `start` are dropped.
+    pub async fn refresh(
+        kept: &mut Option<KeptWindow>,
+        store: &Store,
+        start: DateTime<Utc>,
+        sources: &[&'static str],
+        default_round_ms: i64,
+        window: Duration,
+    ) -> Result<RefreshSummary, StoreError> {
+        let shape = Shape {
+            sources: sources.to_vec(),
+            default_round_ms,
+            window,
+        };
+        let continuing = kept.take().filter(|k| k.shape == shape);
+        let since = continuing.as_ref().map(|k| k.snapshot.as_str());
+        let read = store
+            .window_slots(start, sources, default_round_ms, since)
+            .await;
+        // A failed read leaves the kept window as it was.
+        let read = match read {
+            Ok(read) => read,
+            Err(error) => {
+                *kept = continuing;
+                return Err(error);
+            }
+        };
+        let refresh = if continuing.is_some() {
+            Refresh::Updated
+        } else {
+            Refresh::Rebuilt
+        };
+        let mut window = continuing.unwrap_or_else(|| KeptWindow {
+            shape,
+            snapshot: String::new(),
+            cells: HashMap::new(),
+        });
+        window.snapshot = read.snapshot;
+        let probes = read
+            .rows
+            .iter()
+            .map(|r| u64::try_from(r.counts.probes).unwrap_or(0))
+            .sum();
+        window.add(read.rows);
+        window.forget_before(start);
+        let summary = RefreshSummary {
+            refresh,
+            probes,
+            slots: window.slots(),
+        };
+        *kept = Some(window);
+        Ok(summary)
+    }
+
+    /// Counts `rows` in.
+    fn add(&mut self, rows: Vec<SlotRow>) {
+        for row in rows {
+            let slots = self.cells.entry(row.key).or_default();
+            slots
+                .entry(row.slot)
+                .and_modify(|c| merge(c, &row.counts))
+                .or_insert(row.counts);
+        }
+    }
+
+    /// Drops the slots whose newest probe is not after `start`.
+    fn forget_before(&mut self, start: DateTime<Utc>) {
+        self.cells.retain(|_, slots| {
+            slots.retain(|_, c| c.last_at > start);
+            !slots.is_empty()
+        });
+    }
+
+    fn slots(&self) -> usize {
+        self.cells.values().map(BTreeMap::len).sum()
+    }
+
+    /// The window `(start, now]` as the decision reads it: per cell and
+    /// age bucket (the number of `thresholds` at or below the age, in
+    /// rounds, of each slot's newest probe). Slots that began after `now`
+    /// (clocks ahead of the collector's) wait for it.
+    pub fn cells(
+        &self,
+        start: DateTime<Utc>,
+        now: DateTime<Utc>,
+        thresholds: &[u32],
+    ) -> Vec<WindowCell> {
+        let mut out = Vec::new();
+        for (key, slots) in &self.cells {
+            let round_ms = i64::from(key.interval_ms.max(1));
+            let mut buckets: BTreeMap<i32, SlotCounts> = BTreeMap::new();
+            for c in slots.values() {
+                if c.last_at <= start || c.first_at > now {
+                    continue;
+                }
+                let age_ms = (now - c.last_at).num_milliseconds().max(0);
+                let rounds = age_ms / round_ms;
+                let bucket = thresholds.partition_point(|t| i64::from(*t) <= rounds);
+                let bucket = i32::try_from(bucket).unwrap_or(i32::MAX);
+                buckets
+                    .entry(bucket)
+                    .and_modify(|b| merge(b, c))
+                    .or_insert(*c);
+            }
+            for (bucket, c) in buckets {
+                out.push(WindowCell {
+                    target: key.target.clone(),
+                    check: key.check.clone(),
+                    outcome: key.outcome.clone(),
+                    status: key.status,
+                    agent_id: key.agent_id.clone(),
+                    vantage: key.vantage.clone(),
+                    sources: key.sources.clone(),
+                    interval_ms: key.interval_ms,
+                    bucket,
+                    probes: c.probes,
+                    first_at: c.first_at,
+                    last_at: c.last_at,
+                    last_seq: c.last_seq,
+                    confirmation: key.confirmation,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Adds `more` to `into`.
+fn merge(into: &mut SlotCounts, more: &SlotCounts) {
+    into.probes += more.probes;
+    into.first_at = into.first_at.min(more.first_at);
+    into.last_at = into.last_at.max(more.last_at);
+    into.last_seq = into.last_seq.max(more.last_seq);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
+    }
+
+    fn key(vantage: &str) -> SlotKey {
+        SlotKey {
+            target: "https://shop.test/".into(),
+            check: "shop".into(),
+            outcome: "http".into(),
+            status: Some(502),
+            agent_id: "a".into(),
+            vantage: vantage.into(),
+            interval_ms: 1000,
+            confirmation: false,
+            sources: vec![Some("eu".into())],
+        }
+    }
+
+    fn row(vantage: &str, first: i64, last: i64, probes: i64, seq: i64) -> SlotRow {
+        SlotRow {
+            key: key(vantage),
+            slot: first / 250,
+            counts: SlotCounts {
+                probes,
+                first_at: at(first),
+                last_at: at(last),
+                last_seq: seq,
+            },
+        }
+    }
+
+    fn kept(rows: Vec<SlotRow>) -> KeptWindow {
+        let mut w = KeptWindow {
+            shape: Shape {
+                sources: vec!["region"],
+                default_round_ms: 1000,
+                window: Duration::from_secs(10),
+            },
+            snapshot: String::new(),
+            cells: HashMap::new(),
+        };
+        w.add(rows);
+        w
+    }
+
+    #[test]
+    fn slots_fall_in_the_bucket_of_their_newest_probes_age_in_rounds() {
+        // Rounds of 1 s; thresholds 1, 2, 4: buckets [0,1) [1,2) [2,4) [4,..).
+        let w = kept(vec![
+            row("v", 9_000, 9_100, 1, 10), // 0.9 s old: bucket 0
+            row("v", 8_250, 8_400, 1, 9),  // 1.6 s: bucket 1
+            row("v", 7_000, 7_200, 2, 8),  // 2.8 s: bucket 2
+            row("v", 6_500, 6_700, 1, 7),  // 3.3 s: bucket 2
+            row("v", 1_000, 1_100, 1, 1),  // 8.9 s: bucket 3
+        ]);
+        let mut cells = w.cells(at(0), at(10_000), &[1, 2, 4]);
+        cells.sort_by_key(|c| c.bucket);
+        let got: Vec<(i32, i64, i64)> = cells
+            .iter()
+            .map(|c| (c.bucket, c.probes, c.last_seq))
+            .collect();
+        assert_eq!(got, [(0, 1, 10), (1, 1, 9), (2, 3, 8), (3, 1, 1)]);
+        let b2 = &cells[2];
+        assert_eq!((b2.first_at, b2.last_at), (at(6_500), at(7_200)));
+    }
+
+    #[test]
+    fn an_update_adds_to_its_slot_and_old_slots_are_forgotten() {
+        let mut w = kept(vec![
+            row("v", 1_000, 1_100, 1, 1),
+            row("v", 5_000, 5_050, 1, 2),
+        ]);
+        // The same slot again (a late result), and a new one.
+        w.add(vec![
+            row("v", 5_000, 5_200, 2, 4),
+            row("w", 9_000, 9_000, 1, 3),
+        ]);
+        w.forget_before(at(2_000));
+        assert_eq!(w.slots(), 2);
+        let mut cells = w.cells(at(2_000), at(10_000), &[1, 2, 4]);
+        cells.sort_by(|a, b| a.vantage.cmp(&b.vantage));
+        assert_eq!(
+            cells
+                .iter()
+                .map(|c| (c.vantage.as_str(), c.probes, c.last_seq))
+                .collect::<Vec<_>>(),
+            [("v", 3, 4), ("w", 1, 3)]
+        );
+        // A window that moved past a slot's newest probe leaves it out;
+        // one that has not reached a slot's first probe waits for it.
+        assert!(
+            w.cells(at(5_200), at(10_000), &[1])
+                .iter()
+                .all(|c| c.vantage == "w")
+        );
+        assert!(
+            w.cells(at(2_000), at(8_000), &[1])
+                .iter()
+                .all(|c| c.vantage == "v")
+        );
+    }
+}

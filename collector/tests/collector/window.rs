@@ -1,0 +1,145 @@
+//! The detector's kept window: a pass reads only what was committed since
+//! the last one, whatever order transactions commit in, and counts every
+//! result once; the window it keeps equals a rebuild from the whole table.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use vantage_collector::detect::window::Refresh;
+use vantage_collector::detect::{Detector, DetectorSettings, PassSummary};
+use vantage_collector::store::Store;
+
+/// `n` results of agent `agent` (seq from `first_seq`), spread over the
+/// 100 s before `end`, a fifth of them 502; on `conn`.
+async fn write(
+    conn: &mut sqlx::PgConnection,
+    agent: &str,
+    first_seq: i64,
+    n: i64,
+    end: DateTime<Utc>,
+) {
+    sqlx::query(
+        "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
+                                    outcome, http_status, local_ip, interval_ms)
+         SELECT $1, g, $4::timestamptz - (g % 100) * interval '1 second', 'eu', 'shop',
+                'http://shop.test/', 'GET',
+                CASE WHEN g % 5 = 0 THEN 'http' ELSE 'ok' END,
+                CASE WHEN g % 5 = 0 THEN 502 ELSE 200 END,
+                ('127.0.2.' || (g % 4 + 1))::inet, 10000
+         FROM generate_series($2::int8, $2::int8 + $3::int8 - 1) g",
+    )
+    .bind(agent)
+    .bind(first_seq)
+    .bind(n)
+    .bind(end)
+    .execute(conn)
+    .await
+    .unwrap();
+}
+
+async fn detector(store: &Arc<Store>) -> Detector {
+    let settings = DetectorSettings {
+        window: Duration::from_secs(300),
+        ..DetectorSettings::default()
+    };
+    Detector::new(store.clone(), settings, Arc::new(Notify::new()))
+}
+
+fn read(summary: &PassSummary) -> (Option<&'static str>, u64, u64) {
+    (
+        summary.refresh.map(Refresh::as_str),
+        summary.read_probes,
+        summary.probes,
+    )
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_pass_reads_what_was_committed_since_the_last_once(pool: PgPool) {
+    let store = Arc::new(Store::new(pool.clone()));
+    store.migrate().await.unwrap();
+    store
+        .ensure_partitions_around(Utc::now(), 1, 1)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let d = detector(&store).await;
+    let mut conn = pool.acquire().await.unwrap();
+
+    write(&mut conn, "a", 1, 500, now).await;
+    let first = d.evaluate_at(now).await.unwrap();
+    assert_eq!(read(&first), (Some("rebuilt"), 500, 500));
+
+    // A batch that began before the next pass and commits after it, and
+    // one that commits before it.
+    let mut slow = pool.begin().await.unwrap();
+    write(&mut slow, "b", 1, 200, now).await;
+    write(&mut conn, "c", 1, 300, now).await;
+    let second = d.evaluate_at(now).await.unwrap();
+    assert_eq!(read(&second), (Some("updated"), 300, 800));
+
+    slow.commit().await.unwrap();
+    let third = d.evaluate_at(now).await.unwrap();
+    assert_eq!(read(&third), (Some("updated"), 200, 1000));
+    let fourth = d.evaluate_at(now).await.unwrap();
+    assert_eq!(read(&fourth), (Some("updated"), 0, 1000));
+
+    // A rolled-back batch is never counted.
+    let mut aborted = pool.begin().await.unwrap();
+    write(&mut aborted, "d", 1, 50, now).await;
+    aborted.rollback().await.unwrap();
+    // The window moves on: what left it is forgotten.
+    let later = now + chrono::Duration::seconds(250);
+    let fifth = d.evaluate_at(later).await.unwrap();
+    assert_eq!(fifth.refresh, Some(Refresh::Updated));
+    assert_eq!(fifth.read_probes, 0);
+
+    // What it kept is what a detector reading the whole window sees: the
+    // same cells and counts, and so the same decision.
+    d.release_lease().await;
+    let fresh = detector(&store).await;
+    let rebuilt = fresh.evaluate_at(later).await.unwrap();
+    assert_eq!(rebuilt.refresh, Some(Refresh::Rebuilt));
+    assert_eq!(
+        (rebuilt.probes, rebuilt.cells, rebuilt.segments),
+        (fifth.probes, fifth.cells, fifth.segments)
+    );
+    assert!(fifth.probes > 0 && fifth.probes < 1000, "{fifth:?}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn taking_the_lease_back_rebuilds_the_window(pool: PgPool) {
+    let store = Arc::new(Store::new(pool.clone()));
+    store.migrate().await.unwrap();
+    store
+        .ensure_partitions_around(Utc::now(), 1, 1)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let mut conn = pool.acquire().await.unwrap();
+    let a = detector(&store).await;
+    let b = detector(&store).await;
+    write(&mut conn, "a", 1, 100, now).await;
+    assert_eq!(
+        read(&a.evaluate_at(now).await.unwrap()),
+        (Some("rebuilt"), 100, 100)
+    );
+    // B leads for a while (A's lease given up) and reads what arrives.
+    a.release_lease().await;
+    assert!(b.evaluate_at(now).await.unwrap().ran);
+    assert!(!a.evaluate_at(now).await.unwrap().ran);
+    write(&mut conn, "b", 1, 40, now).await;
+    assert_eq!(
+        read(&b.evaluate_at(now).await.unwrap()),
+        (Some("updated"), 40, 140)
+    );
+    // A takes over again: it did not read B's passes' results, so it
+    // starts from the whole window.
+    b.release_lease().await;
+    assert_eq!(
+        read(&a.evaluate_at(now).await.unwrap()),
+        (Some("rebuilt"), 140, 140)
+    );
+}
