@@ -170,13 +170,14 @@ async fn main() {
         let pass = |n: u32, what: &str, elapsed: Duration, s: &PassSummary| {
             println!(
                 "  pass {n} ({what}): {:.3} s total (read {:.3} s: {} {} probes; decision and \
-                 writes {:.3} s); {} probes in the window in {} cells, {} segments, {} incidents \
-                 opened",
+                 writes {:.3} s, of which deciding {:.3} s); {} probes in the window in {} cells, \
+                 {} segments, {} incidents opened",
                 elapsed.as_secs_f64(),
                 s.query_time.as_secs_f64(),
                 s.refresh.map_or("-", |r| r.as_str()),
                 s.read_probes,
                 s.decide_time.as_secs_f64(),
+                s.plan_time.as_secs_f64(),
                 s.probes,
                 s.cells,
                 s.segments,

@@ -143,8 +143,10 @@ pub struct PassSummary {
     /// for it (only the new ones when updated).
     pub refresh: Option<window::Refresh>,
     pub read_probes: u64,
-    /// Time bringing the window up to date, and in everything after it.
+    /// Time bringing the window up to date, and in everything after it
+    /// (of which planning: reading the tracked state and deciding).
     pub query_time: Duration,
+    pub plan_time: Duration,
     pub decide_time: Duration,
 }
 
@@ -334,6 +336,7 @@ impl Detector {
             .unwrap_or_default();
         drop(kept);
         let query_time = started.elapsed();
+        let planning = Instant::now();
         let open = self.store.open_incidents().await?;
         let tracked = self.store.tracked_failures(&open).await?;
         let asked = confirm::recently_asked(&self.store, window_start).await?;
@@ -348,6 +351,7 @@ impl Detector {
             asked: &asked,
         });
         confirm::add_evidence(&self.store, &mut pass, window_start).await?;
+        let plan_time = planning.elapsed();
         let run = RunRecord {
             evaluated_at: now,
             window_start,
@@ -398,6 +402,7 @@ impl Detector {
             refresh: Some(refreshed.refresh),
             read_probes: refreshed.probes,
             query_time,
+            plan_time,
             decide_time: started.elapsed().saturating_sub(query_time),
         };
         if !summary.opened.is_empty() || !summary.updated.is_empty() || !summary.resolved.is_empty()
