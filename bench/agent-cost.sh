@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # Agent cost: whole-process CPU time per probe and peak RSS of the real agent
 # binary running many checks against local targets (plain HTTP, then HTTPS
-# with a full handshake per probe), delivering to a real collector.
+# with a full handshake per probe), delivering to a real collector; then the
+# same figures for Prometheus' blackbox_exporter (Debian's
+# prometheus-blackbox-exporter), driven at the same rate (CHECKS probes every
+# INTERVAL, evenly spread) against the same targets, and the ratios.
 #
 #   bench/agent-cost.sh            # 1000 checks every 10 s, 60 s measured
 #   CHECKS=200 MEASURE=30 bench/agent-cost.sh
 #
 # Needs PostgreSQL (DATABASE_URL, default the local trust-auth server); uses a
 # throwaway database it drops afterwards. Prints figures; asserts nothing.
+# The agent resolves shop.test through the fixtures' DNS server at every
+# probe; blackbox_exporter is given the address (it would ask the system's
+# resolver), so its figures leave the lookup out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CHECKS=${CHECKS:-1000}
 INTERVAL=${INTERVAL:-10s}
+BLACKBOX=${BLACKBOX:-/usr/bin/prometheus-blackbox-exporter}
+if [ ! -x "$BLACKBOX" ]; then
+    echo "agent-cost: $BLACKBOX not found: apt-get install prometheus-blackbox-exporter, or set BLACKBOX" >&2
+    exit 1
+fi
 WARMUP=${WARMUP:-15}
 MEASURE=${MEASURE:-60}
 BASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -94,8 +105,114 @@ print(f"{scheme:<6} probes {probes:>6}  cpu {cpu_s:6.2f} s  {per:7.1f} us/probe 
 PY
 }
 
+# blackbox_exporter at the agent's rate: CHECKS probe requests every
+# INTERVAL, evenly spread, each target once per interval; its CPU and the
+# probes it answered are counted over the same window as the agent's.
+blackbox() {
+    local scheme=$1 port=$2 module=$3
+    "$BLACKBOX" --config.file="$WORK/blackbox.yml" --web.listen-address="127.0.0.1:$BB_PORT" \
+        --log.level=warn >"$WORK/blackbox-$scheme.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$BB_PORT/-/healthy" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    python3 - "$scheme" "$pid" "$BB_PORT" "$module" "$scheme://127.0.0.1:$port" "$CHECKS" \
+        "${INTERVAL%s}" "$WARMUP" "$MEASURE" "$CLK_TCK" <<'PY'
+import http.client, sys, threading, time, urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+scheme, pid, port, module, base = sys.argv[1:6]
+checks, interval, warmup, measure, hz = (float(a) for a in sys.argv[6:11])
+checks = int(checks)
+local = threading.local()
+ok = [0]; failed = [0]; lock = threading.Lock()
+def probe(i):
+    conn = getattr(local, "conn", None)
+    if conn is None:
+        conn = local.conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
+    target = urllib.parse.quote(f"{base}/c{i}", safe="")
+    try:
+        conn.request("GET", f"/probe?module={module}&target={target}")
+        body = conn.getresponse().read().decode()
+        good = "\nprobe_success 1" in body
+    except Exception:
+        local.conn = None
+        good = False
+    with lock:
+        (ok if good else failed)[0] += 1
+def ticks():
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+def status(key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+step = interval / checks
+start = time.monotonic()
+window = None
+with ThreadPoolExecutor(64) as pool:
+    n = 0
+    while True:
+        due = start + n * step
+        now = time.monotonic()
+        if window is None and now - start >= warmup:
+            window = (ticks(), ok[0] + failed[0], failed[0], now)
+        if now - start >= warmup + measure:
+            break
+        if due > now:
+            time.sleep(due - now)
+        pool.submit(probe, n % checks + 1)
+        n += 1
+    end = (ticks(), ok[0] + failed[0], failed[0], time.monotonic())
+cpu_s = (end[0] - window[0]) / hz
+probes = end[1] - window[1]
+per = cpu_s * 1e6 / probes if probes else float("nan")
+hwm, rss = status("VmHWM"), status("VmRSS")
+print(f"{'bb-' + scheme:<6} probes {probes:>6}  cpu {cpu_s:6.2f} s  {per:7.1f} us/probe  "
+      f"peak RSS {hwm/1024:5.1f} MB  RSS now {rss/1024:5.1f} MB  failed {end[2] - window[2]}")
+PY
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 echo "agent cost: $CHECKS checks every $INTERVAL, ${WARMUP}s warm-up, ${MEASURE}s measured ($(nproc) cores)"
 HTTP_PORT=${HTTP##*:}
 HTTPS_PORT=${HTTPS##*:}
-run http "$HTTP_PORT" ""
-run https "$HTTPS_PORT" "ca_file = \"$CA\""
+BB_PORT=$(free_port)
+cat >"$WORK/blackbox.yml" <<YAML
+modules:
+  plain:
+    prober: http
+    timeout: 5s
+    http:
+      preferred_ip_protocol: ip4
+  tls:
+    prober: http
+    timeout: 5s
+    http:
+      preferred_ip_protocol: ip4
+      tls_config:
+        ca_file: $CA
+        server_name: shop.test
+YAML
+{
+    run http "$HTTP_PORT" ""
+    run https "$HTTPS_PORT" "ca_file = \"$CA\""
+    blackbox http "$HTTP_PORT" plain
+    blackbox https "$HTTPS_PORT" tls
+} | tee "$WORK/figures"
+# The ratios, from the lines above (agent ÷ blackbox_exporter).
+python3 - "$WORK/figures" <<'PY'
+import re, sys
+rows = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"(\S+)\s+probes\s+(\d+)\s+cpu\s+\S+ s\s+(\S+) us/probe\s+peak RSS\s+(\S+) MB", line)
+    if m:
+        rows[m.group(1)] = (float(m.group(3)), float(m.group(4)))
+for scheme in ("http", "https"):
+    a, b = rows.get(scheme), rows.get("bb-" + scheme)
+    if a and b:
+        print(f"{scheme:<6} agent / blackbox_exporter: CPU per probe {a[0]/b[0]:.2f}x "
+              f"(target <= 0.5x), peak RSS {a[1]/b[1]:.2f}x (agent target <= 16 MB)")
+PY
