@@ -143,6 +143,8 @@ pub struct PassSummary {
     /// for it (only the new ones when updated).
     pub refresh: Option<window::Refresh>,
     pub read_probes: u64,
+    /// Cell slots the kept window holds after the pass (its memory).
+    pub window_slots: usize,
     /// Time bringing the window up to date, and in everything after it
     /// (of which planning: reading the tracked state and deciding).
     pub query_time: Duration,
@@ -233,6 +235,14 @@ impl Detector {
                         metrics::counter!("vantage_detector_passes_total").increment(1);
                         metrics::histogram!("vantage_detector_pass_seconds")
                             .record((summary.query_time + summary.decide_time).as_secs_f64());
+                        if let Some(refresh) = summary.refresh {
+                            metrics::counter!("vantage_detector_reads_total", "read" => refresh.as_str())
+                                .increment(1);
+                            metrics::counter!("vantage_detector_read_results_total")
+                                .increment(summary.read_probes);
+                            metrics::gauge!("vantage_detector_window_slots")
+                                .set(summary.window_slots as f64);
+                        }
                         for (event, n) in [
                             ("opened", summary.opened.len()),
                             ("updated", summary.updated.len()),
@@ -401,6 +411,7 @@ impl Detector {
             resolved: pass.resolves.iter().map(|r| r.0).collect(),
             refresh: Some(refreshed.refresh),
             read_probes: refreshed.probes,
+            window_slots: refreshed.slots,
             query_time,
             plan_time,
             decide_time: started.elapsed().saturating_sub(query_time),
