@@ -88,20 +88,22 @@ run() {
     cpu0=$(cpu_ticks "$pid"); probes0=$(committed "$agent")
     sleep "$MEASURE"
     cpu1=$(cpu_ticks "$pid"); probes1=$(committed "$agent")
-    local hwm rss
+    local hwm rss anon
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    anon=$(awk '/RssAnon/ {print $2}' "/proc/$pid/status")
     local failed
     failed=$(psql -qtA "$DB_URL" -c "SELECT count(*) FROM probe_results WHERE agent_id = '$agent' AND outcome <> 'ok'")
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    python3 - "$scheme" "$cpu0" "$cpu1" "$probes0" "$probes1" "$CLK_TCK" "$hwm" "$rss" "$failed" <<'PY'
+    python3 - "$scheme" "$cpu0" "$cpu1" "$probes0" "$probes1" "$CLK_TCK" "$hwm" "$rss" "$failed" "$anon" <<'PY'
 import sys
-scheme, c0, c1, p0, p1, hz, hwm, rss, failed = sys.argv[1:]
+scheme, c0, c1, p0, p1, hz, hwm, rss, failed, anon = sys.argv[1:]
 cpu_s = (int(c1) - int(c0)) / int(hz)
 probes = int(p1) - int(p0)
 per = cpu_s * 1e6 / probes if probes else float("nan")
 print(f"{scheme:<6} probes {probes:>6}  cpu {cpu_s:6.2f} s  {per:7.1f} us/probe  "
-      f"peak RSS {int(hwm)/1024:5.1f} MB  RSS now {int(rss)/1024:5.1f} MB  failed {failed}")
+      f"peak RSS {int(hwm)/1024:5.1f} MB  RSS now {int(rss)/1024:5.1f} MB "
+      f"(heap and stacks {int(anon)/1024:5.1f} MB)  failed {failed}")
 PY
 }
 
@@ -169,9 +171,10 @@ with ThreadPoolExecutor(64) as pool:
 cpu_s = (end[0] - window[0]) / hz
 probes = end[1] - window[1]
 per = cpu_s * 1e6 / probes if probes else float("nan")
-hwm, rss = status("VmHWM"), status("VmRSS")
+hwm, rss, anon = status("VmHWM"), status("VmRSS"), status("RssAnon")
 print(f"{'bb-' + scheme:<6} probes {probes:>6}  cpu {cpu_s:6.2f} s  {per:7.1f} us/probe  "
-      f"peak RSS {hwm/1024:5.1f} MB  RSS now {rss/1024:5.1f} MB  failed {end[2] - window[2]}")
+      f"peak RSS {hwm/1024:5.1f} MB  RSS now {rss/1024:5.1f} MB "
+      f"(heap and stacks {anon/1024:5.1f} MB)  failed {end[2] - window[2]}")
 PY
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
