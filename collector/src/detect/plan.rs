@@ -92,7 +92,7 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
         probes: input
             .cells
             .iter()
-            .map(|c| u64::try_from(c.probes).unwrap_or(0))
+            .map(|c| u64::try_from(c.counts.probes).unwrap_or(0))
             .sum(),
         ..Plan::default()
     };

@@ -76,14 +76,17 @@ impl GroupEvidence {
     pub fn add(&mut self, cell: &WindowCell) {
         self.first_failure_at = Some(
             self.first_failure_at
-                .map_or(cell.first_at, |t| t.min(cell.first_at)),
+                .map_or(cell.counts.first_at, |t| t.min(cell.counts.first_at)),
         );
         self.last_failure_at = Some(
             self.last_failure_at
-                .map_or(cell.last_at, |t| t.max(cell.last_at)),
+                .map_or(cell.counts.last_at, |t| t.max(cell.counts.last_at)),
         );
-        self.samples
-            .push((cell.agent_id.clone(), cell.last_seq, cell.last_at));
+        self.samples.push((
+            cell.key.agent_id.clone(),
+            cell.counts.last_seq,
+            cell.counts.last_at,
+        ));
     }
 }
 
@@ -114,25 +117,27 @@ pub fn group(
     let mut by_key: HashMap<(usize, Pattern), usize> = HashMap::new();
     let mut index: Vec<GroupIndex> = Vec::new();
     for cell in cells {
-        let target = *target_ids.entry(cell.target.as_str()).or_insert_with(|| {
-            names.targets.push(cell.target.clone());
-            names.targets.len() - 1
-        });
+        let target = *target_ids
+            .entry(cell.key.target.as_str())
+            .or_insert_with(|| {
+                names.targets.push(cell.key.target.clone());
+                names.targets.len() - 1
+            });
         let vantage = *vantage_ids
-            .entry((cell.agent_id.as_str(), cell.vantage.as_str()))
+            .entry((cell.key.agent_id.as_str(), cell.key.vantage.as_str()))
             .or_insert_with(|| {
                 names
                     .vantages
-                    .push(format!("{}/{}", cell.agent_id, cell.vantage));
+                    .push(format!("{}/{}", cell.key.agent_id, cell.key.vantage));
                 names
                     .vantage_pairs
-                    .push((cell.agent_id.clone(), cell.vantage.clone()));
+                    .push((cell.key.agent_id.clone(), cell.key.vantage.clone()));
                 names.vantages.len() - 1
             });
         let mut values = Vec::with_capacity(DIMENSIONS.len());
         let mut addresses = Vec::with_capacity(DIMENSIONS.len());
         for (d, si) in DIMENSIONS.iter().zip(&source_index) {
-            let source = cell.sources.get(*si).cloned().flatten();
+            let source = cell.key.sources.get(*si).cloned().flatten();
             values.push(source.as_deref().and_then(|s| d.derive.apply(s, ctx)));
             addresses.push(if d.derive == Derive::Prefix {
                 source.as_deref().and_then(|s| s.parse::<IpAddr>().ok())
@@ -140,27 +145,28 @@ pub fn group(
                 None
             });
         }
-        let statuses = settings.statuses_for(&cell.check);
+        let statuses = settings.statuses_for(&cell.key.check);
         let status_failure = cell
+            .key
             .status
             .and_then(|s| u16::try_from(s).ok())
             .is_some_and(|s| statuses.contains(&s));
         let connection_failure =
-            !status_failure && CONNECTION_OUTCOMES.contains(&cell.outcome.as_str());
-        let probes = u64::try_from(cell.probes).unwrap_or(0);
+            !status_failure && CONNECTION_OUTCOMES.contains(&cell.key.outcome.as_str());
+        let probes = u64::try_from(cell.counts.probes).unwrap_or(0);
         let bucket = usize::try_from(cell.bucket).unwrap_or(0).min(buckets - 1);
         for (pattern, failing) in [
             (Pattern::Status, status_failure),
             (Pattern::Connection, connection_failure),
         ] {
             let pi = *by_key.entry((target, pattern)).or_insert_with(|| {
-                populations.push(Population::new(cell.target.clone(), pattern));
+                populations.push(Population::new(cell.key.target.clone(), pattern));
                 index.push(HashMap::new());
                 populations.len() - 1
             });
             let p = &mut populations[pi];
             p.statuses.extend(statuses.iter().copied());
-            p.round_ms = p.round_ms.max(i64::from(cell.interval_ms));
+            p.round_ms = p.round_ms.max(i64::from(cell.key.interval_ms));
             let gi = *index[pi]
                 .entry((values.clone(), vantage))
                 .or_insert_with(|| {
@@ -178,11 +184,11 @@ pub fn group(
                     p.groups.len() - 1
                 });
             if p.check.is_empty() {
-                p.check.clone_from(&cell.check);
+                p.check.clone_from(&cell.key.check);
             }
             let group = &mut p.groups[gi];
             let mut counted = vec![&mut group.buckets[bucket]];
-            if cell.confirmation {
+            if cell.key.confirmation {
                 counted.push(&mut group.confirmed);
             }
             for c in counted {

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::store::{SlotCounts, SlotKey, SlotRow, Store, StoreError, WindowCell};
+use super::decision::bucket_of;
+use crate::store::{CellCounts, CellKey, SlotRow, Store, StoreError, WindowCell};
 
 /// What the kept window was read with: a pass asking for another shape
 /// starts over.
@@ -32,7 +33,7 @@ pub struct KeptWindow {
     shape: Shape,
     /// The snapshot of the last read: what it saw is counted here.
     snapshot: String,
-    cells: HashMap<SlotKey, BTreeMap<i64, SlotCounts>>,
+    cells: HashMap<CellKey, BTreeMap<i64, CellCounts>>,
 }
 
 /// How a pass brought the window up to date.
@@ -157,36 +158,24 @@ impl KeptWindow {
         let mut out = Vec::new();
         for (key, slots) in &self.cells {
             let round_ms = i64::from(key.interval_ms.max(1));
-            let mut buckets: BTreeMap<i32, SlotCounts> = BTreeMap::new();
+            let mut buckets: BTreeMap<i32, CellCounts> = BTreeMap::new();
             for c in slots.values() {
                 if c.last_at <= start || c.first_at > now {
                     continue;
                 }
                 let age_ms = (now - c.last_at).num_milliseconds().max(0);
-                let rounds = age_ms / round_ms;
-                let bucket = thresholds.partition_point(|t| i64::from(*t) <= rounds);
-                let bucket = i32::try_from(bucket).unwrap_or(i32::MAX);
+                let rounds = u32::try_from(age_ms / round_ms).unwrap_or(u32::MAX);
+                let bucket = i32::try_from(bucket_of(rounds, thresholds)).unwrap_or(i32::MAX);
                 buckets
                     .entry(bucket)
                     .and_modify(|b| merge(b, c))
                     .or_insert(*c);
             }
-            for (bucket, c) in buckets {
+            for (bucket, counts) in buckets {
                 out.push(WindowCell {
-                    target: key.target.clone(),
-                    check: key.check.clone(),
-                    outcome: key.outcome.clone(),
-                    status: key.status,
-                    agent_id: key.agent_id.clone(),
-                    vantage: key.vantage.clone(),
-                    sources: key.sources.clone(),
-                    interval_ms: key.interval_ms,
+                    key: key.clone(),
                     bucket,
-                    probes: c.probes,
-                    first_at: c.first_at,
-                    last_at: c.last_at,
-                    last_seq: c.last_seq,
-                    confirmation: key.confirmation,
+                    counts,
                 });
             }
         }
@@ -195,7 +184,7 @@ impl KeptWindow {
 }
 
 /// Adds `more` to `into`.
-fn merge(into: &mut SlotCounts, more: &SlotCounts) {
+fn merge(into: &mut CellCounts, more: &CellCounts) {
     into.probes += more.probes;
     into.first_at = into.first_at.min(more.first_at);
     into.last_at = into.last_at.max(more.last_at);
@@ -210,8 +199,8 @@ mod tests {
         DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
     }
 
-    fn key(vantage: &str) -> SlotKey {
-        SlotKey {
+    fn key(vantage: &str) -> CellKey {
+        CellKey {
             target: "https://shop.test/".into(),
             check: "shop".into(),
             outcome: "http".into(),
@@ -228,7 +217,7 @@ mod tests {
         SlotRow {
             key: key(vantage),
             slot: first / 250,
-            counts: SlotCounts {
+            counts: CellCounts {
                 probes,
                 first_at: at(first),
                 last_at: at(last),
@@ -265,11 +254,14 @@ mod tests {
         cells.sort_by_key(|c| c.bucket);
         let got: Vec<(i32, i64, i64)> = cells
             .iter()
-            .map(|c| (c.bucket, c.probes, c.last_seq))
+            .map(|c| (c.bucket, c.counts.probes, c.counts.last_seq))
             .collect();
         assert_eq!(got, [(0, 1, 10), (1, 1, 9), (2, 3, 8), (3, 1, 1)]);
         let b2 = &cells[2];
-        assert_eq!((b2.first_at, b2.last_at), (at(6_500), at(7_200)));
+        assert_eq!(
+            (b2.counts.first_at, b2.counts.last_at),
+            (at(6_500), at(7_200))
+        );
     }
 
     #[test]
@@ -286,11 +278,11 @@ mod tests {
         w.forget_before(at(2_000));
         assert_eq!(w.slots(), 2);
         let mut cells = w.cells(at(2_000), at(10_000), &[1, 2, 4]);
-        cells.sort_by(|a, b| a.vantage.cmp(&b.vantage));
+        cells.sort_by(|a, b| a.key.vantage.cmp(&b.key.vantage));
         assert_eq!(
             cells
                 .iter()
-                .map(|c| (c.vantage.as_str(), c.probes, c.last_seq))
+                .map(|c| (c.key.vantage.as_str(), c.counts.probes, c.counts.last_seq))
                 .collect::<Vec<_>>(),
             [("v", 3, 4), ("w", 1, 3)]
         );
@@ -299,12 +291,12 @@ mod tests {
         assert!(
             w.cells(at(5_200), at(10_000), &[1])
                 .iter()
-                .all(|c| c.vantage == "w")
+                .all(|c| c.key.vantage == "w")
         );
         assert!(
             w.cells(at(2_000), at(8_000), &[1])
                 .iter()
-                .all(|c| c.vantage == "v")
+                .all(|c| c.key.vantage == "v")
         );
     }
 }

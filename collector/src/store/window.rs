@@ -13,6 +13,16 @@ use super::{Store, StoreError};
 /// dimension's source value, status, outcome, vantage and age bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowCell {
+    pub key: CellKey,
+    /// How old, in rounds: the number of bucket thresholds at or below
+    /// the age of its newest probes (0: the last round).
+    pub bucket: i32,
+    pub counts: CellCounts,
+}
+
+/// What a window read groups by besides time: one cell's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CellKey {
     pub target: String,
     pub check: String,
     pub outcome: String,
@@ -20,54 +30,32 @@ pub struct WindowCell {
     pub status: Option<i16>,
     pub agent_id: String,
     pub vantage: String,
-    /// One per source expression asked for.
-    pub sources: Vec<Option<String>>,
     /// The check's interval (the default round when unknown), ms.
     pub interval_ms: i32,
-    /// How old, in rounds: the number of bucket thresholds at or below
-    /// the age of the slot's newest probe (0: the last round).
-    pub bucket: i32,
+    /// Confirmation probes the detector asked for (not scheduled ones).
+    pub confirmation: bool,
+    /// One per source expression asked for.
+    pub sources: Vec<Option<String>>,
+}
+
+/// How many probes of a cell, when, and a sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CellCounts {
     pub probes: i64,
     pub first_at: DateTime<Utc>,
     pub last_at: DateTime<Utc>,
     /// The newest result's sequence number (a sample result id).
     pub last_seq: i64,
-    /// Confirmation probes the detector asked for (not scheduled ones).
-    pub confirmation: bool,
 }
 
-/// What a window read groups by besides the slot: one cell's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SlotKey {
-    pub target: String,
-    pub check: String,
-    pub outcome: String,
-    pub status: Option<i16>,
-    pub agent_id: String,
-    pub vantage: String,
-    pub interval_ms: i32,
-    pub confirmation: bool,
-    /// One per source expression asked for.
-    pub sources: Vec<Option<String>>,
-}
-
-/// Probes of one [`SlotKey`] started in one time slot (a quarter of
-/// their round).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SlotCounts {
-    pub probes: i64,
-    pub first_at: DateTime<Utc>,
-    pub last_at: DateTime<Utc>,
-    pub last_seq: i64,
-}
-
-/// One row of a window read.
+/// One row of a window read: a cell's probes in one time slot (a
+/// quarter of their round).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlotRow {
-    pub key: SlotKey,
+    pub key: CellKey,
     /// `started_at` in ms since the epoch, divided by the slot's length.
     pub slot: i64,
-    pub counts: SlotCounts,
+    pub counts: CellCounts,
 }
 
 /// A window read: its rows and the snapshot it saw (`pg_snapshot` text),
@@ -192,7 +180,7 @@ impl Store {
                 values.push(row.try_get::<Option<String>, _>(fixed + i)?);
             }
             out.push(SlotRow {
-                key: SlotKey {
+                key: CellKey {
                     target: row.try_get(0)?,
                     check: row.try_get(1)?,
                     outcome: row.try_get(2)?,
@@ -204,7 +192,7 @@ impl Store {
                     sources: values,
                 },
                 slot: row.try_get(8)?,
-                counts: SlotCounts {
+                counts: CellCounts {
                     probes: row.try_get(n)?,
                     first_at: row.try_get(n + 1)?,
                     last_at: row.try_get(n + 2)?,

@@ -40,6 +40,16 @@ async fn write(
     .unwrap();
 }
 
+async fn store(pool: &PgPool) -> Arc<Store> {
+    let store = Arc::new(Store::new(pool.clone()));
+    store.migrate().await.unwrap();
+    store
+        .ensure_partitions_around(Utc::now(), 1, 1)
+        .await
+        .unwrap();
+    store
+}
+
 async fn detector(store: &Arc<Store>) -> Detector {
     let settings = DetectorSettings {
         window: Duration::from_secs(300),
@@ -58,12 +68,7 @@ fn read(summary: &PassSummary) -> (Option<&'static str>, u64, u64) {
 
 #[sqlx::test(migrations = false)]
 async fn a_pass_reads_what_was_committed_since_the_last_once(pool: PgPool) {
-    let store = Arc::new(Store::new(pool.clone()));
-    store.migrate().await.unwrap();
-    store
-        .ensure_partitions_around(Utc::now(), 1, 1)
-        .await
-        .unwrap();
+    let store = store(&pool).await;
     let now = Utc::now();
     let d = detector(&store).await;
     let mut conn = pool.acquire().await.unwrap();
@@ -111,12 +116,7 @@ async fn a_pass_reads_what_was_committed_since_the_last_once(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn taking_the_lease_back_rebuilds_the_window(pool: PgPool) {
-    let store = Arc::new(Store::new(pool.clone()));
-    store.migrate().await.unwrap();
-    store
-        .ensure_partitions_around(Utc::now(), 1, 1)
-        .await
-        .unwrap();
+    let store = store(&pool).await;
     let now = Utc::now();
     let mut conn = pool.acquire().await.unwrap();
     let a = detector(&store).await;

@@ -18,7 +18,7 @@ use super::decision::{bucket_of, bucket_thresholds};
 use super::dimensions::{DIMENSIONS, sources};
 use super::plan::{self, PassInput};
 use super::track::{CandidateKey, Tracked};
-use crate::store::WindowCell;
+use crate::store::{CellCounts, CellKey, WindowCell};
 
 mod measure;
 mod scenarios;
@@ -358,20 +358,24 @@ impl Simulation<'_> {
             .collect();
         let at = epoch + chrono::Duration::milliseconds((t * 1000.0) as i64);
         WindowCell {
-            target: target.to_owned(),
-            check: target.to_owned(),
-            outcome: if failed { "http" } else { "ok" }.into(),
-            status: Some(if failed { 502 } else { 200 }),
-            agent_id: v.agent.clone(),
-            vantage: v.name.clone(),
-            sources,
-            interval_ms: (round * 1000.0) as i32,
+            key: CellKey {
+                target: target.to_owned(),
+                check: target.to_owned(),
+                outcome: if failed { "http" } else { "ok" }.into(),
+                status: Some(if failed { 502 } else { 200 }),
+                agent_id: v.agent.clone(),
+                vantage: v.name.clone(),
+                sources,
+                interval_ms: (round * 1000.0) as i32,
+                confirmation,
+            },
             bucket,
-            probes: 1,
-            first_at: at,
-            last_at: at,
-            last_seq: i64::try_from(r).unwrap_or(0),
-            confirmation,
+            counts: CellCounts {
+                probes: 1,
+                first_at: at,
+                last_at: at,
+                last_seq: i64::try_from(r).unwrap_or(0),
+            },
         }
     }
 
