@@ -167,7 +167,7 @@ pub struct Detector {
     last_pass: Mutex<Duration>,
     /// Told of every pass that ended (led or stood by), for `/healthz`.
     liveness: Option<Liveness>,
-    /// The window as of the last pass, while this detector leads.
+    /// The window as of the last pass (kept standing by too).
     window: tokio::sync::Mutex<Option<window::KeptWindow>>,
 }
 
@@ -275,6 +275,25 @@ impl Detector {
         }
     }
 
+    /// Brings the kept window up to date for a window from `start`.
+    async fn refresh_window(
+        &self,
+        kept: &mut Option<window::KeptWindow>,
+        start: DateTime<Utc>,
+    ) -> Result<window::RefreshSummary, StoreError> {
+        let default_round_ms =
+            i64::try_from(self.settings.default_round.as_millis()).unwrap_or(i64::MAX);
+        window::KeptWindow::refresh(
+            kept,
+            &self.store,
+            start,
+            &dimensions::sources(),
+            default_round_ms,
+            self.settings.window,
+        )
+        .await
+    }
+
     /// When the other holder's lease runs out, if before the next tick
     /// (by the database's clock, which the lease is kept in).
     async fn standby_until(&self) -> Option<tokio::time::Instant> {
@@ -314,32 +333,24 @@ impl Detector {
     pub async fn evaluate_at(&self, now: DateTime<Utc>) -> Result<PassSummary, StoreError> {
         let started = Instant::now();
         let mut kept = self.window.lock().await;
+        let window_start = before(now, self.settings.window);
         if !self
             .store
             .renew_detector_lease(&self.holder, self.lease())
             .await?
         {
-            // What another leader's passes read is not in it: taking the
-            // lease back starts from the whole window.
-            *kept = None;
+            // Standing by, it keeps its window up to date all the same
+            // (what is new costs little), so that taking over decides at
+            // once instead of reading the whole window first.
+            if let Err(error) = self.refresh_window(&mut kept, window_start).await {
+                tracing::debug!(%error, "Cannot bring the standby's window up to date; next interval.");
+            }
             return Ok(PassSummary::default());
         }
         let since_run = self.store.last_run_id().await?;
         let asn = self.asn_table().await?;
-        let window_start = before(now, self.settings.window);
-        let sources = dimensions::sources();
-        let default_round_ms =
-            i64::try_from(self.settings.default_round.as_millis()).unwrap_or(i64::MAX);
         let thresholds = self.thresholds();
-        let refreshed = window::KeptWindow::refresh(
-            &mut kept,
-            &self.store,
-            window_start,
-            &sources,
-            default_round_ms,
-            self.settings.window,
-        )
-        .await?;
+        let refreshed = self.refresh_window(&mut kept, window_start).await?;
         let cells = kept
             .as_ref()
             .map(|k| k.cells(window_start, now, &thresholds))
