@@ -1,7 +1,6 @@
 //! Detection passes over a large window: 1 M and 10 M results (by
 //! default) written server-side into today's partition; a first pass
-//! (which reads the whole window: a detector starting or taking the lease
-//! over), then 15 s later of new results (the window's rate: 5 % of it) and
+//! (which reads the whole window: a collector starting), then 15 s later of new results (the window's rate: 5 % of it) and
 //! a second pass, which reads only those (the pass every interval runs),
 //! then a pass with nothing new. Each pass is a real one (read, decision,
 //! state and segment-rate writes). The plans of both reads

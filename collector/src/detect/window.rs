@@ -4,9 +4,9 @@
 //! costs what arrived since the last one, not what the window holds.
 //!
 //! Rebuilt from the whole window when there is nothing to continue from:
-//! at the first pass, when this collector takes the detector lease (the
-//! results it did not read while another led), and when the window's
-//! shape changes. The read itself is [`Store::window_slots`]; the age
+//! at the collector's first pass, and when the window's shape changes. A
+//! collector standing by keeps its window up to date too, so that taking
+//! the lease over needs no whole read. The read itself is [`Store::window_slots`]; the age
 //! buckets the decision needs are computed here for each pass's `now`.
 
 use std::collections::{BTreeMap, HashMap};

@@ -34,7 +34,7 @@ pub use requests::{
     Purpose, RequestAgent,
 };
 pub use results::{Inserted, ResultPath, StoredGap, StoredResult};
-pub use window::{CellCounts, CellKey, SLOTS_PER_ROUND, SlotRead, SlotRow, WindowCell};
+pub use window::{CellCounts, CellKey, SlotRead, SlotRow, WindowCell};
 
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -67,7 +67,7 @@ pub struct SlotRead {
 }
 
 /// Slots per round: a probe's age is known to a quarter of a round.
-pub const SLOTS_PER_ROUND: i32 = 4;
+const SLOTS_PER_ROUND: i32 = 4;
 
 /// Settings of a window read, local to its transaction:
 /// - one snapshot for the read and the snapshot it reports;
@@ -157,19 +157,13 @@ impl Store {
         default_round_ms: i64,
         since: Option<&str>,
     ) -> Result<SlotRead, StoreError> {
-        let sql = slots_sql(sources, since.is_some());
         self.summarize_new_ranges(start).await;
         let mut tx = self.window_transaction().await?;
         let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
             .fetch_one(&mut *tx)
             .await?;
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(start)
-            .bind(round_param(default_round_ms));
-        if let Some(since) = since {
-            query = query.bind(since);
-        }
-        let rows = query.fetch_all(&mut *tx).await?;
+        let sql = slots_sql(sources, since.is_some());
+        let rows = read(&mut tx, sql, start, default_round_ms, since).await?;
         tx.commit().await?;
         let fixed = FIXED_COLUMNS;
         let n = fixed + sources.len();
@@ -226,15 +220,12 @@ impl Store {
             slots_sql(sources, since.is_some())
         );
         let mut tx = self.window_transaction().await?;
-        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(start)
-            .bind(round_param(default_round_ms));
-        if let Some(since) = since {
-            query = query.bind(since);
-        }
-        let plan: serde_json::Value = query.fetch_one(&mut *tx).await?;
+        let rows = read(&mut tx, sql, start, default_round_ms, since).await?;
         tx.commit().await?;
-        Ok(plan)
+        match rows.first() {
+            Some(row) => Ok(row.try_get(0)?),
+            None => Ok(serde_json::Value::Null),
+        }
     }
 
     /// See [`SUMMARIZE_NEW`]; a failure only makes the next read slower.
@@ -266,7 +257,20 @@ impl Store {
     }
 }
 
-/// The default round as the `int4` parameter.
-fn round_param(default_round_ms: i64) -> i32 {
-    i32::try_from(default_round_ms).unwrap_or(i32::MAX)
+/// Runs a window read's `sql` (or its EXPLAIN) with its parameters (see
+/// [`slots_sql`]) in `tx`.
+async fn read(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    sql: String,
+    start: DateTime<Utc>,
+    default_round_ms: i64,
+    since: Option<&str>,
+) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(start)
+        .bind(i32::try_from(default_round_ms).unwrap_or(i32::MAX));
+    if let Some(since) = since {
+        query = query.bind(since);
+    }
+    Ok(query.fetch_all(&mut **tx).await?)
 }
