@@ -112,7 +112,9 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
     };
     let mut assessments: Vec<Assessment> = populations.iter().map(assess).collect();
     // Path failures across targets, leaving out the targets failing
-    // everywhere: an outage of one site says nothing about the paths.
+    // everywhere now: an outage of one site says nothing about the paths.
+    // A site whose outage is over is a witness again at once, though its
+    // old failures still make a long window look global.
     for pattern in Pattern::ALL {
         let members: Vec<&Population> = populations
             .iter()
@@ -122,7 +124,7 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
                     && !a
                         .findings
                         .iter()
-                        .any(|f| matches!(f, Finding::Global { .. }))
+                        .any(|f| matches!(f, Finding::Global { timing, .. } if timing.recent))
             })
             .map(|(p, _)| p)
             .collect();

@@ -110,6 +110,7 @@ pub(super) fn global_finding(
 ) -> Option<Finding> {
     let level = p.alpha / windows.len().max(1) as f64;
     let mut best: Option<(usize, f64)> = None;
+    let mut global_in = Vec::new();
     for (wi, w) in windows.iter().enumerate() {
         let t = totals[wi];
         let witnesses: HashSet<usize> = groups
@@ -129,16 +130,24 @@ pub(super) fn global_finding(
             continue;
         }
         let pv = binomial_greater(t, p.global_baseline);
-        if pv <= level && best.is_none_or(|(_, b)| pv <= b) {
-            best = Some((wi, pv));
+        if pv <= level {
+            global_in.push(*w);
+            if best.is_none_or(|(_, b)| pv <= b) {
+                best = Some((wi, pv));
+            }
         }
     }
     let (window, p_value) = best?;
     let all: Vec<usize> = (0..groups.len()).collect();
+    let mut timing = timing(groups, &all, windows);
+    // Still failing everywhere only if the recent rounds alone look
+    // global: after an outage, the long windows still do, and a failure
+    // of one path since (a proxy) would otherwise make them look recent.
+    timing.recent &= global_in.iter().any(|w| w.rounds <= timing.recent_rounds);
     Some(Finding::Global {
         window,
         p_value,
-        timing: timing(groups, &all, windows),
+        timing,
     })
 }
 

@@ -128,6 +128,8 @@ pub struct SimEvent {
     pub incident: i64,
     pub kind: &'static str,
     pub key: CandidateKey,
+    /// The targets the page names (those of an opening or an update).
+    pub targets: Vec<String>,
 }
 
 impl Simulation<'_> {
@@ -249,7 +251,7 @@ impl Simulation<'_> {
                     }
                 }
             }
-            for (ti, _) in &plan.opens {
+            for (ti, record) in &plan.opens {
                 if let Some(t) = tracked.get_mut(*ti) {
                     t.state.incident = Some(next_id);
                     events.push(SimEvent {
@@ -257,6 +259,7 @@ impl Simulation<'_> {
                         incident: next_id,
                         kind: "opened",
                         key: t.key.clone(),
+                        targets: record.targets.clone(),
                     });
                     next_id += 1;
                 }
@@ -269,13 +272,14 @@ impl Simulation<'_> {
                 stats.candidate_passes += 1;
                 stats.new_candidates += u64::from(t.state.held_streak == 1);
             }
-            for (id, _) in &plan.updates {
+            for (id, record) in &plan.updates {
                 if let Some(t) = tracked.iter().find(|t| t.state.incident == Some(*id)) {
                     events.push(SimEvent {
                         at: now,
                         incident: *id,
                         kind: "updated",
                         key: t.key.clone(),
+                        targets: record.targets.clone(),
                     });
                 }
             }
@@ -285,6 +289,7 @@ impl Simulation<'_> {
                     incident: *id,
                     kind: "resolved",
                     key: key.clone(),
+                    targets: Vec::new(),
                 });
             }
         }

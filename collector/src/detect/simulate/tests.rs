@@ -120,3 +120,55 @@ fn confirmation_probes_open_sooner_and_add_no_noise() {
     let (opened, _, stats) = Simulation::noise(&on, round, 2, 300, 0.02, 7);
     assert_eq!(opened, 0, "{stats:?}");
 }
+
+/// A site whose outage everywhere is over witnesses a failing proxy at
+/// once: the path page names every target probed through the proxy, not
+/// only those that never failed, though the outage's failures still fill
+/// the long window; and the proxy's failures of that site page neither
+/// the outage again nor the proxy once more (the field test's phase 2
+/// saw "4 of 4 targets" when its phase 1 ran long).
+#[test]
+fn a_site_after_its_outage_still_witnesses_a_failing_proxy() {
+    let settings = DetectorSettings {
+        window: Duration::from_secs(600),
+        ..DetectorSettings::default()
+    };
+    let round = Duration::from_secs(30);
+    let targets: Vec<(String, Vec<SimPath>)> =
+        (0..5).map(|i| (format!("t{i}"), one_path())).collect();
+    let (outage, proxy_breaks) = (10..20, 26);
+    let sim = Simulation {
+        settings: settings.clone(),
+        round,
+        vantages: Simulation::standard_fleet(),
+        targets,
+        fault: Box::new(move |r, t, v, _| {
+            (t == "t0" && outage.contains(&r))
+                || (r >= proxy_breaks && v.proxy.as_deref() == Some("http://127.0.0.1:8881"))
+        }),
+    };
+    let events = sim.run(40);
+    let r = round.as_secs_f64();
+    let outage_resolved = events
+        .iter()
+        .find(|e| e.kind == "resolved" && e.key.target == "t0")
+        .map(|e| e.at / r)
+        .expect("the outage resolved");
+    assert!(outage_resolved < proxy_breaks as f64, "{events:#?}");
+    let path = events
+        .iter()
+        .find(|e| e.kind == "opened" && e.key.dimension == "proxy")
+        .unwrap_or_else(|| panic!("no proxy incident: {events:#?}"));
+    assert!(
+        path.at / r - 20.0 < settings.window.as_secs_f64() / r,
+        "the outage is still in the window when the proxy page opens"
+    );
+    assert_eq!(path.targets, ["t0", "t1", "t2", "t3", "t4"], "{path:#?}");
+    // One page for the proxy: neither the outage again nor the proxy
+    // once more for the site that had it.
+    let since: Vec<&SimEvent> = events
+        .iter()
+        .filter(|e| e.kind == "opened" && e.at / r >= proxy_breaks as f64)
+        .collect();
+    assert_eq!(since.len(), 1, "{since:#?}");
+}
