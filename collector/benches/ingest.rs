@@ -1,7 +1,7 @@
 //! Ingest throughput: several concurrent agent connections speaking the
 //! real protocol (Hello, a window of batches, cumulative acks) into a real
 //! collector and PostgreSQL, then a plain `COPY` of the same rows into the
-//! same table for reference.
+//! same table for reference (three runs; the ratio is to the fastest).
 //!
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p vantage-collector --bench ingest`
 //! Environment: `BENCH_AGENTS` (default 4), `BENCH_RESULTS` per agent
@@ -288,28 +288,38 @@ async fn main() {
             data.extend_from_slice(&chunk.unwrap());
         }
     }
-    sqlx::query("TRUNCATE probe_results")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let mut copy = conn
-        .copy_in_raw("COPY probe_results FROM STDIN (FORMAT binary)")
-        .await
-        .unwrap();
-    for chunk in data.chunks(1 << 20) {
-        copy.send(chunk).await.unwrap();
+    // Three times, against the fastest: one COPY run varies by a third on
+    // this machine (checkpoints, WAL), and the ratio should not flatter.
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        sqlx::query("TRUNCATE probe_results")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut copy = conn
+            .copy_in_raw("COPY probe_results FROM STDIN (FORMAT binary)")
+            .await
+            .unwrap();
+        for chunk in data.chunks(1 << 20) {
+            copy.send(chunk).await.unwrap();
+        }
+        let copied = copy.finish().await.unwrap();
+        rates.push(copied as f64 / started.elapsed().as_secs_f64());
+        assert_eq!(copied as usize, total);
     }
-    let copied = copy.finish().await.unwrap();
-    let copy_elapsed = started.elapsed();
-    let copy_rate = copied as f64 / copy_elapsed.as_secs_f64();
+    let copy_rate = rates.iter().copied().fold(0.0, f64::max);
     println!(
-        "reference: plain COPY (binary) of the same {copied} rows ({:.1} MB) in {:.2} s = {copy_rate:.0} rows/s",
+        "reference: plain COPY (binary) of the same {total} rows ({:.1} MB), 3 runs: {} rows/s",
         data.len() as f64 / 1e6,
-        copy_elapsed.as_secs_f64()
+        rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
-        "end to end / COPY = {:.0}%",
+        "end to end / fastest COPY = {:.0}% (target >= 50%)",
         100.0 * ingest_rate / copy_rate
     );
     drop(conn);

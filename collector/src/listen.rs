@@ -145,6 +145,11 @@ pub fn incoming(
                             );
                             continue;
                         };
+                        // An ack is a small write after others: Nagle would
+                        // hold it for the peer's delayed ACK (40 ms).
+                        if let Err(error) = stream.set_nodelay(true) {
+                            tracing::debug!(%peer, %error, "Cannot set TCP_NODELAY.");
+                        }
                         metrics::gauge!("vantage_connections_open", "listener" => name)
                             .increment(1.0);
                         let io = BoundedIo::new(stream, peer, permit, bounds, name);

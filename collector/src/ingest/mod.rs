@@ -85,6 +85,8 @@ impl From<IngestError> for Status {
         match e {
             IngestError::Auth(e) => e.into(),
             IngestError::Store(StoreError::Revoked(agent)) => AuthError::Revoked(agent).into(),
+            // Not the agent's to retry: a value the collector cannot encode.
+            IngestError::Store(StoreError::Encode { .. }) => Status::internal(e.to_string()),
             IngestError::NoHello | IngestError::Unexpected(_) => {
                 Status::invalid_argument(e.to_string())
             }

@@ -57,6 +57,9 @@ pub enum StoreError {
     /// was rolled back.
     #[error("agent {0:?} was revoked")]
     Revoked(String),
+    /// A value could not be encoded for its column.
+    #[error("column {column}: {reason}")]
+    Encode { column: String, reason: String },
 }
 
 /// The collector's database.

@@ -148,6 +148,69 @@ async fn resent_batch_adds_no_rows(pool: PgPool) {
     collector.stop().await;
 }
 
+/// A batch holding a row already stored goes in by the insert that skips
+/// it, and stores its new rows exactly as the binary COPY of a fresh batch
+/// does: every column of the two equal but the key.
+#[sqlx::test(migrations = false)]
+async fn a_partly_stored_batch_stores_its_new_rows_as_a_fresh_one(pool: PgPool) {
+    use vantage_proto::v1 as pb;
+    let collector = spawn_collector(pool.clone()).await;
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
+    let full = |seq: u64| {
+        let mut r = result(seq, 502);
+        r.vantage = "vpn-ams".into();
+        r.region = "eu-north".into();
+        r.proxy = "http://127.0.0.9:3128".into();
+        r.tls = Some(pb::Tls {
+            version: "TLSv1.3".into(),
+            alpn: "h2".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            cert_subject: "CN=shop.test".into(),
+            cert_issuer: "CN=Vantage Test CA".into(),
+            cert_not_after: Some(prost_types::Timestamp {
+                seconds: 1_900_000_000,
+                nanos: 0,
+            }),
+        });
+        r.hops = vec![pb::Hop {
+            url: "http://shop.test/".into(),
+            status: Some(301),
+            dialed_addr: "[::1]:80".into(),
+            timings: Some(pb::Timings {
+                connect_us: Some(300),
+                ..Default::default()
+            }),
+        }];
+        r
+    };
+    stream.send_batch(1, vec![full(7)]).await;
+    let ack = stream.next_ack(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((ack.inserted, ack.duplicates), (1, 0));
+    stream.send_batch(2, vec![full(7), full(8)]).await;
+    let ack = stream.next_ack(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((ack.inserted, ack.duplicates), (1, 1));
+    assert_eq!(count(&pool).await, 2);
+    let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT to_jsonb(r) - 'seq' - 'received_at' - 'ingest_xid'
+         FROM probe_results r ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows[0], rows[1]);
+    // Every column the agent sent is set, so the comparison covers them.
+    let unset: Vec<&String> = rows[0]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v.is_null())
+        .map(|(k, _)| k)
+        .collect();
+    assert!(unset.len() <= 12, "{unset:?}");
+    drop(stream);
+    collector.stop().await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn no_ack_before_commit(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;
