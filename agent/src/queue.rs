@@ -44,6 +44,12 @@ pub struct Ticket {
     completed: bool,
 }
 
+impl crate::probe::Sequenced for Ticket {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
 impl Ticket {
     pub fn seq(&self) -> u64 {
         self.seq
@@ -298,6 +304,62 @@ mod tests {
         )
     }
 
+    /// A probe never waits on the disk: while a sync is stuck in its
+    /// commit (holding the disk), probes still get numbers and hand in
+    /// results, past the lease the last sync wrote; once the disk moves,
+    /// every one of them is stored, and a reopened spool numbers above
+    /// them all.
+    #[test]
+    fn probes_go_on_while_a_sync_is_stuck_on_the_disk() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let q = disk_queue(dir.path());
+        let first = q.reserve();
+        first.complete(result());
+        q.sync();
+        fail::cfg("spool-sync-commit", "pause").unwrap();
+        let stuck = {
+            let q = q.clone();
+            std::thread::spawn(move || q.sync())
+        };
+        // The sync holds the disk, paused inside its transaction.
+        while !q.spool.disk_busy() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (done, probes_done) = std::sync::mpsc::channel();
+        let prober = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for _ in 0..(crate::spool::LEASE / 4) {
+                    let ticket = q.reserve();
+                    last = ticket.seq();
+                    ticket.complete(result());
+                }
+                done.send(last).unwrap();
+            })
+        };
+        // A deadlock detector, not a timing: the probes must finish while
+        // the sync is still stuck.
+        let last = probes_done
+            .recv_timeout(Duration::from_secs(30))
+            .expect("probes waited on the stuck sync");
+        assert!(q.spool.disk_busy(), "the sync is still stuck");
+        fail::cfg("spool-sync-commit", "off").unwrap();
+        stuck.join().unwrap();
+        prober.join().unwrap();
+        q.sync();
+        assert_eq!(
+            q.len(),
+            1 + usize::try_from(crate::spool::LEASE / 4).unwrap()
+        );
+        scenario.teardown();
+        q.spool.close(q.complete_below());
+        drop(q);
+        let reopened = disk_queue(dir.path());
+        assert!(reopened.reserve().seq() > last);
+    }
+
     /// A forged result at 2^63-1 must not make the agent number above it.
     #[test]
     fn an_implausible_collector_seq_is_not_continued_above() {
@@ -349,6 +411,9 @@ mod tests {
             q.push(result());
         }
         assert_eq!(seqs(&q.read(0, 10, usize::MAX)), vec![11, 12]);
+        // The probe only drops it; the next sync records the gap.
+        assert_eq!(q.stats().dropped, 0);
+        q.sync();
         assert_eq!(q.stats().dropped, 1);
         let gaps = q.spool().pending_gaps();
         assert_eq!(gaps.len(), 1);
@@ -467,6 +532,7 @@ mod tests {
             let seqs = seqs(&q.read(0, usize::MAX, usize::MAX));
             proptest::prop_assert!(seqs.len() <= cap);
             proptest::prop_assert!(seqs.windows(2).all(|w| w[0] + 1 == w[1]));
+            q.sync();
             proptest::prop_assert_eq!(q.stats().dropped as usize, pushes.saturating_sub(cap));
         }
     }

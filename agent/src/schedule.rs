@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CheckConfig, Dial, ResolverSpec};
 use crate::probe::http::Probed;
 use crate::probe::{HttpProber, ProbeResult};
-use crate::queue::ResultQueue;
+use crate::queue::{ResultQueue, Ticket};
 use crate::vantage::Vantage;
 use vantage_service::supervise::{Liveness, Policy, Supervisor};
 
@@ -366,7 +366,7 @@ impl CheckLoop {
 /// collector last saw it, shows it to `inspect`, and queues it under its
 /// ticket.
 fn complete(
-    probed: Vec<Probed>,
+    probed: Vec<Probed<Ticket>>,
     egress_ip: &watch::Receiver<Option<IpAddr>>,
     mut inspect: impl FnMut(&ProbeResult),
 ) {

@@ -14,6 +14,14 @@
 //! written in one transaction with an fsync every `sync_interval`
 //! (default 500 ms). Only results on disk are handed to the reporter.
 //!
+//! The probes never wait on the disk. What they call ([`Spool::lease`],
+//! [`Spool::push`]) touches only memory: the lease and the disk's state are
+//! mirrored in atomics, the sync extends the lease in its own transaction
+//! well before it runs out, and results the memory ring drops are recorded
+//! as a gap by the next sync. The disk itself (the `disk` lock, every redb
+//! transaction) belongs to the sync, the reporter's reads and acks, all on
+//! blocking threads.
+//!
 //! Failure modes, none of which stops the agent:
 //! - a record whose checksum does not match is skipped, deleted, counted and
 //!   recorded as a `spool_corrupt` gap;
@@ -30,7 +38,8 @@
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
@@ -54,7 +63,7 @@ const META_OPEN: &str = "open";
 const META_NEXT_GAP: &str = "next_gap_id";
 
 /// Sequence numbers leased per durable write of the lease.
-const LEASE: u64 = 10_000;
+pub(crate) const LEASE: u64 = 10_000;
 
 /// Bytes of a record before the encoded result: CRC-32 of the rest, then
 /// the probe's start time in Unix microseconds (for the age bound).
@@ -224,6 +233,52 @@ pub struct Spool {
     /// Gaps not yet acknowledged by the collector, by id.
     gaps: Mutex<BTreeMap<u64, Gap>>,
     stats: Mutex<(u64, u64)>,
+    /// Mirrors of the disk's state for the probes, set whenever the `disk`
+    /// lock is released: whether results live only in memory, and how far
+    /// the lease on disk reaches.
+    memory_only: AtomicBool,
+    leased_through: AtomicU64,
+    /// The highest sequence number handed out: the sync leases ahead of it.
+    highest_leased: AtomicU64,
+    /// Results the memory ring dropped, to be recorded by the next sync.
+    overflowed: Mutex<Vec<u64>>,
+}
+
+/// The `disk` lock; releasing it publishes the disk's state to the atomics
+/// the probes read.
+struct DiskGuard<'a> {
+    disk: MutexGuard<'a, Disk>,
+    spool: &'a Spool,
+}
+
+impl std::ops::Deref for DiskGuard<'_> {
+    type Target = Disk;
+    fn deref(&self) -> &Disk {
+        &self.disk
+    }
+}
+
+impl std::ops::DerefMut for DiskGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Disk {
+        &mut self.disk
+    }
+}
+
+impl Drop for DiskGuard<'_> {
+    fn drop(&mut self) {
+        self.spool
+            .memory_only
+            .store(self.disk.memory_only(), Ordering::Release);
+        self.spool
+            .leased_through
+            .store(self.disk.leased_through, Ordering::Release);
+    }
+}
+
+impl Disk {
+    fn memory_only(&self) -> bool {
+        self.db.is_none() || self.degraded_since.is_some()
+    }
 }
 
 /// The clock in Unix microseconds: where sequence numbers start.
@@ -366,6 +421,10 @@ impl Spool {
         let spool = Self {
             settings,
             unsynced: Mutex::new(BTreeMap::new()),
+            memory_only: AtomicBool::new(disk.memory_only()),
+            leased_through: AtomicU64::new(disk.leased_through),
+            highest_leased: AtomicU64::new(0),
+            overflowed: Mutex::new(Vec::new()),
             disk: Mutex::new(disk),
             gaps: Mutex::new(loaded_gaps),
             stats: Mutex::new((0, 0)),
@@ -385,10 +444,32 @@ impl Spool {
         &self.settings
     }
 
+    /// Whether something holds the disk (tests).
+    #[cfg(test)]
+    pub(crate) fn disk_busy(&self) -> bool {
+        self.disk.try_lock().is_err()
+    }
+
+    /// The `disk` lock (blocking: never on a probe's path).
+    fn disk(&self) -> DiskGuard<'_> {
+        DiskGuard {
+            disk: lock(&self.disk),
+            spool: self,
+        }
+    }
+
     /// Makes sure sequence numbers up to `seq` are leased durably, so a
-    /// restart never hands them out again. Cheap unless a new lease is due.
+    /// restart never hands them out again. In memory: the sync keeps the
+    /// lease on disk at least `LEASE / 2` ahead of the numbers handed out;
+    /// only a burst of more numbers than that within one sync interval
+    /// writes the lease here.
     pub fn lease(&self, seq: u64) {
-        let mut disk = lock(&self.disk);
+        self.highest_leased.fetch_max(seq, Ordering::AcqRel);
+        if seq <= self.leased_through.load(Ordering::Acquire) {
+            return;
+        }
+        metrics::counter!("vantage_agent_spool_lease_waits_total").increment(1);
+        let mut disk = self.disk();
         if seq <= disk.leased_through {
             return;
         }
@@ -397,6 +478,7 @@ impl Spool {
     }
 
     /// Adds a completed result; it is synced at the next [`Spool::sync`].
+    /// In memory only.
     pub fn push(&self, record: Record) {
         let memory_only = self.memory_only();
         let mut unsynced = lock(&self.unsynced);
@@ -408,15 +490,14 @@ impl Spool {
                 unsynced.remove(seq);
             }
             drop(unsynced);
-            self.dropped(&dropped, pb::GapReason::MemoryFull.text());
+            lock(&self.overflowed).extend(dropped);
         }
     }
 
     /// Whether results are (also) held only in memory: no spool file, or
     /// the disk failed. The reporter then sends them from memory.
     pub fn memory_only(&self) -> bool {
-        let disk = lock(&self.disk);
-        disk.db.is_none() || disk.degraded_since.is_some()
+        self.memory_only.load(Ordering::Acquire)
     }
 
     /// The lowest sequence number waiting in memory, if any.
@@ -428,11 +509,13 @@ impl Spool {
     /// enforces the bounds. `complete_below`: every number below it is
     /// completed (or abandoned), which a crash recovery needs to know.
     pub fn sync(&self, complete_below: u64) {
+        let overflowed = std::mem::take(&mut *lock(&self.overflowed));
+        self.dropped(&overflowed, pb::GapReason::MemoryFull.text());
         let batch: Vec<(u64, Vec<u8>)> = lock(&self.unsynced)
             .values()
             .map(|r| (r.seq, r.bytes.clone()))
             .collect();
-        let mut disk = lock(&self.disk);
+        let mut disk = self.disk();
         let Some(path) = disk.path.clone() else {
             return;
         };
@@ -448,6 +531,13 @@ impl Spool {
                 return;
             }
         }
+        // Lease ahead of the numbers handed out, in this transaction.
+        let highest = self.highest_leased.load(Ordering::Acquire);
+        let lease = if highest.saturating_add(LEASE / 2) > disk.leased_through {
+            highest.saturating_add(LEASE)
+        } else {
+            disk.leased_through
+        };
         let Some(db) = &disk.db else { return };
         let written = guarded(|| {
             let tx = db.begin_write()?;
@@ -456,14 +546,18 @@ impl Spool {
                 for (seq, bytes) in &batch {
                     table.insert(*seq, bytes.as_slice())?;
                 }
-                tx.open_table(META)?
-                    .insert(META_COMPLETE_BELOW, complete_below)?;
+                let mut meta = tx.open_table(META)?;
+                meta.insert(META_COMPLETE_BELOW, complete_below)?;
+                meta.insert(META_LEASED_THROUGH, lease)?;
             }
+            // Fault tests: a sync stuck on the disk (`pause`).
+            fail::fail_point!("spool-sync-commit");
             tx.commit()?;
             Ok(())
         });
         match written {
             Ok(()) => {
+                disk.leased_through = lease;
                 disk.records += batch.len() as u64;
                 disk.bytes += batch.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
                 if disk.degraded_since.take().is_some() {
@@ -511,7 +605,7 @@ impl Spool {
     /// Drops the oldest results beyond `max_bytes` or older than `max_age`,
     /// recording the loss.
     fn enforce_bounds(&self) {
-        let disk = lock(&self.disk);
+        let disk = self.disk();
         if disk.records == 0 {
             return;
         }
@@ -592,7 +686,7 @@ impl Spool {
 
     /// Keeps a gap until the collector acknowledges it.
     pub fn record_gap(&self, gap: Gap) {
-        let mut disk = lock(&self.disk);
+        let mut disk = self.disk();
         let id = disk.next_gap_id;
         disk.next_gap_id += 1;
         if let Some(db) = &disk.db {
@@ -647,7 +741,7 @@ impl Spool {
             gaps.remove(id);
         }
         drop(gaps);
-        let disk = lock(&self.disk);
+        let disk = self.disk();
         if let Some(db) = &disk.db {
             let _ = guarded(|| {
                 let mut tx = db.begin_write()?;
@@ -677,7 +771,7 @@ impl Spool {
         }
         let mut corrupt = Vec::new();
         let mut bytes = 0usize;
-        let disk = lock(&self.disk);
+        let disk = self.disk();
         let mut failure = None;
         if let Some(db) = &disk.db {
             let read = guarded(|| {
@@ -751,7 +845,7 @@ impl Spool {
     }
 
     fn delete_one(&self, seq: u64) {
-        let mut disk = lock(&self.disk);
+        let mut disk = self.disk();
         if let Some(db) = &disk.db {
             let removed = guarded(|| {
                 let tx = db.begin_write()?;
@@ -776,7 +870,7 @@ impl Spool {
     }
 
     fn delete_through(&self, seq: u64) {
-        let mut disk = lock(&self.disk);
+        let mut disk = self.disk();
         let Some(db) = &disk.db else { return };
         let deleted = guarded(|| {
             let mut tx = db.begin_write()?;
@@ -822,7 +916,7 @@ impl Spool {
                 moved += 1;
             }
         }
-        let mut disk = lock(&self.disk);
+        let mut disk = self.disk();
         if let Some(db) = &disk.db {
             let result = guarded(|| {
                 let tx = db.begin_write()?;
@@ -876,7 +970,7 @@ impl Spool {
     /// The file cannot be trusted: move it aside, start a new one and
     /// record that whatever it held is lost.
     fn replace_unreadable(&self, error: &DiskError) {
-        let mut disk = lock(&self.disk);
+        let mut disk = self.disk();
         let Some(path) = disk.path.clone() else {
             return;
         };
@@ -908,7 +1002,7 @@ impl Spool {
     }
 
     fn mark_open(&self, open: bool) {
-        let disk = lock(&self.disk);
+        let disk = self.disk();
         if let Some(db) = &disk.db {
             let _ = guarded(|| {
                 let tx = db.begin_write()?;
@@ -926,7 +1020,7 @@ impl Spool {
     }
 
     pub fn stats(&self) -> SpoolStats {
-        let disk = lock(&self.disk);
+        let disk = self.disk();
         let (dropped, corrupt) = *lock(&self.stats);
         SpoolStats {
             disk_records: disk.records,

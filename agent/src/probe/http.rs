@@ -21,9 +21,8 @@ use super::dns::{DnsResolver, LookupAnswer};
 use super::gateway::{self, BODY_WINDOW, LAYER_HEADERS};
 use super::tls::TlsConfigs;
 use super::transport::{self, ClockedIo, SocketClock, TunnelError};
-use super::{Hop, Outcome, ProbeResult, Timings};
+use super::{Hop, Outcome, ProbeResult, Sequenced, Timings};
 use crate::config::{CheckConfig, Dial, HttpVersion};
-use crate::queue::Ticket;
 use crate::vantage::Vantage;
 
 /// Response header bytes accepted at most (HTTP/1.1 buffer, HTTP/2 header
@@ -42,9 +41,9 @@ pub struct HttpProber {
     tls: TlsConfigs,
 }
 
-/// One result of a round with the ticket holding its sequence number.
-pub struct Probed {
-    pub ticket: Ticket,
+/// One result of a round with what holds its sequence number.
+pub struct Probed<T> {
+    pub ticket: T,
     pub result: ProbeResult,
 }
 
@@ -75,12 +74,12 @@ impl HttpProber {
     /// per resolved address when the check dials each. `reserve` hands out
     /// sequence numbers as requests start. Never fails: failures are in
     /// the outcomes.
-    pub async fn round(
+    pub async fn round<T: Sequenced>(
         &self,
         check: &CheckConfig,
         vantage: &Vantage,
-        reserve: &(dyn Fn() -> Ticket + Sync),
-    ) -> Vec<Probed> {
+        reserve: &(dyn Fn() -> T + Sync),
+    ) -> Vec<Probed<T>> {
         let mut out = Vec::new();
         let (domain, port) = match destination(check.url.url()) {
             Destination::Name { domain, port } => (domain, port),

@@ -17,6 +17,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use dns::DnsResolver;
+
+/// A sequence number handed out as a request starts (it goes in the
+/// request's `X-Vantage-Probe` header and is the result's). What holds it
+/// is the caller's: the probe only reads the number.
+pub trait Sequenced: Send {
+    fn seq(&self) -> u64;
+}
 pub use http::HttpProber;
 
 /// How a probe ended.
