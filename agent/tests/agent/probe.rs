@@ -603,10 +603,13 @@ async fn redirect_is_the_result_unless_following_is_enabled() {
     .unwrap();
     let moved = Behaviour::Respond {
         status: 301,
-        headers: vec![(
-            "location".into(),
-            format!("http://www.test:{}/landing", final_site.addr().port()),
-        )],
+        headers: vec![
+            (
+                "location".into(),
+                format!("http://www.test:{}/landing", final_site.addr().port()),
+            ),
+            ("server".into(), "edge-redirector".into()),
+        ],
         body: Vec::new(),
     };
     let first_site = ScriptedSite::start(LOOPBACK, None, Delays::default(), moved)
@@ -641,8 +644,17 @@ async fn redirect_is_the_result_unless_following_is_enabled() {
         );
         assert!(hop.timings.total.unwrap() <= followed.timings.total.unwrap());
     }
-    // The top-level phases are the last hop's, not a sum over hops.
+    // The top-level phases are the last hop's, not a sum over hops, and
+    // nothing of the first response is left in the result.
     assert_eq!(followed.timings.connect, followed.hops[1].timings.connect);
+    assert_eq!(
+        not_followed.headers.get("server").map(String::as_str),
+        Some("edge-redirector")
+    );
+    assert_ne!(
+        followed.headers.get("server").map(String::as_str),
+        Some("edge-redirector")
+    );
 }
 
 #[tokio::test]
