@@ -8,6 +8,9 @@
 #
 #   bench/agent-cost.sh            # 1000 checks every 10 s, 60 s measured
 #   CHECKS=200 MEASURE=30 bench/agent-cost.sh
+#   PERF=1 bench/agent-cost.sh     # also profiles the agent (linux-perf) and
+#                                  # prints its top functions (binaries built
+#                                  # unstripped; figures then not comparable)
 #
 # Needs PostgreSQL (DATABASE_URL, default the local trust-auth server); uses a
 # throwaway database it drops afterwards. Prints figures; asserts nothing.
@@ -30,6 +33,9 @@ BASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 DB=vantage_bench_$$
 DB_URL="${BASE_URL%/*}/$DB"
 
+if [ "${PERF:-0}" = 1 ]; then
+    export CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
+fi
 cargo build --release -q --workspace --bins
 BIN=target/release
 WORK=$(mktemp -d)
@@ -86,7 +92,11 @@ run() {
     sleep "$WARMUP"
     local cpu0 probes0 cpu1 probes1
     cpu0=$(cpu_ticks "$pid"); probes0=$(committed "$agent")
-    sleep "$MEASURE"
+    if [ "${PERF:-0}" = 1 ]; then
+        perf record -q -F 499 -g -p "$pid" -o "$WORK/perf-$scheme.data" -- sleep "$MEASURE" 2>/dev/null
+    else
+        sleep "$MEASURE"
+    fi
     cpu1=$(cpu_ticks "$pid"); probes1=$(committed "$agent")
     local hwm rss anon
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
@@ -95,6 +105,13 @@ run() {
     local failed
     failed=$(psql -qtA "$DB_URL" -c "SELECT count(*) FROM probe_results WHERE agent_id = '$agent' AND outcome <> 'ok'")
     kill "$pid"; wait "$pid" 2>/dev/null || true
+    if [ "${PERF:-0}" = 1 ]; then
+        echo "--- agent $scheme: top functions (self, % of samples)" >&2
+        # Inclusive (with callees), so that a library's share shows; `head`
+        # closing the pipe early is not a failure.
+        perf report -i "$WORK/perf-$scheme.data" --children -g none --sort symbol --stdio 2>/dev/null \
+            | grep -E '^ +[0-9.]+%' | cut -c1-160 | head -60 >&2 || true
+    fi
     python3 - "$scheme" "$cpu0" "$cpu1" "$probes0" "$probes1" "$CLK_TCK" "$hwm" "$rss" "$failed" "$anon" <<'PY'
 import sys
 scheme, c0, c1, p0, p1, hz, hwm, rss, failed, anon = sys.argv[1:]
