@@ -8,6 +8,7 @@
 #
 #   bench/agent-cost.sh            # 1000 checks every 10 s, 60 s measured
 #   CHECKS=200 MEASURE=30 bench/agent-cost.sh
+#   AGENT_BIN=/other/vantage-agent bench/agent-cost.sh   # A/B another build
 #   PERF=1 bench/agent-cost.sh     # also profiles the agent (linux-perf) and
 #                                  # prints its top functions (binaries built
 #                                  # unstripped; figures then not comparable)
@@ -87,7 +88,7 @@ run() {
                 "$i" "$scheme" "$port" "$i" "$INTERVAL" "$extra"
         done
     } >"$WORK/$agent.toml"
-    RUST_LOG=warn "$BIN/vantage-agent" --config "$WORK/$agent.toml" >"$WORK/$agent.log" 2>&1 &
+    RUST_LOG=warn "${AGENT_BIN:-$BIN/vantage-agent}" --config "$WORK/$agent.toml" >"$WORK/$agent.log" 2>&1 &
     local pid=$!
     sleep "$WARMUP"
     local cpu0 probes0 cpu1 probes1
