@@ -110,7 +110,8 @@ pub(super) fn global_finding(
 ) -> Option<Finding> {
     let level = p.alpha / windows.len().max(1) as f64;
     let mut best: Option<(usize, f64)> = None;
-    let mut global_in = Vec::new();
+    // The fewest rounds a window looking global spans.
+    let mut shortest_global: Option<u32> = None;
     for (wi, w) in windows.iter().enumerate() {
         let t = totals[wi];
         let witnesses: HashSet<usize> = groups
@@ -131,7 +132,7 @@ pub(super) fn global_finding(
         }
         let pv = binomial_greater(t, p.global_baseline);
         if pv <= level {
-            global_in.push(*w);
+            shortest_global = Some(shortest_global.map_or(w.rounds, |r| r.min(w.rounds)));
             if best.is_none_or(|(_, b)| pv <= b) {
                 best = Some((wi, pv));
             }
@@ -143,7 +144,7 @@ pub(super) fn global_finding(
     // Still failing everywhere only if the recent rounds alone look
     // global: after an outage, the long windows still do, and a failure
     // of one path since (a proxy) would otherwise make them look recent.
-    timing.recent &= global_in.iter().any(|w| w.rounds <= timing.recent_rounds);
+    timing.recent &= shortest_global.is_some_and(|r| r <= timing.recent_rounds);
     Some(Finding::Global {
         window,
         p_value,
