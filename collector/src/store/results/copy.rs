@@ -10,10 +10,10 @@ use postgres_types::{IsNull, Json, ToSql, Type};
 use super::{RESULT_COLUMNS, StoredResult};
 use crate::store::StoreError;
 
-/// The statement the rows of [`encode`] are sent to.
-pub(super) fn statement() -> String {
+/// The statement the rows of [`encode`] are sent to (made once).
+pub(super) static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("COPY probe_results ({RESULT_COLUMNS}) FROM STDIN (FORMAT binary)")
-}
+});
 
 /// Columns per row: [`RESULT_COLUMNS`], in its order.
 const FIELDS: i16 = 50;
@@ -21,7 +21,7 @@ const FIELDS: i16 = 50;
 /// The signature, flags and header extension length of a binary COPY.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
-/// One agent's batch, ready for [`statement`].
+/// One agent's batch, ready for [`STATEMENT`].
 pub(super) fn encode(
     agent_id: &str,
     region: &str,

@@ -176,7 +176,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let inserted = match how {
             Insert::Copy(rows) => {
-                let mut copy = tx.copy_in_raw(&copy::statement()).await?;
+                let mut copy = tx.copy_in_raw(&copy::STATEMENT).await?;
                 copy.send(rows).await?;
                 copy.finish().await?
             }

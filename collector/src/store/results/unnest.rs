@@ -8,16 +8,9 @@ use sqlx::PgConnection;
 
 use super::{RESULT_COLUMNS, StoredResult};
 
-/// Inserts `results` of one agent, skipping those already stored;
-/// returns the rows inserted.
-pub(super) async fn insert(
-    conn: &mut PgConnection,
-    agent_id: &str,
-    region: &str,
-    results: &[StoredResult],
-) -> Result<u64, sqlx::Error> {
-    let columns = Columns::from(results);
-    Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+/// The statement (made once).
+static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
         "INSERT INTO probe_results ({RESULT_COLUMNS})
          SELECT $1, COALESCE(t.region, $2), t.seq, t.started_at, t.check_name, t.url,
             t.method, t.outcome, t.message, t.http_status, t.http_version, t.resolver,
@@ -50,61 +43,73 @@ pub(super) async fn insert(
                 body_bytes, body_sha256, body_truncated, gateway, edge_location, hops,
                 interval_ms, proxy_ip, check_version, request_id)
          ON CONFLICT DO NOTHING"
-    )))
-    .bind(agent_id)
-    .bind(region)
-    .bind(columns.seq)
-    .bind(columns.started_at)
-    .bind(columns.check)
-    .bind(columns.url)
-    .bind(columns.method)
-    .bind(columns.outcome)
-    .bind(columns.message)
-    .bind(columns.http_status)
-    .bind(columns.http_version)
-    .bind(columns.resolver)
-    .bind(columns.resolved_ips)
-    .bind(columns.resolved_ttls)
-    .bind(columns.dialed_ip)
-    .bind(columns.dialed_port)
-    .bind(columns.local_ip)
-    .bind(columns.egress_ip)
-    .bind(columns.dns_us)
-    .bind(columns.connect_us)
-    .bind(columns.tls_us)
-    .bind(columns.ttfb_us)
-    .bind(columns.total_us)
-    .bind(columns.headers)
-    .bind(columns.region)
-    .bind(columns.vantage)
-    .bind(columns.proxy)
-    .bind(columns.proxy_status)
-    .bind(columns.dns_rcode)
-    .bind(columns.resolver_egress_ip)
-    .bind(columns.resolver_nsid)
-    .bind(columns.resolver_identity_error)
-    .bind(columns.echo_ip)
-    .bind(columns.proxy_us)
-    .bind(columns.transfer_us)
-    .bind(columns.tls_version)
-    .bind(columns.tls_alpn)
-    .bind(columns.tls_cipher)
-    .bind(columns.cert_subject)
-    .bind(columns.cert_issuer)
-    .bind(columns.cert_not_after)
-    .bind(columns.body_bytes)
-    .bind(columns.body_sha256)
-    .bind(columns.body_truncated)
-    .bind(columns.gateway)
-    .bind(columns.edge_location)
-    .bind(columns.hops)
-    .bind(columns.interval_ms)
-    .bind(columns.proxy_ip)
-    .bind(columns.check_version)
-    .bind(columns.request_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected())
+    )
+});
+
+/// Inserts `results` of one agent, skipping those already stored;
+/// returns the rows inserted.
+pub(super) async fn insert(
+    conn: &mut PgConnection,
+    agent_id: &str,
+    region: &str,
+    results: &[StoredResult],
+) -> Result<u64, sqlx::Error> {
+    let columns = Columns::from(results);
+    Ok(sqlx::query(sqlx::AssertSqlSafe(INSERT.as_str()))
+        .bind(agent_id)
+        .bind(region)
+        .bind(columns.seq)
+        .bind(columns.started_at)
+        .bind(columns.check)
+        .bind(columns.url)
+        .bind(columns.method)
+        .bind(columns.outcome)
+        .bind(columns.message)
+        .bind(columns.http_status)
+        .bind(columns.http_version)
+        .bind(columns.resolver)
+        .bind(columns.resolved_ips)
+        .bind(columns.resolved_ttls)
+        .bind(columns.dialed_ip)
+        .bind(columns.dialed_port)
+        .bind(columns.local_ip)
+        .bind(columns.egress_ip)
+        .bind(columns.dns_us)
+        .bind(columns.connect_us)
+        .bind(columns.tls_us)
+        .bind(columns.ttfb_us)
+        .bind(columns.total_us)
+        .bind(columns.headers)
+        .bind(columns.region)
+        .bind(columns.vantage)
+        .bind(columns.proxy)
+        .bind(columns.proxy_status)
+        .bind(columns.dns_rcode)
+        .bind(columns.resolver_egress_ip)
+        .bind(columns.resolver_nsid)
+        .bind(columns.resolver_identity_error)
+        .bind(columns.echo_ip)
+        .bind(columns.proxy_us)
+        .bind(columns.transfer_us)
+        .bind(columns.tls_version)
+        .bind(columns.tls_alpn)
+        .bind(columns.tls_cipher)
+        .bind(columns.cert_subject)
+        .bind(columns.cert_issuer)
+        .bind(columns.cert_not_after)
+        .bind(columns.body_bytes)
+        .bind(columns.body_sha256)
+        .bind(columns.body_truncated)
+        .bind(columns.gateway)
+        .bind(columns.edge_location)
+        .bind(columns.hops)
+        .bind(columns.interval_ms)
+        .bind(columns.proxy_ip)
+        .bind(columns.check_version)
+        .bind(columns.request_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected())
 }
 
 /// A batch turned inside out: one array per column, for UNNEST.
