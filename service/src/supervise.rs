@@ -17,9 +17,11 @@
 //! `vantage_component_restarts_total{component}`.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -240,8 +242,12 @@ impl Supervisor {
                 }
                 let token = component.stop.child_token();
                 *component.run.lock().unwrap_or_else(|p| p.into_inner()) = token.clone();
-                let run = tokio::spawn(make(handle.clone(), token));
-                let outcome = run.await;
+                // Run within this task, not as a task of its own: a
+                // panic is caught here as tokio would catch it, and a
+                // component costs one task (an agent runs one per check).
+                let outcome = AssertUnwindSafe(make(handle.clone(), token))
+                    .catch_unwind()
+                    .await;
                 if component.stop.is_cancelled() {
                     component.status().state = State::Stopped;
                     return;
@@ -249,7 +255,7 @@ impl Supervisor {
                 if component
                     .restart_asked
                     .swap(false, std::sync::atomic::Ordering::SeqCst)
-                    && !matches!(&outcome, Err(join) if join.is_panic())
+                    && outcome.is_ok()
                 {
                     tracing::info!(component = %component.name, "Component {} made again with new settings.", component.name);
                     continue;
@@ -257,10 +263,7 @@ impl Supervisor {
                 let error = match outcome {
                     Ok(Ok(())) => "ended on its own while the process was running".to_owned(),
                     Ok(Err(e)) => format!("failed: {e}"),
-                    Err(join) if join.is_panic() => {
-                        format!("panicked: {}", panic_message(join.into_panic()))
-                    }
-                    Err(join) => format!("was cancelled: {join}"),
+                    Err(panic) => format!("panicked: {}", panic_message(panic)),
                 };
                 tracing::error!(
                     component = %component.name,
