@@ -10,6 +10,7 @@
 //! buckets the decision needs are computed here for each pass's `now`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -33,7 +34,7 @@ pub struct KeptWindow {
     shape: Shape,
     /// The snapshot of the last read: what it saw is counted here.
     snapshot: String,
-    cells: HashMap<CellKey, BTreeMap<i64, CellCounts>>,
+    cells: HashMap<Arc<CellKey>, BTreeMap<i64, CellCounts>>,
 }
 
 /// How a pass brought the window up to date.
@@ -125,7 +126,10 @@ impl KeptWindow {
     /// Counts `rows` in.
     fn add(&mut self, rows: Vec<SlotRow>) {
         for row in rows {
-            let slots = self.cells.entry(row.key).or_default();
+            let slots = match self.cells.get_mut(&row.key) {
+                Some(slots) => slots,
+                None => self.cells.entry(Arc::new(row.key)).or_default(),
+            };
             slots
                 .entry(row.slot)
                 .and_modify(|c| merge(c, &row.counts))
@@ -173,7 +177,7 @@ impl KeptWindow {
             }
             for (bucket, counts) in buckets {
                 out.push(WindowCell {
-                    key: key.clone(),
+                    key: Arc::clone(key),
                     bucket,
                     counts,
                 });

@@ -4,6 +4,8 @@
 //! snapshot it saw. What the detector keeps of them is its own
 //! ([`crate::detect::window`]).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
@@ -13,7 +15,10 @@ use super::{Store, StoreError};
 /// dimension's source value, status, outcome, vantage and age bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowCell {
-    pub key: CellKey,
+    /// Shared with the detector's kept window: a pass makes one cell per
+    /// cell key and age bucket, and need not copy the key's dozen strings
+    /// for each.
+    pub key: Arc<CellKey>,
     /// How old, in rounds: the number of bucket thresholds at or below
     /// the age of its newest probes (0: the last round).
     pub bucket: i32,

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -363,7 +364,7 @@ impl Simulation<'_> {
             .collect();
         let at = epoch + chrono::Duration::milliseconds((t * 1000.0) as i64);
         WindowCell {
-            key: CellKey {
+            key: Arc::new(CellKey {
                 target: target.to_owned(),
                 check: target.to_owned(),
                 outcome: if failed { "http" } else { "ok" }.into(),
@@ -373,7 +374,7 @@ impl Simulation<'_> {
                 sources,
                 interval_ms: (round * 1000.0) as i32,
                 confirmation,
-            },
+            }),
             bucket,
             counts: CellCounts {
                 probes: 1,
