@@ -9,6 +9,8 @@
 #   bench/agent-cost.sh            # 1000 checks every 10 s, 60 s measured
 #   CHECKS=200 MEASURE=30 bench/agent-cost.sh
 #   AGENT_BIN=/other/vantage-agent bench/agent-cost.sh   # A/B another build
+#   AGENT_ONLY=1 bench/agent-cost.sh   # the agent's figures alone (quick A/B)
+#   SMAPS=1 bench/agent-cost.sh    # also prints the agent's resident memory by mapping
 #   PERF=1 bench/agent-cost.sh     # also profiles the agent (linux-perf) and
 #                                  # prints its top functions (binaries built
 #                                  # unstripped; figures then not comparable)
@@ -105,6 +107,12 @@ run() {
     anon=$(awk '/RssAnon/ {print $2}' "/proc/$pid/status")
     local failed
     failed=$(psql -qtA "$DB_URL" -c "SELECT count(*) FROM probe_results WHERE agent_id = '$agent' AND outcome <> 'ok'")
+    if [ "${SMAPS:-0}" = 1 ]; then
+        echo "--- agent $scheme: resident kB by mapping" >&2
+        awk '/^[0-9a-f]+-[0-9a-f]+ / {name = ($6 == "" ? "[anon]" : $6); if ($2 ~ /x/) name = name " (x)"}
+             /^Rss:/ {rss[name] += $2}
+             END {for (n in rss) if (rss[n] >= 64) printf "%8d %s\n", rss[n], n}' "/proc/$pid/smaps" | sort -rn >&2
+    fi
     kill "$pid"; wait "$pid" 2>/dev/null || true
     if [ "${PERF:-0}" = 1 ]; then
         echo "--- agent $scheme: top functions (self, % of samples)" >&2
@@ -220,6 +228,7 @@ YAML
 {
     run http "$HTTP_PORT" ""
     run https "$HTTPS_PORT" "ca_file = \"$CA\""
+    [ "${AGENT_ONLY:-0}" = 1 ] && exit 0
     blackbox http "$HTTP_PORT" plain
     blackbox https "$HTTPS_PORT" tls
 } | tee "$WORK/figures"
