@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use vantage_proto::v1 as pb;
@@ -128,8 +129,12 @@ impl CentralChecks {
     /// are valid here. An assigned check whose name a local check has, or
     /// whose definition this agent cannot run (a vantage it lacks), is
     /// left out and logged at ERROR.
-    pub fn merged(&self, local: &[CheckConfig], vantage_names: &HashSet<&str>) -> Vec<CheckConfig> {
-        let mut out: Vec<CheckConfig> = local.to_vec();
+    pub fn merged(
+        &self,
+        local: &[Arc<CheckConfig>],
+        vantage_names: &HashSet<&str>,
+    ) -> Vec<Arc<CheckConfig>> {
+        let mut out: Vec<Arc<CheckConfig>> = local.to_vec();
         let local_names: HashSet<&str> = local.iter().map(|c| c.name.get_ref().as_str()).collect();
         for (name, assigned) in &self.set.checks {
             if local_names.contains(name.as_str()) {
@@ -146,7 +151,7 @@ impl CentralChecks {
             match CheckConfig::from_table_text(&what, &assigned.definition_toml, vantage_names) {
                 Ok(mut check) if check.name.get_ref().as_str() == name => {
                     check.origin.central_version = Some(assigned.version);
-                    out.push(check);
+                    out.push(Arc::new(check));
                 }
                 Ok(check) => tracing::error!(
                     check = %name,
@@ -238,7 +243,7 @@ mod tests {
             &HashSet::from(["direct"]),
         )
         .unwrap();
-        let merged = central.merged(&[local], &HashSet::from(["direct"]));
+        let merged = central.merged(&[Arc::new(local)], &HashSet::from(["direct"]));
         let got: Vec<(&str, &str, Option<u64>)> = merged
             .iter()
             .map(|c| {

@@ -50,7 +50,7 @@ impl Control {
     }
 
     /// The local checks and the assigned ones that are valid here.
-    pub fn checks(&self) -> Vec<CheckConfig> {
+    pub fn checks(&self) -> Vec<Arc<CheckConfig>> {
         let names = self.scheduler.vantage_names();
         let names: HashSet<&str> = names.iter().map(String::as_str).collect();
         let config = self.config.lock().unwrap_or_else(|p| p.into_inner());

@@ -32,6 +32,7 @@ struct Args {
 // 15.8 MB against 17.5 MB, CPU per probe the same within noise).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    one_malloc_arena();
     let args = Args::parse();
     vantage_service::logging::init(args.log_format, "info");
     vantage_service::install_crypto_provider();
@@ -92,3 +93,22 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+/// glibc gives each thread that allocates (the runtime's, the spool's, the
+/// blocking pool's) an arena of its own, each holding freed memory apart.
+/// The agent allocates little and seldom from more than one thread at a
+/// time, so one arena costs no measurable CPU and saves about 0.4 MB of
+/// its peak RSS (bench/agent-cost.sh). As `MALLOC_ARENA_MAX=1` would, but
+/// for every way the agent is started.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    // SAFETY: mallopt only changes a setting of glibc's allocator, which
+    // it reads under its own lock; nothing else is involved.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn one_malloc_arena() {}

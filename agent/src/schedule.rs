@@ -88,7 +88,7 @@ impl Scheduler {
     /// A scheduler with `checks` in force and no loop running yet (until
     /// [`Scheduler::apply`]).
     pub fn new(
-        checks: Vec<CheckConfig>,
+        checks: Vec<Arc<CheckConfig>>,
         vantages: Vec<Arc<Vantage>>,
         prober: HttpProber,
         queue: Arc<ResultQueue>,
@@ -102,7 +102,7 @@ impl Scheduler {
             egress_ip,
             permits: Arc::new(Semaphore::new(max_concurrent_probes)),
             running: Mutex::new(Running {
-                checks: checks.into_iter().map(Arc::new).collect(),
+                checks,
                 loops: HashMap::new(),
             }),
         }
@@ -136,11 +136,11 @@ impl Scheduler {
     /// one stops (a round under way may finish, within the shutdown
     /// grace). A check whose resolvers or CA file cannot be set up is
     /// left out, logged at ERROR.
-    pub fn apply(&self, supervisor: &Supervisor, checks: Vec<CheckConfig>) -> Applied {
+    pub fn apply(&self, supervisor: &Supervisor, checks: Vec<Arc<CheckConfig>>) -> Applied {
         let mut ready = Vec::with_capacity(checks.len());
         for check in checks {
             match self.prepare(&check) {
-                Ok(()) => ready.push(Arc::new(check)),
+                Ok(()) => ready.push(check),
                 Err(error) => tracing::error!(
                     check = %check.name.get_ref(),
                     %error,

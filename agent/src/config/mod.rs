@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -60,8 +61,10 @@ pub struct AgentConfig {
     #[serde(default, rename = "vantage")]
     pub vantages: Vec<VantageConfig>,
     /// Checks of this agent alone; the collector may assign more.
+    /// Shared with the scheduler and its loops: a thousand checks are
+    /// held once, not once per holder.
     #[serde(default, rename = "check")]
-    pub checks: Vec<CheckConfig>,
+    pub checks: Vec<Arc<CheckConfig>>,
 }
 
 fn default_true() -> bool {

@@ -3,7 +3,7 @@
 //! ALPN, cipher suite, the leaf certificate's subject, issuer and expiry).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use chrono::{DateTime, Utc};
 use rustls::pki_types::CertificateDer;
@@ -20,8 +20,6 @@ pub enum TlsSetupError {
     CaFile { path: PathBuf, message: String },
     #[error("{path}: no certificate in the file")]
     EmptyCaFile { path: PathBuf },
-    #[error("building the TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
 }
 
 /// Which ALPN protocols a probe offers.
@@ -41,29 +39,29 @@ type ConfigFor = (Option<PathBuf>, HttpVersion, Arc<ClientConfig>);
 /// trust store, which is too slow and too large to do per probe. Cloning
 /// shares them; a check assigned later adds its own
 /// ([`TlsConfigs::ensure`]).
+///
+/// The system's trust store is read again for each configuration rather
+/// than kept: each configuration holds its own copy of it anyway, and a
+/// kept one would be a copy more for the agent's whole life.
 #[derive(Clone)]
 pub struct TlsConfigs {
     /// A handful of entries at most: looked up by a scan that borrows the
     /// check's path, so a probe allocates nothing to find its config.
     configs: Arc<RwLock<Vec<ConfigFor>>>,
-    /// The system's trust store, read once.
-    system: Arc<RootCertStore>,
-    /// For the HTTPS connection to a forward proxy (HTTP/1.1 only).
-    proxy: Arc<ClientConfig>,
+    /// For the HTTPS connection to a forward proxy (HTTP/1.1 only), built
+    /// when a probe first goes through one.
+    proxy: Arc<OnceLock<Arc<ClientConfig>>>,
 }
 
 impl TlsConfigs {
-    /// Builds every configuration in `wanted`, loading the system trust
-    /// store once.
+    /// Builds every configuration in `wanted`.
     pub fn build(
         wanted: impl IntoIterator<Item = (Option<PathBuf>, HttpVersion)>,
     ) -> Result<Self, TlsSetupError> {
         vantage_service::install_crypto_provider();
-        let system = system_roots();
         let configs = Self {
             configs: Arc::default(),
-            proxy: client_config(system.clone(), HttpVersion::Http1)?,
-            system: Arc::new(system),
+            proxy: Arc::default(),
         };
         for (ca_file, version) in wanted {
             configs.ensure(ca_file.as_deref(), version)?;
@@ -72,7 +70,7 @@ impl TlsConfigs {
     }
 
     /// Builds the configuration for `ca_file` and `version` unless it is
-    /// there already (reading the CA file).
+    /// there already (reading the system's trust store and the CA file).
     pub fn ensure(
         &self,
         ca_file: Option<&Path>,
@@ -81,11 +79,11 @@ impl TlsConfigs {
         if self.get(ca_file, version).is_some() {
             return Ok(());
         }
-        let mut roots = (*self.system).clone();
+        let mut roots = system_roots();
         if let Some(path) = ca_file {
             add_ca_file(&mut roots, path)?;
         }
-        let config = client_config(roots, version)?;
+        let config = client_config(roots, version);
         let mut configs = self.configs.write().unwrap_or_else(|p| p.into_inner());
         if !configs
             .iter()
@@ -107,14 +105,15 @@ impl TlsConfigs {
 
     /// The configuration for TLS to an `https://` forward proxy.
     pub fn proxy(&self) -> Option<Arc<ClientConfig>> {
-        Some(self.proxy.clone())
+        Some(
+            self.proxy
+                .get_or_init(|| client_config(system_roots(), HttpVersion::Http1))
+                .clone(),
+        )
     }
 }
 
-fn client_config(
-    roots: RootCertStore,
-    version: HttpVersion,
-) -> Result<Arc<ClientConfig>, TlsSetupError> {
+fn client_config(roots: RootCertStore, version: HttpVersion) -> Arc<ClientConfig> {
     let mut config = ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -122,7 +121,7 @@ fn client_config(
     // Every probe is a full handshake: resumption would hide the cost and
     // the failures of the handshake a new visitor makes.
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 /// The operating system's trust store, what other clients on the host use.
