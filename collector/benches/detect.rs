@@ -1,11 +1,15 @@
 //! Detection passes over a large window: 1 M and 10 M results (by
 //! default) written server-side into today's partition; a first pass
-//! (which reads the whole window: a collector starting), then 15 s later of new results (the window's rate: 5 % of it) and
-//! a second pass, which reads only those (the pass every interval runs),
-//! then a pass with nothing new. Each pass is a real one (read, decision,
-//! state and segment-rate writes). The plans of both reads
-//! (`EXPLAIN (ANALYZE, BUFFERS)`) are summarised. Reference: a pass over
-//! 10 M results in the window within 1 s.
+//! (which reads the whole window: a collector starting); then 15 s of new
+//! results (the window's rate: 5 % of it) stored by this collector's own
+//! ingest (`Store::insert_batch_registering`, handing them to the
+//! detector's feed as the gRPC ingest does) and a pass, which counts them
+//! without reading them (the pass every interval runs); then as many
+//! written server-side (as another collector's would be) and a pass,
+//! which reads them; then a pass with nothing new. Each pass is a real
+//! one (read, decision, state and segment-rate writes). The plans of both
+//! reads (`EXPLAIN (ANALYZE, BUFFERS)`) are summarised. Reference: a pass
+//! over 10 M results in the window within 1 s.
 //!
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p vantage-collector --bench detect`
 //! Environment: `BENCH_SIZES` (comma-separated result counts, default
@@ -18,11 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures_util::StreamExt as _;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
+use vantage_collector::detect::feed::Feed;
 use vantage_collector::detect::{Detector, DetectorSettings, PassSummary, dimensions};
-use vantage_collector::store::Store;
+use vantage_collector::store::{Store, StoredResult};
+use vantage_collector::wire::stored_result;
+use vantage_proto::v1 as pb;
 
 mod common;
 
@@ -115,6 +123,88 @@ async fn fill(pool: &sqlx::PgPool, agents: usize, targets: usize, f: Fill) -> Du
     started.elapsed()
 }
 
+/// The results [`fill`] writes, made as the ingest receives them and
+/// stored as it stores them, with `feed`: one batch per agent, four at a
+/// time.
+async fn ingest(
+    store: &Arc<Store>,
+    feed: &Arc<Feed>,
+    agents: usize,
+    targets: usize,
+    f: Fill,
+) -> Duration {
+    let started = Instant::now();
+    let mut per_agent: Vec<Vec<StoredResult>> = vec![Vec::new(); agents];
+    for g in f.first..f.first + f.rows {
+        let a = g % agents;
+        let bad = a % 250 == 7 || rand::random::<f64>() < 0.01;
+        let at =
+            f.end - chrono::Duration::microseconds((rand::random::<f64>() * f.spread * 1e6) as i64);
+        let r = pb::ProbeResult {
+            seq: g as u64,
+            started_at: Some(prost_types::Timestamp {
+                seconds: at.timestamp(),
+                nanos: at.timestamp_subsec_nanos() as i32,
+            }),
+            region: format!("region-{}", a % 12),
+            check: format!("site-{}", g % targets),
+            url: format!("https://site{}.example/", g % targets),
+            method: "GET".into(),
+            outcome: if bad {
+                pb::Outcome::Http
+            } else {
+                pb::Outcome::Ok
+            } as i32,
+            http_status: Some(if bad { 502 } else { 200 }),
+            http_version: "HTTP/2.0".into(),
+            resolver: format!("udp://192.0.2.{}:53", a % 4 + 1),
+            resolver_egress_ip: format!("192.0.2.{}", a % 4 + 101),
+            resolved: (1..=3)
+                .map(|i| pb::ResolvedAddress {
+                    ip: format!("203.0.113.{i}"),
+                    ..Default::default()
+                })
+                .collect(),
+            dialed_addr: format!("203.0.113.{}:443", g % 3 + 1),
+            local_ip: format!("198.18.{}.{}", a % 250, a / 250 + 1),
+            vantage: "direct".into(),
+            gateway: if bad { "nginx".into() } else { String::new() },
+            timings: Some(pb::Timings {
+                total_us: Some(40_000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        per_agent[a].push(stored_result(r, [127, 0, 0, 1].into()).unwrap());
+    }
+    let batches = per_agent
+        .into_iter()
+        .enumerate()
+        .filter(|(_, b)| !b.is_empty());
+    futures_util::stream::iter(batches)
+        .for_each_concurrent(4, |(a, results)| {
+            let (store, feed) = (store.clone(), feed.clone());
+            async move {
+                let agent = format!("agent-{a}");
+                let last = results.last().map_or(0, |r| r.seq);
+                let mut ticket = feed.prepare(&agent, "bench", &results);
+                store
+                    .insert_batch_registering(&agent, "bench", &results, &[], last, &mut |xid| {
+                        if let Some(t) = ticket.as_mut() {
+                            t.register(xid);
+                        }
+                    })
+                    .await
+                    .unwrap();
+                if let Some(t) = ticket {
+                    t.committed();
+                }
+            }
+        })
+        .await;
+    started.elapsed()
+}
+
 #[tokio::main]
 async fn main() {
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
@@ -165,16 +255,25 @@ async fn main() {
             window: Duration::from_secs(300),
             ..DetectorSettings::default()
         };
-        let detector = Detector::new(store.clone(), settings, Arc::new(Notify::new()));
+        for a in 0..agents {
+            store
+                .enrol_agent(&format!("agent-{a}"), "bench", &format!("token-{a}"))
+                .await
+                .unwrap();
+        }
+        let feed = Arc::new(Feed::default());
+        let detector =
+            Detector::new(store.clone(), settings, Arc::new(Notify::new())).with_feed(feed.clone());
         let pass = |n: u32, what: &str, elapsed: Duration, s: &PassSummary| {
             println!(
-                "  pass {n} ({what}): {:.3} s total (read {:.3} s: {} {} probes; decision and \
-                 writes {:.3} s, of which deciding {:.3} s); {} probes in the window in {} cells, \
-                 {} segments, {} incidents opened",
+                "  pass {n} ({what}): {:.3} s total (read {:.3} s: {} {} probes read, {} fed; \
+                 decision and writes {:.3} s, of which deciding {:.3} s); {} probes in the \
+                 window in {} cells, {} segments, {} incidents opened",
                 elapsed.as_secs_f64(),
                 s.query_time.as_secs_f64(),
                 s.refresh.map_or("-", |r| r.as_str()),
                 s.read_probes,
+                s.fed_probes,
                 s.decide_time.as_secs_f64(),
                 s.plan_time.as_secs_f64(),
                 s.probes,
@@ -187,15 +286,13 @@ async fn main() {
         let first = detector.evaluate_at(end).await.unwrap();
         pass(1, "start: the whole window", started.elapsed(), &first);
 
-        // 15 s of results at the window's rate arrive, then the next pass.
-        let before: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        // 15 s of results at the window's rate arrive through this
+        // collector's ingest, then the next pass.
         let next = end + chrono::Duration::seconds(15);
         let new = rows / 20;
-        fill(
-            &pool,
+        let ingested = ingest(
+            &store,
+            &feed,
             agents,
             targets,
             Fill {
@@ -206,22 +303,62 @@ async fn main() {
             },
         )
         .await;
+        println!(
+            "  {new} new results ingested in {:.1} s ({:.0}/s)",
+            ingested.as_secs_f64(),
+            new as f64 / ingested.as_secs_f64()
+        );
         let started = Instant::now();
         let second = detector.evaluate_at(next).await.unwrap();
         let steady = started.elapsed();
-        pass(2, "15 s later: the new results", steady, &second);
+        pass(
+            2,
+            "15 s later: new results, this collector's",
+            steady,
+            &second,
+        );
+
+        // As many again stored by another collector: read.
+        let before: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let later = next + chrono::Duration::seconds(15);
+        fill(
+            &pool,
+            agents,
+            targets,
+            Fill {
+                first: rows + new + 1,
+                rows: new,
+                spread: 15.0,
+                end: later,
+            },
+        )
+        .await;
         let started = Instant::now();
-        let third = detector.evaluate_at(next).await.unwrap();
-        pass(3, "nothing new", started.elapsed(), &third);
+        let third = detector.evaluate_at(later).await.unwrap();
+        let read_pass = started.elapsed();
+        pass(
+            3,
+            "15 s later: new results, another collector's",
+            read_pass,
+            &third,
+        );
+        let started = Instant::now();
+        let fourth = detector.evaluate_at(later).await.unwrap();
+        pass(4, "nothing new", started.elapsed(), &fourth);
         println!(
-            "  => a pass over {} results in the window with {new} new: {:.3} s \
-             (reference: 1 s at 10 M); reading the whole window: {:.3} s",
+            "  => a pass over {} results in the window with {new} new: {:.3} s from this \
+             collector's ingest, {:.3} s from another's (reference: 1 s at 10 M); reading the \
+             whole window: {:.3} s",
             second.probes,
             steady.as_secs_f64(),
+            read_pass.as_secs_f64(),
             (first.query_time).as_secs_f64(),
         );
 
-        let start = next - chrono::Duration::seconds(300);
+        let start = later - chrono::Duration::seconds(300);
         for (what, since) in [
             ("the new results' read", Some(before.as_str())),
             ("the whole window's read", None),

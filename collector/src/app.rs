@@ -21,6 +21,7 @@ use crate::alert::Alerter;
 use crate::config::{CollectorConfig, RetentionConfig, TlsConfig};
 use crate::control::ControlHub;
 use crate::detect::Detector;
+use crate::detect::feed::Feed;
 use crate::ingest::IngestService;
 use crate::listen;
 use crate::reload::LiveConfig;
@@ -205,13 +206,16 @@ impl Application {
                 move |live, stop| control.clone().run(store.clone(), live, stop),
             );
         }
+        // The ingest hands what it commits to this collector's detector.
+        let feed = Arc::new(Feed::default());
         let ingest = IngestService::new(
             self.store.clone(),
             shutdown.clone(),
             limits,
             mutual_tls,
             control,
-        );
+        )
+        .with_feed(feed.clone());
         let grpc = server
             .add_service(
                 IngestServer::new(ingest)
@@ -287,14 +291,16 @@ impl Application {
         let stale = (self.config.detector.settings().interval * 3).max(Duration::from_secs(30));
         {
             let (store, changed, config) = (self.store.clone(), changed.clone(), config.clone());
+            let feed = feed.clone();
             supervisor.spawn(
                 "detector",
                 Policy::Restart,
                 Some(stale),
                 move |live, stop| {
                     let settings = config.get().detector.settings();
-                    let detector =
-                        Detector::new(store.clone(), settings, changed.clone()).with_liveness(live);
+                    let detector = Detector::new(store.clone(), settings, changed.clone())
+                        .with_liveness(live)
+                        .with_feed(feed.clone());
                     async move {
                         detector.run(stop).await;
                         Ok(())

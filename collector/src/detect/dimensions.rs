@@ -8,12 +8,26 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::asn::AsnTable;
+use super::feed::FedRow;
+use crate::store::StoredResult;
 
+// The SQL sources: each is mirrored in Rust by [`source_fn`], for the
+// results the collector hands its own detector (`detect::feed`).
+const REGION: &str = "region";
+/// The forward proxy's name, or `direct`.
+const PROXY: &str = "COALESCE(proxy, 'direct')";
 /// The address a probe left from, as the internet saw it (see the
 /// `probe_egress` SQL function in the migrations).
 const EGRESS: &str = "host(probe_egress(echo_ip, local_ip, proxy, proxy_ip, egress_ip))";
+const RESOLVER: &str = "resolver";
+const RESOLVER_EGRESS: &str = "host(resolver_egress_ip)";
 /// The address the probe dialled.
 const DIALLED: &str = "host(dialed_ip)";
+const EDGE: &str = "edge_location";
+const HTTP_VERSION: &str = "http_version";
+const AGENT: &str = "agent_id";
+const VANTAGE: &str = "agent_id || '/' || vantage";
+const GATEWAY: &str = "gateway";
 
 /// How a dimension's value is made from its SQL source value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +88,7 @@ pub const DIMENSIONS: &[Dimension] = &[
     Dimension {
         name: "region",
         label: "region",
-        source: "region",
+        source: REGION,
         derive: Derive::Text,
         role: Role::Cause,
         spans_targets: true,
@@ -83,7 +97,7 @@ pub const DIMENSIONS: &[Dimension] = &[
     Dimension {
         name: "proxy",
         label: "proxy",
-        source: "COALESCE(proxy, 'direct')",
+        source: PROXY,
         derive: Derive::Text,
         role: Role::Cause,
         spans_targets: true,
@@ -110,7 +124,7 @@ pub const DIMENSIONS: &[Dimension] = &[
     Dimension {
         name: "resolver",
         label: "resolver",
-        source: "resolver",
+        source: RESOLVER,
         derive: Derive::Text,
         role: Role::Cause,
         spans_targets: true,
@@ -119,7 +133,7 @@ pub const DIMENSIONS: &[Dimension] = &[
     Dimension {
         name: "resolver_egress",
         label: "resolver egress address",
-        source: "host(resolver_egress_ip)",
+        source: RESOLVER_EGRESS,
         derive: Derive::Text,
         role: Role::Cause,
         spans_targets: true,
@@ -146,7 +160,7 @@ pub const DIMENSIONS: &[Dimension] = &[
     Dimension {
         name: "edge_location",
         label: "edge location",
-        source: "edge_location",
+        source: EDGE,
         derive: Derive::Text,
         role: Role::Cause,
         spans_targets: false,
@@ -164,7 +178,7 @@ pub const DIMENSIONS: &[Dimension] = &[
     Dimension {
         name: "http_version",
         label: "HTTP version",
-        source: "http_version",
+        source: HTTP_VERSION,
         derive: Derive::Text,
         role: Role::Cause,
         spans_targets: true,
@@ -173,7 +187,7 @@ pub const DIMENSIONS: &[Dimension] = &[
     Dimension {
         name: "agent",
         label: "agent",
-        source: "agent_id",
+        source: AGENT,
         derive: Derive::Text,
         role: Role::Cause,
         spans_targets: true,
@@ -182,7 +196,7 @@ pub const DIMENSIONS: &[Dimension] = &[
     Dimension {
         name: "vantage",
         label: "vantage",
-        source: "agent_id || '/' || vantage",
+        source: VANTAGE,
         derive: Derive::Text,
         role: Role::Cause,
         spans_targets: true,
@@ -191,7 +205,7 @@ pub const DIMENSIONS: &[Dimension] = &[
     Dimension {
         name: "gateway",
         label: "gateway",
-        source: "gateway",
+        source: GATEWAY,
         derive: Derive::Text,
         role: Role::Evidence,
         spans_targets: false,
@@ -218,6 +232,89 @@ pub fn source_index() -> Vec<usize> {
         .iter()
         .map(|d| sources.iter().position(|s| *s == d.source).unwrap_or(0))
         .collect()
+}
+
+/// A source's value for one result as the collector received it.
+pub type SourceFn = fn(&FedRow<'_>) -> SourceValue;
+
+/// A source's value, or `Unfaithful` where the Rust value might not be
+/// byte for byte what PostgreSQL prints (the result is then read from the
+/// database instead).
+pub type SourceValue = Result<Option<String>, Unfaithful>;
+
+/// The Rust value might differ from the SQL one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unfaithful;
+
+/// The Rust mirror of the SQL source `sql` (one of [`sources`]); `None`
+/// for a source that has none.
+pub fn source_fn(sql: &str) -> Option<SourceFn> {
+    let f: SourceFn = match sql {
+        REGION => |r| Ok(Some(r.region().to_owned())),
+        PROXY => |r| {
+            Ok(Some(
+                r.result.proxy.as_deref().unwrap_or("direct").to_owned(),
+            ))
+        },
+        EGRESS => |r| host(probe_egress(r.result)),
+        RESOLVER => |r| Ok(r.result.resolver.clone()),
+        RESOLVER_EGRESS => |r| host(r.result.resolver_egress_ip),
+        DIALLED => |r| host(r.result.dialed.map(|a| a.ip())),
+        EDGE => |r| Ok(r.result.edge_location.clone()),
+        HTTP_VERSION => |r| Ok(r.result.http_version.clone()),
+        AGENT => |r| Ok(Some(r.agent_id.to_owned())),
+        VANTAGE => |r| Ok(Some(format!("{}/{}", r.agent_id, r.result.vantage))),
+        GATEWAY => |r| Ok(r.result.gateway.clone()),
+        _ => return None,
+    };
+    Some(f)
+}
+
+/// The `probe_egress` SQL function: the echoed address, else the proxy's,
+/// else the local address when it is public, else the egress address the
+/// collector saw.
+fn probe_egress(r: &StoredResult) -> Option<IpAddr> {
+    if r.echo_ip.is_some() {
+        return r.echo_ip;
+    }
+    if r.proxy.is_some() {
+        return r.proxy_ip;
+    }
+    match r.local_ip {
+        Some(local) if !is_private(local) => Some(local),
+        _ => r.egress_ip,
+    }
+}
+
+/// The ranges `probe_egress` treats as private: 10/8, 172.16/12,
+/// 192.168/16, 100.64/10, 169.254/16, fc00::/7, fe80::/10 (within one
+/// family, as PostgreSQL compares inet).
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            a == 10
+                || (a == 172 && b & 0xf0 == 16)
+                || (a == 192 && b == 168)
+                || (a == 100 && b & 0xc0 == 64)
+                || (a == 169 && b == 254)
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80
+        }
+    }
+}
+
+/// PostgreSQL's `host(inet)`. IPv6 addresses whose first 80 bits are zero
+/// (IPv4-mapped and IPv4-compatible ones) are printed with a dotted tail
+/// by PostgreSQL in cases Rust does not follow: those are `Unfaithful`.
+fn host(ip: Option<IpAddr>) -> SourceValue {
+    match ip {
+        None => Ok(None),
+        Some(IpAddr::V6(v6)) if v6.segments()[..5] == [0; 5] => Err(Unfaithful),
+        Some(ip) => Ok(Some(ip.to_string())),
+    }
 }
 
 /// What derivations need besides the source value.

@@ -13,6 +13,7 @@ pub mod confirm;
 pub mod decision;
 pub mod dimensions;
 pub mod explain;
+pub mod feed;
 pub mod lifecycle;
 pub mod plan;
 pub mod population;
@@ -143,6 +144,9 @@ pub struct PassSummary {
     /// for it (only the new ones when updated).
     pub refresh: Option<window::Refresh>,
     pub read_probes: u64,
+    /// New probes counted from this collector's own ingest (`feed`)
+    /// instead of read.
+    pub fed_probes: u64,
     /// Cell slots the kept window holds after the pass (its memory).
     pub window_slots: usize,
     /// Time bringing the window up to date, and in everything after it
@@ -169,6 +173,15 @@ pub struct Detector {
     liveness: Option<Liveness>,
     /// The window as of the last pass (kept standing by too).
     window: tokio::sync::Mutex<Option<window::KeptWindow>>,
+    /// This collector's own results, from its ingest.
+    feed: Arc<feed::Feed>,
+}
+
+impl Drop for Detector {
+    /// Nobody counts the feed any more: it stops registering.
+    fn drop(&mut self) {
+        self.feed.stop();
+    }
 }
 
 impl Detector {
@@ -187,7 +200,15 @@ impl Detector {
             last_pass: Mutex::new(Duration::ZERO),
             liveness: None,
             window: tokio::sync::Mutex::new(None),
+            feed: Arc::default(),
         }
+    }
+
+    /// Counts this collector's own results from `feed` (which its ingest
+    /// fills) instead of reading them back.
+    pub fn with_feed(mut self, feed: Arc<feed::Feed>) -> Self {
+        self.feed = feed;
+        self
     }
 
     /// Reports each pass that ended to `liveness` (its supervisor's).
@@ -240,6 +261,8 @@ impl Detector {
                                 .increment(1);
                             metrics::counter!("vantage_detector_read_results_total")
                                 .increment(summary.read_probes);
+                            metrics::counter!("vantage_detector_fed_results_total")
+                                .increment(summary.fed_probes);
                             metrics::gauge!("vantage_detector_window_slots")
                                 .set(summary.window_slots as f64);
                         }
@@ -286,6 +309,7 @@ impl Detector {
         window::KeptWindow::refresh(
             kept,
             &self.store,
+            &self.feed,
             start,
             &dimensions::sources(),
             default_round_ms,
@@ -422,6 +446,7 @@ impl Detector {
             resolved: pass.resolves.iter().map(|r| r.0).collect(),
             refresh: Some(refreshed.refresh),
             read_probes: refreshed.probes,
+            fed_probes: refreshed.fed,
             window_slots: refreshed.slots,
             query_time,
             plan_time,

@@ -16,6 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::decision::bucket_of;
+use super::feed::Feed;
 use crate::store::{CellCounts, CellKey, SlotRow, Store, StoreError, WindowCell};
 
 /// What the kept window was read with: a pass asking for another shape
@@ -59,8 +60,10 @@ impl Refresh {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RefreshSummary {
     pub refresh: Refresh,
-    /// Probes read (new ones, for an update).
+    /// Probes read from the database (new ones, for an update).
     pub probes: u64,
+    /// New probes counted from this collector's own ingest instead.
+    pub fed: u64,
     /// Cell slots kept after it.
     pub slots: usize,
 }
@@ -69,10 +72,13 @@ impl KeptWindow {
     /// Brings `kept` up to date for a window starting at `start`: a read of
     /// what was committed since its snapshot, or of the whole window when
     /// there is none or it was read with another shape. Slots that ended
-    /// before `start` are dropped.
+    /// before `start` are dropped. An update counts what `feed` holds of
+    /// this collector's own results instead of reading them; a whole read
+    /// (re)starts the feed.
     pub async fn refresh(
         kept: &mut Option<KeptWindow>,
         store: &Store,
+        feed: &Feed,
         start: DateTime<Utc>,
         sources: &[&'static str],
         default_round_ms: i64,
@@ -86,7 +92,7 @@ impl KeptWindow {
         let continuing = kept.take().filter(|k| k.shape == shape);
         let since = continuing.as_ref().map(|k| k.snapshot.as_str());
         let read = store
-            .window_slots(start, sources, default_round_ms, since)
+            .window_slots(start, sources, default_round_ms, since, &|| feed.excluded())
             .await;
         // A failed read leaves the kept window as it was.
         let read = match read {
@@ -96,10 +102,14 @@ impl KeptWindow {
                 return Err(error);
             }
         };
-        let refresh = if continuing.is_some() {
-            Refresh::Updated
+        let (refresh, fed_rows) = if continuing.is_some() {
+            let fed = feed.take_visible(&read.snapshot, &read.read_back, start);
+            (Refresh::Updated, fed)
         } else {
-            Refresh::Rebuilt
+            // Every transaction the whole read saw is counted; the feed
+            // takes over from it.
+            feed.start(sources, default_round_ms);
+            (Refresh::Rebuilt, Vec::new())
         };
         let mut window = continuing.unwrap_or_else(|| KeptWindow {
             shape,
@@ -107,16 +117,19 @@ impl KeptWindow {
             cells: HashMap::new(),
         });
         window.snapshot = read.snapshot;
-        let probes = read
-            .rows
-            .iter()
-            .map(|r| u64::try_from(r.counts.probes).unwrap_or(0))
-            .sum();
+        let count = |rows: &[SlotRow]| -> u64 {
+            rows.iter()
+                .map(|r| u64::try_from(r.counts.probes).unwrap_or(0))
+                .sum()
+        };
+        let (probes, fed) = (count(&read.rows), count(&fed_rows));
         window.add(read.rows);
+        window.add(fed_rows);
         window.forget_before(start);
         let summary = RefreshSummary {
             refresh,
             probes,
+            fed,
             slots: window.slots(),
         };
         *kept = Some(window);
@@ -132,7 +145,7 @@ impl KeptWindow {
             };
             slots
                 .entry(row.slot)
-                .and_modify(|c| merge(c, &row.counts))
+                .and_modify(|c| c.merge(&row.counts))
                 .or_insert(row.counts);
         }
     }
@@ -172,7 +185,7 @@ impl KeptWindow {
                 let bucket = i32::try_from(bucket_of(rounds, thresholds)).unwrap_or(i32::MAX);
                 buckets
                     .entry(bucket)
-                    .and_modify(|b| merge(b, c))
+                    .and_modify(|b| b.merge(c))
                     .or_insert(*c);
             }
             for (bucket, counts) in buckets {
@@ -185,14 +198,6 @@ impl KeptWindow {
         }
         out
     }
-}
-
-/// Adds `more` to `into`.
-fn merge(into: &mut CellCounts, more: &CellCounts) {
-    into.probes += more.probes;
-    into.first_at = into.first_at.min(more.first_at);
-    into.last_at = into.last_at.max(more.last_at);
-    into.last_seq = into.last_seq.max(more.last_seq);
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub(super) struct Committer {
     /// Ends the stream's pusher with the committer.
     pub(super) _ended: tokio_util::sync::DropGuard,
     pub(super) store: Arc<Store>,
+    pub(super) feed: Arc<Feed>,
     pub(super) agent_id: String,
     pub(super) region: String,
     pub(super) replies: Replies,
@@ -60,16 +61,28 @@ impl Committer {
         let started = Instant::now();
         // Fault tests: a slow commit (`sleep(ms)`).
         fail::fail_point!("ingest-before-commit");
+        // Dropped unregistered or uncommitted, it tells the feed.
+        let mut ticket = self
+            .feed
+            .prepare(&self.agent_id, &self.region, &batch.results);
         let inserted = self
             .store
-            .insert_batch(
+            .insert_batch_registering(
                 &self.agent_id,
                 &self.region,
                 &batch.results,
                 &batch.gaps,
                 batch.progress_seq,
+                &mut |xid| {
+                    if let Some(ticket) = ticket.as_mut() {
+                        ticket.register(xid);
+                    }
+                },
             )
             .await?;
+        if let Some(ticket) = ticket {
+            ticket.committed();
+        }
         let elapsed = started.elapsed();
         metrics::histogram!("vantage_ingest_commit_seconds").record(elapsed.as_secs_f64());
         metrics::counter!("vantage_ingest_results_total").increment(inserted.new_rows);

@@ -31,6 +31,7 @@ use vantage_proto::v1::ingest_server::Ingest;
 
 use crate::auth::{self, AuthError};
 use crate::control::{AgentView, ControlHub};
+use crate::detect::feed::Feed;
 use crate::store::{
     AgentHello, EnrolledAgent, ProbeAnswer, Store, StoreError, StoredGap, StoredResult,
 };
@@ -119,6 +120,8 @@ pub struct IngestService {
     streams: Arc<Mutex<HashMap<String, usize>>>,
     /// What agents that announced the capabilities are sent.
     control: Arc<ControlHub>,
+    /// Where committed batches go for this collector's own detector.
+    feed: Arc<Feed>,
 }
 
 impl IngestService {
@@ -143,7 +146,15 @@ impl IngestService {
             require_client_cert,
             streams: Arc::default(),
             control,
+            feed: Arc::default(),
         }
+    }
+
+    /// Hands each committed batch to `feed` (the one this collector's
+    /// detector counts from).
+    pub fn with_feed(mut self, feed: Arc<Feed>) -> Self {
+        self.feed = feed;
+        self
     }
 
     /// A place for one more stream of `agent_id`, if it has fewer than
@@ -286,6 +297,7 @@ impl Ingest for IngestService {
             _slot: slot,
             _ended: ended.clone().drop_guard(),
             store: self.store.clone(),
+            feed: self.feed.clone(),
             agent_id: agent.agent_id,
             region: enrolled.region,
             replies,

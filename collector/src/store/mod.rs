@@ -34,7 +34,7 @@ pub use requests::{
     Purpose, RequestAgent,
 };
 pub use results::{Inserted, ResultPath, StoredGap, StoredResult};
-pub use window::{CellCounts, CellKey, SlotRead, SlotRow, WindowCell};
+pub use window::{CellCounts, CellKey, Excluded, SlotRead, SlotRow, WindowCell, slot_of};
 
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -53,6 +53,16 @@ pub struct CellCounts {
     pub last_seq: i64,
 }
 
+impl CellCounts {
+    /// Adds `more`.
+    pub fn merge(&mut self, more: &CellCounts) {
+        self.probes += more.probes;
+        self.first_at = self.first_at.min(more.first_at);
+        self.last_at = self.last_at.max(more.last_at);
+        self.last_seq = self.last_seq.max(more.last_seq);
+    }
+}
+
 /// One row of a window read: a cell's probes in one time slot (a
 /// quarter of their round).
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +79,26 @@ pub struct SlotRow {
 pub struct SlotRead {
     pub rows: Vec<SlotRow>,
     pub snapshot: String,
+    /// The transactions read back whole ([`Excluded::read_back`]).
+    pub read_back: Vec<i64>,
+}
+
+/// What an update read leaves out: transactions whose results the
+/// detector counts from elsewhere (`detect::feed`); and transactions it
+/// reads back whole, whatever the previous snapshot saw of them.
+#[derive(Debug, Clone, Default)]
+pub struct Excluded {
+    /// Left out (`read_back` is among them).
+    pub xids: Vec<i64>,
+    pub read_back: Vec<i64>,
+}
+
+/// The time slot of a probe started at `at` in a round of `interval_ms`,
+/// computed as the window read does (`date_part` is a double, the cast to
+/// int8 rounds half to even, the division truncates).
+pub fn slot_of(at: DateTime<Utc>, interval_ms: i32) -> i64 {
+    let ms = (at.timestamp_micros() as f64 / 1_000_000.0 * 1000.0).round_ties_even() as i64;
+    ms / i64::from((interval_ms / SLOTS_PER_ROUND).max(1))
 }
 
 /// Slots per round: a probe's age is known to a quarter of a round.
@@ -100,6 +130,18 @@ const SUMMARIZE_NEW: &str = "SELECT count(brin_summarize_new_values(x.indexrelid
      WHERE i.inhparent = 'probe_results_ingest_xid'::regclass
        AND t.relname >= 'probe_results_p' || to_char($1 AT TIME ZONE 'UTC', 'YYYYMMDD')";
 
+/// Which rows of the window a read takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    /// All of them.
+    Whole,
+    /// Those committed after `$3` (a snapshot), but for the transactions
+    /// in `$4`.
+    Since,
+    /// Those of the transactions in `$3`.
+    ReadBack,
+}
+
 /// Columns of a window read before the dimension sources.
 const FIXED_COLUMNS: usize = 9;
 
@@ -108,10 +150,9 @@ const FIXED_COLUMNS: usize = 9;
 /// probes are not statistics), grouped by target, check, outcome, status,
 /// vantage, round, whether they were confirmation probes, time slot and
 /// every source. `$1`: the window's start; `$2`: the round of results
-/// that do not say theirs (ms); with `since`, `$3`: the snapshot of the
-/// previous read, whose results are left out. The window's end is the
-/// pass's business: a read takes everything committed.
-fn slots_sql(sources: &[&'static str], since: bool) -> String {
+/// that do not say theirs (ms); then as [`Filter`] says. The window's end
+/// is the pass's business: a read takes everything committed.
+fn slots_sql(sources: &[&'static str], filter: Filter) -> String {
     // Byte-order collation: grouping needs equality, not language order,
     // and "C" compares text several times faster than a locale does.
     let mut select = format!(
@@ -128,14 +169,17 @@ fn slots_sql(sources: &[&'static str], since: bool) -> String {
     let group: Vec<String> = (1..=FIXED_COLUMNS + sources.len())
         .map(|i| i.to_string())
         .collect();
-    // New since the previous read: stored by a transaction that read did
-    // not see (whatever order transactions committed in); the lower bound
-    // lets the BRIN index skip everything older.
-    let new = if since {
-        "AND ingest_xid >= pg_snapshot_xmin($3::text::pg_snapshot)::text::int8
-           AND NOT pg_visible_in_snapshot(ingest_xid::text::xid8, $3::text::pg_snapshot)"
-    } else {
-        ""
+    let new = match filter {
+        Filter::Whole => "",
+        // New since the previous read: stored by a transaction that read
+        // did not see (whatever order transactions committed in); the
+        // lower bound lets the BRIN index skip everything older.
+        Filter::Since => {
+            "AND ingest_xid >= pg_snapshot_xmin($3::text::pg_snapshot)::text::int8
+           AND NOT pg_visible_in_snapshot(ingest_xid::text::xid8, $3::text::pg_snapshot)
+           AND ingest_xid <> ALL ($4::int8[])"
+        }
+        Filter::ReadBack => "AND ingest_xid = ANY ($3::int8[])",
     };
     format!(
         "{select}, count(*), min(started_at), max(started_at), max(seq)
@@ -153,22 +197,39 @@ impl Store {
     /// `sources` (text-valued expressions over `probe_results`, taken from
     /// the dimension table, never from input), the cell's identity and
     /// time slot: all of them, or with `since` (a previous read's
-    /// snapshot) only those committed after it. One scan of the window's
-    /// partitions, or of the pages written since.
+    /// snapshot) only those committed after it, but for the transactions
+    /// `excluding` names once the read's snapshot is taken (and with those
+    /// it names to read back). One scan of the window's partitions, or of
+    /// the pages written since.
     pub async fn window_slots(
         &self,
         start: DateTime<Utc>,
         sources: &[&'static str],
         default_round_ms: i64,
         since: Option<&str>,
+        excluding: &(dyn Fn() -> Excluded + Sync),
     ) -> Result<SlotRead, StoreError> {
         self.summarize_new_ranges(start).await;
         let mut tx = self.window_transaction().await?;
         let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
             .fetch_one(&mut *tx)
             .await?;
-        let sql = slots_sql(sources, since.is_some());
-        let rows = read(&mut tx, sql, start, default_round_ms, since).await?;
+        let (rows, read_back) = match since {
+            None => {
+                let rows = read(&mut tx, sources, start, default_round_ms, Bind::Whole).await?;
+                (rows, Vec::new())
+            }
+            Some(since) => {
+                let excluded = excluding();
+                let bind = Bind::Since(since, &excluded.xids);
+                let mut rows = read(&mut tx, sources, start, default_round_ms, bind).await?;
+                if !excluded.read_back.is_empty() {
+                    let bind = Bind::ReadBack(&excluded.read_back);
+                    rows.extend(read(&mut tx, sources, start, default_round_ms, bind).await?);
+                }
+                (rows, excluded.read_back)
+            }
+        };
         tx.commit().await?;
         let fixed = FIXED_COLUMNS;
         let n = fixed + sources.len();
@@ -202,11 +263,13 @@ impl Store {
         Ok(SlotRead {
             rows: out,
             snapshot,
+            read_back,
         })
     }
 
     /// The query plan of [`Self::window_slots`] (`EXPLAIN (FORMAT JSON)`,
-    /// with `ANALYZE` if asked), for the benchmark.
+    /// with `ANALYZE` if asked), for the benchmark; an update read leaves
+    /// nothing out.
     pub async fn explain_window_slots(
         &self,
         start: DateTime<Utc>,
@@ -220,12 +283,13 @@ impl Store {
         } else {
             "FORMAT JSON"
         };
-        let sql = format!(
-            "EXPLAIN ({options}) {}",
-            slots_sql(sources, since.is_some())
-        );
+        let bind = match since {
+            Some(since) => Bind::Since(since, &[]),
+            None => Bind::Whole,
+        };
+        let sql = format!("EXPLAIN ({options}) {}", slots_sql(sources, bind.filter()));
         let mut tx = self.window_transaction().await?;
-        let rows = read(&mut tx, sql, start, default_round_ms, since).await?;
+        let rows = run(&mut tx, sql, start, default_round_ms, bind).await?;
         tx.commit().await?;
         match rows.first() {
             Some(row) => Ok(row.try_get(0)?),
@@ -262,20 +326,54 @@ impl Store {
     }
 }
 
+/// A read's parameters after the window's start and default round.
+#[derive(Clone, Copy)]
+enum Bind<'a> {
+    Whole,
+    /// The previous read's snapshot; transactions left out.
+    Since(&'a str, &'a [i64]),
+    /// Transactions read back.
+    ReadBack(&'a [i64]),
+}
+
+impl Bind<'_> {
+    fn filter(self) -> Filter {
+        match self {
+            Self::Whole => Filter::Whole,
+            Self::Since(..) => Filter::Since,
+            Self::ReadBack(_) => Filter::ReadBack,
+        }
+    }
+}
+
+/// Runs the window read of `sources` with `bind` in `tx`.
+async fn read(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    sources: &[&'static str],
+    start: DateTime<Utc>,
+    default_round_ms: i64,
+    bind: Bind<'_>,
+) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+    let sql = slots_sql(sources, bind.filter());
+    run(tx, sql, start, default_round_ms, bind).await
+}
+
 /// Runs a window read's `sql` (or its EXPLAIN) with its parameters (see
 /// [`slots_sql`]) in `tx`.
-async fn read(
+async fn run(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     sql: String,
     start: DateTime<Utc>,
     default_round_ms: i64,
-    since: Option<&str>,
+    bind: Bind<'_>,
 ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(start)
         .bind(i32::try_from(default_round_ms).unwrap_or(i32::MAX));
-    if let Some(since) = since {
-        query = query.bind(since);
-    }
+    query = match bind {
+        Bind::Whole => query,
+        Bind::Since(since, left_out) => query.bind(since).bind(left_out),
+        Bind::ReadBack(xids) => query.bind(xids),
+    };
     Ok(query.fetch_all(&mut **tx).await?)
 }

@@ -13,6 +13,7 @@ mod detection;
 mod e2e;
 mod failover;
 mod faults;
+mod feed;
 mod field;
 mod fleet;
 mod grafana;

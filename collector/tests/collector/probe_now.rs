@@ -142,7 +142,13 @@ async fn probe_asks_the_chosen_vantages_and_prints_them_side_by_side(pool: PgPoo
     let store = vantage_collector::store::Store::new(fleet.pool.clone());
     let now = chrono::Utc::now();
     let read = store
-        .window_slots(now - chrono::Duration::minutes(10), &[], 30_000, None)
+        .window_slots(
+            now - chrono::Duration::minutes(10),
+            &[],
+            30_000,
+            None,
+            &vantage_collector::store::Excluded::default,
+        )
         .await
         .unwrap();
     assert!(

@@ -135,6 +135,23 @@ impl Store {
         gaps: &[StoredGap],
         progress_seq: i64,
     ) -> Result<Inserted, StoreError> {
+        self.insert_batch_registering(agent_id, region, results, gaps, progress_seq, &mut |_| {})
+            .await
+    }
+
+    /// [`Self::insert_batch`], telling `register` the id of the
+    /// transaction (`ingest_xid`) right before its COMMIT when every row
+    /// went in (by `COPY`), so that the collector's own detector can
+    /// count the batch without reading it back (`detect::feed`).
+    pub async fn insert_batch_registering(
+        &self,
+        agent_id: &str,
+        region: &str,
+        results: &[StoredResult],
+        gaps: &[StoredGap],
+        progress_seq: i64,
+        register: &mut (dyn FnMut(i64) + Send),
+    ) -> Result<Inserted, StoreError> {
         if results.is_empty() && gaps.is_empty() {
             return Ok(Inserted {
                 new_rows: 0,
@@ -154,14 +171,18 @@ impl Store {
             gaps,
             progress_seq,
         };
-        match self.insert_batch_by(&batch, Insert::Copy(&rows)).await {
+        match self
+            .insert_batch_by(&batch, Insert::Copy(&rows), register)
+            .await
+        {
             Err(StoreError::Database(e)) if is_unique_violation(&e) => {
                 tracing::debug!(
                     agent_id,
                     results = results.len(),
                     "Batch holds rows already stored; inserting the rest."
                 );
-                self.insert_batch_by(&batch, Insert::SkipStored).await
+                self.insert_batch_by(&batch, Insert::SkipStored, &mut |_| {})
+                    .await
             }
             other => other,
         }
@@ -171,6 +192,7 @@ impl Store {
         &self,
         b: &Batch<'_>,
         how: Insert<'_>,
+        register: &mut (dyn FnMut(i64) + Send),
     ) -> Result<Inserted, StoreError> {
         let label = how.label();
         let mut tx = self.pool.begin().await?;
@@ -201,18 +223,21 @@ impl Store {
         }
         // The progress row, in the same transaction; it also re-checks the
         // credential, so a revocation stops an open stream at its next batch.
-        let progressed = sqlx::query(
+        let progressed: Option<i64> = sqlx::query_scalar(
             "UPDATE agents SET last_seq = GREATEST(last_seq, $2), last_seen = now()
-             WHERE agent_id = $1 AND revoked_at IS NULL",
+             WHERE agent_id = $1 AND revoked_at IS NULL
+             RETURNING pg_current_xact_id()::text::int8",
         )
         .bind(b.agent_id)
         .bind(b.progress_seq)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if progressed == 0 {
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(xid) = progressed else {
             tx.rollback().await?;
             return Err(StoreError::Revoked(b.agent_id.to_owned()));
+        };
+        if matches!(how, Insert::Copy(_)) && !b.results.is_empty() {
+            register(xid);
         }
         tx.commit().await?;
         metrics::counter!("vantage_ingest_batches_total", "insert" => label).increment(1);

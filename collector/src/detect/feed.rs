@@ -1,0 +1,468 @@
+//! The results this collector ingests, handed to its own detector after
+//! COMMIT, counted per cell and time slot, so that a pass need not read
+//! them back from the database: a pass then reads only what other
+//! collectors stored (and the few batches the feed cannot mirror).
+//!
+//! Why no result is counted twice or missed:
+//! - the ingest registers its transaction's id (xid) here before COMMIT
+//!   ([`Ticket::register`]), and hands the batch's cells over after it
+//!   ([`Ticket::committed`]);
+//! - the detector's update read leaves out the rows of every registered
+//!   xid, whatever its snapshot says of them, and counts a registered
+//!   xid's cells from here at the first pass whose snapshot shows it
+//!   committed ([`Feed::take_visible`]);
+//! - a transaction whose COMMIT failed may have committed all the same:
+//!   its xid is read back from the database by `ingest_xid`;
+//! - a batch the feed cannot mirror exactly (requested probes, an address
+//!   PostgreSQL would print otherwise) is not registered: it is read from
+//!   the database, as another collector's results are;
+//! - a read takes only results started within the window, and a fed
+//!   batch's cells cannot be split: a batch with results on both sides of
+//!   the window's start when it is counted (an agent's backlog) is read
+//!   back instead, and one wholly before it is not counted;
+//! - the feed registers nothing until the detector's whole read of the
+//!   window ([`Feed::start`]), and starting again forgets everything.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+
+use super::dimensions::{SourceFn, source_fn};
+use crate::store::{CellCounts, CellKey, Excluded, SlotRow, StoredResult, slot_of};
+
+/// One result as the collector received it, with its stream's identity.
+pub struct FedRow<'a> {
+    pub agent_id: &'a str,
+    /// The stream's region (a result may name its vantage's own).
+    pub region: &'a str,
+    pub result: &'a StoredResult,
+}
+
+impl FedRow<'_> {
+    /// The `region` column as stored.
+    pub fn region(&self) -> &str {
+        self.result.region.as_deref().unwrap_or(self.region)
+    }
+}
+
+/// What the detector's window is read with, mirrored here.
+struct Shape {
+    sources: Vec<SourceFn>,
+    default_round_ms: i32,
+}
+
+/// A committed batch's cells and the span of its results' start times.
+struct Delivered {
+    rows: Vec<SlotRow>,
+    earliest: DateTime<Utc>,
+    latest: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct State {
+    /// `None`: inactive (no detector window, or a source without a mirror).
+    shape: Option<Arc<Shape>>,
+    /// Bumped at every start and stop: a ticket from before is ignored.
+    epoch: u64,
+    /// Transactions whose rows the detector's reads leave out.
+    registered: HashSet<i64>,
+    /// Their cells, once committed.
+    delivered: HashMap<i64, Delivered>,
+    /// Registered transactions whose COMMIT failed: read back.
+    unknown: Vec<i64>,
+}
+
+/// Shared by the ingest and the detector of one collector.
+#[derive(Default)]
+pub struct Feed {
+    state: Mutex<State>,
+}
+
+/// One batch on its way into the database.
+pub struct Ticket<'a> {
+    feed: &'a Feed,
+    epoch: u64,
+    rows: Vec<SlotRow>,
+    earliest: DateTime<Utc>,
+    latest: DateTime<Utc>,
+    xid: Option<i64>,
+    committed: bool,
+}
+
+impl Feed {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (Re)starts the feed for a window read with `sources`, right after
+    /// a whole read of it: everything from before is forgotten. Stays
+    /// inactive if a source has no Rust mirror.
+    pub fn start(&self, sources: &[&'static str], default_round_ms: i64) {
+        let fns: Option<Vec<SourceFn>> = sources.iter().map(|s| source_fn(s)).collect();
+        let mut state = self.lock();
+        let epoch = state.epoch + 1;
+        *state = State {
+            epoch,
+            shape: fns.map(|sources| {
+                Arc::new(Shape {
+                    sources,
+                    default_round_ms: i32::try_from(default_round_ms).unwrap_or(i32::MAX),
+                })
+            }),
+            ..State::default()
+        };
+    }
+
+    /// Stops the feed: nothing is registered until the next start.
+    pub fn stop(&self) {
+        let mut state = self.lock();
+        let epoch = state.epoch + 1;
+        *state = State {
+            epoch,
+            ..State::default()
+        };
+    }
+
+    /// The batch's cells, if the feed is active and can mirror every
+    /// result of it exactly; `None` leaves the batch to the database read.
+    pub fn prepare<'a>(
+        &'a self,
+        agent_id: &str,
+        region: &str,
+        results: &[StoredResult],
+    ) -> Option<Ticket<'a>> {
+        let (shape, epoch) = {
+            let state = self.lock();
+            (state.shape.clone()?, state.epoch)
+        };
+        let mut cells: HashMap<(CellKey, i64), CellCounts> = HashMap::new();
+        let (mut earliest, mut latest) = (DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MIN_UTC);
+        for result in results {
+            // Requested probes need their request's purpose (a read).
+            if result.request_id.is_some() {
+                return None;
+            }
+            let row = FedRow {
+                agent_id,
+                region,
+                result,
+            };
+            let sources = shape
+                .sources
+                .iter()
+                .map(|f| f(&row).ok())
+                .collect::<Option<Vec<_>>>()?;
+            let interval_ms = result.interval_ms.unwrap_or(shape.default_round_ms);
+            // As stored: PostgreSQL keeps microseconds.
+            let at = DateTime::from_timestamp_micros(result.started_at.timestamp_micros())?;
+            (earliest, latest) = (earliest.min(at), latest.max(at));
+            let key = CellKey {
+                target: result.url.clone(),
+                check: result.check.clone(),
+                outcome: result.outcome.to_owned(),
+                status: result.http_status.or(result.proxy_status),
+                agent_id: agent_id.to_owned(),
+                vantage: result.vantage.clone(),
+                interval_ms,
+                confirmation: false,
+                sources,
+            };
+            let counts = CellCounts {
+                probes: 1,
+                first_at: at,
+                last_at: at,
+                last_seq: result.seq,
+            };
+            cells
+                .entry((key, slot_of(at, interval_ms)))
+                .and_modify(|c| c.merge(&counts))
+                .or_insert(counts);
+        }
+        Some(Ticket {
+            feed: self,
+            epoch,
+            rows: cells
+                .into_iter()
+                .map(|((key, slot), counts)| SlotRow { key, slot, counts })
+                .collect(),
+            earliest,
+            latest,
+            xid: None,
+            committed: false,
+        })
+    }
+
+    /// What an update read leaves out, and what it reads back: called
+    /// after the read's snapshot was taken, so that every transaction
+    /// that committed before it and registered is in it.
+    pub fn excluded(&self) -> Excluded {
+        let state = self.lock();
+        let mut xids: Vec<i64> = state.registered.iter().copied().collect();
+        xids.extend(&state.unknown);
+        Excluded {
+            xids,
+            read_back: state.unknown.clone(),
+        }
+    }
+
+    /// The cells of every registered transaction that `snapshot` (a
+    /// `pg_snapshot` as text) shows committed, for a window from `start`;
+    /// `read_back`: the unknown ones the read just read back.
+    pub fn take_visible(
+        &self,
+        snapshot: &str,
+        read_back: &[i64],
+        start: DateTime<Utc>,
+    ) -> Vec<SlotRow> {
+        let Some(snapshot) = Snapshot::parse(snapshot) else {
+            tracing::error!(snapshot, "Unreadable snapshot; the fed cells wait.");
+            return Vec::new();
+        };
+        let mut state = self.lock();
+        state.unknown.retain(|xid| !read_back.contains(xid));
+        let visible: Vec<i64> = state
+            .delivered
+            .keys()
+            .copied()
+            .filter(|xid| snapshot.shows(*xid))
+            .collect();
+        let mut out = Vec::new();
+        for xid in visible {
+            let Some(batch) = state.delivered.remove(&xid) else {
+                continue;
+            };
+            state.registered.remove(&xid);
+            if batch.earliest > start {
+                out.extend(batch.rows);
+            } else if batch.latest > start {
+                // Partly in the window: the next read takes its rows in it.
+                state.unknown.push(xid);
+            }
+        }
+        out
+    }
+
+    /// Transactions registered and not yet counted (a gauge).
+    pub fn pending(&self) -> usize {
+        self.lock().registered.len()
+    }
+}
+
+impl Ticket<'_> {
+    /// The batch's cells, as the detector will count them.
+    pub fn rows(&self) -> &[SlotRow] {
+        &self.rows
+    }
+
+    /// Registers the batch's transaction `xid`, before its COMMIT.
+    pub fn register(&mut self, xid: i64) {
+        let mut state = self.feed.lock();
+        if state.epoch == self.epoch && state.shape.is_some() {
+            state.registered.insert(xid);
+            self.xid = Some(xid);
+        }
+    }
+
+    /// The transaction committed: its cells are the detector's.
+    pub fn committed(mut self) {
+        self.committed = true;
+        let Some(xid) = self.xid else { return };
+        let mut state = self.feed.lock();
+        if state.epoch == self.epoch && state.registered.contains(&xid) {
+            let batch = Delivered {
+                rows: std::mem::take(&mut self.rows),
+                earliest: self.earliest,
+                latest: self.latest,
+            };
+            state.delivered.insert(xid, batch);
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    /// Not committed as far as the ingest knows (an error at COMMIT, or
+    /// the task gone): the transaction is read back from the database.
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let Some(xid) = self.xid else { return };
+        let mut state = self.feed.lock();
+        if state.epoch == self.epoch && state.registered.remove(&xid) {
+            state.unknown.push(xid);
+        }
+    }
+}
+
+/// A `pg_snapshot`: `xmin:xmax:xip,...`.
+struct Snapshot {
+    xmin: i64,
+    xmax: i64,
+    in_progress: HashSet<i64>,
+}
+
+impl Snapshot {
+    fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split(':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let in_progress = match parts.next()? {
+            "" => HashSet::new(),
+            list => list
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?,
+        };
+        Some(Self {
+            xmin,
+            xmax,
+            in_progress,
+        })
+    }
+
+    /// Whether a transaction that committed is visible (as
+    /// `pg_visible_in_snapshot`).
+    fn shows(&self, xid: i64) -> bool {
+        xid < self.xmin || (xid < self.xmax && !self.in_progress.contains(&xid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vantage_proto::v1 as pb;
+
+    fn results(n: u64) -> Vec<StoredResult> {
+        let now = Utc::now();
+        (1..=n)
+            .map(|seq| {
+                let r = pb::ProbeResult {
+                    seq,
+                    started_at: Some(prost_types::Timestamp {
+                        seconds: now.timestamp(),
+                        nanos: 0,
+                    }),
+                    check: "c".into(),
+                    url: "http://t/".into(),
+                    outcome: pb::Outcome::Ok as i32,
+                    http_status: Some(200),
+                    ..Default::default()
+                };
+                crate::wire::stored_result(r, [127, 0, 0, 1].into()).unwrap()
+            })
+            .collect()
+    }
+
+    fn probes(rows: &[SlotRow]) -> i64 {
+        rows.iter().map(|r| r.counts.probes).sum()
+    }
+
+    #[test]
+    fn a_batch_counts_once_its_transaction_shows_committed_and_not_before() {
+        let feed = Feed::default();
+        feed.start(&super::super::dimensions::sources(), 30_000);
+        let batch = results(5);
+        let mut ticket = feed.prepare("a", "eu", &batch).unwrap();
+        ticket.register(100);
+        assert_eq!(feed.excluded().xids, vec![100]);
+        // Registered, not yet handed over: left out, not counted.
+        assert!(
+            feed.take_visible("101:101:", &[], DateTime::UNIX_EPOCH)
+                .is_empty()
+        );
+        ticket.committed();
+        // A snapshot taken before it committed does not count it...
+        assert!(
+            feed.take_visible("100:101:100", &[], DateTime::UNIX_EPOCH)
+                .is_empty()
+        );
+        assert!(
+            feed.take_visible("90:95:", &[], DateTime::UNIX_EPOCH)
+                .is_empty()
+        );
+        assert_eq!(feed.pending(), 1);
+        // ...the next one does, once.
+        assert_eq!(
+            probes(&feed.take_visible("101:101:", &[], DateTime::UNIX_EPOCH)),
+            5
+        );
+        assert!(
+            feed.take_visible("101:101:", &[], DateTime::UNIX_EPOCH)
+                .is_empty()
+        );
+        assert_eq!(feed.pending(), 0);
+        assert!(feed.excluded().xids.is_empty());
+    }
+
+    #[test]
+    fn a_batch_across_the_windows_start_is_read_back_and_one_before_it_dropped() {
+        let feed = Feed::default();
+        feed.start(&super::super::dimensions::sources(), 30_000);
+        let mut batch = results(4);
+        let now = batch[0].started_at;
+        batch[0].started_at = now - chrono::Duration::seconds(400);
+        let mut across = feed.prepare("a", "eu", &batch).unwrap();
+        across.register(20);
+        across.committed();
+        let mut inside = feed.prepare("a", "eu", &results(2)).unwrap();
+        inside.register(21);
+        inside.committed();
+        let start = now - chrono::Duration::seconds(300);
+        assert_eq!(probes(&feed.take_visible("22:22:", &[], start)), 2);
+        assert_eq!(feed.excluded().read_back, vec![20]);
+        // Wholly before a later window's start: nothing to count.
+        let mut old = feed.prepare("a", "eu", &results(2)).unwrap();
+        old.register(23);
+        old.committed();
+        let later = now + chrono::Duration::seconds(1);
+        assert!(feed.take_visible("24:24:", &[20], later).is_empty());
+        let excluded = feed.excluded();
+        assert!(excluded.xids.is_empty() && excluded.read_back.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_commit_is_read_back_and_a_restart_forgets_the_old_tickets() {
+        let feed = Feed::default();
+        let sources = super::super::dimensions::sources();
+        feed.start(&sources, 30_000);
+        let batch = results(3);
+        let mut lost = feed.prepare("a", "eu", &batch).unwrap();
+        lost.register(7);
+        drop(lost);
+        let excluded = feed.excluded();
+        assert_eq!(
+            (excluded.xids, excluded.read_back.clone()),
+            (vec![7], vec![7])
+        );
+        assert!(
+            feed.take_visible("8:8:", &excluded.read_back, DateTime::UNIX_EPOCH)
+                .is_empty()
+        );
+        assert!(feed.excluded().xids.is_empty());
+
+        // A ticket from before a restart registers nothing.
+        let mut old = feed.prepare("a", "eu", &batch).unwrap();
+        feed.start(&sources, 30_000);
+        old.register(9);
+        old.committed();
+        assert!(feed.excluded().xids.is_empty());
+        assert!(
+            feed.take_visible("10:10:", &[], DateTime::UNIX_EPOCH)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_snapshot_shows_what_committed_before_it() {
+        let s = Snapshot::parse("100:105:101,103").unwrap();
+        assert!(s.shows(99));
+        assert!(s.shows(100));
+        assert!(!s.shows(101));
+        assert!(s.shows(102));
+        assert!(!s.shows(103));
+        assert!(!s.shows(105));
+        assert!(Snapshot::parse("7:7:").unwrap().shows(6));
+        assert!(Snapshot::parse("7:x:").is_none());
+    }
+}
