@@ -235,12 +235,35 @@ pub fn source_index() -> Vec<usize> {
 }
 
 /// A source's value for one result as the collector received it.
-pub type SourceFn = fn(&FedRow<'_>) -> SourceValue;
+pub type SourceFn = for<'a> fn(&FedRow<'a>) -> SourceValue<'a>;
 
 /// A source's value, or `Unfaithful` where the Rust value might not be
 /// byte for byte what PostgreSQL prints (the result is then read from the
 /// database instead).
-pub type SourceValue = Result<Option<String>, Unfaithful>;
+pub type SourceValue<'a> = Result<Option<Value<'a>>, Unfaithful>;
+
+/// A source's value before it is text: borrowed from the result, or the
+/// parts of its text, so that a batch's results are grouped without
+/// making a string for each (the text is made once per cell).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Value<'a> {
+    Text(&'a str),
+    /// `host(inet)` of an address PostgreSQL prints as Rust does.
+    Host(IpAddr),
+    /// `agent_id || '/' || vantage`.
+    Joined(&'a str, &'a str),
+}
+
+impl Value<'_> {
+    /// The text PostgreSQL's expression gives.
+    pub fn text(&self) -> String {
+        match self {
+            Self::Text(s) => (*s).to_owned(),
+            Self::Host(ip) => ip.to_string(),
+            Self::Joined(a, b) => format!("{a}/{b}"),
+        }
+    }
+}
 
 /// The Rust value might differ from the SQL one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,21 +273,21 @@ pub struct Unfaithful;
 /// for a source that has none.
 pub fn source_fn(sql: &str) -> Option<SourceFn> {
     let f: SourceFn = match sql {
-        REGION => |r| Ok(Some(r.region().to_owned())),
+        REGION => |r| Ok(Some(Value::Text(r.region()))),
         PROXY => |r| {
-            Ok(Some(
-                r.result.proxy.as_deref().unwrap_or("direct").to_owned(),
-            ))
+            Ok(Some(Value::Text(
+                r.result.proxy.as_deref().unwrap_or("direct"),
+            )))
         },
         EGRESS => |r| host(probe_egress(r.result)),
-        RESOLVER => |r| Ok(r.result.resolver.clone()),
+        RESOLVER => |r| Ok(r.result.resolver.as_deref().map(Value::Text)),
         RESOLVER_EGRESS => |r| host(r.result.resolver_egress_ip),
         DIALLED => |r| host(r.result.dialed.map(|a| a.ip())),
-        EDGE => |r| Ok(r.result.edge_location.clone()),
-        HTTP_VERSION => |r| Ok(r.result.http_version.clone()),
-        AGENT => |r| Ok(Some(r.agent_id.to_owned())),
-        VANTAGE => |r| Ok(Some(format!("{}/{}", r.agent_id, r.result.vantage))),
-        GATEWAY => |r| Ok(r.result.gateway.clone()),
+        EDGE => |r| Ok(r.result.edge_location.as_deref().map(Value::Text)),
+        HTTP_VERSION => |r| Ok(r.result.http_version.as_deref().map(Value::Text)),
+        AGENT => |r| Ok(Some(Value::Text(r.agent_id))),
+        VANTAGE => |r| Ok(Some(Value::Joined(r.agent_id, &r.result.vantage))),
+        GATEWAY => |r| Ok(r.result.gateway.as_deref().map(Value::Text)),
         _ => return None,
     };
     Some(f)
@@ -309,11 +332,11 @@ fn is_private(ip: IpAddr) -> bool {
 /// PostgreSQL's `host(inet)`. IPv6 addresses whose first 80 bits are zero
 /// (IPv4-mapped and IPv4-compatible ones) are printed with a dotted tail
 /// by PostgreSQL in cases Rust does not follow: those are `Unfaithful`.
-fn host(ip: Option<IpAddr>) -> SourceValue {
+fn host(ip: Option<IpAddr>) -> SourceValue<'static> {
     match ip {
         None => Ok(None),
         Some(IpAddr::V6(v6)) if v6.segments()[..5] == [0; 5] => Err(Unfaithful),
-        Some(ip) => Ok(Some(ip.to_string())),
+        Some(ip) => Ok(Some(Value::Host(ip))),
     }
 }
 

@@ -24,11 +24,12 @@
 //!   window ([`Feed::start`]), and starting again forgets everything.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 
-use super::dimensions::{SourceFn, source_fn};
+use super::dimensions::{SourceFn, Value, source_fn};
 use crate::store::{CellCounts, CellKey, Excluded, SlotRow, StoredResult, slot_of};
 
 /// One result as the collector received it, with its stream's identity.
@@ -39,10 +40,50 @@ pub struct FedRow<'a> {
     pub result: &'a StoredResult,
 }
 
-impl FedRow<'_> {
+impl<'a> FedRow<'a> {
     /// The `region` column as stored.
-    pub fn region(&self) -> &str {
+    pub fn region(&self) -> &'a str {
         self.result.region.as_deref().unwrap_or(self.region)
+    }
+}
+
+/// A cell of one batch (whose results share the agent), by what its
+/// results lend: compared by the fields of a [`CellKey`] only.
+struct CellOf<'r> {
+    result: &'r StoredResult,
+    status: Option<i16>,
+    interval_ms: i32,
+    sources: Vec<Option<Value<'r>>>,
+    slot: i64,
+}
+
+impl CellOf<'_> {
+    fn identity(&self) -> impl Eq + Hash + '_ {
+        let r = self.result;
+        (
+            (
+                r.url.as_str(),
+                r.check.as_str(),
+                r.outcome,
+                r.vantage.as_str(),
+            ),
+            (self.status, self.interval_ms, self.slot),
+            &self.sources,
+        )
+    }
+}
+
+impl PartialEq for CellOf<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for CellOf<'_> {}
+
+impl Hash for CellOf<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
     }
 }
 
@@ -136,7 +177,10 @@ impl Feed {
             let state = self.lock();
             (state.shape.clone()?, state.epoch)
         };
-        let mut cells: HashMap<(CellKey, i64), CellCounts> = HashMap::new();
+        // Grouped by what the results lend first: a cell's key is made
+        // once per cell, not once per result.
+        let mut cells: HashMap<CellOf<'_>, CellCounts, foldhash::fast::RandomState> =
+            HashMap::default();
         let (mut earliest, mut latest) = (DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MIN_UTC);
         for result in results {
             // Requested probes need their request's purpose (a read).
@@ -157,16 +201,12 @@ impl Feed {
             // As stored: PostgreSQL keeps microseconds.
             let at = DateTime::from_timestamp_micros(result.started_at.timestamp_micros())?;
             (earliest, latest) = (earliest.min(at), latest.max(at));
-            let key = CellKey {
-                target: result.url.clone(),
-                check: result.check.clone(),
-                outcome: result.outcome.to_owned(),
+            let cell = CellOf {
+                result,
                 status: result.http_status.or(result.proxy_status),
-                agent_id: agent_id.to_owned(),
-                vantage: result.vantage.clone(),
                 interval_ms,
-                confirmation: false,
                 sources,
+                slot: slot_of(at, interval_ms),
             };
             let counts = CellCounts {
                 probes: 1,
@@ -175,17 +215,36 @@ impl Feed {
                 last_seq: result.seq,
             };
             cells
-                .entry((key, slot_of(at, interval_ms)))
+                .entry(cell)
                 .and_modify(|c| c.merge(&counts))
                 .or_insert(counts);
         }
+        let rows = cells
+            .into_iter()
+            .map(|(cell, counts)| SlotRow {
+                key: CellKey {
+                    target: cell.result.url.clone(),
+                    check: cell.result.check.clone(),
+                    outcome: cell.result.outcome.to_owned(),
+                    status: cell.status,
+                    agent_id: agent_id.to_owned(),
+                    vantage: cell.result.vantage.clone(),
+                    interval_ms: cell.interval_ms,
+                    confirmation: false,
+                    sources: cell
+                        .sources
+                        .into_iter()
+                        .map(|s| s.as_ref().map(Value::text))
+                        .collect(),
+                },
+                slot: cell.slot,
+                counts,
+            })
+            .collect();
         Some(Ticket {
             feed: self,
             epoch,
-            rows: cells
-                .into_iter()
-                .map(|((key, slot), counts)| SlotRow { key, slot, counts })
-                .collect(),
+            rows,
             earliest,
             latest,
             xid: None,
