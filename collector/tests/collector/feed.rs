@@ -21,13 +21,9 @@ use vantage_proto::v1 as pb;
 const WINDOW: Duration = Duration::from_secs(300);
 const DEFAULT_ROUND_MS: i64 = 30_000;
 
+/// A store (see `window::store`) with agents a to d enrolled.
 async fn store(pool: &PgPool) -> Arc<Store> {
-    let store = Arc::new(Store::new(pool.clone()));
-    store.migrate().await.unwrap();
-    store
-        .ensure_partitions_around(Utc::now(), 1, 1)
-        .await
-        .unwrap();
+    let store = crate::window::store(pool).await;
     for agent in ["a", "b", "c", "d"] {
         store
             .enrol_agent(agent, "eu", &format!("token-of-{agent}"))

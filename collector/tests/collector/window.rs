@@ -41,7 +41,8 @@ async fn write(
     .unwrap();
 }
 
-async fn store(pool: &PgPool) -> Arc<Store> {
+/// A migrated store with today's partitions.
+pub(crate) async fn store(pool: &PgPool) -> Arc<Store> {
     let store = Arc::new(Store::new(pool.clone()));
     store.migrate().await.unwrap();
     store
