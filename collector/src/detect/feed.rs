@@ -138,8 +138,9 @@ impl Feed {
 
     /// (Re)starts the feed for a window read with `sources`, right after
     /// a whole read of it: everything from before is forgotten. Stays
-    /// inactive if a source has no Rust mirror.
-    pub fn start(&self, sources: &[&'static str], default_round_ms: i64) {
+    /// inactive if a source has no Rust mirror. Returns the start's
+    /// epoch, for [`Feed::stop`].
+    pub fn start(&self, sources: &[&'static str], default_round_ms: i64) -> u64 {
         let fns: Option<Vec<SourceFn>> = sources.iter().map(|s| source_fn(s)).collect();
         let mut state = self.lock();
         let epoch = state.epoch + 1;
@@ -153,11 +154,16 @@ impl Feed {
             }),
             ..State::default()
         };
+        epoch
     }
 
-    /// Stops the feed: nothing is registered until the next start.
-    pub fn stop(&self) {
+    /// Stops the feed the start of `epoch` began (not a later one):
+    /// nothing is registered until the next start.
+    pub fn stop(&self, epoch: u64) {
         let mut state = self.lock();
+        if state.epoch != epoch {
+            return;
+        }
         let epoch = state.epoch + 1;
         *state = State {
             epoch,

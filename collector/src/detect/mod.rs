@@ -178,9 +178,12 @@ pub struct Detector {
 }
 
 impl Drop for Detector {
-    /// Nobody counts the feed any more: it stops registering.
+    /// Nobody counts the feed this detector started any more: it stops
+    /// registering (unless a newer detector has started it again).
     fn drop(&mut self) {
-        self.feed.stop();
+        if let Some(kept) = self.window.get_mut() {
+            self.feed.stop(kept.feed_epoch());
+        }
     }
 }
 

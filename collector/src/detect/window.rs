@@ -36,6 +36,8 @@ pub struct KeptWindow {
     /// The snapshot of the last read: what it saw is counted here.
     snapshot: String,
     cells: HashMap<Arc<CellKey>, BTreeMap<i64, CellCounts>>,
+    /// The feed's start that followed this window's whole read.
+    feed_epoch: u64,
 }
 
 /// How a pass brought the window up to date.
@@ -102,21 +104,26 @@ impl KeptWindow {
                 return Err(error);
             }
         };
-        let (refresh, fed_rows) = if continuing.is_some() {
-            let fed = feed.take_visible(&read.snapshot, &read.read_back, start);
-            (Refresh::Updated, fed)
-        } else {
+        let (refresh, fed_rows, feed_epoch) = match &continuing {
+            Some(kept) => {
+                let fed = feed.take_visible(&read.snapshot, &read.read_back, start);
+                (Refresh::Updated, fed, kept.feed_epoch)
+            }
             // Every transaction the whole read saw is counted; the feed
             // takes over from it.
-            feed.start(sources, default_round_ms);
-            (Refresh::Rebuilt, Vec::new())
+            None => {
+                let epoch = feed.start(sources, default_round_ms);
+                (Refresh::Rebuilt, Vec::new(), epoch)
+            }
         };
         let mut window = continuing.unwrap_or_else(|| KeptWindow {
             shape,
             snapshot: String::new(),
             cells: HashMap::new(),
+            feed_epoch: 0,
         });
         window.snapshot = read.snapshot;
+        window.feed_epoch = feed_epoch;
         let count = |rows: &[SlotRow]| -> u64 {
             rows.iter()
                 .map(|r| u64::try_from(r.counts.probes).unwrap_or(0))
@@ -156,6 +163,11 @@ impl KeptWindow {
             slots.retain(|_, c| c.last_at > start);
             !slots.is_empty()
         });
+    }
+
+    /// The feed's start this window counts from.
+    pub fn feed_epoch(&self) -> u64 {
+        self.feed_epoch
     }
 
     fn slots(&self) -> usize {
@@ -244,6 +256,7 @@ mod tests {
             },
             snapshot: String::new(),
             cells: HashMap::new(),
+            feed_epoch: 0,
         };
         w.add(rows);
         w

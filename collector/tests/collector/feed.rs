@@ -204,7 +204,7 @@ async fn what_the_feed_cannot_mirror_is_left_to_the_database(pool: PgPool) {
         feed.prepare("a", "eu", &results).is_none(),
         "inactive before the detector's first read"
     );
-    feed.start(&dimensions::sources(), DEFAULT_ROUND_MS);
+    let epoch = feed.start(&dimensions::sources(), DEFAULT_ROUND_MS);
     assert!(feed.prepare("a", "eu", &results).is_some());
     let with = |edit: &dyn Fn(&mut StoredResult)| {
         let mut batch = results.clone();
@@ -219,7 +219,11 @@ async fn what_the_feed_cannot_mirror_is_left_to_the_database(pool: PgPool) {
     assert!(with(
         &|r| r.resolver_egress_ip = Some("::1.2.3.4".parse().unwrap())
     ));
-    feed.stop();
+    // A newer start is not stopped by an older one's end.
+    let newer = feed.start(&dimensions::sources(), DEFAULT_ROUND_MS);
+    feed.stop(epoch);
+    assert!(feed.prepare("a", "eu", &results).is_some());
+    feed.stop(newer);
     assert!(feed.prepare("a", "eu", &results).is_none());
 }
 
