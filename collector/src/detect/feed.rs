@@ -121,8 +121,8 @@ pub struct Feed {
 }
 
 /// One batch on its way into the database.
-pub struct Ticket<'a> {
-    feed: &'a Feed,
+pub struct Ticket {
+    feed: Arc<Feed>,
     epoch: u64,
     rows: Vec<SlotRow>,
     earliest: DateTime<Utc>,
@@ -173,12 +173,12 @@ impl Feed {
 
     /// The batch's cells, if the feed is active and can mirror every
     /// result of it exactly; `None` leaves the batch to the database read.
-    pub fn prepare<'a>(
-        &'a self,
+    pub fn prepare(
+        self: &Arc<Self>,
         agent_id: &str,
         region: &str,
         results: &[StoredResult],
-    ) -> Option<Ticket<'a>> {
+    ) -> Option<Ticket> {
         let (shape, epoch) = {
             let state = self.lock();
             (state.shape.clone()?, state.epoch)
@@ -248,7 +248,7 @@ impl Feed {
             })
             .collect();
         Some(Ticket {
-            feed: self,
+            feed: self.clone(),
             epoch,
             rows,
             earliest,
@@ -314,7 +314,7 @@ impl Feed {
     }
 }
 
-impl Ticket<'_> {
+impl Ticket {
     /// The batch's cells, as the detector will count them.
     pub fn rows(&self) -> &[SlotRow] {
         &self.rows
@@ -345,7 +345,7 @@ impl Ticket<'_> {
     }
 }
 
-impl Drop for Ticket<'_> {
+impl Drop for Ticket {
     /// Not committed as far as the ingest knows (an error at COMMIT, or
     /// the task gone): the transaction is read back from the database.
     fn drop(&mut self) {
@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_batch_counts_once_its_transaction_shows_committed_and_not_before() {
-        let feed = Feed::default();
+        let feed = Arc::new(Feed::default());
         feed.start(&super::super::dimensions::sources(), 30_000);
         let batch = results(5);
         let mut ticket = feed.prepare("a", "eu", &batch).unwrap();
@@ -462,7 +462,7 @@ mod tests {
 
     #[test]
     fn a_batch_across_the_windows_start_is_read_back_and_one_before_it_dropped() {
-        let feed = Feed::default();
+        let feed = Arc::new(Feed::default());
         feed.start(&super::super::dimensions::sources(), 30_000);
         let mut batch = results(4);
         let now = batch[0].started_at;
@@ -488,7 +488,7 @@ mod tests {
 
     #[test]
     fn an_unknown_commit_is_read_back_and_a_restart_forgets_the_old_tickets() {
-        let feed = Feed::default();
+        let feed = Arc::new(Feed::default());
         let sources = super::super::dimensions::sources();
         feed.start(&sources, 30_000);
         let batch = results(3);

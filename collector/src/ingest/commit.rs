@@ -30,7 +30,6 @@ pub(super) struct Committer {
     /// Ends the stream's pusher with the committer.
     pub(super) _ended: tokio_util::sync::DropGuard,
     pub(super) store: Arc<Store>,
-    pub(super) feed: Arc<Feed>,
     pub(super) agent_id: String,
     pub(super) region: String,
     pub(super) replies: Replies,
@@ -57,14 +56,12 @@ impl Committer {
         tracing::info!(agent_id = %self.agent_id, "Agent disconnected.");
     }
 
-    async fn commit(&self, batch: ValidBatch) -> Result<(), IngestError> {
+    async fn commit(&self, mut batch: ValidBatch) -> Result<(), IngestError> {
         let started = Instant::now();
         // Fault tests: a slow commit (`sleep(ms)`).
         fail::fail_point!("ingest-before-commit");
         // Dropped unregistered or uncommitted, it tells the feed.
-        let mut ticket = self
-            .feed
-            .prepare(&self.agent_id, &self.region, &batch.results);
+        let mut ticket = batch.ticket.take();
         let inserted = self
             .store
             .insert_batch_registering(

@@ -31,7 +31,7 @@ use vantage_proto::v1::ingest_server::Ingest;
 
 use crate::auth::{self, AuthError};
 use crate::control::{AgentView, ControlHub};
-use crate::detect::feed::Feed;
+use crate::detect::feed::{Feed, Ticket};
 use crate::store::{
     AgentHello, EnrolledAgent, ProbeAnswer, Store, StoreError, StoredGap, StoredResult,
 };
@@ -286,6 +286,8 @@ impl Ingest for IngestService {
         let (steps, pending) = mpsc::channel(PIPELINE_DEPTH);
         let reader = Reader {
             agent_id: agent.agent_id.clone(),
+            region: enrolled.region.clone(),
+            feed: self.feed.clone(),
             observed_ip: peer_ip,
             limits: self.limits,
             rate: self.rate.clone(),
@@ -297,7 +299,6 @@ impl Ingest for IngestService {
             _slot: slot,
             _ended: ended.clone().drop_guard(),
             store: self.store.clone(),
-            feed: self.feed.clone(),
             agent_id: agent.agent_id,
             region: enrolled.region,
             replies,

@@ -142,7 +142,13 @@ fn sorted(mut rows: Vec<SlotRow>) -> Vec<SlotRow> {
 
 /// Stores `results` as the ingest does, handing them to `feed`; `commit`
 /// false plays a COMMIT whose outcome is unknown (it did commit).
-async fn ingest(store: &Store, feed: &Feed, agent: &str, results: &[StoredResult], commit: bool) {
+async fn ingest(
+    store: &Store,
+    feed: &Arc<Feed>,
+    agent: &str,
+    results: &[StoredResult],
+    commit: bool,
+) {
     let mut ticket = feed.prepare(agent, "eu", results);
     let last = results.last().map_or(0, |r| r.seq);
     store
@@ -164,7 +170,7 @@ async fn the_feeds_cells_are_those_the_database_read_makes(pool: PgPool) {
     let store = store(&pool).await;
     let end = Utc::now();
     let sources = dimensions::sources();
-    let feed = Feed::default();
+    let feed = Arc::new(Feed::default());
     feed.start(&sources, DEFAULT_ROUND_MS);
     let results = varied(1, 600, end);
     let ticket = feed.prepare("a", "eu", &results).expect("feedable");
@@ -198,7 +204,7 @@ async fn the_feeds_cells_are_those_the_database_read_makes(pool: PgPool) {
 async fn what_the_feed_cannot_mirror_is_left_to_the_database(pool: PgPool) {
     let _store = store(&pool).await;
     let end = Utc::now();
-    let feed = Feed::default();
+    let feed = Arc::new(Feed::default());
     let results = varied(1, 10, end);
     assert!(
         feed.prepare("a", "eu", &results).is_none(),

@@ -156,8 +156,12 @@ async fn a_partly_stored_batch_stores_its_new_rows_as_a_fresh_one(pool: PgPool) 
     use vantage_proto::v1 as pb;
     let collector = spawn_collector(pool.clone()).await;
     let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
+    // One start time for both sends (`result` takes the clock's second,
+    // which may tick between them): the resend is the same row.
+    let started_at = result(7, 502).started_at;
     let full = |seq: u64| {
         let mut r = result(seq, 502);
+        r.started_at = started_at;
         r.vantage = "vpn-ams".into();
         r.region = "eu-north".into();
         r.proxy = "http://127.0.0.9:3128".into();
