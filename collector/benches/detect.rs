@@ -26,7 +26,7 @@ use futures_util::StreamExt as _;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
-use vantage_collector::detect::feed::Feed;
+use vantage_collector::detect::feed::{Feed, Ticket};
 use vantage_collector::detect::{Detector, DetectorSettings, PassSummary, dimensions};
 use vantage_collector::store::{Store, StoredResult};
 use vantage_collector::wire::stored_result;
@@ -189,11 +189,14 @@ async fn ingest(
                 let last = results.last().map_or(0, |r| r.seq);
                 let mut ticket = feed.prepare(&agent, "bench", &results);
                 store
-                    .insert_batch_registering(&agent, "bench", &results, &[], last, &mut |xid| {
-                        if let Some(t) = ticket.as_mut() {
-                            t.register(xid);
-                        }
-                    })
+                    .insert_batch_registering(
+                        &agent,
+                        "bench",
+                        &results,
+                        &[],
+                        last,
+                        &mut Ticket::registrar(&mut ticket),
+                    )
                     .await
                     .unwrap();
                 if let Some(t) = ticket {

@@ -308,7 +308,7 @@ impl Feed {
         out
     }
 
-    /// Transactions registered and not yet counted (a gauge).
+    /// Transactions registered and not yet counted.
     pub fn pending(&self) -> usize {
         self.lock().registered.len()
     }
@@ -318,6 +318,17 @@ impl Ticket {
     /// The batch's cells, as the detector will count them.
     pub fn rows(&self) -> &[SlotRow] {
         &self.rows
+    }
+
+    /// What a batch's insert calls with its transaction id before COMMIT
+    /// (`Store::insert_batch_registering`): registers it for `ticket`,
+    /// if the batch has one.
+    pub fn registrar(ticket: &mut Option<Ticket>) -> impl FnMut(i64) + Send + '_ {
+        move |xid| {
+            if let Some(ticket) = ticket.as_mut() {
+                ticket.register(xid);
+            }
+        }
     }
 
     /// Registers the batch's transaction `xid`, before its COMMIT.

@@ -70,11 +70,7 @@ impl Committer {
                 &batch.results,
                 &batch.gaps,
                 batch.progress_seq,
-                &mut |xid| {
-                    if let Some(ticket) = ticket.as_mut() {
-                        ticket.register(xid);
-                    }
-                },
+                &mut Ticket::registrar(&mut ticket),
             )
             .await?;
         if let Some(ticket) = ticket {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use vantage_collector::detect::feed::Feed;
+use vantage_collector::detect::feed::{Feed, Ticket};
 use vantage_collector::detect::{Detector, DetectorSettings, dimensions};
 use vantage_collector::store::{Excluded, SlotRow, Store, StoredResult};
 use vantage_collector::wire::stored_result;
@@ -152,11 +152,14 @@ async fn ingest(
     let mut ticket = feed.prepare(agent, "eu", results);
     let last = results.last().map_or(0, |r| r.seq);
     store
-        .insert_batch_registering(agent, "eu", results, &[], last, &mut |xid| {
-            if let Some(t) = ticket.as_mut() {
-                t.register(xid);
-            }
-        })
+        .insert_batch_registering(
+            agent,
+            "eu",
+            results,
+            &[],
+            last,
+            &mut Ticket::registrar(&mut ticket),
+        )
         .await
         .unwrap();
     assert!(ticket.is_some(), "the batch could not be fed");
