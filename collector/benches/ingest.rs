@@ -1,7 +1,10 @@
 //! Ingest throughput: several concurrent agent connections speaking the
-//! real protocol (Hello, a window of batches, cumulative acks) into a real
-//! collector and PostgreSQL, then a plain `COPY` of the same rows into the
-//! same table for reference (three runs; the ratio is to the fastest).
+//! real protocol (Hello, a window of batches, cumulative acks) into the
+//! real `vantage-collector` binary, in its own process, and PostgreSQL;
+//! then a plain `COPY` of the same rows into the same table for reference
+//! (three runs; the ratio is to the fastest). The collector's CPU time per
+//! result is read from `/proc`, so that its cost shows apart from the
+//! clients' and the database's on a shared machine.
 //!
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p vantage-collector --bench ingest`
 //! Environment: `BENCH_AGENTS` (default 4), `BENCH_RESULTS` per agent
@@ -10,16 +13,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::VecDeque;
-use std::num::NonZeroU32;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
-use vantage_collector::config::{DatabaseConfig, IngestConfig};
-use vantage_collector::{Application, CollectorConfig};
+use vantage_collector::store::Store;
 use vantage_proto::v1 as pb;
 
 mod common;
@@ -188,6 +190,97 @@ async fn agent(
     latencies
 }
 
+/// The collector binary, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Collector(Child);
+
+impl Collector {
+    fn stop(&mut self) {
+        // The shell's builtin: no dependency on a kill binary.
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.0.id())])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.0.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.0.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `vantage-collector serve` on `database_url` with free ports and
+/// no rate limit worth the name; returns it once it listens, with its gRPC
+/// address. Its log is `dir/collector.log`.
+fn start_collector(database_url: &str, dir: &std::path::Path) -> (Collector, SocketAddr) {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let grpc = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
+    let http = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\n\
+             [ingest]\nmax_results_per_second = 10000000\n\
+             [database]\nmax_connections = 20\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("collector.log")).unwrap();
+    let child = Collector(
+        Command::new(env!("CARGO_BIN_EXE_vantage-collector"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("DATABASE_URL", database_url)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(http).is_err() {
+        assert!(Instant::now() < deadline, "the collector did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, grpc)
+}
+
+/// User and system CPU time of process `pid` so far (`/proc/<pid>/stat`).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: utime and stime are the 12th and 13th of them.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let ticks: u64 = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse::<u64>().unwrap())
+        .sum();
+    // USER_HZ is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Peak resident set of process `pid`, in KiB (`VmHWM`).
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -199,31 +292,17 @@ async fn main() {
     let batch = env_or("BENCH_BATCH", 1_000);
     let window = env_or("BENCH_WINDOW", 4);
 
-    // A throwaway database on the server of DATABASE_URL.
+    // A throwaway database on the server of DATABASE_URL, migrated, and
+    // the agents enrolled, before the collector starts.
     let scratch = ScratchDatabase::create("vantage_bench").await;
     let bench_url = scratch.url.clone();
     let pool = PgPoolOptions::new()
-        .max_connections(20)
+        .max_connections(4)
         .connect(&bench_url)
         .await
         .unwrap();
-    let config = CollectorConfig {
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        database: DatabaseConfig {
-            max_connections: 20,
-            ..DatabaseConfig::default()
-        },
-        ingest: IngestConfig {
-            max_results_per_second: NonZeroU32::new(10_000_000).unwrap(),
-            ..IngestConfig::default()
-        },
-        ..CollectorConfig::default()
-    };
-    let app = Application::build(config, pool.clone()).await.unwrap();
-    let addr = app.grpc_addr();
-    let store = app.store();
-    let shutdown = CancellationToken::new();
-    let collector = tokio::spawn(app.run(shutdown.clone()));
+    let store = Store::new(pool.clone());
+    store.migrate().await.unwrap();
     let mut tokens = Vec::new();
     for i in 0..agents {
         tokens.push(
@@ -232,6 +311,10 @@ async fn main() {
                 .unwrap(),
         );
     }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut collector, addr) = start_collector(&bench_url, dir.path());
+    let collector_cpu = cpu_time(collector.0.id());
+    let own_cpu = cpu_time(std::process::id());
 
     let started = Instant::now();
     let tasks: Vec<_> = tokens
@@ -253,6 +336,8 @@ async fn main() {
         latencies.extend(t.await.unwrap());
     }
     let elapsed = started.elapsed();
+    let collector_cpu = cpu_time(collector.0.id()) - collector_cpu;
+    let own_cpu = cpu_time(std::process::id()) - own_cpu;
     latencies.sort();
     let total = agents * per_agent;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM probe_results")
@@ -273,8 +358,19 @@ async fn main() {
         latencies.last().unwrap().as_secs_f64() * 1e3,
         latencies.len()
     );
-    shutdown.cancel();
-    collector.await.unwrap().unwrap();
+    println!(
+        "CPU over the run: collector process {:.2} s = {:.0} us per result ({:.2} cores); \
+         the agents' side (this process) {:.2} s",
+        collector_cpu.as_secs_f64(),
+        collector_cpu.as_secs_f64() * 1e6 / total as f64,
+        collector_cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        own_cpu.as_secs_f64()
+    );
+    println!(
+        "collector peak RSS: {:.1} MB",
+        peak_rss_kb(collector.0.id()) as f64 / 1024.0
+    );
+    collector.stop();
 
     // The same rows, exported and COPYed back into the emptied table.
     let mut conn = pool.acquire().await.unwrap();

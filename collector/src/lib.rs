@@ -49,4 +49,13 @@ pub mod ui;
 pub mod wire;
 
 pub use app::Application;
+
+/// The collector binary's global allocator; the benchmarks that measure
+/// the collector in-process declare the same.
+///
+/// Ingest decodes and re-encodes about a megabyte per batch in many small
+/// allocations: under glibc's malloc, `malloc`, `free`, their consolidation
+/// and `memmove` took 65% of the process's samples (`perf`, ingest bench,
+/// 2026-12-02).
+pub type Allocator = mimalloc::MiMalloc;
 pub use config::CollectorConfig;

@@ -8,6 +8,9 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use vantage_collector::cli::{self, Args, Command};
 
+#[global_allocator]
+static ALLOCATOR: vantage_collector::Allocator = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
