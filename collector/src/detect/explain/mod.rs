@@ -10,8 +10,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+mod counts;
+
+pub use counts::counts_table;
+
 use super::decision::{Assessment, Counts, Finding, Window};
-use super::dimensions::{DIMENSIONS, Role};
+use super::dimensions::DIMENSIONS;
 use super::plan::Names;
 use super::population::Population;
 use super::track::PATH_TARGET;
@@ -436,67 +440,6 @@ fn join_and(items: &[String]) -> String {
         [one] => one.clone(),
         [init @ .., last] => format!("{} and {last}", init.join(", ")),
     }
-}
-
-/// The counts table of an incident's evidence: every value of the winning
-/// dimension (most failures first, at most 10), then the runners-up of the
-/// other cause dimensions (best explanation score first, at most 5).
-pub fn counts_table(a: &Assessment, winner: Option<usize>) -> Vec<Value> {
-    let row = |i: usize, role: &str| {
-        let s = &a.segments[i];
-        json!({
-            "role": role,
-            "dimension": DIMENSIONS[s.dimension].name,
-            "value": s.value,
-            "probes": s.segment.probes,
-            "failures": s.segment.failures,
-            "rest_probes": s.rest.probes,
-            "rest_failures": s.rest.failures,
-            "vantages": s.failing_vantages,
-            "p_value": s.p_value,
-            "flagged": s.flagged,
-        })
-    };
-    let mut out = Vec::new();
-    let winning_dimension = winner.map(|w| a.segments[w].dimension);
-    if let Some(d) = winning_dimension {
-        let mut same: Vec<usize> = (0..a.segments.len())
-            .filter(|i| a.segments[*i].dimension == d)
-            .collect();
-        same.sort_by(|x, y| {
-            a.segments[*y]
-                .segment
-                .failures
-                .cmp(&a.segments[*x].segment.failures)
-        });
-        for i in same.into_iter().take(10) {
-            out.push(row(
-                i,
-                if Some(i) == winner {
-                    "winner"
-                } else {
-                    "same dimension"
-                },
-            ));
-        }
-    }
-    let mut others: Vec<usize> = (0..a.segments.len())
-        .filter(|i| {
-            let s = &a.segments[*i];
-            Some(s.dimension) != winning_dimension
-                && DIMENSIONS[s.dimension].role == Role::Cause
-                && s.segment.failures > 0
-        })
-        .collect();
-    others.sort_by(|x, y| {
-        a.segments[*y]
-            .score(&a.totals)
-            .total_cmp(&a.segments[*x].score(&a.totals))
-    });
-    for i in others.into_iter().take(5) {
-        out.push(row(i, "runner-up"));
-    }
-    out
 }
 
 /// Which came first, when a global incident and a segment incident of the
