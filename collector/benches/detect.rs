@@ -36,6 +36,11 @@ mod common;
 
 use common::{ScratchDatabase, env_or};
 
+/// The collector binary's allocator, as this process runs its detector
+/// and ingest path.
+#[global_allocator]
+static ALLOCATOR: vantage_collector::Allocator = mimalloc::MiMalloc;
+
 /// Plan nodes worth printing: type, relation or index, estimated total
 /// cost, actual time and rows.
 fn walk_plan(node: &Value, depth: usize, out: &mut Vec<String>) {

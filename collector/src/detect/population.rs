@@ -3,7 +3,11 @@
 //! window's cells, with what their incident records need (when and which
 //! probes failed).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+// Hashed many times per pass (a group per cell and pattern): foldhash, not
+// SipHash, which was the largest single cost of deciding.
+use foldhash::{HashMap, HashMapExt as _};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -99,6 +103,9 @@ pub fn rounds_in(window_ms: i64, round_ms: i64) -> u32 {
 /// Per population: (dimension values, vantage) to the index of its group.
 type GroupIndex = HashMap<(Vec<Option<String>>, usize), usize>;
 
+/// A path's dimension values and, for prefix dimensions, the address.
+type Derived = (Vec<Option<String>>, Vec<Option<IpAddr>>);
+
 /// Reduces the window's cells to populations: one per target and pattern,
 /// both patterns for every target with probes (an open incident must see
 /// the healthy window to resolve).
@@ -116,6 +123,7 @@ pub fn group(
     let mut populations: Vec<Population> = Vec::new();
     let mut by_key: HashMap<(usize, Pattern), usize> = HashMap::new();
     let mut index: Vec<GroupIndex> = Vec::new();
+    let mut derived: HashMap<&[Option<String>], Derived> = HashMap::new();
     for cell in cells {
         let target = *target_ids
             .entry(cell.key.target.as_str())
@@ -134,17 +142,23 @@ pub fn group(
                     .push((cell.key.agent_id.clone(), cell.key.vantage.clone()));
                 names.vantages.len() - 1
             });
-        let mut values = Vec::with_capacity(DIMENSIONS.len());
-        let mut addresses = Vec::with_capacity(DIMENSIONS.len());
-        for (d, si) in DIMENSIONS.iter().zip(&source_index) {
-            let source = cell.key.sources.get(*si).cloned().flatten();
-            values.push(source.as_deref().and_then(|s| d.derive.apply(s, ctx)));
-            addresses.push(if d.derive == Derive::Prefix {
-                source.as_deref().and_then(|s| s.parse::<IpAddr>().ok())
-            } else {
-                None
+        // Cells of one path in other slots and buckets derive alike.
+        let (values, addresses) = derived
+            .entry(cell.key.sources.as_slice())
+            .or_insert_with(|| {
+                let mut values = Vec::with_capacity(DIMENSIONS.len());
+                let mut addresses = Vec::with_capacity(DIMENSIONS.len());
+                for (d, si) in DIMENSIONS.iter().zip(&source_index) {
+                    let source = cell.key.sources.get(*si).and_then(Option::as_deref);
+                    values.push(source.and_then(|s| d.derive.apply(s, ctx)));
+                    addresses.push(if d.derive == Derive::Prefix {
+                        source.and_then(|s| s.parse::<IpAddr>().ok())
+                    } else {
+                        None
+                    });
+                }
+                (values, addresses)
             });
-        }
         let statuses = settings.statuses_for(&cell.key.check);
         let status_failure = cell
             .key

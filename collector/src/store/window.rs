@@ -119,9 +119,9 @@ const WINDOW_PLANNER: &str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, R
      SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0";
 
 /// Summarises the BRIN ranges of `ingest_xid` written since the last time,
-/// in the partitions from the window's start on, before every read, so
-/// that a read of new results skips every older page (a range not yet summarised is read
-/// whole). Autovacuum does it too, a minute or so late. Gives up rather
+/// in the partitions from the window's start on, after every read, so
+/// that the next read of new results skips every page this one could see
+/// (a range not yet summarised is read whole). Autovacuum does it too, a minute or so late. Gives up rather
 /// than wait behind a vacuum of the same partition.
 const SUMMARIZE_NEW: &str = "SELECT count(brin_summarize_new_values(x.indexrelid))
      FROM pg_inherits i
@@ -209,7 +209,6 @@ impl Store {
         since: Option<&str>,
         excluding: &(dyn Fn() -> Excluded + Sync),
     ) -> Result<SlotRead, StoreError> {
-        self.summarize_new_ranges(start).await;
         let mut tx = self.window_transaction().await?;
         let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
             .fetch_one(&mut *tx)
@@ -231,6 +230,11 @@ impl Store {
             }
         };
         tx.commit().await?;
+        // Off the pass's path: the next update read then skips the pages
+        // this one read. (Summarised before the read, as until 2026-12-02,
+        // it cost that read as much again: the new pages are read whole
+        // either way.)
+        tokio::spawn(summarize_new_ranges(self.pool.clone(), start));
         let fixed = FIXED_COLUMNS;
         let n = fixed + sources.len();
         let mut out = Vec::with_capacity(rows.len());
@@ -297,24 +301,6 @@ impl Store {
         }
     }
 
-    /// See [`SUMMARIZE_NEW`]; a failure only makes the next read slower.
-    async fn summarize_new_ranges(&self, start: DateTime<Utc>) {
-        let summarized = async {
-            let mut tx = self.pool.begin().await?;
-            sqlx::raw_sql("SET LOCAL lock_timeout = '100ms'")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(SUMMARIZE_NEW)
-                .bind(start)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
-        };
-        if let Err(error) = summarized.await {
-            tracing::debug!(%error, "Cannot summarise the new BRIN ranges; the read scans them.");
-        }
-    }
-
     /// A transaction for a window read: one snapshot for the read and the
     /// snapshot it reports, and the aggregate's planner settings.
     async fn window_transaction(
@@ -323,6 +309,24 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::raw_sql(WINDOW_PLANNER).execute(&mut *tx).await?;
         Ok(tx)
+    }
+}
+
+/// See [`SUMMARIZE_NEW`]; a failure only makes the next read slower.
+async fn summarize_new_ranges(pool: sqlx::PgPool, start: DateTime<Utc>) {
+    let summarized = async {
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql("SET LOCAL lock_timeout = '100ms'")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(SUMMARIZE_NEW)
+            .bind(start)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    };
+    if let Err(error) = summarized.await {
+        tracing::debug!(%error, "Cannot summarise the new BRIN ranges; the read scans them.");
     }
 }
 

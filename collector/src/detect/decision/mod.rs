@@ -45,7 +45,10 @@ mod stats;
 mod tests;
 mod windows;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+
+// The family of tests hashes each segment's list of groups: foldhash.
+use foldhash::{HashMap, HashMapExt as _};
 use std::net::IpAddr;
 
 pub use findings::{Correlation, Finding, Narrowed, Timing, WalkStep};
