@@ -247,11 +247,11 @@ fn start_collector(database_url: &str, dir: &std::path::Path) -> (Collector, Soc
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(http).is_err() {
-        assert!(Instant::now() < deadline, "the collector did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        vantage_testkit::wait_until_listening(http, Duration::from_secs(30)),
+        "the collector did not listen (its log: {})",
+        dir.join("collector.log").display()
+    );
     (child, grpc)
 }
 

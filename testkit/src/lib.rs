@@ -40,3 +40,17 @@ pub use webhook::{Received, WebhookReceiver};
 pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
+
+/// Waits (blocking, polling every 50 ms) until something accepts TCP
+/// connections at `addr`: a process just started is ready. False if
+/// nothing did within `within`; the caller says why (its log).
+pub fn wait_until_listening(addr: std::net::SocketAddr, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::net::TcpStream::connect(addr).is_err() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
+}

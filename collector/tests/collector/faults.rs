@@ -83,15 +83,11 @@ impl Rig {
             command.env("FAILPOINTS", f);
         }
         self.collector = Some(command.spawn().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(self.grpc).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "collector did not listen:\n{}",
-                self.read_log("collector.log")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            vantage_testkit::wait_until_listening(self.grpc, Duration::from_secs(30)),
+            "collector did not listen:\n{}",
+            self.read_log("collector.log")
+        );
     }
 
     fn kill_collector(&mut self) {

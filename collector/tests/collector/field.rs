@@ -320,15 +320,11 @@ async fn start_processes(pool: &PgPool, field: &Field) -> Processes {
         .spawn()
         .unwrap();
     processes.children.push(collector);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(grpc).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "collector did not listen:\n{}",
-            processes.read_logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        vantage_testkit::wait_until_listening(grpc, Duration::from_secs(30)),
+        "collector did not listen:\n{}",
+        processes.read_logs()
+    );
     for (agent, region, vantages) in fleet(field) {
         let token = vantage_collector::enrol::enrol(&store, agent, region)
             .await

@@ -76,11 +76,10 @@ pub fn start_collector_at(
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(http).is_err() {
-        assert!(Instant::now() < deadline, "{name} did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        vantage_testkit::wait_until_listening(http, Duration::from_secs(30)),
+        "{name} did not listen"
+    );
     (child, http)
 }
 
