@@ -190,25 +190,8 @@ async fn agent(
     latencies
 }
 
-/// The collector binary, stopped (SIGTERM, then SIGKILL) when dropped.
+/// The collector binary, killed if the benchmark ends before stopping it.
 struct Collector(Child);
-
-impl Collector {
-    fn stop(&mut self) {
-        // The shell's builtin: no dependency on a kill binary.
-        let _ = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {}", self.0.id())])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.0.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = self.0.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 impl Drop for Collector {
     fn drop(&mut self) {
@@ -370,7 +353,7 @@ async fn main() {
         "collector peak RSS: {:.1} MB",
         peak_rss_kb(collector.0.id()) as f64 / 1024.0
     );
-    collector.stop();
+    vantage_testkit::terminate(&mut collector.0, Duration::from_secs(30));
 
     // The same rows, exported and COPYed back into the emptied table.
     let mut conn = pool.acquire().await.unwrap();

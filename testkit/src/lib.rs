@@ -16,6 +16,8 @@
 //! - [`CuttingRelay`]: a TCP relay whose connections a test cuts at will.
 //! - [`cluster::PrivateCluster`]: a throwaway PostgreSQL cluster (the
 //!   demo's, and a test run's without `DATABASE_URL`).
+//! - [`wait_until_listening`] and [`terminate`]: a started process is
+//!   ready once it listens, and stops by SIGTERM.
 //!
 //! Each fixture stops when dropped.
 
@@ -23,6 +25,7 @@ mod accept;
 pub mod cluster;
 mod cut;
 mod dns;
+mod process;
 mod proxy;
 mod site;
 mod target;
@@ -30,6 +33,7 @@ mod webhook;
 
 pub use cut::CuttingRelay;
 pub use dns::{DnsServer, NSID, RECORD_TTL, WHOAMI_NAMES};
+pub use process::{terminate, wait_until_listening};
 pub use proxy::{ForwardProxy, PROXY_ERROR_BODY, ProxyKind};
 pub use site::{Behaviour, Delays, Leaf, ScriptedSite, TestCa};
 pub use target::Target;
@@ -39,18 +43,4 @@ pub use webhook::{Received, WebhookReceiver};
 /// holds it now, so a test can hand it to a process that binds it later).
 pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
-}
-
-/// Waits (blocking, polling every 50 ms) until something accepts TCP
-/// connections at `addr`: a process just started is ready. False if
-/// nothing did within `within`; the caller says why (its log).
-pub fn wait_until_listening(addr: std::net::SocketAddr, within: std::time::Duration) -> bool {
-    let deadline = std::time::Instant::now() + within;
-    while std::net::TcpStream::connect(addr).is_err() {
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    true
 }

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::PgPool;
 
@@ -98,24 +98,7 @@ pub fn agent_binary() -> PathBuf {
     path
 }
 
-/// Sends SIGTERM (graceful stop) and waits for the exit.
-pub fn terminate(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    // The shell's builtin: no dependency on a kill binary.
-    let _ = Command::new("sh")
-        .args(["-c", &format!("kill -TERM {}", child.id())])
-        .status();
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not stop within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use vantage_testkit::terminate;
 
 /// [`terminate`], waited for off the test's runtime: that runtime serves
 /// what the process may still talk to while it stops (a relay, the
