@@ -49,6 +49,7 @@ pub mod ui;
 pub mod wire;
 
 pub use app::Application;
+pub use config::CollectorConfig;
 
 /// The collector binary's global allocator; the benchmarks that measure
 /// the collector in-process declare the same.
@@ -58,4 +59,3 @@ pub use app::Application;
 /// and `memmove` took 65% of the process's samples (`perf`, ingest bench,
 /// 2026-12-02).
 pub type Allocator = mimalloc::MiMalloc;
-pub use config::CollectorConfig;

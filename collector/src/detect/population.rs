@@ -4,12 +4,12 @@
 //! probes failed).
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
 
 // Hashed many times per pass (a group per cell and pattern): foldhash, not
 // SipHash, which was the largest single cost of deciding.
 use foldhash::{HashMap, HashMapExt as _};
-use std::net::IpAddr;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 

@@ -121,8 +121,9 @@ const WINDOW_PLANNER: &str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, R
 /// Summarises the BRIN ranges of `ingest_xid` written since the last time,
 /// in the partitions from the window's start on, after every read, so
 /// that the next read of new results skips every page this one could see
-/// (a range not yet summarised is read whole). Autovacuum does it too, a minute or so late. Gives up rather
-/// than wait behind a vacuum of the same partition.
+/// (a range not yet summarised is read whole). Autovacuum does it too, a
+/// minute or so late. Gives up rather than wait behind a vacuum of the
+/// same partition.
 const SUMMARIZE_NEW: &str = "SELECT count(brin_summarize_new_values(x.indexrelid))
      FROM pg_inherits i
      JOIN pg_index x ON x.indexrelid = i.inhrelid
