@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::asn::AsnTable;
 use super::confirm::{Confirm, asked_recently, confirmation, suspects};
-use super::decision::{self, Assessment, Finding, Window};
+use super::decision::{self, Assessment, Finding, Scope, Window};
 use super::dimensions::{DIMENSIONS, DeriveContext};
 use super::explain;
 use super::lifecycle::{self, Observation, Transition};
@@ -102,15 +102,22 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
         p.rounds = rounds_in(window_ms, p.round_ms);
         p.window = settings.window;
     }
-    let assess = |p: &Population| {
-        decision::assess(
+    let assess = |p: &Population, active: &[bool], scope: Scope| {
+        decision::assess_in(
             &p.groups,
+            active,
             &infos,
             &decision::windows_for(p.rounds),
             &settings.params,
+            scope,
         )
     };
-    let mut assessments: Vec<Assessment> = populations.iter().map(assess).collect();
+    let all = |p: &Population| vec![true; p.groups.len()];
+    let mut assessments: Vec<Assessment> = populations
+        .iter()
+        .map(|p| assess(p, &all(p), Scope::Target))
+        .collect();
+    let targets = populations.len();
     // Path failures across targets, leaving out the targets failing
     // everywhere now: an outage of one site says nothing about the paths.
     // A site whose outage is over is a witness again at once, though its
@@ -129,12 +136,49 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
             .map(|(p, _)| p)
             .collect();
         if let Some(path) = path_population(&members, pattern, names.vantages.len()) {
-            assessments.push(assess(&path));
+            assessments.push(assess(&path, &all(&path), Scope::Path));
             populations.push(path);
         }
     }
+    // Explaining away across scopes: a path finding explains its
+    // segment's probes on every target, so each target is assessed again
+    // without them, and what it finds is a cause of its own (a WAF rule
+    // on the same target, a regional edge the proxy's vantages happen to
+    // be in), never the path's failures counted a second time.
+    let path_leads: Vec<(Pattern, usize, String)> = populations[targets..]
+        .iter()
+        .zip(&assessments[targets..])
+        .flat_map(|(p, a)| {
+            a.findings.iter().filter_map(move |f| match f {
+                Finding::Segment { segment, .. } => {
+                    let s = &a.segments[*segment];
+                    Some((p.pattern, s.dimension, s.value.clone()))
+                }
+                Finding::Global { .. } => None,
+            })
+        })
+        .collect();
+    if !path_leads.is_empty() {
+        for (p, a) in populations[..targets]
+            .iter()
+            .zip(&mut assessments[..targets])
+        {
+            let active: Vec<bool> = p
+                .groups
+                .iter()
+                .map(|g| {
+                    !path_leads.iter().any(|(pattern, d, v)| {
+                        *pattern == p.pattern && g.values[*d].as_deref() == Some(v.as_str())
+                    })
+                })
+                .collect();
+            if active.iter().any(|a| !a) {
+                *a = assess(p, &active, Scope::Target);
+            }
+        }
+    }
     for (p, a) in populations.iter().zip(&assessments) {
-        plan.segments += a.segments.len();
+        plan.segments += a.base_segments;
         plan.rates.extend(rate_rows(&p.target, p.pattern, a));
     }
 
@@ -184,7 +228,14 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
     let h = &settings.hysteresis;
     for (ti, t) in tracked.iter_mut().enumerate() {
         let s = seen_of[ti].map(|si| (&found[si], seen[si]));
-        let held = s.is_some_and(|(_, s)| s.timing.recent);
+        let found_held = s.is_some_and(|(_, s)| s.timing.recent);
+        // An open incident is judged against its own failures too: while
+        // its own segment still fails, it is not resolved, whatever
+        // explains the window best this pass.
+        let own_held = !found_held
+            && t.state.incident.is_some()
+            && still_failing(&t.key, &populations, &assessments, &settings.params);
+        let held = found_held || own_held;
         let obs = Observation {
             held,
             rounds_failing: s.map_or(0, |(_, s)| {
@@ -198,7 +249,6 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
             && next.incident.is_none()
             && next.held_streak == 1
             && let Some((f, s)) = s
-            && !s.key.is_path()
             && !asked_recently(&input, &s.key)
         {
             let p = &populations[f.population];
@@ -208,8 +258,20 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
                     .filter(|g| p.groups[*g].total().failures > 0)
                     .collect(),
             };
-            plan.confirmations
-                .push(confirmation(p, &failing, &names, &s.key));
+            if s.key.is_path() {
+                // A path is confirmed on the target it fails most on: its
+                // check, run again by the path's failing vantages.
+                plan.confirmations.extend(path_confirmation(
+                    &populations[..targets],
+                    p,
+                    &failing,
+                    &names,
+                    &s.key,
+                ));
+            } else {
+                plan.confirmations
+                    .push(confirmation(p, &failing, &names, &s.key));
+            }
         }
         match (transition, s) {
             (Transition::Open, Some((f, s))) => {
@@ -228,7 +290,12 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
                 open_keys.remove(&t.key);
                 t.pending = None;
             }
-            (_, Some((f, s))) if held => {
+            (_, _) if own_held => {
+                if let Some(id) = t.state.incident {
+                    plan.touches.push(id);
+                }
+            }
+            (_, Some((f, s))) if found_held => {
                 t.footprint = s.footprint.clone();
                 let Some(id) = t.state.incident else {
                     // A candidate follows its latest explanation.
@@ -283,9 +350,38 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
     plan
 }
 
-/// Every finding as a seen failure. A target's segment finding whose
-/// failing probes lie (mostly) inside a path finding is that path's, and
-/// not seen on its own.
+/// The confirmation of a path candidate: on the target with the most of
+/// its failing groups, that target's check, from the path's failing
+/// vantages there and a matched set outside.
+fn path_confirmation(
+    targets: &[Population],
+    path: &Population,
+    failing: &[usize],
+    names: &Names,
+    key: &CandidateKey,
+) -> Option<Confirm> {
+    let mut per_target: HashMap<usize, Vec<usize>> = HashMap::new();
+    for g in failing {
+        per_target
+            .entry(path.group_target[*g])
+            .or_default()
+            .push(*g);
+    }
+    let (target, groups) = per_target
+        .into_iter()
+        .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(&a.0)))?;
+    let check = targets
+        .iter()
+        .find(|p| p.pattern == path.pattern && p.target == names.targets[target])?
+        .check
+        .clone();
+    Some(Confirm {
+        check,
+        ..confirmation(path, &groups, names, key)
+    })
+}
+
+/// Every finding as a seen failure.
 fn findings(populations: &[Population], assessments: &[Assessment], names: &Names) -> Vec<Found> {
     let mut out: Vec<Found> = Vec::new();
     for (pi, (p, a)) in populations.iter().zip(assessments).enumerate() {
@@ -297,28 +393,58 @@ fn findings(populations: &[Population], assessments: &[Assessment], names: &Name
             });
         }
     }
-    let paths: Vec<(Pattern, BTreeSet<String>)> = out
-        .iter()
-        .filter(|f| f.seen.key.is_path())
-        .map(|f| (f.seen.key.pattern, f.seen.footprint.clone()))
-        .collect();
-    out.retain(|f| {
-        let k = &f.seen.key;
-        if k.is_path() || k.is_global() {
-            return true;
-        }
-        !paths.iter().any(|(pattern, fp)| {
-            *pattern == k.pattern
-                && f.seen.footprint.intersection(fp).count() as f64
-                    >= f.seen.footprint.len() as f64 * ABSORBED_SHARE
-        })
-    });
     out
 }
 
-/// A target's finding is a path finding's when this share of its failing
-/// (target, vantage) pairs are the path's.
-const ABSORBED_SHARE: f64 = 0.8;
+/// Whether the failures of `key`'s own segment (its target's, or the
+/// path's) still pass the gates in the last 2 or 4 probe rounds: failures
+/// from `min_vantages` witnesses, the rate above the rest's by
+/// `min_rate_difference` and `min_rate_ratio`. For a global key: the
+/// target fails at half the global rate or more, from `min_vantages`
+/// vantages. The gates, not the test: an incident already proved its
+/// case, and only needs to show it is still there.
+fn still_failing(
+    key: &CandidateKey,
+    populations: &[Population],
+    assessments: &[Assessment],
+    params: &decision::Params,
+) -> bool {
+    let Some((p, a)) = populations
+        .iter()
+        .zip(assessments)
+        .find(|(p, _)| p.target == key.target && p.pattern == key.pattern)
+    else {
+        return false;
+    };
+    let recent = a.windows.len().min(RECENT_WINDOWS);
+    if key.is_global() {
+        return (0..recent).any(|wi| {
+            let w = a.windows[wi];
+            let failing: HashSet<usize> = p
+                .groups
+                .iter()
+                .filter(|g| g.counts(w).failures > 0)
+                .map(|g| g.witness)
+                .collect();
+            failing.len() >= params.min_vantages && a.totals[wi].rate() >= params.global_rate / 2.0
+        });
+    }
+    a.segments[..a.base_segments]
+        .iter()
+        .find(|s| DIMENSIONS[s.dimension].name == key.dimension && s.value == key.value)
+        .is_some_and(|s| {
+            s.windows[..recent].iter().any(|w| {
+                let (rate, rest) = (w.segment.rate(), w.rest.rate());
+                w.failing_vantages >= params.min_vantages
+                    && rate - rest >= params.min_rate_difference
+                    && rate >= rest * params.min_rate_ratio
+            })
+        })
+}
+
+/// The windows an open incident's own failures are looked for in: the
+/// last 2 rounds, as a finding's shortest recency lookback.
+const RECENT_WINDOWS: usize = 1;
 
 /// How the tracker sees one finding.
 fn seen(p: &Population, a: &Assessment, f: &Finding, names: &Names) -> Seen {
@@ -377,7 +503,7 @@ fn seen(p: &Population, a: &Assessment, f: &Finding, names: &Names) -> Seen {
 /// `segment_rates` rows for one assessment.
 fn rate_rows(target: &str, pattern: Pattern, a: &Assessment) -> Vec<RateRow> {
     let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    a.segments
+    a.segments[..a.base_segments]
         .iter()
         .map(|s| RateRow {
             target: target.to_owned(),

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use super::stats::binomial_greater;
 use super::windows::bucket_width;
-use super::{Counts, DimensionInfo, Group, Params, SegmentStat, Window};
+use super::{Counts, DimensionInfo, Group, Params, SegmentStat, Tested, Window};
 use crate::detect::dimensions::{Role, prefix};
 
 /// A step of the prefix walk.
@@ -83,14 +83,11 @@ impl Finding {
     }
 }
 
-/// Most findings reported per target and pattern.
-const MAX_FINDINGS: usize = 4;
+/// Most causes explained per target and pattern (or per path assessment).
+pub(super) const MAX_FINDINGS: usize = 6;
 /// A flagged segment is correlated evidence of a finding when at least this
 /// share of the smaller one's failing probes lie in both.
 const CORRELATED_SHARE: f64 = 0.8;
-/// A lead after the first is a finding of its own only if more than this
-/// share of its failing probes are not explained by an earlier finding.
-const NEW_FAILURE_SHARE: f64 = 0.5;
 /// Failures a still-present failure is expected to show within the
 /// recency lookback (see [`Timing::recent`]).
 const RECENT_EXPECTED_FAILURES: f64 = 3.0;
@@ -102,6 +99,7 @@ const MIN_RECENT_ROUNDS: f64 = 2.0;
 /// The global finding, if some window shows one: the most significant.
 pub(super) fn global_finding(
     groups: &[Group],
+    active: &[bool],
     windows: &[Window],
     totals: &[Counts],
     segments: &[SegmentStat],
@@ -116,7 +114,9 @@ pub(super) fn global_finding(
         let t = totals[wi];
         let witnesses: HashSet<usize> = groups
             .iter()
-            .filter(|g| g.counts(*w).failures > 0)
+            .zip(active)
+            .filter(|(g, a)| **a && g.counts(*w).failures > 0)
+            .map(|(g, _)| g)
             .map(|g| g.witness)
             .collect();
         if t.rate() < p.global_rate || witnesses.len() < p.min_vantages {
@@ -139,8 +139,8 @@ pub(super) fn global_finding(
         }
     }
     let (window, p_value) = best?;
-    let all: Vec<usize> = (0..groups.len()).collect();
-    let mut timing = timing(groups, &all, windows);
+    let all: Vec<usize> = (0..groups.len()).filter(|g| active[*g]).collect();
+    let mut timing = timing_of(groups, &all, windows);
     // Still failing everywhere only if the recent rounds alone look
     // global: after an outage, the long windows still do, and a failure
     // of one path since (a proxy) would otherwise make them look recent.
@@ -153,7 +153,7 @@ pub(super) fn global_finding(
 }
 
 /// When the failures of `members` (group indexes) happened.
-fn timing(groups: &[Group], members: &[usize], windows: &[Window]) -> Timing {
+pub fn timing_of(groups: &[Group], members: &[usize], windows: &[Window]) -> Timing {
     // Per age bucket: the members' counts, and the units probing.
     let buckets = members
         .iter()
@@ -218,23 +218,17 @@ fn timing(groups: &[Group], members: &[usize], windows: &[Window]) -> Timing {
     }
 }
 
-/// Greedy explanation: the best-scoring flagged segment leads a finding,
-/// flagged segments sharing its failures are its evidence; repeat for
-/// failures left unexplained.
-pub(super) fn segment_findings(
+/// The finding `lead` leads in one round of explaining away: flagged
+/// segments (of the same round) sharing its failures are its correlated
+/// evidence.
+pub(super) fn segment_finding(
     groups: &[Group],
     windows: &[Window],
-    totals: &[Counts],
-    segments: &[SegmentStat],
+    tested: &Tested,
+    lead: usize,
     dimensions: &[DimensionInfo],
-) -> Vec<Finding> {
-    let failing_groups = |s: &SegmentStat| -> Vec<usize> {
-        s.groups
-            .iter()
-            .copied()
-            .filter(|g| groups[*g].counts(windows[s.explain_window]).failures > 0)
-            .collect()
-    };
+) -> Finding {
+    let segments = &tested.segments;
     // Failures of `s` in `set`, in window `w`.
     let failures_in = |set: &HashSet<usize>, s: &SegmentStat, w: Window| -> u64 {
         s.groups
@@ -243,74 +237,53 @@ pub(super) fn segment_findings(
             .map(|g| groups[*g].counts(w).failures)
             .sum()
     };
-    let failures = |s: &SegmentStat| s.windows[s.explain_window].segment.failures;
-    let score = |s: &SegmentStat| s.score(totals);
-    let mut candidates: Vec<usize> = (0..segments.len())
-        .filter(|i| segments[*i].flagged)
+    let lead_stat = &segments[lead];
+    let lead_window = windows[lead_stat.explain_window];
+    let lead_failures = lead_stat.windows[lead_stat.explain_window].segment.failures;
+    let lead_failing: Vec<usize> = lead_stat
+        .groups
+        .iter()
+        .copied()
+        .filter(|g| groups[*g].counts(lead_window).failures > 0)
         .collect();
-    // Best score first; ties: dimension order, then value (deterministic).
-    candidates.sort_by(|a, b| {
+    let lead_set: HashSet<usize> = lead_failing.iter().copied().collect();
+    let mut others: Vec<usize> = (0..segments.len())
+        .filter(|i| *i != lead && segments[*i].flagged)
+        .collect();
+    others.sort_by(|a, b| {
         let (sa, sb) = (&segments[*a], &segments[*b]);
-        score(sb)
-            .total_cmp(&score(sa))
+        sb.score(&tested.totals)
+            .total_cmp(&sa.score(&tested.totals))
             .then(sa.dimension.cmp(&sb.dimension))
             .then(sa.value.cmp(&sb.value))
     });
-    let mut used = vec![false; segments.len()];
-    let mut explained: HashSet<usize> = HashSet::new();
-    let mut findings = Vec::new();
-    for &lead in &candidates {
-        if used[lead] || findings.len() >= MAX_FINDINGS {
-            continue;
+    // Correlation is judged in the lead's explanation window.
+    let mut correlated = Vec::new();
+    for other in others {
+        let o = &segments[other];
+        let shared = failures_in(&lead_set, o, lead_window);
+        let all: HashSet<usize> = o.groups.iter().copied().collect();
+        let smaller = failures_in(&all, o, lead_window).min(lead_failures);
+        if shared > 0 && shared as f64 >= smaller as f64 * CORRELATED_SHARE {
+            correlated.push(Correlation {
+                segment: other,
+                shared_failures: shared,
+                of_failures: lead_failures,
+            });
         }
-        used[lead] = true;
-        let lead_stat = &segments[lead];
-        // A later lead is a finding of its own only if most of its
-        // failures are new: a region containing the /24 that leads is a
-        // competing explanation of the same failures, not a second fault.
-        let lead_window = windows[lead_stat.explain_window];
-        if failures_in(&explained, lead_stat, lead_window) as f64
-            >= failures(lead_stat) as f64 * (1.0 - NEW_FAILURE_SHARE)
-        {
-            continue;
-        }
-        let lead_failing = failing_groups(lead_stat);
-        let lead_set: HashSet<usize> = lead_failing.iter().copied().collect();
-        let mut correlated = Vec::new();
-        // Correlation is judged in the lead's explanation window.
-        for &other in &candidates {
-            if used[other] {
-                continue;
-            }
-            let o = &segments[other];
-            let shared = failures_in(&lead_set, o, lead_window);
-            let all: HashSet<usize> = o.groups.iter().copied().collect();
-            let smaller = failures_in(&all, o, lead_window).min(failures(lead_stat));
-            if shared > 0 && shared as f64 >= smaller as f64 * CORRELATED_SHARE {
-                used[other] = true;
-                correlated.push(Correlation {
-                    segment: other,
-                    shared_failures: shared,
-                    of_failures: failures(lead_stat),
-                });
-            }
-        }
-        explained.extend(lead_set);
-        let narrowed = if dimensions[lead_stat.dimension].prefix {
-            narrow(groups, windows[lead_stat.window], lead_stat)
-        } else {
-            None
-        };
-        let timing = timing(groups, &lead_stat.groups, windows);
-        findings.push(Finding::Segment {
-            segment: lead,
-            correlated,
-            narrowed,
-            failing_groups: lead_failing,
-            timing,
-        });
     }
-    findings
+    let narrowed = if dimensions[lead_stat.dimension].prefix {
+        narrow(groups, windows[lead_stat.window], lead_stat)
+    } else {
+        None
+    };
+    Finding::Segment {
+        segment: lead,
+        correlated,
+        narrowed,
+        failing_groups: lead_failing,
+        timing: timing_of(groups, &lead_stat.groups, windows),
+    }
 }
 
 /// The prefix walk: from the segment's prefix towards longer ones, one bit

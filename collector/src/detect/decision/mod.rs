@@ -51,8 +51,8 @@ use std::collections::{BTreeMap, HashSet};
 use foldhash::{HashMap, HashMapExt as _};
 use std::net::IpAddr;
 
-pub use findings::{Correlation, Finding, Narrowed, Timing, WalkStep};
-use findings::{global_finding, segment_findings};
+pub use findings::{Correlation, Finding, Narrowed, Timing, WalkStep, timing_of};
+use findings::{MAX_FINDINGS, global_finding, segment_finding};
 pub use stats::{Judgement, binomial_greater, fisher_greater, holm, holm_weighted, judge};
 pub use windows::{bucket_of, bucket_thresholds, bucket_width, windows_for};
 
@@ -227,6 +227,13 @@ pub struct SegmentStat {
     pub groups: Vec<usize>,
     /// Per window.
     pub windows: Vec<WindowStat>,
+    /// The population's totals per window it was tested against, when
+    /// earlier findings' probes were set aside (explaining away); `None`:
+    /// the whole population's.
+    pub residual_totals: Option<Vec<Counts>>,
+    /// Probes of the population set aside (explained by other findings)
+    /// in its evidence window: neither segment nor rest.
+    pub set_aside: Counts,
 }
 
 impl SegmentStat {
@@ -235,6 +242,7 @@ impl SegmentStat {
     /// it over (all failing probes + healthy probes in it), the Jaccard
     /// index of the segment and the failing probes.
     pub fn score(&self, totals: &[Counts]) -> f64 {
+        let totals = self.residual_totals.as_deref().unwrap_or(totals);
         let w = self.explain_window;
         let (Some(total), Some(stat)) = (totals.get(w), self.windows.get(w)) else {
             return 0.0;
@@ -259,8 +267,27 @@ pub struct Assessment {
     pub failing_vantages: usize,
     /// (Segment, window) pairs tested (the Holm family's size).
     pub tests: usize,
+    /// Every value of every dimension tested on the whole population
+    /// (`..base_segments`), then the leads of later findings and their
+    /// correlated segments as the residual tested them.
     pub segments: Vec<SegmentStat>,
+    /// How many of `segments` the whole population's test made.
+    pub base_segments: usize,
     pub findings: Vec<Finding>,
+}
+
+/// Which probes an assessment may explain, and how a segment's failures
+/// must spread over its witnesses to be a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// One target's probes: witnesses are vantages.
+    #[default]
+    Target,
+    /// Every target's probes on the vantages' own path: witnesses are
+    /// targets, and a segment is a finding only if it fails for most of
+    /// the targets it probes ([`fails_for_most_witnesses`]): a union of
+    /// different per-target faults that share a region is never one.
+    Path,
 }
 
 /// The decision for one target and failure pattern (or for every target's
@@ -272,14 +299,259 @@ pub fn assess(
     windows: &[Window],
     p: &Params,
 ) -> Assessment {
+    assess_in(
+        groups,
+        &vec![true; groups.len()],
+        dimensions,
+        windows,
+        p,
+        Scope::Target,
+    )
+}
+
+/// The counts of the probes in play (`active` groups), per window, and
+/// every value of every dimension among them, tested against the rest.
+struct Tested {
+    totals: Vec<Counts>,
+    total: Counts,
+    failing_witnesses: usize,
+    tests: usize,
+    segments: Vec<SegmentStat>,
+}
+
+/// [`assess`] of the `active` groups only (the others are explained by a
+/// finding made elsewhere: a path's probes on one target), explaining
+/// away: the best explanation of the failures leads a finding, its probes
+/// are set aside, and what is left is tested again (counts, gates,
+/// significance and fit all recomputed on the residual) for further
+/// causes, until no segment is flagged. A second cause is thus judged
+/// against the healthy probes only, not against a rest inflated by the
+/// first cause's failures.
+pub fn assess_in(
+    groups: &[Group],
+    active: &[bool],
+    dimensions: &[DimensionInfo],
+    windows: &[Window],
+    p: &Params,
+    scope: Scope,
+) -> Assessment {
+    let base = test_segments(groups, active, dimensions, windows, p, &[]);
+    let global = global_finding(
+        groups,
+        active,
+        windows,
+        &base.totals,
+        &base.segments,
+        dimensions,
+        p,
+    );
+    let mut a = Assessment {
+        windows: windows.to_vec(),
+        totals: base.totals.clone(),
+        total: base.total,
+        failing_vantages: base.failing_witnesses,
+        tests: base.tests,
+        base_segments: base.segments.len(),
+        segments: base.segments.clone(),
+        findings: global.into_iter().collect(),
+    };
+    // Set aside before this assessment (not active) and by its findings.
+    let initially_aside: Vec<usize> = (0..groups.len()).filter(|g| !active[*g]).collect();
+    let mut in_play = active.to_vec();
+    let mut round = Some(base);
+    for _ in 0..MAX_FINDINGS {
+        let tested = match round.take() {
+            Some(t) => t,
+            None => {
+                let aside: Vec<usize> = (0..groups.len()).filter(|g| !in_play[*g]).collect();
+                test_segments(groups, &in_play, dimensions, windows, p, &aside)
+            }
+        };
+        let first_round = a
+            .findings
+            .iter()
+            .all(|f| matches!(f, Finding::Global { .. }));
+        let Some(lead) = pick_lead(groups, &in_play, windows, &tested, p, scope) else {
+            break;
+        };
+        let residual = !first_round || !initially_aside.is_empty();
+        let finding = segment_finding(groups, windows, &tested, lead, dimensions);
+        // The lead and its correlated evidence, as the residual tested
+        // them: appended after the base segments so indexes stay valid.
+        let Finding::Segment {
+            segment,
+            correlated,
+            narrowed,
+            failing_groups,
+            timing,
+        } = finding
+        else {
+            break;
+        };
+        let offset = a.segments.len();
+        let mut keep = vec![segment];
+        keep.extend(correlated.iter().map(|c| c.segment));
+        for s in &keep {
+            let mut stat = tested.segments[*s].clone();
+            stat.residual_totals = residual.then(|| tested.totals.clone());
+            a.segments.push(stat);
+        }
+        let index_of = |s: usize| offset + keep.iter().position(|k| *k == s).unwrap_or(0);
+        for g in &tested.segments[segment].groups {
+            in_play[*g] = false;
+        }
+        a.findings.push(Finding::Segment {
+            segment: index_of(segment),
+            correlated: correlated
+                .into_iter()
+                .map(|c| Correlation {
+                    segment: index_of(c.segment),
+                    ..c
+                })
+                .collect(),
+            narrowed,
+            failing_groups,
+            timing,
+        });
+    }
+    a
+}
+
+/// The first flagged segment, best fit first, that is a finding in this
+/// scope (for a path: failing for most of the targets it probes).
+fn pick_lead(
+    groups: &[Group],
+    active: &[bool],
+    windows: &[Window],
+    tested: &Tested,
+    p: &Params,
+    scope: Scope,
+) -> Option<usize> {
+    let mut candidates: Vec<usize> = (0..tested.segments.len())
+        .filter(|i| tested.segments[*i].flagged)
+        .collect();
+    // Best score first; ties: dimension order, then value (deterministic).
+    candidates.sort_by(|a, b| {
+        let (sa, sb) = (&tested.segments[*a], &tested.segments[*b]);
+        sb.score(&tested.totals)
+            .total_cmp(&sa.score(&tested.totals))
+            .then(sa.dimension.cmp(&sb.dimension))
+            .then(sa.value.cmp(&sb.value))
+    });
+    candidates.into_iter().find(|s| match scope {
+        Scope::Target => true,
+        Scope::Path => {
+            let stat = &tested.segments[*s];
+            fails_for_most_witnesses(groups, active, windows[stat.explain_window], stat, p)
+        }
+    })
+}
+
+/// Whether a segment fails for most of the witnesses (for a path: the
+/// targets) it has probes from, in window `w`: on more than half of them,
+/// and at least `min_vantages`, the segment fails more than the rest of
+/// that witness's probes (by `min_rate_difference`), and the failures
+/// spread over at least half of the segment's units there (so a target
+/// where only a narrower part of the segment fails, e.g. one /24 of a
+/// region, does not count for the region).
+pub fn fails_for_most_witnesses(
+    groups: &[Group],
+    active: &[bool],
+    w: Window,
+    stat: &SegmentStat,
+    p: &Params,
+) -> bool {
+    let per_witness = witness_counts(groups, active, w, stat);
+    let probed = per_witness.len();
+    let failing = per_witness.values().filter(|x| x.fails(p)).count();
+    failing >= p.min_vantages && failing * 2 > probed
+}
+
+/// One witness's view of a segment: its counts there, the rest of the
+/// witness's probes, and the units probing and failing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WitnessCounts {
+    pub segment: Counts,
+    pub rest: Counts,
+    pub units: usize,
+    pub failing_units: usize,
+}
+
+impl WitnessCounts {
+    /// The segment fails for this witness: more than the rest there, and
+    /// over at least half of its units.
+    pub fn fails(&self, p: &Params) -> bool {
+        self.segment.failures > 0
+            && self.segment.rate() - self.rest.rate() >= p.min_rate_difference
+            && self.failing_units * 2 >= self.units
+    }
+}
+
+/// Per witness with probes in the segment (window `w`): its counts.
+pub fn witness_counts(
+    groups: &[Group],
+    active: &[bool],
+    w: Window,
+    stat: &SegmentStat,
+) -> BTreeMap<usize, WitnessCounts> {
+    let mut all: BTreeMap<usize, Counts> = BTreeMap::new();
+    for (g, group) in groups.iter().enumerate() {
+        if active.get(g).copied().unwrap_or(false) {
+            all.entry(group.witness).or_default().add(group.counts(w));
+        }
+    }
+    let mut units: BTreeMap<usize, (HashSet<usize>, HashSet<usize>)> = BTreeMap::new();
+    let mut out: BTreeMap<usize, WitnessCounts> = BTreeMap::new();
+    for g in &stat.groups {
+        let group = &groups[*g];
+        let c = group.counts(w);
+        if c.probes == 0 {
+            continue;
+        }
+        out.entry(group.witness).or_default().segment.add(c);
+        let u = units.entry(group.witness).or_default();
+        u.0.insert(group.unit);
+        if c.failures > 0 {
+            u.1.insert(group.unit);
+        }
+    }
+    for (witness, x) in &mut out {
+        x.rest = all
+            .get(witness)
+            .copied()
+            .unwrap_or_default()
+            .minus(x.segment);
+        if let Some((probing, failing)) = units.get(witness) {
+            x.units = probing.len();
+            x.failing_units = failing.len();
+        }
+    }
+    out
+}
+
+/// Tests every value of every dimension among the `active` groups against
+/// the rest of them. `aside`: groups explained by earlier findings, whose
+/// counts each segment notes as set aside.
+fn test_segments(
+    groups: &[Group],
+    active: &[bool],
+    dimensions: &[DimensionInfo],
+    windows: &[Window],
+    p: &Params,
+    aside: &[usize],
+) -> Tested {
     let full = windows.last().copied().unwrap_or(Window {
         buckets: usize::MAX,
         rounds: 1,
     });
+    let in_play = |g: usize| active.get(g).copied().unwrap_or(false);
     let mut totals = vec![Counts::default(); windows.len()];
     let mut failing_witnesses = HashSet::new();
     let mut total = Counts::default();
-    for g in groups {
+    for (gi, g) in groups.iter().enumerate() {
+        if !in_play(gi) {
+            continue;
+        }
         for (w, t) in windows.iter().zip(totals.iter_mut()) {
             t.add(g.counts(*w));
         }
@@ -289,10 +561,19 @@ pub fn assess(
             failing_witnesses.insert(g.witness);
         }
     }
+    let mut set_aside = vec![Counts::default(); windows.len()];
+    for g in aside {
+        for (w, t) in windows.iter().zip(set_aside.iter_mut()) {
+            t.add(groups[*g].counts(*w));
+        }
+    }
 
     // Every value of every cause dimension: its groups.
     let mut by_value: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
     for (gi, g) in groups.iter().enumerate() {
+        if !in_play(gi) {
+            continue;
+        }
         for (d, value) in g.values.iter().enumerate().take(dimensions.len()) {
             let Some(value) = value else { continue };
             by_value.entry((d, value.as_str())).or_default().push(gi);
@@ -349,6 +630,8 @@ pub fn assess(
             flagged: false,
             groups: members,
             windows: stats,
+            residual_totals: None,
+            set_aside: Counts::default(),
         });
     }
 
@@ -430,22 +713,13 @@ pub fn assess(
         if let Some(shortest) = s.windows.iter().position(|w| w.flagged) {
             s.explain_window = shortest;
         }
+        s.set_aside = set_aside.get(s.window).copied().unwrap_or_default();
     }
-
-    let mut findings = Vec::new();
-    if let Some(global) = global_finding(groups, windows, &totals, &segments, dimensions, p) {
-        findings.push(global);
-    }
-    findings.extend(segment_findings(
-        groups, windows, &totals, &segments, dimensions,
-    ));
-    Assessment {
-        windows: windows.to_vec(),
+    Tested {
         totals,
         total,
-        failing_vantages: failing_witnesses.len(),
+        failing_witnesses: failing_witnesses.len(),
         tests,
         segments,
-        findings,
     }
 }
