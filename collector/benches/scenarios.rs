@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use vantage_collector::detect::DetectorSettings;
 use vantage_collector::detect::lifecycle::Hysteresis;
+use vantage_collector::detect::simulate::worlds::{PAGE_WITHIN_ROUNDS, World, WorldScore};
 use vantage_collector::detect::simulate::{
     Measured, Scenario, SimVantage, Simulation, one_path, scenarios,
 };
@@ -28,6 +29,127 @@ fn without(settings: &DetectorSettings) -> DetectorSettings {
 }
 
 fn main() {
+    if std::env::var("SCENARIOS").as_deref() != Ok("0") {
+        fixed_scenarios();
+    }
+    random_worlds();
+}
+
+/// The random worlds: `WORLDS` (default 200) per K = 1..4 simultaneous
+/// faults at the default settings, world `i` of K drawn from seed
+/// `SEED` (default 1) * 1000 + K * 100000 + i, so any world can be
+/// replayed (`World::draw(seed, k)`).
+fn random_worlds() {
+    let per_k: u64 = std::env::var("WORLDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let base: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let settings = DetectorSettings::default();
+    let round = Duration::from_secs(30);
+    println!(
+        "\n== random worlds (default settings; 30-60 vantages in 3-6 regions, 6-10 targets, 2% noise), {per_k} per K"
+    );
+    println!(
+        "  {:>2} {:>7} {:>7} {:>16} {:>6} {:>12} {:>14} {:>12} {:>16} {:>8}",
+        "K",
+        "worlds",
+        "faults",
+        "right in 3 rnds",
+        "twins",
+        "no fault",
+        "resolved early",
+        "pages/fault",
+        "rounds p50/p95",
+        "time",
+    );
+    for k in 1..=4usize {
+        let started = Instant::now();
+        let seeds: Vec<u64> = (0..per_k)
+            .map(|i| base * 1000 + k as u64 * 100_000 + i)
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let chunks: Vec<Vec<u64>> = (0..threads)
+            .map(|t| seeds.iter().copied().skip(t).step_by(threads).collect())
+            .collect();
+        let scores: Vec<(u64, WorldScore)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .map(|chunk| {
+                    let settings = settings.clone();
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|seed| (*seed, World::draw(*seed, k).score(&settings, round)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        let faults: usize = scores.iter().map(|s| s.1.faults).sum();
+        let right: usize = scores.iter().map(|s| s.1.right_in_time).sum();
+        let twins: usize = scores.iter().map(|s| s.1.right_by_twin).sum();
+        let unexplained: usize = scores.iter().map(|s| s.1.unexplained.len()).sum();
+        let early: usize = scores
+            .iter()
+            .map(|s| s.1.resolved_while_failing.len())
+            .sum();
+        let pages: usize = scores.iter().map(|s| s.1.open_pages).sum();
+        let mut rounds: Vec<f64> = scores
+            .iter()
+            .flat_map(|s| s.1.rounds_to_page.iter().copied())
+            .collect();
+        rounds.sort_by(f64::total_cmp);
+        let pct = |q: f64| {
+            rounds
+                .get(((rounds.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "  {:>2} {:>7} {:>7} {:>16} {:>6} {:>12} {:>14} {:>12} {:>16} {:>7.0}s",
+            k,
+            scores.len(),
+            faults,
+            format!(
+                "{right} ({:.1}%)",
+                100.0 * right as f64 / faults.max(1) as f64
+            ),
+            twins,
+            unexplained,
+            early,
+            format!("{:.3}", pages as f64 / faults.max(1) as f64),
+            format!("{:.1} / {:.1}", pct(0.5), pct(0.95)),
+            started.elapsed().as_secs_f64(),
+        );
+        for (seed, s) in &scores {
+            for m in &s.missed {
+                println!(
+                    "       seed {seed} K={k}: not right within {PAGE_WITHIN_ROUNDS} rounds: {m}"
+                );
+            }
+            for u in &s.unexplained {
+                println!("       seed {seed} K={k}: no fault explains {u}");
+            }
+            for u in &s.resolved_while_failing {
+                println!("       seed {seed} K={k}: resolved while failing: {u}");
+            }
+        }
+    }
+    println!(
+        "  targets: >= 98% right within {PAGE_WITHIN_ROUNDS} rounds, 0 without a fault, 0 resolved early, <= 1.02 pages per fault"
+    );
+}
+
+/// The field notes' scenarios, one fault each, and the noise guards.
+fn fixed_scenarios() {
     let default = DetectorSettings::default();
     let compressed = DetectorSettings {
         interval: Duration::from_secs(2),

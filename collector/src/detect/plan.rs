@@ -123,20 +123,37 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
     // A site whose outage is over is a witness again at once, though its
     // old failures still make a long window look global.
     for pattern in Pattern::ALL {
-        let members: Vec<&Population> = populations
-            .iter()
-            .zip(&assessments)
-            .filter(|(p, a)| {
-                p.pattern == pattern
-                    && !a
+        let members: Vec<usize> = (0..populations.len())
+            .filter(|pi| {
+                populations[*pi].pattern == pattern
+                    && !assessments[*pi]
                         .findings
                         .iter()
                         .any(|f| matches!(f, Finding::Global { timing, .. } if timing.recent))
             })
-            .map(|(p, _)| p)
             .collect();
-        if let Some(path) = path_population(&members, pattern, names.vantages.len()) {
-            assessments.push(assess(&path, &all(&path), Scope::Path));
+        let member_refs: Vec<&Population> = members.iter().map(|pi| &populations[*pi]).collect();
+        if let Some(path) = path_population(&member_refs, pattern, names.vantages.len()) {
+            // Each path group's claim: the finding of its own target that
+            // explains it, if any.
+            let claims: Vec<Option<(usize, String)>> = members
+                .iter()
+                .flat_map(|pi| {
+                    let a = &assessments[*pi];
+                    (0..populations[*pi].groups.len()).map(move |g| {
+                        a.findings.iter().find_map(|f| match f {
+                            Finding::Segment { segment, .. }
+                                if a.segments[*segment].groups.contains(&g) =>
+                            {
+                                let s = &a.segments[*segment];
+                                Some((s.dimension, s.value.clone()))
+                            }
+                            _ => None,
+                        })
+                    })
+                })
+                .collect();
+            assessments.push(assess(&path, &all(&path), Scope::Path(&claims)));
             populations.push(path);
         }
     }
@@ -225,6 +242,17 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
         .filter(|t| t.state.incident.is_some())
         .map(|t| t.key.clone())
         .collect();
+    // The (target, vantage) pairs of every open incident's own segment
+    // (global ones aside: a segment standing out within an outage is
+    // paged, and says it came second).
+    let open_segments: Vec<(CandidateKey, BTreeSet<String>)> = tracked
+        .iter()
+        .filter(|t| t.state.incident.is_some() && !t.key.is_global())
+        .map(|t| {
+            let pairs = segment_pairs(&t.key, &populations, &assessments, &names);
+            (t.key.clone(), pairs)
+        })
+        .collect();
     let h = &settings.hysteresis;
     for (ti, t) in tracked.iter_mut().enumerate() {
         let s = seen_of[ti].map(|si| (&found[si], seen[si]));
@@ -275,9 +303,19 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
         }
         match (transition, s) {
             (Transition::Open, Some((f, s))) => {
-                if open_keys.contains(&s.key) {
-                    // Another open incident already has this explanation:
-                    // it covers these failures.
+                if open_keys.contains(&s.key)
+                    || open_segments.iter().any(|(k, pairs)| {
+                        *k != s.key
+                            && k.pattern == s.key.pattern
+                            && (k.target == s.key.target || k.is_path())
+                            && s.footprint.is_subset(pairs)
+                    })
+                {
+                    // Another open incident already has this explanation,
+                    // or every failing probe of this one lies in another
+                    // open incident's segment (a region of an open edge
+                    // location as its fault recedes): it covers these
+                    // failures.
                     continue;
                 }
                 t.key = s.key.clone();
@@ -394,6 +432,37 @@ fn findings(populations: &[Population], assessments: &[Assessment], names: &Name
         }
     }
     out
+}
+
+/// The (target, vantage) pairs of `key`'s segment in its population.
+fn segment_pairs(
+    key: &CandidateKey,
+    populations: &[Population],
+    assessments: &[Assessment],
+    names: &Names,
+) -> BTreeSet<String> {
+    let Some((p, a)) = populations
+        .iter()
+        .zip(assessments)
+        .find(|(p, _)| p.target == key.target && p.pattern == key.pattern)
+    else {
+        return BTreeSet::new();
+    };
+    a.segments[..a.base_segments]
+        .iter()
+        .find(|s| DIMENSIONS[s.dimension].name == key.dimension && s.value == key.value)
+        .map(|s| {
+            s.groups
+                .iter()
+                .map(|g| {
+                    track::footprint_entry(
+                        &names.targets[p.group_target[*g]],
+                        &names.vantages[p.group_vantage[*g]],
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether the failures of `key`'s own segment (its target's, or the

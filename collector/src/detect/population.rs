@@ -100,8 +100,8 @@ pub fn rounds_in(window_ms: i64, round_ms: i64) -> u32 {
     u32::try_from(rounds.max(1)).unwrap_or(u32::MAX)
 }
 
-/// Per population: (dimension values, vantage) to the index of its group.
-type GroupIndex = HashMap<(Vec<Option<String>>, usize), usize>;
+/// Per population: (derived path, vantage) to the index of its group.
+type GroupIndex = HashMap<(usize, usize), usize>;
 
 /// A path's dimension values and, for prefix dimensions, the address.
 type Derived = (Vec<Option<String>>, Vec<Option<IpAddr>>);
@@ -123,7 +123,9 @@ pub fn group(
     let mut populations: Vec<Population> = Vec::new();
     let mut by_key: HashMap<(usize, Pattern), usize> = HashMap::new();
     let mut index: Vec<GroupIndex> = Vec::new();
-    let mut derived: HashMap<&[Option<String>], Derived> = HashMap::new();
+    // Each distinct path's derived values, once; groups are indexed by it.
+    let mut path_ids: HashMap<&[Option<String>], usize> = HashMap::new();
+    let mut derived: Vec<Derived> = Vec::new();
     for cell in cells {
         let target = *target_ids
             .entry(cell.key.target.as_str())
@@ -143,7 +145,7 @@ pub fn group(
                 names.vantages.len() - 1
             });
         // Cells of one path in other slots and buckets derive alike.
-        let (values, addresses) = derived
+        let path_id = *path_ids
             .entry(cell.key.sources.as_slice())
             .or_insert_with(|| {
                 let mut values = Vec::with_capacity(DIMENSIONS.len());
@@ -157,8 +159,10 @@ pub fn group(
                         None
                     });
                 }
-                (values, addresses)
+                derived.push((values, addresses));
+                derived.len() - 1
             });
+        let (values, addresses) = &derived[path_id];
         let statuses = settings.statuses_for(&cell.key.check);
         let status_failure = cell
             .key
@@ -181,22 +185,20 @@ pub fn group(
             let p = &mut populations[pi];
             p.statuses.extend(statuses.iter().copied());
             p.round_ms = p.round_ms.max(i64::from(cell.key.interval_ms));
-            let gi = *index[pi]
-                .entry((values.clone(), vantage))
-                .or_insert_with(|| {
-                    p.groups.push(Group {
-                        values: values.clone(),
-                        addresses: addresses.clone(),
-                        witness: vantage,
-                        unit: vantage,
-                        buckets: vec![Counts::default(); buckets],
-                        confirmed: Counts::default(),
-                    });
-                    p.evidence.push(GroupEvidence::default());
-                    p.group_target.push(target);
-                    p.group_vantage.push(vantage);
-                    p.groups.len() - 1
+            let gi = *index[pi].entry((path_id, vantage)).or_insert_with(|| {
+                p.groups.push(Group {
+                    values: values.clone(),
+                    addresses: addresses.clone(),
+                    witness: vantage,
+                    unit: vantage,
+                    buckets: vec![Counts::default(); buckets],
+                    confirmed: Counts::default(),
                 });
+                p.evidence.push(GroupEvidence::default());
+                p.group_target.push(target);
+                p.group_vantage.push(vantage);
+                p.groups.len() - 1
+            });
             if p.check.is_empty() {
                 p.check.clone_from(&cell.key.check);
             }

@@ -279,7 +279,7 @@ pub struct Assessment {
 /// Which probes an assessment may explain, and how a segment's failures
 /// must spread over its witnesses to be a finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Scope {
+pub enum Scope<'a> {
     /// One target's probes: witnesses are vantages.
     #[default]
     Target,
@@ -287,7 +287,11 @@ pub enum Scope {
     /// targets, and a segment is a finding only if it fails for most of
     /// the targets it probes ([`fails_for_most_witnesses`]): a union of
     /// different per-target faults that share a region is never one.
-    Path,
+    /// Per group: the (dimension, value) of the finding its own target's
+    /// assessment explained it by, if any: a target whose failures in the
+    /// segment another explanation of its own claims does not count for
+    /// the path.
+    Path(&'a [Option<(usize, String)>]),
 }
 
 /// The decision for one target and failure pattern (or for every target's
@@ -333,7 +337,7 @@ pub fn assess_in(
     dimensions: &[DimensionInfo],
     windows: &[Window],
     p: &Params,
-    scope: Scope,
+    scope: Scope<'_>,
 ) -> Assessment {
     let base = test_segments(groups, active, dimensions, windows, p, &[]);
     let global = global_finding(
@@ -425,7 +429,7 @@ fn pick_lead(
     windows: &[Window],
     tested: &Tested,
     p: &Params,
-    scope: Scope,
+    scope: Scope<'_>,
 ) -> Option<usize> {
     let mut candidates: Vec<usize> = (0..tested.segments.len())
         .filter(|i| tested.segments[*i].flagged)
@@ -440,9 +444,16 @@ fn pick_lead(
     });
     candidates.into_iter().find(|s| match scope {
         Scope::Target => true,
-        Scope::Path => {
+        Scope::Path(claims) => {
             let stat = &tested.segments[*s];
-            fails_for_most_witnesses(groups, active, windows[stat.explain_window], stat, p)
+            fails_for_most_witnesses(
+                groups,
+                active,
+                claims,
+                windows[stat.explain_window],
+                stat,
+                p,
+            )
         }
     })
 }
@@ -457,11 +468,12 @@ fn pick_lead(
 pub fn fails_for_most_witnesses(
     groups: &[Group],
     active: &[bool],
+    claims: &[Option<(usize, String)>],
     w: Window,
     stat: &SegmentStat,
     p: &Params,
 ) -> bool {
-    let per_witness = witness_counts(groups, active, w, stat);
+    let per_witness = witness_counts(groups, active, claims, w, stat);
     let probed = per_witness.len();
     let failing = per_witness.values().filter(|x| x.fails(p)).count();
     failing >= p.min_vantages && failing * 2 > probed
@@ -475,6 +487,9 @@ pub struct WitnessCounts {
     pub rest: Counts,
     pub units: usize,
     pub failing_units: usize,
+    /// Failures in the segment that the witness's own assessment explains
+    /// by something else.
+    pub claimed_failures: u64,
 }
 
 impl WitnessCounts {
@@ -484,6 +499,7 @@ impl WitnessCounts {
         self.segment.failures > 0
             && self.segment.rate() - self.rest.rate() >= p.min_rate_difference
             && self.failing_units * 2 >= self.units
+            && self.claimed_failures * 2 < self.segment.failures
     }
 }
 
@@ -491,6 +507,7 @@ impl WitnessCounts {
 pub fn witness_counts(
     groups: &[Group],
     active: &[bool],
+    claims: &[Option<(usize, String)>],
     w: Window,
     stat: &SegmentStat,
 ) -> BTreeMap<usize, WitnessCounts> {
@@ -508,7 +525,12 @@ pub fn witness_counts(
         if c.probes == 0 {
             continue;
         }
-        out.entry(group.witness).or_default().segment.add(c);
+        let x = out.entry(group.witness).or_default();
+        x.segment.add(c);
+        let claimed = claims.get(*g).and_then(Option::as_ref);
+        if claimed.is_some_and(|(d, v)| (*d, v.as_str()) != (stat.dimension, stat.value.as_str())) {
+            x.claimed_failures += c.failures;
+        }
         let u = units.entry(group.witness).or_default();
         u.0.insert(group.unit);
         if c.failures > 0 {

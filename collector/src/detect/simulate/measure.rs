@@ -2,6 +2,7 @@
 //! the explanation paged, the candidates held and the confirmation probes
 //! asked.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{SimStats, Simulation, coin, one_path};
@@ -36,6 +37,7 @@ impl Simulation<'_> {
             vantages: Self::standard_fleet(),
             targets: scenario.targets.clone(),
             fault: Box::new(move |r, t, v, p| (start..end).contains(&r) && fails(r, t, v, p)),
+            edges: HashMap::new(),
         };
         let (events, stats) = sim.run_with_stats(end + 30);
         let r = round.as_secs_f64();
@@ -83,6 +85,7 @@ impl Simulation<'_> {
                 .map(|i| (format!("t{i}"), one_path()))
                 .collect(),
             fault: Box::new(move |r, t, v, p| coin(rate, seed, r, t, v, p)),
+            edges: HashMap::new(),
         };
         let (events, stats) = sim.run_with_stats(rounds);
         let passes = (rounds as f64 * round.as_secs_f64() / settings.interval.as_secs_f64()) as u64;

@@ -25,6 +25,7 @@ mod measure;
 mod scenarios;
 #[cfg(test)]
 mod tests;
+pub mod worlds;
 
 pub use measure::Measured;
 pub use scenarios::{Scenario, scenarios};
@@ -43,6 +44,8 @@ pub struct SimVantage {
     /// 0 for scheduled probes; the confirmation request otherwise (its
     /// probes are independent draws of a random fault).
     pub nonce: u64,
+    /// The resolver it asks, instead of each target path's own.
+    pub resolver: Option<String>,
 }
 
 impl SimVantage {
@@ -55,6 +58,7 @@ impl SimVantage {
             proxy: None,
             offset: 0.5,
             nonce: 0,
+            resolver: None,
         }
     }
 
@@ -84,6 +88,9 @@ pub struct Simulation<'a> {
     /// Per target: the paths each vantage probes every round.
     pub targets: Vec<(String, Vec<SimPath>)>,
     pub fault: Box<FaultModel<'a>>,
+    /// Per region: the CDN edge location serving it (its `edge_location`);
+    /// none when empty.
+    pub edges: HashMap<String, String>,
 }
 
 /// How long after a pass its confirmation probes are stored (probe,
@@ -194,9 +201,10 @@ impl Simulation<'_> {
         let mut next_id = 1;
         let passes = (rounds as f64 * round / interval).floor() as u64;
         let source_list = sources();
+        let mut made = HashMap::new();
         for pass in 1..=passes {
             let now = pass as f64 * interval;
-            let mut cells = self.cells(now, window, round, &thresholds, &source_list);
+            let mut cells = self.cells(now, window, round, &thresholds, &source_list, &mut made);
             asked.retain(|a| a.at > now - window);
             for a in asked.iter().filter(|a| a.at <= now) {
                 let v = &self.vantages[a.vantage];
@@ -297,7 +305,9 @@ impl Simulation<'_> {
         (events, stats)
     }
 
-    /// Every probe started in `(now - window, now]`, one cell each.
+    /// Every probe started in `(now - window, now]`, one cell each. A
+    /// probe's cell is made once (`made`, kept from pass to pass) and only
+    /// its age bucket changes.
     fn cells(
         &self,
         now: f64,
@@ -305,6 +315,7 @@ impl Simulation<'_> {
         round: f64,
         thresholds: &[u32],
         source_list: &[&'static str],
+        made: &mut HashMap<(u64, usize, usize, usize), WindowCell>,
     ) -> Vec<WindowCell> {
         let sight = Sight {
             now,
@@ -315,15 +326,21 @@ impl Simulation<'_> {
         let mut out = Vec::new();
         let first_round = ((now - window) / round).floor().max(0.0) as u64;
         let last_round = (now / round).ceil() as u64;
+        made.retain(|(r, ..), _| *r + 1 >= first_round);
         for r in first_round..=last_round {
-            for v in &self.vantages {
+            for (vi, v) in self.vantages.iter().enumerate() {
                 let t = (r as f64 + v.offset) * round;
                 if t <= now - window || t > now {
                     continue;
                 }
-                for (target, paths) in &self.targets {
-                    for path in paths {
-                        out.push(self.cell(&sight, t, v, target, path, false));
+                for (ti, (target, paths)) in self.targets.iter().enumerate() {
+                    for (pi, path) in paths.iter().enumerate() {
+                        let cell = made
+                            .entry((r, vi, ti, pi))
+                            .or_insert_with(|| self.cell(&sight, t, v, target, path, false));
+                        let mut cell = cell.clone();
+                        cell.bucket = bucket_at(&sight, t);
+                        out.push(cell);
                     }
                 }
             }
@@ -342,15 +359,24 @@ impl Simulation<'_> {
         confirmation: bool,
     ) -> WindowCell {
         let Sight {
-            now,
             round,
-            thresholds,
             sources: source_list,
+            ..
         } = *sight;
         let epoch = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::days(20_000);
         let r = (t / round).floor() as u64;
-        let age = ((now - t) / round).floor() as u32;
-        let bucket = i32::try_from(bucket_of(age, thresholds)).unwrap_or(i32::MAX);
+        let bucket = bucket_at(sight, t);
+        let resolved;
+        let path = match &v.resolver {
+            Some(resolver) => {
+                resolved = SimPath {
+                    resolver: resolver.clone(),
+                    address: path.address,
+                };
+                &resolved
+            }
+            None => path,
+        };
         let failed = (self.fault)(r, target, v, path);
         let values = self.values(v, path, failed);
         let sources = source_list
@@ -392,6 +418,25 @@ impl Simulation<'_> {
         path: &SimPath,
         failed: bool,
     ) -> HashMap<&'static str, Option<String>> {
+        probe_values(&self.edges, v, path, failed)
+    }
+}
+
+/// The age bucket, seen from a pass, of a probe made at `t` (seconds).
+fn bucket_at(sight: &Sight<'_>, t: f64) -> i32 {
+    let age = ((sight.now - t) / sight.round).floor() as u32;
+    i32::try_from(bucket_of(age, sight.thresholds)).unwrap_or(i32::MAX)
+}
+
+/// The source value of every dimension for one probe of `v` on `path`
+/// (its resolver already the vantage's own), `edges` serving its region.
+fn probe_values(
+    edges: &HashMap<String, String>,
+    v: &SimVantage,
+    path: &SimPath,
+    failed: bool,
+) -> HashMap<&'static str, Option<String>> {
+    {
         let egress = v.egress.to_string();
         let address = path.address.to_string();
         HashMap::from([
@@ -407,7 +452,7 @@ impl Simulation<'_> {
             ("address", Some(address.clone())),
             ("address_prefix", Some(address.clone())),
             ("ip_family", Some(address)),
-            ("edge_location", None),
+            ("edge_location", edges.get(&v.region).cloned()),
             ("http_version", Some("HTTP/1.1".into())),
             ("agent", Some(v.agent.clone())),
             ("vantage", Some(format!("{}/{}", v.agent, v.name))),

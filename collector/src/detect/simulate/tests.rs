@@ -146,6 +146,7 @@ fn a_site_after_its_outage_still_witnesses_a_failing_proxy() {
             (t == "t0" && outage.contains(&r))
                 || (r >= proxy_breaks && v.proxy.as_deref() == Some("http://127.0.0.1:8881"))
         }),
+        edges: HashMap::new(),
     };
     let events = sim.run(40);
     let r = round.as_secs_f64();
@@ -171,4 +172,56 @@ fn a_site_after_its_outage_still_witnesses_a_failing_proxy() {
         .filter(|e| e.kind == "opened" && e.at / r >= proxy_breaks as f64)
         .collect();
     assert_eq!(since.len(), 1, "{since:#?}");
+}
+
+/// Random worlds of the scenarios benchmark, a fixed set of seeds per K:
+/// each fault paged with its own dimension and value within 3 rounds, no
+/// incident that no fault explains, no resolve while its fault goes on,
+/// one page per fault. `WORLD=seed:k` prints one world's faults and
+/// events instead.
+#[test]
+fn random_worlds_page_each_fault_once_and_nothing_else() {
+    use super::worlds::World;
+    let settings = DetectorSettings::default();
+    let round = Duration::from_secs(30);
+    if let Ok(spec) = std::env::var("WORLD") {
+        let (seed, k) = spec.split_once(':').expect("WORLD=seed:k");
+        let world = World::draw(seed.parse().expect("seed"), k.parse().expect("k"));
+        for f in &world.faults {
+            println!(
+                "fault {:?} {} rounds {}..{}",
+                f.cause,
+                f.key(&world),
+                f.start,
+                f.end
+            );
+        }
+        for v in &world.vantages {
+            println!(
+                "vantage {}/{} {} {} {:?} {:?}",
+                v.agent, v.name, v.region, v.egress, v.proxy, v.resolver
+            );
+        }
+        for t in &world.targets {
+            println!(
+                "target {} {:?}",
+                t.0,
+                t.1.iter().map(|p| p.address).collect::<Vec<_>>()
+            );
+        }
+        println!("edges {:?}", world.edges);
+        let events = world.run(&settings, round);
+        for e in &events {
+            println!(
+                "{:6.1} #{} {} {} {:?}",
+                e.at / 30.0,
+                e.incident,
+                e.kind,
+                e.key,
+                e.targets
+            );
+        }
+        println!("{:#?}", world.score_events(&events, &settings, round));
+        return;
+    }
 }
