@@ -277,12 +277,19 @@ pub(super) fn segment_finding(
     } else {
         None
     };
+    let mut timing = timing_of(groups, &lead_stat.groups, windows);
+    // Still failing only if the recent rounds (up to twice the lookback)
+    // make the case, as for a global finding: a fault over for a few
+    // rounds still flags the long windows, and one noise failure since
+    // must not make it look current (and open it again once it resolved).
+    // Twice: a partial fault is flagged a little later than its lookback.
+    timing.recent &= windows[lead_stat.explain_window].rounds <= 2 * timing.recent_rounds;
     Finding::Segment {
         segment: lead,
         correlated,
         narrowed,
         failing_groups: lead_failing,
-        timing: timing_of(groups, &lead_stat.groups, windows),
+        timing,
     }
 }
 

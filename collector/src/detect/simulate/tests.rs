@@ -174,13 +174,12 @@ fn a_site_after_its_outage_still_witnesses_a_failing_proxy() {
     assert_eq!(since.len(), 1, "{since:#?}");
 }
 
-/// Random worlds of the scenarios benchmark, a fixed set of seeds per K:
-/// each fault paged with its own dimension and value within 3 rounds, no
-/// incident that no fault explains, no resolve while its fault goes on,
-/// one page per fault. `WORLD=seed:k` prints one world's faults and
-/// events instead.
-#[test]
-fn random_worlds_page_each_fault_once_and_nothing_else() {
+/// Random worlds of the scenarios benchmark, two fixed seeds per K (the
+/// benchmark's first two of each K): each fault paged with its own
+/// dimension and value within 3 rounds, no incident that no fault
+/// explains, no resolve while its fault goes on, one page per fault.
+/// `WORLD=seed:k` prints that world's faults and events.
+fn worlds_hold(k: usize) {
     use super::worlds::World;
     let settings = DetectorSettings::default();
     let round = Duration::from_secs(30);
@@ -224,4 +223,40 @@ fn random_worlds_page_each_fault_once_and_nothing_else() {
         println!("{:#?}", world.score_events(&events, &settings, round));
         return;
     }
+    for i in 0..2 {
+        let seed = 1000 + k as u64 * 100_000 + i;
+        let world = World::draw(seed, k);
+        assert_eq!(world.faults.len(), k, "seed {seed}: {k} faults drawn");
+        let s = world.score(&settings, round);
+        assert_eq!(s.right_in_time, k, "seed {seed} K={k}: {s:#?}");
+        assert!(s.unexplained.is_empty(), "seed {seed} K={k}: {s:#?}");
+        assert!(
+            s.resolved_while_failing.is_empty(),
+            "seed {seed} K={k}: {s:#?}"
+        );
+        assert_eq!(
+            s.open_pages, k,
+            "seed {seed} K={k}: one page per fault: {s:#?}"
+        );
+    }
+}
+
+#[test]
+fn random_worlds_with_one_fault_page_it_once_in_time() {
+    worlds_hold(1);
+}
+
+#[test]
+fn random_worlds_with_two_faults_page_each_once_in_time() {
+    worlds_hold(2);
+}
+
+#[test]
+fn random_worlds_with_three_faults_page_each_once_in_time() {
+    worlds_hold(3);
+}
+
+#[test]
+fn random_worlds_with_four_faults_page_each_once_in_time() {
+    worlds_hold(4);
 }
