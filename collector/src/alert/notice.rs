@@ -101,6 +101,7 @@ pub fn title(notice: &Notice) -> String {
         EventKind::Opened => "Opened",
         EventKind::Updated => "Re-explained",
         EventKind::Resolved => "Resolved",
+        EventKind::Reopened => "Failing again",
         EventKind::Reminder => "Still open",
         EventKind::Test => "TEST",
     };

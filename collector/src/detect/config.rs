@@ -51,6 +51,10 @@ pub struct DetectorConfig {
     pub resolve_quiet: Duration,
     #[serde(default = "default_update_after")]
     pub update_after: u32,
+    /// A failure explained like an incident resolved less than this long
+    /// ago reopens it. Default: twice `resolve_quiet`.
+    #[serde(with = "humantime_serde", default)]
+    pub reopen_within: Option<Duration>,
     /// The probe round of results that do not carry their check's
     /// interval (older agents).
     #[serde(with = "humantime_serde", default = "default_round")]
@@ -142,6 +146,7 @@ impl Default for DetectorConfig {
             min_probes: None,
             global_baseline: default_global_baseline(),
             update_after: default_update_after(),
+            reopen_within: None,
             default_round: default_round(),
             min_vantages: default_min_vantages(),
             min_rate_difference: default_min_rate_difference(),
@@ -179,6 +184,9 @@ impl DetectorConfig {
                 resolve_after: self.resolve_after,
                 resolve_quiet: self.resolve_quiet,
                 update_after: self.update_after,
+                reopen_within: self
+                    .reopen_within
+                    .unwrap_or(self.resolve_quiet.saturating_mul(2)),
             },
             statuses: self.statuses.clone(),
             confirmation_probes: self.confirmation_probes,
@@ -207,6 +215,9 @@ impl DetectorConfig {
             Duration::ZERO,
             30 * DAY,
         )?;
+        if let Some(reopen) = self.reopen_within {
+            duration_within("detector.reopen_within", reopen, Duration::ZERO, 30 * DAY)?;
+        }
         duration_within("detector.default_round", self.default_round, 100 * MS, DAY)?;
         duration_within(
             "detector.rates_retention",

@@ -21,6 +21,10 @@ pub struct Hysteresis {
     pub resolve_after: u32,
     pub resolve_quiet: Duration,
     pub update_after: u32,
+    /// A failure with the explanation of an incident resolved less than
+    /// this long ago reopens that incident (`incident.reopened`) instead
+    /// of opening another.
+    pub reopen_within: Duration,
 }
 
 impl Default for Hysteresis {
@@ -30,6 +34,7 @@ impl Default for Hysteresis {
             resolve_after: 3,
             resolve_quiet: Duration::from_secs(120),
             update_after: 2,
+            reopen_within: Duration::from_secs(240),
         }
     }
 }
@@ -139,6 +144,7 @@ mod tests {
         resolve_after: 3,
         resolve_quiet: Duration::from_secs(60),
         update_after: 2,
+        reopen_within: Duration::from_secs(120),
     };
 
     /// Observations of a failure that has been seen once per pass so far.

@@ -137,6 +137,8 @@ pub struct PassSummary {
     pub cells: usize,
     pub segments: usize,
     pub opened: Vec<i64>,
+    /// Incidents reopened (one `incident.reopened` each).
+    pub reopened: Vec<i64>,
     /// Incidents re-explained (one `incident.updated` each).
     pub updated: Vec<i64>,
     pub resolved: Vec<i64>,
@@ -271,6 +273,7 @@ impl Detector {
                         }
                         for (event, n) in [
                             ("opened", summary.opened.len()),
+                            ("reopened", summary.reopened.len()),
                             ("updated", summary.updated.len()),
                             ("resolved", summary.resolved.len()),
                         ] {
@@ -388,6 +391,10 @@ impl Detector {
         let open = self.store.open_incidents().await?;
         let tracked = self.store.tracked_failures(&open).await?;
         let asked = confirm::recently_asked(&self.store, window_start).await?;
+        let resolved = self
+            .store
+            .resolved_since(before(now, self.settings.hysteresis.reopen_within))
+            .await?;
         let mut pass = plan::plan(plan::PassInput {
             cells: &cells,
             tracked,
@@ -397,6 +404,7 @@ impl Detector {
             thresholds: &thresholds,
             now,
             asked: &asked,
+            resolved: &resolved,
         });
         confirm::add_evidence(&self.store, &mut pass, window_start).await?;
         let plan_time = planning.elapsed();
@@ -428,6 +436,9 @@ impl Detector {
                 value = %r.value, explanation = %r.explanation, "Incident opened."
             );
         }
+        for id in &applied.reopened {
+            tracing::warn!(id, "Incident reopened: its failure came back.");
+        }
         for (id, r) in &pass.updates {
             tracing::warn!(
                 id, target = %r.target, dimension = %r.dimension, value = %r.value,
@@ -445,6 +456,7 @@ impl Detector {
             cells: cells.len(),
             segments: pass.segments,
             opened: applied.opened,
+            reopened: applied.reopened,
             updated: pass.updates.iter().map(|u| u.0).collect(),
             resolved: pass.resolves.iter().map(|r| r.0).collect(),
             refresh: Some(refreshed.refresh),
@@ -455,7 +467,10 @@ impl Detector {
             plan_time,
             decide_time: started.elapsed().saturating_sub(query_time),
         };
-        if !summary.opened.is_empty() || !summary.updated.is_empty() || !summary.resolved.is_empty()
+        if !summary.opened.is_empty()
+            || !summary.reopened.is_empty()
+            || !summary.updated.is_empty()
+            || !summary.resolved.is_empty()
         {
             self.changed.notify_one();
         }

@@ -37,6 +37,8 @@ pub struct PassInput<'a> {
     /// When confirmation probes were last asked for each key: not again
     /// within half a detector interval.
     pub asked: &'a HashMap<CandidateKey, DateTime<Utc>>,
+    /// Incidents resolved within `reopen_within`: their id, key and when.
+    pub resolved: &'a [(i64, CandidateKey, DateTime<Utc>)],
 }
 
 /// What a pass decided.
@@ -45,6 +47,9 @@ pub struct Plan {
     /// Incidents to open: the index of their tracked failure (which gets
     /// the new id) and the record.
     pub opens: Vec<(usize, IncidentRecord)>,
+    /// Resolved incidents whose failure came back within `reopen_within`:
+    /// the index of their tracked failure, the incident and the record.
+    pub reopens: Vec<(usize, i64, IncidentRecord)>,
     /// Open incidents re-explained: a new explanation replaces the old.
     pub updates: Vec<(i64, IncidentRecord)>,
     /// Open incidents still explained the same way, with fresh evidence.
@@ -254,6 +259,7 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
         })
         .collect();
     let h = &settings.hysteresis;
+    let mut reopened: HashSet<i64> = HashSet::new();
     for (ti, t) in tracked.iter_mut().enumerate() {
         let s = seen_of[ti].map(|si| (&found[si], seen[si]));
         let found_held = s.is_some_and(|(_, s)| s.timing.recent);
@@ -321,7 +327,25 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
                 t.key = s.key.clone();
                 t.footprint = s.footprint.clone();
                 open_keys.insert(t.key.clone());
-                plan.opens.push((ti, record(f)));
+                // The same failure back soon after its incident resolved:
+                // that incident reopens, it is not paged as new.
+                let within =
+                    chrono::Duration::from_std(h.reopen_within).unwrap_or(chrono::Duration::MAX);
+                let earlier = input
+                    .resolved
+                    .iter()
+                    .filter(|(id, k, at)| {
+                        *k == s.key && input.now - *at <= within && !reopened.contains(id)
+                    })
+                    .max_by_key(|(_, _, at)| *at);
+                match earlier {
+                    Some((id, _, _)) => {
+                        reopened.insert(*id);
+                        t.state.incident = Some(*id);
+                        plan.reopens.push((ti, *id, record(f)));
+                    }
+                    None => plan.opens.push((ti, record(f))),
+                }
             }
             (Transition::Resolve(id), _) => {
                 plan.resolves.push((id, t.key.clone()));
@@ -383,6 +407,9 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
     }
     for open in &mut plan.opens {
         open.0 = new_index[open.0].unwrap_or(usize::MAX);
+    }
+    for reopen in &mut plan.reopens {
+        reopen.0 = new_index[reopen.0].unwrap_or(usize::MAX);
     }
     plan.tracked = kept;
     plan

@@ -75,6 +75,8 @@ pub struct RunRecord {
 pub struct Applied {
     /// The ids of the incidents opened, in the plan's order.
     pub opened: Vec<i64>,
+    /// The ids of the incidents reopened.
+    pub reopened: Vec<i64>,
 }
 
 /// Binds an incident record as `$1`..`$24` (the columns' order in
@@ -122,6 +124,19 @@ const RE_EXPLAIN: &str = "UPDATE incidents SET target = $1, kind = $3, dimension
         edge_locations = $19, evidence = $20, scope = $22, targets = $23, fault_side = $24,
         last_seen_at = $25, version = version + 1
     WHERE id = $26 AND resolved_at IS NULL
+    RETURNING id";
+
+/// Reopens a resolved incident with a new explanation record, the version
+/// bumped (so its next resolution is an event of its own). Binds as
+/// [`bind_record`], the id as `$26`.
+const REOPEN: &str = "UPDATE incidents SET target = $1, kind = $3, dimension = $4, value = $5,
+        narrowed_value = $6, explanation = $8, segment_failures = $9, segment_probes = $10,
+        rest_failures = $11, rest_probes = $12, p_value = $13, failing_vantages = $14,
+        correlated = $15, first_failure_at = LEAST(first_failure_at, $16),
+        last_failure_at = GREATEST(last_failure_at, $17), gateways = $18,
+        edge_locations = $19, evidence = $20, scope = $22, targets = $23, fault_side = $24,
+        last_seen_at = $25, version = version + 1, resolved_at = NULL
+    WHERE id = $26 AND resolved_at IS NOT NULL
     RETURNING id";
 
 /// Refreshes an open incident with the latest evidence of the same
@@ -195,6 +210,32 @@ async fn record_event(
 }
 
 impl Store {
+    /// Incidents resolved since `since`: their id, key and resolution
+    /// time (a failure back with the same key reopens one).
+    pub async fn resolved_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(i64, CandidateKey, DateTime<Utc>)>, StoreError> {
+        let rows: Vec<(i64, String, String, String, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, target, pattern, dimension, value, resolved_at FROM incidents
+             WHERE resolved_at >= $1 ORDER BY resolved_at",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, target, pattern, dimension, value, at)| {
+                let pattern = Pattern::parse(&pattern)?;
+                Some((
+                    id,
+                    CandidateKey::new(&target, pattern, &dimension, &value),
+                    at,
+                ))
+            })
+            .collect())
+    }
+
     /// Every tracked failure, plus one for every open incident that has
     /// none (an incident opened by an older version).
     pub async fn tracked_failures(&self, open: &[Incident]) -> Result<Vec<Tracked>, StoreError> {
@@ -332,6 +373,13 @@ impl Store {
                 if let Some(slot) = incident_of.get_mut(*ti) {
                     *slot = Some(id);
                 }
+            }
+        }
+        for (_, id, r) in &plan.reopens {
+            if update_incident(&mut tx, REOPEN, *id, r, at).await? {
+                record_explanation(&mut tx, *id, at).await?;
+                record_event(&mut tx, *id, EventKind::Reopened, at).await?;
+                applied.reopened.push(*id);
             }
         }
         for (id, r) in &plan.updates {

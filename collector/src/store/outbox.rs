@@ -22,6 +22,9 @@ pub enum EventKind {
     /// Re-explained: a better explanation replaced the one before.
     Updated,
     Resolved,
+    /// Resolved, then failing again with the same explanation within
+    /// `reopen_within`: open again, the same incident.
+    Reopened,
     /// Still open: sent again after a sink's `repeat_interval`.
     Reminder,
     /// `vantage-collector sink test`: never stored.
@@ -34,6 +37,7 @@ impl EventKind {
             Self::Opened => "incident.opened",
             Self::Updated => "incident.updated",
             Self::Resolved => "incident.resolved",
+            Self::Reopened => "incident.reopened",
             Self::Reminder => "incident.reminder",
             Self::Test => "vantage.test",
         }
@@ -44,6 +48,7 @@ impl EventKind {
             Self::Opened,
             Self::Updated,
             Self::Resolved,
+            Self::Reopened,
             Self::Reminder,
             Self::Test,
         ]

@@ -172,6 +172,7 @@ fn settings() -> DetectorSettings {
             resolve_after: 3,
             resolve_quiet: Duration::from_secs(60),
             update_after: 2,
+            reopen_within: Duration::from_secs(120),
         },
         ..DetectorSettings::default()
     }
@@ -601,6 +602,76 @@ async fn recovery_resolves_once_and_a_restart_neither_reopens_nor_forgets(pool: 
         .await
         .unwrap();
     assert_eq!(held, 0, "idle candidates are not kept");
+}
+
+/// A fault that comes back soon after its incident resolved reopens that
+/// incident (`incident.reopened`, the version moved on) instead of paging
+/// a new one; one that comes back later is a new incident.
+#[sqlx::test(migrations = false)]
+async fn a_fault_back_within_reopen_within_reopens_its_incident(pool: PgPool) {
+    let window = Duration::from_secs(60);
+    let mut settings = DetectorSettings {
+        window,
+        ..settings()
+    };
+    settings.hysteresis.reopen_within = Duration::from_secs(300);
+    let (_, d) = detector(&pool, settings).await;
+    let start = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap()
+        - chrono::Duration::minutes(60);
+    // Failing in minutes 1-4, 9-12 and 30-33; healthy otherwise.
+    let failing = |minute: i64| {
+        (1..=4).contains(&minute) || (9..=12).contains(&minute) || (30..=33).contains(&minute)
+    };
+    let mut events = Vec::new();
+    for minute in 1..=40 {
+        let end = start + chrono::Duration::minutes(minute);
+        write_probes_over(&pool, &fleet(), 10, end, window, |v, _| {
+            http(
+                GOOD,
+                if failing(minute) && v.region == "eu" {
+                    502
+                } else {
+                    200
+                },
+            )
+        })
+        .await;
+        let pass = d.evaluate_at(end).await.unwrap();
+        events.extend(pass.opened.iter().map(|id| (minute, "opened", *id)));
+        events.extend(pass.reopened.iter().map(|id| (minute, "reopened", *id)));
+        events.extend(pass.resolved.iter().map(|id| (minute, "resolved", *id)));
+    }
+    let kinds: Vec<(&str, i64)> = events.iter().map(|e| (e.1, e.2)).collect();
+    let (first, second) = (events[0].2, events[4].2);
+    assert_eq!(
+        kinds,
+        [
+            ("opened", first),
+            ("resolved", first),
+            ("reopened", first),
+            ("resolved", first),
+            ("opened", second),
+            ("resolved", second),
+        ],
+        "{events:?}"
+    );
+    assert_ne!(first, second, "back 18 minutes later: a new incident");
+    let stored: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT event, version FROM incident_events WHERE incident_id = $1 ORDER BY id",
+    )
+    .bind(first)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        [
+            ("incident.opened".to_owned(), 1),
+            ("incident.resolved".to_owned(), 1),
+            ("incident.reopened".to_owned(), 2),
+            ("incident.resolved".to_owned(), 2),
+        ]
+    );
 }
 
 #[sqlx::test(migrations = false)]

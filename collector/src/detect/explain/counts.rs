@@ -27,8 +27,24 @@ pub fn counts_table(a: &Assessment, winner: Option<usize>) -> Vec<Value> {
     };
     let mut out = Vec::new();
     let winning_dimension = winner.map(|w| a.segments[w].dimension);
+    // The whole population's segments, the winner as its finding tested
+    // it (a later cause's lead is tested on the residual) instead of the
+    // same value's base row.
+    let winning_value = winner.map(|w| a.segments[w].value.as_str());
+    let rows: Vec<usize> = (0..a.base_segments)
+        .filter(|i| {
+            winner.is_none_or(|w| *i == w || w < a.base_segments)
+                || (
+                    Some(a.segments[*i].dimension),
+                    Some(a.segments[*i].value.as_str()),
+                ) != (winning_dimension, winning_value)
+        })
+        .chain(winner.filter(|w| *w >= a.base_segments))
+        .collect();
     if let Some(d) = winning_dimension {
-        let mut same: Vec<usize> = (0..a.segments.len())
+        let mut same: Vec<usize> = rows
+            .iter()
+            .copied()
             .filter(|i| a.segments[*i].dimension == d)
             .collect();
         same.sort_by(|x, y| {
@@ -48,7 +64,9 @@ pub fn counts_table(a: &Assessment, winner: Option<usize>) -> Vec<Value> {
             ));
         }
     }
-    let mut others: Vec<usize> = (0..a.segments.len())
+    let mut others: Vec<usize> = rows
+        .iter()
+        .copied()
         .filter(|i| {
             let s = &a.segments[*i];
             Some(s.dimension) != winning_dimension

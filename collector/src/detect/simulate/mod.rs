@@ -202,6 +202,8 @@ impl Simulation<'_> {
         let passes = (rounds as f64 * round / interval).floor() as u64;
         let source_list = sources();
         let mut made = HashMap::new();
+        // Incidents resolved, for reopening: (id, key, when).
+        let mut resolved: Vec<(i64, CandidateKey, DateTime<Utc>)> = Vec::new();
         for pass in 1..=passes {
             let now = pass as f64 * interval;
             let mut cells = self.cells(now, window, round, &thresholds, &source_list, &mut made);
@@ -233,6 +235,7 @@ impl Simulation<'_> {
                 thresholds: &thresholds,
                 now: at,
                 asked: &asked_at,
+                resolved: &resolved,
             });
             tracked = plan.tracked;
             for c in &plan.confirmations {
@@ -292,7 +295,20 @@ impl Simulation<'_> {
                     });
                 }
             }
+            for (_, id, record) in &plan.reopens {
+                resolved.retain(|r| r.0 != *id);
+                if let Some(t) = tracked.iter().find(|t| t.state.incident == Some(*id)) {
+                    events.push(SimEvent {
+                        at: now,
+                        incident: *id,
+                        kind: "reopened",
+                        key: t.key.clone(),
+                        targets: record.targets.clone(),
+                    });
+                }
+            }
             for (id, key) in &plan.resolves {
+                resolved.push((*id, key.clone(), at));
                 events.push(SimEvent {
                     at: now,
                     incident: *id,
