@@ -43,6 +43,9 @@ pub struct ForwardProxy {
     tunnels: Arc<AtomicU64>,
     /// An HTTP proxy's refusal status, changeable while it runs.
     refusing: Arc<std::sync::Mutex<Option<u16>>>,
+    /// Ports its upstream cannot reach: a CONNECT to one gets the
+    /// proxy's own 502, as behind a dead upstream route.
+    unreachable: Arc<std::sync::Mutex<Vec<u16>>>,
     _stop: DropGuard,
 }
 
@@ -60,13 +63,22 @@ impl ForwardProxy {
             ProxyKind::Socks5 { .. } => None,
         }));
         let refusal = refusing.clone();
+        let unreachable = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let dead = unreachable.clone();
         crate::accept::serve_connections(listener, stop.clone(), move |stream| {
-            serve(stream, kind.clone(), count.clone(), refusal.clone())
+            serve(
+                stream,
+                kind.clone(),
+                count.clone(),
+                refusal.clone(),
+                dead.clone(),
+            )
         });
         Ok(Self {
             addr,
             tunnels,
             refusing,
+            unreachable,
             _stop: stop.drop_guard(),
         })
     }
@@ -75,6 +87,13 @@ impl ForwardProxy {
     /// (`None`: tunnel again).
     pub fn set_refusing(&self, status: Option<u16>) {
         *self.refusing.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    /// Makes an HTTP proxy answer its own 502 to every CONNECT to one of
+    /// `ports` from now on (its upstream towards them is dead); empty:
+    /// every port is reachable again.
+    pub fn set_unreachable_ports(&self, ports: &[u16]) {
+        *self.unreachable.lock().unwrap_or_else(|e| e.into_inner()) = ports.to_vec();
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -92,14 +111,26 @@ async fn serve(
     kind: ProxyKind,
     tunnels: Arc<AtomicU64>,
     refusing: Arc<std::sync::Mutex<Option<u16>>>,
+    unreachable: Arc<std::sync::Mutex<Vec<u16>>>,
 ) {
     match kind {
         ProxyKind::Socks5 { credentials } => {
             let _ = serve_socks5(stream, credentials, tunnels).await;
         }
         ProxyKind::Http { credentials, .. } => {
-            let service = service_fn(move |req| {
-                let refuse_with = *refusing.lock().unwrap_or_else(|e| e.into_inner());
+            let service = service_fn(move |req: Request<Incoming>| {
+                let mut refuse_with = *refusing.lock().unwrap_or_else(|e| e.into_inner());
+                let port = req.uri().port_u16();
+                if refuse_with.is_none()
+                    && port.is_some_and(|p| {
+                        unreachable
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(&p)
+                    })
+                {
+                    refuse_with = Some(502);
+                }
                 connect(req, credentials.clone(), refuse_with, tunnels.clone())
             });
             let _ = hyper::server::conn::http1::Builder::new()

@@ -23,33 +23,33 @@ use crate::database_url;
 use crate::process::{agent_binary, terminate};
 
 /// One probe round: every check's interval, and the detector's.
-const ROUND: Duration = Duration::from_secs(2);
-const RESOLVE_QUIET: Duration = Duration::from_secs(10);
+pub(crate) const ROUND: Duration = Duration::from_secs(2);
+pub(crate) const RESOLVE_QUIET: Duration = Duration::from_secs(10);
 
-fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn nets(list: &[&str]) -> Vec<IpNet> {
+pub(crate) fn nets(list: &[&str]) -> Vec<IpNet> {
     list.iter().map(|n| n.parse().unwrap()).collect()
 }
 
 /// An open or resolved incident, as `v_incidents` shows it.
 #[derive(Debug, Clone, sqlx::FromRow)]
-struct Row {
-    id: i64,
-    target: String,
-    scope: String,
-    dimension: String,
-    value: String,
-    version: i32,
-    fault_side: String,
-    explanation: String,
-    opened_at: DateTime<Utc>,
-    resolved_at: Option<DateTime<Utc>>,
+pub(crate) struct Row {
+    pub id: i64,
+    pub target: String,
+    pub scope: String,
+    pub dimension: String,
+    pub value: String,
+    pub version: i32,
+    pub fault_side: String,
+    pub explanation: String,
+    pub opened_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
 }
 
-async fn incidents(pool: &PgPool) -> Vec<Row> {
+pub(crate) async fn incidents(pool: &PgPool) -> Vec<Row> {
     sqlx::query_as(
         "SELECT id, target, scope, dimension, value, version, fault_side, explanation,
                 opened_at, resolved_at
@@ -61,7 +61,7 @@ async fn incidents(pool: &PgPool) -> Vec<Row> {
 }
 
 /// Polls `incidents` until `done` holds, or fails after `within`.
-async fn wait_for(
+pub(crate) async fn wait_for(
     pool: &PgPool,
     what: &str,
     within: Duration,
@@ -81,7 +81,7 @@ async fn wait_for(
     }
 }
 
-fn rounds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+pub(crate) fn rounds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from).as_seconds_f64() / ROUND.as_secs_f64()
 }
 
@@ -197,7 +197,7 @@ impl Field {
 }
 
 /// A vantage: name, source address, proxy.
-type VantageSpec = (String, String, Option<String>);
+pub(crate) type VantageSpec = (String, String, Option<String>);
 
 /// Each agent: its id, region, and vantages.
 fn fleet(field: &Field) -> Vec<(&'static str, &'static str, Vec<VantageSpec>)> {
@@ -253,7 +253,7 @@ fn fleet(field: &Field) -> Vec<(&'static str, &'static str, Vec<VantageSpec>)> {
 }
 
 /// The collector and agent processes; stopped when dropped.
-struct Processes {
+pub(crate) struct Processes {
     children: Vec<Child>,
     dir: tempfile::TempDir,
 }
@@ -263,7 +263,7 @@ impl Processes {
         std::fs::File::create(self.dir.path().join(name)).unwrap()
     }
 
-    fn read_logs(&self) -> String {
+    pub(crate) fn read_logs(&self) -> String {
         let mut out = String::new();
         for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
             if entry.path().extension().is_some_and(|e| e == "log") {
@@ -289,6 +289,26 @@ impl Drop for Processes {
 }
 
 async fn start_processes(pool: &PgPool, field: &Field) -> Processes {
+    start_fleet(
+        pool,
+        &field.checks(),
+        fleet(field),
+        field.dns_a.addr(),
+        &field.webhook.url(),
+    )
+    .await
+}
+
+/// A collector detecting every round and paging `webhook`, then one
+/// agent per entry of `fleet` (id, region, vantages) running `checks`
+/// with `dns` as its resolver.
+pub(crate) async fn start_fleet(
+    pool: &PgPool,
+    checks: &str,
+    fleet: Vec<(&'static str, &'static str, Vec<VantageSpec>)>,
+    dns: SocketAddr,
+    webhook: &str,
+) -> Processes {
     let store = vantage_collector::store::Store::new(pool.clone());
     store.migrate().await.unwrap();
     let mut processes = Processes {
@@ -306,7 +326,7 @@ async fn start_processes(pool: &PgPool, field: &Field) -> Processes {
              [[webhook]]\nurl = \"{}\"\n",
             ROUND.as_millis(),
             RESOLVE_QUIET.as_secs(),
-            field.webhook.url()
+            webhook
         ),
     )
     .unwrap();
@@ -325,7 +345,7 @@ async fn start_processes(pool: &PgPool, field: &Field) -> Processes {
         "collector did not listen:\n{}",
         processes.read_logs()
     );
-    for (agent, region, vantages) in fleet(field) {
+    for (agent, region, vantages) in fleet {
         let token = vantage_collector::enrol::enrol(&store, agent, region)
             .await
             .unwrap();
@@ -335,7 +355,7 @@ async fn start_processes(pool: &PgPool, field: &Field) -> Processes {
              [spool]\npath = \"{}\"\nsync_interval = \"100ms\"\n\
              [dns]\nresolvers = [\"udp://{}\"]\nidentity_queries = []\n",
             processes.dir.path().join(format!("{agent}.redb")).display(),
-            field.dns_a.addr(),
+            dns,
         );
         for (name, source, proxy) in vantages {
             text.push_str(&format!(
@@ -345,7 +365,7 @@ async fn start_processes(pool: &PgPool, field: &Field) -> Processes {
                 text.push_str(&format!("proxy = \"{proxy}\"\n"));
             }
         }
-        text.push_str(&field.checks());
+        text.push_str(checks);
         let path = processes.dir.path().join(format!("{agent}.toml"));
         std::fs::write(&path, text).unwrap();
         let child = Command::new(agent_binary())
@@ -362,7 +382,7 @@ async fn start_processes(pool: &PgPool, field: &Field) -> Processes {
 }
 
 /// Webhooks of one incident and event.
-fn hooks<'a>(bodies: &'a [Value], id: i64, event: &str) -> Vec<&'a Value> {
+pub(crate) fn hooks<'a>(bodies: &'a [Value], id: i64, event: &str) -> Vec<&'a Value> {
     bodies
         .iter()
         .filter(|b| b["incident_id"] == id && b["event"] == event)

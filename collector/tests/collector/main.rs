@@ -15,6 +15,7 @@ mod failover;
 mod faults;
 mod feed;
 mod field;
+mod field_multi;
 mod fleet;
 mod grafana;
 mod hostile;

@@ -142,6 +142,12 @@ impl Text<'_> {
                 of(stat.rest),
             )
         };
+        if stat.set_aside.probes > 0 {
+            s.push_str(&format!(
+                ", leaving out {} probes that another cause explains",
+                stat.set_aside.probes
+            ));
+        }
         let witnesses = if self.population.target == PATH_TARGET {
             "targets"
         } else {
