@@ -10,9 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use super::Pattern;
 use super::decision::{Assessment, SegmentStat};
 use super::dimensions::DIMENSIONS;
+use super::pattern::Pattern;
 use super::plan::Names;
 use super::plan::{PassInput, Plan};
 use super::population::Population;

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::asn::AsnTable;
+use super::decision::DimensionInfo;
 use super::feed::FedRow;
 use crate::store::StoredResult;
 
@@ -383,6 +384,18 @@ pub fn prefix(ip: IpAddr, len: u8) -> IpNet {
     IpNet::new(ip, len.min(max))
         .map(|n| n.trunc())
         .unwrap_or_else(|_| IpNet::from(ip))
+}
+
+/// The decision's view of the dimension table.
+pub fn dimension_infos() -> Vec<DimensionInfo> {
+    DIMENSIONS
+        .iter()
+        .map(|d| DimensionInfo {
+            name: d.name,
+            role: d.role,
+            prefix: d.derive == Derive::Prefix,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -15,13 +15,18 @@ pub mod dimensions;
 pub mod explain;
 pub mod feed;
 pub mod lifecycle;
+pub mod pattern;
 pub mod plan;
 pub mod population;
+pub mod settings;
+#[cfg(any(test, feature = "simulate"))]
 pub mod simulate;
 pub mod track;
 pub mod window;
 
-use std::collections::HashMap;
+pub use pattern::{CONNECTION_OUTCOMES, Pattern};
+pub use settings::DetectorSettings;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,100 +37,6 @@ use vantage_service::supervise::Liveness;
 
 use crate::store::{RunRecord, Store, StoreError};
 use asn::AsnTable;
-use decision::{DimensionInfo, Params};
-use dimensions::{DIMENSIONS, Derive};
-use lifecycle::Hysteresis;
-
-/// Outcomes that are connection-level failures: the site never answered
-/// with a status. They form their own pattern, never mixed into the rate
-/// of the configured statuses.
-pub static CONNECTION_OUTCOMES: std::sync::LazyLock<Vec<&'static str>> =
-    std::sync::LazyLock::new(|| {
-        use vantage_proto::v1::Outcome;
-        [
-            Outcome::Dns,
-            Outcome::Connect,
-            Outcome::Tls,
-            Outcome::Timeout,
-            Outcome::Protocol,
-            Outcome::Proxy,
-        ]
-        .map(Outcome::text)
-        .to_vec()
-    });
-
-/// The two failure patterns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Pattern {
-    /// A status the check counts (default 502).
-    Status,
-    /// A connection-level failure.
-    Connection,
-}
-
-impl Pattern {
-    pub const ALL: [Pattern; 2] = [Pattern::Status, Pattern::Connection];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Status => "status",
-            Self::Connection => "connection",
-        }
-    }
-
-    /// The pattern stored as `name`.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str() == name)
-    }
-}
-
-/// Everything the detector is configured with.
-#[derive(Debug, Clone)]
-pub struct DetectorSettings {
-    pub interval: Duration,
-    pub window: Duration,
-    pub params: Params,
-    pub hysteresis: Hysteresis,
-    /// Statuses counted as failures unless a check says otherwise.
-    pub statuses: Vec<u16>,
-    /// Per check name: the statuses counted for it.
-    pub check_statuses: HashMap<String, Vec<u16>>,
-    pub prefix_v4: u8,
-    pub prefix_v6: u8,
-    /// How long `segment_rates` keeps each pass.
-    pub rates_retention: Duration,
-    /// The probe round assumed for results that do not say their check's
-    /// interval (from agents older than the `interval_ms` field).
-    pub default_round: Duration,
-    /// Ask for confirmation probes when a candidate is first held.
-    pub confirmation_probes: bool,
-}
-
-impl Default for DetectorSettings {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(15),
-            window: Duration::from_secs(300),
-            params: Params::default(),
-            hysteresis: Hysteresis::default(),
-            statuses: vec![502],
-            check_statuses: HashMap::new(),
-            prefix_v4: 24,
-            prefix_v6: 48,
-            rates_retention: Duration::from_secs(3600),
-            default_round: Duration::from_secs(30),
-            confirmation_probes: true,
-        }
-    }
-}
-
-impl DetectorSettings {
-    pub fn statuses_for(&self, check: &str) -> &[u16] {
-        self.check_statuses
-            .get(check)
-            .map_or(self.statuses.as_slice(), Vec::as_slice)
-    }
-}
 
 /// What one pass did, for logs, tests and the benchmark.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -518,16 +429,4 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "collector".into())
-}
-
-/// The decision's view of the dimension table.
-pub fn dimension_infos() -> Vec<DimensionInfo> {
-    DIMENSIONS
-        .iter()
-        .map(|d| DimensionInfo {
-            name: d.name,
-            role: d.role,
-            prefix: d.derive == Derive::Prefix,
-        })
-        .collect()
 }

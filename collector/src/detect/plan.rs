@@ -14,12 +14,13 @@ use chrono::{DateTime, Utc};
 use super::asn::AsnTable;
 use super::confirm::{Confirm, asked_recently, confirmation, suspects};
 use super::decision::{self, Assessment, Finding, Scope, Window};
-use super::dimensions::{DIMENSIONS, DeriveContext};
+use super::dimensions::{DIMENSIONS, DeriveContext, dimension_infos};
 use super::explain;
 use super::lifecycle::{self, Observation, Transition};
+use super::pattern::Pattern;
 use super::population::{Population, group, path_population, rounds_in};
+use super::settings::DetectorSettings;
 use super::track::{self, CandidateKey, Seen, Tracked};
-use super::{DetectorSettings, Pattern, dimension_infos};
 use crate::store::{Incident, IncidentRecord, RateRow, WindowCell};
 
 /// Everything a pass reads.

@@ -15,9 +15,10 @@ use chrono::{DateTime, Utc};
 
 use super::decision::{Counts, Group};
 use super::dimensions::{DIMENSIONS, Derive, DeriveContext};
+use super::pattern::{CONNECTION_OUTCOMES, Pattern};
 use super::plan::Names;
+use super::settings::DetectorSettings;
 use super::track::PATH_TARGET;
-use super::{CONNECTION_OUTCOMES, DetectorSettings, Pattern};
 use crate::store::WindowCell;
 
 /// Probes assessed together: one target's (or, for path findings, every

@@ -12,9 +12,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::Pattern;
 use super::decision::Timing;
 use super::lifecycle::KeyState;
+use super::pattern::Pattern;
 
 /// The `target` of a path incident: it spans several targets.
 pub const PATH_TARGET: &str = "*";

@@ -16,10 +16,11 @@ pub use counts::counts_table;
 
 use super::decision::{Assessment, Counts, Finding, Window};
 use super::dimensions::DIMENSIONS;
+use super::pattern::Pattern;
 use super::plan::Names;
 use super::population::Population;
+use super::settings::DetectorSettings;
 use super::track::PATH_TARGET;
-use super::{DetectorSettings, Pattern};
 use crate::store::{Incident, IncidentRecord};
 
 /// What counts as a failure, in words: `502`, `502/503/504`, or a

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{SimStats, Simulation, coin, one_path};
-use crate::detect::DetectorSettings;
+use crate::detect::settings::DetectorSettings;
 use crate::detect::simulate::Scenario;
 use crate::detect::track::CandidateKey;
 

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::DetectorSettings;
 use super::asn::AsnTable;
 use super::decision::{bucket_of, bucket_thresholds};
 use super::dimensions::{DIMENSIONS, sources};
 use super::plan::{self, PassInput};
+use super::settings::DetectorSettings;
 use super::track::{CandidateKey, Tracked};
 use crate::store::{CellCounts, CellKey, WindowCell};
 

@@ -2,7 +2,7 @@
 
 use super::scenarios::in_net;
 use super::*;
-use crate::detect::DetectorSettings;
+use crate::detect::settings::DetectorSettings;
 
 /// Every field-notes scenario at the default settings pages the right
 /// dimension within 3 rounds of the fault, once, and resolves within

@@ -18,9 +18,9 @@ use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 
 use super::{SimEvent, SimPath, SimVantage, Simulation, coin};
-use crate::detect::DetectorSettings;
 use crate::detect::asn::AsnTable;
 use crate::detect::dimensions::{DIMENSIONS, DeriveContext};
+use crate::detect::settings::DetectorSettings;
 use crate::detect::track::{CandidateKey, GLOBAL, PATH_TARGET};
 
 /// A cause of the field notes, as drawn.
@@ -85,7 +85,7 @@ impl WorldFault {
             .map_or(PATH_TARGET, |t| world.targets[t].0.as_str());
         CandidateKey::new(
             target,
-            crate::detect::Pattern::Status,
+            crate::detect::pattern::Pattern::Status,
             self.dimension,
             &self.value,
         )
