@@ -248,15 +248,15 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
         .filter(|t| t.state.incident.is_some())
         .map(|t| t.key.clone())
         .collect();
-    // The (target, vantage) pairs of every open incident's own segment
-    // (global ones aside: a segment standing out within an outage is
-    // paged, and says it came second).
-    let open_segments: Vec<(CandidateKey, BTreeSet<String>)> = tracked
+    // Per open incident of one target (global ones aside: a segment
+    // standing out within an outage is paged, and says it came second):
+    // its population and the groups of its own segment there.
+    let open_segments: Vec<(CandidateKey, usize, HashSet<usize>)> = tracked
         .iter()
-        .filter(|t| t.state.incident.is_some() && !t.key.is_global())
-        .map(|t| {
-            let pairs = segment_pairs(&t.key, &populations, &assessments, &names);
-            (t.key.clone(), pairs)
+        .filter(|t| t.state.incident.is_some() && !t.key.is_global() && !t.key.is_path())
+        .filter_map(|t| {
+            let (pi, groups) = segment_groups(&t.key, &populations[..targets], &assessments)?;
+            Some((t.key.clone(), pi, groups))
         })
         .collect();
     let h = &settings.hysteresis;
@@ -310,19 +310,23 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
         }
         match (transition, s) {
             (Transition::Open, Some((f, s))) => {
+                let failing: &[usize] = match &assessments[f.population].findings[f.finding] {
+                    Finding::Segment { failing_groups, .. } => failing_groups,
+                    Finding::Global { .. } => &[],
+                };
                 if open_keys.contains(&s.key)
-                    || open_segments.iter().any(|(k, pairs)| {
+                    || open_segments.iter().any(|(k, pi, groups)| {
                         *k != s.key
-                            && k.pattern == s.key.pattern
-                            && (k.target == s.key.target || k.is_path())
-                            && s.footprint.is_subset(pairs)
+                            && *pi == f.population
+                            && !failing.is_empty()
+                            && failing.iter().all(|g| groups.contains(g))
                     })
                 {
                     // Another open incident already has this explanation,
-                    // or every failing probe of this one lies in another
-                    // open incident's segment (a region of an open edge
-                    // location as its fault recedes): it covers these
-                    // failures.
+                    // or every failing group of this one lies in another
+                    // open incident's segment on the same target (a region
+                    // of an open edge location as its fault recedes): it
+                    // covers these failures.
                     continue;
                 }
                 t.key = s.key.clone();
@@ -462,41 +466,29 @@ fn findings(populations: &[Population], assessments: &[Assessment], names: &Name
     out
 }
 
-/// The (target, vantage) pairs of `key`'s segment in its population.
-fn segment_pairs(
+/// The population of `key` (one target's) and the groups of its segment
+/// there.
+fn segment_groups(
     key: &CandidateKey,
     populations: &[Population],
     assessments: &[Assessment],
-    names: &Names,
-) -> BTreeSet<String> {
-    let Some((p, a)) = populations
+) -> Option<(usize, HashSet<usize>)> {
+    let pi = populations
         .iter()
-        .zip(assessments)
-        .find(|(p, _)| p.target == key.target && p.pattern == key.pattern)
-    else {
-        return BTreeSet::new();
-    };
-    a.segments[..a.base_segments]
+        .position(|p| p.target == key.target && p.pattern == key.pattern)?;
+    let a = &assessments[pi];
+    let s = a.segments[..a.base_segments]
         .iter()
-        .find(|s| DIMENSIONS[s.dimension].name == key.dimension && s.value == key.value)
-        .map(|s| {
-            s.groups
-                .iter()
-                .map(|g| {
-                    track::footprint_entry(
-                        &names.targets[p.group_target[*g]],
-                        &names.vantages[p.group_vantage[*g]],
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+        .find(|s| DIMENSIONS[s.dimension].name == key.dimension && s.value == key.value)?;
+    Some((pi, s.groups.iter().copied().collect()))
 }
 
 /// Whether the failures of `key`'s own segment (its target's, or the
-/// path's) still pass the gates in the last 2 or 4 probe rounds: failures
+/// path's) still pass the gates in the last 2 probe rounds: failures
 /// from `min_vantages` witnesses, the rate above the rest's by
-/// `min_rate_difference` and `min_rate_ratio`. For a global key: the
+/// `min_rate_difference` (not `min_rate_ratio`: another cause failing
+/// beside it on the same target raises the rest, and must not make this
+/// one look repaired). For a global key: the
 /// target fails at half the global rate or more, from `min_vantages`
 /// vantages. The gates, not the test: an incident already proved its
 /// case, and only needs to show it is still there.
@@ -531,10 +523,8 @@ fn still_failing(
         .find(|s| DIMENSIONS[s.dimension].name == key.dimension && s.value == key.value)
         .is_some_and(|s| {
             s.windows[..recent].iter().any(|w| {
-                let (rate, rest) = (w.segment.rate(), w.rest.rate());
                 w.failing_vantages >= params.min_vantages
-                    && rate - rest >= params.min_rate_difference
-                    && rate >= rest * params.min_rate_ratio
+                    && w.segment.rate() - w.rest.rate() >= params.min_rate_difference
             })
         })
 }

@@ -594,7 +594,12 @@ impl World {
                 continue;
             };
             let at = opened.at / r;
-            let fault = (0..self.faults.len()).find(|fi| explains(*fi, &opened.key, at).0);
+            // The fault it names exactly, else one it stands for.
+            let fault = (0..self.faults.len())
+                .find(|fi| {
+                    opened.key == self.faults[*fi].key(self) && explains(*fi, &opened.key, at).0
+                })
+                .or_else(|| (0..self.faults.len()).find(|fi| explains(*fi, &opened.key, at).0));
             match fault {
                 None => score
                     .unexplained
@@ -611,8 +616,13 @@ impl World {
                     .rev()
                     .find(|x| x.kind != "resolved" && x.at <= e.at)
                     .map_or(&e.key, |x| &x.key);
-                let still = self.faults.iter().enumerate().any(|(fi, f)| {
-                    at < f.end as f64 && at >= f.start as f64 && explains(fi, key, at).0
+                // The fault it stands for (its own key's first), still on?
+                let own = (0..self.faults.len())
+                    .find(|fi| *key == self.faults[*fi].key(self) && explains(*fi, key, at).0)
+                    .or_else(|| (0..self.faults.len()).find(|fi| explains(*fi, key, at).0));
+                let still = own.is_some_and(|fi| {
+                    let f = &self.faults[fi];
+                    at < f.end as f64 && at >= f.start as f64
                 });
                 if still {
                     score
