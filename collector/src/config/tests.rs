@@ -26,6 +26,20 @@ fn the_example_config_loads_with_the_documented_detector_settings() {
 }
 
 #[test]
+fn reopen_within_defaults_to_twice_resolve_quiet() {
+    let c = load("[detector]\nresolve_quiet = \"10s\"\n").unwrap();
+    assert_eq!(
+        c.detector.settings().hysteresis.reopen_within,
+        Duration::from_secs(20)
+    );
+    let c = load("[detector]\nresolve_quiet = \"10s\"\nreopen_within = \"0s\"\n").unwrap();
+    assert_eq!(
+        c.detector.settings().hysteresis.reopen_within,
+        Duration::ZERO
+    );
+}
+
+#[test]
 fn min_probes_is_accepted_and_ignored() {
     let c = load("[detector]\nmin_probes = 20\n").unwrap();
     assert_eq!(c.detector.min_probes, Some(20));

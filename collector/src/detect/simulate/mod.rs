@@ -241,7 +241,9 @@ impl Simulation<'_> {
             for c in &plan.confirmations {
                 stats.confirmations += 1;
                 asked_at.insert(c.key.clone(), at);
-                let Some(target) = self.targets.iter().position(|(t, _)| *t == c.key.target) else {
+                // The check names its target here (a path candidate's
+                // key names none).
+                let Some(target) = self.targets.iter().position(|(t, _)| *t == c.check) else {
                     continue;
                 };
                 for (agent, name) in c.inside.iter().chain(&c.outside) {
