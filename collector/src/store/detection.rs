@@ -114,30 +114,36 @@ fn bind_record<'q, O>(
         .bind(at)
 }
 
-/// Re-explains an open incident: a new key and explanation, the version
-/// bumped. Binds as [`bind_record`], the id as `$26`.
-const RE_EXPLAIN: &str = "UPDATE incidents SET target = $1, kind = $3, dimension = $4, value = $5,
+/// The columns a new explanation sets (as [`bind_record`] binds them), the
+/// version bumped: one list for re-explaining and reopening.
+macro_rules! explanation_set {
+    () => {
+        "target = $1, kind = $3, dimension = $4, value = $5,
         narrowed_value = $6, explanation = $8, segment_failures = $9, segment_probes = $10,
         rest_failures = $11, rest_probes = $12, p_value = $13, failing_vantages = $14,
         correlated = $15, first_failure_at = LEAST(first_failure_at, $16),
         last_failure_at = GREATEST(last_failure_at, $17), gateways = $18,
         edge_locations = $19, evidence = $20, scope = $22, targets = $23, fault_side = $24,
-        last_seen_at = $25, version = version + 1
-    WHERE id = $26 AND resolved_at IS NULL
-    RETURNING id";
+        last_seen_at = $25, version = version + 1"
+    };
+}
+
+/// Re-explains an open incident: a new key and explanation, the version
+/// bumped. Binds as [`bind_record`], the id as `$26`.
+const RE_EXPLAIN: &str = concat!(
+    "UPDATE incidents SET ",
+    explanation_set!(),
+    " WHERE id = $26 AND resolved_at IS NULL RETURNING id"
+);
 
 /// Reopens a resolved incident with a new explanation record, the version
 /// bumped (so its next resolution is an event of its own). Binds as
 /// [`bind_record`], the id as `$26`.
-const REOPEN: &str = "UPDATE incidents SET target = $1, kind = $3, dimension = $4, value = $5,
-        narrowed_value = $6, explanation = $8, segment_failures = $9, segment_probes = $10,
-        rest_failures = $11, rest_probes = $12, p_value = $13, failing_vantages = $14,
-        correlated = $15, first_failure_at = LEAST(first_failure_at, $16),
-        last_failure_at = GREATEST(last_failure_at, $17), gateways = $18,
-        edge_locations = $19, evidence = $20, scope = $22, targets = $23, fault_side = $24,
-        last_seen_at = $25, version = version + 1, resolved_at = NULL
-    WHERE id = $26 AND resolved_at IS NOT NULL
-    RETURNING id";
+const REOPEN: &str = concat!(
+    "UPDATE incidents SET ",
+    explanation_set!(),
+    ", resolved_at = NULL WHERE id = $26 AND resolved_at IS NOT NULL RETURNING id"
+);
 
 /// Refreshes an open incident with the latest evidence of the same
 /// explanation: the failure window only grows, layers seen accumulate.

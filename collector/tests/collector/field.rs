@@ -381,6 +381,39 @@ pub(crate) async fn start_fleet(
     processes
 }
 
+/// Once every incident of `rows` has its `incident.resolved` page: the
+/// pages, after checking that each incident was opened once, resolved
+/// once and never reopened.
+pub(crate) async fn one_page_each(webhook: &WebhookReceiver, rows: &[Row]) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let bodies = loop {
+        let bodies = webhook.received();
+        if rows
+            .iter()
+            .all(|r| hooks(&bodies, r.id, "incident.resolved").len() == 1)
+        {
+            break bodies;
+        }
+        assert!(Instant::now() < deadline, "webhooks: {bodies:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for r in rows {
+        for (event, times) in [
+            ("incident.opened", 1),
+            ("incident.resolved", 1),
+            ("incident.reopened", 0),
+        ] {
+            assert_eq!(
+                hooks(&bodies, r.id, event).len(),
+                times,
+                "{event}: {}",
+                r.target
+            );
+        }
+    }
+    bodies
+}
+
 /// Webhooks of one incident and event.
 pub(crate) fn hooks<'a>(bodies: &'a [Value], id: i64, event: &str) -> Vec<&'a Value> {
     bodies
@@ -575,32 +608,7 @@ async fn real_faults_page_the_dimension_they_follow(pool: PgPool) {
 
     // The pages: one opened and one resolved per incident, one update for
     // the re-explained one, in order.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let bodies = loop {
-        let bodies = field.webhook.received();
-        if rows
-            .iter()
-            .all(|r| hooks(&bodies, r.id, "incident.resolved").len() == 1)
-        {
-            break bodies;
-        }
-        assert!(Instant::now() < deadline, "webhooks: {bodies:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    for r in &rows {
-        assert_eq!(
-            hooks(&bodies, r.id, "incident.opened").len(),
-            1,
-            "{}",
-            r.target
-        );
-        assert_eq!(
-            hooks(&bodies, r.id, "incident.resolved").len(),
-            1,
-            "{}",
-            r.target
-        );
-    }
+    let bodies = one_page_each(&field.webhook, &rows).await;
     let updates = hooks(&bodies, waf_id, "incident.updated");
     assert_eq!(updates.len(), 1, "{bodies:#?}");
     assert_eq!(updates[0]["dimension"], "region");

@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rand::RngExt as _;
-use serde_json::Value;
 use sqlx::PgPool;
 use vantage_testkit::{DnsServer, ForwardProxy, ProxyKind, Target, WebhookReceiver};
 
 use crate::field::{
-    ROUND, Row, VantageSpec, hooks, incidents, ip, nets, rounds_between, start_fleet, wait_for,
+    ROUND, Row, VantageSpec, incidents, ip, nets, one_page_each, rounds_between, start_fleet,
+    wait_for,
 };
 
 /// Rounds within which each cause must page: the detector's target is 3
@@ -270,37 +270,7 @@ async fn several_faults_at_once_page_each_cause_once(pool: PgPool) {
     )
     .await;
     assert_eq!(rows.len(), 5, "{rows:#?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let bodies: Vec<Value> = loop {
-        let bodies = webhook.received();
-        if rows
-            .iter()
-            .all(|r| hooks(&bodies, r.id, "incident.resolved").len() == 1)
-        {
-            break bodies;
-        }
-        assert!(Instant::now() < deadline, "webhooks: {bodies:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    for r in &rows {
-        assert_eq!(
-            hooks(&bodies, r.id, "incident.opened").len(),
-            1,
-            "{}",
-            r.target
-        );
-        assert_eq!(
-            hooks(&bodies, r.id, "incident.resolved").len(),
-            1,
-            "{}",
-            r.target
-        );
-        assert!(
-            hooks(&bodies, r.id, "incident.reopened").is_empty(),
-            "{}",
-            r.target
-        );
-    }
+    one_page_each(&webhook, &rows).await;
     drop(processes);
 
     println!("rounds to open per cause (round = {ROUND:?}; WAF on {waf}):");
