@@ -418,6 +418,23 @@ pub fn assess_in(
             timing,
         });
     }
+    // Several causes failing side by side can make a target look global
+    // (half of its probes failing, no segment spared). An outage masks
+    // every segment, so when the causes explained away hold most of the
+    // failures of the global window, it was them, not an outage.
+    let explained = |w: Window| -> u64 {
+        (0..groups.len())
+            .filter(|g| active[*g] && !in_play[*g])
+            .map(|g| groups[g].counts(w).failures)
+            .sum()
+    };
+    a.findings.retain(|f| match f {
+        Finding::Global { window, .. } => {
+            let w = windows[*window];
+            explained(w) * 2 < a.totals[*window].failures
+        }
+        Finding::Segment { .. } => true,
+    });
     a
 }
 
