@@ -295,3 +295,34 @@ async fn add_to(
         .collect();
     Ok(())
 }
+
+/// The confirmation of a path candidate: on the target with the most of
+/// its failing groups, that target's check, from the path's failing
+/// vantages there and a matched set outside.
+pub(super) fn path_confirmation(
+    targets: &[Population],
+    path: &Population,
+    failing: &[usize],
+    names: &Names,
+    key: &CandidateKey,
+) -> Option<Confirm> {
+    let mut per_target: HashMap<usize, Vec<usize>> = HashMap::new();
+    for g in failing {
+        per_target
+            .entry(path.group_target[*g])
+            .or_default()
+            .push(*g);
+    }
+    let (target, groups) = per_target
+        .into_iter()
+        .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(&a.0)))?;
+    let check = targets
+        .iter()
+        .find(|p| p.pattern == path.pattern && p.target == names.targets[target])?
+        .check
+        .clone();
+    Some(Confirm {
+        check,
+        ..confirmation(path, &groups, names, key)
+    })
+}

@@ -7,14 +7,17 @@
 //! records to open, re-explain, refresh and resolve. The detector applies
 //! the plan in one transaction.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
+mod own;
+mod seen;
+
 use super::asn::AsnTable;
-use super::confirm::{Confirm, asked_recently, confirmation, suspects};
-use super::decision::{self, Assessment, Finding, Scope, Window};
-use super::dimensions::{DIMENSIONS, DeriveContext, dimension_infos};
+use super::confirm::{Confirm, asked_recently, confirmation, path_confirmation, suspects};
+use super::decision::{self, Assessment, Finding, Scope};
+use super::dimensions::{DeriveContext, dimension_infos};
 use super::explain;
 use super::lifecycle::{self, Observation, Transition};
 use super::pattern::Pattern;
@@ -22,6 +25,8 @@ use super::population::{Population, group, path_population, rounds_in};
 use super::settings::DetectorSettings;
 use super::track::{self, CandidateKey, Seen, Tracked};
 use crate::store::{Incident, IncidentRecord, RateRow, WindowCell};
+use own::{segment_groups, still_failing};
+use seen::{findings, rate_rows};
 
 /// Everything a pass reads.
 pub struct PassInput<'a> {
@@ -418,193 +423,4 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
     }
     plan.tracked = kept;
     plan
-}
-
-/// The confirmation of a path candidate: on the target with the most of
-/// its failing groups, that target's check, from the path's failing
-/// vantages there and a matched set outside.
-fn path_confirmation(
-    targets: &[Population],
-    path: &Population,
-    failing: &[usize],
-    names: &Names,
-    key: &CandidateKey,
-) -> Option<Confirm> {
-    let mut per_target: HashMap<usize, Vec<usize>> = HashMap::new();
-    for g in failing {
-        per_target
-            .entry(path.group_target[*g])
-            .or_default()
-            .push(*g);
-    }
-    let (target, groups) = per_target
-        .into_iter()
-        .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(&a.0)))?;
-    let check = targets
-        .iter()
-        .find(|p| p.pattern == path.pattern && p.target == names.targets[target])?
-        .check
-        .clone();
-    Some(Confirm {
-        check,
-        ..confirmation(path, &groups, names, key)
-    })
-}
-
-/// Every finding as a seen failure.
-fn findings(populations: &[Population], assessments: &[Assessment], names: &Names) -> Vec<Found> {
-    let mut out: Vec<Found> = Vec::new();
-    for (pi, (p, a)) in populations.iter().zip(assessments).enumerate() {
-        for (fi, f) in a.findings.iter().enumerate() {
-            out.push(Found {
-                population: pi,
-                finding: fi,
-                seen: seen(p, a, f, names),
-            });
-        }
-    }
-    out
-}
-
-/// The population of `key` (one target's) and the groups of its segment
-/// there.
-fn segment_groups(
-    key: &CandidateKey,
-    populations: &[Population],
-    assessments: &[Assessment],
-) -> Option<(usize, HashSet<usize>)> {
-    let pi = populations
-        .iter()
-        .position(|p| p.target == key.target && p.pattern == key.pattern)?;
-    let a = &assessments[pi];
-    let s = a.segments[..a.base_segments]
-        .iter()
-        .find(|s| DIMENSIONS[s.dimension].name == key.dimension && s.value == key.value)?;
-    Some((pi, s.groups.iter().copied().collect()))
-}
-
-/// Whether the failures of `key`'s own segment (its target's, or the
-/// path's) still pass the gates in the last 2 probe rounds: failures
-/// from `min_vantages` witnesses, the rate above the rest's by
-/// `min_rate_difference` (not `min_rate_ratio`: another cause failing
-/// beside it on the same target raises the rest, and must not make this
-/// one look repaired). For a global key: the
-/// target fails at half the global rate or more, from `min_vantages`
-/// vantages. The gates, not the test: an incident already proved its
-/// case, and only needs to show it is still there.
-fn still_failing(
-    key: &CandidateKey,
-    populations: &[Population],
-    assessments: &[Assessment],
-    params: &decision::Params,
-) -> bool {
-    let Some((p, a)) = populations
-        .iter()
-        .zip(assessments)
-        .find(|(p, _)| p.target == key.target && p.pattern == key.pattern)
-    else {
-        return false;
-    };
-    let recent = a.windows.len().min(RECENT_WINDOWS);
-    if key.is_global() {
-        return (0..recent).any(|wi| {
-            let w = a.windows[wi];
-            let failing: HashSet<usize> = p
-                .groups
-                .iter()
-                .filter(|g| g.counts(w).failures > 0)
-                .map(|g| g.witness)
-                .collect();
-            failing.len() >= params.min_vantages && a.totals[wi].rate() >= params.global_rate / 2.0
-        });
-    }
-    a.segments[..a.base_segments]
-        .iter()
-        .find(|s| DIMENSIONS[s.dimension].name == key.dimension && s.value == key.value)
-        .is_some_and(|s| {
-            s.windows[..recent].iter().any(|w| {
-                w.failing_vantages >= params.min_vantages
-                    && w.segment.rate() - w.rest.rate() >= params.min_rate_difference
-            })
-        })
-}
-
-/// The windows an open incident's own failures are looked for in: the
-/// last 2 rounds, as a finding's shortest recency lookback.
-const RECENT_WINDOWS: usize = 1;
-
-/// How the tracker sees one finding.
-fn seen(p: &Population, a: &Assessment, f: &Finding, names: &Names) -> Seen {
-    let key_of = |s: usize| {
-        let stat = &a.segments[s];
-        CandidateKey::new(
-            &p.target,
-            p.pattern,
-            DIMENSIONS[stat.dimension].name,
-            &stat.value,
-        )
-    };
-    let score_of = |s: usize| a.segments[s].score(&a.totals);
-    let footprint_of = |groups: &mut dyn Iterator<Item = usize>| -> BTreeSet<String> {
-        groups
-            .map(|g| {
-                track::footprint_entry(
-                    &names.targets[p.group_target[g]],
-                    &names.vantages[p.group_vantage[g]],
-                )
-            })
-            .collect()
-    };
-    match f {
-        Finding::Global { window, timing, .. } => {
-            let w: Window = a.windows[*window];
-            Seen {
-                key: CandidateKey::new(&p.target, p.pattern, track::GLOBAL.0, track::GLOBAL.1),
-                footprint: footprint_of(
-                    &mut (0..p.groups.len()).filter(|g| p.groups[*g].counts(w).failures > 0),
-                ),
-                score: 1.0,
-                alternatives: HashMap::new(),
-                timing: *timing,
-            }
-        }
-        Finding::Segment {
-            segment,
-            correlated,
-            failing_groups,
-            timing,
-            ..
-        } => Seen {
-            key: key_of(*segment),
-            footprint: footprint_of(&mut failing_groups.iter().copied()),
-            score: score_of(*segment),
-            alternatives: correlated
-                .iter()
-                .map(|c| (key_of(c.segment), score_of(c.segment)))
-                .collect(),
-            timing: *timing,
-        },
-    }
-}
-
-/// `segment_rates` rows for one assessment.
-fn rate_rows(target: &str, pattern: Pattern, a: &Assessment) -> Vec<RateRow> {
-    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    a.segments[..a.base_segments]
-        .iter()
-        .map(|s| RateRow {
-            target: target.to_owned(),
-            pattern: pattern.as_str().to_owned(),
-            dimension: DIMENSIONS[s.dimension].name.to_owned(),
-            value: s.value.clone(),
-            probes: to_i64(s.segment.probes),
-            failures: to_i64(s.segment.failures),
-            rest_probes: to_i64(s.rest.probes),
-            rest_failures: to_i64(s.rest.failures),
-            vantages: i32::try_from(s.failing_vantages).unwrap_or(i32::MAX),
-            p_value: s.p_value,
-            flagged: s.flagged,
-            window_rounds: i32::try_from(a.windows[s.window].rounds).unwrap_or(i32::MAX),
-        })
-        .collect()
 }

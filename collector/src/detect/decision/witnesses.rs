@@ -1,0 +1,138 @@
+//! How a segment's failures spread over its witnesses (for a path: the
+//! targets), and the choice of a lead in a scope: a path segment leads
+//! only if it fails for most of the targets it probes.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::segments::Tested;
+use super::{Counts, Group, Params, Scope, SegmentStat, Window};
+
+/// The first flagged segment, best fit first, that is a finding in this
+/// scope (for a path: failing for most of the targets it probes).
+pub(super) fn pick_lead(
+    groups: &[Group],
+    active: &[bool],
+    windows: &[Window],
+    tested: &Tested,
+    p: &Params,
+    scope: Scope<'_>,
+) -> Option<usize> {
+    let mut candidates: Vec<usize> = (0..tested.segments.len())
+        .filter(|i| tested.segments[*i].flagged)
+        .collect();
+    // Best score first; ties: dimension order, then value (deterministic).
+    candidates.sort_by(|a, b| {
+        let (sa, sb) = (&tested.segments[*a], &tested.segments[*b]);
+        sb.score(&tested.totals)
+            .total_cmp(&sa.score(&tested.totals))
+            .then(sa.dimension.cmp(&sb.dimension))
+            .then(sa.value.cmp(&sb.value))
+    });
+    candidates.into_iter().find(|s| match scope {
+        Scope::Target => true,
+        Scope::Path(claims) => {
+            let stat = &tested.segments[*s];
+            fails_for_most_witnesses(
+                groups,
+                active,
+                claims,
+                windows[stat.explain_window],
+                stat,
+                p,
+            )
+        }
+    })
+}
+
+/// Whether a segment fails for most of the witnesses (for a path: the
+/// targets) it has probes from, in window `w`: on more than half of them,
+/// and at least `min_vantages`, the segment fails more than the rest of
+/// that witness's probes (by `min_rate_difference`), and the failures
+/// spread over at least half of the segment's units there (so a target
+/// where only a narrower part of the segment fails, e.g. one /24 of a
+/// region, does not count for the region).
+pub fn fails_for_most_witnesses(
+    groups: &[Group],
+    active: &[bool],
+    claims: &[Option<(usize, String)>],
+    w: Window,
+    stat: &SegmentStat,
+    p: &Params,
+) -> bool {
+    let per_witness = witness_counts(groups, active, claims, w, stat);
+    let probed = per_witness.len();
+    let failing = per_witness.values().filter(|x| x.fails(p)).count();
+    failing >= p.min_vantages && failing * 2 > probed
+}
+
+/// One witness's view of a segment: its counts there, the rest of the
+/// witness's probes, and the units probing and failing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WitnessCounts {
+    pub segment: Counts,
+    pub rest: Counts,
+    pub units: usize,
+    pub failing_units: usize,
+    /// Failures in the segment that the witness's own assessment explains
+    /// by something else.
+    pub claimed_failures: u64,
+}
+
+impl WitnessCounts {
+    /// The segment fails for this witness: more than the rest there, and
+    /// over at least half of its units.
+    pub fn fails(&self, p: &Params) -> bool {
+        self.segment.failures > 0
+            && self.segment.rate() - self.rest.rate() >= p.min_rate_difference
+            && self.failing_units * 2 >= self.units
+            && self.claimed_failures * 2 < self.segment.failures
+    }
+}
+
+/// Per witness with probes in the segment (window `w`): its counts.
+pub fn witness_counts(
+    groups: &[Group],
+    active: &[bool],
+    claims: &[Option<(usize, String)>],
+    w: Window,
+    stat: &SegmentStat,
+) -> BTreeMap<usize, WitnessCounts> {
+    let mut all: BTreeMap<usize, Counts> = BTreeMap::new();
+    for (g, group) in groups.iter().enumerate() {
+        if active.get(g).copied().unwrap_or(false) {
+            all.entry(group.witness).or_default().add(group.counts(w));
+        }
+    }
+    let mut units: BTreeMap<usize, (HashSet<usize>, HashSet<usize>)> = BTreeMap::new();
+    let mut out: BTreeMap<usize, WitnessCounts> = BTreeMap::new();
+    for g in &stat.groups {
+        let group = &groups[*g];
+        let c = group.counts(w);
+        if c.probes == 0 {
+            continue;
+        }
+        let x = out.entry(group.witness).or_default();
+        x.segment.add(c);
+        let claimed = claims.get(*g).and_then(Option::as_ref);
+        if claimed.is_some_and(|(d, v)| (*d, v.as_str()) != (stat.dimension, stat.value.as_str())) {
+            x.claimed_failures += c.failures;
+        }
+        let u = units.entry(group.witness).or_default();
+        u.0.insert(group.unit);
+        if c.failures > 0 {
+            u.1.insert(group.unit);
+        }
+    }
+    for (witness, x) in &mut out {
+        x.rest = all
+            .get(witness)
+            .copied()
+            .unwrap_or_default()
+            .minus(x.segment);
+        if let Some((probing, failing)) = units.get(witness) {
+            x.units = probing.len();
+            x.failing_units = failing.len();
+        }
+    }
+    out
+}
