@@ -414,6 +414,37 @@ pub(crate) async fn one_page_each(webhook: &WebhookReceiver, rows: &[Row]) -> Ve
     bodies
 }
 
+/// Waits until `vantages` vantages delivered healthy results of `check`,
+/// lets a few more rounds pass, and checks that a healthy world pages
+/// nothing.
+pub(crate) async fn warm_up(pool: &PgPool, processes: &Processes, check: &str, vantages: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let probing: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT (agent_id, vantage)) FROM probe_results
+             WHERE check_name = $1 AND outcome = 'ok'",
+        )
+        .bind(check)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if probing == vantages {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{probing} of {vantages} vantages probing:\n{}",
+            processes.read_logs()
+        );
+        tokio::time::sleep(ROUND).await;
+    }
+    tokio::time::sleep(ROUND * 4).await;
+    assert!(
+        incidents(pool).await.is_empty(),
+        "a healthy world pages nothing"
+    );
+}
+
 /// Webhooks of one incident and event.
 pub(crate) fn hooks<'a>(bodies: &'a [Value], id: i64, event: &str) -> Vec<&'a Value> {
     bodies
@@ -427,31 +458,7 @@ async fn real_faults_page_the_dimension_they_follow(pool: PgPool) {
     let field = Field::start().await;
     let processes = start_processes(&pool, &field).await;
 
-    // Warm-up: every vantage of every agent has delivered a few rounds.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let vantages: i64 = sqlx::query_scalar(
-            "SELECT count(DISTINCT (agent_id, vantage)) FROM probe_results
-             WHERE check_name = 'waf' AND outcome = 'ok'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if vantages == 15 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{vantages} of 15 vantages probing:\n{}",
-            processes.read_logs()
-        );
-        tokio::time::sleep(ROUND).await;
-    }
-    tokio::time::sleep(ROUND * 4).await;
-    assert!(
-        incidents(&pool).await.is_empty(),
-        "a healthy field pages nothing"
-    );
+    warm_up(&pool, &processes, "waf", 15).await;
 
     // Phase 1: five site faults at once, each on its own target.
     let start = Utc::now();

@@ -18,7 +18,7 @@
 //! resolved while its fault goes on, one page each.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use rand::RngExt as _;
@@ -27,7 +27,7 @@ use vantage_testkit::{DnsServer, ForwardProxy, ProxyKind, Target, WebhookReceive
 
 use crate::field::{
     ROUND, Row, VantageSpec, incidents, ip, nets, one_page_each, rounds_between, start_fleet,
-    wait_for,
+    wait_for, warm_up,
 };
 
 /// Rounds within which each cause must page: the detector's target is 3
@@ -122,31 +122,7 @@ async fn several_faults_at_once_page_each_cause_once(pool: PgPool) {
     ];
     let processes = start_fleet(&pool, &checks, fleet, dns.addr(), &webhook.url()).await;
 
-    // Warm-up: all 15 vantages deliver, and a healthy world pages nothing.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let vantages: i64 = sqlx::query_scalar(
-            "SELECT count(DISTINCT (agent_id, vantage)) FROM probe_results
-             WHERE check_name = 'e' AND outcome = 'ok'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if vantages == 15 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{vantages} of 15 vantages probing:\n{}",
-            processes.read_logs()
-        );
-        tokio::time::sleep(ROUND).await;
-    }
-    tokio::time::sleep(ROUND * 4).await;
-    assert!(
-        incidents(&pool).await.is_empty(),
-        "a healthy world pages nothing"
-    );
+    warm_up(&pool, &processes, "e", 15).await;
 
     // The faults of the first 70 s.
     let waf = ["127.0.2.0/24", "127.0.3.0/24"][rand::rng().random_range(0..2usize)];

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use super::stats::binomial_greater;
 use super::windows::bucket_width;
-use super::{Counts, DimensionInfo, Group, Params, SegmentStat, Tested, Window};
+use super::{Counts, DimensionInfo, Group, Params, SegmentStat, Window, best_fit_first};
 use crate::detect::dimensions::{Role, prefix};
 
 /// A step of the prefix walk.
@@ -224,11 +224,11 @@ pub fn timing_of(groups: &[Group], members: &[usize], windows: &[Window]) -> Tim
 pub(super) fn segment_finding(
     groups: &[Group],
     windows: &[Window],
-    tested: &Tested,
+    segments: &[SegmentStat],
+    totals: &[Counts],
     lead: usize,
     dimensions: &[DimensionInfo],
 ) -> Finding {
-    let segments = &tested.segments;
     // Failures of `s` in `set`, in window `w`.
     let failures_in = |set: &HashSet<usize>, s: &SegmentStat, w: Window| -> u64 {
         s.groups
@@ -250,13 +250,7 @@ pub(super) fn segment_finding(
     let mut others: Vec<usize> = (0..segments.len())
         .filter(|i| *i != lead && segments[*i].flagged)
         .collect();
-    others.sort_by(|a, b| {
-        let (sa, sb) = (&segments[*a], &segments[*b]);
-        sb.score(&tested.totals)
-            .total_cmp(&sa.score(&tested.totals))
-            .then(sa.dimension.cmp(&sb.dimension))
-            .then(sa.value.cmp(&sb.value))
-    });
+    best_fit_first(segments, totals, &mut others);
     // Correlation is judged in the lead's explanation window.
     let mut correlated = Vec::new();
     for other in others {

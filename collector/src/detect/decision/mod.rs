@@ -295,6 +295,18 @@ pub enum Scope<'a> {
     Path(&'a [Option<(usize, String)>]),
 }
 
+/// Orders segment indexes best explanation first (the fit against
+/// `totals`); ties: dimension order, then value (deterministic).
+fn best_fit_first(segments: &[SegmentStat], totals: &[Counts], order: &mut [usize]) {
+    order.sort_by(|a, b| {
+        let (sa, sb) = (&segments[*a], &segments[*b]);
+        sb.score(totals)
+            .total_cmp(&sa.score(totals))
+            .then(sa.dimension.cmp(&sb.dimension))
+            .then(sa.value.cmp(&sb.value))
+    });
+}
+
 /// The decision for one target and failure pattern (or for every target's
 /// path dimensions at once). `windows` are ordered shortest first; the
 /// last covers every bucket.
@@ -340,74 +352,82 @@ pub fn assess_in(
         dimensions,
         p,
     );
+    let Tested {
+        totals,
+        total,
+        failing_witnesses,
+        tests,
+        segments,
+    } = base;
     let mut a = Assessment {
         windows: windows.to_vec(),
-        totals: base.totals.clone(),
-        total: base.total,
-        failing_vantages: base.failing_witnesses,
-        tests: base.tests,
-        base_segments: base.segments.len(),
-        segments: base.segments.clone(),
+        totals,
+        total,
+        failing_vantages: failing_witnesses,
+        tests,
+        base_segments: segments.len(),
+        segments,
         findings: global.into_iter().collect(),
     };
-    // Set aside before this assessment (not active) and by its findings.
-    let initially_aside: Vec<usize> = (0..groups.len()).filter(|g| !active[*g]).collect();
     let mut in_play = active.to_vec();
-    let mut round = Some(base);
-    for _ in 0..MAX_FINDINGS {
-        let tested = match round.take() {
-            Some(t) => t,
-            None => {
-                let aside: Vec<usize> = (0..groups.len()).filter(|g| !in_play[*g]).collect();
-                test_segments(groups, &in_play, dimensions, windows, p, &aside)
-            }
+    for round in 0..MAX_FINDINGS {
+        // The first round is the whole population's test; each later one
+        // tests what the findings so far left in play.
+        let residual = (round > 0).then(|| {
+            let aside: Vec<usize> = (0..groups.len()).filter(|g| !in_play[*g]).collect();
+            test_segments(groups, &in_play, dimensions, windows, p, &aside)
+        });
+        let (segments, totals) = match &residual {
+            Some(t) => (t.segments.as_slice(), t.totals.as_slice()),
+            None => (a.segments.as_slice(), a.totals.as_slice()),
         };
-        let first_round = a
-            .findings
-            .iter()
-            .all(|f| matches!(f, Finding::Global { .. }));
-        let Some(lead) = pick_lead(groups, &in_play, windows, &tested, p, scope) else {
+        let Some(lead) = pick_lead(groups, &in_play, windows, segments, totals, p, scope) else {
             break;
         };
-        let residual = !first_round || !initially_aside.is_empty();
-        let finding = segment_finding(groups, windows, &tested, lead, dimensions);
-        // The lead and its correlated evidence, as the residual tested
-        // them: appended after the base segments so indexes stay valid.
-        let Finding::Segment {
-            segment,
-            correlated,
-            narrowed,
-            failing_groups,
-            timing,
-        } = finding
-        else {
-            break;
-        };
-        let offset = a.segments.len();
-        let mut keep = vec![segment];
-        keep.extend(correlated.iter().map(|c| c.segment));
-        for s in &keep {
-            let mut stat = tested.segments[*s].clone();
-            stat.residual_totals = residual.then(|| tested.totals.clone());
-            a.segments.push(stat);
-        }
-        let index_of = |s: usize| offset + keep.iter().position(|k| *k == s).unwrap_or(0);
-        for g in &tested.segments[segment].groups {
+        let finding = segment_finding(groups, windows, segments, totals, lead, dimensions);
+        for g in &segments[lead].groups {
             in_play[*g] = false;
         }
-        a.findings.push(Finding::Segment {
-            segment: index_of(segment),
-            correlated: correlated
-                .into_iter()
-                .map(|c| Correlation {
-                    segment: index_of(c.segment),
-                    ..c
-                })
-                .collect(),
-            narrowed,
-            failing_groups,
-            timing,
-        });
+        let finding = match (&residual, finding) {
+            (
+                Some(t),
+                Finding::Segment {
+                    segment,
+                    correlated,
+                    narrowed,
+                    failing_groups,
+                    timing,
+                },
+            ) => {
+                // The lead and its correlated evidence as the residual
+                // tested them, appended after the base segments so that
+                // indexes stay valid.
+                let offset = a.segments.len();
+                let mut keep = vec![segment];
+                keep.extend(correlated.iter().map(|c| c.segment));
+                for s in &keep {
+                    let mut stat = t.segments[*s].clone();
+                    stat.residual_totals = Some(t.totals.clone());
+                    a.segments.push(stat);
+                }
+                let index_of = |s: usize| offset + keep.iter().position(|k| *k == s).unwrap_or(0);
+                Finding::Segment {
+                    segment: index_of(segment),
+                    correlated: correlated
+                        .into_iter()
+                        .map(|c| Correlation {
+                            segment: index_of(c.segment),
+                            ..c
+                        })
+                        .collect(),
+                    narrowed,
+                    failing_groups,
+                    timing,
+                }
+            }
+            (_, finding) => finding,
+        };
+        a.findings.push(finding);
     }
     // Several causes failing side by side can make a target look global
     // (half of its probes failing, no segment spared). An outage masks

@@ -4,8 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::segments::Tested;
-use super::{Counts, Group, Params, Scope, SegmentStat, Window};
+use super::{Counts, Group, Params, Scope, SegmentStat, Window, best_fit_first};
 
 /// The first flagged segment, best fit first, that is a finding in this
 /// scope (for a path: failing for most of the targets it probes).
@@ -13,25 +12,19 @@ pub(super) fn pick_lead(
     groups: &[Group],
     active: &[bool],
     windows: &[Window],
-    tested: &Tested,
+    segments: &[SegmentStat],
+    totals: &[Counts],
     p: &Params,
     scope: Scope<'_>,
 ) -> Option<usize> {
-    let mut candidates: Vec<usize> = (0..tested.segments.len())
-        .filter(|i| tested.segments[*i].flagged)
+    let mut candidates: Vec<usize> = (0..segments.len())
+        .filter(|i| segments[*i].flagged)
         .collect();
-    // Best score first; ties: dimension order, then value (deterministic).
-    candidates.sort_by(|a, b| {
-        let (sa, sb) = (&tested.segments[*a], &tested.segments[*b]);
-        sb.score(&tested.totals)
-            .total_cmp(&sa.score(&tested.totals))
-            .then(sa.dimension.cmp(&sb.dimension))
-            .then(sa.value.cmp(&sb.value))
-    });
+    best_fit_first(segments, totals, &mut candidates);
     candidates.into_iter().find(|s| match scope {
         Scope::Target => true,
         Scope::Path(claims) => {
-            let stat = &tested.segments[*s];
+            let stat = &segments[*s];
             fails_for_most_witnesses(
                 groups,
                 active,

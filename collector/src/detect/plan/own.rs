@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use crate::detect::decision::{self, Assessment};
+use crate::detect::decision::{self, Assessment, SegmentStat};
 use crate::detect::dimensions::DIMENSIONS;
 use crate::detect::population::Population;
 use crate::detect::track::CandidateKey;
@@ -16,14 +16,23 @@ pub(super) fn segment_groups(
     populations: &[Population],
     assessments: &[Assessment],
 ) -> Option<(usize, HashSet<usize>)> {
-    let pi = populations
-        .iter()
-        .position(|p| p.target == key.target && p.pattern == key.pattern)?;
-    let a = &assessments[pi];
-    let s = a.segments[..a.base_segments]
-        .iter()
-        .find(|s| DIMENSIONS[s.dimension].name == key.dimension && s.value == key.value)?;
+    let pi = population_of(key, populations)?;
+    let s = segment_of(key, &assessments[pi])?;
     Some((pi, s.groups.iter().copied().collect()))
+}
+
+/// The index of `key`'s population (its target and pattern).
+fn population_of(key: &CandidateKey, populations: &[Population]) -> Option<usize> {
+    populations
+        .iter()
+        .position(|p| p.target == key.target && p.pattern == key.pattern)
+}
+
+/// `key`'s segment as the whole population's test saw it.
+fn segment_of<'a>(key: &CandidateKey, a: &'a Assessment) -> Option<&'a SegmentStat> {
+    a.segments[..a.base_segments]
+        .iter()
+        .find(|s| DIMENSIONS[s.dimension].name == key.dimension && s.value == key.value)
 }
 
 /// Whether the failures of `key`'s own segment (its target's, or the
@@ -41,13 +50,10 @@ pub(super) fn still_failing(
     assessments: &[Assessment],
     params: &decision::Params,
 ) -> bool {
-    let Some((p, a)) = populations
-        .iter()
-        .zip(assessments)
-        .find(|(p, _)| p.target == key.target && p.pattern == key.pattern)
-    else {
+    let Some(pi) = population_of(key, populations) else {
         return false;
     };
+    let (p, a) = (&populations[pi], &assessments[pi]);
     let recent = a.windows.len().min(RECENT_WINDOWS);
     if key.is_global() {
         return (0..recent).any(|wi| {
@@ -61,15 +67,12 @@ pub(super) fn still_failing(
             failing.len() >= params.min_vantages && a.totals[wi].rate() >= params.global_rate / 2.0
         });
     }
-    a.segments[..a.base_segments]
-        .iter()
-        .find(|s| DIMENSIONS[s.dimension].name == key.dimension && s.value == key.value)
-        .is_some_and(|s| {
-            s.windows[..recent].iter().any(|w| {
-                w.failing_vantages >= params.min_vantages
-                    && w.segment.rate() - w.rest.rate() >= params.min_rate_difference
-            })
+    segment_of(key, a).is_some_and(|s| {
+        s.windows[..recent].iter().any(|w| {
+            w.failing_vantages >= params.min_vantages
+                && w.segment.rate() - w.rest.rate() >= params.min_rate_difference
         })
+    })
 }
 
 /// The windows an open incident's own failures are looked for in: the
