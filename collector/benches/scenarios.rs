@@ -38,7 +38,7 @@ fn main() {
 /// The random worlds: `WORLDS` (default 200) per K = 1..4 simultaneous
 /// faults at the default settings, world `i` of K drawn from seed
 /// `SEED` (default 1) * 1000 + K * 100000 + i, so any world can be
-/// replayed (`World::draw(seed, k)`).
+/// replayed (`World::draw(seed, k)`); `KS` (e.g. "1,4") picks the K.
 fn random_worlds() {
     let per_k: u64 = std::env::var("WORLDS")
         .ok()
@@ -66,7 +66,12 @@ fn random_worlds() {
         "rounds p50/p95",
         "time",
     );
-    for k in 1..=4usize {
+    // `KS` (e.g. "1,4") runs only those K.
+    let ks: Vec<usize> = std::env::var("KS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|k| k.trim().parse().ok()).collect())
+        .unwrap_or_else(|| (1..=4).collect());
+    for k in ks {
         let started = Instant::now();
         let seeds: Vec<u64> = (0..per_k)
             .map(|i| base * 1000 + k as u64 * 100_000 + i)

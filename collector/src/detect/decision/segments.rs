@@ -73,10 +73,37 @@ pub(super) fn test_segments(
             by_value.entry((d, value.as_str())).or_default().push(gi);
         }
     }
+    // The set-aside groups of every value: a witness failing there (for
+    // the cause explained first) still witnesses this value failing. A
+    // /24 of two vantages, one of them also behind a failing resolver,
+    // has only one witness left once the resolver is explained, yet both
+    // of its vantages fail.
+    let mut aside_by_value: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
+    for g in aside {
+        for (d, value) in groups[*g].values.iter().enumerate().take(dimensions.len()) {
+            let Some(value) = value else { continue };
+            aside_by_value
+                .entry((d, value.as_str()))
+                .or_default()
+                .push(*g);
+        }
+    }
     let mut segments: Vec<SegmentStat> = Vec::with_capacity(by_value.len());
     let mut judgements: Vec<(usize, usize, Judgement)> = Vec::new();
     for ((d, value), members) in by_value {
         let si = segments.len();
+        // The rest's failure rate over the whole window: the background
+        // a short window's failures are also tested against.
+        let mut whole = Counts::default();
+        for g in &members {
+            whole.add(groups[*g].counts(full));
+        }
+        let background = totals
+            .last()
+            .copied()
+            .unwrap_or_default()
+            .minus(whole)
+            .rate();
         let mut stats = Vec::with_capacity(windows.len());
         for (wi, w) in windows.iter().enumerate() {
             let mut counts = Counts::default();
@@ -92,15 +119,26 @@ pub(super) fn test_segments(
                     failing.insert(groups[*g].witness);
                 }
             }
+            // Witnesses of the value: those in play, and those whose
+            // failures here an earlier finding explained (the counts,
+            // the rate and the exact test stay the residual's).
+            let residual_failing = failing.len();
+            for g in aside_by_value.get(&(d, value)).into_iter().flatten() {
+                let c = groups[*g].counts(*w);
+                if c.failures > 0 {
+                    witnesses.insert(groups[*g].witness);
+                    failing.insert(groups[*g].witness);
+                }
+            }
             let rest = totals[wi].minus(counts);
             if dimensions[d].role == Role::Cause {
-                let j = judge(counts, rest, witnesses.len(), failing.len(), p);
+                let j = judge(counts, rest, background, witnesses.len(), failing.len(), p);
                 judgements.push((si, wi, j));
             }
             stats.push(WindowStat {
                 segment: counts,
                 rest,
-                failing_vantages: failing.len(),
+                failing_vantages: residual_failing,
                 p_value: None,
                 flagged: false,
             });

@@ -20,7 +20,15 @@ pub struct Judgement {
 }
 
 /// Judges one segment against the rest (before correction): `witnesses`
-/// saw probes in the segment, `failing_witnesses` saw failures.
+/// saw probes in the segment, `failing_witnesses` saw failures;
+/// `background`: the rest's failure rate over the whole detection window.
+///
+/// The p-value is the larger of the exact test against the rest and a
+/// binomial test against the background: the exact test conditions on
+/// the failures of the window, so when a short window's rest happens to
+/// be spotless, four noise failures that all land in one /24 of a 2%-noise
+/// target look like a cause; against the 2% the target shows over the
+/// whole window they are what noise does.
 ///
 /// A segment is eligible (a member of the multiple-testing family) when
 /// it could be flagged whatever the failures: probes on both sides and at
@@ -30,6 +38,7 @@ pub struct Judgement {
 pub fn judge(
     segment: Counts,
     rest: Counts,
+    background: f64,
     witnesses: usize,
     failing_witnesses: usize,
     p: &Params,
@@ -40,7 +49,8 @@ pub fn judge(
         && failing_witnesses >= p.min_vantages
         && s - r >= p.min_rate_difference
         && (r == 0.0 || s >= p.min_rate_ratio * r);
-    let raw_p = passes_gates.then(|| fisher_greater(segment, rest));
+    let raw_p = passes_gates
+        .then(|| fisher_greater(segment, rest).max(binomial_greater(segment, background)));
     Judgement {
         eligible,
         passes_gates,

@@ -40,7 +40,8 @@ fn segment_of<'a>(key: &CandidateKey, a: &'a Assessment) -> Option<&'a SegmentSt
 /// from `min_vantages` witnesses, the rate above the rest's by
 /// `min_rate_difference` (not `min_rate_ratio`: another cause failing
 /// beside it on the same target raises the rest, and must not make this
-/// one look repaired). For a global key: the
+/// one look repaired), or masked by a target failing everywhere (see
+/// [`masked`]). For a global key: the
 /// target fails at half the global rate or more, from `min_vantages`
 /// vantages. The gates, not the test: an incident already proved its
 /// case, and only needs to show it is still there.
@@ -70,9 +71,19 @@ pub(super) fn still_failing(
     segment_of(key, a).is_some_and(|s| {
         s.windows[..recent].iter().any(|w| {
             w.failing_vantages >= params.min_vantages
-                && w.segment.rate() - w.rest.rate() >= params.min_rate_difference
+                && (w.segment.rate() - w.rest.rate() >= params.min_rate_difference
+                    || masked(w.segment, w.rest, params))
         })
     })
+}
+
+/// Whether a segment that still fails at the global rate is masked by a
+/// rest failing as much: the whole target fails (an outage, or other
+/// causes covering everyone else), so nothing can tell whether this cause
+/// is over. Its incident holds rather than resolving on no evidence, and
+/// resolves once its own segment stops failing.
+fn masked(segment: decision::Counts, rest: decision::Counts, params: &decision::Params) -> bool {
+    segment.rate() >= params.global_rate && rest.rate() >= params.global_rate / 2.0
 }
 
 /// The windows an open incident's own failures are looked for in: the

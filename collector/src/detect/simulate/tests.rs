@@ -174,6 +174,46 @@ fn a_site_after_its_outage_still_witnesses_a_failing_proxy() {
     assert_eq!(since.len(), 1, "{since:#?}");
 }
 
+#[test]
+fn an_outage_over_an_open_incident_does_not_resolve_it() {
+    // A WAF rule blocks 127.0.2.0/24 from round 10 to 40; the whole site
+    // is down from 20 to 26. During the outage nothing can tell whether
+    // the rule still blocks: the incident holds, and resolves only once
+    // its own /24 is healthy again (seed 301097 of the random worlds had
+    // a resolver's incident resolved while its resolver still failed).
+    let settings = DetectorSettings::default();
+    let round = Duration::from_secs(30);
+    let (waf, outage) = (10..40, 20..26);
+    let sim = Simulation {
+        settings: settings.clone(),
+        round,
+        vantages: Simulation::standard_fleet(),
+        targets: vec![("site".to_owned(), one_path())],
+        fault: Box::new(move |r, _, v, _| {
+            outage.contains(&r)
+                || (waf.contains(&r) && v.egress.to_string().starts_with("127.0.2."))
+        }),
+        edges: HashMap::new(),
+    };
+    let events = sim.run(60);
+    let r = round.as_secs_f64();
+    let waf_events: Vec<(&str, f64)> = events
+        .iter()
+        .filter(|e| e.key.dimension == "egress_prefix")
+        .map(|e| (e.kind, e.at / r))
+        .collect();
+    assert_eq!(
+        waf_events.iter().map(|e| e.0).collect::<Vec<_>>(),
+        ["opened", "resolved"],
+        "one page and one resolve: {events:#?}"
+    );
+    assert!(waf_events[0].1 < 13.0, "{events:#?}");
+    assert!(
+        waf_events[1].1 >= 40.0,
+        "resolved while the rule blocked: {events:#?}"
+    );
+}
+
 /// Random worlds of the scenarios benchmark, two fixed seeds per K (the
 /// benchmark's first two of each K): each fault paged with its own
 /// dimension and value within 3 rounds, no incident that no fault
@@ -219,6 +259,12 @@ fn worlds_hold(k: usize) {
                 e.key,
                 e.targets
             );
+            if e.kind == "opened" {
+                let now = (e.at / 30.0) as u64;
+                for line in world.failures_in(&e.key, now.saturating_sub(10), now + 1) {
+                    println!("         {line}");
+                }
+            }
         }
         println!("{:#?}", world.score_events(&events, &settings, round));
         return;

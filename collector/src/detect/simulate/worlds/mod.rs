@@ -329,9 +329,10 @@ impl World {
 
     /// Whether `fault` can be told apart from those already drawn: it
     /// fails probes of at least two vantages, is not the same cause as
-    /// another, and while both are on neither's failing probes on a
-    /// shared target lie inside the other's (a /24 inside a failing
-    /// region is invisible, whatever the detector does).
+    /// another, while both are on neither's failing probes on a shared
+    /// target lie inside the other's (a /24 inside a failing region is
+    /// invisible, whatever the detector does), and the faults on at once
+    /// never fail a whole target together (that is an outage to anyone).
     fn fits(&self, fault: &WorldFault) -> bool {
         let units = self.fault_units(fault);
         let vantages: BTreeSet<usize> = units.iter().map(|u| u.1).collect();
@@ -359,7 +360,37 @@ impl World {
                 }
             }
         }
-        true
+        !self.covers_a_target(fault, &units)
+    }
+
+    /// Whether, in some round of `fault`, it and the faults on beside it
+    /// fail every probe of one target: that target then fails everywhere,
+    /// which no observer can tell from an outage (a region and the edge
+    /// location serving every other region, at once).
+    fn covers_a_target(&self, fault: &WorldFault, units: &BTreeSet<Unit>) -> bool {
+        if fault.cause == Cause::Global {
+            // An outage, as drawn (any fault beside it on its target lies
+            // inside it, and was not drawn).
+            return false;
+        }
+        let others: Vec<(u64, u64, BTreeSet<Unit>)> = self
+            .faults
+            .iter()
+            .map(|f| (f.start, f.end, self.fault_units(f)))
+            .collect();
+        let targets: BTreeSet<usize> = units.iter().map(|u| u.0).collect();
+        targets.into_iter().any(|t| {
+            let all = self.targets[t].1.len() * self.vantages.len();
+            (fault.start..fault.end).any(|r| {
+                let mut failing: BTreeSet<&Unit> = units.iter().filter(|u| u.0 == t).collect();
+                for (start, end, theirs) in &others {
+                    if (*start..*end).contains(&r) {
+                        failing.extend(theirs.iter().filter(|u| u.0 == t));
+                    }
+                }
+                failing.len() >= all
+            })
+        })
     }
 
     /// The derived value of dimension `name` for a vantage's probe on a
@@ -477,5 +508,40 @@ impl World {
                 || coin(noise, seed, r, target, v, path)
         });
         sim.run(self.rounds)
+    }
+}
+
+impl World {
+    /// For a replay: every failing probe (fault or noise) in segment `key`
+    /// during rounds `[from, to)`, as `round vantage address`.
+    pub fn failures_in(&self, key: &CandidateKey, from: u64, to: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        for (t, v, p) in self.key_units(key) {
+            let vantage = &self.vantages[v];
+            let (target, paths) = &self.targets[t];
+            // The path as probed: the vantage's own resolver (the noise
+            // coin is drawn over it).
+            let path = &SimPath {
+                resolver: vantage.resolver.clone().unwrap_or_default(),
+                address: paths[p].address,
+            };
+            for r in from..to {
+                let faulted = self.faults.iter().any(|f| {
+                    (f.start..f.end).contains(&r) && self.fault_units(f).contains(&(t, v, p))
+                });
+                let noise = coin(self.noise, self.seed, r, target, vantage, path);
+                if faulted || noise {
+                    out.push(format!(
+                        "r{r} {target} {}/{} {} {}",
+                        vantage.agent,
+                        vantage.name,
+                        path.address,
+                        if faulted { "fault" } else { "noise" }
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
     }
 }
