@@ -16,8 +16,10 @@
 //! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
 //! - [`wire`]: protobuf → domain conversion and validation, in one place.
 //! - [`store`]: every SQL statement: migrations, partitions, inserts, counts.
-//! - [`detect`]: the detector: dimension table, pure decision and
-//!   lifecycle, explanation and evidence.
+//! - [`detect`]: the pure detection core: window cells in, a plan out
+//!   (dimension table, decision, lifecycle, explanation and evidence).
+//! - [`detector`]: the detector's actor: reads the window, runs the core,
+//!   has the store apply the plan; its `[detector]` configuration.
 //! - [`alert`]: sinks and their formats; delivery from the outbox, once
 //!   per event and sink, retried until delivered or visibly expired.
 //! - [`probe_now`]: `probe URL`: one-off probes from chosen agents, side by side.
@@ -36,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod detect;
+pub mod detector;
 pub mod enrol;
 pub mod http;
 pub mod ingest;

@@ -15,7 +15,7 @@ use vantage_service::config::{
 };
 
 use crate::alert::config::{Sink, SinkConfig, WebhookConfig};
-pub use crate::detect::config::{CheckStatuses, DetectorConfig, Rate};
+pub use crate::detector::config::{CheckStatuses, DetectorConfig, Rate};
 use crate::ingest::IngestLimits;
 use crate::wire::SkewLimits;
 

@@ -13,13 +13,13 @@ use foldhash::{HashMap, HashMapExt as _};
 
 use chrono::{DateTime, Utc};
 
+use super::cells::WindowCell;
 use super::decision::{Counts, Group};
 use super::dimensions::{DIMENSIONS, Derive, DeriveContext};
 use super::pattern::{CONNECTION_OUTCOMES, Pattern};
 use super::plan::Names;
 use super::settings::DetectorSettings;
 use super::track::PATH_TARGET;
-use crate::store::WindowCell;
 
 /// Probes assessed together: one target's (or, for path findings, every
 /// target's) groups of one failure pattern, with what their records need.

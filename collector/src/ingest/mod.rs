@@ -31,7 +31,7 @@ use vantage_proto::v1::ingest_server::Ingest;
 
 use crate::auth::{self, AuthError};
 use crate::control::{AgentView, ControlHub};
-use crate::detect::feed::{Feed, Ticket};
+use crate::detector::feed::{Feed, Ticket};
 use crate::store::{
     AgentHello, EnrolledAgent, ProbeAnswer, Store, StoreError, StoredGap, StoredResult,
 };

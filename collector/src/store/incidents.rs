@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Store, StoreError};
+use crate::detect::records::OpenIncident;
 
 /// An incident as stored (the columns the alerter and the demo read).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -39,6 +40,20 @@ pub struct Incident {
     pub fault_side: String,
     /// 1 at opening, +1 per re-explanation.
     pub version: i32,
+}
+
+impl From<&Incident> for OpenIncident {
+    fn from(i: &Incident) -> Self {
+        OpenIncident {
+            id: i.id,
+            target: i.target.clone(),
+            pattern: i.pattern.clone(),
+            kind: i.kind.clone(),
+            dimension: i.dimension.clone(),
+            value: i.value.clone(),
+            opened_at: i.opened_at,
+        }
+    }
 }
 
 /// The columns of [`Incident`], for SELECTs.

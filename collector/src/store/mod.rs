@@ -25,7 +25,7 @@ mod window;
 
 pub use agents::{AgentHello, AgentListing, EnrolledAgent};
 pub use checks::StoredCheck;
-pub use detection::{Applied, IncidentRecord, RateRow, RunRecord};
+pub use detection::{Applied, RunRecord};
 pub use incidents::Incident;
 pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};
 pub use pages::{FailureRule, RoundCell, VantageRow};
@@ -34,7 +34,7 @@ pub use requests::{
     Purpose, RequestAgent,
 };
 pub use results::{Inserted, ResultPath, StoredGap, StoredResult};
-pub use window::{CellCounts, CellKey, Excluded, SlotRead, SlotRow, WindowCell, slot_of};
+pub use window::{Excluded, SlotRead, SlotRow, slot_of};
 
 use std::collections::HashSet;
 use std::sync::Mutex;

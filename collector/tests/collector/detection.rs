@@ -13,8 +13,9 @@ use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use vantage_collector::detect::DetectorSettings;
 use vantage_collector::detect::lifecycle::Hysteresis;
-use vantage_collector::detect::{Detector, DetectorSettings, PassSummary};
+use vantage_collector::detector::{Detector, PassSummary};
 use vantage_collector::store::Store;
 
 const TARGET: &str = "http://shop.test/";

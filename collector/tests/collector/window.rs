@@ -9,8 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use vantage_collector::detect::window::Refresh;
-use vantage_collector::detect::{Detector, DetectorSettings, PassSummary};
+use vantage_collector::detect::DetectorSettings;
+use vantage_collector::detector::window::Refresh;
+use vantage_collector::detector::{Detector, PassSummary};
 use vantage_collector::store::Store;
 
 /// `n` results of agent `agent` (seq from `first_seq`), spread over the

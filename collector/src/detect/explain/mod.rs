@@ -19,9 +19,9 @@ use super::dimensions::DIMENSIONS;
 use super::pattern::Pattern;
 use super::plan::Names;
 use super::population::Population;
+use super::records::{IncidentRecord, OpenIncident};
 use super::settings::DetectorSettings;
 use super::track::PATH_TARGET;
-use crate::store::{Incident, IncidentRecord};
 
 /// What counts as a failure, in words: `502`, `502/503/504`, or a
 /// connection-level failure.
@@ -451,14 +451,18 @@ fn join_and(items: &[String]) -> String {
 
 /// Which came first, when a global incident and a segment incident of the
 /// same target and pattern are both open.
-pub fn relation(record: &IncidentRecord, open: &[Incident], now: DateTime<Utc>) -> Option<String> {
-    let same_target = |i: &&Incident| i.target == record.target && i.pattern == record.pattern;
+pub fn relation(
+    record: &IncidentRecord,
+    open: &[OpenIncident],
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let same_target = |i: &&OpenIncident| i.target == record.target && i.pattern == record.pattern;
     let ago = |at: DateTime<Utc>| {
         let secs = now.signed_duration_since(at).num_seconds().max(0);
         humantime::format_duration(std::time::Duration::from_secs(secs as u64)).to_string()
     };
     if record.kind == "global" {
-        let mut segments: Vec<&Incident> = open
+        let mut segments: Vec<&OpenIncident> = open
             .iter()
             .filter(same_target)
             .filter(|i| i.kind == "segment")

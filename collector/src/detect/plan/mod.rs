@@ -15,6 +15,7 @@ mod own;
 mod seen;
 
 use super::asn::AsnTable;
+use super::cells::WindowCell;
 use super::confirm::{Confirm, asked_recently, confirmation, path_confirmation, suspects};
 use super::decision::{self, Assessment, Finding, Scope};
 use super::dimensions::{DeriveContext, dimension_infos};
@@ -22,9 +23,9 @@ use super::explain;
 use super::lifecycle::{self, Observation, Transition};
 use super::pattern::Pattern;
 use super::population::{Population, group, path_population, rounds_in};
+use super::records::{IncidentRecord, OpenIncident, RateRow};
 use super::settings::DetectorSettings;
 use super::track::{self, CandidateKey, Seen, Tracked};
-use crate::store::{Incident, IncidentRecord, RateRow, WindowCell};
 use own::{segment_groups, still_failing};
 use seen::{findings, rate_rows};
 
@@ -34,7 +35,7 @@ pub struct PassInput<'a> {
     /// The failures tracked by the previous pass.
     pub tracked: Vec<Tracked>,
     /// Open incidents (for how a new one relates to them).
-    pub open: &'a [Incident],
+    pub open: &'a [OpenIncident],
     pub settings: &'a DetectorSettings,
     pub asn: &'a AsnTable,
     /// The boundaries of the cells' age buckets, in rounds.

@@ -8,8 +8,8 @@ use crate::detect::decision::{Assessment, Finding, Window};
 use crate::detect::dimensions::DIMENSIONS;
 use crate::detect::pattern::Pattern;
 use crate::detect::population::Population;
+use crate::detect::records::RateRow;
 use crate::detect::track::{self, CandidateKey, Seen};
-use crate::store::RateRow;
 
 /// Every finding as a seen failure.
 pub(super) fn findings(

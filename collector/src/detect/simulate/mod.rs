@@ -14,12 +14,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::asn::AsnTable;
+use super::cells::{CellCounts, CellKey, WindowCell};
 use super::decision::{bucket_of, bucket_thresholds};
 use super::dimensions::{DIMENSIONS, sources};
 use super::plan::{self, PassInput};
 use super::settings::DetectorSettings;
 use super::track::{CandidateKey, Tracked};
-use crate::store::{CellCounts, CellKey, WindowCell};
 
 mod measure;
 mod scenarios;

@@ -113,6 +113,9 @@ pub struct World {
     pub rounds: u64,
     /// Background failure probability of every probe.
     pub noise: f64,
+    /// Faults drawn and set aside because with those on beside them they
+    /// would fail a whole target ([`World::covers_a_target`]).
+    pub outage_draws: u32,
 }
 
 impl World {
@@ -218,6 +221,7 @@ impl World {
             faults: Vec::new(),
             rounds: 0,
             noise: 0.02,
+            outage_draws: 0,
         };
         let mut attempts = 0;
         while world.faults.len() < k && attempts < 1000 {
@@ -228,9 +232,14 @@ impl World {
             let Some(fault) = world.fault_of(cause, &mut rng, start, end) else {
                 continue;
             };
-            if world.fits(&fault) {
-                world.faults.push(fault);
+            if !world.fits(&fault) {
+                continue;
             }
+            if world.covers_a_target(&fault) {
+                world.outage_draws += 1;
+                continue;
+            }
+            world.faults.push(fault);
         }
         world.rounds = world.faults.iter().map(|f| f.end).max().unwrap_or(40) + 14;
         world
@@ -331,8 +340,8 @@ impl World {
     /// fails probes of at least two vantages, is not the same cause as
     /// another, while both are on neither's failing probes on a shared
     /// target lie inside the other's (a /24 inside a failing region is
-    /// invisible, whatever the detector does), and the faults on at once
-    /// never fail a whole target together (that is an outage to anyone).
+    /// invisible, whatever the detector does). See also
+    /// [`World::covers_a_target`].
     fn fits(&self, fault: &WorldFault) -> bool {
         let units = self.fault_units(fault);
         let vantages: BTreeSet<usize> = units.iter().map(|u| u.1).collect();
@@ -360,14 +369,15 @@ impl World {
                 }
             }
         }
-        !self.covers_a_target(fault, &units)
+        true
     }
 
     /// Whether, in some round of `fault`, it and the faults on beside it
     /// fail every probe of one target: that target then fails everywhere,
     /// which no observer can tell from an outage (a region and the edge
     /// location serving every other region, at once).
-    fn covers_a_target(&self, fault: &WorldFault, units: &BTreeSet<Unit>) -> bool {
+    fn covers_a_target(&self, fault: &WorldFault) -> bool {
+        let units = self.fault_units(fault);
         if fault.cause == Cause::Global {
             // An outage, as drawn (any fault beside it on its target lies
             // inside it, and was not drawn).

@@ -8,9 +8,9 @@ use serde::Deserialize;
 use vantage_service::config::units::{DAY, HOUR, MINUTE, MS, YEAR};
 use vantage_service::config::{Problem, count_within, duration_within};
 
-use super::decision::Params;
-use super::lifecycle::Hysteresis;
-use super::settings::DetectorSettings;
+use crate::detect::decision::Params;
+use crate::detect::lifecycle::Hysteresis;
+use crate::detect::settings::DetectorSettings;
 
 /// `[detector]`: when and how 502 patterns are found. The README explains
 /// each default.

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::decision::bucket_of;
 use super::feed::Feed;
-use crate::store::{CellCounts, CellKey, SlotRow, Store, StoreError, WindowCell};
+use crate::detect::cells::{CellCounts, CellKey, WindowCell};
+use crate::detect::decision::bucket_of;
+use crate::store::{SlotRow, Store, StoreError};
 
 /// What the kept window was read with: a pass asking for another shape
 /// starts over.

@@ -30,10 +30,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 mod snapshot;
+pub mod sources;
 
-use super::dimensions::{SourceFn, Value, source_fn};
-use crate::store::{CellCounts, CellKey, Excluded, SlotRow, StoredResult, slot_of};
+use crate::detect::cells::{CellCounts, CellKey};
+use crate::store::{Excluded, SlotRow, StoredResult, slot_of};
 use snapshot::Snapshot;
+use sources::{SourceFn, Value, source_fn};
 
 /// One result as the collector received it, with its stream's identity.
 pub struct FedRow<'a> {
