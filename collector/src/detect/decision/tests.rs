@@ -323,6 +323,40 @@ fn a_cause_explained_away_still_witnesses_a_second_cause_it_shares_a_vantage_wit
 }
 
 #[test]
+fn two_failing_prefixes_of_a_region_with_a_healthy_one_are_two_causes_not_the_region() {
+    // Seed 301058: two /24s of a region fail on one target (3 vantages
+    // each), its third /24 (4 vantages) is healthy. The region fits the
+    // failures best (6 of its 10 vantages), but it holds a healthy part:
+    // it is the two causes' union, and each /24 leads a finding.
+    let mut groups = vantages(0, "eu", [10, 0, 0], 4, never);
+    groups.extend(vantages(10, "eu", [10, 0, 1], 3, always));
+    groups.extend(vantages(20, "eu", [10, 0, 2], 3, always));
+    groups.extend(vantages(30, "us", [192, 0, 2], 10, never));
+    let a = assess_default(&groups);
+    let mut leads: Vec<(&str, &str)> = a
+        .findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::Segment { segment, .. } => {
+                let s = &a.segments[*segment];
+                Some((DIMS[s.dimension].name, s.value.as_str()))
+            }
+            Finding::Global { .. } => None,
+        })
+        .collect();
+    leads.sort_unstable();
+    assert_eq!(
+        leads,
+        [
+            ("egress_prefix", "10.0.1.0/24"),
+            ("egress_prefix", "10.0.2.0/24")
+        ],
+        "{:#?}",
+        a.findings
+    );
+}
+
+#[test]
 fn failing_everywhere_is_global_and_not_a_segment() {
     let mut groups = vantages(0, "eu", [10, 1, 1], 3, |i, age| i + age as usize > 0);
     groups.extend(vantages(3, "us", [10, 2, 1], 3, always));

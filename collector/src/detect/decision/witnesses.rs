@@ -21,6 +21,17 @@ pub(super) fn pick_lead(
         .filter(|i| segments[*i].flagged)
         .collect();
     best_fit_first(segments, totals, &mut candidates);
+    if matches!(scope, Scope::Target) {
+        // A segment holding a healthy part (a region with two failing /24s
+        // and a healthy one) is two causes' union, not a cause: its parts
+        // lead instead, each in turn. When every candidate holds one (a
+        // fault in the intersection of two dimensions), the best fit leads.
+        return candidates
+            .iter()
+            .copied()
+            .find(|s| !holds_a_healthy_part(groups, windows, segments, *s, p))
+            .or_else(|| candidates.first().copied());
+    }
     candidates.into_iter().find(|s| match scope {
         Scope::Target => true,
         Scope::Path(claims) => {
@@ -128,4 +139,43 @@ pub fn witness_counts(
         }
     }
     out
+}
+
+/// Whether segment `s` holds a healthy part in its explanation window:
+/// another tested segment whose probes all lie in it, probed by at least
+/// `min_vantages` witnesses, with at least `min_segment_probes` probes,
+/// failing at less than half of `s`'s rate.
+fn holds_a_healthy_part(
+    groups: &[Group],
+    windows: &[Window],
+    segments: &[SegmentStat],
+    s: usize,
+    p: &Params,
+) -> bool {
+    let stat = &segments[s];
+    let wi = stat.explain_window;
+    let Some(rate) = stat.windows.get(wi).map(|w| w.segment.rate()) else {
+        return false;
+    };
+    let inside: HashSet<usize> = stat.groups.iter().copied().collect();
+    segments.iter().enumerate().any(|(t, part)| {
+        if t == s || part.groups.len() >= stat.groups.len() {
+            return false;
+        }
+        if !part.groups.iter().all(|g| inside.contains(g)) {
+            return false;
+        }
+        let Some(counts) = part.windows.get(wi).map(|w| w.segment) else {
+            return false;
+        };
+        let witnesses: HashSet<usize> = part
+            .groups
+            .iter()
+            .filter(|g| groups[**g].counts(windows[wi]).probes > 0)
+            .map(|g| groups[*g].witness)
+            .collect();
+        witnesses.len() >= p.min_vantages
+            && counts.probes >= p.min_segment_probes
+            && counts.rate() < rate / 2.0
+    })
 }
