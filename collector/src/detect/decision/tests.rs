@@ -79,6 +79,20 @@ fn lead(a: &Assessment) -> (&str, &str) {
     (DIMS[s.dimension].name, s.value.as_str())
 }
 
+/// Every segment finding's (dimension, value), in the order found.
+fn leads(a: &Assessment) -> Vec<(&str, &str)> {
+    a.findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::Segment { segment, .. } => {
+                let s = &a.segments[*segment];
+                Some((DIMS[s.dimension].name, s.value.as_str()))
+            }
+            Finding::Global { .. } => None,
+        })
+        .collect()
+}
+
 #[test]
 fn buckets_and_windows_follow_powers_of_two() {
     let t = bucket_thresholds(10);
@@ -303,17 +317,7 @@ fn a_cause_explained_away_still_witnesses_a_second_cause_it_shares_a_vantage_wit
     groups.extend(shared);
     groups.extend(vantages(20, "us", [192, 0, 2], 10, never));
     let a = assess_default(&groups);
-    let leads: Vec<(&str, &str)> = a
-        .findings
-        .iter()
-        .filter_map(|f| match f {
-            Finding::Segment { segment, .. } => {
-                let s = &a.segments[*segment];
-                Some((DIMS[s.dimension].name, s.value.as_str()))
-            }
-            Finding::Global { .. } => None,
-        })
-        .collect();
+    let leads = leads(&a);
     assert_eq!(
         leads,
         [("region", "eu"), ("egress_prefix", "203.0.113.0/24")],
@@ -333,17 +337,7 @@ fn two_failing_prefixes_of_a_region_with_a_healthy_one_are_two_causes_not_the_re
     groups.extend(vantages(20, "eu", [10, 0, 2], 3, always));
     groups.extend(vantages(30, "us", [192, 0, 2], 10, never));
     let a = assess_default(&groups);
-    let mut leads: Vec<(&str, &str)> = a
-        .findings
-        .iter()
-        .filter_map(|f| match f {
-            Finding::Segment { segment, .. } => {
-                let s = &a.segments[*segment];
-                Some((DIMS[s.dimension].name, s.value.as_str()))
-            }
-            Finding::Global { .. } => None,
-        })
-        .collect();
+    let mut leads = leads(&a);
     leads.sort_unstable();
     assert_eq!(
         leads,
