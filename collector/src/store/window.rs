@@ -31,7 +31,7 @@ pub struct SlotRead {
 }
 
 /// What an update read leaves out: transactions whose results the
-/// detector counts from elsewhere (`detect::feed`); and transactions it
+/// detector counts from elsewhere (`detector::feed`); and transactions it
 /// reads back whole, whatever the previous snapshot saw of them.
 #[derive(Debug, Clone, Default)]
 pub struct Excluded {

@@ -1,4 +1,4 @@
-//! The collector's own results handed to its detector (`detect::feed`):
+//! The collector's own results handed to its detector (`detector::feed`):
 //! the cells the feed makes from a batch are, byte for byte, those the
 //! database read makes from the stored rows; a pass counts fed batches
 //! without reading them, reads what other collectors stored and what the

@@ -142,7 +142,7 @@ impl Store {
     /// [`Self::insert_batch`], telling `register` the id of the
     /// transaction (`ingest_xid`) right before its COMMIT when every row
     /// went in (by `COPY`), so that the collector's own detector can
-    /// count the batch without reading it back (`detect::feed`).
+    /// count the batch without reading it back (`detector::feed`).
     pub async fn insert_batch_registering(
         &self,
         agent_id: &str,
