@@ -62,49 +62,25 @@ pub(super) fn test_segments(
         }
     }
 
-    // Every value of every cause dimension: its groups.
-    let mut by_value: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
-    for (gi, g) in groups.iter().enumerate() {
-        if !in_play(gi) {
-            continue;
-        }
-        for (d, value) in g.values.iter().enumerate().take(dimensions.len()) {
-            let Some(value) = value else { continue };
-            by_value.entry((d, value.as_str())).or_default().push(gi);
-        }
-    }
+    // Every value of every dimension: its groups in play.
+    let by_value = groups_by_value(
+        groups,
+        (0..groups.len()).filter(|g| in_play(*g)),
+        dimensions,
+    );
     // The set-aside groups of every value: a witness failing there (for
     // the cause explained first) still witnesses this value failing. A
     // /24 of two vantages, one of them also behind a failing resolver,
     // has only one witness left once the resolver is explained, yet both
     // of its vantages fail.
-    let mut aside_by_value: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
-    for g in aside {
-        for (d, value) in groups[*g].values.iter().enumerate().take(dimensions.len()) {
-            let Some(value) = value else { continue };
-            aside_by_value
-                .entry((d, value.as_str()))
-                .or_default()
-                .push(*g);
-        }
-    }
+    let aside_by_value = groups_by_value(groups, aside.iter().copied(), dimensions);
     let mut segments: Vec<SegmentStat> = Vec::with_capacity(by_value.len());
     let mut judgements: Vec<(usize, usize, Judgement)> = Vec::new();
     for ((d, value), members) in by_value {
         let si = segments.len();
-        // The rest's failure rate over the whole window: the background
-        // a short window's failures are also tested against.
-        let mut whole = Counts::default();
-        for g in &members {
-            whole.add(groups[*g].counts(full));
-        }
-        let background = totals
-            .last()
-            .copied()
-            .unwrap_or_default()
-            .minus(whole)
-            .rate();
         let mut stats = Vec::with_capacity(windows.len());
+        // Per window: witnesses with probes, and with failures.
+        let mut witnessed = Vec::with_capacity(windows.len());
         for (wi, w) in windows.iter().enumerate() {
             let mut counts = Counts::default();
             let mut witnesses = HashSet::new();
@@ -130,18 +106,24 @@ pub(super) fn test_segments(
                     failing.insert(groups[*g].witness);
                 }
             }
-            let rest = totals[wi].minus(counts);
-            if dimensions[d].role == Role::Cause {
-                let j = judge(counts, rest, background, witnesses.len(), failing.len(), p);
-                judgements.push((si, wi, j));
-            }
             stats.push(WindowStat {
                 segment: counts,
-                rest,
+                rest: totals[wi].minus(counts),
                 failing_vantages: residual_failing,
                 p_value: None,
                 flagged: false,
             });
+            witnessed.push((witnesses.len(), failing.len()));
+        }
+        if dimensions[d].role == Role::Cause {
+            // The rest's failure rate over the whole window (the last):
+            // the background a short window's failures are also tested
+            // against.
+            let background = stats.last().map_or(0.0, |s| s.rest.rate());
+            for (wi, (s, (witnesses, failing))) in stats.iter().zip(&witnessed).enumerate() {
+                let j = judge(s.segment, s.rest, background, *witnesses, *failing, p);
+                judgements.push((si, wi, j));
+            }
         }
         let last = stats.last().copied().unwrap_or(WindowStat {
             segment: Counts::default(),
@@ -254,4 +236,20 @@ pub(super) fn test_segments(
         tests,
         segments,
     }
+}
+
+/// Every value of every dimension among `members`: its groups, in order.
+fn groups_by_value<'g>(
+    groups: &'g [Group],
+    members: impl Iterator<Item = usize>,
+    dimensions: &[DimensionInfo],
+) -> BTreeMap<(usize, &'g str), Vec<usize>> {
+    let mut out: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
+    for gi in members {
+        for (d, value) in groups[gi].values.iter().enumerate().take(dimensions.len()) {
+            let Some(value) = value else { continue };
+            out.entry((d, value.as_str())).or_default().push(gi);
+        }
+    }
+    out
 }

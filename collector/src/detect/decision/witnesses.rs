@@ -21,20 +21,17 @@ pub(super) fn pick_lead(
         .filter(|i| segments[*i].flagged)
         .collect();
     best_fit_first(segments, totals, &mut candidates);
-    if matches!(scope, Scope::Target) {
+    match scope {
         // A segment holding a healthy part (a region with two failing /24s
         // and a healthy one) is two causes' union, not a cause: its parts
         // lead instead, each in turn. When every candidate holds one (a
         // fault in the intersection of two dimensions), the best fit leads.
-        return candidates
+        Scope::Target => candidates
             .iter()
             .copied()
             .find(|s| !holds_a_healthy_part(groups, windows, segments, *s, p))
-            .or_else(|| candidates.first().copied());
-    }
-    candidates.into_iter().find(|s| match scope {
-        Scope::Target => true,
-        Scope::Path(claims) => {
+            .or_else(|| candidates.first().copied()),
+        Scope::Path(claims) => candidates.into_iter().find(|s| {
             let stat = &segments[*s];
             fails_for_most_witnesses(
                 groups,
@@ -44,8 +41,8 @@ pub(super) fn pick_lead(
                 stat,
                 p,
             )
-        }
-    })
+        }),
+    }
 }
 
 /// Whether a segment fails for most of the witnesses (for a path: the
