@@ -460,6 +460,11 @@ impl World {
     /// during rounds `[from, to)`, as `round vantage address`.
     pub fn failures_in(&self, key: &CandidateKey, from: u64, to: u64) -> Vec<String> {
         let mut out = Vec::new();
+        let faults: Vec<(u64, u64, BTreeSet<Unit>)> = self
+            .faults
+            .iter()
+            .map(|f| (f.start, f.end, self.fault_units(f)))
+            .collect();
         for (t, v, p) in self.key_units(key) {
             let vantage = &self.vantages[v];
             let (target, paths) = &self.targets[t];
@@ -470,8 +475,8 @@ impl World {
                 address: paths[p].address,
             };
             for r in from..to {
-                let faulted = self.faults.iter().any(|f| {
-                    (f.start..f.end).contains(&r) && self.fault_units(f).contains(&(t, v, p))
+                let faulted = faults.iter().any(|(start, end, units)| {
+                    (*start..*end).contains(&r) && units.contains(&(t, v, p))
                 });
                 let noise = coin(self.noise, self.seed, r, target, vantage, path);
                 if faulted || noise {
