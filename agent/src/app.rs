@@ -243,7 +243,7 @@ impl App {
                 Ok(())
             }
         });
-        if self.control.checks().is_empty() {
+        if self.control.checks().0.is_empty() {
             tracing::warn!(
                 "No checks yet: none in the config, none assigned by the collector so far."
             );

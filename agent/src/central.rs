@@ -126,21 +126,28 @@ impl CentralChecks {
     }
 
     /// The checks to run: the config's own, then the assigned ones that
-    /// are valid here. An assigned check whose name a local check has, or
-    /// whose definition this agent cannot run (a vantage it lacks), is
-    /// left out and logged at ERROR.
+    /// are valid here; and the assigned ones left out, with why. An
+    /// assigned check whose name a local check has, or whose definition
+    /// this agent cannot run (a vantage it lacks), is left out and logged
+    /// at ERROR.
     pub fn merged(
         &self,
         local: &[Arc<CheckConfig>],
         vantage_names: &HashSet<&str>,
-    ) -> Vec<Arc<CheckConfig>> {
+    ) -> (Vec<Arc<CheckConfig>>, BTreeMap<String, String>) {
         let mut out: Vec<Arc<CheckConfig>> = local.to_vec();
+        let mut refused = BTreeMap::new();
         let local_names: HashSet<&str> = local.iter().map(|c| c.name.get_ref().as_str()).collect();
         for (name, assigned) in &self.set.checks {
             if local_names.contains(name.as_str()) {
                 tracing::error!(
                     check = %name,
                     "The collector assigns a check whose name a [[check]] of this agent's config has; the local one runs. Rename one of them."
+                );
+                refused.insert(
+                    name.clone(),
+                    "a [[check]] of the agent's own config has this name; the local one runs"
+                        .to_owned(),
                 );
                 continue;
             }
@@ -153,19 +160,50 @@ impl CentralChecks {
                     check.origin.central_version = Some(assigned.version);
                     out.push(Arc::new(check));
                 }
-                Ok(check) => tracing::error!(
-                    check = %name,
-                    named = %check.name.get_ref(),
-                    "An assigned check's definition names another check; it is left out."
-                ),
-                Err(error) => tracing::error!(
-                    check = %name,
-                    %error,
-                    "Cannot run a check the collector assigned; it is left out."
-                ),
+                Ok(check) => {
+                    tracing::error!(
+                        check = %name,
+                        named = %check.name.get_ref(),
+                        "An assigned check's definition names another check; it is left out."
+                    );
+                    refused.insert(
+                        name.clone(),
+                        format!(
+                            "its definition names another check, {:?}",
+                            check.name.get_ref().as_str()
+                        ),
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(
+                        check = %name,
+                        %error,
+                        "Cannot run a check the collector assigned; it is left out."
+                    );
+                    refused.insert(name.clone(), error);
+                }
             }
         }
-        out
+        (out, refused)
+    }
+
+    /// What this agent made of the set it holds, for the collector: each
+    /// assigned check running, or refused with why (`refused`: those the
+    /// merge and the scheduler left out).
+    pub fn report(&self, refused: &BTreeMap<String, String>) -> pb::ChecksApplied {
+        pb::ChecksApplied {
+            set_version: self.set.version,
+            checks: self
+                .set
+                .checks
+                .iter()
+                .map(|(name, assigned)| pb::CheckState {
+                    name: name.clone(),
+                    version: assigned.version,
+                    refused: refused.get(name).cloned().unwrap_or_default(),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -243,7 +281,7 @@ mod tests {
             &HashSet::from(["direct"]),
         )
         .unwrap();
-        let merged = central.merged(&[Arc::new(local)], &HashSet::from(["direct"]));
+        let (merged, refused) = central.merged(&[Arc::new(local)], &HashSet::from(["direct"]));
         let got: Vec<(&str, &str, Option<u64>)> = merged
             .iter()
             .map(|c| {
@@ -260,6 +298,22 @@ mod tests {
                 ("mine", "http://local/", None),
                 ("theirs", "http://t/", Some(2))
             ]
+        );
+        let report = central.report(&refused);
+        let states: Vec<(&str, u64, bool)> = report
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.version, c.refused.is_empty()))
+            .collect();
+        assert_eq!(report.set_version, 2);
+        assert_eq!(
+            states,
+            [("bad", 2, false), ("mine", 1, false), ("theirs", 2, true)]
+        );
+        assert!(
+            report.checks[0].refused.contains("mars"),
+            "{:?}",
+            report.checks[0]
         );
     }
 }

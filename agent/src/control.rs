@@ -3,7 +3,7 @@
 //! new set for the scheduler, and runs the one-off probes the collector
 //! asks for, answering each.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -26,7 +26,8 @@ pub struct Control {
     /// Shared with the `identity` component, made again on a reload that
     /// changes the vantages.
     refresher: Arc<Mutex<IdentityRefresher>>,
-    answers: mpsc::UnboundedSender<pb::ProbeDone>,
+    /// What goes back to the collector: probe answers, check reports.
+    answers: mpsc::UnboundedSender<pb::agent_message::Body>,
     pushed: tokio::sync::Mutex<mpsc::UnboundedReceiver<Pushed>>,
 }
 
@@ -36,7 +37,7 @@ impl Control {
         central: CentralChecks,
         config: AgentConfig,
         refresher: Arc<Mutex<IdentityRefresher>>,
-        answers: mpsc::UnboundedSender<pb::ProbeDone>,
+        answers: mpsc::UnboundedSender<pb::agent_message::Body>,
         pushed: mpsc::UnboundedReceiver<Pushed>,
     ) -> Self {
         Self {
@@ -49,8 +50,9 @@ impl Control {
         }
     }
 
-    /// The local checks and the assigned ones that are valid here.
-    pub fn checks(&self) -> Vec<Arc<CheckConfig>> {
+    /// The local checks and the assigned ones that are valid here, and
+    /// the assigned ones left out with why.
+    pub fn checks(&self) -> (Vec<Arc<CheckConfig>>, BTreeMap<String, String>) {
         let names = self.scheduler.vantage_names();
         let names: HashSet<&str> = names.iter().map(String::as_str).collect();
         let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
@@ -59,23 +61,35 @@ impl Control {
     }
 
     /// Puts the checks in force into effect under `probing`; logs what
-    /// changed (`why`: what changed them).
+    /// changed (`why`: what changed them) and tells the collector which
+    /// assigned checks run and which were refused.
     pub fn apply(&self, probing: &Supervisor, why: &str) {
-        let applied = self.scheduler.apply(probing, self.checks());
-        let version = self
+        let (checks, mut refused) = self.checks();
+        let applied = self.scheduler.apply(probing, checks);
+        refused.extend(applied.refused.clone());
+        let report = self
             .central
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .set()
-            .version;
+            .report(&refused);
+        let version = report.set_version;
         if applied != Default::default() {
             tracing::info!(
                 started = ?applied.started,
                 changed = ?applied.changed,
                 stopped = ?applied.stopped,
+                refused = ?applied.refused.keys().collect::<Vec<_>>(),
                 central_version = version,
                 "Checks updated ({why})."
             );
+        }
+        // Nothing assigned, nothing ever assigned: nothing to report.
+        if version > 0 {
+            // An unsent report waits for the next session (the channel
+            // outlives sessions); `Err`: the reporter is gone.
+            let _ = self
+                .answers
+                .send(pb::agent_message::Body::ChecksApplied(report));
         }
     }
 
@@ -142,9 +156,14 @@ impl Control {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .apply(set);
-                    if changed {
-                        self.apply(&probing, "the collector assigned new checks");
-                    }
+                    // Applied again even when unchanged: the collector
+                    // hears what runs after every set it sends.
+                    let why = if changed {
+                        "the collector assigned new checks"
+                    } else {
+                        "the collector sent the checks in force"
+                    };
+                    self.apply(&probing, why);
                 }
                 Some(Pushed::Probe(request)) => {
                     let this = self.clone();
@@ -187,7 +206,7 @@ impl Control {
                 }
             }
         };
-        let _ = self.answers.send(done);
+        let _ = self.answers.send(pb::agent_message::Body::ProbeDone(done));
     }
 
     fn one_off(&self, request: pb::ProbeRequest) -> Result<OneOff, String> {

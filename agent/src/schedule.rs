@@ -5,7 +5,7 @@
 //! their rhythm, the others stop or start; results and sequence numbers
 //! go on in the same queue.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -47,6 +47,8 @@ pub struct Applied {
     pub started: BTreeSet<String>,
     pub changed: BTreeSet<String>,
     pub stopped: BTreeSet<String>,
+    /// Checks left out, and why.
+    pub refused: BTreeMap<String, String>,
 }
 
 /// Rounds one request may ask for at most.
@@ -138,14 +140,18 @@ impl Scheduler {
     /// left out, logged at ERROR.
     pub fn apply(&self, supervisor: &Supervisor, checks: Vec<Arc<CheckConfig>>) -> Applied {
         let mut ready = Vec::with_capacity(checks.len());
+        let mut refused = BTreeMap::new();
         for check in checks {
             match self.prepare(&check) {
                 Ok(()) => ready.push(check),
-                Err(error) => tracing::error!(
-                    check = %check.name.get_ref(),
-                    %error,
-                    "Cannot run this check; it is left out."
-                ),
+                Err(error) => {
+                    tracing::error!(
+                        check = %check.name.get_ref(),
+                        %error,
+                        "Cannot run this check; it is left out."
+                    );
+                    refused.insert(check.name.get_ref().to_string(), error);
+                }
             }
         }
         let vantages = self.vantages();
@@ -155,7 +161,10 @@ impl Scheduler {
             .iter()
             .map(|c| (c.name.get_ref().to_string(), c.clone()))
             .collect();
-        let mut applied = Applied::default();
+        let mut applied = Applied {
+            refused,
+            ..Applied::default()
+        };
         let mut wanted = HashSet::new();
         for check in &ready {
             let name = check.name.get_ref().to_string();

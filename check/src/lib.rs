@@ -53,6 +53,10 @@ pub struct CheckConfig {
     /// `cert_expiry`; 0 turns the check off.
     #[serde(default = "default_cert_expiry_threshold", with = "humantime_serde")]
     pub cert_expiry_threshold: Duration,
+    /// Probe a link-local or cloud metadata address (refused otherwise:
+    /// an agent on a cloud host would fetch its own credentials).
+    #[serde(default)]
+    pub allow_link_local: bool,
     /// PEM file of extra CAs trusted for this check (private PKI).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -157,6 +161,17 @@ impl CheckConfig {
 }
 
 impl CheckConfig {
+    /// What to warn about a check that is allowed to probe a link-local or
+    /// metadata address.
+    pub fn link_local_warning(&self) -> Option<String> {
+        let what = self.url.link_local()?;
+        Some(format!(
+            "check {:?}: {} is {what} (allowed by allow_link_local = true)",
+            self.name.get_ref().as_str(),
+            self.url.url()
+        ))
+    }
+
     /// Whether `status` counts as success for this check.
     pub fn expects(&self, status: u16) -> bool {
         if self.expected_status.is_empty() {
@@ -209,6 +224,17 @@ impl CheckConfig {
                 ));
             }
         }
+        if let Some(what) = check.url.link_local()
+            && !check.allow_link_local
+        {
+            return Err(Problem::new(
+                key("url"),
+                format!(
+                    "{} is {what}: set allow_link_local = true on the check if it is meant",
+                    check.url.url()
+                ),
+            ));
+        }
         count_within(key("follow_redirects"), check.follow_redirects, 0, 20)?;
         count_within(key("body_hash_bytes"), check.body_hash_bytes, 0, 16 << 20)?;
         for (name, value) in &check.headers {
@@ -222,5 +248,50 @@ impl CheckConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(extra: &str) -> Result<CheckConfig, String> {
+        CheckConfig::from_table_text(
+            "checks.toml",
+            &format!("name = \"a\"\n{extra}"),
+            &std::collections::HashSet::new(),
+        )
+    }
+
+    #[test]
+    fn a_url_with_credentials_is_refused_without_showing_them() {
+        let e = check("url = \"https://user:hunter2@shop.example.com/\"").unwrap_err();
+        assert!(e.contains("carries credentials"), "{e}");
+        assert!(e.contains("headers.Authorization"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("user:"), "{e}");
+        assert!(check("url = \"https://user@shop.example.com/\"").is_err());
+    }
+
+    #[test]
+    fn link_local_and_metadata_addresses_are_refused_in_every_spelling_unless_allowed() {
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://0xa9fea9fe/",
+            "http://2852039166/",
+            "http://0251.0376.0251.0376/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[fe80::1]/",
+            "http://[fd00:ec2::254]/",
+            "http://metadata.google.internal/",
+            "http://METADATA.google.internal./",
+        ] {
+            let e = check(&format!("url = \"{url}\"")).unwrap_err();
+            assert!(e.contains("check[0].url"), "{url}: {e}");
+            assert!(e.contains("allow_link_local = true"), "{url}: {e}");
+            let allowed = check(&format!("url = \"{url}\"\nallow_link_local = true")).unwrap();
+            assert!(allowed.link_local_warning().is_some(), "{url}");
+        }
+        let fine = check("url = \"http://169.255.0.1/\"").unwrap();
+        assert!(fine.link_local_warning().is_none());
     }
 }

@@ -93,6 +93,17 @@ impl TryFrom<String> for TargetUrl {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         let url = Url::parse(&s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            let mut shown = url.clone();
+            let _ = shown.set_username("***");
+            let _ = shown.set_password(None);
+            return Err(format!(
+                "URL {:?} carries credentials (a user name or password before the host): the URL is stored and shown \
+                 wherever its results are (pages, incident pages, SQL), so send them as a \
+                 header instead (headers.Authorization = \"Basic …\")",
+                shown.as_str()
+            ));
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("invalid URL {s:?}: expected scheme http or https"));
         }
@@ -106,6 +117,50 @@ impl TryFrom<String> for TargetUrl {
 impl TargetUrl {
     pub fn url(&self) -> &Url {
         &self.0
+    }
+
+    /// What makes the host a link-local or cloud metadata address, in
+    /// whatever spelling it was written (`169.254.169.254`, `0xa9fea9fe`,
+    /// `[::ffff:169.254.169.254]`, `fe80::1`, `metadata.google.internal`):
+    /// the URL parser has already turned numeric spellings into addresses.
+    pub fn link_local(&self) -> Option<&'static str> {
+        match self.0.host()? {
+            url::Host::Ipv4(v4) => link_local_ip(std::net::IpAddr::V4(v4)),
+            url::Host::Ipv6(v6) => link_local_ip(std::net::IpAddr::V6(v6)),
+            url::Host::Domain(name) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                METADATA_NAMES
+                    .contains(&name.as_str())
+                    .then_some("a cloud metadata service's name")
+            }
+        }
+    }
+}
+
+/// Names cloud metadata services answer on.
+const METADATA_NAMES: &[&str] = &[
+    "metadata.google.internal",
+    "metadata",
+    "instance-data",
+    "instance-data.ec2.internal",
+    "metadata.azure.internal",
+];
+
+fn link_local_ip(ip: std::net::IpAddr) -> Option<&'static str> {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) if v4.is_link_local() => {
+            Some("a link-local address (169.254.0.0/16: cloud metadata services live there)")
+        }
+        std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => {
+            Some("a link-local address (fe80::/10)")
+        }
+        // AWS's IPv6 metadata service.
+        std::net::IpAddr::V6(v6)
+            if v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) =>
+        {
+            Some("a cloud metadata service's address")
+        }
+        _ => None,
     }
 }
 

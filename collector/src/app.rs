@@ -34,8 +34,20 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// Connections the HTTP listener holds at once (health checkers, scrapers,
 /// people following a page's link).
 const HTTP_MAX_CONNECTIONS: usize = 1024;
-/// The HTTP listener's header-read, first-byte and idle timeout.
+/// The HTTP listener's header-read timeout, and how long a connection may
+/// wait for its first request and between requests.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may take to be answered (a page's queries have a
+/// shorter statement timeout); its response may then take as long as the
+/// client keeps reading.
+const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections without a request in flight held at once from one source
+/// (a reverse proxy keeps a few open; a flood is evicted).
+const HTTP_MAX_IDLE_PER_SOURCE: usize = 32;
+/// Bytes a connection may send while it has no authenticated stream or
+/// request in flight: TLS, the HTTP/2 preface and SETTINGS, the request's
+/// headers, a Hello. Beyond, it is a PING or SETTINGS flood.
+const UNPROVEN_READ_BUDGET: u64 = 1024 * 1024;
 /// The alerter's upkeep runs every second; a minute without one is a
 /// stall (PostgreSQL down, or the task stuck).
 const ALERTER_STALE_AFTER: Duration = Duration::from_secs(60);
@@ -57,7 +69,10 @@ pub async fn connect(config: &CollectorConfig) -> Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(config.database.max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
+        .connect_with(crate::pools::with_statement_timeout(
+            options,
+            crate::pools::INGEST_STATEMENT_TIMEOUT,
+        ))
         .await
         .with_context(|| format!("connecting to PostgreSQL at {target} (from {source})"))
 }
@@ -82,6 +97,8 @@ pub struct Application {
     /// The file `config` came from: re-read on SIGHUP.
     config_path: Option<PathBuf>,
     store: Arc<Store>,
+    /// The pools of the other kinds of work (see [`crate::pools`]).
+    pools: crate::pools::Pools,
     grpc: TcpListener,
     http: Option<TcpListener>,
 }
@@ -91,6 +108,7 @@ impl Application {
     /// (port 0 picks a free port: see [`Application::grpc_addr`]).
     pub async fn build(config: CollectorConfig, pool: PgPool) -> Result<Self> {
         crate::metrics::handle();
+        let pools = crate::pools::Pools::beside(&pool);
         let store = Arc::new(Store::new(pool));
         store.migrate().await.context("applying migrations")?;
         store
@@ -112,6 +130,7 @@ impl Application {
             config,
             config_path: None,
             store,
+            pools,
             grpc,
             http,
         })
@@ -142,7 +161,7 @@ impl Application {
     /// |--------------|------------|--------------------------------------|
     /// | `grpc`       | exit       | serving (agents cannot deliver without it) |
     /// | `http`       | exit       | serving (`/healthz` itself)          |
-    /// | `detector`   | restart    | a pass ended within 3 intervals      |
+    /// | `detector`   | restart    | a pass ended within 3 intervals (at least 30 s) |
     /// | `alerter`    | restart    | an outbox upkeep ended within 60 s   |
     /// | `partitions` | restart    | partitions ensured and old ones dropped within 3 h |
     /// | `rollup`     | restart    | the last minutes rolled up within 5 min |
@@ -165,18 +184,26 @@ impl Application {
         let ingest_config = &self.config.ingest;
         let descriptors = listen::raise_descriptor_limit();
         let listeners = if self.http.is_some() { 2 } else { 1 };
-        let grpc_bounds = listen::Bounds {
-            max_connections: listen::fit_to_descriptors(
-                ingest_config.max_connections,
-                descriptors,
-                listeners,
-            ),
-            handshake_timeout: ingest_config.handshake_timeout,
-            // Keepalive pings every KEEPALIVE make a live peer answer.
-            idle_timeout: crate::ingest::KEEPALIVE * 3,
-        };
+        let max_connections =
+            listen::fit_to_descriptors(ingest_config.max_connections, descriptors, listeners);
+        let grpc_gate = listen::Gate::new(
+            "grpc",
+            listen::Limits {
+                max_connections,
+                max_unproven: ingest_config.max_unauthenticated,
+                max_unproven_per_source: ingest_config.max_unauthenticated_per_source,
+                handshake_timeout: ingest_config.handshake_timeout,
+                // Keepalive pings every KEEPALIVE make a live peer answer.
+                idle_timeout: crate::ingest::KEEPALIVE * 3,
+                busy_timeout: crate::ingest::KEEPALIVE * 3,
+                unproven_read_budget: UNPROVEN_READ_BUDGET,
+            },
+        );
+        let fitted = grpc_gate.limits();
         tracing::info!(
-            max_connections = grpc_bounds.max_connections,
+            max_connections = fitted.max_connections,
+            max_unauthenticated = fitted.max_unproven,
+            max_unauthenticated_per_source = fitted.max_unproven_per_source,
             descriptor_limit = ?descriptors,
             "Connection bounds."
         );
@@ -215,7 +242,8 @@ impl Application {
             mutual_tls,
             control,
         )
-        .with_feed(feed.clone());
+        .with_feed(feed.clone())
+        .with_gate(grpc_gate.clone());
         let grpc = server
             .add_service(
                 IngestServer::new(ingest)
@@ -223,7 +251,7 @@ impl Application {
                     .max_encoding_message_size(limits.max_message_bytes),
             )
             .serve_with_incoming_shutdown(
-                listen::incoming(self.grpc, "grpc", grpc_bounds, shutdown.clone()),
+                listen::incoming(self.grpc, grpc_gate, shutdown.clone()),
                 shutdown.clone().cancelled_owned(),
             );
         // A server cannot be made twice (it owns its listener): `Exit`.
@@ -240,23 +268,36 @@ impl Application {
             }
         });
         if let Some(listener) = self.http {
-            let ui = self
-                .config
-                .ui
-                .enabled
-                .then(|| crate::ui::access::Access::new(self.config.ui.token.as_deref()));
-            let router = crate::http::router(self.store.clone(), supervisor.clone(), ui);
-            let bounds = listen::Bounds {
-                max_connections: listen::fit_to_descriptors(
-                    HTTP_MAX_CONNECTIONS,
-                    descriptors,
-                    listeners,
-                ),
-                handshake_timeout: HTTP_TIMEOUT,
-                idle_timeout: HTTP_TIMEOUT,
+            let ui = self.config.ui.enabled.then(|| {
+                crate::ui::access::Access::new(
+                    self.config.ui.token.as_deref(),
+                    &self.config.ui.trusted_proxies,
+                )
+            });
+            let pages = Arc::new(Store::new(self.pools.pages.clone()));
+            let router = crate::http::router(self.store.clone(), pages, supervisor.clone(), ui);
+            let gate = listen::Gate::new(
+                "http",
+                listen::Limits {
+                    max_connections: listen::fit_to_descriptors(
+                        HTTP_MAX_CONNECTIONS,
+                        descriptors,
+                        listeners,
+                    ),
+                    max_unproven: HTTP_MAX_CONNECTIONS / 4,
+                    max_unproven_per_source: HTTP_MAX_IDLE_PER_SOURCE,
+                    handshake_timeout: HTTP_TIMEOUT,
+                    idle_timeout: HTTP_TIMEOUT,
+                    busy_timeout: HTTP_REQUEST_TIMEOUT,
+                    unproven_read_budget: UNPROVEN_READ_BUDGET,
+                },
+            );
+            let incoming = listen::incoming(listener, gate, shutdown.clone());
+            let bounds = listen::HttpBounds {
+                header_read_timeout: HTTP_TIMEOUT,
+                request_timeout: HTTP_REQUEST_TIMEOUT,
             };
-            let incoming = listen::incoming(listener, "http", bounds, shutdown.clone());
-            let mut serving = Some(listen::serve_http(incoming, router, HTTP_TIMEOUT));
+            let mut serving = Some(listen::serve_http(incoming, router, bounds));
             supervisor.spawn("http", Policy::Exit, None, move |_, stop| {
                 let serving = serving.take();
                 async move {
@@ -290,7 +331,8 @@ impl Application {
         // /healthz to follow).
         let stale = (self.config.detector.settings().interval * 3).max(Duration::from_secs(30));
         {
-            let (store, changed, config) = (self.store.clone(), changed.clone(), config.clone());
+            let store = Arc::new(Store::new(self.pools.detector.clone()));
+            let (changed, config) = (changed.clone(), config.clone());
             let feed = feed.clone();
             supervisor.spawn(
                 "detector",
@@ -334,8 +376,9 @@ impl Application {
                 },
             );
         }
+        let upkeep = Arc::new(Store::new(self.pools.upkeep.clone()));
         {
-            let store = self.store.clone();
+            let store = upkeep.clone();
             let ahead = self.config.database.partitions_ahead_days;
             let retention = self.config.retention.clone();
             supervisor.spawn(
@@ -359,7 +402,7 @@ impl Application {
             );
         }
         {
-            let store = self.store.clone();
+            let store = upkeep.clone();
             supervisor.spawn(
                 "rollup",
                 Policy::Restart,
@@ -440,7 +483,10 @@ async fn roll_up_continuously(store: Arc<Store>, live: Liveness, stop: Cancellat
         let from = minute - chrono::Duration::from_std(ROLLUP_LOOKBACK).unwrap_or_default();
         match store.roll_up(from, minute).await {
             Ok(_) => live.beat(),
-            Err(error) => tracing::warn!(%error, "Cannot roll results up; will retry."),
+            Err(error) => {
+                live.failed(format!("cannot roll results up: {error}"));
+                tracing::warn!(%error, "Cannot roll results up; will retry.");
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,

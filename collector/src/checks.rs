@@ -81,7 +81,7 @@ pub fn read_file(path: &Path, fleet: &Fleet) -> Result<Vec<CentralCheck>, Config
         let parsed = toml::Deserializer::parse(&snippet)
             .map_err(|e| located(Problem::new(prefix.clone(), e.message().to_owned())))?;
         let check: CheckConfig = serde_path_to_error::deserialize(parsed).map_err(|e| {
-            let key = format!("{prefix}.{}", e.path());
+            let key = vantage_service::config::written_key(format!("{prefix}.{}", e.path()));
             located(Problem::new(
                 key.trim_end_matches(".."),
                 e.into_inner().message().to_owned(),

@@ -30,8 +30,14 @@ struct Shared {
 /// component is alive and PostgreSQL answered within
 /// [`HEALTH_DATABASE_TIMEOUT`], else 503. `GET /metrics`: Prometheus.
 /// The incident pages ([`crate::ui`]) are merged in, behind their own
-/// access rule, when `[ui] enabled`.
-pub fn router(store: Arc<Store>, supervisor: Supervisor, ui: Option<access::Access>) -> Router {
+/// access rule, when `[ui] enabled`, reading through `pages` (their own
+/// pool: see [`crate::pools`]); `/healthz` asks `store`'s.
+pub fn router(
+    store: Arc<Store>,
+    pages: Arc<Store>,
+    supervisor: Supervisor,
+    ui: Option<access::Access>,
+) -> Router {
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -40,7 +46,7 @@ pub fn router(store: Arc<Store>, supervisor: Supervisor, ui: Option<access::Acce
             supervisor,
         });
     match ui {
-        Some(access) => router.merge(crate::ui::router(store, access)),
+        Some(access) => router.merge(crate::ui::router(pages, access)),
         None => router,
     }
 }

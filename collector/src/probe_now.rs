@@ -33,7 +33,7 @@ pub enum ProbeOptionError {
     From(String),
     #[error("--resolver {0}")]
     Resolver(String),
-    #[error("URL {0}")]
+    #[error("{0}")]
     Url(String),
     #[error("give a URL or --check NAME, not both")]
     UrlAndCheck,
@@ -97,9 +97,8 @@ pub fn request(options: &ProbeOptions) -> Result<NewProbeRequest, ProbeOptionErr
             // The agents' own rules, here first: a bad URL or timeout is
             // the person's to fix, not twenty agents' to report.
             let text = crate::control::json_to_toml(&definition).map_err(ProbeOptionError::Url)?;
-            CheckConfig::from_table_text("the probe", &text, &HashSet::new()).map_err(|e| {
-                ProbeOptionError::Url(e.trim_start_matches("the probe").trim().to_owned())
-            })?;
+            CheckConfig::from_table_text("the probe", &text, &HashSet::new())
+                .map_err(|e| ProbeOptionError::Url(without_location(&e).to_owned()))?;
             (None, Some(definition))
         }
     };
@@ -113,6 +112,23 @@ pub fn request(options: &ProbeOptions) -> Result<NewProbeRequest, ProbeOptionErr
         rounds: 1,
         candidate: None,
     })
+}
+
+/// A check error without the place in a file it would point at: the
+/// probe's check was made from the command line, not written
+/// (`the probe:5:7: check[0].url: …` → `url: …`).
+fn without_location(error: &str) -> &str {
+    let rest = error.strip_prefix("the probe").unwrap_or(error);
+    let mut parts = rest.splitn(4, ':');
+    let message = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(""), Some(line), Some(column), Some(message))
+            if line.trim().parse::<u32>().is_ok() && column.trim().parse::<u32>().is_ok() =>
+        {
+            message.trim()
+        }
+        _ => rest.trim_start_matches(':').trim(),
+    };
+    message.strip_prefix("check[0].").unwrap_or(message)
 }
 
 /// What came back.
@@ -314,8 +330,8 @@ mod tests {
         o.resolvers = vec!["8.8.8.8".into()];
         assert!(matches!(request(&o), Err(ProbeOptionError::Resolver(_))));
         let e = request(&options("ftp://shop.example.com/")).unwrap_err();
-        assert!(e.to_string().starts_with("URL "), "{e}");
-        assert!(e.to_string().contains("url"), "{e}");
+        assert!(e.to_string().starts_with("url: "), "{e}");
+        assert!(!e.to_string().contains(":5:"), "no place in a file: {e}");
         assert_eq!(
             request(&ProbeOptions::default()).unwrap_err(),
             ProbeOptionError::Nothing

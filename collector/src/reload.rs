@@ -17,11 +17,15 @@ use crate::config::CollectorConfig;
 /// The configuration components read each time they are made.
 pub struct LiveConfig {
     config: Mutex<CollectorConfig>,
+    /// The configuration the process started with: what the settings that
+    /// change only at a restart still run with.
+    started: CollectorConfig,
 }
 
 impl LiveConfig {
     pub fn new(config: CollectorConfig) -> Self {
         Self {
+            started: config.clone(),
             config: Mutex::new(config),
         }
     }
@@ -50,8 +54,10 @@ pub struct Changes {
     pub at_restart: Vec<&'static str>,
 }
 
-/// What differs between `old` and `new`.
-pub fn changes(old: &CollectorConfig, new: &CollectorConfig) -> Changes {
+/// What differs between `old` (the configuration in force) and `new`;
+/// the settings read only at start are compared with `started`'s, so a
+/// value restored to the running one is no longer waiting for a restart.
+pub fn changes(started: &CollectorConfig, old: &CollectorConfig, new: &CollectorConfig) -> Changes {
     // Debug text compares every nested setting without every type having
     // to implement PartialEq; nothing here is logged.
     fn differs(a: &impl std::fmt::Debug, b: &impl std::fmt::Debug) -> bool {
@@ -66,6 +72,7 @@ pub fn changes(old: &CollectorConfig, new: &CollectorConfig) -> Changes {
         c.live.push("sink");
         c.components.push("alerter");
     }
+    let old = started;
     for (key, changed) in [
         ("grpc_listen", old.grpc_listen != new.grpc_listen),
         ("http_listen", old.http_listen != new.http_listen),
@@ -73,6 +80,7 @@ pub fn changes(old: &CollectorConfig, new: &CollectorConfig) -> Changes {
         ("ingest", differs(&old.ingest, &new.ingest)),
         ("tls", differs(&old.tls, &new.tls)),
         ("retention", differs(&old.retention, &new.retention)),
+        ("ui", differs(&old.ui, &new.ui)),
     ] {
         if changed {
             c.at_restart.push(key);
@@ -121,7 +129,7 @@ pub fn reload(path: &std::path::Path, live: &LiveConfig, supervisor: &Supervisor
             return;
         }
     };
-    let changes = changes(&live.get(), &new);
+    let changes = changes(&live.started, &live.get(), &new);
     live.set(new);
     for component in &changes.components {
         supervisor.restart(component);
@@ -129,7 +137,8 @@ pub fn reload(path: &std::path::Path, live: &LiveConfig, supervisor: &Supervisor
     if !changes.at_restart.is_empty() {
         tracing::warn!(
             keys = ?changes.at_restart,
-            "Configuration reloaded, but these settings take effect only at the next restart."
+            "Configuration reloaded, but these settings differ from the running ones and take \
+             effect only at the next restart."
         );
     }
     metrics::counter!("vantage_config_reloads_total", "result" => "applied").increment(1);
@@ -156,18 +165,23 @@ mod tests {
     #[test]
     fn changes_name_live_keys_and_keys_waiting_for_a_restart() {
         let old = parse("");
-        assert_eq!(changes(&old, &parse("")), Changes::default());
+        assert_eq!(changes(&old, &old, &parse("")), Changes::default());
         let new = parse(
             "grpc_listen = \"127.0.0.1:9999\"\n[detector]\ninterval = \"7s\"\n\
              [[sink]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\n",
         );
         assert_eq!(
-            changes(&old, &new),
+            changes(&old, &old, &new),
             Changes {
                 live: vec!["detector", "sink"],
                 components: vec!["detector", "alerter"],
                 at_restart: vec!["grpc_listen"],
             }
         );
+        // Restored to the running value: nothing waits for a restart any
+        // more (the live keys changed back, so they count as changes).
+        let restored = changes(&old, &new, &old);
+        assert!(restored.at_restart.is_empty(), "{restored:?}");
+        assert_eq!(restored.live, vec!["detector", "sink"]);
     }
 }

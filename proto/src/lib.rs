@@ -36,7 +36,10 @@ impl v1::GapReason {
     /// Whether an agent records it (the others are the collector's own
     /// refusals, which an agent never sends).
     pub fn recorded_by_agent(self) -> bool {
-        !matches!(self, Self::TimestampSkew | Self::ImplausibleSeq)
+        !matches!(
+            self,
+            Self::TimestampSkew | Self::ImplausibleSeq | Self::Cardinality
+        )
     }
 }
 
@@ -186,7 +189,7 @@ mod tests {
         );
         assert_eq!(GapReason::from_text("unspecified"), None);
         assert_eq!(GapReason::from_text("nonsense"), None);
-        assert_eq!(GapReason::all().count(), 9);
+        assert_eq!(GapReason::all().count(), 10);
         assert!(GapReason::all().all(|r| GapReason::from_text(r.text()) == Some(r)));
     }
 }

@@ -93,7 +93,7 @@ pub fn duration_within(
     if (min..=max).contains(&value) {
         return Ok(());
     }
-    let show = |d: Duration| humantime::format_duration(d).to_string();
+    let show = |d: Duration| show_duration(d);
     Err(Problem::new(
         key,
         format!(
@@ -103,6 +103,23 @@ pub fn duration_within(
             show(max)
         ),
     ))
+}
+
+/// A duration as a person writes one: whole years or days when it is a
+/// multiple of them (humantime's year is 365.25 days, so it would write a
+/// limit of 10 × 365 days as "9years 11months 27days …").
+fn show_duration(d: Duration) -> String {
+    use units::{DAY, YEAR};
+    let secs = d.as_secs();
+    if d.subsec_nanos() == 0 && secs > 0 {
+        if secs.is_multiple_of(YEAR.as_secs()) {
+            return format!("{}years", secs / YEAR.as_secs());
+        }
+        if secs.is_multiple_of(DAY.as_secs()) {
+            return format!("{}days", secs / DAY.as_secs());
+        }
+    }
+    humantime::format_duration(d).to_string()
 }
 
 /// `value` must lie in `min..=max`: a count's sensible range.
@@ -152,20 +169,83 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
     text: &str,
 ) -> Result<T, ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| {
-        ConfigError::at(
-            path,
-            text,
-            e.span(),
-            "(document)".into(),
-            e.message().to_owned(),
-        )
+        let key = e
+            .span()
+            .and_then(|span| key_at(text, span))
+            .unwrap_or_else(|| "(document)".into());
+        ConfigError::at(path, text, e.span(), key, e.message().to_owned())
     })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
+        let key = written_key(e.path().to_string());
         let inner = e.into_inner();
         ConfigError::at(path, text, inner.span(), key, inner.message().to_owned())
     })
 }
+
+/// A key path as serde saw it, as it was written: a `Spanned` value's
+/// inner field (`name.$__serde_spanned_private_value`) is not a key anyone
+/// wrote.
+pub fn written_key(path: String) -> String {
+    path.replace(".$__serde_spanned_private_value", "")
+}
+
+/// The dotted key written at `span` of `text` (a parse error's, such as a
+/// duplicate key): the key under the span, under the nearest table header
+/// above it; `None` when the span holds no key.
+fn key_at(text: &str, span: Range<usize>) -> Option<String> {
+    let written = text.get(span.clone())?.trim();
+    let bare = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 100
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    if !bare(written) {
+        return None;
+    }
+    let header = text[..span.start].lines().rev().find_map(|line| {
+        let line = line.trim();
+        let name = line
+            .strip_prefix("[[")
+            .and_then(|l| l.strip_suffix("]]"))
+            .or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')))?;
+        Some(name.trim().to_owned())
+    });
+    Some(match header {
+        Some(table) => format!("{table}.{written}"),
+        None => written.to_owned(),
+    })
+}
+
+/// A message with every value longer than [`MAX_SHOWN`] bytes cut short,
+/// saying how long it was: an error never echoes a whole 70 KB value.
+fn shortened(message: String) -> String {
+    if message.len() <= MAX_SHOWN {
+        return message;
+    }
+    let cut = |s: &str, keep: usize| {
+        let mut end = keep.min(s.len());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        end
+    };
+    // Keep the start (what is wrong) and the end (what was expected).
+    let head = cut(&message, MAX_SHOWN / 2);
+    let mut tail_start = message.len().saturating_sub(MAX_SHOWN / 4);
+    while !message.is_char_boundary(tail_start) {
+        tail_start += 1;
+    }
+    format!(
+        "{} … ({} bytes cut) … {}",
+        &message[..head],
+        tail_start - head,
+        &message[tail_start..]
+    )
+}
+
+/// The longest message a configuration error shows whole.
+const MAX_SHOWN: usize = 400;
 
 impl ConfigError {
     /// An `Invalid` error located at byte range `span` of `text`, or, when
@@ -184,7 +264,7 @@ impl ConfigError {
             line,
             column,
             key,
-            message,
+            message: shortened(message),
         }
     }
 }
@@ -260,6 +340,58 @@ mod tests {
 
     fn line_of(text: &str, key: &str) -> Option<usize> {
         locate(text, key).map(|s| line_col(text, s.start).0)
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Doc {
+        #[serde(default)]
+        a: Option<u32>,
+        #[serde(default)]
+        name: Option<toml::Spanned<u32>>,
+        #[serde(default)]
+        detector: Option<toml::Table>,
+    }
+
+    fn parse_error(text: &str) -> String {
+        parse_toml::<Doc>(Path::new("c.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named_with_its_table() {
+        let e = parse_error("a = 1\n[detector]\nwindow = 1\nwindow = 2\n");
+        assert!(e.starts_with("c.toml:4:1: detector.window: "), "{e}");
+        let e = parse_error("a = 1\na = 2\n");
+        assert!(e.starts_with("c.toml:2:1: a: "), "{e}");
+    }
+
+    #[test]
+    fn a_spanned_value_is_named_by_its_key() {
+        let e = parse_error("name = \"x\"\n");
+        assert!(e.contains(": name: "), "{e}");
+        assert!(!e.contains("serde_spanned"), "{e}");
+    }
+
+    #[test]
+    fn a_huge_value_is_not_echoed_whole() {
+        let e = parse_error(&format!("a = \"{}\"\n", "x".repeat(70_000)));
+        assert!(e.len() < 1000, "{} bytes", e.len());
+        assert!(e.contains("bytes cut"), "{e}");
+    }
+
+    #[test]
+    fn limits_in_years_and_days_are_shown_as_written() {
+        let e = duration_within("retention", units::YEAR * 11, units::DAY, units::YEAR * 10)
+            .unwrap_err();
+        assert!(e.message.contains("and 10years"), "{}", e.message);
+        assert!(
+            e.message.starts_with("11years is out of range"),
+            "{}",
+            e.message
+        );
+        assert_eq!(show_duration(Duration::from_secs(90)), "1m 30s");
     }
 
     #[test]

@@ -165,6 +165,13 @@ impl Liveness {
         .set(seconds);
     }
 
+    /// A pass failed now: `/healthz` shows `error` as the component's
+    /// `last_error` (the component goes on, and goes stale if it keeps
+    /// failing).
+    pub fn failed(&self, error: impl std::fmt::Display) {
+        self.component.status().last_error = Some(error.to_string());
+    }
+
     pub fn name(&self) -> &str {
         &self.component.name
     }

@@ -14,6 +14,8 @@
 //!   on purpose (slowloris, endless body, garbage, oversized headers).
 //! - [`ForwardProxy`]: an HTTP CONNECT or SOCKS5 proxy, with credentials.
 //! - [`CuttingRelay`]: a TCP relay whose connections a test cuts at will.
+//! - [`H2Flood`]: tokenless HTTP/2 connections kept alive with PINGs, the
+//!   way an attacker holds a server's connection slots.
 //! - [`cluster::PrivateCluster`]: a throwaway PostgreSQL cluster (the
 //!   demo's, and a test run's without `DATABASE_URL`).
 //! - [`wait_until_listening`] and [`terminate`]: a started process is
@@ -25,6 +27,7 @@ mod accept;
 pub mod cluster;
 mod cut;
 mod dns;
+mod flood;
 mod process;
 mod proxy;
 mod site;
@@ -33,6 +36,7 @@ mod webhook;
 
 pub use cut::CuttingRelay;
 pub use dns::{DnsServer, NSID, RECORD_TTL, WHOAMI_NAMES};
+pub use flood::H2Flood;
 pub use process::{terminate, wait_until_listening};
 pub use proxy::{ForwardProxy, PROXY_ERROR_BODY, ProxyKind};
 pub use site::{Behaviour, Delays, Leaf, ScriptedSite, TestCa};

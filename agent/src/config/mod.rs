@@ -201,6 +201,7 @@ impl CollectorConfig {
     /// the host could stream results in this agent's name.
     pub fn load_token(&self) -> Result<String, String> {
         match (&self.token, &self.token_file) {
+            (Some(t), None) if t.trim().is_empty() => Err("collector.token is empty".into()),
             (Some(t), None) => Ok(t.trim().to_owned()),
             (None, Some(path)) => {
                 let shown = path.display();
@@ -346,6 +347,9 @@ impl AgentConfig {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: Self = parse_toml(path, text)?;
         config.validate().map_err(|p| p.into_error(path, text))?;
+        for warning in config.checks.iter().filter_map(|c| c.link_local_warning()) {
+            tracing::warn!(file = %path.display(), "{warning}");
+        }
         Ok(config)
     }
 }

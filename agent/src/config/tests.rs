@@ -171,6 +171,18 @@ fn exactly_one_token_source_is_required() {
 }
 
 #[test]
+fn an_empty_or_blank_token_is_refused_at_check_config() {
+    for blank in ["\"\"", "\"   \""] {
+        let text = VALID.replace("token = \"vantage_test\"", &format!("token = {blank}"));
+        let message = error(&text);
+        assert!(
+            message.contains("collector.token: expected the token"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
 fn timeout_longer_than_interval_is_rejected() {
     let text = VALID.replace("timeout = \"5s\"", "timeout = \"60s\"");
     let e = error(&text);

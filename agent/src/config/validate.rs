@@ -56,6 +56,16 @@ impl AgentConfig {
                 "expected exactly one of token or token_file (see `vantage-collector agent add`)",
             ));
         }
+        if collector
+            .token
+            .as_deref()
+            .is_some_and(|token| token.trim().is_empty())
+        {
+            return Err(Problem::new(
+                "collector.token",
+                "expected the token `vantage-collector agent add` printed, not an empty string",
+            ));
+        }
         let keyed = match (&collector.endpoint, collector.endpoints.is_empty()) {
             (Some(_), true) => vec![(
                 "collector.endpoint".to_owned(),

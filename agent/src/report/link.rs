@@ -29,10 +29,11 @@ pub enum Pushed {
 
 /// The reporter's side of the agent's control plane: messages the
 /// collector pushes go out on `pushed`; answers to send come in on
-/// `answers` (kept across sessions: an answer waits for the next one).
+/// `answers` (probe answers and check reports; kept across sessions: an
+/// answer waits for the next one).
 pub struct ControlLink {
     pub pushed: mpsc::UnboundedSender<Pushed>,
-    pub answers: tokio::sync::Mutex<mpsc::UnboundedReceiver<pb::ProbeDone>>,
+    pub answers: tokio::sync::Mutex<mpsc::UnboundedReceiver<pb::agent_message::Body>>,
 }
 
 /// How to reach the collector.

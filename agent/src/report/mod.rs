@@ -488,18 +488,17 @@ impl Reporter {
     }
 }
 
-/// Sends an answer to a probe request (`None`: nobody answers any more).
+/// Sends an answer to a probe request or a check report (`None`: nobody
+/// answers any more).
 async fn send_answer(
     outbound: &mpsc::Sender<pb::AgentMessage>,
-    answer: Option<pb::ProbeDone>,
+    answer: Option<pb::agent_message::Body>,
 ) -> Result<(), ReportError> {
-    let Some(done) = answer else {
+    let Some(body) = answer else {
         return Ok(());
     };
     outbound
-        .send(pb::AgentMessage {
-            body: Some(pb::agent_message::Body::ProbeDone(done)),
-        })
+        .send(pb::AgentMessage { body: Some(body) })
         .await
         .map_err(|_| ReportError::Closed)
 }

@@ -22,6 +22,9 @@ use crate::wire::SkewLimits;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
+    /// The file this was read from (errors found later name it).
+    #[serde(skip)]
+    pub file: Option<std::path::PathBuf>,
     /// Where agents connect (gRPC).
     #[serde(default = "default_grpc_listen")]
     pub grpc_listen: SocketAddr,
@@ -69,6 +72,11 @@ pub struct UiConfig {
     /// basic auth (any user name). At least 16 characters.
     #[serde(default)]
     pub token: Option<String>,
+    /// Reverse proxies (addresses or CIDR ranges) whose `Forwarded` /
+    /// `X-Forwarded-For` headers name the reader. Without a token, a
+    /// request carrying those headers from any other peer is refused.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 fn default_ui_enabled() -> bool {
@@ -80,6 +88,7 @@ impl Default for UiConfig {
         Self {
             enabled: default_ui_enabled(),
             token: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -138,14 +147,37 @@ pub struct IngestConfig {
     #[serde(with = "humantime_serde", default = "default_max_future")]
     pub max_clock_ahead: Duration,
     /// Connections the gRPC listener holds at once (default 1024, lowered
-    /// to fit the descriptor limit); beyond, new ones are closed at once.
+    /// to fit the descriptor limit). When they are all held, a new one
+    /// evicts the oldest connection without an authenticated stream, or is
+    /// closed at once when every one has a stream.
     #[serde(default = "default_max_connections_grpc")]
     pub max_connections: usize,
+    /// Connections without an authenticated stream held at once (default
+    /// 256, at most half of `max_connections`: the rest is the enrolled
+    /// agents' reserve); beyond, the oldest of the source holding the most
+    /// is evicted.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
+    /// Connections without an authenticated stream held at once from one
+    /// IPv4 address or IPv6 /64 (default 16); beyond, that source's oldest
+    /// is evicted.
+    #[serde(default = "default_max_unauthenticated_per_source")]
+    pub max_unauthenticated_per_source: usize,
     /// Streams one agent identity may hold open at once (default 4).
     #[serde(default = "default_max_streams_per_agent")]
     pub max_streams_per_agent: usize,
-    /// A connection must complete its HTTP/2 preface, and a stream send its
-    /// Hello, within this (default 10s).
+    /// Distinct vantage names one agent may report (default 256): results
+    /// of further vantages are refused as `cardinality` gaps, and a Hello
+    /// naming more ends its stream.
+    #[serde(default = "default_max_vantages_per_agent")]
+    pub max_vantages_per_agent: usize,
+    /// Distinct check names one agent may report (default 5000); beyond,
+    /// the same.
+    #[serde(default = "default_max_checks_per_agent")]
+    pub max_checks_per_agent: usize,
+    /// A connection must open a stream with a valid token within this,
+    /// whatever else it sends, and a stream send its Hello within this
+    /// (default 10s).
     #[serde(with = "humantime_serde", default = "default_handshake_timeout")]
     pub handshake_timeout: Duration,
     /// A message that has begun must go on arriving: no byte of it for this
@@ -165,6 +197,18 @@ fn default_results_per_second() -> NonZeroU32 {
 }
 fn default_max_connections_grpc() -> usize {
     1024
+}
+fn default_max_unauthenticated() -> usize {
+    256
+}
+fn default_max_unauthenticated_per_source() -> usize {
+    16
+}
+fn default_max_vantages_per_agent() -> usize {
+    256
+}
+fn default_max_checks_per_agent() -> usize {
+    5000
 }
 fn default_max_streams_per_agent() -> usize {
     4
@@ -191,7 +235,11 @@ impl Default for IngestConfig {
             max_result_age: default_max_past(),
             max_clock_ahead: default_max_future(),
             max_connections: default_max_connections_grpc(),
+            max_unauthenticated: default_max_unauthenticated(),
+            max_unauthenticated_per_source: default_max_unauthenticated_per_source(),
             max_streams_per_agent: default_max_streams_per_agent(),
+            max_vantages_per_agent: default_max_vantages_per_agent(),
+            max_checks_per_agent: default_max_checks_per_agent(),
             handshake_timeout: default_handshake_timeout(),
             message_stall_timeout: default_message_stall_timeout(),
         }
@@ -206,6 +254,8 @@ impl IngestConfig {
             max_message_bytes: self.max_message_bytes,
             results_per_second: self.max_results_per_second,
             max_streams_per_agent: self.max_streams_per_agent,
+            max_vantages_per_agent: self.max_vantages_per_agent,
+            max_checks_per_agent: self.max_checks_per_agent,
             hello_timeout: self.handshake_timeout,
             skew: SkewLimits {
                 max_past: chrono(self.max_result_age),
@@ -264,6 +314,7 @@ impl Default for DatabaseConfig {
 impl Default for CollectorConfig {
     fn default() -> Self {
         Self {
+            file: None,
             grpc_listen: default_grpc_listen(),
             http_listen: None,
             database: DatabaseConfig::default(),
@@ -303,6 +354,7 @@ impl CollectorConfig {
             ));
         }
         config.validate().map_err(|p| p.into_error(path, &text))?;
+        config.file = Some(path.to_owned());
         if config.detector.min_probes.is_some() {
             tracing::warn!(
                 file = %path.display(),
@@ -389,6 +441,30 @@ impl CollectorConfig {
             1_000_000,
         )?;
         count_within(
+            "ingest.max_unauthenticated",
+            ingest.max_unauthenticated,
+            1,
+            1_000_000,
+        )?;
+        count_within(
+            "ingest.max_unauthenticated_per_source",
+            ingest.max_unauthenticated_per_source,
+            1,
+            1_000_000,
+        )?;
+        count_within(
+            "ingest.max_vantages_per_agent",
+            ingest.max_vantages_per_agent,
+            1,
+            100_000,
+        )?;
+        count_within(
+            "ingest.max_checks_per_agent",
+            ingest.max_checks_per_agent,
+            1,
+            1_000_000,
+        )?;
+        count_within(
             "ingest.max_streams_per_agent",
             ingest.max_streams_per_agent,
             1,
@@ -420,22 +496,37 @@ impl CollectorConfig {
     /// Where the database is, and which setting said so: `DATABASE_URL`
     /// if set, else `database.url`.
     pub fn database(&self) -> Result<(PgConnectOptions, &'static str), String> {
-        let (url, source) = match std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()) {
+        self.database_with(std::env::var("DATABASE_URL").ok())
+    }
+
+    /// [`Self::database`] with `DATABASE_URL` given.
+    fn database_with(
+        &self,
+        database_url: Option<String>,
+    ) -> Result<(PgConnectOptions, &'static str), String> {
+        let file = self
+            .file
+            .as_ref()
+            .map_or(String::new(), |f| format!("{}: ", f.display()));
+        let (url, source) = match database_url.filter(|s| !s.is_empty()) {
             Some(url) => (url, "DATABASE_URL"),
             None => match &self.database.url {
                 Some(url) => (url.clone(), "database.url"),
                 None => {
-                    return Err(
-                        "no database configured: set DATABASE_URL or database.url in the \
-                         collector config"
-                            .into(),
-                    );
+                    return Err(format!(
+                        "{file}database.url: not set, and neither is DATABASE_URL: expected \
+                         url = \"postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE\" in the \
+                         [database] table, or DATABASE_URL in the environment"
+                    ));
                 }
             },
         };
         database_options(&url)
             .map(|options| (options, source))
-            .map_err(|e| format!("{source}: {e}"))
+            .map_err(|e| match source {
+                "database.url" => format!("{file}database.url: {e}"),
+                _ => format!("{source}: {e}"),
+            })
     }
 }
 

@@ -329,3 +329,29 @@ fn raw_retention_must_outlast_the_oldest_result_still_accepted() {
         .to_string();
     assert!(e.contains("row"), "{e}");
 }
+
+#[test]
+fn no_database_names_the_file_and_the_key() {
+    let path = Path::new("/etc/vantage/collector.toml");
+    let config = CollectorConfig::parse(path, "").unwrap();
+    let e = config.database_with(None).unwrap_err();
+    assert!(
+        e.starts_with(
+            "/etc/vantage/collector.toml: database.url: not set, and neither is DATABASE_URL"
+        ),
+        "{e}"
+    );
+    let e = CollectorConfig::parse(path, "[database]\nurl = \"mysql://x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("/etc/vantage/collector.toml:2:1: database.url: unsupported scheme"),
+        "{e}"
+    );
+    assert!(
+        CollectorConfig::parse(path, "")
+            .unwrap()
+            .database_with(Some("postgres://u@127.0.0.1/db".into()))
+            .is_ok()
+    );
+}

@@ -193,6 +193,9 @@ impl Detector {
                 }
                 Err(error) => {
                     metrics::counter!("vantage_detector_failed_passes_total").increment(1);
+                    if let Some(liveness) = &self.liveness {
+                        liveness.failed(format!("detection pass failed: {error}"));
+                    }
                     tracing::warn!(%error, "Detection pass failed; retrying next interval.")
                 }
             }

@@ -4,6 +4,7 @@
 
 use super::reader::ValidBatch;
 use super::*;
+use crate::store::ChecksReport;
 
 /// One open stream of an agent, counted until dropped.
 pub(super) struct StreamSlot {
@@ -27,6 +28,9 @@ impl Drop for StreamSlot {
 pub(super) struct Committer {
     /// Held while the stream lives (the committer outlives the reader).
     pub(super) _slot: StreamSlot,
+    /// Keeps the stream's connection busy in its listener's gate (never
+    /// evicted, no handshake deadline) while the stream lives.
+    pub(super) _busy: Option<crate::listen::Busy>,
     /// Ends the stream's pusher with the committer.
     pub(super) _ended: tokio_util::sync::DropGuard,
     pub(super) store: Arc<Store>,
@@ -45,6 +49,7 @@ impl Committer {
                     .record_probe_answer(&self.agent_id, &answer)
                     .await
                     .map_err(IngestError::from),
+                Step::ChecksApplied(report) => self.checks_applied(report).await,
                 Step::Fail(e) => Err(e),
             };
             if let Err(error) = result {
@@ -54,6 +59,31 @@ impl Committer {
             }
         }
         tracing::info!(agent_id = %self.agent_id, "Agent disconnected.");
+    }
+
+    /// Records which central checks the agent runs and which it refused;
+    /// a refusal is logged (the agent has logged why, on its own host).
+    async fn checks_applied(&self, report: ChecksReport) -> Result<(), IngestError> {
+        let refused: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| c.refused.is_some())
+            .map(|c| c.name.as_str())
+            .collect();
+        metrics::gauge!("vantage_central_checks_refused", "agent_id" => self.agent_id.clone())
+            .set(refused.len() as f64);
+        if !refused.is_empty() {
+            tracing::warn!(
+                agent_id = %self.agent_id,
+                set_version = report.set_version,
+                checks = ?refused,
+                "An agent refused central checks (`vantage-collector check list` shows why)."
+            );
+        }
+        self.store
+            .record_checks_applied(&self.agent_id, &report)
+            .await
+            .map_err(IngestError::from)
     }
 
     async fn commit(&self, mut batch: ValidBatch) -> Result<(), IngestError> {

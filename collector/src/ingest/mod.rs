@@ -14,9 +14,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod cardinality;
 mod commit;
 mod reader;
 
+use cardinality::{Cardinality, OverCap};
 use commit::{Committer, StreamSlot};
 use reader::{Reader, Step};
 
@@ -51,6 +53,10 @@ pub struct IngestLimits {
     pub results_per_second: NonZeroU32,
     /// Streams one agent identity may hold open at once.
     pub max_streams_per_agent: usize,
+    /// Distinct vantage names one agent may report.
+    pub max_vantages_per_agent: usize,
+    /// Distinct check names one agent may report.
+    pub max_checks_per_agent: usize,
     /// How long a stream may take to send its Hello.
     pub hello_timeout: Duration,
     pub skew: SkewLimits,
@@ -70,6 +76,8 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("the Hello names {named} vantages: {over}")]
+    TooManyVantages { named: usize, over: OverCap },
     #[error("collector is shutting down")]
     ShuttingDown,
     /// A fault test's injection point fired (test builds only).
@@ -88,6 +96,7 @@ impl From<IngestError> for Status {
             IngestError::Store(StoreError::Revoked(agent)) => AuthError::Revoked(agent).into(),
             // Not the agent's to retry: a value the collector cannot encode.
             IngestError::Store(StoreError::Encode { .. }) => Status::internal(e.to_string()),
+            IngestError::TooManyVantages { .. } => Status::resource_exhausted(e.to_string()),
             IngestError::NoHello | IngestError::Unexpected(_) => {
                 Status::invalid_argument(e.to_string())
             }
@@ -115,6 +124,8 @@ pub struct IngestService {
     shutdown: CancellationToken,
     limits: IngestLimits,
     rate: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Distinct vantage and check names per agent, capped.
+    cardinality: Arc<Cardinality>,
     require_client_cert: bool,
     /// Open streams per agent identity.
     streams: Arc<Mutex<HashMap<String, usize>>>,
@@ -122,6 +133,9 @@ pub struct IngestService {
     control: Arc<ControlHub>,
     /// Where committed batches go for this collector's own detector.
     feed: Arc<Feed>,
+    /// The gRPC listener's connections: an authenticated stream marks its
+    /// connection busy there.
+    gate: Option<Arc<crate::listen::Gate>>,
 }
 
 impl IngestService {
@@ -143,10 +157,15 @@ impl IngestService {
             shutdown,
             limits,
             rate: Arc::new(RateLimiter::keyed(quota)),
+            cardinality: Arc::new(Cardinality::new(
+                limits.max_vantages_per_agent,
+                limits.max_checks_per_agent,
+            )),
             require_client_cert,
             streams: Arc::default(),
             control,
             feed: Arc::default(),
+            gate: None,
         }
     }
 
@@ -154,6 +173,12 @@ impl IngestService {
     /// detector counts from).
     pub fn with_feed(mut self, feed: Arc<Feed>) -> Self {
         self.feed = feed;
+        self
+    }
+
+    /// Marks each authenticated stream's connection busy in `gate`.
+    pub fn with_gate(mut self, gate: Arc<crate::listen::Gate>) -> Self {
+        self.gate = Some(gate);
         self
     }
 
@@ -229,6 +254,11 @@ impl Ingest for IngestService {
                 return Err(error.into());
             }
         };
+        // Authenticated: the connection is no longer a stranger's.
+        let busy = match (&self.gate, request.remote_addr()) {
+            (Some(gate), Some(peer)) => gate.find(peer).and_then(|conn| gate.busy(&conn)),
+            _ => None,
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.limits.hello_timeout, inbound.message())
             .await
@@ -248,6 +278,14 @@ impl Ingest for IngestService {
                 claimed: hello.agent_id,
             };
             tracing::warn!(%peer_ip, %error, "Refused a stream.");
+            return Err(error.into());
+        }
+        if let Err(over) = self.cardinality.admit_hello(hello.vantages.len()) {
+            let error = IngestError::TooManyVantages {
+                named: hello.vantages.len(),
+                over,
+            };
+            tracing::error!(%peer_ip, agent_id = %enrolled.agent_id, %error, "Refused a stream.");
             return Err(error.into());
         }
         let slot = self.stream_slot(&enrolled.agent_id).inspect_err(|status| {
@@ -291,12 +329,14 @@ impl Ingest for IngestService {
             observed_ip: peer_ip,
             limits: self.limits,
             rate: self.rate.clone(),
+            cardinality: self.cardinality.clone(),
             inbound,
             steps,
         };
         let ended = CancellationToken::new();
         let committer = Committer {
             _slot: slot,
+            _busy: busy,
             _ended: ended.clone().drop_guard(),
             store: self.store.clone(),
             agent_id: agent.agent_id,

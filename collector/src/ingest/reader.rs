@@ -2,13 +2,17 @@
 //! plausible sequence numbers) and rate-limits each batch, and hands it to
 //! the committer in stream order.
 
+use super::cardinality::{Cardinality, OverCap};
 use super::*;
+use crate::store::{CheckStatus, ChecksReport};
 
 /// What the reader hands the committer, in stream order.
 pub(super) enum Step {
     Commit(ValidBatch),
     /// The agent ran (or could not run) a probe request.
     ProbeDone(ProbeAnswer),
+    /// What the agent made of the central checks it holds.
+    ChecksApplied(ChecksReport),
     /// End the stream with this error once everything before it is acked.
     Fail(IngestError),
 }
@@ -37,18 +41,107 @@ fn probe_answer(done: pb::ProbeDone) -> Result<ProbeAnswer, IngestError> {
         .filter(|id| *id > 0)
         .ok_or(IngestError::Unexpected("ProbeDone without a request id"))?;
     let mut error = done.error;
-    if error.len() > MAX_ANSWER_ERROR {
-        let mut end = MAX_ANSWER_ERROR;
-        while !error.is_char_boundary(end) {
-            end -= 1;
-        }
-        error.truncate(end);
-    }
+    truncate_at_char(&mut error, MAX_ANSWER_ERROR);
     Ok(ProbeAnswer {
         request_id,
         results: i32::try_from(done.results).unwrap_or(i32::MAX),
         error: Some(error).filter(|e| !e.is_empty()),
     })
+}
+
+/// A batch's results refused one by one, each recorded as a gap (runs of
+/// consecutive sequence numbers refused for the same reason as one).
+#[derive(Default)]
+struct Refused {
+    counts: Vec<(pb::GapReason, u32)>,
+    over_cap: Option<OverCap>,
+}
+
+impl Refused {
+    fn add(
+        &mut self,
+        gaps: &mut Vec<StoredGap>,
+        seq: i64,
+        reason: pb::GapReason,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        match self.counts.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, count)) => *count += 1,
+            None => self.counts.push((reason, 1)),
+        }
+        let text = reason.text();
+        if let Some(last) = gaps.last_mut()
+            && last.reason == text
+            && last.detected_at == now
+            && last.last_seq.checked_add(1) == Some(seq)
+        {
+            last.last_seq = seq;
+            last.count = last.count.map(|c| c + 1);
+            return;
+        }
+        gaps.push(StoredGap {
+            first_seq: seq,
+            last_seq: seq,
+            count: Some(1),
+            reason: text,
+            detected_at: now,
+        });
+    }
+
+    fn count(&self, reason: pb::GapReason) -> u32 {
+        self.counts
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, c)| *c)
+    }
+
+    fn total(&self) -> u32 {
+        self.counts.iter().map(|(_, c)| c).sum()
+    }
+}
+
+/// A ChecksApplied, checked: at most the agent's check cap, names and
+/// reasons of bounded length.
+fn checks_report(
+    report: pb::ChecksApplied,
+    max_checks: usize,
+) -> Result<ChecksReport, IngestError> {
+    if report.checks.len() > max_checks {
+        return Err(IngestError::Unexpected(
+            "ChecksApplied names more checks than ingest.max_checks_per_agent",
+        ));
+    }
+    let set_version = i64::try_from(report.set_version)
+        .map_err(|_| IngestError::Unexpected("ChecksApplied with a set version beyond i64"))?;
+    let checks = report
+        .checks
+        .into_iter()
+        .map(|c| {
+            let mut reason = c.refused;
+            truncate_at_char(&mut reason, MAX_ANSWER_ERROR);
+            let mut name = c.name;
+            truncate_at_char(&mut name, MAX_ANSWER_ERROR);
+            CheckStatus {
+                name,
+                version: i64::try_from(c.version).unwrap_or(i64::MAX),
+                refused: Some(reason).filter(|r| !r.is_empty()),
+            }
+        })
+        .collect();
+    Ok(ChecksReport {
+        set_version,
+        checks,
+    })
+}
+
+fn truncate_at_char(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
 }
 
 /// Decodes, validates and rate-limits one stream's batches.
@@ -60,6 +153,7 @@ pub(super) struct Reader {
     pub(super) observed_ip: IpAddr,
     pub(super) limits: IngestLimits,
     pub(super) rate: Arc<DefaultKeyedRateLimiter<String>>,
+    pub(super) cardinality: Arc<Cardinality>,
     pub(super) inbound: Streaming<pb::AgentMessage>,
     pub(super) steps: mpsc::Sender<Step>,
 }
@@ -95,6 +189,12 @@ impl Reader {
                     Ok(answer) => Step::ProbeDone(answer),
                     Err(e) => Step::Fail(e),
                 },
+                Ok(pb::AgentMessage {
+                    body: Some(pb::agent_message::Body::ChecksApplied(report)),
+                }) => match checks_report(report, self.limits.max_checks_per_agent) {
+                    Ok(report) => Step::ChecksApplied(report),
+                    Err(e) => Step::Fail(e),
+                },
                 message => match message.and_then(|m| self.validate(m)) {
                     Ok(batch) => {
                         self.throttle(batch.results.len()).await;
@@ -118,6 +218,9 @@ impl Reader {
             }
             Some(pb::agent_message::Body::ProbeDone(_)) => {
                 return Err(IngestError::Unexpected("ProbeDone out of place"));
+            }
+            Some(pb::agent_message::Body::ChecksApplied(_)) => {
+                return Err(IngestError::Unexpected("ChecksApplied out of place"));
             }
             None => return Err(IngestError::Unexpected("empty message")),
         };
@@ -143,46 +246,43 @@ impl Reader {
             .map_err(|e| invalid(e.to_string()))?;
         let ceiling = self.limits.skew.seq_ceiling(now);
         let mut results = Vec::with_capacity(batch.results.len());
-        let mut refused = 0u32;
-        let mut implausible = 0u32;
+        let mut refused = Refused::default();
         for r in batch.results {
             let r = stored_result(r, self.observed_ip)
                 .map_err(|e: InvalidResult| invalid(e.to_string()))?;
-            if r.seq > ceiling {
+            let reason = if r.seq > ceiling {
                 tracing::warn!(
                     agent_id = %self.agent_id, seq = r.seq, ceiling,
                     "Refused a result whose sequence number is far beyond any this agent can \
                      have given (a forged or corrupted result); recorded as an implausible_seq gap."
                 );
-                implausible += 1;
-                gaps.push(StoredGap {
-                    first_seq: r.seq,
-                    last_seq: r.seq,
-                    count: Some(1),
-                    reason: pb::GapReason::ImplausibleSeq.text(),
-                    detected_at: now,
-                });
-            } else if self.limits.skew.accepts(r.started_at, now) {
-                results.push(r);
-            } else {
+                pb::GapReason::ImplausibleSeq
+            } else if !self.limits.skew.accepts(r.started_at, now) {
                 tracing::warn!(agent_id = %self.agent_id, seq = r.seq, started_at = %r.started_at, "Refused a result whose start time is too far from the collector's clock.");
-                refused += 1;
-                gaps.push(StoredGap {
-                    first_seq: r.seq,
-                    last_seq: r.seq,
-                    count: Some(1),
-                    reason: pb::GapReason::TimestampSkew.text(),
-                    detected_at: now,
-                });
-            }
+                pb::GapReason::TimestampSkew
+            } else if let Err(over) = self.cardinality.admit(&self.agent_id, &r.vantage, &r.check) {
+                refused.over_cap.get_or_insert(over);
+                pb::GapReason::Cardinality
+            } else {
+                results.push(r);
+                continue;
+            };
+            refused.add(&mut gaps, r.seq, reason, now);
         }
-        if refused > 0 {
-            metrics::counter!("vantage_ingest_refused_results_total", "reason" => pb::GapReason::TimestampSkew.text())
-                .increment(u64::from(refused));
+        if let Some(over) = refused.over_cap
+            && self.cardinality.due_a_log_line(&self.agent_id)
+        {
+            tracing::error!(
+                agent_id = %self.agent_id,
+                refused = refused.count(pb::GapReason::Cardinality),
+                "Refused results of an agent reporting {over}; recorded as cardinality gaps \
+                 (logged once a minute per agent; vantage_ingest_refused_results_total counts \
+                 them all)."
+            );
         }
-        if implausible > 0 {
-            metrics::counter!("vantage_ingest_refused_results_total", "reason" => pb::GapReason::ImplausibleSeq.text())
-                .increment(u64::from(implausible));
+        for (reason, count) in &refused.counts {
+            metrics::counter!("vantage_ingest_refused_results_total", "reason" => reason.text())
+                .increment(u64::from(*count));
         }
         // What the agent's progress may advance to: never past the
         // ceiling, whatever a gap or a refused result claimed.
@@ -200,7 +300,7 @@ impl Reader {
             gaps,
             max_seq,
             progress_seq,
-            refused: refused + implausible,
+            refused: refused.total(),
             ticket,
         })
     }

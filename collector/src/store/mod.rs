@@ -11,6 +11,7 @@
 
 mod agents;
 mod asn;
+mod check_status;
 mod checks;
 mod detection;
 mod incidents;
@@ -24,11 +25,12 @@ mod rollup;
 mod window;
 
 pub use agents::{AgentHello, AgentListing, EnrolledAgent};
+pub use check_status::{AgentCheck, CheckReporter, CheckState, CheckStatus, ChecksReport};
 pub use checks::StoredCheck;
 pub use detection::{Applied, RunRecord};
 pub use incidents::Incident;
 pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};
-pub use pages::{FailureRule, RoundCell, VantageRow};
+pub use pages::{FailureRule, RoundCell, VANTAGE_ROWS_SQL, VantageRow};
 pub use requests::{
     CONTROL_CHANNEL, ConfirmationRecord, NewProbeRequest, Notice, ProbeAnswer, ProbeRequest,
     Purpose, RequestAgent,

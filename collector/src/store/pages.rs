@@ -52,6 +52,76 @@ pub struct VantageRow {
     pub checks: i64,
     /// Results it reported lost in the last day (delivery gaps).
     pub lost_last_day: i64,
+    /// Central checks its agent runs, refused, and why each was refused.
+    pub central_running: i64,
+    pub central_refused: i64,
+    pub central_refusals: Option<String>,
+}
+
+/// The vantage list's query (see [`Store::vantage_rows`]); `$1` rows
+/// from `$2`. Public for the test that checks its plan at scale.
+pub const VANTAGE_ROWS_SQL: &str = "WITH recent AS (
+                 SELECT agent_id, vantage, region, started_at, received_at,
+                        outcome <> 'ok' AS failed,
+                        row_number() OVER (PARTITION BY agent_id, vantage, check_name, url
+                                           ORDER BY started_at DESC) = 1 AS latest
+                 FROM probe_results
+                 WHERE started_at > now() - interval '15 minutes' AND request_id IS NULL
+             ), per_vantage AS (
+                 SELECT agent_id, vantage, max(region) AS region,
+                        max(started_at) AS last_result_at,
+                        (array_agg(extract(epoch FROM received_at - started_at)::float8
+                                   ORDER BY received_at DESC))[1] AS delivery_delay_s,
+                        count(*) FILTER (WHERE started_at > now() - interval '5 minutes') AS probes,
+                        count(*) FILTER (WHERE started_at > now() - interval '5 minutes'
+                                           AND failed) AS failures,
+                        count(*) FILTER (WHERE latest AND failed) AS failing_checks,
+                        count(*) FILTER (WHERE latest) AS checks
+                 FROM recent GROUP BY agent_id, vantage
+             ), central AS (
+                 SELECT agent_id,
+                        count(*) FILTER (WHERE state = 'running') AS running,
+                        count(*) FILTER (WHERE state = 'refused') AS refused,
+                        string_agg(check_name || ': ' || reason, '; ' ORDER BY check_name)
+                            FILTER (WHERE state = 'refused') AS refusals
+                 FROM agent_checks GROUP BY agent_id
+             ), lost AS (
+                 SELECT agent_id, COALESCE(sum(count), 0)::int8 AS lost
+                 FROM delivery_gaps WHERE received_at > now() - interval '1 day'
+                 GROUP BY agent_id
+             )
+             SELECT count(*) OVER () AS total,
+                    a.agent_id, v.vantage, COALESCE(v.region, a.region) AS region, a.last_seen,
+                    v.last_result_at, v.delivery_delay_s,
+                    COALESCE(v.probes, 0) AS probes, COALESCE(v.failures, 0) AS failures,
+                    COALESCE(v.failing_checks, 0) AS failing_checks,
+                    COALESCE(v.checks, 0) AS checks,
+                    COALESCE(l.lost, 0) AS lost_last_day,
+                    COALESCE(ac.running, 0) AS central_running,
+                    COALESCE(ac.refused, 0) AS central_refused,
+                    ac.refusals AS central_refusals
+             FROM agents a
+             LEFT JOIN per_vantage v USING (agent_id)
+             LEFT JOIN lost l USING (agent_id)
+             LEFT JOIN central ac USING (agent_id)
+             WHERE a.revoked_at IS NULL
+             ORDER BY COALESCE(v.failing_checks, 0) DESC, a.agent_id, v.vantage
+             LIMIT $1 OFFSET $2";
+
+/// Test builds: seconds the vantage list's query first spends in
+/// PostgreSQL (`vantage-rows-pg-sleep=return(30)`), a page whose reader
+/// leaves before it is done.
+fn injected_pg_sleep() -> Option<String> {
+    fail::fail_point!("vantage-rows-pg-sleep", |seconds| seconds);
+    None
+}
+
+/// A row of a page of rows, with how many there are in all.
+#[derive(sqlx::FromRow)]
+struct Counted {
+    total: i64,
+    #[sqlx(flatten)]
+    row: VantageRow,
 }
 
 impl Store {
@@ -102,49 +172,29 @@ impl Store {
     }
 
     /// Every enrolled agent (not revoked) and each vantage it probed from
-    /// in the last 15 minutes: last seen, delivery delay, recent failures.
-    pub async fn vantage_rows(&self) -> Result<Vec<VantageRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "WITH recent AS (
-                 SELECT agent_id, vantage, region, check_name, url, started_at, received_at,
-                        outcome <> 'ok' AS failed
-                 FROM probe_results
-                 WHERE started_at > now() - interval '15 minutes' AND request_id IS NULL
-             ), latest AS (
-                 SELECT DISTINCT ON (agent_id, vantage, check_name, url) agent_id, vantage, failed
-                 FROM recent ORDER BY agent_id, vantage, check_name, url, started_at DESC
-             ), per_vantage AS (
-                 SELECT agent_id, vantage, max(region) AS region,
-                        max(started_at) AS last_result_at,
-                        (array_agg(extract(epoch FROM received_at - started_at)::float8
-                                   ORDER BY received_at DESC))[1] AS delivery_delay_s,
-                        count(*) FILTER (WHERE started_at > now() - interval '5 minutes') AS probes,
-                        count(*) FILTER (WHERE started_at > now() - interval '5 minutes'
-                                           AND failed) AS failures
-                 FROM recent GROUP BY agent_id, vantage
-             ), checks AS (
-                 SELECT agent_id, vantage, count(*) FILTER (WHERE failed) AS failing_checks,
-                        count(*) AS checks
-                 FROM latest GROUP BY agent_id, vantage
-             ), lost AS (
-                 SELECT agent_id, COALESCE(sum(count), 0)::int8 AS lost
-                 FROM delivery_gaps WHERE received_at > now() - interval '1 day'
-                 GROUP BY agent_id
-             )
-             SELECT a.agent_id, v.vantage, COALESCE(v.region, a.region) AS region, a.last_seen,
-                    v.last_result_at, v.delivery_delay_s,
-                    COALESCE(v.probes, 0) AS probes, COALESCE(v.failures, 0) AS failures,
-                    COALESCE(c.failing_checks, 0) AS failing_checks,
-                    COALESCE(c.checks, 0) AS checks,
-                    COALESCE(l.lost, 0) AS lost_last_day
-             FROM agents a
-             LEFT JOIN per_vantage v USING (agent_id)
-             LEFT JOIN checks c USING (agent_id, vantage)
-             LEFT JOIN lost l USING (agent_id)
-             WHERE a.revoked_at IS NULL
-             ORDER BY COALESCE(c.failing_checks, 0) DESC, a.agent_id, v.vantage",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+    /// in the last 15 minutes: last seen, delivery delay, recent failures;
+    /// the failing first, `limit` rows from `offset`, and how many rows
+    /// there are in all. One pass over the window's results grouped by
+    /// vantage (the latest result per check marked by a window function,
+    /// not joined back), then hash joins with the agents: the work grows
+    /// with the window's results, never with the square of the vantages.
+    pub async fn vantage_rows(
+        &self,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<VantageRow>, i64), StoreError> {
+        if let Some(seconds) = injected_pg_sleep() {
+            sqlx::query("SELECT pg_sleep($1::float8)")
+                .bind(seconds.parse::<f64>().unwrap_or(30.0))
+                .execute(&self.pool)
+                .await?;
+        }
+        let rows: Vec<Counted> = sqlx::query_as(VANTAGE_ROWS_SQL)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let total = rows.first().map_or(0, |r| r.total);
+        Ok((rows.into_iter().map(|r| r.row).collect(), total))
     }
 }

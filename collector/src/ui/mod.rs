@@ -32,6 +32,10 @@ use plot::Round;
 const RECENT_DAYS: i64 = 7;
 /// At most this many incidents on `/`.
 const LIST_LIMIT: i64 = 200;
+/// Vantages listed per page of `/vantages`.
+const VANTAGES_PER_PAGE: i64 = 500;
+/// The last page number a listing accepts.
+const MAX_PAGE: i64 = 100_000;
 /// At most this many rounds in a timeline; longer incidents get wider
 /// rounds.
 const MAX_ROUNDS: f64 = 240.0;
@@ -77,6 +81,8 @@ fn unavailable(error: StoreError) -> Response {
 }
 
 async fn index(State(store): State<Arc<Store>>) -> Response {
+    // A page slower than the listener's idle timeout (test builds only).
+    fail::fail_point!("ui-index-delay");
     let now = Utc::now();
     match store
         .recent_incidents(now - Duration::days(RECENT_DAYS), LIST_LIMIT)
@@ -87,9 +93,40 @@ async fn index(State(store): State<Arc<Store>>) -> Response {
     }
 }
 
-async fn vantages(State(store): State<Arc<Store>>) -> Response {
-    match store.vantage_rows().await {
-        Ok(rows) => html(pages::vantages(&rows, Utc::now())),
+/// The query of a listing page: `?page=N`, from 1.
+#[derive(Debug, serde::Deserialize)]
+struct Paging {
+    page: Option<String>,
+}
+
+async fn vantages(
+    State(store): State<Arc<Store>>,
+    axum::extract::Query(paging): axum::extract::Query<Paging>,
+) -> Response {
+    let page = match paging.page.as_deref().map(str::parse::<i64>) {
+        None => 1,
+        Some(Ok(page)) if (1..=MAX_PAGE).contains(&page) => page,
+        Some(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("page: expected a whole number from 1 to {MAX_PAGE}\n"),
+            )
+                .into_response();
+        }
+    };
+    match store
+        .vantage_rows(VANTAGES_PER_PAGE, (page - 1) * VANTAGES_PER_PAGE)
+        .await
+    {
+        Ok((rows, total)) => html(pages::vantages(
+            &rows,
+            pages::Paged {
+                page,
+                per_page: VANTAGES_PER_PAGE,
+                total,
+            },
+            Utc::now(),
+        )),
         Err(e) => unavailable(e),
     }
 }

@@ -355,17 +355,40 @@ fn history_table(history: &[Value]) -> Markup {
 }
 
 /// `/vantages`.
-pub fn vantages(rows: &[VantageRow], now: DateTime<Utc>) -> Markup {
+/// Which page of a listing is shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Paged {
+    /// From 1.
+    pub page: i64,
+    pub per_page: i64,
+    /// Rows in all.
+    pub total: i64,
+}
+
+impl Paged {
+    fn last_page(&self) -> i64 {
+        ((self.total + self.per_page - 1) / self.per_page).max(1)
+    }
+}
+
+pub fn vantages(rows: &[VantageRow], paged: Paged, now: DateTime<Utc>) -> Markup {
+    let first = (paged.page - 1) * paged.per_page + 1;
     layout(
         "Vantages",
         html! {
             h1 { "Vantages" }
-            p.muted { "Every enrolled agent, and each vantage it probed from in the last 15 minutes." }
+            p.muted { "Every enrolled agent, and each vantage it probed from in the last 15 minutes, the failing first." }
+            p.paging {
+                @if rows.is_empty() { "No rows on page " (paged.page) " of " (paged.last_page()) ". " }
+                @else { "Rows " (first) "–" (first + rows.len() as i64 - 1) " of " (paged.total) ". " }
+                @if paged.page > 1 { a href={ "?page=" (paged.page - 1) } { "previous" } " " }
+                @if paged.page < paged.last_page() { a href={ "?page=" (paged.page + 1) } { "next" } }
+            }
             table.vantages {
                 thead { tr {
                     th { "agent" } th { "vantage" } th { "region" } th { "stream last seen" } th { "last result" }
                     th.num { "delivery delay (spool backlog)" } th.num { "failing now" } th.num { "failed, last 5 min" }
-                    th.num { "lost, last day" }
+                    th.num { "lost, last day" } th.num { "central checks" }
                 } }
                 tbody { @for r in rows { tr {
                     td { (r.agent_id) }
@@ -377,6 +400,13 @@ pub fn vantages(rows: &[VantageRow], now: DateTime<Utc>) -> Markup {
                     td.num { @if r.failing_checks > 0 { strong { (r.failing_checks) } } @else { "0" } " of " (r.checks) " checks" }
                     td.num { (fraction(r.failures, r.probes)) }
                     td.num { (r.lost_last_day) }
+                    td.num {
+                        (r.central_running) " run"
+                        @if r.central_refused > 0 {
+                            ", " strong title=(r.central_refusals.as_deref().unwrap_or("")) { (r.central_refused) " refused" }
+                            div.muted { (r.central_refusals.as_deref().unwrap_or("")) }
+                        }
+                    }
                 } } }
             }
         },

@@ -197,13 +197,32 @@ async fn local_checks_keep_working_and_win_a_name_collision(pool: PgPool) {
     );
     let _fra = fleet.start_agent("fra-1", "", &local);
     fleet
-        .apply(&format!(
+        .wait_for(
+            "the agent connected",
+            "SELECT count(*) FROM agents WHERE 'central_checks' = ANY(capabilities)",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    let file = fleet.dir.path().join("checks.toml");
+    std::fs::write(
+        &file,
+        format!(
             "[[check]]\nname = \"mine\"\nurl = \"{}\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n\
-         [[check]]\nname = \"theirs\"\nurl = \"{}\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n",
+             [[check]]\nname = \"theirs\"\nurl = \"{}\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n",
             fleet.url("/central-mine"),
             fleet.url("/theirs"),
-        ))
-        .await;
+        ),
+    )
+    .unwrap();
+    // The agent refuses the central one of the two "mine"s, and says why.
+    let (code, out, _) = fleet.cli(&["check", "apply", file.to_str().unwrap()]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("fra-1: runs theirs v1\n"), "{out}");
+    assert!(
+        out.contains("fra-1: REFUSED mine v1: a [[check]] of the agent's own config has this name"),
+        "{out}"
+    );
     fleet
         .wait_for(
             "the central check",
@@ -359,4 +378,90 @@ async fn an_agent_that_does_not_announce_the_capability_gets_no_checks(pool: PgP
         matches!(change, Some(pb::collector_message::Body::Checks(ref s)) if !s.full && s.version == 2),
         "{change:?}"
     );
+}
+
+/// A central check every agent refuses (a CA file none can read) is
+/// reported per agent: `check apply` prints each agent's refusal with its
+/// reason and fails, `check list` and `/vantages` show it, and the checks
+/// the agents can run run.
+#[sqlx::test(migrations = false)]
+async fn a_central_check_the_agents_refuse_is_reported_per_agent(pool: PgPool) {
+    let fleet = Fleet::start(pool, &[("fra-1", "eu-west"), ("iad-1", "us-east")], "").await;
+    let _fra = fleet.start_agent("fra-1", "", "");
+    let _iad = fleet.start_agent("iad-1", "", "");
+    fleet
+        .wait_for(
+            "agents connected",
+            "SELECT count(*) FROM agents WHERE 'central_checks' = ANY(capabilities)",
+            2,
+            Duration::from_secs(30),
+        )
+        .await;
+    let file = fleet.dir.path().join("checks.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[check]]\nname = \"fine\"\nurl = \"{fine}\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n\
+             [[check]]\nname = \"internal\"\nurl = \"{internal}\"\ninterval = \"300ms\"\n\
+             timeout = \"250ms\"\nca_file = \"/nonexistent/internal-ca.pem\"\n",
+            fine = fleet.url("/fine"),
+            internal = fleet.url("/internal"),
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = fleet.cli(&["check", "apply", file.to_str().unwrap()]).await;
+    assert_ne!(code, 0, "a refused check fails the apply: {out}{err}");
+    assert!(
+        out.contains("Applied: check set version 1, 2 checks."),
+        "{out}"
+    );
+    for id in ["fra-1", "iad-1"] {
+        assert!(out.contains(&format!("{id}: runs fine v1\n")), "{out}");
+        let refused = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{id}: REFUSED internal v1: ")))
+            .unwrap_or_else(|| panic!("{id}'s refusal: {out}"));
+        assert!(
+            refused.contains("/nonexistent/internal-ca.pem"),
+            "{refused}"
+        );
+    }
+    assert!(err.contains("agents refused 2 check(s)"), "{err}");
+
+    let (code, list, _) = fleet.cli(&["check", "list"]).await;
+    assert_eq!(code, 0);
+    let line = |name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name}: {list}"))
+            .to_owned()
+    };
+    assert!(line("fine").contains("2 run, 0 refused"), "{list}");
+    assert!(line("internal").contains("0 run, 2 refused"), "{list}");
+    assert!(list.contains("refused: internal v1 by fra-1: "), "{list}");
+
+    fleet
+        .wait_for(
+            "the check the agents can run",
+            "SELECT count(DISTINCT agent_id) FROM probe_results WHERE check_name = 'fine'",
+            2,
+            Duration::from_secs(20),
+        )
+        .await;
+    vantage_service::install_crypto_provider();
+    let page = reqwest::get(format!("http://{}/vantages", fleet.collector_http.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("1 refused"), "{page}");
+    assert!(page.contains("internal: "), "{page}");
+    let refusals: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM agent_checks WHERE state = 'refused' AND check_name = 'internal'",
+    )
+    .fetch_one(&fleet.pool)
+    .await
+    .unwrap();
+    assert_eq!(refusals, 2);
 }

@@ -4,6 +4,7 @@
 // Test helpers fail loudly: a panic is the right report here.
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod auth;
 mod checks;
 mod config;
@@ -30,6 +31,7 @@ mod reload;
 mod retention;
 mod rig;
 mod schema;
+mod starve;
 mod supervision;
 mod tls;
 mod ui;

@@ -57,10 +57,30 @@ pub fn start_collector_at(
 ) -> (Collector, SocketAddr) {
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let http = SocketAddr::new(loopback, vantage_testkit::free_port(loopback).unwrap());
+    start_collector_listening(pool, dir, name, grpc, http, extra, env)
+}
+
+/// [`start_collector_at`] with its HTTP listener on `http_listen` (an
+/// unspecified address, `[::]:port`, listens on every address; readiness
+/// is awaited on loopback).
+pub fn start_collector_listening(
+    pool: &PgPool,
+    dir: &Path,
+    name: &str,
+    grpc: SocketAddr,
+    http_listen: SocketAddr,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (Collector, SocketAddr) {
+    let http = if http_listen.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), http_listen.port())
+    } else {
+        http_listen
+    };
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
-        format!("grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\n{extra}"),
+        format!("grpc_listen = \"{grpc}\"\nhttp_listen = \"{http_listen}\"\n{extra}"),
     )
     .unwrap();
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();

@@ -254,6 +254,18 @@ impl Fleet {
             .unwrap()
     }
 
+    /// Every agent's log, each under its name.
+    pub fn agent_logs(&self) -> String {
+        let mut logs = String::new();
+        for (id, _) in &self.tokens {
+            let log = self.read_log(&format!("{id}.log"));
+            if !log.is_empty() {
+                logs.push_str(&format!("[{id}]\n{log}"));
+            }
+        }
+        logs
+    }
+
     pub fn read_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
@@ -297,10 +309,9 @@ impl Fleet {
             }
             assert!(
                 Instant::now() < deadline,
-                "{what}: {n} < {at_least} after {within:?}\n--- collector ---\n{}\n--- agents ---\n{}{}",
+                "{what}: {n} < {at_least} after {within:?}\n--- collector ---\n{}\n--- agents ---\n{}",
                 self.read_log("collector.log"),
-                self.read_log("fra-1.log"),
-                self.read_log("iad-1.log"),
+                self.agent_logs(),
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -268,3 +268,18 @@ async fn the_database_allows_exactly_the_declared_outcomes(pool: PgPool) {
         declared
     );
 }
+
+/// An agent's check states (`store::CheckState`): the CHECK on
+/// `agent_checks.state` allows exactly their text forms.
+#[sqlx::test(migrations = false)]
+async fn the_database_allows_exactly_the_declared_check_states(pool: PgPool) {
+    let mut declared: Vec<&str> = vantage_collector::store::CheckState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    declared.sort_unstable();
+    assert_eq!(
+        allowed_by(&pool, "agent_checks_state_check").await,
+        declared
+    );
+}

@@ -168,6 +168,14 @@ async fn healthz_answers_503_within_a_checkers_timeout_while_postgres_is_down(po
         code == 503 && body["database"]["ok"] == false
     })
     .await;
+    // Every pass fails meanwhile, and the detector says why.
+    let body = wait_for_health(http, "the detector's failing passes", |_, body| {
+        body["components"]["detector"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("detection pass failed: "))
+    })
+    .await;
+    assert_eq!(body["components"]["detector"]["restarts"], 0, "{body}");
 
     cluster.restart_server().unwrap();
     wait_for_health(http, "healthy again", |code, _| code == 200).await;
