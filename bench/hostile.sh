@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 if ! cargo test --profile bench --workspace --test collector -- --exact \
-    hostile::a_tokenless_http2_ping_flood_on_both_ports_holds_nothing \
+    flood::a_tokenless_http2_ping_flood_on_both_ports_holds_nothing \
     starve::an_agent_reporting_a_hundred_thousand_vantages_is_capped_and_starves_nothing \
     --nocapture >"$out" 2>&1; then
     cat "$out"

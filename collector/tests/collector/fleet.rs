@@ -196,27 +196,16 @@ async fn local_checks_keep_working_and_win_a_name_collision(pool: PgPool) {
         fleet.url("/local")
     );
     let _fra = fleet.start_agent("fra-1", "", &local);
-    fleet
-        .wait_for(
-            "the agent connected",
-            "SELECT count(*) FROM agents WHERE 'central_checks' = ANY(capabilities)",
-            1,
-            Duration::from_secs(30),
-        )
-        .await;
-    let file = fleet.dir.path().join("checks.toml");
-    std::fs::write(
-        &file,
-        format!(
+    fleet.wait_for_central_agents(1).await;
+    // The agent refuses the central one of the two "mine"s, and says why.
+    let (code, out, _) = fleet
+        .try_apply(&format!(
             "[[check]]\nname = \"mine\"\nurl = \"{}\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n\
              [[check]]\nname = \"theirs\"\nurl = \"{}\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n",
             fleet.url("/central-mine"),
             fleet.url("/theirs"),
-        ),
-    )
-    .unwrap();
-    // The agent refuses the central one of the two "mine"s, and says why.
-    let (code, out, _) = fleet.cli(&["check", "apply", file.to_str().unwrap()]).await;
+        ))
+        .await;
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("fra-1: runs theirs v1\n"), "{out}");
     assert!(
@@ -389,27 +378,16 @@ async fn a_central_check_the_agents_refuse_is_reported_per_agent(pool: PgPool) {
     let fleet = Fleet::start(pool, &[("fra-1", "eu-west"), ("iad-1", "us-east")], "").await;
     let _fra = fleet.start_agent("fra-1", "", "");
     let _iad = fleet.start_agent("iad-1", "", "");
-    fleet
-        .wait_for(
-            "agents connected",
-            "SELECT count(*) FROM agents WHERE 'central_checks' = ANY(capabilities)",
-            2,
-            Duration::from_secs(30),
-        )
-        .await;
-    let file = fleet.dir.path().join("checks.toml");
-    std::fs::write(
-        &file,
-        format!(
+    fleet.wait_for_central_agents(2).await;
+    let (code, out, err) = fleet
+        .try_apply(&format!(
             "[[check]]\nname = \"fine\"\nurl = \"{fine}\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n\
              [[check]]\nname = \"internal\"\nurl = \"{internal}\"\ninterval = \"300ms\"\n\
              timeout = \"250ms\"\nca_file = \"/nonexistent/internal-ca.pem\"\n",
             fine = fleet.url("/fine"),
             internal = fleet.url("/internal"),
-        ),
-    )
-    .unwrap();
-    let (code, out, err) = fleet.cli(&["check", "apply", file.to_str().unwrap()]).await;
+        ))
+        .await;
     assert_ne!(code, 0, "a refused check fails the apply: {out}{err}");
     assert!(
         out.contains("Applied: check set version 1, 2 checks."),

@@ -18,6 +18,7 @@ mod feed;
 mod field;
 mod field_multi;
 mod fleet;
+mod flood;
 mod grafana;
 mod hostile;
 mod ingest;

@@ -289,11 +289,28 @@ impl Fleet {
 
     /// `check apply` of `text`; panics if refused.
     pub async fn apply(&self, text: &str) -> String {
-        let file = self.dir.path().join("checks.toml");
-        std::fs::write(&file, text).unwrap();
-        let (code, out, err) = self.cli(&["check", "apply", file.to_str().unwrap()]).await;
+        let (code, out, err) = self.try_apply(text).await;
         assert_eq!(code, 0, "check apply failed: {err}");
         out
+    }
+
+    /// Waits until `n` agents that take central checks have said hello.
+    pub async fn wait_for_central_agents(&self, n: i64) {
+        self.wait_for(
+            "agents connected",
+            "SELECT count(*) FROM agents WHERE 'central_checks' = ANY(capabilities)",
+            n,
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+
+    /// Writes `text` to a check file in the fleet's directory and runs
+    /// `check apply` on it: exit code, stdout, stderr.
+    pub async fn try_apply(&self, text: &str) -> (i32, String, String) {
+        let file = self.dir.path().join("checks.toml");
+        std::fs::write(&file, text).unwrap();
+        self.cli(&["check", "apply", file.to_str().unwrap()]).await
     }
 
     /// Waits until `sql` (one bigint) reaches `at_least`.

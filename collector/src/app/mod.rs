@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use chrono::DurationRound as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
@@ -15,20 +14,23 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use vantage_proto::v1::ingest_server::IngestServer;
-use vantage_service::supervise::{Liveness, Policy, Supervisor};
+use vantage_service::supervise::{Policy, Supervisor};
 
 use crate::alert::Alerter;
-use crate::config::{CollectorConfig, RetentionConfig, TlsConfig};
+use crate::config::{CollectorConfig, TlsConfig};
 use crate::control::ControlHub;
 use crate::detector::Detector;
 use crate::detector::feed::Feed;
 use crate::ingest::IngestService;
 use crate::listen;
+
+mod upkeep;
 use crate::reload::LiveConfig;
 use crate::store::Store;
+use upkeep::{
+    PARTITION_MAINTENANCE_INTERVAL, ROLLUP_INTERVAL, maintain_partitions, roll_up_continuously,
+};
 
-/// How often daily partitions ahead of today are checked for.
-const PARTITION_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 /// HTTP/2 streams one gRPC connection may open at once (an agent needs one).
 const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// Connections the HTTP listener holds at once (health checkers, scrapers,
@@ -421,76 +423,6 @@ impl Application {
         match supervisor.wait().await {
             Some(error) => Err(anyhow::anyhow!(error)),
             None => Ok(()),
-        }
-    }
-}
-
-/// Creates the partitions `ahead` days ahead and drops those past the
-/// retention (raw results rolled up first); whether all of it reached the
-/// database.
-async fn maintain_partitions(store: &Store, ahead: u64, retention: &RetentionConfig) -> bool {
-    let now = chrono::Utc::now();
-    let created = store.ensure_partitions_around(now, 0, ahead).await;
-    if let Err(error) = &created {
-        tracing::warn!(%error, "Cannot create partitions ahead; will retry.");
-    }
-    let before =
-        |age: Duration| now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-    let mut ok = created.is_ok();
-    for (what, dropped) in [
-        (
-            "retention.raw",
-            store.drop_partitions_before(before(retention.raw)).await,
-        ),
-        (
-            "retention.rollup",
-            store
-                .drop_rollup_partitions_before(before(retention.rollup))
-                .await,
-        ),
-    ] {
-        match dropped {
-            Ok(names) => {
-                for name in names {
-                    metrics::counter!("vantage_partitions_dropped_total").increment(1);
-                    tracing::info!(partition = %name, "Dropped a partition past {what}.");
-                }
-            }
-            Err(error) => {
-                ok = false;
-                tracing::warn!(%error, "Cannot drop partitions past {what}; will retry.");
-            }
-        }
-    }
-    ok
-}
-
-/// How often the last minutes are rolled up.
-const ROLLUP_INTERVAL: Duration = Duration::from_secs(60);
-/// How far back each roll-up recomputes: results that arrive later than
-/// this (a spool delivered after an outage) are rolled up with their whole
-/// day before its raw partition is dropped.
-const ROLLUP_LOOKBACK: Duration = Duration::from_secs(600);
-
-/// Rolls the finished minutes of the last [`ROLLUP_LOOKBACK`] up, every
-/// [`ROLLUP_INTERVAL`], until `stop`.
-async fn roll_up_continuously(store: Arc<Store>, live: Liveness, stop: CancellationToken) {
-    loop {
-        let now = chrono::Utc::now();
-        let minute = now
-            .duration_trunc(chrono::Duration::minutes(1))
-            .unwrap_or(now);
-        let from = minute - chrono::Duration::from_std(ROLLUP_LOOKBACK).unwrap_or_default();
-        match store.roll_up(from, minute).await {
-            Ok(_) => live.beat(),
-            Err(error) => {
-                live.failed(format!("cannot roll results up: {error}"));
-                tracing::warn!(%error, "Cannot roll results up; will retry.");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(ROLLUP_INTERVAL) => {}
         }
     }
 }
