@@ -39,6 +39,13 @@ use crate::store::{
 };
 use crate::wire::{InvalidGap, InvalidResult, SkewLimits, stored_gap, stored_result};
 
+/// Streams one source may open per second, sustained, and at once: far
+/// above what agents behind one address reconnect at.
+const STREAM_ATTEMPTS_PER_SECOND: NonZeroU32 = NonZeroU32::new(20).expect("20 is not 0");
+const STREAM_ATTEMPTS_BURST: NonZeroU32 = NonZeroU32::new(50).expect("50 is not 0");
+/// Sources the attempt limiter remembers before it forgets idle ones.
+const ATTEMPT_SOURCES_KEPT: usize = 10_000;
+
 /// Batches validated ahead of the one being committed, per stream.
 const PIPELINE_DEPTH: usize = 4;
 
@@ -126,6 +133,10 @@ pub struct IngestService {
     rate: Arc<DefaultKeyedRateLimiter<String>>,
     /// Distinct vantage and check names per agent, capped.
     cardinality: Arc<Cardinality>,
+    /// Streams opened per source (IPv4 address, IPv6 /64), before any
+    /// token is looked up: a client cycling bad tokens cannot keep the
+    /// database answering it.
+    attempts: Arc<DefaultKeyedRateLimiter<crate::listen::Source>>,
     require_client_cert: bool,
     /// Open streams per agent identity.
     streams: Arc<Mutex<HashMap<String, usize>>>,
@@ -157,6 +168,9 @@ impl IngestService {
             shutdown,
             limits,
             rate: Arc::new(RateLimiter::keyed(quota)),
+            attempts: Arc::new(RateLimiter::keyed(
+                Quota::per_second(STREAM_ATTEMPTS_PER_SECOND).allow_burst(STREAM_ATTEMPTS_BURST),
+            )),
             cardinality: Arc::new(Cardinality::new(
                 limits.max_vantages_per_agent,
                 limits.max_checks_per_agent,
@@ -247,6 +261,17 @@ impl Ingest for IngestService {
         let peer_ip = request
             .remote_addr()
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let source = crate::listen::Source::of(peer_ip);
+        if self.attempts.len() > ATTEMPT_SOURCES_KEPT {
+            self.attempts.retain_recent();
+        }
+        if self.attempts.check_key(&source).is_err() {
+            metrics::counter!("vantage_ingest_refused_stream_attempts_total").increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "too many streams opened from {peer_ip} ({STREAM_ATTEMPTS_PER_SECOND} a second at \
+                 most); retry later"
+            )));
+        }
         let enrolled = match self.authenticate(&request).await {
             Ok(agent) => agent,
             Err(error) => {

@@ -366,3 +366,62 @@ async fn a_page_slower_than_the_idle_timeout_is_answered(pool: PgPool) {
     );
     stop(&mut child, dir.path());
 }
+
+/// A client cycling bad tokens is refused before any lookup once its
+/// address has opened its share of streams: the database answers at most
+/// the burst, and an agent from another address still gets in at once.
+#[sqlx::test(migrations = false)]
+async fn a_client_cycling_bad_tokens_is_stopped_before_the_database(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, grpc, token) = collector(&pool, dir.path()).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (mut unknown, mut exhausted) = (0, 0);
+    for i in 0..200 {
+        let value: tonic::metadata::MetadataValue<_> =
+            format!("Bearer vantage_not-a-token-{i}").parse().unwrap();
+        let mut client = pb::ingest_client::IngestClient::with_interceptor(
+            channel.clone(),
+            move |mut request: tonic::Request<()>| {
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.clone());
+                Ok(request)
+            },
+        );
+        let (_tx, rx) = mpsc::channel::<pb::AgentMessage>(1);
+        match client.stream(ReceiverStream::new(rx)).await {
+            Err(status) if status.code() == tonic::Code::Unauthenticated => unknown += 1,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(status.message().contains("too many streams"), "{status:?}");
+                exhausted += 1;
+            }
+            other => panic!("a bad token got {other:?}"),
+        }
+    }
+    assert!(
+        exhausted > 100,
+        "refused before the lookup: {exhausted} of 200"
+    );
+    assert!(unknown <= 100, "looked up: {unknown} of 200");
+    // An agent elsewhere is not held back by that address's attempts.
+    let elsewhere = std::net::IpAddr::from([127, 0, 5, 1]);
+    let mut agent =
+        crate::try_open_stream_from(grpc, Some(elsewhere), &format!("Bearer {token}"), "agent-a")
+            .await
+            .expect("an agent from another address gets in");
+    agent.send_batch(1, vec![result(1, 200)]).await;
+    assert_eq!(
+        agent
+            .next_ack(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .inserted,
+        1
+    );
+    drop(agent);
+    stop(&mut child, dir.path());
+}

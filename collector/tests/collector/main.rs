@@ -188,8 +188,19 @@ pub async fn try_open_stream_authorized(
     authorization: &str,
     agent_id: &str,
 ) -> Result<RawStream, tonic::Status> {
+    try_open_stream_from(addr, None, authorization, agent_id).await
+}
+
+/// [`try_open_stream_authorized`] from the local address `from`.
+pub async fn try_open_stream_from(
+    addr: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    authorization: &str,
+    agent_id: &str,
+) -> Result<RawStream, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
+        .local_address(from)
         .connect()
         .await
         .unwrap();
