@@ -10,6 +10,8 @@
 # Prints the figures; the tests' own checks are bounds, not timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The tests start the agent binary from beside the collector's.
+cargo build -q --profile bench -p vantage-agent --bin vantage-agent
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 if ! cargo test --profile bench --workspace --test collector -- --exact \
