@@ -6,16 +6,22 @@ use chrono::{DateTime, Utc};
 
 use super::{Store, StoreError};
 
-/// Probes of an incident's targets in one round, with one source value of
-/// its dimension (see [`Store::incident_rounds`]).
+/// Probes of an incident's targets in one round, inside its segment or
+/// not (see [`Store::incident_rounds`]).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RoundCell {
     pub round_start: DateTime<Utc>,
-    /// The dimension's source value (NULL: the probe has none).
-    pub source: Option<String>,
+    /// Whether the probes' source value is one of the segment's.
+    pub inside: bool,
     pub probes: i64,
     pub failures: i64,
 }
+
+/// Which probes an incident's page reads: scheduled and confirmation
+/// probes, as in the detector's window; a person's one-off probes not.
+const INCIDENT_PROBES: &str = "url = ANY($1) AND started_at >= $2 AND started_at < $3
+    AND (request_id IS NULL OR request_id IN (
+           SELECT id FROM probe_requests WHERE purpose = 'confirmation'))";
 
 /// Which failures an incident counts.
 #[derive(Debug, Clone)]
@@ -125,12 +131,34 @@ struct Counted {
 }
 
 impl Store {
+    /// The distinct values of `source` (a text-valued SQL expression over
+    /// `probe_results` taken from the dimension table, never from input)
+    /// among the probes of `targets` in `[from, to)`: one row per value,
+    /// for the page to tell which are the segment's.
+    pub async fn incident_sources(
+        &self,
+        targets: &[String],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        source: &'static str,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = format!(
+            "SELECT DISTINCT ({source})::text FROM probe_results
+             WHERE {INCIDENT_PROBES} AND ({source}) IS NOT NULL"
+        );
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(targets)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// The probes of `targets` in `[from, to)` per round of `round_s`
-    /// seconds (rounds start at `from`) and per value of `source`, a
-    /// text-valued SQL expression over `probe_results` taken from the
-    /// dimension table (never from input). Scheduled and confirmation
-    /// probes count, as in the detector's window; a person's one-off
-    /// probes do not.
+    /// seconds (rounds start at `from`), inside the segment (`source`'s
+    /// value among `inside`) or not: at most two rows a round, however
+    /// many values the source has.
+    #[allow(clippy::too_many_arguments)]
     pub async fn incident_rounds(
         &self,
         targets: &[String],
@@ -138,6 +166,7 @@ impl Store {
         to: DateTime<Utc>,
         round_s: f64,
         source: &'static str,
+        inside: &[String],
         rule: &FailureRule<'_>,
     ) -> Result<Vec<RoundCell>, StoreError> {
         let status = "COALESCE(http_status, proxy_status) = ANY($5)";
@@ -151,13 +180,11 @@ impl Store {
         };
         let sql = format!(
             "SELECT date_bin(make_interval(secs => $4), started_at, $2) AS round_start,
-                    ({source})::text AS source,
+                    COALESCE(({source})::text = ANY($7), false) AS inside,
                     count(*) AS probes,
                     count(*) FILTER (WHERE {failure}) AS failures
              FROM probe_results
-             WHERE url = ANY($1) AND started_at >= $2 AND started_at < $3
-               AND (request_id IS NULL OR request_id IN (
-                      SELECT id FROM probe_requests WHERE purpose = 'confirmation'))
+             WHERE {INCIDENT_PROBES}
              GROUP BY 1, 2 ORDER BY 1"
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -167,6 +194,7 @@ impl Store {
             .bind(round_s)
             .bind(statuses)
             .bind(outcomes)
+            .bind(inside)
             .fetch_all(&self.pool)
             .await?)
     }

@@ -291,8 +291,24 @@ async fn rounds_of(
     } else {
         FailureRule::Status(&incident.statuses)
     };
+    // The segment's values first (one row per value), then two counts a
+    // round: the page reads rounds × 2 rows, not rounds × values.
+    let inside_values: Vec<String> = store
+        .incident_sources(&targets, from, to, source)
+        .await?
+        .into_iter()
+        .filter(|value| inside(value))
+        .collect();
     let cells = store
-        .incident_rounds(&targets, from, to, round_seconds, source, &rule)
+        .incident_rounds(
+            &targets,
+            from,
+            to,
+            round_seconds,
+            source,
+            &inside_values,
+            &rule,
+        )
         .await?;
     let mut rounds: BTreeMap<DateTime<Utc>, Round> = BTreeMap::new();
     for cell in cells {
@@ -301,7 +317,7 @@ async fn rounds_of(
             segment: (0, 0),
             rest: (0, 0),
         });
-        let side = if cell.source.as_deref().is_some_and(&inside) {
+        let side = if cell.inside {
             &mut round.segment
         } else {
             &mut round.rest

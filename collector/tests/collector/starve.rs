@@ -294,3 +294,68 @@ async fn a_page_query_ends_when_its_reader_leaves(pool: PgPool) {
     );
     assert!(crate::process::terminate(&mut child.0, Duration::from_secs(15)).success());
 }
+
+/// An incident page's timeline at 100,000 egress addresses in its window:
+/// the segment's values are read once each, and the rounds come back as
+/// two counts a round (inside, the rest), not one row per address and
+/// round.
+#[sqlx::test(migrations = false)]
+async fn an_incident_timeline_at_a_hundred_thousand_addresses_is_two_rows_a_round(pool: PgPool) {
+    use vantage_collector::detect::dimensions::EGRESS;
+    use vantage_collector::store::{FailureRule, Store};
+    let store = Store::new(pool.clone());
+    store.migrate().await.unwrap();
+    let now = chrono::Utc::now();
+    store.ensure_partitions_around(now, 1, 1).await.unwrap();
+    // 100,000 vantages, each its own address, two rounds of 30 s; the
+    // 256 addresses of 10.0.0.0/24 fail.
+    sqlx::query(
+        "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
+                                    outcome, http_status, vantage, egress_ip)
+         SELECT 'agent-a', g, now() - interval '50 seconds' + (g % 2) * interval '30 seconds',
+                'eu-west', 'shop', 'http://shop.test/', 'GET',
+                CASE WHEN g <= 256 THEN 'http' ELSE 'ok' END,
+                CASE WHEN g <= 256 THEN 502 ELSE 200 END,
+                'vantage-' || g, '10.0.0.0'::inet + (g - 1)
+         FROM generate_series(1, 100000) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let targets = vec!["http://shop.test/".to_owned()];
+    let (from, to) = (now - chrono::Duration::seconds(60), now);
+    let sources = store
+        .incident_sources(&targets, from, to, EGRESS)
+        .await
+        .unwrap();
+    assert_eq!(sources.len(), 100_000);
+    let prefix: ipnet::IpNet = "10.0.0.0/24".parse().unwrap();
+    let inside: Vec<String> = sources
+        .into_iter()
+        .filter(|s| {
+            s.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| prefix.contains(&ip))
+        })
+        .collect();
+    let cells = store
+        .incident_rounds(
+            &targets,
+            from,
+            to,
+            30.0,
+            EGRESS,
+            &inside,
+            &FailureRule::Status(&[502]),
+        )
+        .await
+        .unwrap();
+    assert!(cells.len() <= 2 * 3, "two rows a round: {}", cells.len());
+    let (mut segment, mut rest) = ((0, 0), (0, 0));
+    for cell in &cells {
+        let side = if cell.inside { &mut segment } else { &mut rest };
+        side.0 += cell.failures;
+        side.1 += cell.probes;
+    }
+    assert_eq!(segment, (256, 256));
+    assert_eq!(rest, (0, 100_000 - 256));
+}
