@@ -125,10 +125,7 @@ async fn report_agents(
     let since = chrono::Utc::now() - chrono::Duration::minutes(2);
     let reporters = loop {
         let reporters = store.check_reporters(since).await?;
-        let behind = reporters
-            .iter()
-            .any(|r| r.checks_set_version.unwrap_or(-1) < version);
-        if !behind || started.elapsed() >= wait {
+        if !reporters.iter().any(|r| r.behind(version)) || started.elapsed() >= wait {
             break reporters;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -141,7 +138,7 @@ async fn report_agents(
     let mut refusals = 0;
     for reporter in &reporters {
         let id = &reporter.agent_id;
-        if reporter.checks_set_version.unwrap_or(-1) < version {
+        if reporter.behind(version) {
             println!(
                 "{id}: no report on set version {version} within {} (last seen {})",
                 humantime::format_duration(wait),

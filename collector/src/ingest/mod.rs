@@ -258,9 +258,8 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let peer_ip = request
-            .remote_addr()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let peer = request.remote_addr();
+        let peer_ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
         let source = crate::listen::Source::of(peer_ip);
         if self.attempts.len() > ATTEMPT_SOURCES_KEPT {
             self.attempts.retain_recent();
@@ -280,7 +279,7 @@ impl Ingest for IngestService {
             }
         };
         // Authenticated: the connection is no longer a stranger's.
-        let busy = match (&self.gate, request.remote_addr()) {
+        let busy = match (&self.gate, peer) {
             (Some(gate), Some(peer)) => gate.find(peer).and_then(|conn| gate.busy(&conn)),
             _ => None,
         };

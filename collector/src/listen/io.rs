@@ -11,7 +11,6 @@
 //!   byte budget.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -106,10 +105,6 @@ impl BoundedIo {
             deadline,
             closed: None,
         }
-    }
-
-    pub fn peer(&self) -> SocketAddr {
-        self.conn.peer
     }
 
     /// The connection's place in its gate: the HTTP server marks it busy

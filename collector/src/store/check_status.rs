@@ -62,6 +62,14 @@ pub struct CheckReporter {
     pub checks_set_version: Option<i64>,
 }
 
+impl CheckReporter {
+    /// Whether it has not reported on set `version` yet.
+    pub fn behind(&self, version: i64) -> bool {
+        self.checks_set_version
+            .is_none_or(|reported| reported < version)
+    }
+}
+
 impl Store {
     /// Replaces `agent_id`'s report with `report`.
     pub async fn record_checks_applied(

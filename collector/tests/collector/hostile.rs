@@ -64,6 +64,11 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 
 async fn delivers(grpc: SocketAddr, token: &str, seq: u64) {
     let mut agent = try_open_stream(grpc, token, "agent-a").await.unwrap();
+    delivers_on(&mut agent, seq).await;
+}
+
+/// One result with sequence number `seq` is stored and acked on `agent`.
+async fn delivers_on(agent: &mut crate::RawStream, seq: u64) {
     agent.send_batch(1, vec![result(seq, 200)]).await;
     let ack = agent.next_ack(Duration::from_secs(10)).await.unwrap();
     assert_eq!(ack.inserted, 1);
@@ -134,15 +139,7 @@ async fn beyond_a_sources_cap_its_oldest_tokenless_connections_make_room(pool: P
     .await;
     assert_eq!(closed.iter().filter(|c| **c).count(), 184);
     assert!(closed[184..].iter().all(|c| !c), "the newest are held");
-    agent.send_batch(1, vec![result(1, 200)]).await;
-    assert_eq!(
-        agent
-            .next_ack(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .inserted,
-        1
-    );
+    delivers_on(&mut agent, 1).await;
     vantage_service::install_crypto_provider();
     let health = reqwest::get(format!("http://{http}/healthz"))
         .await
@@ -413,15 +410,7 @@ async fn a_client_cycling_bad_tokens_is_stopped_before_the_database(pool: PgPool
         crate::try_open_stream_from(grpc, Some(elsewhere), &format!("Bearer {token}"), "agent-a")
             .await
             .expect("an agent from another address gets in");
-    agent.send_batch(1, vec![result(1, 200)]).await;
-    assert_eq!(
-        agent
-            .next_ack(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .inserted,
-        1
-    );
+    delivers_on(&mut agent, 1).await;
     drop(agent);
     stop(&mut child, dir.path());
 }

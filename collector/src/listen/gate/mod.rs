@@ -432,6 +432,7 @@ impl Gate {
     }
 
     /// Open connections and unproven ones among them.
+    #[cfg(test)]
     pub fn counts(&self) -> (usize, usize) {
         let table = self.lock();
         (table.entries.len(), table.unproven.len())
