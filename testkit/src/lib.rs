@@ -18,6 +18,8 @@
 //!   way an attacker holds a server's connection slots.
 //! - [`cluster::PrivateCluster`]: a throwaway PostgreSQL cluster (the
 //!   demo's, and a test run's without `DATABASE_URL`).
+//! - [`netns::Lab`]: network namespaces joined by veth pairs, with
+//!   routers, MTUs and firewall rules: real multi-hop paths (root only).
 //! - [`wait_until_listening`] and [`terminate`]: a started process is
 //!   ready once it listens, and stops by SIGTERM.
 //!
@@ -28,6 +30,7 @@ pub mod cluster;
 mod cut;
 mod dns;
 mod flood;
+pub mod netns;
 mod process;
 mod proxy;
 mod site;
