@@ -104,6 +104,7 @@ impl App {
             queue.clone(),
             egress_rx,
             config.max_concurrent_probes,
+            crate::path::PathTracer::new(config.path.clone()),
         ));
         let (pushed_tx, pushed_rx) = mpsc::unbounded_channel();
         let (answers_tx, answers_rx) = mpsc::unbounded_channel();

@@ -235,6 +235,7 @@ impl Control {
             resolvers,
             dial_each: request.dial_each,
             rounds: request.rounds.max(1),
+            trace_path: request.trace_path,
         })
     }
 }
@@ -263,6 +264,7 @@ fn restart_only_changes(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static st
         ("collector", differs(&old.collector, &new.collector)),
         ("spool", differs(&old.spool, &new.spool)),
         ("metrics_listen", old.metrics_listen != new.metrics_listen),
+        ("path", old.path != new.path),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

@@ -15,6 +15,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CheckConfig, Dial, ResolverSpec};
+use crate::path::PathTracer;
 use crate::probe::http::Probed;
 use crate::probe::{HttpProber, ProbeResult};
 use crate::queue::{ResultQueue, Ticket};
@@ -29,6 +30,7 @@ pub struct Scheduler {
     queue: Arc<ResultQueue>,
     egress_ip: watch::Receiver<Option<IpAddr>>,
     permits: Arc<Semaphore>,
+    tracer: PathTracer,
     /// The checks in force, and the loop running each from each vantage.
     running: Mutex<Running>,
 }
@@ -78,6 +80,8 @@ pub struct OneOff {
     pub dial_each: bool,
     /// Rounds run one after the other (at least one).
     pub rounds: u32,
+    /// Trace the path to where each probe went.
+    pub trace_path: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +100,7 @@ impl Scheduler {
         queue: Arc<ResultQueue>,
         egress_ip: watch::Receiver<Option<IpAddr>>,
         max_concurrent_probes: usize,
+        tracer: PathTracer,
     ) -> Self {
         Self {
             vantages: RwLock::new(vantages),
@@ -103,6 +108,7 @@ impl Scheduler {
             queue,
             egress_ip,
             permits: Arc::new(Semaphore::new(max_concurrent_probes)),
+            tracer,
             running: Mutex::new(Running {
                 checks,
                 loops: HashMap::new(),
@@ -195,6 +201,7 @@ impl Scheduler {
                     queue: self.queue.clone(),
                     egress_ip: self.egress_ip.clone(),
                     permits: self.permits.clone(),
+                    tracer: self.tracer.clone(),
                 };
                 supervisor.spawn(
                     component.clone(),
@@ -251,7 +258,7 @@ impl Scheduler {
             return Vec::new();
         };
         let vantages = self.vantages();
-        self.round_from(&check, vantages.iter().filter(|v| v.runs(&check)))
+        self.round_from(&check, vantages.iter().filter(|v| v.runs(&check)), false)
             .await
     }
 
@@ -290,8 +297,12 @@ impl Scheduler {
             .cloned()
             .collect();
         let mut results = Vec::new();
-        for _ in 0..request.rounds.clamp(1, MAX_ONE_OFF_ROUNDS) {
-            results.extend(self.round_from(&check, chosen.iter()).await);
+        let rounds = request.rounds.clamp(1, MAX_ONE_OFF_ROUNDS);
+        for round in 1..=rounds {
+            // Traced after the last round only: the earlier rounds'
+            // results are not held back while a path is traced.
+            let trace_path = request.trace_path && round == rounds;
+            results.extend(self.round_from(&check, chosen.iter(), trace_path).await);
         }
         Ok(results)
     }
@@ -300,10 +311,15 @@ impl Scheduler {
         &self,
         check: &CheckConfig,
         vantages: impl Iterator<Item = &Arc<Vantage>>,
+        trace_path: bool,
     ) -> Vec<ProbeResult> {
         let rounds = vantages.map(|vantage| async {
             let reserve = || self.queue.reserve();
-            self.prober.round(check, vantage, &reserve).await
+            let mut probed = self.prober.round(check, vantage, &reserve).await;
+            if trace_path {
+                self.tracer.attach(vantage, &mut probed).await;
+            }
+            probed
         });
         let mut out = Vec::new();
         for probed in futures_util::future::join_all(rounds).await {
@@ -332,6 +348,7 @@ struct CheckLoop {
     queue: Arc<ResultQueue>,
     egress_ip: watch::Receiver<Option<IpAddr>>,
     permits: Arc<Semaphore>,
+    tracer: PathTracer,
 }
 
 impl CheckLoop {
@@ -341,6 +358,7 @@ impl CheckLoop {
         // A probe that overran its slot is not made up for: the next one
         // starts at the next slot, so a check never overlaps itself.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut last_traced: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -365,7 +383,23 @@ impl CheckLoop {
             // handshake, request) inline, about 5 KB: boxed, it takes that
             // memory only while the round is under way, not in every idle
             // loop (1,000 checks: 5 MB of an agent's heap).
-            let round = Box::pin(self.prober.round(&self.check, &self.vantage, &reserve));
+            let trace_path = self
+                .check
+                .path_interval
+                .is_some_and(|every| last_traced.is_none_or(|at| at.elapsed() >= every));
+            if trace_path {
+                last_traced = Some(Instant::now());
+            }
+            let round = Box::pin(async {
+                let mut probed = self
+                    .prober
+                    .round(&self.check, &self.vantage, &reserve)
+                    .await;
+                if trace_path {
+                    self.tracer.attach(&self.vantage, &mut probed).await;
+                }
+                probed
+            });
             let probed = tokio::select! {
                 _ = grace => return,
                 probed = round => probed,

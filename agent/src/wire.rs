@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use vantage_proto::v1 as pb;
 
+use crate::path::{PathEnd, PathTrace, Reply};
 use crate::probe::{Hop, Outcome, ProbeResult, Timings, TlsInfo};
 
 fn micros(d: Option<Duration>) -> Option<u64> {
@@ -128,5 +129,72 @@ pub fn result_to_proto(r: &ProbeResult) -> pb::ProbeResult {
         proxy_ip: text(r.proxy_ip),
         check_version: r.check_version.unwrap_or(0),
         request_id: r.request_id.unwrap_or(0),
+        path: r.path.as_ref().map(path_trace),
+    }
+}
+
+impl From<Reply> for pb::HopReply {
+    fn from(r: Reply) -> Self {
+        match r {
+            Reply::TimeExceeded => Self::TimeExceeded,
+            Reply::PortUnreachable => Self::PortUnreachable,
+            Reply::NetUnreachable => Self::NetUnreachable,
+            Reply::HostUnreachable => Self::HostUnreachable,
+            Reply::Prohibited => Self::Prohibited,
+            Reply::FragNeeded => Self::FragNeeded,
+            Reply::OtherIcmp => Self::OtherIcmp,
+            Reply::TcpOpen => Self::TcpOpen,
+            Reply::TcpReset => Self::TcpReset,
+        }
+    }
+}
+
+impl From<PathEnd> for pb::PathEnd {
+    fn from(e: PathEnd) -> Self {
+        match e {
+            PathEnd::Reached => Self::Reached,
+            PathEnd::Unreachable => Self::Unreachable,
+            PathEnd::MaxHops => Self::MaxHops,
+            PathEnd::TimedOut => Self::TimedOut,
+            PathEnd::Error => Self::Error,
+        }
+    }
+}
+
+/// The wire form of a trace.
+pub fn path_trace(t: &PathTrace) -> pb::PathTrace {
+    let destination = (!t.target.destination.ip().is_unspecified()).then_some(t.target.destination);
+    pb::PathTrace {
+        protocol: t.protocol.text().to_owned(),
+        source_ip: text(t.source),
+        destination_ip: text(destination.map(|d| d.ip())),
+        destination_port: destination.map_or(0, |d| u32::from(d.port())),
+        via_proxy: t.target.via_proxy,
+        probes: t
+            .probes
+            .iter()
+            .map(|p| pb::PathProbe {
+                ttl: u32::from(p.ttl),
+                from: text(p.from),
+                rtt_us: micros(p.rtt),
+                reply: p
+                    .reply
+                    .map_or(pb::HopReply::Unspecified, pb::HopReply::from)
+                    as i32,
+                size: p.size,
+            })
+            .collect(),
+        end: pb::PathEnd::from(t.end) as i32,
+        error: t.error.clone().unwrap_or_default(),
+        path_mtu: t.path_mtu,
+        mtu_from: text(t.mtu_from),
+        black_hole_after_ttl: t.black_hole.map(|h| u32::from(h.after_ttl)),
+        black_hole_largest_passed: t.black_hole.map(|h| h.largest_passed),
+        black_hole_smallest_lost: t.black_hole.map(|h| h.smallest_lost),
+        port_answered_at: t.port_answered_at.map(u32::from),
+        port_reached: t.port.reached,
+        port_rtt_us: micros(t.port.rtt),
+        port_error: t.port.error.clone().unwrap_or_default(),
+        duration_us: micros(Some(t.duration)).unwrap_or(0),
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
-use vantage_service::config::units::{DAY, MS, YEAR};
+use vantage_service::config::units::{DAY, MS, SECOND, YEAR};
 use vantage_service::config::{Problem, count_within, duration_within, parse_toml};
 
 mod values;
@@ -67,6 +67,11 @@ pub struct CheckConfig {
     /// The vantages this check runs from; default: all.
     #[serde(default)]
     pub vantages: Option<Vec<String>>,
+    /// Trace the path to where the probe went after a round at most this
+    /// often, per vantage (the agent's `[path]` settings bound it); off
+    /// when absent.
+    #[serde(default, with = "humantime_serde")]
+    pub path_interval: Option<Duration>,
     /// Where the check comes from (not a key: set by whoever made it).
     #[serde(skip)]
     pub origin: CheckOrigin,
@@ -203,6 +208,9 @@ impl CheckConfig {
                     check.timeout, check.interval
                 ),
             ));
+        }
+        if let Some(every) = check.path_interval {
+            duration_within(key("path_interval"), every, 10 * SECOND, DAY)?;
         }
         duration_within(
             key("cert_expiry_threshold"),

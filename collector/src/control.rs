@@ -137,6 +137,8 @@ pub struct AgentView {
     pub vantages: Vec<(String, String)>,
     pub central_checks: bool,
     pub probe_requests: bool,
+    /// Traces paths when a probe request asks.
+    pub path_probes: bool,
 }
 
 impl AgentView {
@@ -161,19 +163,22 @@ impl AgentView {
                 .collect(),
             central_checks: has(pb::Capability::CentralChecks),
             probe_requests: has(pb::Capability::ProbeRequests),
+            path_probes: has(pb::Capability::PathProbes),
         }
     }
 
-    /// The capabilities' names, for the agents table.
+    /// The capabilities' names, for the agents table (their text forms in
+    /// the wire contract).
     pub fn capability_names(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        if self.central_checks {
-            names.push("central_checks".into());
-        }
-        if self.probe_requests {
-            names.push("probe_requests".into());
-        }
-        names
+        [
+            (self.central_checks, pb::Capability::CentralChecks),
+            (self.probe_requests, pb::Capability::ProbeRequests),
+            (self.path_probes, pb::Capability::PathProbes),
+        ]
+        .into_iter()
+        .filter(|(has, _)| *has)
+        .map(|(_, c)| c.text().to_owned())
+        .collect()
     }
 }
 
@@ -330,6 +335,7 @@ pub fn probe_message(
         resolvers: ask.resolvers.clone(),
         dial_each: ask.dial_each,
         rounds: u32::try_from(ask.rounds).unwrap_or(1),
+        trace_path: ask.trace_path,
     })
 }
 
@@ -422,6 +428,7 @@ mod tests {
                 .collect(),
             central_checks: true,
             probe_requests: true,
+            path_probes: true,
         }
     }
 

@@ -44,6 +44,7 @@ pub mod http;
 pub mod ingest;
 pub mod listen;
 pub mod metrics;
+pub mod path_evidence;
 pub mod pools;
 pub mod probe_now;
 pub mod reload;

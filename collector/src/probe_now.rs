@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vantage_check::{CheckConfig, ResolverSpec};
 
 use crate::control::Targets;
-use crate::store::{NewProbeRequest, Purpose, RequestAgent, ResultPath, Store};
+use crate::store::{NewProbeRequest, Purpose, RequestAgent, ResultPath, Store, TracedPath};
 
 /// The check name one-off probes of a URL run under.
 pub const PROBE_CHECK_NAME: &str = "probe";
@@ -25,6 +25,9 @@ const ASKED_WITHIN: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_secs(1);
 /// Time for results to travel through the agents' spools after the probe.
 const DELIVERY_GRACE: Duration = Duration::from_secs(10);
+/// What a path trace may add (the agents' `path.max_duration` is 30 s by
+/// default, and a port check follows).
+const TRACE_GRACE: Duration = Duration::from_secs(40);
 
 /// A probe request that cannot be made, naming the option at fault.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +55,8 @@ pub struct ProbeOptions {
     pub from: Vec<String>,
     pub resolvers: Vec<String>,
     pub dial_each: bool,
+    /// Trace each vantage's path to where its probe went.
+    pub trace_path: bool,
     pub timeout: Duration,
 }
 
@@ -110,6 +115,7 @@ pub fn request(options: &ProbeOptions) -> Result<NewProbeRequest, ProbeOptionErr
         resolvers: options.resolvers.clone(),
         dial_each: options.dial_each,
         rounds: 1,
+        trace_path: options.trace_path,
         candidate: None,
     })
 }
@@ -137,6 +143,8 @@ pub struct ProbeOutcome {
     pub request_id: i64,
     pub agents: Vec<RequestAgent>,
     pub results: Vec<ResultPath>,
+    /// The paths traced (with `--path`).
+    pub paths: Vec<TracedPath>,
 }
 
 impl ProbeOutcome {
@@ -156,7 +164,10 @@ pub async fn run(store: &Store, options: &ProbeOptions) -> anyhow::Result<ProbeO
     let new = request(options)?;
     let request_id = store.create_probe_request(&new).await?;
     let started = Instant::now();
-    let deadline = started + ASKED_WITHIN + options.timeout + DELIVERY_GRACE;
+    let mut deadline = started + ASKED_WITHIN + options.timeout + DELIVERY_GRACE;
+    if options.trace_path {
+        deadline += TRACE_GRACE;
+    }
     loop {
         let agents = store.probe_request_agents(request_id).await?;
         let settled = started.elapsed() >= SETTLE;
@@ -164,10 +175,16 @@ pub async fn run(store: &Store, options: &ProbeOptions) -> anyhow::Result<ProbeO
         let nobody = agents.is_empty() && started.elapsed() >= ASKED_WITHIN;
         if done || nobody || Instant::now() >= deadline {
             let results = store.request_results(request_id).await?;
+            let paths = if options.trace_path {
+                store.request_paths(&[request_id]).await?
+            } else {
+                Vec::new()
+            };
             return Ok(ProbeOutcome {
                 request_id,
                 agents,
                 results,
+                paths,
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -179,7 +196,8 @@ fn ms(us: Option<i64>) -> String {
 }
 
 /// The results side by side, then what did not come back.
-pub fn render(outcome: &ProbeOutcome, what: &str) -> String {
+/// With `trace_path`, each vantage's path follows, side by side.
+pub fn render(outcome: &ProbeOutcome, what: &str, trace_path: bool) -> String {
     let mut out = String::new();
     let vantages: HashSet<(&str, &str)> = outcome
         .results
@@ -269,6 +287,9 @@ pub fn render(outcome: &ProbeOutcome, what: &str) -> String {
     }
     for r in outcome.results.iter().filter(|r| !r.message.is_empty()) {
         let _ = writeln!(out, "{}/{}: {}", r.agent_id, r.vantage, r.message);
+    }
+    if trace_path {
+        out.push_str(&crate::path_evidence::render_side_by_side(&outcome.paths));
     }
     for agent in &outcome.agents {
         match (&agent.error, agent.done_at) {

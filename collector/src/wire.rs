@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use chrono::{DateTime, Utc};
 use vantage_proto::v1 as pb;
 
-use crate::store::{StoredGap, StoredResult};
+use crate::store::{StoredGap, StoredPath, StoredPathProbe, StoredResult};
 
 /// A result the collector cannot store as sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -159,6 +159,7 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
             ));
         }
     };
+    let path = r.path.map(|t| stored_path(seq, t)).transpose()?;
     Ok(StoredResult {
         seq: seq_i64,
         started_at,
@@ -207,6 +208,110 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
         proxy_ip: optional_ip(seq, "proxy_ip", &r.proxy_ip)?,
         check_version: positive(r.check_version).map_err(|p| bad("check_version", p))?,
         request_id: positive(r.request_id).map_err(|p| bad("request_id", p))?,
+        path: path.map(Box::new),
+    })
+}
+
+/// Probes one trace may carry at most: 64 hops of 10 probes, and one more
+/// per hop for the black-hole test.
+const MAX_PATH_PROBES: usize = 64 * 11;
+
+/// Validates a trace.
+fn stored_path(seq: u64, t: pb::PathTrace) -> Result<StoredPath, InvalidResult> {
+    let bad = |field: &'static str, problem: String| InvalidResult {
+        seq,
+        field,
+        problem,
+    };
+    let protocol = match t.protocol.as_str() {
+        "udp" => "udp",
+        "tcp" => "tcp",
+        other => {
+            return Err(bad(
+                "path.protocol",
+                format!("expected \"udp\" or \"tcp\", got {other:?}"),
+            ));
+        }
+    };
+    let end_reason = pb::PathEnd::try_from(t.end)
+        .ok()
+        .filter(|e| *e != pb::PathEnd::Unspecified)
+        .ok_or_else(|| bad("path.end", format!("{} is not a PathEnd", t.end)))?
+        .text();
+    if t.probes.len() > MAX_PATH_PROBES {
+        return Err(bad(
+            "path.probes",
+            format!(
+                "{} probes: expected at most {MAX_PATH_PROBES}",
+                t.probes.len()
+            ),
+        ));
+    }
+    let small = |field: &'static str, v: Option<u32>, max: u32| {
+        v.map(|v| {
+            if v <= max {
+                Ok(v)
+            } else {
+                Err(bad(
+                    field,
+                    format!("{v} is out of range: expected at most {max}"),
+                ))
+            }
+        })
+        .transpose()
+    };
+    let ttl = |field: &'static str, v: Option<u32>| {
+        small(field, v, 255).map(|v| v.and_then(|v| i16::try_from(v).ok()))
+    };
+    let size = |field: &'static str, v: Option<u32>| {
+        small(field, v, 65_535).map(|v| v.and_then(|v| i32::try_from(v).ok()))
+    };
+    let mut probes = Vec::with_capacity(t.probes.len());
+    for p in t.probes {
+        let reply = match pb::HopReply::try_from(p.reply) {
+            Ok(pb::HopReply::Unspecified) => None,
+            Ok(reply) => Some(reply.text()),
+            Err(_) => {
+                return Err(bad(
+                    "path.probes.reply",
+                    format!("{} is not a HopReply", p.reply),
+                ));
+            }
+        };
+        probes.push(StoredPathProbe {
+            ttl: ttl("path.probes.ttl", Some(p.ttl))?.unwrap_or(0),
+            address: optional_ip(seq, "path.probes.from", &p.from)?,
+            rtt_us: micros(seq, "path.probes.rtt_us", p.rtt_us)?,
+            reply,
+            size: size("path.probes.size", Some(p.size))?.unwrap_or(0),
+        });
+    }
+    Ok(StoredPath {
+        protocol,
+        source_ip: optional_ip(seq, "path.source_ip", &t.source_ip)?,
+        destination_ip: optional_ip(seq, "path.destination_ip", &t.destination_ip)?,
+        destination_port: size("path.destination_port", Some(t.destination_port))?
+            .filter(|p| *p > 0),
+        via_proxy: t.via_proxy,
+        end_reason,
+        error: Some(t.error).filter(|s| !s.is_empty()),
+        path_mtu: size("path.path_mtu", t.path_mtu)?,
+        mtu_from: optional_ip(seq, "path.mtu_from", &t.mtu_from)?,
+        black_hole_after_ttl: ttl("path.black_hole_after_ttl", t.black_hole_after_ttl)?,
+        black_hole_largest_passed: size(
+            "path.black_hole_largest_passed",
+            t.black_hole_largest_passed,
+        )?,
+        black_hole_smallest_lost: size(
+            "path.black_hole_smallest_lost",
+            t.black_hole_smallest_lost,
+        )?,
+        port_answered_at: ttl("path.port_answered_at", t.port_answered_at)?,
+        port_reached: t.port_reached,
+        port_rtt_us: micros(seq, "path.port_rtt_us", t.port_rtt_us)?,
+        port_error: Some(t.port_error).filter(|s| !s.is_empty()),
+        duration_us: micros(seq, "path.duration_us", Some(t.duration_us))?.unwrap_or(0),
+        probes,
     })
 }
 

@@ -62,6 +62,72 @@ impl v1::Outcome {
     }
 }
 
+impl v1::Capability {
+    /// The text form the agents table lists (`probe_requests`).
+    pub fn text(self) -> &'static str {
+        static TEXTS: OnceLock<Vec<(v1::Capability, String)>> = OnceLock::new();
+        text_of(
+            TEXTS.get_or_init(|| {
+                texts(
+                    "CAPABILITY_",
+                    v1::Capability::try_from,
+                    v1::Capability::as_str_name,
+                )
+            }),
+            self,
+        )
+    }
+}
+
+impl v1::PathEnd {
+    /// The text form `path_results.end_reason` stores (`max_hops`).
+    pub fn text(self) -> &'static str {
+        text_of(path_end_texts(), self)
+    }
+
+    pub fn from_text(text: &str) -> Option<Self> {
+        from_text(path_end_texts(), text)
+    }
+
+    /// Every end but `UNSPECIFIED`, in declaration order.
+    pub fn all() -> impl Iterator<Item = Self> {
+        path_end_texts().iter().map(|(e, _)| *e)
+    }
+}
+
+impl v1::HopReply {
+    /// The text form `path_hops.reply` stores (`time_exceeded`); no
+    /// answer is NULL there.
+    pub fn text(self) -> &'static str {
+        text_of(hop_reply_texts(), self)
+    }
+
+    pub fn from_text(text: &str) -> Option<Self> {
+        from_text(hop_reply_texts(), text)
+    }
+
+    /// Every reply but `UNSPECIFIED` (no answer), in declaration order.
+    pub fn all() -> impl Iterator<Item = Self> {
+        hop_reply_texts().iter().map(|(r, _)| *r)
+    }
+}
+
+fn path_end_texts() -> &'static [(v1::PathEnd, String)] {
+    static TEXTS: OnceLock<Vec<(v1::PathEnd, String)>> = OnceLock::new();
+    TEXTS.get_or_init(|| texts("PATH_END_", v1::PathEnd::try_from, v1::PathEnd::as_str_name))
+}
+
+fn hop_reply_texts() -> &'static [(v1::HopReply, String)] {
+    static TEXTS: OnceLock<Vec<(v1::HopReply, String)>> = OnceLock::new();
+    TEXTS.get_or_init(|| {
+        texts(
+            "HOP_REPLY_",
+            v1::HopReply::try_from,
+            v1::HopReply::as_str_name,
+        )
+    })
+}
+
 fn gap_reason_texts() -> &'static [(v1::GapReason, String)] {
     static TEXTS: OnceLock<Vec<(v1::GapReason, String)>> = OnceLock::new();
     TEXTS.get_or_init(|| {

@@ -57,6 +57,9 @@ pub struct AgentConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     #[serde(default)]
     pub dns: DnsConfig,
+    /// How path probes are bounded (hops, probes, timeouts, concurrency).
+    #[serde(default)]
+    pub path: crate::path::PathSettings,
     /// Egress paths; without any, one path named `direct` from `source_ip`.
     #[serde(default, rename = "vantage")]
     pub vantages: Vec<VantageConfig>,

@@ -42,6 +42,15 @@ impl AgentConfig {
             SECOND,
             7 * DAY,
         )?;
+        if let Err(invalid) = self.path.validate() {
+            return Err(Problem::new(
+                format!("path.{}", invalid.key),
+                format!(
+                    "{} is out of range: expected {}",
+                    invalid.value, invalid.expected
+                ),
+            ));
+        }
         let vantage_names = self.validate_vantages()?;
         self.validate_checks(&vantage_names)
     }

@@ -10,6 +10,7 @@
 
 mod mtu;
 pub mod socket;
+mod tracer;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 
 pub use socket::Reply;
 use socket::{ProbeError, Probed};
+pub use tracer::PathTracer;
 
 /// What carries the hop probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -229,6 +231,9 @@ pub struct PortCheck {
 pub struct PathTrace {
     pub protocol: PathProtocol,
     pub target: PathTarget,
+    /// The address the probes left from: the vantage's, or the one the
+    /// system chose.
+    pub source: Option<IpAddr>,
     /// Every probe, by TTL and then in the order sent.
     pub probes: Vec<HopProbe>,
     pub end: PathEnd,
@@ -339,6 +344,9 @@ pub async fn trace(target: PathTarget, settings: &PathSettings) -> PathTrace {
     let mut out = PathTrace {
         protocol: settings.protocol,
         target,
+        source: target
+            .source
+            .or_else(|| socket::source_for(target.destination)),
         probes: Vec::new(),
         end: PathEnd::MaxHops,
         error: None,

@@ -113,6 +113,19 @@ impl ProbeError {
     }
 }
 
+/// The source address the system picks for `destination` (what an
+/// unbound probe leaves from): a connected UDP socket's local address; no
+/// packet is sent.
+pub fn source_for(destination: SocketAddr) -> Option<IpAddr> {
+    let unspecified: IpAddr = match destination {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = std::net::UdpSocket::bind((unspecified, 0)).ok()?;
+    socket.connect(destination).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
 /// IPv4 and UDP headers: a datagram of `size` bytes on the wire carries
 /// `size - overhead` of payload.
 pub fn header_bytes(ip: IpAddr) -> u32 {

@@ -188,6 +188,8 @@ pub struct ProbeResult {
     pub check_version: Option<u64>,
     /// The probe request this one-off probe answers; `None` on schedule.
     pub request_id: Option<u64>,
+    /// The path to where the probe went, traced after it when asked.
+    pub path: Option<crate::path::PathTrace>,
 }
 
 pub use gateway::LAYER_HEADERS;
@@ -237,6 +239,7 @@ impl ProbeResult {
             headers: BTreeMap::new(),
             check_version: None,
             request_id: None,
+            path: None,
         }
     }
 }

@@ -298,6 +298,7 @@ impl Reporter {
                 capabilities: vec![
                     pb::Capability::CentralChecks as i32,
                     pb::Capability::ProbeRequests as i32,
+                    pb::Capability::PathProbes as i32,
                 ],
                 vantages: self.identity.vantages.clone(),
             })),

@@ -107,6 +107,10 @@ pub enum Command {
         /// The probe's timeout.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Also trace each vantage's path to the address its probe dialled
+        /// (or to its forward proxy) and print the paths side by side.
+        #[arg(long)]
+        path: bool,
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -265,6 +269,7 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
             resolver,
             dial,
             timeout,
+            path,
             config,
         } => {
             let store = migrated_store(config.as_deref()).await?;
@@ -279,9 +284,10 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
                 resolvers: resolver,
                 dial_each: matches!(dial, DialChoice::Each),
                 timeout,
+                trace_path: path,
             };
             let outcome = probe_now::run(&store, &options).await?;
-            print!("{}", probe_now::render(&outcome, &what));
+            print!("{}", probe_now::render(&outcome, &what, path));
             if !outcome.complete() {
                 anyhow::bail!(
                     "not every agent asked answered (probe request {})",

@@ -63,6 +63,9 @@ pub async fn ask(store: &Store, confirmations: &[Confirm]) {
             dial_each: c.dial_each,
             rounds: i32::try_from(c.rounds).unwrap_or(1),
             candidate: Some(candidate(c)),
+            // The inside and outside vantages' paths are the incident's
+            // evidence of where they part.
+            trace_path: true,
         };
         match store.create_probe_request(&request).await {
             Ok(id) => {

@@ -19,6 +19,7 @@ mod lease;
 mod outbox;
 mod pages;
 mod partitions;
+mod paths;
 mod requests;
 mod results;
 mod rollup;
@@ -31,6 +32,7 @@ pub use detection::{Applied, RunRecord};
 pub use incidents::Incident;
 pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};
 pub use pages::{FailureRule, RoundCell, VANTAGE_ROWS_SQL, VantageRow};
+pub use paths::{StoredPath, StoredPathProbe, TracedPath};
 pub use requests::{
     CONTROL_CHANNEL, ConfirmationRecord, NewProbeRequest, Notice, ProbeAnswer, ProbeRequest,
     Purpose, RequestAgent,

@@ -100,6 +100,8 @@ pub struct NewProbeRequest {
     pub dial_each: bool,
     /// Rounds each vantage runs, one after the other.
     pub rounds: i32,
+    /// Trace the path after each probe (agents that can).
+    pub trace_path: bool,
     /// Confirmation probes: the candidate they test.
     pub candidate: Option<serde_json::Value>,
 }
@@ -135,6 +137,7 @@ type RequestRow = (
     bool,
     i32,
     Option<serde_json::Value>,
+    bool,
     DateTime<Utc>,
 );
 
@@ -149,6 +152,7 @@ fn request(row: RequestRow) -> ProbeRequest {
         dial_each,
         rounds,
         candidate,
+        trace_path,
         at,
     ) = row;
     ProbeRequest {
@@ -163,6 +167,7 @@ fn request(row: RequestRow) -> ProbeRequest {
             dial_each,
             rounds,
             candidate,
+            trace_path,
         },
     }
 }
@@ -186,8 +191,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO probe_requests (purpose, check_name, definition, selector, resolvers,
-                                         dial_each, candidate, rounds)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                                         dial_each, candidate, rounds, trace_path)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(new.purpose.as_str())
         .bind(&new.check_name)
@@ -197,6 +202,7 @@ impl Store {
         .bind(new.dial_each)
         .bind(&new.candidate)
         .bind(new.rounds)
+        .bind(new.trace_path)
         .fetch_one(&mut *tx)
         .await?;
         notify(&mut tx, Notice::Probe(id)).await?;
@@ -208,7 +214,7 @@ impl Store {
     pub async fn probe_request(&self, id: i64) -> Result<Option<ProbeRequest>, StoreError> {
         let row: Option<RequestRow> = sqlx::query_as(
             "SELECT id, purpose, check_name, definition, selector, resolvers, dial_each,
-                    rounds, candidate, requested_at
+                    rounds, candidate, trace_path, requested_at
              FROM probe_requests WHERE id = $1",
         )
         .bind(id)

@@ -170,3 +170,104 @@ async fn probe_asks_the_chosen_vantages_and_prints_them_side_by_side(pool: PgPoo
         "{err}"
     );
 }
+
+/// `probe --path`: each vantage traces its path to the address its probe
+/// dialled; the traces are stored with the results (`path_results`,
+/// `path_hops`, the `path_divergence` view) and printed side by side with
+/// the one-line reading. On loopback every path is one hop, so the
+/// failing vantage's path shares no hop the healthy ones avoid.
+#[sqlx::test(migrations = false)]
+async fn probe_path_traces_each_vantage_and_stores_the_paths(pool: PgPool) {
+    let fleet = Fleet::start(pool, &[("iad-1", "us-east")], "").await;
+    fleet
+        .target
+        .set_failing(Some("127.0.3.0/24".parse().unwrap()));
+    let _iad = fleet.start_agent("iad-1", VANTAGES, "");
+    fleet
+        .wait_for(
+            "the agent connected, able to trace",
+            "SELECT count(*) FROM agents WHERE 'path_probes' = ANY(capabilities)",
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    let url = fleet.url("/checkout");
+    let (code, out, err) = fleet.cli(&["probe", &url, "--path"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let target = fleet.target.addr().ip().to_string();
+    let paths = out
+        .split("Paths:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"));
+    let mut lines = paths.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.contains("iad-1/direct (200 ok)") && header.contains("iad-1/vpn (502 http)"),
+        "{out}"
+    );
+    let first_hop = lines.next().unwrap();
+    assert_eq!(
+        first_hop.matches(&format!(" 1 {target} ")).count(),
+        2,
+        "{out}"
+    );
+    assert!(paths.contains("reached in 1 hops"), "{out}");
+    assert!(
+        out.contains(
+            "Where: the failing vantage's path shares no hop that the healthy paths avoid."
+        ),
+        "{out}"
+    );
+
+    // Stored: one trace per result, linked to it and to the request, its
+    // probes in path_hops.
+    let pool = &fleet.pool;
+    type TraceRow = (String, String, String, Option<i16>, bool, Option<String>);
+    let rows: Vec<TraceRow> = sqlx::query_as(
+        "SELECT p.vantage, p.end_reason, host(p.source_ip), p.hop_count, p.port_reached,
+                host(p.destination_ip)
+         FROM path_results p JOIN probe_results r USING (agent_id, seq, started_at)
+         WHERE p.request_id = 1 AND r.request_id = 1 ORDER BY p.vantage",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "direct".into(),
+                "reached".into(),
+                "127.0.2.1".into(),
+                Some(1),
+                true,
+                Some(target.clone())
+            ),
+            (
+                "vpn".into(),
+                "reached".into(),
+                "127.0.3.1".into(),
+                Some(1),
+                true,
+                Some(target.clone())
+            ),
+        ]
+    );
+    let hops: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM path_hops WHERE reply = 'port_unreachable' AND host(address) = $1",
+    )
+    .bind(&target)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(hops, 6, "three probes of hop 1 from each vantage");
+    let divergence: Vec<(String, i64, i64, i64, i64, bool)> = sqlx::query_as(
+        "SELECT host(address), failing_through, failing_traces, healthy_through, healthy_traces,
+                divergent
+         FROM path_divergence WHERE request_id = 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(divergence, vec![(target.clone(), 1, 1, 1, 1, false)]);
+}

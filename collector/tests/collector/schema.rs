@@ -283,3 +283,23 @@ async fn the_database_allows_exactly_the_declared_check_states(pool: PgPool) {
         declared
     );
 }
+
+/// A path trace's end and its probes' replies (`vantage.v1.PathEnd`,
+/// `vantage.v1.HopReply`): the CHECKs on `path_results.end_reason` and
+/// `path_hops.reply` allow exactly their text forms.
+#[sqlx::test(migrations = false)]
+async fn the_database_allows_exactly_the_declared_path_ends_and_replies(pool: PgPool) {
+    let mut ends: Vec<&str> = vantage_proto::v1::PathEnd::all()
+        .map(|e| e.text())
+        .collect();
+    ends.sort_unstable();
+    assert_eq!(
+        allowed_by(&pool, "path_results_end_reason_check").await,
+        ends
+    );
+    let mut replies: Vec<&str> = vantage_proto::v1::HopReply::all()
+        .map(|r| r.text())
+        .collect();
+    replies.sort_unstable();
+    assert_eq!(allowed_by(&pool, "path_hops_reply_check").await, replies);
+}

@@ -71,6 +71,9 @@ pub struct StoredResult {
     pub check_version: Option<i64>,
     /// The probe request a one-off result answers; `None`: scheduled.
     pub request_id: Option<i64>,
+    /// The path traced after the probe, stored in `path_results` (not a
+    /// column of the result).
+    pub path: Option<Box<super::StoredPath>>,
 }
 
 /// Results an agent will never deliver, and why (a `delivery_gaps` row).
@@ -204,6 +207,7 @@ impl Store {
             }
             Insert::SkipStored => unnest::insert(&mut tx, b.agent_id, b.region, b.results).await?,
         };
+        super::paths::insert(&mut tx, b.agent_id, b.results).await?;
         if !b.gaps.is_empty() {
             sqlx::query(
                 "INSERT INTO delivery_gaps (agent_id, first_seq, last_seq, count, reason,

@@ -1,0 +1,256 @@
+//! What the traced paths of failing and healthy vantages say together:
+//! the first hop every failing path passes and no healthy path does (where
+//! they part), a port answered before the destination, a path MTU or black
+//! hole the failing paths share; in one line for pages and payloads, and
+//! side by side for `probe --path`.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use crate::store::TracedPath;
+
+/// The failing paths' shared difference from the healthy ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divergence {
+    pub failing: usize,
+    pub healthy: usize,
+    /// The first hop (TTL, address) that every failing path passes and no
+    /// healthy path does.
+    pub divergent_hop: Option<(i16, IpAddr)>,
+    /// Every failing path's port answered before its destination, first
+    /// at this hop.
+    pub intercepted_at: Option<(i16, Option<IpAddr>)>,
+    /// Every failing path has a path MTU below every healthy path's: the
+    /// largest of the failing ones.
+    pub mtu_below: Option<i32>,
+    /// Every failing path loses large packets (a black hole).
+    pub black_hole: bool,
+}
+
+/// Reads the failing against the healthy traces.
+pub fn divergence(paths: &[TracedPath]) -> Divergence {
+    let traced: Vec<&TracedPath> = paths.iter().filter(|p| !p.path.probes.is_empty()).collect();
+    let (failing, healthy): (Vec<&TracedPath>, Vec<&TracedPath>) =
+        traced.iter().partition(|p| p.failing());
+    let addresses = |p: &TracedPath| -> Vec<(i16, IpAddr)> {
+        p.hops()
+            .into_iter()
+            .filter_map(|(ttl, a, _)| a.map(|a| (ttl, a)))
+            .collect()
+    };
+    let healthy_passes: BTreeSet<IpAddr> = healthy
+        .iter()
+        .flat_map(|p| addresses(p).into_iter().map(|(_, a)| a))
+        .collect();
+    let divergent_hop = failing.first().and_then(|first| {
+        addresses(first).into_iter().find(|(_, a)| {
+            !healthy_passes.contains(a)
+                && failing
+                    .iter()
+                    .all(|p| addresses(p).iter().any(|(_, b)| b == a))
+        })
+    });
+    let intercepted = |p: &TracedPath| match (p.path.port_answered_at, p.path.hop_count()) {
+        (Some(at), Some(hops)) if at < hops => Some(at),
+        _ => None,
+    };
+    let intercepted_at = if !failing.is_empty() && failing.iter().all(|p| intercepted(p).is_some())
+    {
+        failing
+            .iter()
+            .filter_map(|p| intercepted(p))
+            .min()
+            .map(|ttl| {
+                let at = failing
+                    .iter()
+                    .find_map(|p| p.hops().into_iter().find(|(t, _, _)| *t == ttl))
+                    .and_then(|(_, a, _)| a);
+                (ttl, at)
+            })
+    } else {
+        None
+    };
+    let failing_mtu: Vec<i32> = failing.iter().filter_map(|p| p.path.path_mtu).collect();
+    let healthy_mtu: Vec<i32> = healthy.iter().filter_map(|p| p.path.path_mtu).collect();
+    let mtu_below =
+        (!failing.is_empty() && failing_mtu.len() == failing.len() && !healthy_mtu.is_empty())
+            .then(|| {
+                let worst_failing = failing_mtu.iter().copied().max().unwrap_or(0);
+                let best_healthy = healthy_mtu.iter().copied().min().unwrap_or(0);
+                (worst_failing < best_healthy).then_some(worst_failing)
+            })
+            .flatten();
+    let black_hole = !failing.is_empty()
+        && failing
+            .iter()
+            .all(|p| p.path.black_hole_after_ttl.is_some())
+        && healthy
+            .iter()
+            .all(|p| p.path.black_hole_after_ttl.is_none());
+    Divergence {
+        failing: failing.len(),
+        healthy: healthy.len(),
+        divergent_hop,
+        intercepted_at,
+        mtu_below,
+        black_hole,
+    }
+}
+
+impl Divergence {
+    /// One line for a page: what the failing paths share that the healthy
+    /// ones do not; `None` without traces.
+    pub fn summary(&self) -> Option<String> {
+        if self.failing + self.healthy == 0 {
+            return None;
+        }
+        if self.failing == 0 {
+            return Some(format!(
+                "{} traced paths, none from a failing vantage",
+                self.healthy
+            ));
+        }
+        let mut parts = Vec::new();
+        let (all, passes, shares) = if self.failing == 1 {
+            ("the failing vantage's path".to_owned(), "passes", "shares")
+        } else {
+            (
+                format!("the {} failing vantages' paths all", self.failing),
+                "pass",
+                "share",
+            )
+        };
+        match (self.divergent_hop, self.healthy) {
+            (Some((ttl, address)), 0) => parts.push(format!(
+                "{all} {passes} {address} (hop {ttl}); no healthy path was traced"
+            )),
+            (Some((ttl, address)), healthy) => parts.push(format!(
+                "{all} {passes} {address} (hop {ttl}); none of the {healthy} healthy paths does"
+            )),
+            (None, 0) => parts.push(format!("{all}: no healthy path was traced to compare")),
+            (None, _) => parts.push(format!(
+                "{all} {shares} no hop that the healthy paths avoid"
+            )),
+        }
+        if let Some((ttl, address)) = self.intercepted_at {
+            let who = address.map_or_else(String::new, |a| format!(" ({a})"));
+            parts.push(format!(
+                "the target port answers at hop {ttl}{who}, before the destination: something on the way answers for it"
+            ));
+        }
+        if self.black_hole {
+            parts.push("large packets vanish on the way (a path-MTU black hole)".to_owned());
+        }
+        if let Some(mtu) = self.mtu_below {
+            parts.push(format!("path MTU {mtu} or less, below the healthy paths'"));
+        }
+        Some(parts.join("; "))
+    }
+}
+
+fn ms(us: Option<i64>) -> String {
+    us.map_or_else(|| "*".to_owned(), |us| format!("{:.2}", us as f64 / 1000.0))
+}
+
+/// Each trace as its hops, side by side (one column per vantage), its
+/// end, MTU and port check below, then the summary line.
+pub fn render_side_by_side(paths: &[TracedPath]) -> String {
+    let mut out = String::new();
+    if paths.is_empty() {
+        let _ = writeln!(
+            out,
+            "No path was traced (agents too old to trace, or no result)."
+        );
+        return out;
+    }
+    let columns: Vec<(String, Vec<String>)> = paths
+        .iter()
+        .map(|t| {
+            let mut cells = Vec::new();
+            for (ttl, address, best) in t.hops() {
+                cells.push(match address {
+                    Some(a) => format!("{ttl:>2} {a} {} ms", ms(best)),
+                    None => format!("{ttl:>2} *"),
+                });
+            }
+            let p = &t.path;
+            cells.push(match (p.end_reason, p.error.as_deref()) {
+                ("reached", _) => format!("reached in {} hops", p.hop_count().unwrap_or(0)),
+                (end, Some(error)) => format!("{end}: {error}"),
+                (end, None) => end.replace('_', " "),
+            });
+            if let Some(mtu) = p.path_mtu {
+                cells.push(match p.mtu_from {
+                    Some(from) => format!("pmtu {mtu} (from {from})"),
+                    None => format!("pmtu {mtu}"),
+                });
+            }
+            if let (Some(after), Some(passed), Some(lost)) = (
+                p.black_hole_after_ttl,
+                p.black_hole_largest_passed,
+                p.black_hole_smallest_lost,
+            ) {
+                cells.push(format!(
+                    "black hole after hop {after}: {passed} B pass, {lost} B lost"
+                ));
+            }
+            if let (Some(at), Some(hops)) = (p.port_answered_at, p.hop_count())
+                && at < hops
+            {
+                cells.push(format!("port answered at hop {at}, before the destination"));
+            }
+            if p.via_proxy {
+                cells.push("traced to the vantage's proxy only".to_owned());
+            }
+            let status = t
+                .http_status
+                .map_or_else(|| t.outcome.clone(), |s| format!("{s} {}", t.outcome));
+            (format!("{}/{} ({status})", t.agent_id, t.vantage), cells)
+        })
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .map(|(head, cells)| {
+            cells
+                .iter()
+                .map(|c| c.chars().count())
+                .chain([head.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let rows = columns.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let _ = writeln!(out, "Paths:");
+    let _ = writeln!(
+        out,
+        "{}",
+        line(columns.iter().map(|(h, _)| h.as_str()).collect())
+    );
+    for i in 0..rows {
+        let _ = writeln!(
+            out,
+            "{}",
+            line(
+                columns
+                    .iter()
+                    .map(|(_, c)| c.get(i).map_or("", String::as_str))
+                    .collect()
+            )
+        );
+    }
+    if let Some(summary) = divergence(paths).summary() {
+        let _ = writeln!(out, "Where: {summary}.");
+    }
+    out
+}
