@@ -89,6 +89,12 @@ impl Store {
                 .remove(&start.date_naive());
             dropped.push(name);
         }
+        // Path traces follow their results out (few rows: traces run on
+        // request, for confirmations and on a check's path_interval).
+        sqlx::query("DELETE FROM path_results WHERE started_at < $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(dropped)
     }
