@@ -127,3 +127,10 @@ FROM passes f
 JOIN totals tot USING (request_id)
 LEFT JOIN passes h ON h.request_id = f.request_id AND h.address = f.address AND NOT h.failing
 WHERE f.failing;
+
+-- A response that began and then stopped mid-body (vantage.proto:
+-- OUTCOME_STALLED): a path-MTU black hole's signature, its own outcome.
+ALTER TABLE probe_results DROP CONSTRAINT probe_results_outcome_check;
+ALTER TABLE probe_results ADD CONSTRAINT probe_results_outcome_check
+    CHECK (outcome IN ('ok', 'dns', 'connect', 'tls', 'timeout', 'http', 'other',
+                       'protocol', 'cert_expiry', 'proxy', 'stalled'));

@@ -37,6 +37,7 @@ impl From<Outcome> for pb::Outcome {
             Outcome::Protocol => Self::Protocol,
             Outcome::CertExpiry => Self::CertExpiry,
             Outcome::Proxy => Self::Proxy,
+            Outcome::Stalled => Self::Stalled,
         }
     }
 }

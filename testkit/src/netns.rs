@@ -208,6 +208,93 @@ impl Lab {
     }
 }
 
+/// A real nginx running in a namespace of a [`Lab`]; killed when dropped.
+#[derive(Debug)]
+pub struct Nginx {
+    child: std::process::Child,
+    /// Its prefix: config, logs, and `www/`, the document root.
+    pub dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// The document root (`root` of the server), to put files in.
+    pub fn www(&self) -> std::path::PathBuf {
+        self.dir.path().join("www")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Lab {
+    /// Starts nginx in `ns`, listening on each of `listen` (`ip:port`,
+    /// `[v6]:port`), with `server` as the body of its one `server` block
+    /// (`root` is its `www/`); returns once every address accepts.
+    pub fn nginx(&self, ns: &Ns, listen: &[&str], server: &str) -> Result<Nginx> {
+        let dir = tempfile::Builder::new()
+            .prefix("vantage-nginx-")
+            .tempdir()?;
+        let p = dir.path().display().to_string();
+        std::fs::create_dir(dir.path().join("www"))?;
+        let listens: String = listen.iter().map(|l| format!("  listen {l};\n")).collect();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nuser root;\npid {p}/nginx.pid;\n\
+             error_log {p}/error.log;\nevents {{ worker_connections 64; }}\n\
+             http {{\n access_log off;\n sendfile on;\n client_body_temp_path {p}/body;\n\
+             proxy_temp_path {p}/proxy;\n fastcgi_temp_path {p}/fastcgi;\n\
+             uwsgi_temp_path {p}/uwsgi;\n scgi_temp_path {p}/scgi;\n\
+             server {{\n{listens}  root {p}/www;\n{server}\n }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf)?;
+        let child = self
+            .command(ns, "nginx")
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .spawn()
+            .context("running nginx (Debian package nginx)")?;
+        let nginx = Nginx { child, dir };
+        for addr in listen {
+            let addr: std::net::SocketAddr = addr.parse().context("a listen address")?;
+            if !self.wait_until_listening_in(ns, addr, std::time::Duration::from_secs(10))? {
+                bail!(
+                    "nginx did not listen on {addr}: {}",
+                    std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default()
+                );
+            }
+        }
+        Ok(nginx)
+    }
+
+    /// Waits until something in `ns` accepts TCP connections at `addr`.
+    pub fn wait_until_listening_in(
+        &self,
+        ns: &Ns,
+        addr: std::net::SocketAddr,
+        within: std::time::Duration,
+    ) -> Result<bool> {
+        self.run_in(ns, async move {
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    return true;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for ns in self.namespaces.iter().rev() {

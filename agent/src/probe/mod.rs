@@ -51,6 +51,9 @@ pub enum Outcome {
     /// The vantage's forward proxy failed or refused the tunnel: the site
     /// was never reached.
     Proxy,
+    /// The response began and then stopped mid-body: nothing more arrived
+    /// for the rest of the timeout.
+    Stalled,
 }
 
 /// One address a resolver answered, with its TTL.

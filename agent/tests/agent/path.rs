@@ -9,13 +9,16 @@
 //!
 //! ```text
 //! e1 ── r1 ─────────── t      (2 hops)
-//! e2 ── r2a ── r2b ─── t      (3 hops)
+//! e2 ── r2a ══ r2b ─── t      (3 hops; ══ may have a smaller MTU)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use vantage_agent::app::App;
+use vantage_agent::config::AgentConfig;
 use vantage_agent::path::{self, PathEnd, PathProtocol, PathSettings, PathTarget};
+use vantage_agent::probe::{Outcome, ProbeResult};
 use vantage_testkit::netns::{Lab, Ns};
 
 struct TwoPaths {
@@ -23,13 +26,16 @@ struct TwoPaths {
     e1: Ns,
     e2: Ns,
     r1: Ns,
+    r2a: Ns,
+    r2b: Ns,
+    t: Ns,
 }
 
 const TARGET4: &str = "10.99.0.1";
 const TARGET6: &str = "fd99::1";
 
-/// The two paths; `r1_t_mtu`: the MTU of the link from r1 to the target.
-fn two_paths(r1_t_mtu: Option<u32>) -> TwoPaths {
+/// The two paths; `middle_mtu`: the MTU of the link between r2a and r2b.
+fn two_paths(middle_mtu: Option<u32>) -> TwoPaths {
     let mut lab = Lab::new().unwrap();
     let e1 = lab.host("e1").unwrap();
     let e2 = lab.host("e2").unwrap();
@@ -50,7 +56,7 @@ fn two_paths(r1_t_mtu: Option<u32>) -> TwoPaths {
         &["10.9.1.1/24", "fd91::1/64"],
         &t,
         &["10.9.1.2/24", "fd91::2/64"],
-        r1_t_mtu,
+        None,
     )
     .unwrap();
     lab.link(
@@ -66,7 +72,7 @@ fn two_paths(r1_t_mtu: Option<u32>) -> TwoPaths {
         &["10.8.0.1/24", "fd08::1/64"],
         &r2b,
         &["10.8.0.2/24", "fd08::2/64"],
-        None,
+        middle_mtu,
     )
     .unwrap();
     lab.link(
@@ -99,7 +105,15 @@ fn two_paths(r1_t_mtu: Option<u32>) -> TwoPaths {
     ] {
         lab.route(ns, to, via).unwrap();
     }
-    TwoPaths { lab, e1, e2, r1 }
+    TwoPaths {
+        lab,
+        e1,
+        e2,
+        r1,
+        r2a,
+        r2b,
+        t,
+    }
 }
 
 fn settings(protocol: PathProtocol) -> PathSettings {
@@ -253,13 +267,33 @@ fn hops_agree_with_tracepath_and_traceroute_on_both_paths_v4_and_v6() {
     }
 }
 
+/// The routers on both sides of the small link drop the ICMP that would
+/// tell a sender its packets are too large (as a misconfigured firewall
+/// does): large packets vanish in both directions.
+fn make_black_hole(net: &TwoPaths) {
+    for router in [&net.r2a, &net.r2b] {
+        net.lab
+            .nft(
+                router,
+                "table inet blackhole {
+                   chain out {
+                     type filter hook output priority 0;
+                     icmp type destination-unreachable icmp code frag-needed drop
+                     icmpv6 type packet-too-big drop
+                   }
+                 }",
+            )
+            .unwrap();
+    }
+}
+
 #[test]
 fn a_router_that_says_fragmentation_needed_gives_the_path_mtu() {
     let net = two_paths(Some(1400));
-    for (destination, reporter) in [(TARGET4, "10.1.0.1"), (TARGET6, "fd01::1")] {
+    for (destination, reporter) in [(TARGET4, "10.2.0.1"), (TARGET6, "fd02::1")] {
         let trace = trace_in(
             &net.lab,
-            &net.e1,
+            &net.e2,
             target(destination, 80),
             settings(PathProtocol::Udp),
         );
@@ -270,7 +304,7 @@ fn a_router_that_says_fragmentation_needed_gives_the_path_mtu() {
         // The other path has the local link's MTU throughout.
         let other = trace_in(
             &net.lab,
-            &net.e2,
+            &net.e1,
             target(destination, 80),
             settings(PathProtocol::Udp),
         );
@@ -281,24 +315,11 @@ fn a_router_that_says_fragmentation_needed_gives_the_path_mtu() {
 #[test]
 fn a_black_hole_is_found_where_tracepath_sees_nothing() {
     let net = two_paths(Some(1400));
-    // r1 drops the ICMP that would tell the sender its packets are too
-    // large (as a misconfigured firewall does).
-    net.lab
-        .nft(
-            &net.r1,
-            "table inet blackhole {
-               chain out {
-                 type filter hook output priority 0;
-                 icmp type destination-unreachable icmp code frag-needed drop
-                 icmpv6 type packet-too-big drop
-               }
-             }",
-        )
-        .unwrap();
+    make_black_hole(&net);
     for destination in [TARGET4, TARGET6] {
         let tracepath = tool_hops(
             &net.lab,
-            &net.e1,
+            &net.e2,
             "tracepath",
             &["-n", "-m", "4", destination],
         );
@@ -309,7 +330,7 @@ fn a_black_hole_is_found_where_tracepath_sees_nothing() {
         );
         let trace = trace_in(
             &net.lab,
-            &net.e1,
+            &net.e2,
             target(destination, 80),
             settings(PathProtocol::Udp),
         );
@@ -327,8 +348,89 @@ fn a_black_hole_is_found_where_tracepath_sees_nothing() {
         assert_eq!(trace.end, PathEnd::Reached, "{destination}: {trace:?}");
         assert_eq!(
             trace.hop_addresses().last(),
-            Some(&(2, Some(ip(destination)))),
+            Some(&(3, Some(ip(destination)))),
             "{destination}"
+        );
+    }
+}
+
+/// A real nginx behind both paths; `/small` fits in one packet, `/large`
+/// (200 KB) does not.
+fn nginx_on_target(net: &TwoPaths) -> vantage_testkit::netns::Nginx {
+    let nginx = net
+        .lab
+        .nginx(&net.t, &["10.99.0.1:80", "[fd99::1]:80"], "")
+        .unwrap();
+    std::fs::write(nginx.www().join("small"), vec![b's'; 500]).unwrap();
+    std::fs::write(nginx.www().join("large"), vec![b'L'; 200_000]).unwrap();
+    nginx
+}
+
+/// Probes `url` once from `ns`, through the agent's own prober.
+fn probe_in(lab: &Lab, ns: &Ns, url: &str) -> ProbeResult {
+    let text = format!(
+        "agent_id = \"path-test\"\nregion = \"r\"\n\
+         [collector]\nendpoint = \"http://127.0.0.1:1\"\ntoken = \"t\"\n\
+         [dns]\nresolvers = [\"udp://127.0.0.1:53\"]\nidentity_queries = []\n\
+         [[check]]\nname = \"c\"\ninterval = \"10s\"\ntimeout = \"3s\"\nurl = \"{url}\"\n"
+    );
+    let config = AgentConfig::parse(std::path::Path::new("test.toml"), &text).unwrap();
+    let mut results = lab
+        .run_in(ns, async move {
+            let app = App::build(config).expect("agent builds");
+            app.probe_once("c").await
+        })
+        .unwrap();
+    assert_eq!(results.len(), 1, "{results:#?}");
+    results.remove(0)
+}
+
+#[test]
+fn large_responses_cross_a_small_link_when_its_router_says_so() {
+    let net = two_paths(Some(1400));
+    let _nginx = nginx_on_target(&net);
+    for base in ["http://10.99.0.1", "http://[fd99::1]"] {
+        let large = probe_in(&net.lab, &net.e2, &format!("{base}/large"));
+        assert_eq!(large.outcome, Outcome::Ok, "{base}: {}", large.message);
+        assert_eq!(large.body_bytes, Some(65536), "{base}");
+    }
+}
+
+#[test]
+fn a_large_response_stalls_in_a_black_hole_and_the_probe_says_so() {
+    let net = two_paths(Some(1400));
+    let _nginx = nginx_on_target(&net);
+    make_black_hole(&net);
+    for base in ["http://10.99.0.1", "http://[fd99::1]"] {
+        // Small responses pass; the healthy path carries large ones.
+        let small = probe_in(&net.lab, &net.e2, &format!("{base}/small"));
+        assert_eq!(small.outcome, Outcome::Ok, "{base}: {}", small.message);
+        let healthy = probe_in(&net.lab, &net.e1, &format!("{base}/large"));
+        assert_eq!(healthy.outcome, Outcome::Ok, "{base}: {}", healthy.message);
+        // Through the black hole: the status and headers arrive, then
+        // nothing: a stall, not a generic timeout.
+        let large = probe_in(&net.lab, &net.e2, &format!("{base}/large"));
+        assert_eq!(large.outcome, Outcome::Stalled, "{base}: {}", large.message);
+        assert_eq!(large.http_status, Some(200), "{base}");
+        assert!(
+            large.message.starts_with("the body stopped after")
+                && large.message.contains("path-MTU black hole"),
+            "{}",
+            large.message
+        );
+        // The path probe from the same vantage names where and how much.
+        let destination = if base.contains('[') { TARGET6 } else { TARGET4 };
+        let trace = trace_in(
+            &net.lab,
+            &net.e2,
+            target(destination, 80),
+            settings(PathProtocol::Udp),
+        );
+        let hole = trace.black_hole.unwrap_or_else(|| panic!("{trace:?}"));
+        assert_eq!(hole.after_ttl, 1);
+        assert!(
+            hole.largest_passed <= 1400 && hole.smallest_lost > 1400,
+            "{hole:?}"
         );
     }
 }

@@ -14,6 +14,7 @@ pub static CONNECTION_OUTCOMES: std::sync::LazyLock<Vec<&'static str>> =
             Outcome::Timeout,
             Outcome::Protocol,
             Outcome::Proxy,
+            Outcome::Stalled,
         ]
         .map(Outcome::text)
         .to_vec()

@@ -383,7 +383,22 @@ impl HttpProber {
         }
         match body.error {
             None => Ok(location),
-            Some(BodyError::Timeout) => Err(timed_out("the body transfer")),
+            Some(BodyError::Timeout { stalled_for })
+                if stalled_for >= stall_threshold(check.timeout) =>
+            {
+                Err(Failure {
+                    outcome: Outcome::Stalled,
+                    message: format!(
+                        "the body stopped after {} bytes: nothing more for the last {:.1}s of the \
+                         {:?} timeout (large packets lost on the way, as in a path-MTU black \
+                         hole, look like this)",
+                        body.bytes,
+                        stalled_for.as_secs_f64(),
+                        check.timeout
+                    ),
+                })
+            }
+            Some(BodyError::Timeout { .. }) => Err(timed_out("the body transfer")),
             Some(BodyError::Broken(message)) => Err(Failure {
                 outcome: Outcome::Protocol,
                 message: format!("reading the body: {message}"),
@@ -533,8 +548,17 @@ fn protocol_failure(error: hyper::Error) -> Failure {
 }
 
 enum BodyError {
-    Timeout,
+    /// The deadline came; nothing had arrived for `stalled_for` before it.
+    Timeout {
+        stalled_for: Duration,
+    },
     Broken(String),
+}
+
+/// How long a body must have been silent at the deadline to have stalled
+/// rather than been slow: a quarter of the timeout, at least a second.
+fn stall_threshold(timeout: Duration) -> Duration {
+    (timeout / 4).max(Duration::from_secs(1))
 }
 
 /// What was read of a body.
@@ -555,10 +579,13 @@ async fn read_body(mut body: Incoming, limit: usize, deadline: TokioInstant) -> 
     let mut window = Vec::new();
     let mut truncated = false;
     let mut error = None;
+    let mut last_progress = TokioInstant::now();
     while read < limit {
         match timeout_at(deadline, body.frame()).await {
             Err(_) => {
-                error = Some(BodyError::Timeout);
+                error = Some(BodyError::Timeout {
+                    stalled_for: last_progress.elapsed(),
+                });
                 break;
             }
             Ok(None) => break,
@@ -570,6 +597,7 @@ async fn read_body(mut body: Incoming, limit: usize, deadline: TokioInstant) -> 
                 let Ok(data) = frame.into_data() else {
                     continue; // trailers
                 };
+                last_progress = TokioInstant::now();
                 let take = data.len().min(limit - read);
                 if take < data.len() {
                     truncated = true;
