@@ -36,7 +36,7 @@ pub fn divergence(paths: &[TracedPath]) -> Divergence {
     let addresses = |p: &TracedPath| -> Vec<(i16, IpAddr)> {
         p.hops()
             .into_iter()
-            .filter_map(|(ttl, a, _)| a.map(|a| (ttl, a)))
+            .filter_map(|h| h.address.map(|a| (h.ttl, a)))
             .collect()
     };
     let healthy_passes: BTreeSet<IpAddr> = healthy
@@ -64,8 +64,8 @@ pub fn divergence(paths: &[TracedPath]) -> Divergence {
             .map(|ttl| {
                 let at = failing
                     .iter()
-                    .find_map(|p| p.hops().into_iter().find(|(t, _, _)| *t == ttl))
-                    .and_then(|(_, a, _)| a);
+                    .find_map(|p| p.hops().into_iter().find(|h| h.ttl == ttl))
+                    .and_then(|h| h.address);
                 (ttl, at)
             })
     } else {
@@ -168,9 +168,10 @@ pub fn render_side_by_side(paths: &[TracedPath]) -> String {
         .iter()
         .map(|t| {
             let mut cells = Vec::new();
-            for (ttl, address, best) in t.hops() {
-                cells.push(match address {
-                    Some(a) => format!("{ttl:>2} {a} {} ms", ms(best)),
+            for hop in t.hops() {
+                let ttl = hop.ttl;
+                cells.push(match hop.address {
+                    Some(a) => format!("{ttl:>2} {a} {} ms", ms(hop.best_rtt_us)),
                     None => format!("{ttl:>2} *"),
                 });
             }

@@ -193,18 +193,12 @@ impl Lab {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let path = format!("/var/run/netns/{}", ns.0);
-        std::thread::spawn(move || -> Result<F::Output> {
-            let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering {path}"))?;
+        self.in_namespace(ns, move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            Ok(runtime.block_on(future))
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread in {} panicked", ns.0))?
+            Ok::<_, anyhow::Error>(runtime.block_on(future))
+        })?
     }
 }
 
@@ -292,6 +286,65 @@ impl Lab {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         })
+    }
+}
+
+/// A TCP relay from a namespace's loopback to the test's own (see
+/// [`Lab::relay`]); stops when dropped.
+#[derive(Debug)]
+pub struct Relay {
+    /// Where processes in the namespace connect (its 127.0.0.1).
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Lab {
+    /// Lets processes in `ns` reach `to`, a server of the test on its own
+    /// loopback (the collector), through `127.0.0.1:<port>` of `ns`: the
+    /// listening socket is opened inside `ns`, the onward connection in
+    /// the caller's namespace, and one task of the caller's runtime
+    /// copies between them. No address outside loopback is used.
+    pub fn relay(&self, ns: &Ns, to: std::net::SocketAddr) -> Result<Relay> {
+        let listener = self.in_namespace(ns, || {
+            let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+            listener.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(listener)
+        })??;
+        let addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Ok(Relay { addr, task })
+    }
+
+    /// Runs `f` on a thread of its own that has entered `ns`.
+    pub fn in_namespace<T: Send + 'static>(
+        &self,
+        ns: &Ns,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let path = format!("/var/run/netns/{}", ns.0);
+        std::thread::spawn(move || -> Result<T> {
+            let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {path}"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread in {} panicked", ns.0))?
     }
 }
 

@@ -52,6 +52,9 @@ fn alert(notice: &Notice, labels: Value, ends_at: DateTime<Utc>) -> Value {
     if let Some(link) = &notice.link {
         annotations["incident_url"] = json!(link);
     }
+    if let Some(paths) = &i.path_summary {
+        annotations["paths"] = json!(paths);
+    }
     json!({
         "labels": labels,
         "annotations": annotations,

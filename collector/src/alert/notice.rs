@@ -198,6 +198,7 @@ pub fn incident_json(incident: &Incident) -> Value {
         "first_failure_at": incident.first_failure_at,
         "last_failure_at": incident.last_failure_at,
         "window_seconds": incident.window_seconds,
+        "path_summary": incident.path_summary,
         "opened_at": incident.opened_at,
         "last_seen_at": incident.last_seen_at,
         "resolved_at": incident.resolved_at,
@@ -244,6 +245,7 @@ pub fn test_notice(link_base: Option<&str>, now: DateTime<Utc>) -> Notice {
         targets: vec!["https://vantage.test/sink-test".into()],
         fault_side: "site".into(),
         version: 1,
+        path_summary: None,
     };
     Notice {
         event: EventKind::Test,
@@ -296,6 +298,7 @@ pub(crate) mod tests {
                 targets: vec!["http://shop.test/".into()],
                 fault_side: "site".into(),
                 version: 1,
+                path_summary: None,
             },
             previous: None,
             link: Some("https://vantage.example/incidents/7".into()),

@@ -64,6 +64,7 @@ pub fn body(notice: &Notice, sink: &Sink) -> Value {
                 "failing_vantages": i.failing_vantages,
                 "correlated": correlated(i),
                 "gateways": i.gateways,
+                "paths": i.path_summary,
                 "version": i.version,
                 "previous": notice.previous.as_ref().map(|p| json!({
                     "dimension": p.dimension, "value": p.value, "explanation": p.explanation,

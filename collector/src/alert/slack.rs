@@ -32,6 +32,12 @@ pub fn body(notice: &Notice) -> Value {
         blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text":
             truncate(&format!("Previously explained by {} {}: {}", p.dimension, p.value, p.explanation), SECTION_LIMIT)}]}));
     }
+    if let Some(paths) = &i.path_summary {
+        blocks.push(
+            json!({"type": "context", "elements": [{"type": "mrkdwn", "text":
+            truncate(&format!("Paths: {paths}"), SECTION_LIMIT)}]}),
+        );
+    }
     let evidence = correlated(i);
     if !evidence.is_empty() {
         blocks.push(

@@ -144,5 +144,25 @@ async fn add_to(
             })
         })
         .collect();
+    // Where the inside vantages' paths part from the outside ones', as
+    // their confirmation probes traced them.
+    let ids: Vec<i64> = found.iter().map(|c| c.id).collect();
+    let paths = store.request_paths(&ids).await?;
+    let reading = crate::path_evidence::divergence(&paths);
+    if let Some(summary) = reading.summary() {
+        record.evidence["paths"] = serde_json::json!({
+            "summary": summary,
+            "failing_traces": reading.failing,
+            "healthy_traces": reading.healthy,
+            "divergent_hop": reading.divergent_hop.map(|(ttl, address)| {
+                serde_json::json!({ "ttl": ttl, "address": address.to_string() })
+            }),
+            "port_answered_at": reading.intercepted_at.map(|(ttl, address)| {
+                serde_json::json!({ "ttl": ttl, "address": address.map(|a| a.to_string()) })
+            }),
+            "path_mtu_below": reading.mtu_below,
+            "black_hole": reading.black_hole,
+        });
+    }
     Ok(())
 }

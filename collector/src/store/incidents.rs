@@ -40,6 +40,9 @@ pub struct Incident {
     pub fault_side: String,
     /// 1 at opening, +1 per re-explanation.
     pub version: i32,
+    /// Where the failing vantages' paths part from the healthy ones', as
+    /// the confirmation probes traced them (`evidence.paths.summary`).
+    pub path_summary: Option<String>,
 }
 
 impl From<&Incident> for OpenIncident {
@@ -60,7 +63,8 @@ impl From<&Incident> for OpenIncident {
 const INCIDENT_COLUMNS: &str = "id, target, pattern, kind, dimension, value, narrowed_value, \
     explanation, statuses, segment_failures, segment_probes, rest_failures, rest_probes, p_value, \
     failing_vantages, correlated, gateways, edge_locations, first_failure_at, last_failure_at, \
-    window_seconds, opened_at, last_seen_at, resolved_at, scope, targets, fault_side, version";
+    window_seconds, opened_at, last_seen_at, resolved_at, scope, targets, fault_side, version, \
+    evidence->'paths'->>'summary' AS path_summary";
 
 impl Store {
     /// Every incident not yet resolved.

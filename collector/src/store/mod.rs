@@ -32,7 +32,7 @@ pub use detection::{Applied, RunRecord};
 pub use incidents::Incident;
 pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};
 pub use pages::{FailureRule, RoundCell, VANTAGE_ROWS_SQL, VantageRow};
-pub use paths::{StoredPath, StoredPathProbe, TracedPath};
+pub use paths::{PathHop, StoredPath, StoredPathProbe, TracedPath};
 pub use requests::{
     CONTROL_CHANNEL, ConfirmationRecord, NewProbeRequest, Notice, ProbeAnswer, ProbeRequest,
     Purpose, RequestAgent,

@@ -188,6 +188,15 @@ pub(super) async fn insert(
     Ok(())
 }
 
+/// One hop of a trace as people read it: the address most of its probes
+/// heard from (`None`: none answered) and the best RTT, microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathHop {
+    pub ttl: i16,
+    pub address: Option<IpAddr>,
+    pub best_rtt_us: Option<i64>,
+}
+
 /// A stored trace with the result it follows, as read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracedPath {
@@ -208,8 +217,8 @@ impl TracedPath {
     }
 
     /// Each TTL's answering address (the most frequent, then the first)
-    /// and its best RTT in microseconds.
-    pub fn hops(&self) -> Vec<(i16, Option<IpAddr>, Option<i64>)> {
+    /// and its best RTT.
+    pub fn hops(&self) -> Vec<PathHop> {
         let last = self.path.probes.iter().map(|p| p.ttl).max().unwrap_or(0);
         (1..=last)
             .map(|ttl| {
@@ -224,8 +233,12 @@ impl TracedPath {
                 }
                 let top = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
                 let address = counts.iter().find(|(_, n)| *n == top).map(|(a, _)| *a);
-                let best = of_hop.iter().filter_map(|p| p.rtt_us).min();
-                (ttl, address, best)
+                let best_rtt_us = of_hop.iter().filter_map(|p| p.rtt_us).min();
+                PathHop {
+                    ttl,
+                    address,
+                    best_rtt_us,
+                }
             })
             .collect()
     }

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod pages;
+pub mod paths;
 pub mod plot;
 
 use std::collections::BTreeMap;
@@ -208,6 +209,17 @@ async fn incident_page(
         })
         .collect();
     let samples = store.result_paths(&keys).await?;
+    let requests: Vec<i64> = evidence["confirmation_probes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["request_id"].as_i64())
+        .collect();
+    let paths = if requests.is_empty() {
+        Vec::new()
+    } else {
+        store.request_paths(&requests).await?
+    };
     Ok(pages::incident(&pages::IncidentView {
         incident,
         evidence: &evidence,
@@ -215,6 +227,7 @@ async fn incident_page(
         rounds: &rounds,
         round_seconds,
         samples: &samples,
+        paths: &paths,
     }))
 }
 

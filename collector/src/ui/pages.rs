@@ -31,6 +31,10 @@ svg polyline { fill: none; stroke-width: 2; } svg polyline.segment { stroke: #c6
 .legend .key { display: inline-block; width: 14px; height: 3px; margin: 0 4px 3px 12px; }
 .segment-key { background: #c62828; } .rest-key { background: #8a93a6; }
 svg.waterfall .total { fill: #d5d9e2; } svg .phase.dns { fill: #6a4c93; } svg .phase.connect { fill: #1982c4; }
+table.paths td.hop .node { border: 1px solid #8a93a6; border-radius: 10px; padding: 0 6px; background: #f6f7f9; }
+table.paths td.divergent .node, table.paths td.intercepted .node { border-color: #c62828; background: #fde2e1; }
+table.paths th.failing { color: #a31515; } table.paths th.healthy { color: #1b6b34; }
+.path-summary { background: #fff; border-left: 4px solid #1982c4; padding: 6px 12px; }
 svg .phase.proxy { fill: #8ac926; } svg .phase.tls { fill: #ffca3a; } svg .phase.ttfb { fill: #ff595e; }
 "#;
 
@@ -179,6 +183,8 @@ pub struct IncidentView<'a> {
     pub rounds: &'a [Round],
     pub round_seconds: f64,
     pub samples: &'a [ResultPath],
+    /// The paths the confirmation probes traced.
+    pub paths: &'a [crate::store::TracedPath],
 }
 
 /// `/incidents/<id>`.
@@ -231,6 +237,7 @@ pub fn incident(v: &IncidentView<'_>) -> Markup {
                     } } }
                 }
             }
+            (super::paths::section(v.paths))
             h2 { "Explanation history" }
             (history_table(v.history))
             p.muted { "As JSON: " code { "curl -H 'Accept: application/json' …/incidents/" (i.id) } }

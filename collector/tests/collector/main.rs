@@ -26,6 +26,7 @@ mod lease;
 mod limits;
 mod notify;
 mod pages;
+mod paths;
 mod probe_now;
 mod process;
 mod reload;

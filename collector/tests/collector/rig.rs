@@ -208,10 +208,39 @@ impl Fleet {
         self.spawn_agent(id, &[])
     }
 
+    /// [`Fleet::start_agent`] inside network namespace `netns` (a test's
+    /// lab), streaming to the collector through `relay` (a loopback
+    /// address of that namespace that reaches the fleet's collector).
+    pub fn start_agent_in_netns(
+        &self,
+        id: &str,
+        netns: &str,
+        relay: SocketAddr,
+        extra: &str,
+        checks: &str,
+    ) -> AgentProcess {
+        self.write_agent_config_with(id, extra, checks, &format!("endpoint = \"http://{relay}\""));
+        self.spawn(id, &[], Some(netns))
+    }
+
     fn spawn_agent(&self, id: &str, env: &[(&str, &str)]) -> AgentProcess {
+        self.spawn(id, env, None)
+    }
+
+    fn spawn(&self, id: &str, env: &[(&str, &str)], netns: Option<&str>) -> AgentProcess {
         let config = self.dir.path().join(format!("{id}.toml"));
         let log = self.log(&format!("{id}.log"));
-        let child = Command::new(agent_binary())
+        // `ip netns exec` enters the namespace and execs the agent: the
+        // child is the agent itself.
+        let mut command = match netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(agent_binary());
+                c
+            }
+            None => Command::new(agent_binary()),
+        };
+        let child = command
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
