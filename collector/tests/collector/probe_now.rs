@@ -271,3 +271,123 @@ async fn probe_path_traces_each_vantage_and_stores_the_paths(pool: PgPool) {
     .unwrap();
     assert_eq!(divergence, vec![(target.clone(), 1, 1, 1, 1, false)]);
 }
+
+/// A vantage behind a forward proxy can trace only as far as its proxy:
+/// the trace goes there and says so. A name that does not resolve leaves
+/// nothing to trace: the trace says why instead of failing the probe.
+#[sqlx::test(migrations = false)]
+async fn probe_path_stops_at_a_proxy_and_names_what_it_could_not_trace(pool: PgPool) {
+    use vantage_testkit::{ForwardProxy, ProxyKind};
+    let fleet = Fleet::start(pool, &[("iad-1", "us-east")], "").await;
+    let proxy = ForwardProxy::start(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 63)),
+        ProxyKind::Http {
+            credentials: None,
+            refuse_with: None,
+        },
+    )
+    .await
+    .unwrap();
+    let vantages = format!(
+        "[[vantage]]\nname = \"direct\"\nsource_ip = \"127.0.2.1\"\n\
+         [[vantage]]\nname = \"proxied\"\nsource_ip = \"127.0.4.1\"\nproxy = \"http://{}\"\n",
+        proxy.addr()
+    );
+    let _iad = fleet.start_agent("iad-1", &vantages, "");
+    fleet
+        .wait_for(
+            "the agent connected, able to trace",
+            "SELECT count(*) FROM agents WHERE 'path_probes' = ANY(capabilities)",
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    let (code, out, err) = fleet.cli(&["probe", &fleet.url("/"), "--path"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("traced to the vantage's proxy only"), "{out}");
+    let rows: Vec<(String, bool, Option<String>, Option<i32>)> = sqlx::query_as(
+        "SELECT vantage, via_proxy, host(destination_ip), destination_port FROM path_results
+         ORDER BY vantage",
+    )
+    .fetch_all(&fleet.pool)
+    .await
+    .unwrap();
+    let target = fleet.target.addr();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "direct".into(),
+                false,
+                Some(target.ip().to_string()),
+                Some(i32::from(target.port()))
+            ),
+            (
+                "proxied".into(),
+                true,
+                Some(proxy.addr().ip().to_string()),
+                Some(i32::from(proxy.addr().port()))
+            ),
+        ]
+    );
+
+    // A name nobody answers for: the probe fails on DNS; the trace is an
+    // error that says why.
+    let (code, out, err) = fleet
+        .cli(&[
+            "probe",
+            "http://missing.test/",
+            "--path",
+            "--from",
+            "vantage=direct",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("error: the probe dialled no address: the name did not resolve"),
+        "{out}"
+    );
+    let (end, error): (String, String) =
+        sqlx::query_as("SELECT end_reason, error FROM path_results WHERE request_id = 2")
+            .fetch_one(&fleet.pool)
+            .await
+            .unwrap();
+    assert_eq!(end, "error");
+    assert!(
+        error.starts_with("the probe dialled no address: the name did not resolve"),
+        "{error}"
+    );
+}
+
+/// A check's `path_interval`: the scheduled rounds trace at most that
+/// often per vantage (the first round does), not every round.
+#[sqlx::test(migrations = false)]
+async fn path_interval_traces_scheduled_rounds_at_most_that_often(pool: PgPool) {
+    let fleet = Fleet::start(pool, &[("iad-1", "us-east")], "").await;
+    let check = format!(
+        "[[check]]\nname = \"shop\"\nurl = \"{}\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\n\
+         path_interval = \"1h\"\n",
+        fleet.url("/")
+    );
+    let _iad = fleet.start_agent("iad-1", VANTAGES, &check);
+    fleet
+        .wait_for(
+            "several rounds from both vantages",
+            "SELECT count(*) FROM probe_results WHERE check_name = 'shop'",
+            8,
+            Duration::from_secs(20),
+        )
+        .await;
+    let traced: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT vantage, count(*), min(request_id) FROM path_results WHERE check_name = 'shop'
+         GROUP BY vantage ORDER BY vantage",
+    )
+    .fetch_all(&fleet.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        traced,
+        vec![("direct".into(), 1, None), ("vpn".into(), 1, None)],
+        "one trace per vantage in the hour, on schedule"
+    );
+}
