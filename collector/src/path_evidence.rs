@@ -22,8 +22,9 @@ pub struct Divergence {
     /// at this hop.
     pub intercepted_at: Option<(i16, Option<IpAddr>)>,
     /// Every failing path has a path MTU below every healthy path's: the
-    /// largest of the failing ones.
+    /// largest of the failing ones, and the smallest healthy one.
     pub mtu_below: Option<i32>,
+    pub healthy_mtu: Option<i32>,
     /// Every failing path loses large packets (a black hole).
     pub black_hole: bool,
 }
@@ -72,15 +73,13 @@ pub fn divergence(paths: &[TracedPath]) -> Divergence {
         None
     };
     let failing_mtu: Vec<i32> = failing.iter().filter_map(|p| p.path.path_mtu).collect();
-    let healthy_mtu: Vec<i32> = healthy.iter().filter_map(|p| p.path.path_mtu).collect();
-    let mtu_below =
-        (!failing.is_empty() && failing_mtu.len() == failing.len() && !healthy_mtu.is_empty())
-            .then(|| {
-                let worst_failing = failing_mtu.iter().copied().max().unwrap_or(0);
-                let best_healthy = healthy_mtu.iter().copied().min().unwrap_or(0);
-                (worst_failing < best_healthy).then_some(worst_failing)
-            })
-            .flatten();
+    let healthy_mtu: Option<i32> = healthy.iter().filter_map(|p| p.path.path_mtu).min();
+    let mtu_below = (!failing.is_empty() && failing_mtu.len() == failing.len())
+        .then(|| {
+            let worst_failing = failing_mtu.iter().copied().max()?;
+            (worst_failing < healthy_mtu?).then_some(worst_failing)
+        })
+        .flatten();
     let black_hole = !failing.is_empty()
         && failing
             .iter()
@@ -94,6 +93,7 @@ pub fn divergence(paths: &[TracedPath]) -> Divergence {
         divergent_hop,
         intercepted_at,
         mtu_below,
+        healthy_mtu,
         black_hole,
     }
 }
@@ -142,8 +142,10 @@ impl Divergence {
         if self.black_hole {
             parts.push("large packets vanish on the way (a path-MTU black hole)".to_owned());
         }
-        if let Some(mtu) = self.mtu_below {
-            parts.push(format!("path MTU {mtu} or less, below the healthy paths'"));
+        if let (Some(mtu), Some(healthy)) = (self.mtu_below, self.healthy_mtu) {
+            parts.push(format!(
+                "path MTU at most {mtu} on the failing paths, {healthy} on the healthy ones"
+            ));
         }
         Some(parts.join("; "))
     }

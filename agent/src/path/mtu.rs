@@ -38,8 +38,9 @@ const SPACING: Duration = Duration::from_millis(1000);
 
 /// Brackets the largest size that reaches hop `ttl`, between the small
 /// probe that did and `large`, which did not: a binary search with one
-/// probe per step, confirmed by `large` failing again at the end (a hop
-/// that was only slow to answer is no black hole).
+/// probe per step (a lost one is tried once more: a router that limits
+/// its ICMP errors loses answers too), confirmed by `large` failing again
+/// at the end (a hop that was only slow to answer is no black hole).
 pub(super) async fn search(
     target: &PathTarget,
     ttl: u8,
@@ -70,7 +71,14 @@ pub(super) async fn search(
     };
     while lost - passed > RESOLUTION {
         let mid = passed + (lost - passed) / 2;
-        match probe(mid).await {
+        let crossed = match probe(mid).await {
+            Some(false) => {
+                tokio::time::sleep(SPACING).await;
+                probe(mid).await
+            }
+            other => other,
+        };
+        match crossed {
             Some(true) => passed = mid,
             Some(false) => lost = mid,
             None => break,

@@ -4,11 +4,12 @@
 //! The agent's `[path]` settings bound every trace; `max_concurrent`
 //! bounds how many run at once across all vantages.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
 
 use super::{PathEnd, PathSettings, PathTarget, PathTrace};
 use crate::probe::ProbeResult;
@@ -20,7 +21,17 @@ use crate::vantage::Vantage;
 pub struct PathTracer {
     settings: Arc<PathSettings>,
     permits: Arc<Semaphore>,
+    /// One trace at a time per (source, destination): two at once would
+    /// share the routers' ICMP allowance for that source, and each would
+    /// see answers the other used up as losses. Whoever asks while one
+    /// runs gets its result.
+    running: Arc<std::sync::Mutex<HashMap<PathKey, Slot>>>,
 }
+
+type PathKey = (Option<IpAddr>, SocketAddr);
+
+/// The last trace of one path and when it finished; locked while one runs.
+type Slot = Arc<Mutex<Option<(Instant, PathTrace)>>>;
 
 impl PathTracer {
     pub fn new(settings: PathSettings) -> Self {
@@ -28,6 +39,7 @@ impl PathTracer {
         Self {
             settings: Arc::new(settings),
             permits,
+            running: Arc::default(),
         }
     }
 
@@ -42,10 +54,7 @@ impl PathTracer {
                 continue;
             }
             let trace = match &target {
-                Ok(target) => {
-                    let _permit = self.permits.acquire().await;
-                    super::trace(*target, &self.settings).await
-                }
+                Ok(target) => self.trace_once(target).await,
                 Err(why) => untraceable(vantage, &self.settings, why),
             };
             tracing::debug!(
@@ -58,6 +67,32 @@ impl PathTracer {
             result.path = Some(trace.clone());
             traced.push((target, trace));
         }
+    }
+}
+
+impl PathTracer {
+    /// Traces to `target`, or, when a trace to it was already running
+    /// when asked, takes that one's result.
+    async fn trace_once(&self, target: &PathTarget) -> PathTrace {
+        let asked = Instant::now();
+        let slot = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running.retain(|_, slot| Arc::strong_count(slot) > 1);
+            running
+                .entry((target.source, target.destination))
+                .or_default()
+                .clone()
+        };
+        let mut last = slot.lock().await;
+        if let Some((finished, trace)) = last.as_ref()
+            && *finished >= asked
+        {
+            return trace.clone();
+        }
+        let _permit = self.permits.acquire().await;
+        let trace = super::trace(*target, &self.settings).await;
+        *last = Some((Instant::now(), trace.clone()));
+        trace
     }
 }
 

@@ -8,7 +8,8 @@
 //! where the failing paths part from the healthy ones.
 //!
 //! ```text
-//! east (10.1.0.2, .3) ── r1 ──────────── t   r1 answers :80 with 502
+//! east (10.1.0.2, .3) ── r1 ══ r1b ───── t   r1 answers :80 with 502, or
+//!                                            ══ is a 1400-byte black hole
 //! west (10.2.0.2, .3) ── r2a ── r2b ──── t
 //! eu   (10.3.0.2, .3) ── r3 ──────────── t   t: nginx on 10.99.0.1:80
 //! ```
@@ -29,27 +30,31 @@ struct Regions {
     west: Ns,
     eu: Ns,
     r1: Ns,
+    r1b: Ns,
     t: Ns,
 }
 
-fn regions() -> Regions {
+/// The three regions; `east_mtu`: the MTU of the link between r1 and r1b.
+fn regions(east_mtu: Option<u32>) -> Regions {
     let mut lab = Lab::new().unwrap();
     let east = lab.host("east").unwrap();
     let west = lab.host("west").unwrap();
     let eu = lab.host("eu").unwrap();
     let r1 = lab.router("r1").unwrap();
+    let r1b = lab.router("r1b").unwrap();
     let r2a = lab.router("r2a").unwrap();
     let r2b = lab.router("r2b").unwrap();
     let r3 = lab.router("r3").unwrap();
     let t = lab.host("t").unwrap();
-    let links: [(&Ns, &[&str], &Ns, &[&str]); 7] = [
+    let links: [(&Ns, &[&str], &Ns, &[&str]); 8] = [
         (
             &east,
             &["10.1.0.2/24", "10.1.0.3/24"],
             &r1,
             &["10.1.0.1/24"],
         ),
-        (&r1, &["10.9.1.1/24"], &t, &["10.9.1.2/24"]),
+        (&r1, &["10.7.0.1/24"], &r1b, &["10.7.0.2/24"]),
+        (&r1b, &["10.9.1.1/24"], &t, &["10.9.1.2/24"]),
         (
             &west,
             &["10.2.0.2/24", "10.2.0.3/24"],
@@ -62,14 +67,17 @@ fn regions() -> Regions {
         (&r3, &["10.9.3.1/24"], &t, &["10.9.3.2/24"]),
     ];
     for (a, a_addrs, b, b_addrs) in links {
-        lab.link(a, a_addrs, b, b_addrs, None).unwrap();
+        let mtu = (a == &r1 && b == &r1b).then_some(east_mtu).flatten();
+        lab.link(a, a_addrs, b, b_addrs, mtu).unwrap();
     }
     lab.address(&t, "10.99.0.1/32").unwrap();
     for (ns, to, via) in [
         (&east, "default", "10.1.0.1"),
         (&west, "default", "10.2.0.1"),
         (&eu, "default", "10.3.0.1"),
-        (&r1, "10.99.0.1/32", "10.9.1.2"),
+        (&r1, "10.99.0.1/32", "10.7.0.2"),
+        (&r1b, "10.99.0.1/32", "10.9.1.2"),
+        (&r1b, "10.1.0.0/24", "10.7.0.1"),
         (&r2a, "10.99.0.1/32", "10.8.0.2"),
         (&r2b, "10.99.0.1/32", "10.9.2.2"),
         (&r2b, "10.2.0.0/24", "10.8.0.1"),
@@ -86,13 +94,14 @@ fn regions() -> Regions {
         west,
         eu,
         r1,
+        r1b,
         t,
     }
 }
 
 #[sqlx::test(migrations = false)]
 async fn an_incident_carries_the_paths_and_names_the_hop_where_they_part(pool: PgPool) {
-    let net = regions();
+    let net = regions(None);
     let site = net
         .lab
         .nginx(
@@ -253,4 +262,100 @@ async fn an_incident_carries_the_paths_and_names_the_hop_where_they_part(pool: P
         "the healthy 3-hop path is drawn: {page}"
     );
     drop((agents, relays, site, interceptor));
+}
+
+/// A path-MTU black hole on one region's way: the link between r1 and r1b
+/// carries 1400 bytes and both routers drop the ICMP that would say so.
+/// Small responses pass; the site's large page stalls for that region's
+/// vantages only. The detector opens a connection-level incident for the
+/// region, and its confirmation probes' paths name the black hole and the
+/// path MTU the failing vantages share.
+#[sqlx::test(migrations = false)]
+async fn an_mtu_black_hole_on_one_region_is_named_by_its_paths(pool: PgPool) {
+    let net = regions(Some(1400));
+    let site = net.lab.nginx(&net.t, &["10.99.0.1:80"], "").unwrap();
+    std::fs::write(site.www().join("large"), vec![b'L'; 200_000]).unwrap();
+    for router in [&net.r1, &net.r1b] {
+        net.lab
+            .nft(
+                router,
+                "table ip blackhole {
+                   chain out {
+                     type filter hook output priority 0;
+                     icmp type destination-unreachable icmp code frag-needed drop
+                   }
+                 }",
+            )
+            .unwrap();
+    }
+    let fleet = Fleet::start(
+        pool,
+        &[("east", "us-east"), ("west", "us-west"), ("eu", "eu")],
+        "[detector]\ninterval = \"1s\"\nwindow = \"60s\"\nresolve_quiet = \"5s\"\n",
+    )
+    .await;
+    let check = "[[check]]\nname = \"shop\"\nurl = \"http://10.99.0.1/large\"\ninterval = \"4s\"\ntimeout = \"2s\"\n";
+    let extra = |prefix: &str| {
+        format!(
+            "[[vantage]]\nname = \"v1\"\nsource_ip = \"{prefix}.2\"\n\
+             [[vantage]]\nname = \"v2\"\nsource_ip = \"{prefix}.3\"\n\
+             [path]\nhop_timeout = \"500ms\"\nmax_duration = \"20s\"\n"
+        )
+    };
+    let mut relays = Vec::new();
+    let mut agents = Vec::new();
+    for (id, ns, prefix) in [
+        ("east", &net.east, "10.1.0"),
+        ("west", &net.west, "10.2.0"),
+        ("eu", &net.eu, "10.3.0"),
+    ] {
+        let relay = net.lab.relay(ns, fleet.grpc).unwrap();
+        agents.push(fleet.start_agent_in_netns(id, ns.name(), relay.addr, &extra(prefix), check));
+        relays.push(relay);
+    }
+    fleet
+        .wait_for(
+            "an incident whose paths name a black hole",
+            "SELECT count(*) FROM incidents WHERE evidence->'paths'->>'black_hole' = 'true'",
+            1,
+            Duration::from_secs(120),
+        )
+        .await;
+    let (pattern, dimension, value, evidence): (String, String, String, serde_json::Value) =
+        sqlx::query_as(
+            "SELECT pattern, dimension, value, evidence FROM incidents
+             WHERE evidence->'paths'->>'black_hole' = 'true' ORDER BY id LIMIT 1",
+        )
+        .fetch_one(&fleet.pool)
+        .await
+        .unwrap();
+    assert_eq!(pattern, "connection");
+    assert!(
+        (dimension == "region" && value == "us-east")
+            || (dimension == "egress_prefix" && value.starts_with("10.1.0.")),
+        "{dimension} {value}"
+    );
+    // The failing probes stalled, not timed out.
+    let stalled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM probe_results WHERE outcome = 'stalled' AND host(local_ip) LIKE '10.1.0.%'",
+    )
+    .fetch_one(&fleet.pool)
+    .await
+    .unwrap();
+    assert!(stalled > 0);
+    let paths = &evidence["paths"];
+    let mtu = paths["path_mtu_below"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{paths}"));
+    // The search brackets the MTU to 8 bytes: at most 1400 crosses.
+    assert!((1392..=1400).contains(&mtu), "{paths}");
+    let summary = paths["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("large packets vanish on the way (a path-MTU black hole)")
+            && summary.contains(&format!(
+                "path MTU at most {mtu} on the failing paths, 1500 on the healthy ones"
+            )),
+        "{summary}"
+    );
+    drop((agents, relays, site));
 }
