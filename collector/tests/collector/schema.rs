@@ -173,6 +173,32 @@ async fn views_have_the_documented_columns(pool: PgPool) {
             "active"
         ]
     );
+    assert_eq!(
+        columns(&pool, "path_hop_summary").await,
+        [
+            "agent_id",
+            "seq",
+            "started_at",
+            "ttl",
+            "address",
+            "best_rtt_us",
+            "sent",
+            "answered"
+        ]
+    );
+    assert_eq!(
+        columns(&pool, "path_divergence").await,
+        [
+            "request_id",
+            "address",
+            "ttl",
+            "failing_through",
+            "failing_traces",
+            "healthy_through",
+            "healthy_traces",
+            "divergent"
+        ]
+    );
     collector.stop().await;
 }
 
