@@ -338,3 +338,47 @@ fn a_token_file_others_may_read_is_refused_with_the_fix() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(config.collector.load_token().unwrap(), "vantage_secret");
 }
+
+#[test]
+fn path_settings_out_of_range_are_refused_at_their_key() {
+    for (setting, key, expected) in [
+        (
+            "max_hops = 0",
+            "path.max_hops",
+            "0 is out of range: expected 1 to 64 hops",
+        ),
+        (
+            "probes_per_hop = 11",
+            "path.probes_per_hop",
+            "expected 1 to 10",
+        ),
+        (
+            "hop_timeout = \"0s\"",
+            "path.hop_timeout",
+            "expected 10ms to 60s",
+        ),
+        (
+            "hop_timeout = \"5s\"\nmax_duration = \"1s\"",
+            "path.max_duration",
+            "expected at least hop_timeout, at most 10m",
+        ),
+    ] {
+        let text = format!("{VALID}\n[path]\n{setting}\n");
+        let e = error(&text);
+        let line = text
+            .lines()
+            .position(|l| l.starts_with(key.trim_start_matches("path.")))
+            .unwrap()
+            + 1;
+        assert!(e.contains(&format!("agent.toml:{line}:")), "{setting}: {e}");
+        assert!(e.contains(key) && e.contains(expected), "{setting}: {e}");
+    }
+    let e = error(&format!("{VALID}\n[path]\nprotocol = \"icmp\"\n"));
+    assert!(e.contains("path.protocol") && e.contains("udp"), "{e}");
+    let c = parse(&format!(
+        "{VALID}\n[path]\nprotocol = \"tcp\"\nmax_hops = 12\n"
+    ))
+    .unwrap();
+    assert_eq!(c.path.protocol, crate::path::PathProtocol::Tcp);
+    assert_eq!(c.path.max_hops, 12);
+}

@@ -340,4 +340,36 @@ pub(crate) mod tests {
             "Resolved: 502 for http://shop.test/ from egress_prefix 127.0.2.0/24 (incident 7)"
         );
     }
+
+    /// Where the paths part, when the confirmation probes traced them:
+    /// every format carries the line; without it, none mentions paths.
+    #[test]
+    fn every_format_carries_the_path_summary() {
+        use crate::alert::config::SinkKind;
+        let line = "the 2 failing vantages' paths all pass 10.1.0.1 (hop 1); none of the 4 healthy paths does";
+        let mut notice = sample_notice(EventKind::Opened);
+        notice.incident.path_summary = Some(line.to_owned());
+        let sink = |kind| {
+            let mut s =
+                crate::alert::config::Sink::webhook("s", "http://127.0.0.1:9/".parse().unwrap());
+            s.kind = kind;
+            s.routing_key = Some("K".into());
+            s
+        };
+        assert_eq!(webhook_body(&notice)["path_summary"], line);
+        let slack = crate::alert::slack::body(&notice).to_string();
+        assert!(slack.contains(&format!("Paths: {line}")), "{slack}");
+        let pd = crate::alert::pagerduty::body(&notice, &sink(SinkKind::Pagerduty));
+        assert_eq!(pd["payload"]["custom_details"]["paths"], line);
+        let am = crate::alert::alertmanager::body(&notice, &sink(SinkKind::Alertmanager));
+        assert_eq!(am[0]["annotations"]["paths"], line, "{am}");
+
+        let plain = sample_notice(EventKind::Opened);
+        assert!(webhook_body(&plain)["path_summary"].is_null());
+        assert!(
+            !crate::alert::slack::body(&plain)
+                .to_string()
+                .contains("Paths:")
+        );
+    }
 }

@@ -64,7 +64,6 @@ pub fn body(notice: &Notice, sink: &Sink) -> Value {
                 "failing_vantages": i.failing_vantages,
                 "correlated": correlated(i),
                 "gateways": i.gateways,
-                "paths": i.path_summary,
                 "version": i.version,
                 "previous": notice.previous.as_ref().map(|p| json!({
                     "dimension": p.dimension, "value": p.value, "explanation": p.explanation,
@@ -73,6 +72,9 @@ pub fn body(notice: &Notice, sink: &Sink) -> Value {
         },
         "client": "Vantage",
     });
+    if let Some(paths) = &i.path_summary {
+        body["payload"]["custom_details"]["paths"] = json!(paths);
+    }
     if let Some(link) = &notice.link {
         body["client_url"] = json!(link);
         body["links"] = json!([{ "href": link, "text": format!("Incident {} in Vantage", i.id) }]);
