@@ -5,4 +5,5 @@
 
 mod cli;
 mod path;
+mod path_mtu;
 mod probe;

@@ -10,19 +10,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant as TokioInstant, timeout_at};
 use url::{Position, Url};
 
 use super::super::dns::LookupAnswer;
-use super::super::gateway::{self, BODY_WINDOW, LAYER_HEADERS};
+use super::super::gateway::{self, LAYER_HEADERS};
 use super::super::transport::{self, ClockedIo, SocketClock, TunnelError};
 use super::super::{Hop, Outcome, ProbeResult, Timings, TlsInfo};
+use super::body::{BodyError, read_body, stall_threshold};
 use super::{HttpProber, MAX_HEADER_BYTES, MAX_HEADERS};
 use crate::config::{CheckConfig, HttpVersion};
 use crate::vantage::Vantage;
@@ -544,82 +544,5 @@ fn protocol_failure(error: hyper::Error) -> Failure {
     Failure {
         outcome: Outcome::Protocol,
         message,
-    }
-}
-
-enum BodyError {
-    /// The deadline came; nothing had arrived for `stalled_for` before it.
-    Timeout {
-        stalled_for: Duration,
-    },
-    Broken(String),
-}
-
-/// How long a body must have been silent at the deadline to have stalled
-/// rather than been slow: a quarter of the timeout, at least a second.
-fn stall_threshold(timeout: Duration) -> Duration {
-    (timeout / 4).max(Duration::from_secs(1))
-}
-
-/// What was read of a body.
-struct Body {
-    bytes: u64,
-    sha256: String,
-    truncated: bool,
-    /// The first bytes, for the gateway signatures.
-    window: Vec<u8>,
-    error: Option<BodyError>,
-}
-
-/// Reads at most `limit` bytes of `body`, hashing them; never more, so an
-/// endless body costs `limit` bytes and the check's timeout at most.
-async fn read_body(mut body: Incoming, limit: usize, deadline: TokioInstant) -> Body {
-    let mut hasher = Sha256::new();
-    let mut read = 0usize;
-    let mut window = Vec::new();
-    let mut truncated = false;
-    let mut error = None;
-    let mut last_progress = TokioInstant::now();
-    while read < limit {
-        match timeout_at(deadline, body.frame()).await {
-            Err(_) => {
-                error = Some(BodyError::Timeout {
-                    stalled_for: last_progress.elapsed(),
-                });
-                break;
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                error = Some(BodyError::Broken(e.to_string()));
-                break;
-            }
-            Ok(Some(Ok(frame))) => {
-                let Ok(data) = frame.into_data() else {
-                    continue; // trailers
-                };
-                last_progress = TokioInstant::now();
-                let take = data.len().min(limit - read);
-                if take < data.len() {
-                    truncated = true;
-                }
-                let chunk = &data[..take];
-                hasher.update(chunk);
-                if window.len() < BODY_WINDOW {
-                    let room = BODY_WINDOW - window.len();
-                    window.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                }
-                read += take;
-            }
-        }
-    }
-    if error.is_none() && read >= limit && !hyper::body::Body::is_end_stream(&body) {
-        truncated = true;
-    }
-    Body {
-        bytes: u64::try_from(read).unwrap_or(u64::MAX),
-        sha256: hex::encode(hasher.finalize()),
-        truncated,
-        window,
-        error,
     }
 }

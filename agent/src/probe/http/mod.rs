@@ -15,6 +15,7 @@ use super::tls::TlsConfigs;
 use crate::config::{CheckConfig, Dial};
 use crate::vantage::Vantage;
 
+mod body;
 mod exchange;
 
 pub use exchange::layer_headers;
