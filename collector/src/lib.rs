@@ -50,6 +50,7 @@ pub mod probe_now;
 pub mod reload;
 pub mod silence;
 pub mod store;
+pub mod table;
 pub mod ui;
 pub mod wire;
 

@@ -30,26 +30,29 @@ pub struct Divergence {
 }
 
 /// Reads the failing against the healthy traces.
-pub fn divergence(paths: &[TracedPath]) -> Divergence {
-    let traced: Vec<&TracedPath> = paths.iter().filter(|p| !p.path.probes.is_empty()).collect();
-    let (failing, healthy): (Vec<&TracedPath>, Vec<&TracedPath>) =
-        traced.iter().partition(|p| p.failing());
+pub fn divergence<'a>(paths: impl IntoIterator<Item = &'a TracedPath>) -> Divergence {
+    let (failing, healthy): (Vec<&TracedPath>, Vec<&TracedPath>) = paths
+        .into_iter()
+        .filter(|p| !p.path.probes.is_empty())
+        .partition(|p| p.failing());
+    // Each trace's answering hops, read once.
     let addresses = |p: &TracedPath| -> Vec<(i16, IpAddr)> {
         p.hops()
             .into_iter()
             .filter_map(|h| h.address.map(|a| (h.ttl, a)))
             .collect()
     };
+    let failing_hops: Vec<Vec<(i16, IpAddr)>> = failing.iter().map(|p| addresses(p)).collect();
     let healthy_passes: BTreeSet<IpAddr> = healthy
         .iter()
         .flat_map(|p| addresses(p).into_iter().map(|(_, a)| a))
         .collect();
-    let divergent_hop = failing.first().and_then(|first| {
-        addresses(first).into_iter().find(|(_, a)| {
+    let divergent_hop = failing_hops.first().and_then(|first| {
+        first.iter().copied().find(|(_, a)| {
             !healthy_passes.contains(a)
-                && failing
+                && failing_hops
                     .iter()
-                    .all(|p| addresses(p).iter().any(|(_, b)| b == a))
+                    .all(|hops| hops.iter().any(|(_, b)| b == a))
         })
     });
     let intercepted = |p: &TracedPath| match (p.path.port_answered_at, p.path.hop_count()) {
@@ -212,46 +215,19 @@ pub fn render_side_by_side(paths: &[TracedPath]) -> String {
             (format!("{}/{} ({status})", t.agent_id, t.vantage), cells)
         })
         .collect();
-    let widths: Vec<usize> = columns
-        .iter()
-        .map(|(head, cells)| {
-            cells
+    // One column per trace: its hops down the page.
+    let header: Vec<&str> = columns.iter().map(|(h, _)| h.as_str()).collect();
+    let depth = columns.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
+    let rows: Vec<Vec<String>> = (0..depth)
+        .map(|i| {
+            columns
                 .iter()
-                .map(|c| c.chars().count())
-                .chain([head.chars().count()])
-                .max()
-                .unwrap_or(0)
+                .map(|(_, c)| c.get(i).cloned().unwrap_or_default())
+                .collect()
         })
         .collect();
-    let rows = columns.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
     let _ = writeln!(out, "Paths:");
-    let _ = writeln!(
-        out,
-        "{}",
-        line(columns.iter().map(|(h, _)| h.as_str()).collect())
-    );
-    for i in 0..rows {
-        let _ = writeln!(
-            out,
-            "{}",
-            line(
-                columns
-                    .iter()
-                    .map(|(_, c)| c.get(i).map_or("", String::as_str))
-                    .collect()
-            )
-        );
-    }
+    out.push_str(&crate::table::aligned(&header, &rows));
     if let Some(summary) = divergence(paths).summary() {
         let _ = writeln!(out, "Where: {summary}.");
     }

@@ -262,29 +262,7 @@ pub fn render(outcome: &ProbeOutcome, what: &str, trace_path: bool) -> String {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    let _ = writeln!(out, "{}", line(header.to_vec()));
-    for row in &rows {
-        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
-    }
+    out.push_str(&crate::table::aligned(&header, &rows));
     for r in outcome.results.iter().filter(|r| !r.message.is_empty()) {
         let _ = writeln!(out, "{}/{}: {}", r.agent_id, r.vantage, r.message);
     }

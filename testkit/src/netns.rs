@@ -267,25 +267,15 @@ impl Lab {
         Ok(nginx)
     }
 
-    /// Waits until something in `ns` accepts TCP connections at `addr`.
+    /// Waits until something in `ns` accepts TCP connections at `addr`
+    /// ([`crate::wait_until_listening`], from inside `ns`).
     pub fn wait_until_listening_in(
         &self,
         ns: &Ns,
         addr: std::net::SocketAddr,
         within: std::time::Duration,
     ) -> Result<bool> {
-        self.run_in(ns, async move {
-            let deadline = tokio::time::Instant::now() + within;
-            loop {
-                if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                    return true;
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return false;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        })
+        self.in_namespace(ns, move || crate::wait_until_listening(addr, within))
     }
 }
 

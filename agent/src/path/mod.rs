@@ -142,11 +142,9 @@ impl PathTrace {
                     None => counts.push((from, 1)),
                 }
             }
-            let best = counts
-                .iter()
-                .max_by_key(|(_, n)| *n)
-                .map(|(a, n)| (*a, *n))
-                .and_then(|(_, top)| counts.iter().find(|(_, n)| *n == top).map(|(a, _)| *a));
+            // The first of the most frequent (max_by_key would take the last).
+            let top = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
+            let best = counts.iter().find(|(_, n)| *n == top).map(|(a, _)| *a);
             out.push((ttl, best));
         }
         out
@@ -180,10 +178,9 @@ struct Shared {
 }
 
 impl Shared {
-    fn learn(&self, mtu: u32, from: Option<IpAddr>, floor: u32) {
-        if mtu < floor {
-            return;
-        }
+    /// An MTU the way reported (the callers take only sizes between the
+    /// small probe's and the one sent).
+    fn learn(&self, mtu: u32, from: Option<IpAddr>) {
         self.size.fetch_min(mtu, Ordering::Relaxed);
         let mut known = self.mtu.lock().unwrap_or_else(|p| p.into_inner());
         // The kernel learns a router's report as it queues it, so another
@@ -371,7 +368,7 @@ async fn one(
         };
         let answer = match probed {
             Probed::TooLarge { mtu } if shrinks < MAX_SHRINKS && mtu >= small && mtu < size => {
-                shared.learn(mtu, None, small);
+                shared.learn(mtu, None);
                 shrinks += 1;
                 continue;
             }
@@ -381,7 +378,7 @@ async fn one(
                     && shrinks < MAX_SHRINKS
                     && answer.mtu.is_some_and(|m| m >= small && m < size) =>
             {
-                shared.learn(answer.mtu.unwrap_or(size), answer.from, small);
+                shared.learn(answer.mtu.unwrap_or(size), answer.from);
                 shrinks += 1;
                 continue;
             }

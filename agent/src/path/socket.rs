@@ -101,18 +101,6 @@ pub enum ProbeError {
     Send(io::Error),
 }
 
-impl ProbeError {
-    /// Whether the host refused the probe itself (a local firewall, a
-    /// sandbox without the socket family): the same for every probe.
-    pub fn is_permission(&self) -> bool {
-        let io = match self {
-            Self::Open { source, .. } | Self::Bind { source, .. } => source,
-            Self::Send(e) => e,
-        };
-        io.kind() == io::ErrorKind::PermissionDenied
-    }
-}
-
 /// The source address the system picks for `destination` (what an
 /// unbound probe leaves from): a connected UDP socket's local address; no
 /// packet is sent.
@@ -128,7 +116,7 @@ pub fn source_for(destination: SocketAddr) -> Option<IpAddr> {
 
 /// IPv4 and UDP headers: a datagram of `size` bytes on the wire carries
 /// `size - overhead` of payload.
-pub fn header_bytes(ip: IpAddr) -> u32 {
+fn header_bytes(ip: IpAddr) -> u32 {
     match ip {
         IpAddr::V4(_) => 20 + 8,
         IpAddr::V6(_) => 40 + 8,

@@ -15,7 +15,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use vantage_agent::path::{self, PathEnd, PathProtocol, PathSettings, PathTarget};
+use vantage_agent::path::{self, PathEnd, PathProtocol, PathSettings, PathTarget, PathTrace};
 use vantage_testkit::netns::{Lab, Ns};
 
 pub(crate) struct TwoPaths {
@@ -113,7 +113,14 @@ pub(crate) fn two_paths(middle_mtu: Option<u32>) -> TwoPaths {
     }
 }
 
-pub(crate) fn settings(protocol: PathProtocol) -> PathSettings {
+impl TwoPaths {
+    /// A trace from `ns` to `destination`'s port 80 with [`settings`].
+    pub(crate) fn trace(&self, ns: &Ns, destination: &str, protocol: PathProtocol) -> PathTrace {
+        trace_in(&self.lab, ns, target(destination, 80), settings(protocol))
+    }
+}
+
+fn settings(protocol: PathProtocol) -> PathSettings {
     PathSettings {
         protocol,
         max_hops: 8,
@@ -122,7 +129,7 @@ pub(crate) fn settings(protocol: PathProtocol) -> PathSettings {
     }
 }
 
-pub(crate) fn target(destination: &str, port: u16) -> PathTarget {
+fn target(destination: &str, port: u16) -> PathTarget {
     PathTarget {
         source: None,
         destination: SocketAddr::new(destination.parse().unwrap(), port),
@@ -130,12 +137,7 @@ pub(crate) fn target(destination: &str, port: u16) -> PathTarget {
     }
 }
 
-pub(crate) fn trace_in(
-    lab: &Lab,
-    ns: &Ns,
-    target: PathTarget,
-    settings: PathSettings,
-) -> path::PathTrace {
+fn trace_in(lab: &Lab, ns: &Ns, target: PathTarget, settings: PathSettings) -> path::PathTrace {
     lab.run_in(ns, async move { path::trace(target, &settings).await })
         .unwrap()
 }
@@ -216,24 +218,9 @@ fn hops_agree_with_tracepath_and_traceroute_on_both_paths_v4_and_v6() {
             .collect();
         // A cold IPv6 link loses the first packet while the router
         // resolves its neighbour, whichever tracer sends it: warm it.
-        let _ = trace_in(
-            &net.lab,
-            ns,
-            target(destination, 80),
-            settings(PathProtocol::Udp),
-        );
-        let udp = trace_in(
-            &net.lab,
-            ns,
-            target(destination, 80),
-            settings(PathProtocol::Udp),
-        );
-        let tcp = trace_in(
-            &net.lab,
-            ns,
-            target(destination, 80),
-            settings(PathProtocol::Tcp),
-        );
+        let _ = net.trace(ns, destination, PathProtocol::Udp);
+        let udp = net.trace(ns, destination, PathProtocol::Udp);
+        let tcp = net.trace(ns, destination, PathProtocol::Tcp);
         let tracepath = tool_hops(&net.lab, ns, "tracepath", &["-n", "-m", "8", destination]);
         let traceroute_udp = tool_hops(
             &net.lab,
@@ -300,36 +287,21 @@ fn a_port_answered_before_the_destination_is_seen() {
         )
         .unwrap();
     for destination in [TARGET4, TARGET6] {
-        let inside = trace_in(
-            &net.lab,
-            &net.e1,
-            target(destination, 80),
-            settings(PathProtocol::Udp),
-        );
+        let inside = net.trace(&net.e1, destination, PathProtocol::Udp);
         assert_eq!(inside.reached_at(), Some(2), "{inside:?}");
         assert_eq!(
             inside.port_answered_at,
             Some(1),
             "{destination}: {inside:?}"
         );
-        let outside = trace_in(
-            &net.lab,
-            &net.e2,
-            target(destination, 80),
-            settings(PathProtocol::Udp),
-        );
+        let outside = net.trace(&net.e2, destination, PathProtocol::Udp);
         assert_eq!(
             outside.port_answered_at,
             Some(3),
             "{destination}: {outside:?}"
         );
         // A TCP trace ends at the interceptor, one hop early.
-        let tcp = trace_in(
-            &net.lab,
-            &net.e1,
-            target(destination, 80),
-            settings(PathProtocol::Tcp),
-        );
+        let tcp = net.trace(&net.e1, destination, PathProtocol::Tcp);
         assert_eq!(tcp.reached_at(), Some(1), "{destination}: {tcp:?}");
     }
 }
@@ -361,12 +333,7 @@ fn bad_settings_and_a_host_that_refuses_the_probe_are_errors_in_words() {
              }",
         )
         .unwrap();
-    let trace = trace_in(
-        &net.lab,
-        &net.e1,
-        target(TARGET4, 80),
-        settings(PathProtocol::Udp),
-    );
+    let trace = net.trace(&net.e1, TARGET4, PathProtocol::Udp);
     assert_eq!(trace.end, PathEnd::Error, "{trace:?}");
     let error = trace.error.unwrap();
     assert!(error.contains("this host refused to send it"), "{error}");

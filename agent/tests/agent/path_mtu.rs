@@ -10,9 +10,7 @@ use vantage_agent::path::{PathEnd, PathProtocol};
 use vantage_agent::probe::{Outcome, ProbeResult};
 use vantage_testkit::netns::{Lab, Ns};
 
-use super::path::{
-    TARGET4, TARGET6, TwoPaths, ip, settings, target, tool_hops, trace_in, two_paths,
-};
+use super::path::{TARGET4, TARGET6, TwoPaths, ip, tool_hops, two_paths};
 
 /// The routers on both sides of the small link drop the ICMP that would
 /// tell a sender its packets are too large (as a misconfigured firewall
@@ -38,23 +36,13 @@ fn make_black_hole(net: &TwoPaths) {
 fn a_router_that_says_fragmentation_needed_gives_the_path_mtu() {
     let net = two_paths(Some(1400));
     for (destination, reporter) in [(TARGET4, "10.2.0.1"), (TARGET6, "fd02::1")] {
-        let trace = trace_in(
-            &net.lab,
-            &net.e2,
-            target(destination, 80),
-            settings(PathProtocol::Udp),
-        );
+        let trace = net.trace(&net.e2, destination, PathProtocol::Udp);
         assert_eq!(trace.end, PathEnd::Reached, "{trace:?}");
         assert_eq!(trace.path_mtu, Some(1400), "{destination}: {trace:?}");
         assert_eq!(trace.mtu_from, Some(ip(reporter)), "{destination}");
         assert_eq!(trace.black_hole, None, "{destination}");
         // The other path has the local link's MTU throughout.
-        let other = trace_in(
-            &net.lab,
-            &net.e1,
-            target(destination, 80),
-            settings(PathProtocol::Udp),
-        );
+        let other = net.trace(&net.e1, destination, PathProtocol::Udp);
         assert_eq!(other.path_mtu, Some(1500), "{destination}: {other:?}");
     }
 }
@@ -75,12 +63,7 @@ fn a_black_hole_is_found_where_tracepath_sees_nothing() {
             1,
             "tracepath sees only hop 1: {tracepath:?}"
         );
-        let trace = trace_in(
-            &net.lab,
-            &net.e2,
-            target(destination, 80),
-            settings(PathProtocol::Udp),
-        );
+        let trace = net.trace(&net.e2, destination, PathProtocol::Udp);
         let hole = trace
             .black_hole
             .unwrap_or_else(|| panic!("{destination}: {trace:?}"));
@@ -167,12 +150,7 @@ fn a_large_response_stalls_in_a_black_hole_and_the_probe_says_so() {
         );
         // The path probe from the same vantage names where and how much.
         let destination = if base.contains('[') { TARGET6 } else { TARGET4 };
-        let trace = trace_in(
-            &net.lab,
-            &net.e2,
-            target(destination, 80),
-            settings(PathProtocol::Udp),
-        );
+        let trace = net.trace(&net.e2, destination, PathProtocol::Udp);
         let hole = trace.black_hole.unwrap_or_else(|| panic!("{trace:?}"));
         assert_eq!(hole.after_ttl, 1);
         assert!(

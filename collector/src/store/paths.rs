@@ -292,12 +292,16 @@ impl Store {
         .bind(ids)
         .fetch_all(&self.pool)
         .await?;
+        // Each trace's place by its key: the probes come in trace order,
+        // but a scan per probe would be quadratic on a busy page.
+        let place: std::collections::HashMap<(String, i64, DateTime<Utc>), usize> = out
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ((t.agent_id.clone(), t.seq, t.started_at), i))
+            .collect();
         for (agent_id, seq, started_at, ttl, address, rtt_us, reply, size) in hops {
-            if let Some(t) = out
-                .iter_mut()
-                .find(|t| t.agent_id == agent_id && t.seq == seq && t.started_at == started_at)
-            {
-                t.path.probes.push(StoredPathProbe {
+            if let Some(&i) = place.get(&(agent_id, seq, started_at)) {
+                out[i].path.probes.push(StoredPathProbe {
                     ttl,
                     address,
                     rtt_us,

@@ -32,8 +32,7 @@ pub fn section(paths: &[TracedPath]) -> Markup {
     if shown.is_empty() {
         return html! {};
     }
-    let owned: Vec<TracedPath> = shown.iter().map(|p| (*p).clone()).collect();
-    let reading = divergence(&owned);
+    let reading = divergence(shown.iter().copied());
     let hops: Vec<Vec<PathHop>> = shown.iter().map(|p| p.hops()).collect();
     let rows = hops.iter().map(Vec::len).max().unwrap_or(0);
     html! {

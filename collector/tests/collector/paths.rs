@@ -20,9 +20,9 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use vantage_testkit::netns::{Lab, Ns};
+use vantage_testkit::netns::{Lab, Ns, Relay};
 
-use crate::rig::Fleet;
+use crate::rig::{AgentProcess, Fleet};
 
 struct Regions {
     lab: Lab,
@@ -99,6 +99,39 @@ fn regions(east_mtu: Option<u32>) -> Regions {
     }
 }
 
+/// A collector with a fast detector, and an agent per region running
+/// `check` from two vantages (its region's .2 and .3), `agent_extra`
+/// added to each config, reaching the collector through a relay.
+async fn fleet_in(
+    pool: PgPool,
+    net: &Regions,
+    check: &str,
+    agent_extra: &str,
+) -> (Fleet, Vec<AgentProcess>, Vec<Relay>) {
+    let fleet = Fleet::start(
+        pool,
+        &[("east", "us-east"), ("west", "us-west"), ("eu", "eu")],
+        "[detector]\ninterval = \"1s\"\nwindow = \"60s\"\nresolve_quiet = \"5s\"\n",
+    )
+    .await;
+    let mut relays = Vec::new();
+    let mut agents = Vec::new();
+    for (id, ns, prefix) in [
+        ("east", &net.east, "10.1.0"),
+        ("west", &net.west, "10.2.0"),
+        ("eu", &net.eu, "10.3.0"),
+    ] {
+        let extra = format!(
+            "[[vantage]]\nname = \"v1\"\nsource_ip = \"{prefix}.2\"\n\
+             [[vantage]]\nname = \"v2\"\nsource_ip = \"{prefix}.3\"\n{agent_extra}"
+        );
+        let relay = net.lab.relay(ns, fleet.grpc).unwrap();
+        agents.push(fleet.start_agent_in_netns(id, ns.name(), relay.addr, &extra, check));
+        relays.push(relay);
+    }
+    (fleet, agents, relays)
+}
+
 #[sqlx::test(migrations = false)]
 async fn an_incident_carries_the_paths_and_names_the_hop_where_they_part(pool: PgPool) {
     let net = regions(None);
@@ -131,36 +164,13 @@ async fn an_incident_carries_the_paths_and_names_the_hop_where_they_part(pool: P
         )
         .unwrap();
 
-    let fleet = Fleet::start(
+    let (fleet, agents, relays) = fleet_in(
         pool,
-        &[("east", "us-east"), ("west", "us-west"), ("eu", "eu")],
-        "[detector]\ninterval = \"1s\"\nwindow = \"60s\"\nresolve_quiet = \"5s\"\n",
+        &net,
+        "[[check]]\nname = \"shop\"\nurl = \"http://10.99.0.1/\"\ninterval = \"4s\"\ntimeout = \"2s\"\n",
+        "",
     )
     .await;
-    let check = "[[check]]\nname = \"shop\"\nurl = \"http://10.99.0.1/\"\ninterval = \"4s\"\ntimeout = \"2s\"\n";
-    let vantages = |prefix: &str| {
-        format!(
-            "[[vantage]]\nname = \"v1\"\nsource_ip = \"{prefix}.2\"\n\
-             [[vantage]]\nname = \"v2\"\nsource_ip = \"{prefix}.3\"\n"
-        )
-    };
-    let mut relays = Vec::new();
-    let mut agents = Vec::new();
-    for (id, ns, prefix) in [
-        ("east", &net.east, "10.1.0"),
-        ("west", &net.west, "10.2.0"),
-        ("eu", &net.eu, "10.3.0"),
-    ] {
-        let relay = net.lab.relay(ns, fleet.grpc).unwrap();
-        agents.push(fleet.start_agent_in_netns(
-            id,
-            ns.name(),
-            relay.addr,
-            &vantages(prefix),
-            check,
-        ));
-        relays.push(relay);
-    }
     fleet
         .wait_for(
             "an incident with traced paths",
@@ -288,31 +298,13 @@ async fn an_mtu_black_hole_on_one_region_is_named_by_its_paths(pool: PgPool) {
             )
             .unwrap();
     }
-    let fleet = Fleet::start(
+    let (fleet, agents, relays) = fleet_in(
         pool,
-        &[("east", "us-east"), ("west", "us-west"), ("eu", "eu")],
-        "[detector]\ninterval = \"1s\"\nwindow = \"60s\"\nresolve_quiet = \"5s\"\n",
+        &net,
+        "[[check]]\nname = \"shop\"\nurl = \"http://10.99.0.1/large\"\ninterval = \"4s\"\ntimeout = \"2s\"\n",
+        "[path]\nhop_timeout = \"500ms\"\nmax_duration = \"20s\"\n",
     )
     .await;
-    let check = "[[check]]\nname = \"shop\"\nurl = \"http://10.99.0.1/large\"\ninterval = \"4s\"\ntimeout = \"2s\"\n";
-    let extra = |prefix: &str| {
-        format!(
-            "[[vantage]]\nname = \"v1\"\nsource_ip = \"{prefix}.2\"\n\
-             [[vantage]]\nname = \"v2\"\nsource_ip = \"{prefix}.3\"\n\
-             [path]\nhop_timeout = \"500ms\"\nmax_duration = \"20s\"\n"
-        )
-    };
-    let mut relays = Vec::new();
-    let mut agents = Vec::new();
-    for (id, ns, prefix) in [
-        ("east", &net.east, "10.1.0"),
-        ("west", &net.west, "10.2.0"),
-        ("eu", &net.eu, "10.3.0"),
-    ] {
-        let relay = net.lab.relay(ns, fleet.grpc).unwrap();
-        agents.push(fleet.start_agent_in_netns(id, ns.name(), relay.addr, &extra(prefix), check));
-        relays.push(relay);
-    }
     fleet
         .wait_for(
             "an incident whose paths name a black hole",

@@ -171,6 +171,19 @@ async fn probe_asks_the_chosen_vantages_and_prints_them_side_by_side(pool: PgPoo
     );
 }
 
+/// Waits until the fleet's one agent has said hello, announcing that it
+/// traces paths.
+async fn wait_for_tracing_agent(fleet: &Fleet) {
+    fleet
+        .wait_for(
+            "the agent connected, able to trace",
+            "SELECT count(*) FROM agents WHERE 'path_probes' = ANY(capabilities)",
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+}
+
 /// `probe --path`: each vantage traces its path to the address its probe
 /// dialled; the traces are stored with the results (`path_results`,
 /// `path_hops`, the `path_divergence` view) and printed side by side with
@@ -183,14 +196,7 @@ async fn probe_path_traces_each_vantage_and_stores_the_paths(pool: PgPool) {
         .target
         .set_failing(Some("127.0.3.0/24".parse().unwrap()));
     let _iad = fleet.start_agent("iad-1", VANTAGES, "");
-    fleet
-        .wait_for(
-            "the agent connected, able to trace",
-            "SELECT count(*) FROM agents WHERE 'path_probes' = ANY(capabilities)",
-            1,
-            Duration::from_secs(20),
-        )
-        .await;
+    wait_for_tracing_agent(&fleet).await;
     let url = fleet.url("/checkout");
     let (code, out, err) = fleet.cli(&["probe", &url, "--path"]).await;
     assert_eq!(code, 0, "{out}\n{err}");
@@ -294,14 +300,7 @@ async fn probe_path_stops_at_a_proxy_and_names_what_it_could_not_trace(pool: PgP
         proxy.addr()
     );
     let _iad = fleet.start_agent("iad-1", &vantages, "");
-    fleet
-        .wait_for(
-            "the agent connected, able to trace",
-            "SELECT count(*) FROM agents WHERE 'path_probes' = ANY(capabilities)",
-            1,
-            Duration::from_secs(20),
-        )
-        .await;
+    wait_for_tracing_agent(&fleet).await;
     let (code, out, err) = fleet.cli(&["probe", &fleet.url("/"), "--path"]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("traced to the vantage's proxy only"), "{out}");
