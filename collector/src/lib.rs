@@ -29,6 +29,7 @@
 //! - [`ui`]: the read-only incident pages (HTML, inline SVG) and who may
 //!   read them.
 //! - [`listen`]: connections within bounds (caps, descriptors, timeouts).
+//! - [`pg_tls`]: the database connection's TLS as libpq's `sslmode` means it.
 
 pub mod alert;
 pub mod app;
@@ -45,6 +46,7 @@ pub mod ingest;
 pub mod listen;
 pub mod metrics;
 pub mod path_evidence;
+pub mod pg_tls;
 pub mod pools;
 pub mod probe_now;
 pub mod reload;

@@ -49,9 +49,38 @@ fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
+/// What a cluster is given before it first starts: lines for its
+/// `postgresql.conf` and files for its data directory (a server's TLS
+/// certificate and key, say), owned by the server's user, mode 0600.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSetup {
+    pub settings: Vec<(String, String)>,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl ClusterSetup {
+    /// Adds `name = 'value'` to postgresql.conf.
+    pub fn setting(mut self, name: &str, value: &str) -> Self {
+        self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Adds a file to the data directory.
+    pub fn file(mut self, name: &str, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((name.to_owned(), contents.into()));
+        self
+    }
+}
+
 impl PrivateCluster {
     /// initdb + pg_ctl start on a free loopback port.
     pub fn start(bin: PathBuf) -> Result<Self> {
+        Self::start_with(bin, &ClusterSetup::default())
+    }
+
+    /// [`PrivateCluster::start`] with `setup` applied between initdb and
+    /// the first start.
+    pub fn start_with(bin: PathBuf, setup: &ClusterSetup) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("vantage-pg-")
             .tempdir()
@@ -97,6 +126,7 @@ impl PrivateCluster {
                 "--no-sync",
             ],
         )?;
+        cluster.apply(setup)?;
         let log = cluster.dir.path().join("postgres.log");
         let started = cluster.start_server();
         if let Err(e) = started {
@@ -105,6 +135,40 @@ impl PrivateCluster {
             return Err(e.context(format!("PostgreSQL log:\n{log}")));
         }
         Ok(cluster)
+    }
+
+    fn apply(&self, setup: &ClusterSetup) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, chown};
+        let data = self.data_dir();
+        let owner =
+            std::fs::metadata(&data).with_context(|| format!("reading {}", data.display()))?;
+        for (name, contents) in &setup.files {
+            let path = data.join(name);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            file.write_all(contents)
+                .with_context(|| format!("writing {}", path.display()))?;
+            chown(&path, Some(owner.uid()), Some(owner.gid()))
+                .with_context(|| format!("giving {} to the server's user", path.display()))?;
+        }
+        if !setup.settings.is_empty() {
+            let conf = data.join("postgresql.conf");
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&conf)
+                .with_context(|| format!("opening {}", conf.display()))?;
+            for (name, value) in &setup.settings {
+                writeln!(file, "{name} = '{}'", value.replace('\'', "''"))
+                    .with_context(|| format!("writing {}", conf.display()))?;
+            }
+        }
+        Ok(())
     }
 
     fn data_dir(&self) -> PathBuf {

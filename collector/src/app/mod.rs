@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,16 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// setting the URL came from and where it points, never the password.
 pub async fn connect(config: &CollectorConfig) -> Result<PgPool> {
     let (options, source) = config.database().map_err(anyhow::Error::msg)?;
+    connect_to(options, source, config.database.max_connections).await
+}
+
+/// [`connect`] to `options` (from the setting `source`): a failed TLS
+/// handshake is worded by [`crate::pg_tls::explain`].
+pub async fn connect_to(
+    options: PgConnectOptions,
+    source: &str,
+    max_connections: u32,
+) -> Result<PgPool> {
     let target = format!(
         "{}:{}/{} as {}",
         options.get_host(),
@@ -69,13 +79,17 @@ pub async fn connect(config: &CollectorConfig) -> Result<PgPool> {
         options.get_username()
     );
     PgPoolOptions::new()
-        .max_connections(config.database.max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(crate::pools::with_statement_timeout(
-            options,
+            options.clone(),
             crate::pools::INGEST_STATEMENT_TIMEOUT,
         ))
         .await
+        .map_err(|e| match crate::pg_tls::explain(&e, &options) {
+            Some(words) => anyhow::Error::msg(words),
+            None => anyhow::Error::new(e),
+        })
         .with_context(|| format!("connecting to PostgreSQL at {target} (from {source})"))
 }
 

@@ -75,8 +75,9 @@ impl CollectorConfig {
     }
 }
 
-/// Parses a PostgreSQL URL; the error never shows the password.
-pub(super) fn database_options(url: &str) -> Result<PgConnectOptions, String> {
+/// Parses a PostgreSQL URL, with libpq's TLS rules ([`crate::pg_tls`]);
+/// the error never shows the password.
+pub fn database_options(url: &str) -> Result<PgConnectOptions, String> {
     let expected = "expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE";
     let parsed = Url::parse(url).map_err(|e| format!("not a URL ({e}): {expected}"))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
@@ -85,11 +86,12 @@ pub(super) fn database_options(url: &str) -> Result<PgConnectOptions, String> {
             parsed.scheme()
         ));
     }
-    url.parse::<PgConnectOptions>().map_err(|e| {
-        let mut message = e.to_string();
-        if let Some(password) = parsed.password().filter(|p| !p.is_empty()) {
-            message = message.replace(password, "***");
-        }
-        format!("{message}: {expected}")
-    })
+    let hide_password = |message: String| match parsed.password().filter(|p| !p.is_empty()) {
+        Some(password) => message.replace(password, "***"),
+        None => message,
+    };
+    let options = url
+        .parse::<PgConnectOptions>()
+        .map_err(|e| format!("{}: {expected}", hide_password(e.to_string())))?;
+    crate::pg_tls::libpq_rules(options, &parsed).map_err(hide_password)
 }

@@ -464,8 +464,7 @@ impl CollectorConfig {
 }
 
 mod database;
-pub use database::DatabaseConfig;
-use database::database_options;
+pub use database::{DatabaseConfig, database_options};
 
 #[cfg(test)]
 mod fuzz;

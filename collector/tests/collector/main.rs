@@ -9,6 +9,7 @@ mod auth;
 mod checks;
 mod config;
 mod confirm;
+mod database_tls;
 mod delivery;
 mod detection;
 mod e2e;

@@ -4,14 +4,15 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use rustls::{
+    client::danger::HandshakeSignatureValid,
     client::{
         danger::{ServerCertVerified, ServerCertVerifier},
         WebPkiServerVerifier,
     },
-    crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
+    crypto::{verify_tls13_signature_with_raw_key, CryptoProvider},
     pki_types::{
         pem::{self, PemObject},
-        CertificateDer, PrivateKeyDer, ServerName, UnixTime,
+        CertificateDer, PrivateKeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
     },
     CertificateError, ClientConfig, ClientConnection, Error as TlsError, RootCertStore,
 };
@@ -123,21 +124,16 @@ where
         }
     };
 
-    let config = if tls_config.accept_invalid_certs {
-        if let Some(user_auth) = user_auth {
-            config
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(DummyTlsVerifier { provider }))
-                .with_client_auth_cert(user_auth.0, user_auth.1)
-                .map_err(Error::tls)?
-        } else {
-            config
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(DummyTlsVerifier { provider }))
-                .with_no_client_auth()
-        }
+    // libpq's sslmode: `prefer` and `require` encrypt without verifying the
+    // certificate; `verify-ca` verifies it against the roots, `verify-full`
+    // also its host name. A certificate that is itself one of the given
+    // roots is trusted as it stands (pinned), as OpenSSL trusts it: how
+    // self-signed PostgreSQL certificates are usually verified.
+    let verifier: Arc<dyn ServerCertVerifier> = if tls_config.accept_invalid_certs {
+        Arc::new(DummyTlsVerifier { provider })
     } else {
         let mut cert_store = import_root_certs();
+        let mut pinned = Vec::new();
 
         if let Some(ca) = tls_config.root_cert_path {
             let data = ca.data().await?;
@@ -146,38 +142,44 @@ where
                 let Ok(cert) = result else {
                     return Err(Error::Tls(format!("Invalid certificate {ca}").into()));
                 };
-
-                cert_store.add(cert).map_err(|err| Error::Tls(err.into()))?;
+                // webpki takes only version 3 authorities; a version 1
+                // self-signed certificate can still be pinned.
+                let _ = cert_store.add(cert.clone());
+                pinned.push(cert);
+            }
+            if pinned.is_empty() {
+                return Err(Error::Tls(format!("no certificate in {ca}").into()));
             }
         }
 
-        if tls_config.accept_invalid_hostnames {
-            let verifier = WebPkiServerVerifier::builder(Arc::new(cert_store))
-                .build()
-                .map_err(|err| Error::Tls(err.into()))?;
-
-            if let Some(user_auth) = user_auth {
-                config
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(NoHostnameTlsVerifier { verifier }))
-                    .with_client_auth_cert(user_auth.0, user_auth.1)
-                    .map_err(Error::tls)?
-            } else {
-                config
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(NoHostnameTlsVerifier { verifier }))
-                    .with_no_client_auth()
-            }
-        } else if let Some(user_auth) = user_auth {
-            config
-                .with_root_certificates(cert_store)
-                .with_client_auth_cert(user_auth.0, user_auth.1)
-                .map_err(Error::tls)?
-        } else {
-            config
-                .with_root_certificates(cert_store)
-                .with_no_client_auth()
-        }
+        // No roots at all (no system store, only version 1 pins) leaves the
+        // pins to decide.
+        let webpki = match WebPkiServerVerifier::builder_with_provider(
+            Arc::new(cert_store),
+            provider.clone(),
+        )
+        .build()
+        {
+            Ok(verifier) => Some(verifier),
+            Err(rustls::client::VerifierBuilderError::NoRootAnchors) if !pinned.is_empty() => None,
+            Err(err) => return Err(Error::Tls(err.into())),
+        };
+        Arc::new(LibpqTlsVerifier {
+            webpki,
+            pinned,
+            verify_hostname: !tls_config.accept_invalid_hostnames,
+            provider,
+        })
+    };
+    let config = config
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = if let Some(user_auth) = user_auth {
+        config
+            .with_client_auth_cert(user_auth.0, user_auth.1)
+            .map_err(Error::tls)?
+    } else {
+        config.with_no_client_auth()
     };
 
     let host = ServerName::try_from(tls_config.hostname.to_owned()).map_err(Error::tls)?;
@@ -236,6 +238,25 @@ fn import_root_certs() -> RootCertStore {
     RootCertStore::empty()
 }
 
+/// The public key a certificate carries, whatever its X.509 version.
+///
+/// Without verification (libpq's `sslmode=prefer` and `require`) the
+/// handshake's signature must still be made by the key the server's
+/// certificate carries, but nothing else about the certificate matters.
+/// webpki parses only version 3 certificates, and PostgreSQL servers often
+/// present version 1 ones (Citus's auto-generated `citus-auto-ssl`, or
+/// `openssl x509 -req` without extensions), which libpq accepts in these
+/// modes: so the key is read with a parser that takes any version.
+fn subject_public_key_info(
+    cert: &CertificateDer<'_>,
+) -> Result<SubjectPublicKeyInfoDer<'static>, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| TlsError::InvalidCertificate(CertificateError::BadEncoding))?;
+    Ok(SubjectPublicKeyInfoDer::from(
+        parsed.tbs_certificate.subject_pki.raw.to_vec(),
+    ))
+}
+
 #[derive(Debug)]
 struct DummyTlsVerifier {
     provider: Arc<CryptoProvider>,
@@ -258,13 +279,28 @@ impl ServerCertVerifier for DummyTlsVerifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, TlsError> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        let spki = subject_public_key_info(cert)?;
+        let key = webpki::RawPublicKeyEntity::try_from(&spki).map_err(|e| {
+            TlsError::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
+        })?;
+        // TLS 1.2 names no single algorithm: try each candidate, as rustls does.
+        let candidates = self
+            .provider
+            .signature_verification_algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map(|(_, algorithms)| *algorithms)
+            .ok_or(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)?;
+        for algorithm in candidates {
+            match key.verify_signature(*algorithm, message, dss.signature()) {
+                Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
+                Err(webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)) => continue,
+                Err(_) => return Err(TlsError::InvalidCertificate(CertificateError::BadSignature)),
+            }
+        }
+        Err(TlsError::InvalidCertificate(CertificateError::BadSignature))
     }
 
     fn verify_tls13_signature(
@@ -272,10 +308,10 @@ impl ServerCertVerifier for DummyTlsVerifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature_with_raw_key(
             message,
-            cert,
+            &subject_public_key_info(cert)?,
             dss,
             &self.provider.signature_verification_algorithms,
         )
@@ -288,12 +324,19 @@ impl ServerCertVerifier for DummyTlsVerifier {
     }
 }
 
+/// `verify-ca` and `verify-full`: the roots' verdict, except that a
+/// certificate that is itself one of the given roots is trusted as it
+/// stands (within its validity, and for `verify-full` when it names the
+/// host), and that `verify-ca` does not check the name.
 #[derive(Debug)]
-pub struct NoHostnameTlsVerifier {
-    verifier: Arc<WebPkiServerVerifier>,
+struct LibpqTlsVerifier {
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    pinned: Vec<CertificateDer<'static>>,
+    verify_hostname: bool,
+    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for NoHostnameTlsVerifier {
+impl ServerCertVerifier for LibpqTlsVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -302,16 +345,23 @@ impl ServerCertVerifier for NoHostnameTlsVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        match self.verifier.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        if self
+            .pinned
+            .iter()
+            .any(|pin| pin.as_ref() == end_entity.as_ref())
+        {
+            return verify_pinned(end_entity, server_name, self.verify_hostname, now);
+        }
+        let Some(webpki) = &self.webpki else {
+            return Err(TlsError::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ));
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(TlsError::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.verify_hostname => Ok(ServerCertVerified::assertion()),
             res => res,
         }
     }
@@ -321,8 +371,11 @@ impl ServerCertVerifier for NoHostnameTlsVerifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, TlsError> {
-        self.verifier.verify_tls12_signature(message, cert, dss)
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        DummyTlsVerifier {
+            provider: self.provider.clone(),
+        }
+        .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -330,11 +383,106 @@ impl ServerCertVerifier for NoHostnameTlsVerifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, TlsError> {
-        self.verifier.verify_tls13_signature(message, cert, dss)
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        DummyTlsVerifier {
+            provider: self.provider.clone(),
+        }
+        .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.verifier.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A pinned certificate: within its validity and, for `verify-full`, naming
+/// the host (its subjectAltName entries, or without any its common name, as
+/// libpq checks).
+fn verify_pinned(
+    cert: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    verify_hostname: bool,
+    now: UnixTime,
+) -> Result<ServerCertVerified, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| TlsError::InvalidCertificate(CertificateError::BadEncoding))?;
+    let now_secs = now.as_secs() as i64;
+    let validity = parsed.validity();
+    if now_secs < validity.not_before.timestamp() {
+        return Err(TlsError::InvalidCertificate(CertificateError::NotValidYet));
+    }
+    if now_secs > validity.not_after.timestamp() {
+        return Err(TlsError::InvalidCertificate(CertificateError::Expired));
+    }
+    if !verify_hostname {
+        return Ok(ServerCertVerified::assertion());
+    }
+    use x509_parser::extensions::GeneralName;
+    let alt_names: Vec<GeneralName<'_>> = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| san.value.general_names.clone())
+        .unwrap_or_default();
+    let matches = match server_name {
+        ServerName::IpAddress(ip) => {
+            let ip = std::net::IpAddr::from(*ip);
+            let octets = match ip {
+                std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+            };
+            if alt_names.is_empty() {
+                common_names(&parsed).any(|cn| cn == ip.to_string())
+            } else {
+                alt_names
+                    .iter()
+                    .any(|name| matches!(name, GeneralName::IPAddress(bytes) if *bytes == octets.as_slice()))
+            }
+        }
+        ServerName::DnsName(host) => {
+            let host = host.as_ref();
+            let dns: Vec<&str> = alt_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::DNSName(dns) => Some(*dns),
+                    _ => None,
+                })
+                .collect();
+            if alt_names.is_empty() {
+                common_names(&parsed).any(|cn| host_matches(&cn, host))
+            } else {
+                dns.iter().any(|pattern| host_matches(pattern, host))
+            }
+        }
+        _ => false,
+    };
+    if matches {
+        Ok(ServerCertVerified::assertion())
+    } else {
+        Err(TlsError::InvalidCertificate(
+            CertificateError::NotValidForName,
+        ))
+    }
+}
+
+fn common_names<'a>(
+    cert: &'a x509_parser::certificate::X509Certificate<'_>,
+) -> impl Iterator<Item = String> + 'a {
+    cert.subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+}
+
+/// A certificate name against a host: case-insensitive, `*` standing for
+/// the whole first label only.
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    match pattern.strip_prefix("*.") {
+        Some(rest) => host
+            .split_once('.')
+            .is_some_and(|(first, domain)| !first.is_empty() && domain == rest),
+        None => pattern == host,
     }
 }
