@@ -18,6 +18,8 @@
 //!   way an attacker holds a server's connection slots.
 //! - [`cluster::PrivateCluster`]: a throwaway PostgreSQL cluster (the
 //!   demo's, and a test run's without `DATABASE_URL`).
+//! - [`citus::CitusCluster`]: a coordinator and workers, Citus built from
+//!   the vendored source where missing.
 //! - [`netns::Lab`]: network namespaces joined by veth pairs, with
 //!   routers, MTUs and firewall rules: real multi-hop paths (root only).
 //! - [`wait_until_listening`] and [`terminate`]: a started process is
@@ -26,6 +28,7 @@
 //! Each fixture stops when dropped.
 
 mod accept;
+pub mod citus;
 pub mod cluster;
 mod cut;
 mod dns;

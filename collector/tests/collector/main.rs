@@ -7,6 +7,7 @@
 mod access;
 mod auth;
 mod checks;
+mod citus;
 mod config;
 mod confirm;
 mod database_tls;
