@@ -20,13 +20,12 @@ use crate::alert::Alerter;
 use crate::config::{CollectorConfig, TlsConfig};
 use crate::control::ControlHub;
 use crate::detector::Detector;
-use crate::detector::feed::Feed;
 use crate::ingest::IngestService;
 use crate::listen;
 
 mod upkeep;
 use crate::reload::LiveConfig;
-use crate::store::Store;
+use crate::store::{CellSettings, Store};
 use upkeep::{
     PARTITION_MAINTENANCE_INTERVAL, ROLLUP_INTERVAL, maintain_partitions, roll_up_continuously,
 };
@@ -127,6 +126,8 @@ impl Application {
         let pools = crate::pools::Pools::beside(&pool);
         let store = Arc::new(Store::new(pool));
         store.migrate().await.context("applying migrations")?;
+        let detector = config.detector.settings();
+        store.set_cell_settings(CellSettings::new(detector.default_round, detector.window));
         store
             .ensure_partitions_around(chrono::Utc::now(), 1, config.database.partitions_ahead_days)
             .await
@@ -249,8 +250,6 @@ impl Application {
                 move |live, stop| control.clone().run(store.clone(), live, stop),
             );
         }
-        // The ingest hands what it commits to this collector's detector.
-        let feed = Arc::new(Feed::default());
         let ingest = IngestService::new(
             self.store.clone(),
             shutdown.clone(),
@@ -258,7 +257,6 @@ impl Application {
             mutual_tls,
             control,
         )
-        .with_feed(feed.clone())
         .with_gate(grpc_gate.clone());
         let grpc = server
             .add_service(
@@ -349,16 +347,14 @@ impl Application {
         {
             let store = Arc::new(Store::new(self.pools.detector.clone()));
             let (changed, config) = (changed.clone(), config.clone());
-            let feed = feed.clone();
             supervisor.spawn(
                 "detector",
                 Policy::Restart,
                 Some(stale),
                 move |live, stop| {
                     let settings = config.get().detector.settings();
-                    let detector = Detector::new(store.clone(), settings, changed.clone())
-                        .with_liveness(live)
-                        .with_feed(feed.clone());
+                    let detector =
+                        Detector::new(store.clone(), settings, changed.clone()).with_liveness(live);
                     async move {
                         detector.run(stop).await;
                         Ok(())
@@ -397,6 +393,8 @@ impl Application {
             let store = upkeep.clone();
             let ahead = self.config.database.partitions_ahead_days;
             let retention = self.config.retention.clone();
+            // The cells are read for the detector's window only.
+            let cells_kept = self.config.detector.settings().window + Duration::from_secs(3600);
             supervisor.spawn(
                 "partitions",
                 Policy::Restart,
@@ -405,7 +403,7 @@ impl Application {
                     let (store, retention) = (store.clone(), retention.clone());
                     async move {
                         loop {
-                            if maintain_partitions(&store, ahead, &retention).await {
+                            if maintain_partitions(&store, ahead, &retention, cells_kept).await {
                                 live.beat();
                             }
                             tokio::select! {

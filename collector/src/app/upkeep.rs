@@ -1,5 +1,6 @@
 //! The collector's upkeep loops: daily partitions created ahead and
-//! dropped past retention, and the per-minute roll-up.
+//! dropped past retention, the detector's hourly cell partitions likewise,
+//! and the per-minute roll-up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +15,27 @@ use crate::store::Store;
 /// How often daily partitions ahead of today are checked for.
 pub(super) const PARTITION_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// Hours of detector cell partitions created ahead (the check runs
+/// hourly; the ingest creates any other it needs on demand).
+const CELL_HOURS_AHEAD: i64 = 3;
+
 /// Creates the partitions `ahead` days ahead and drops those past the
-/// retention (raw results rolled up first); whether all of it reached the
-/// database.
+/// retention (raw results rolled up first); the detector's cells likewise,
+/// kept for `cells_kept` (longer than its window); whether all of it
+/// reached the database.
 pub(super) async fn maintain_partitions(
     store: &Store,
     ahead: u64,
     retention: &RetentionConfig,
+    cells_kept: Duration,
 ) -> bool {
     let now = chrono::Utc::now();
-    let created = store.ensure_partitions_around(now, 0, ahead).await;
+    let mut created = store.ensure_partitions_around(now, 0, ahead).await;
+    if created.is_ok() {
+        created = store
+            .ensure_cell_partitions_ahead(now, CELL_HOURS_AHEAD)
+            .await;
+    }
     if let Err(error) = &created {
         tracing::warn!(%error, "Cannot create partitions ahead; will retry.");
     }
@@ -40,6 +52,10 @@ pub(super) async fn maintain_partitions(
             store
                 .drop_rollup_partitions_before(before(retention.rollup))
                 .await,
+        ),
+        (
+            "the detector's window",
+            store.drop_cell_partitions_before(before(cells_kept)).await,
         ),
     ] {
         match dropped {

@@ -230,8 +230,26 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
             Ok(())
         }
         Command::Migrate { config } => {
-            migrated_store(config.as_deref()).await?;
+            let config = match config {
+                Some(path) => CollectorConfig::load(&path)?,
+                None => CollectorConfig::default(),
+            };
+            let store = Store::new(app::connect(&config).await?);
+            let citus = store.migrate().await.context("applying migrations")?;
             println!("migrations applied");
+            if let Some(citus) = citus {
+                println!(
+                    "Citus {} with workers {}: {} distributed by agent_id ({})",
+                    citus.version,
+                    citus.workers.join(", "),
+                    crate::store::citus::DISTRIBUTED.join(", "),
+                    if citus.distributed_now.is_empty() {
+                        "already".to_owned()
+                    } else {
+                        format!("now: {}", citus.distributed_now.join(", "))
+                    }
+                );
+            }
             Ok(())
         }
         Command::Agent { config, command } => {

@@ -10,9 +10,9 @@ use ipnet::IpNet;
 use super::asn::AsnTable;
 use super::decision::DimensionInfo;
 
-// The SQL sources: each is mirrored in Rust by the detector's feed
-// (`detector::feed::sources`), for the results the collector hands its
-// own detector.
+// The SQL sources: each is computed in Rust by the ingest for the
+// detector's cells (`store::cells::sources`), and held to give the same
+// text by the cells test.
 pub const REGION: &str = "region";
 /// The forward proxy's name, or `direct`.
 pub const PROXY: &str = "COALESCE(proxy, 'direct')";

@@ -1,6 +1,6 @@
 //! The detector's actor: every `interval`, if it holds the database's
 //! detector lease, brings its kept window of the probes up to date
-//! ([`window`], from its own ingest ([`feed`]) and the database), plans
+//! ([`window`], from the cells every collector's ingest writes), plans
 //! the pass with the pure core ([`crate::detect::plan`]), asks for the
 //! confirmation probes it wants ([`confirm`]) and has the store apply the
 //! plan in one transaction (incidents and their explanation history,
@@ -9,7 +9,6 @@
 
 pub mod config;
 mod confirm;
-pub mod feed;
 pub mod window;
 
 use std::sync::{Arc, Mutex};
@@ -44,9 +43,8 @@ pub struct PassSummary {
     /// for it (only the new ones when updated).
     pub refresh: Option<window::Refresh>,
     pub read_probes: u64,
-    /// New probes counted from this collector's own ingest (`feed`)
-    /// instead of read.
-    pub fed_probes: u64,
+    /// Cell rows read for them.
+    pub read_rows: u64,
     /// Cell slots the kept window holds after the pass (its memory).
     pub window_slots: usize,
     /// Time bringing the window up to date, and in everything after it
@@ -73,18 +71,6 @@ pub struct Detector {
     liveness: Option<Liveness>,
     /// The window as of the last pass (kept standing by too).
     window: tokio::sync::Mutex<Option<window::KeptWindow>>,
-    /// This collector's own results, from its ingest.
-    feed: Arc<feed::Feed>,
-}
-
-impl Drop for Detector {
-    /// Nobody counts the feed this detector started any more: it stops
-    /// registering (unless a newer detector has started it again).
-    fn drop(&mut self) {
-        if let Some(kept) = self.window.get_mut() {
-            self.feed.stop(kept.feed_epoch());
-        }
-    }
 }
 
 impl Detector {
@@ -103,15 +89,7 @@ impl Detector {
             last_pass: Mutex::new(Duration::ZERO),
             liveness: None,
             window: tokio::sync::Mutex::new(None),
-            feed: Arc::default(),
         }
-    }
-
-    /// Counts this collector's own results from `feed` (which its ingest
-    /// fills) instead of reading them back.
-    pub fn with_feed(mut self, feed: Arc<feed::Feed>) -> Self {
-        self.feed = feed;
-        self
     }
 
     /// Reports each pass that ended to `liveness` (its supervisor's).
@@ -164,8 +142,8 @@ impl Detector {
                                 .increment(1);
                             metrics::counter!("vantage_detector_read_results_total")
                                 .increment(summary.read_probes);
-                            metrics::counter!("vantage_detector_fed_results_total")
-                                .increment(summary.fed_probes);
+                            metrics::counter!("vantage_detector_read_cells_total")
+                                .increment(summary.read_rows);
                             metrics::gauge!("vantage_detector_window_slots")
                                 .set(summary.window_slots as f64);
                         }
@@ -211,15 +189,11 @@ impl Detector {
         kept: &mut Option<window::KeptWindow>,
         start: DateTime<Utc>,
     ) -> Result<window::RefreshSummary, StoreError> {
-        let default_round_ms =
-            i64::try_from(self.settings.default_round.as_millis()).unwrap_or(i64::MAX);
         window::KeptWindow::refresh(
             kept,
             &self.store,
-            &self.feed,
             start,
             &dimensions::sources(),
-            default_round_ms,
             self.settings.window,
         )
         .await
@@ -362,7 +336,7 @@ impl Detector {
             resolved: pass.resolves.iter().map(|r| r.0).collect(),
             refresh: Some(refreshed.refresh),
             read_probes: refreshed.probes,
-            fed_probes: refreshed.fed,
+            read_rows: refreshed.rows,
             window_slots: refreshed.slots,
             query_time,
             plan_time,

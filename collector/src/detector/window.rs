@@ -1,13 +1,16 @@
 //! The detector's window, kept between passes: the window's probes counted
 //! per cell and time slot (a quarter of their round), updated each pass
-//! with only the results committed since the last read, so that a pass
-//! costs what arrived since the last one, not what the window holds.
+//! with only the cells committed since the last read, so that a pass
+//! costs what arrived since the last one, not what the window holds, and
+//! the same whichever collector ingested it (the ingest writes the cells
+//! in each batch's transaction: [`crate::store::cells`]).
 //!
 //! Rebuilt from the whole window when there is nothing to continue from:
 //! at the collector's first pass, and when the window's shape changes. A
 //! collector standing by keeps its window up to date too, so that taking
-//! the lease over needs no whole read. The read itself is [`Store::window_slots`]; the age
-//! buckets the decision needs are computed here for each pass's `now`.
+//! the lease over needs no whole read. The read itself is
+//! [`Store::window_cells`]; the age buckets the decision needs are
+//! computed here for each pass's `now`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,17 +18,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::feed::Feed;
 use crate::detect::cells::{CellCounts, CellKey, WindowCell};
 use crate::detect::decision::bucket_of;
-use crate::store::{SlotRow, Store, StoreError};
+#[cfg(test)]
+use crate::store::SlotRow;
+use crate::store::{CellRow, Store, StoreError, cells};
 
 /// What the kept window was read with: a pass asking for another shape
 /// starts over.
 #[derive(Debug, Clone, PartialEq)]
 struct Shape {
     sources: Vec<&'static str>,
-    default_round_ms: i64,
     window: Duration,
 }
 
@@ -37,8 +40,8 @@ pub struct KeptWindow {
     /// The snapshot of the last read: what it saw is counted here.
     snapshot: String,
     cells: HashMap<Arc<CellKey>, BTreeMap<i64, CellCounts>>,
-    /// The feed's start that followed this window's whole read.
-    feed_epoch: u64,
+    /// The keys of the cell rows read, by id.
+    keys: HashMap<i64, Arc<CellKey>>,
 }
 
 /// How a pass brought the window up to date.
@@ -65,8 +68,8 @@ pub struct RefreshSummary {
     pub refresh: Refresh,
     /// Probes read from the database (new ones, for an update).
     pub probes: u64,
-    /// New probes counted from this collector's own ingest instead.
-    pub fed: u64,
+    /// Cell rows read.
+    pub rows: u64,
     /// Cell slots kept after it.
     pub slots: usize,
 }
@@ -75,76 +78,108 @@ impl KeptWindow {
     /// Brings `kept` up to date for a window starting at `start`: a read of
     /// what was committed since its snapshot, or of the whole window when
     /// there is none or it was read with another shape. Slots that ended
-    /// before `start` are dropped. An update counts what `feed` holds of
-    /// this collector's own results instead of reading them; a whole read
-    /// (re)starts the feed.
+    /// before `start` are dropped.
     pub async fn refresh(
         kept: &mut Option<KeptWindow>,
         store: &Store,
-        feed: &Feed,
         start: DateTime<Utc>,
         sources: &[&'static str],
-        default_round_ms: i64,
         window: Duration,
     ) -> Result<RefreshSummary, StoreError> {
         let shape = Shape {
             sources: sources.to_vec(),
-            default_round_ms,
             window,
         };
-        let continuing = kept.take().filter(|k| k.shape == shape);
-        let since = continuing.as_ref().map(|k| k.snapshot.as_str());
-        let read = store
-            .window_slots(start, sources, default_round_ms, since, &|| feed.excluded())
-            .await;
+        let mut continuing = kept.take().filter(|k| k.shape == shape);
+        let since = continuing.as_ref().map(|k| k.snapshot.clone());
+        let refresh = if since.is_some() {
+            Refresh::Updated
+        } else {
+            Refresh::Rebuilt
+        };
         // A failed read leaves the kept window as it was.
-        let read = match read {
+        let read = match store.window_cells(start, since.as_deref()).await {
             Ok(read) => read,
             Err(error) => {
                 *kept = continuing;
                 return Err(error);
             }
         };
-        let (refresh, fed_rows, feed_epoch) = match &continuing {
-            Some(kept) => {
-                let fed = feed.take_visible(&read.snapshot, &read.read_back, start);
-                (Refresh::Updated, fed, kept.feed_epoch)
-            }
-            // Every transaction the whole read saw is counted; the feed
-            // takes over from it.
-            None => {
-                let epoch = feed.start(sources, default_round_ms);
-                (Refresh::Rebuilt, Vec::new(), epoch)
-            }
-        };
-        let mut window = continuing.unwrap_or_else(|| KeptWindow {
+        let mut window = continuing.take().unwrap_or_else(|| KeptWindow {
             shape,
             snapshot: String::new(),
             cells: HashMap::new(),
-            feed_epoch: 0,
+            keys: HashMap::new(),
         });
+        // On an error nothing is kept: the next pass reads the whole window.
+        window.learn_keys(store, &read.rows, sources).await?;
         window.snapshot = read.snapshot;
-        window.feed_epoch = feed_epoch;
-        let count = |rows: &[SlotRow]| -> u64 {
-            rows.iter()
-                .map(|r| u64::try_from(r.counts.probes).unwrap_or(0))
-                .sum()
-        };
-        let (probes, fed) = (count(&read.rows), count(&fed_rows));
-        window.add(read.rows);
-        window.add(fed_rows);
+        let probes = read
+            .rows
+            .iter()
+            .map(|r| u64::try_from(r.counts.probes).unwrap_or(0))
+            .sum();
+        let rows = read.rows.len() as u64;
+        window.add_rows(&read.rows);
         window.forget_before(start);
         let summary = RefreshSummary {
             refresh,
             probes,
-            fed,
+            rows,
             slots: window.slots(),
         };
         *kept = Some(window);
         Ok(summary)
     }
 
+    /// Reads the keys of `rows` not known yet.
+    async fn learn_keys(
+        &mut self,
+        store: &Store,
+        rows: &[CellRow],
+        sources: &[&'static str],
+    ) -> Result<(), StoreError> {
+        let mut missing: Vec<i64> = rows
+            .iter()
+            .map(|r| r.key_id)
+            .filter(|id| !self.keys.contains_key(id))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for stored in store.cell_keys(&missing).await? {
+            let id = stored.id;
+            let key = cells::reorder(stored, sources);
+            // One Arc per distinct key, whichever ids name it.
+            let key = match self.cells.get_key_value(&key) {
+                Some((known, _)) => Arc::clone(known),
+                None => key,
+            };
+            self.keys.insert(id, key);
+        }
+        Ok(())
+    }
+
+    /// Counts cell rows in (rows whose key was not found are left out).
+    fn add_rows(&mut self, rows: &[CellRow]) {
+        for row in rows {
+            let Some(key) = self.keys.get(&row.key_id) else {
+                tracing::error!(key_id = row.key_id, "A cell's key is missing; not counted.");
+                continue;
+            };
+            self.cells
+                .entry(Arc::clone(key))
+                .or_default()
+                .entry(row.slot)
+                .and_modify(|c| c.merge(&row.counts))
+                .or_insert(row.counts);
+        }
+    }
+
     /// Counts `rows` in.
+    #[cfg(test)]
     fn add(&mut self, rows: Vec<SlotRow>) {
         for row in rows {
             let slots = match self.cells.get_mut(&row.key) {
@@ -158,17 +193,14 @@ impl KeptWindow {
         }
     }
 
-    /// Drops the slots whose newest probe is not after `start`.
+    /// Drops the slots whose newest probe is not after `start`, and the
+    /// keys no slot needs any more.
     fn forget_before(&mut self, start: DateTime<Utc>) {
         self.cells.retain(|_, slots| {
             slots.retain(|_, c| c.last_at > start);
             !slots.is_empty()
         });
-    }
-
-    /// The feed's start this window counts from.
-    pub fn feed_epoch(&self) -> u64 {
-        self.feed_epoch
+        self.keys.retain(|_, key| self.cells.contains_key(key));
     }
 
     fn slots(&self) -> usize {
@@ -252,12 +284,11 @@ mod tests {
         let mut w = KeptWindow {
             shape: Shape {
                 sources: vec!["region"],
-                default_round_ms: 1000,
                 window: Duration::from_secs(10),
             },
             snapshot: String::new(),
             cells: HashMap::new(),
-            feed_epoch: 0,
+            keys: HashMap::new(),
         };
         w.add(rows);
         w

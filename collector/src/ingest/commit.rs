@@ -86,26 +86,20 @@ impl Committer {
             .map_err(IngestError::from)
     }
 
-    async fn commit(&self, mut batch: ValidBatch) -> Result<(), IngestError> {
+    async fn commit(&self, batch: ValidBatch) -> Result<(), IngestError> {
         let started = Instant::now();
         // Fault tests: a slow commit (`sleep(ms)`).
         fail::fail_point!("ingest-before-commit");
-        // Dropped unregistered or uncommitted, it tells the feed.
-        let mut ticket = batch.ticket.take();
         let inserted = self
             .store
-            .insert_batch_registering(
+            .insert_batch(
                 &self.agent_id,
                 &self.region,
                 &batch.results,
                 &batch.gaps,
                 batch.progress_seq,
-                &mut Ticket::registrar(&mut ticket),
             )
             .await?;
-        if let Some(ticket) = ticket {
-            ticket.committed();
-        }
         let elapsed = started.elapsed();
         metrics::histogram!("vantage_ingest_commit_seconds").record(elapsed.as_secs_f64());
         metrics::counter!("vantage_ingest_results_total").increment(inserted.new_rows);

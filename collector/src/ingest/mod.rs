@@ -33,7 +33,6 @@ use vantage_proto::v1::ingest_server::Ingest;
 
 use crate::auth::{self, AuthError};
 use crate::control::{AgentView, ControlHub};
-use crate::detector::feed::{Feed, Ticket};
 use crate::store::{
     AgentHello, EnrolledAgent, ProbeAnswer, Store, StoreError, StoredGap, StoredResult,
 };
@@ -142,8 +141,6 @@ pub struct IngestService {
     streams: Arc<Mutex<HashMap<String, usize>>>,
     /// What agents that announced the capabilities are sent.
     control: Arc<ControlHub>,
-    /// Where committed batches go for this collector's own detector.
-    feed: Arc<Feed>,
     /// The gRPC listener's connections: an authenticated stream marks its
     /// connection busy there.
     gate: Option<Arc<crate::listen::Gate>>,
@@ -178,16 +175,8 @@ impl IngestService {
             require_client_cert,
             streams: Arc::default(),
             control,
-            feed: Arc::default(),
             gate: None,
         }
-    }
-
-    /// Hands each committed batch to `feed` (the one this collector's
-    /// detector counts from).
-    pub fn with_feed(mut self, feed: Arc<Feed>) -> Self {
-        self.feed = feed;
-        self
     }
 
     /// Marks each authenticated stream's connection busy in `gate`.
@@ -348,8 +337,6 @@ impl Ingest for IngestService {
         let (steps, pending) = mpsc::channel(PIPELINE_DEPTH);
         let reader = Reader {
             agent_id: agent.agent_id.clone(),
-            region: enrolled.region.clone(),
-            feed: self.feed.clone(),
             observed_ip: peer_ip,
             limits: self.limits,
             rate: self.rate.clone(),

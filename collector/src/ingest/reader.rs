@@ -26,9 +26,6 @@ pub(super) struct ValidBatch {
     /// Highest plausible seq stored (result or gap): the agent's progress.
     pub(super) progress_seq: i64,
     pub(super) refused: u32,
-    /// Its cells for this collector's detector, counted here so that the
-    /// committer need not (`None`: the database read counts them).
-    pub(super) ticket: Option<Ticket>,
 }
 
 /// Longest error text of a probe answer kept.
@@ -147,9 +144,6 @@ fn truncate_at_char(text: &mut String, max: usize) {
 /// Decodes, validates and rate-limits one stream's batches.
 pub(super) struct Reader {
     pub(super) agent_id: String,
-    /// The stream's region, for the feed's cells.
-    pub(super) region: String,
-    pub(super) feed: Arc<Feed>,
     pub(super) observed_ip: IpAddr,
     pub(super) limits: IngestLimits,
     pub(super) rate: Arc<DefaultKeyedRateLimiter<String>>,
@@ -293,7 +287,6 @@ impl Reader {
             .filter(|seq| *seq <= ceiling)
             .max()
             .unwrap_or(0);
-        let ticket = self.feed.prepare(&self.agent_id, &self.region, &results);
         Ok(ValidBatch {
             batch_id,
             results,
@@ -301,7 +294,6 @@ impl Reader {
             max_seq,
             progress_seq,
             refused: refused.total(),
-            ticket,
         })
     }
 

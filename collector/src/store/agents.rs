@@ -58,7 +58,7 @@ impl Store {
              VALUES ($1, $2, $3, now())
              ON CONFLICT (agent_id) DO UPDATE SET
                 region = EXCLUDED.region, token_sha256 = EXCLUDED.token_sha256,
-                enrolled_at = now(), revoked_at = NULL
+                enrolled_at = EXCLUDED.enrolled_at, revoked_at = NULL
              RETURNING (xmax = 0)",
         )
         .bind(agent_id)

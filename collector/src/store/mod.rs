@@ -1,18 +1,22 @@
 //! PostgreSQL access, one module per aggregate: migrations and the
 //! [`Store`] here; results and gaps in [`results`]; agents in [`agents`];
 //! partitions in [`partitions`]; the roll-up in [`rollup`]; the IP-to-ASN
-//! table in [`asn`]; the detector's window query in [`window`], its lease
+//! table in [`asn`]; the detector's lease
 //! in [`lease`], its tracked state, runs and pass in [`detection`];
 //! incidents in [`incidents`]; the notification outbox and silences in
 //! [`outbox`]; central checks in [`checks`]; probe requests and control
-//! notices in [`requests`]; the incident pages' own reads in [`pages`].
+//! notices in [`requests`]; the incident pages' own reads in [`pages`];
+//! the detector's cells, written by the ingest, in [`cells`];
+//! distributing the tables on a Citus coordinator in [`citus`].
 //! Every SQL statement of the collector lives in
 //! this module.
 
 mod agents;
 mod asn;
+pub mod cells;
 mod check_status;
 mod checks;
+pub mod citus;
 mod detection;
 mod incidents;
 mod lease;
@@ -23,9 +27,9 @@ mod paths;
 mod requests;
 mod results;
 mod rollup;
-mod window;
 
 pub use agents::{AgentHello, AgentListing, EnrolledAgent};
+pub use cells::{CellRead, CellRow, CellSettings, SlotRow, StoredKey, slot_of};
 pub use check_status::{AgentCheck, CheckReporter, CheckState, CheckStatus, ChecksReport};
 pub use checks::StoredCheck;
 pub use detection::{Applied, RunRecord};
@@ -38,7 +42,6 @@ pub use requests::{
     Purpose, RequestAgent,
 };
 pub use results::{Inserted, ResultPath, StoredGap, StoredResult};
-pub use window::{Excluded, SlotRead, SlotRow, slot_of};
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -61,6 +64,9 @@ pub enum StoreError {
     /// was rolled back.
     #[error("agent {0:?} was revoked")]
     Revoked(String),
+    /// A Citus cluster `migrate` cannot use as it is.
+    #[error("{0}")]
+    Citus(String),
     /// A value could not be encoded for its column.
     #[error("column {column}: {reason}")]
     Encode { column: String, reason: String },
@@ -71,6 +77,8 @@ pub struct Store {
     pool: PgPool,
     /// Days whose partition is known to exist, to skip the DDL round trip.
     partitions: Mutex<HashSet<NaiveDate>>,
+    /// The detector's cells: settings, keys and partitions known.
+    cells: cells::CellState,
 }
 
 impl Store {
@@ -78,6 +86,7 @@ impl Store {
         Self {
             pool,
             partitions: Mutex::new(HashSet::new()),
+            cells: cells::CellState::default(),
         }
     }
 
@@ -85,9 +94,17 @@ impl Store {
         &self.pool
     }
 
-    /// Applies pending migrations.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    /// Applies pending migrations; on a Citus coordinator, checks the
+    /// cluster first and distributes the per-agent tables after
+    /// ([`citus`]).
+    pub async fn migrate(&self) -> Result<Option<citus::CitusLayout>, StoreError> {
+        let cluster = citus::preflight(&self.pool).await?;
         MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        match cluster {
+            Some((version, workers)) => {
+                Ok(Some(citus::distribute(&self.pool, version, workers).await?))
+            }
+            None => Ok(None),
+        }
     }
 }

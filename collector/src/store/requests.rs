@@ -312,25 +312,33 @@ impl Store {
         connection_outcomes: &[&str],
     ) -> Result<Vec<ConfirmationRecord>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT p.id, p.requested_at, p.candidate,
-                    count(r.*) FILTER (WHERE inside) AS inside_probes,
-                    count(r.*) FILTER (WHERE inside AND failed) AS inside_failures,
-                    count(r.*) FILTER (WHERE NOT inside) AS outside_probes,
-                    count(r.*) FILTER (WHERE NOT inside AND failed) AS outside_failures
-             FROM probe_requests p
-             LEFT JOIN LATERAL (
-                 SELECT CASE WHEN $2 = 'connection' THEN r.outcome = ANY($7)
+            // The requests first, then their results by request id: no
+            // lateral join of the results with the requests (which Citus
+            // cannot run with the results distributed).
+            "WITH p AS (
+                 SELECT id, requested_at, candidate FROM probe_requests
+                 WHERE purpose = 'confirmation' AND requested_at > $5
+                   AND candidate->>'target' = $1 AND candidate->>'pattern' = $2
+                   AND candidate->>'dimension' = $3 AND candidate->>'value' = $4),
+             r AS (
+                 SELECT r.request_id, r.agent_id, r.vantage, r.started_at,
+                        CASE WHEN $2 = 'connection' THEN r.outcome = ANY($7)
                              ELSE COALESCE(r.http_status, r.proxy_status) = ANY($6) END
-                            AS failed,
-                        p.candidate->'inside' @> jsonb_build_array(
-                            jsonb_build_array(r.agent_id, r.vantage)) AS inside
+                            AS failed
                  FROM probe_results r
-                 WHERE r.request_id = p.id AND r.started_at >= p.requested_at - interval '1 minute'
-             ) r ON true
-             WHERE p.purpose = 'confirmation' AND p.requested_at > $5
-               AND p.candidate->>'target' = $1 AND p.candidate->>'pattern' = $2
-               AND p.candidate->>'dimension' = $3 AND p.candidate->>'value' = $4
-             GROUP BY p.id ORDER BY p.id",
+                 WHERE r.request_id IN (SELECT id FROM p)
+                   AND r.started_at >= (SELECT min(requested_at) FROM p) - interval '1 minute')
+             SELECT p.id, p.requested_at, p.candidate,
+                    count(r.request_id) FILTER (WHERE inside) AS inside_probes,
+                    count(r.request_id) FILTER (WHERE inside AND failed) AS inside_failures,
+                    count(r.request_id) FILTER (WHERE NOT inside) AS outside_probes,
+                    count(r.request_id) FILTER (WHERE NOT inside AND failed) AS outside_failures
+             FROM p
+             LEFT JOIN r ON r.request_id = p.id
+                        AND r.started_at >= p.requested_at - interval '1 minute'
+             CROSS JOIN LATERAL (SELECT p.candidate->'inside' @> jsonb_build_array(
+                            jsonb_build_array(r.agent_id, r.vantage)) AS inside) i
+             GROUP BY p.id, p.requested_at, p.candidate ORDER BY p.id",
         )
         .bind(key.0)
         .bind(key.1)

@@ -33,6 +33,11 @@ type StoredPath = (
 
 #[sqlx::test(migrations = false)]
 async fn failing_prefix_opens_one_incident_and_resolves_once(pool: PgPool) {
+    failing_prefix_opens_one_incident_and_resolves_once_on(pool).await;
+}
+
+/// [`failing_prefix_opens_one_incident_and_resolves_once`] on the database of `pool` (also a Citus coordinator).
+pub async fn failing_prefix_opens_one_incident_and_resolves_once_on(pool: PgPool) {
     let timing = ScenarioTiming::default();
     let failing = "127.0.2.0/24";
     let scenario = Scenario::start(

@@ -239,6 +239,11 @@ async fn connection_cut_after_the_ack_before_the_agent_reads_it(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn collector_killed_mid_stream(pool: PgPool) {
+    collector_killed_mid_stream_on(pool).await;
+}
+
+/// [`collector_killed_mid_stream`] on the database of `pool` (also a Citus coordinator).
+pub async fn collector_killed_mid_stream_on(pool: PgPool) {
     let mut rig = Rig::new(&pool, database_url(&pool)).await;
     rig.start_collector(None);
     let agent = rig.start_agent(None, "", None);
@@ -258,6 +263,11 @@ async fn collector_killed_mid_stream(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn agent_killed_at_random_moments(pool: PgPool) {
+    agent_killed_at_random_moments_on(pool).await;
+}
+
+/// [`agent_killed_at_random_moments`] on the database of `pool` (also a Citus coordinator).
+pub async fn agent_killed_at_random_moments_on(pool: PgPool) {
     let cycles: usize = std::env::var("VANTAGE_SOAK_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())

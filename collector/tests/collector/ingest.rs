@@ -195,7 +195,7 @@ async fn a_partly_stored_batch_stores_its_new_rows_as_a_fresh_one(pool: PgPool) 
     assert_eq!((ack.inserted, ack.duplicates), (1, 1));
     assert_eq!(count(&pool).await, 2);
     let rows: Vec<serde_json::Value> = sqlx::query_scalar(
-        "SELECT to_jsonb(r) - 'seq' - 'received_at' - 'ingest_xid'
+        "SELECT to_jsonb(r) - 'seq' - 'received_at'
          FROM probe_results r ORDER BY seq",
     )
     .fetch_all(&pool)

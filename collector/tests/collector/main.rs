@@ -6,6 +6,7 @@
 
 mod access;
 mod auth;
+mod cells;
 mod checks;
 mod citus;
 mod config;
@@ -16,7 +17,6 @@ mod detection;
 mod e2e;
 mod failover;
 mod faults;
-mod feed;
 mod field;
 mod field_multi;
 mod fleet;

@@ -1,4 +1,4 @@
-//! The detector's kept window: a pass reads only what was committed since
+//! The detector's kept window: a pass reads only the cells committed since
 //! the last one, whatever order transactions commit in, and counts every
 //! result once; the window it keeps equals a rebuild from the whole table;
 //! a collector standing by keeps its own, so taking over reads no more.
@@ -14,8 +14,10 @@ use vantage_collector::detector::window::Refresh;
 use vantage_collector::detector::{Detector, PassSummary};
 use vantage_collector::store::Store;
 
-/// `n` results of agent `agent` (seq from `first_seq`), spread over the
-/// 100 s before `end`, a fifth of them 502; on `conn`.
+/// The detector's cells of `n` results of agent `agent` (seq from
+/// `first_seq`), spread over the 100 s before `end`, a fifth of them 502,
+/// as the ingest writes them (one row per result: each in a slot of its
+/// own), with their keys; on `conn`.
 async fn write(
     conn: &mut sqlx::PgConnection,
     agent: &str,
@@ -23,31 +25,46 @@ async fn write(
     n: i64,
     end: DateTime<Utc>,
 ) {
+    let names = vantage_collector::detect::dimensions::sources();
+    let values: Vec<Option<&str>> = names
+        .iter()
+        .map(|n| (*n == "region").then_some("eu"))
+        .collect();
     sqlx::query(
-        "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
-                                    outcome, http_status, local_ip, interval_ms)
-         SELECT $1, g, $4::timestamptz - (g % 100) * interval '1 second', 'eu', 'shop',
-                'http://shop.test/', 'GET',
-                CASE WHEN g % 5 = 0 THEN 'http' ELSE 'ok' END,
-                CASE WHEN g % 5 = 0 THEN 502 ELSE 200 END,
-                ('127.0.2.' || (g % 4 + 1))::inet, 10000
-         FROM generate_series($2::int8, $2::int8 + $3::int8 - 1) g",
+        "WITH k AS (
+             INSERT INTO detector_cell_keys (agent_id, vantage, target, check_name, outcome,
+                 status, interval_ms, confirmation, source_names, sources)
+             VALUES ($1, 'direct', 'http://shop.test/', 'shop', 'ok', 200, 10000, false, $5, $6),
+                    ($1, 'direct', 'http://shop.test/', 'shop', 'http', 502, 10000, false, $5, $6)
+             RETURNING id, status)
+         INSERT INTO detector_cells (key_id, slot, probes, first_at, last_at, last_seq)
+         SELECT (SELECT id FROM k WHERE status = CASE WHEN g % 5 = 0 THEN 502 ELSE 200 END),
+                (extract(epoch FROM t) * 1000)::int8 / 2500, 1, t, t, g
+         FROM generate_series($2::int8, $2::int8 + $3::int8 - 1) g,
+              LATERAL (SELECT $4::timestamptz - (g % 100) * interval '1 second' AS t) at",
     )
     .bind(agent)
     .bind(first_seq)
     .bind(n)
     .bind(end)
+    .bind(&names)
+    .bind(&values)
     .execute(conn)
     .await
     .unwrap();
 }
 
-/// A migrated store with today's partitions.
+/// A migrated store with today's partitions, and the cells' for the
+/// hours around now.
 pub(crate) async fn store(pool: &PgPool) -> Arc<Store> {
     let store = Arc::new(Store::new(pool.clone()));
     store.migrate().await.unwrap();
     store
         .ensure_partitions_around(Utc::now(), 1, 1)
+        .await
+        .unwrap();
+    store
+        .ensure_cell_partitions_ahead(Utc::now() - chrono::Duration::hours(2), 4)
         .await
         .unwrap();
     store

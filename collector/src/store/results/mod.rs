@@ -4,12 +4,12 @@
 //! `COPY` ([`copy`]), or, for a batch holding rows already stored, by an
 //! insert that skips them ([`unnest`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, cells};
 
 mod copy;
 mod unnest;
@@ -104,9 +104,9 @@ const RESULT_COLUMNS: &str = "agent_id, region, seq, started_at, check_name, url
 
 /// How a batch's rows go in.
 enum Insert<'a> {
-    /// Binary `COPY` of the encoded rows: fails whole on a row already
-    /// stored.
-    Copy(&'a [u8]),
+    /// Binary `COPY` of the encoded rows, and the batch's cells with their
+    /// keys' ids: fails whole on a row already stored.
+    Copy(&'a [u8], &'a [super::cells::SlotRow], &'a [i64]),
     /// `INSERT ... ON CONFLICT DO NOTHING`: skips rows already stored.
     SkipStored,
 }
@@ -114,7 +114,7 @@ enum Insert<'a> {
 impl Insert<'_> {
     fn label(&self) -> &'static str {
         match self {
-            Self::Copy(_) => "copy",
+            Self::Copy(..) => "copy",
             Self::SkipStored => "skip_stored",
         }
     }
@@ -138,22 +138,17 @@ impl Store {
         gaps: &[StoredGap],
         progress_seq: i64,
     ) -> Result<Inserted, StoreError> {
-        self.insert_batch_registering(agent_id, region, results, gaps, progress_seq, &mut |_| {})
+        self.insert_batch_cells(agent_id, region, results, gaps, progress_seq)
             .await
     }
 
-    /// [`Self::insert_batch`], telling `register` the id of the
-    /// transaction (`ingest_xid`) right before its COMMIT when every row
-    /// went in (by `COPY`), so that the collector's own detector can
-    /// count the batch without reading it back (`detector::feed`).
-    pub async fn insert_batch_registering(
+    async fn insert_batch_cells(
         &self,
         agent_id: &str,
         region: &str,
         results: &[StoredResult],
         gaps: &[StoredGap],
         progress_seq: i64,
-        register: &mut (dyn FnMut(i64) + Send),
     ) -> Result<Inserted, StoreError> {
         if results.is_empty() && gaps.is_empty() {
             return Ok(Inserted {
@@ -165,6 +160,11 @@ impl Store {
         days.sort_unstable();
         days.dedup();
         self.ensure_partitions(&days).await?;
+        // The detector's cells of the batch, their keys stored first.
+        let cells = self.batch_cells(agent_id, region, results, None).await?;
+        let key_ids = self.cell_key_ids(&cells).await?;
+        self.ensure_cell_partitions(cells.iter().map(|c| c.counts.last_at))
+            .await?;
 
         let rows = copy::encode(agent_id, region, results)?;
         let batch = Batch {
@@ -175,7 +175,7 @@ impl Store {
             progress_seq,
         };
         match self
-            .insert_batch_by(&batch, Insert::Copy(&rows), register)
+            .insert_batch_by(&batch, Insert::Copy(&rows, &cells, &key_ids))
             .await
         {
             Err(StoreError::Database(e)) if is_unique_violation(&e) => {
@@ -184,8 +184,7 @@ impl Store {
                     results = results.len(),
                     "Batch holds rows already stored; inserting the rest."
                 );
-                self.insert_batch_by(&batch, Insert::SkipStored, &mut |_| {})
-                    .await
+                self.insert_batch_by(&batch, Insert::SkipStored).await
             }
             other => other,
         }
@@ -195,17 +194,28 @@ impl Store {
         &self,
         b: &Batch<'_>,
         how: Insert<'_>,
-        register: &mut (dyn FnMut(i64) + Send),
     ) -> Result<Inserted, StoreError> {
         let label = how.label();
         let mut tx = self.pool.begin().await?;
         let inserted = match how {
-            Insert::Copy(rows) => {
+            Insert::Copy(rows, cells_rows, key_ids) => {
                 let mut copy = tx.copy_in_raw(&copy::STATEMENT).await?;
                 copy.send(rows).await?;
-                copy.finish().await?
+                let inserted = copy.finish().await?;
+                cells::insert(&mut tx, cells_rows, key_ids).await?;
+                inserted
             }
-            Insert::SkipStored => unnest::insert(&mut tx, b.agent_id, b.region, b.results).await?,
+            Insert::SkipStored => {
+                let stored = unnest::insert(&mut tx, b.agent_id, b.region, b.results).await?;
+                // Only the rows that went in are counted.
+                let new: HashSet<i64> = stored.iter().copied().collect();
+                let cells_rows = self
+                    .batch_cells(b.agent_id, b.region, b.results, Some(&new))
+                    .await?;
+                let key_ids = self.cell_key_ids(&cells_rows).await?;
+                cells::insert(&mut tx, &cells_rows, &key_ids).await?;
+                stored.len() as u64
+            }
         };
         super::paths::insert(&mut tx, b.agent_id, b.results).await?;
         if !b.gaps.is_empty() {
@@ -227,21 +237,18 @@ impl Store {
         }
         // The progress row, in the same transaction; it also re-checks the
         // credential, so a revocation stops an open stream at its next batch.
-        let progressed: Option<i64> = sqlx::query_scalar(
+        let progressed = sqlx::query(
             "UPDATE agents SET last_seq = GREATEST(last_seq, $2), last_seen = now()
-             WHERE agent_id = $1 AND revoked_at IS NULL
-             RETURNING pg_current_xact_id()::text::int8",
+             WHERE agent_id = $1 AND revoked_at IS NULL",
         )
         .bind(b.agent_id)
         .bind(b.progress_seq)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(xid) = progressed else {
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if progressed == 0 {
             tx.rollback().await?;
             return Err(StoreError::Revoked(b.agent_id.to_owned()));
-        };
-        if matches!(how, Insert::Copy(_)) && !b.results.is_empty() {
-            register(xid);
         }
         tx.commit().await?;
         metrics::counter!("vantage_ingest_batches_total", "insert" => label).increment(1);
@@ -262,10 +269,16 @@ struct Batch<'a> {
     progress_seq: i64,
 }
 
-/// A row already stored: the primary key refused it.
+/// A row already stored: the primary key refused it. (Citus reports a
+/// worker's refusal of a `COPY` row as an internal error, XX000, with
+/// PostgreSQL's words.)
 fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+    e.as_database_error().is_some_and(|d| {
+        d.kind() == sqlx::error::ErrorKind::UniqueViolation
+            || (d.code().as_deref() == Some("XX000")
+                && d.message()
+                    .starts_with("duplicate key value violates unique constraint"))
+    })
 }
 
 impl Store {

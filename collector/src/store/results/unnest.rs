@@ -42,20 +42,21 @@ static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                 tls_version, tls_alpn, tls_cipher, cert_subject, cert_issuer, cert_not_after,
                 body_bytes, body_sha256, body_truncated, gateway, edge_location, hops,
                 interval_ms, proxy_ip, check_version, request_id)
-         ON CONFLICT DO NOTHING"
+         ON CONFLICT DO NOTHING
+         RETURNING seq"
     )
 });
 
 /// Inserts `results` of one agent, skipping those already stored;
-/// returns the rows inserted.
+/// returns the sequence numbers of the rows inserted.
 pub(super) async fn insert(
     conn: &mut PgConnection,
     agent_id: &str,
     region: &str,
     results: &[StoredResult],
-) -> Result<u64, sqlx::Error> {
+) -> Result<Vec<i64>, sqlx::Error> {
     let columns = Columns::from(results);
-    Ok(sqlx::query(sqlx::AssertSqlSafe(INSERT.as_str()))
+    sqlx::query_scalar(sqlx::AssertSqlSafe(INSERT.as_str()))
         .bind(agent_id)
         .bind(region)
         .bind(columns.seq)
@@ -107,9 +108,8 @@ pub(super) async fn insert(
         .bind(columns.proxy_ip)
         .bind(columns.check_version)
         .bind(columns.request_id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected())
+        .fetch_all(&mut *conn)
+        .await
 }
 
 /// A batch turned inside out: one array per column, for UNNEST.

@@ -4,6 +4,8 @@
 //! own with its own Citus metadata.
 
 mod connect;
+mod delivery;
+mod detection;
 
 use std::sync::{Mutex, OnceLock};
 
@@ -30,6 +32,13 @@ pub async fn citus_database(name: &str) -> String {
     vantage_testkit::citus::create_database(&ports, name)
         .await
         .expect("a database on every Citus node")
+}
+
+/// A pool on a new database of the shared cluster (not yet migrated).
+pub async fn citus_pool(name: &str) -> sqlx::PgPool {
+    sqlx::PgPool::connect(&citus_database(name).await)
+        .await
+        .expect("connecting to the Citus coordinator")
 }
 
 /// After the last test: stop the cluster and delete its directories.
