@@ -364,3 +364,67 @@ async fn confirmation_probes_are_counted_and_one_off_probes_are_not(pool: PgPool
     };
     assert_eq!((count(false), count(true)), (10, 10));
 }
+
+/// For tests that write `probe_results` with SQL (the detection tests):
+/// the detector cells of the rows of `agents[i]`/`seqs[i]`, as the ingest
+/// would have written them, computed by PostgreSQL with the dimension
+/// table's SQL sources (which the first test holds equal to the ingest's).
+pub async fn write_cells_of(pool: &PgPool, agents: &[String], seqs: &[i64]) {
+    let sources = dimensions::sources();
+    let values = sources
+        .iter()
+        .map(|s| format!("({s})::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = format!(
+        "SELECT url, check_name, outcome, COALESCE(http_status, proxy_status) AS status,
+                agent_id, vantage, COALESCE(interval_ms, {DEFAULT_ROUND_MS}) AS iv,
+                ARRAY[{values}] AS src, started_at, seq,
+                floor(extract(epoch FROM started_at) * 1000)::int8
+                    / greatest(COALESCE(interval_ms, {DEFAULT_ROUND_MS}) / 4, 1) AS slot
+         FROM probe_results
+         WHERE (agent_id, seq) IN (SELECT * FROM unnest($1::text[], $2::int8[]))
+           AND request_id IS NULL"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT ensure_detector_cells_partition(h)
+         FROM (SELECT min(started_at) AS lo, max(started_at) AS hi FROM ({rows}) v) r,
+              generate_series(date_trunc('hour', r.lo), r.hi, interval '1 hour') h"
+    )))
+    .bind(agents)
+    .bind(seqs)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO detector_cell_keys (target, check_name, outcome, status, agent_id, vantage,
+             interval_ms, confirmation, source_names, sources)
+         SELECT DISTINCT url, check_name, outcome, status, agent_id, vantage, iv, false, $3, src
+         FROM ({rows}) v
+         ON CONFLICT DO NOTHING"
+    )))
+    .bind(agents)
+    .bind(seqs)
+    .bind(&sources)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO detector_cells (key_id, slot, probes, first_at, last_at, last_seq)
+         SELECT k.id, v.slot, count(*), min(v.started_at), max(v.started_at), max(v.seq)
+         FROM ({rows}) v
+         JOIN detector_cell_keys k
+           ON (k.target, k.check_name, k.outcome, k.status, k.agent_id, k.vantage,
+               k.interval_ms, k.confirmation, k.source_names, k.sources)
+              IS NOT DISTINCT FROM
+              (v.url, v.check_name, v.outcome, v.status, v.agent_id, v.vantage, v.iv, false,
+               $3, v.src)
+         GROUP BY k.id, v.slot"
+    )))
+    .bind(agents)
+    .bind(seqs)
+    .bind(&sources)
+    .execute(pool)
+    .await
+    .unwrap();
+}

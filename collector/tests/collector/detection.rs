@@ -124,6 +124,7 @@ async fn write_probes_of(
         }
     }
     let col = |k: &str| cols.get(k).cloned().unwrap_or_default();
+    let seq_list = seqs.clone();
     sqlx::query(
         "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
                                     outcome, http_status, resolver, resolver_egress_ip, dialed_ip,
@@ -136,7 +137,7 @@ async fn write_probes_of(
     )
     .bind(target)
     .bind(col("agent"))
-    .bind(seqs)
+    .bind(&seqs)
     .bind(times)
     .bind(col("region"))
     .bind(col("outcome"))
@@ -151,6 +152,8 @@ async fn write_probes_of(
     .execute(pool)
     .await
     .unwrap();
+    let agents: Vec<String> = col("agent").into_iter().flatten().collect();
+    crate::cells::write_cells_of(pool, &agents, &seq_list).await;
 }
 
 /// A detector over a migrated database with partitions around `now`.
