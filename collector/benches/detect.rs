@@ -34,6 +34,7 @@ use vantage_proto::v1 as pb;
 
 mod common;
 
+use common::cells::{StoredRows, write_cells_of};
 use common::{ScratchDatabase, env_or};
 
 /// The collector binary's allocator, as this process runs its detector
@@ -94,110 +95,6 @@ async fn fill(pool: &sqlx::PgPool, agents: usize, targets: usize, f: Fill) -> Du
         .await
         .unwrap();
     started.elapsed()
-}
-
-/// The detector cells of the results `first..first + rows` (their seq),
-/// computed server-side with the dimension table's SQL sources, as the
-/// ingest writes them: their keys, then a row per result.
-async fn fill_cells(pool: &sqlx::PgPool, first: usize, rows: usize) -> Duration {
-    let started = Instant::now();
-    let names = dimensions::sources();
-    let values = names
-        .iter()
-        .map(|s| format!("({s})::text"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let key = "url, check_name, outcome, COALESCE(http_status, proxy_status), agent_id, vantage,
-               COALESCE(interval_ms, 30000), false";
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO detector_cell_keys (target, check_name, outcome, status, agent_id, vantage,
-             interval_ms, confirmation, source_names, sources)
-         SELECT DISTINCT {key}, $3::text[], ARRAY[{values}] FROM probe_results
-         WHERE seq BETWEEN $1 AND $2
-         ON CONFLICT DO NOTHING"
-    )))
-    .bind(first as i64)
-    .bind((first + rows - 1) as i64)
-    .bind(&names)
-    .execute(pool)
-    .await
-    .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO detector_cells (key_id, slot, probes, first_at, last_at, last_seq)
-         SELECT k.id, (extract(epoch FROM r.started_at) * 1000)::int8 / 7500, 1,
-                r.started_at, r.started_at, r.seq
-         FROM probe_results r
-         JOIN detector_cell_keys k
-           ON (k.target, k.check_name, k.outcome, k.status, k.agent_id, k.vantage,
-               k.interval_ms, k.confirmation, k.sources)
-              = (r.url, r.check_name, r.outcome, COALESCE(r.http_status, r.proxy_status),
-               r.agent_id, r.vantage, COALESCE(r.interval_ms, 30000), false,
-               ARRAY[{}])
-         WHERE r.seq BETWEEN $1 AND $2",
-        names
-            .iter()
-            .map(|s| format!("({})::text", qualify(s)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
-    .bind(first as i64)
-    .bind((first + rows - 1) as i64)
-    .execute(pool)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE detector_cells")
-        .execute(pool)
-        .await
-        .unwrap();
-    started.elapsed()
-}
-
-/// A source expression over `probe_results r`.
-fn qualify(source: &str) -> String {
-    let mut out = source.to_owned();
-    for column in [
-        "echo_ip",
-        "local_ip",
-        "proxy_ip",
-        "egress_ip",
-        "resolver_egress_ip",
-        "dialed_ip",
-        "edge_location",
-        "http_version",
-        "gateway",
-        "vantage",
-        "agent_id",
-        "region",
-        "resolver",
-    ] {
-        out = replace_word(&out, column, &format!("r.{column}"));
-    }
-    // `proxy` last: it is a prefix of `proxy_ip`, done above.
-    replace_word(&out, "proxy", "r.proxy")
-}
-
-/// `text` with every whole-word `word` (not already qualified) replaced.
-fn replace_word(text: &str, word: &str, with: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < text.len() {
-        if text[i..].starts_with(word) {
-            let before = i.checked_sub(1).map(|j| bytes[j]);
-            let after = bytes.get(i + word.len()).copied();
-            let is_word = |c: Option<u8>| {
-                c.is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
-            };
-            if !is_word(before) && !is_word(after) {
-                out.push_str(with);
-                i += word.len();
-                continue;
-            }
-        }
-        out.push(bytes[i] as char);
-        i += 1;
-    }
-    out
 }
 
 /// The results [`fill`] writes, made as the ingest receives them and
@@ -313,7 +210,13 @@ async fn main() {
             },
         )
         .await;
-        let celled = fill_cells(&pool, 1, rows).await;
+        let started = Instant::now();
+        write_cells_of(&pool, StoredRows::Seqs(1, rows as i64)).await;
+        sqlx::query("ANALYZE detector_cells")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let celled = started.elapsed();
         println!(
             "\n{rows} results in the window: written in {:.1} s, their cells in {:.1} s",
             filled.as_secs_f64(),
@@ -408,22 +311,17 @@ async fn main() {
             steps[1].0.as_secs_f64(),
             (first.query_time).as_secs_f64(),
         );
-        let size: String = sqlx::query_scalar(
-            "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid)))
-             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = 'probe_results'::regclass",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        let cells: String = sqlx::query_scalar(
-            "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid)))
-             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = 'detector_cells'::regclass",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let on_disk = |parent: &'static str| {
+            sqlx::query_scalar::<_, String>(
+                "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid)))
+                 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = $1::regclass",
+            )
+            .bind(parent)
+            .fetch_one(&pool)
+        };
+        let size = on_disk("probe_results").await.unwrap();
+        let cells = on_disk("detector_cells").await.unwrap();
         println!("  probe_results on disk: {size}; detector_cells: {cells}");
         pool.close().await;
         scratch.drop_now().await;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cells;
+
 use sqlx::{Connection, PgConnection};
 
 /// A numeric setting from the environment, or `default`.

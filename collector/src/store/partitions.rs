@@ -39,19 +39,13 @@ impl Store {
         if missing.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        // Serialise partition DDL between collectors sharing a database;
-        // concurrent CREATE ... IF NOT EXISTS can still collide on catalogs.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.probe_results.partitions'))")
-            .execute(&mut *tx)
-            .await?;
-        for day in &missing {
-            sqlx::query("SELECT ensure_probe_results_partition($1)")
-                .bind(day)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        create(
+            &self.pool,
+            "vantage.probe_results.partitions",
+            "ensure_probe_results_partition",
+            &missing,
+        )
+        .await?;
         self.partitions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -98,6 +92,36 @@ impl Store {
         tx.commit().await?;
         Ok(dropped)
     }
+}
+
+/// Creates one partition per value of `missing` (the SQL function
+/// `ensure`, which creates it if missing, with the value), in one
+/// transaction under the advisory lock `lock`: collectors sharing a
+/// database serialise their partition DDL, since concurrent CREATE ... IF
+/// NOT EXISTS can still collide on the catalogs.
+pub(super) async fn create<T>(
+    pool: &sqlx::PgPool,
+    lock: &str,
+    ensure: &'static str,
+    missing: &[T],
+) -> Result<(), StoreError>
+where
+    T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Sync,
+{
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(lock)
+        .execute(&mut *tx)
+        .await?;
+    let call = format!("SELECT {ensure}($1)");
+    for value in missing {
+        sqlx::query(sqlx::AssertSqlSafe(call.as_str()))
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The partitions of `parent` named `<parent>_p<digits>` whose range (by

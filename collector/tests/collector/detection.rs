@@ -153,7 +153,8 @@ async fn write_probes_of(
     .await
     .unwrap();
     let agents: Vec<String> = col("agent").into_iter().flatten().collect();
-    crate::cells::write_cells_of(pool, &agents, &seq_list).await;
+    crate::cells_sql::write_cells_of(pool, crate::cells_sql::StoredRows::Of(&agents, &seq_list))
+        .await;
 }
 
 /// A detector over a migrated database with partitions around `now`.

@@ -7,6 +7,11 @@
 mod access;
 mod auth;
 mod cells;
+// The cells PostgreSQL computes from stored rows (shared with the detect
+// bench).
+#[path = "../../benches/common/cells.rs"]
+#[allow(dead_code)] // the bench's way of naming results is not used here
+mod cells_sql;
 mod checks;
 mod citus;
 mod config;

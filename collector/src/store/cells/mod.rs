@@ -19,11 +19,14 @@ use sqlx::{Postgres, Transaction};
 
 pub mod sources;
 
-use super::partitions::{drop_partition, expired};
+use super::partitions::{self, drop_partition, expired};
 use super::{Store, StoreError, StoredResult};
 use crate::detect::cells::{CellCounts, CellKey};
 use crate::detect::dimensions;
 use sources::{FedRow, SourceFn, Value, source_fn};
+
+/// The advisory lock under which cell partitions are created and dropped.
+const CELL_PARTITIONS_LOCK: &str = "vantage.detector_cells.partitions";
 
 /// Slots per round: a probe's age is known to a quarter of a round.
 const SLOTS_PER_ROUND: i32 = 4;
@@ -280,7 +283,14 @@ impl Store {
         let settings = *lock(&self.cells.settings);
         let requests: Vec<i64> = results.iter().filter_map(|r| r.request_id).collect();
         self.learn_confirmations(&requests).await?;
-        let confirmations = lock(&self.cells.confirmations).clone();
+        // The batch's own requests only: the map holds every request seen.
+        let confirmations: HashMap<i64, bool> = {
+            let known = lock(&self.cells.confirmations);
+            requests
+                .iter()
+                .map(|id| (*id, known.get(id).copied().unwrap_or(false)))
+                .collect()
+        };
         let oldest = Utc::now()
             .checked_sub_signed(settings.max_age)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
@@ -419,17 +429,13 @@ impl Store {
         if missing.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.detector_cells.partitions'))")
-            .execute(&mut *tx)
-            .await?;
-        for hour in &missing {
-            sqlx::query("SELECT ensure_detector_cells_partition($1)")
-                .bind(hour)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        partitions::create(
+            &self.pool,
+            CELL_PARTITIONS_LOCK,
+            "ensure_detector_cells_partition",
+            &missing,
+        )
+        .await?;
         lock(&self.cells.hours).extend(missing);
         Ok(())
     }
@@ -451,7 +457,8 @@ impl Store {
         cutoff: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.detector_cells.partitions'))")
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(CELL_PARTITIONS_LOCK)
             .execute(&mut *tx)
             .await?;
         let hour_range = |digits: &str| {
