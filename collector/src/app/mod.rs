@@ -395,6 +395,9 @@ impl Application {
             let retention = self.config.retention.clone();
             // The cells are read for the detector's window only.
             let cells_kept = self.config.detector.settings().window + Duration::from_secs(3600);
+            // No result older than this is accepted: a day that ended
+            // before it is closed.
+            let closed_after = self.config.ingest.max_result_age;
             supervisor.spawn(
                 "partitions",
                 Policy::Restart,
@@ -403,7 +406,15 @@ impl Application {
                     let (store, retention) = (store.clone(), retention.clone());
                     async move {
                         loop {
-                            if maintain_partitions(&store, ahead, &retention, cells_kept).await {
+                            if maintain_partitions(
+                                &store,
+                                ahead,
+                                &retention,
+                                cells_kept,
+                                closed_after,
+                            )
+                            .await
+                            {
                                 live.beat();
                             }
                             tokio::select! {

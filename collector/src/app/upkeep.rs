@@ -1,6 +1,6 @@
-//! The collector's upkeep loops: daily partitions created ahead and
-//! dropped past retention, the detector's hourly cell partitions likewise,
-//! and the per-minute roll-up.
+//! The collector's upkeep loops: daily partitions created ahead, compacted
+//! once closed and dropped past retention, the detector's hourly cell
+//! partitions likewise, and the per-minute roll-up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +21,15 @@ const CELL_HOURS_AHEAD: i64 = 3;
 
 /// Creates the partitions `ahead` days ahead and drops those past the
 /// retention (raw results rolled up first); the detector's cells likewise,
-/// kept for `cells_kept` (longer than its window); whether all of it
-/// reached the database.
+/// kept for `cells_kept` (longer than its window); the days that ended
+/// more than `closed_after` ago (the ingest refuses results that old)
+/// compacted; whether all of it reached the database.
 pub(super) async fn maintain_partitions(
     store: &Store,
     ahead: u64,
     retention: &RetentionConfig,
     cells_kept: Duration,
+    closed_after: Duration,
 ) -> bool {
     let now = chrono::Utc::now();
     let mut created = store.ensure_partitions_around(now, 0, ahead).await;
@@ -42,6 +44,19 @@ pub(super) async fn maintain_partitions(
     let before =
         |age: Duration| now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
     let mut ok = created.is_ok();
+    match store.compact_days_before(before(closed_after)).await {
+        Ok(days) => {
+            for (name, how) in days {
+                metrics::counter!("vantage_days_compacted_total", "how" => how.as_str())
+                    .increment(1);
+                tracing::info!(partition = %name, how = how.as_str(), "Compacted a closed day of results.");
+            }
+        }
+        Err(error) => {
+            ok = false;
+            tracing::warn!(%error, "Cannot compact closed days of results; will retry.");
+        }
+    }
     for (what, dropped) in [
         (
             "retention.raw",

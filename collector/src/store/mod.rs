@@ -7,7 +7,8 @@
 //! [`outbox`]; central checks in [`checks`]; probe requests and control
 //! notices in [`requests`]; the incident pages' own reads in [`pages`];
 //! the detector's cells, written by the ingest, in [`cells`];
-//! distributing the tables on a Citus coordinator in [`citus`].
+//! distributing the tables on a Citus coordinator in [`citus`]; closed
+//! days compacted in [`closed_days`].
 //! Every SQL statement of the collector lives in
 //! this module.
 
@@ -17,6 +18,7 @@ pub mod cells;
 mod check_status;
 mod checks;
 pub mod citus;
+mod closed_days;
 mod detection;
 mod incidents;
 mod lease;
@@ -32,6 +34,7 @@ pub use agents::{AgentHello, AgentListing, EnrolledAgent};
 pub use cells::{CellRead, CellRow, CellSettings, SlotRow, StoredKey, slot_of};
 pub use check_status::{AgentCheck, CheckReporter, CheckState, CheckStatus, ChecksReport};
 pub use checks::StoredCheck;
+pub use closed_days::Compaction;
 pub use detection::{Applied, RunRecord};
 pub use incidents::Incident;
 pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};
@@ -100,6 +103,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<Option<citus::CitusLayout>, StoreError> {
         let cluster = citus::preflight(&self.pool).await?;
         MIGRATOR.run(&self.pool).await?;
+        self.ensure_columnar().await?;
         match cluster {
             Some((version, workers)) => {
                 Ok(Some(citus::distribute(&self.pool, version, workers).await?))

@@ -66,13 +66,6 @@ impl Store {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.probe_results.partitions'))")
             .execute(&mut *tx)
             .await?;
-        let day_range = |digits: &str| {
-            let day = NaiveDate::parse_from_str(digits, "%Y%m%d").ok()?;
-            Some((
-                day.and_hms_opt(0, 0, 0)?.and_utc(),
-                day.succ_opt()?.and_hms_opt(0, 0, 0)?.and_utc(),
-            ))
-        };
         let mut dropped = Vec::new();
         for (name, start, end) in expired(&mut tx, "probe_results", day_range, cutoff).await? {
             rollup::roll_up_in(&mut tx, start, end).await?;
@@ -92,6 +85,15 @@ impl Store {
         tx.commit().await?;
         Ok(dropped)
     }
+}
+
+/// The day a daily partition's digits (`YYYYMMDD`) name, as its range.
+pub(super) fn day_range(digits: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let day = NaiveDate::parse_from_str(digits, "%Y%m%d").ok()?;
+    Some((
+        day.and_hms_opt(0, 0, 0)?.and_utc(),
+        day.succ_opt()?.and_hms_opt(0, 0, 0)?.and_utc(),
+    ))
 }
 
 /// Creates one partition per value of `missing` (the SQL function

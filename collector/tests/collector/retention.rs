@@ -190,3 +190,155 @@ async fn partitions_past_raw_retention_are_dropped_whole(pool: PgPool) {
         "{log}"
     );
 }
+
+/// Every field of every result, as JSON, in a stable order.
+pub(crate) async fn every_field(pool: &PgPool) -> Vec<serde_json::Value> {
+    sqlx::query_scalar("SELECT to_jsonb(r) FROM probe_results r ORDER BY agent_id, seq")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// A partition's access method and its indexes' names.
+async fn layout(pool: &PgPool, partition: &str) -> (String, Vec<String>) {
+    sqlx::query_as(
+        "SELECT am.amname::text,
+                ARRAY(SELECT i.relname::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                      WHERE x.indrelid = c.oid ORDER BY 1)
+         FROM pg_class c JOIN pg_am am ON am.oid = c.relam WHERE c.relname = $1",
+    )
+    .bind(partition)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A day the ingest can no longer receive results for (it ended before
+/// `ingest.max_result_age`) is compacted by a running collector: columnar
+/// with zstd, its secondary indexes dropped, every field of every row
+/// read back as before through the table and the views; the roll-up and
+/// retention work on it as on any day. Today's day is left as it was.
+#[sqlx::test(migrations = false)]
+async fn closed_days_are_compacted_columnar_and_read_as_before(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    store.migrate().await.unwrap();
+    let columnar: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_am WHERE amname = 'columnar')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        columnar,
+        "migrate installs the columnar access method where PostgreSQL has it \
+         (testkit/citus/build.sh installs Citus, which brings it)"
+    );
+    let today = Utc::now().date_naive();
+    let day = |n: u64| today.checked_sub_days(chrono::Days::new(n)).unwrap();
+    store
+        .ensure_partitions(&[day(3), day(2), today])
+        .await
+        .unwrap();
+    // 600 results a day over six agents, every kind of column filled.
+    for n in [3u64, 2, 0] {
+        sqlx::query(
+            "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
+               outcome, message, http_status, http_version, resolver, resolved_ips, resolved_ttls,
+               dialed_ip, dialed_port, local_ip, egress_ip, dns_us, connect_us, tls_us, ttfb_us,
+               total_us, headers, vantage, dns_rcode, resolver_egress_ip, transfer_us, tls_version,
+               tls_alpn, tls_cipher, cert_subject, cert_issuer, cert_not_after, body_bytes,
+               body_sha256, gateway, hops, interval_ms, check_version)
+             SELECT 'agent-' || (g % 6), $2 * 1000 + g, $1::date + g * interval '1 minute',
+               'region-' || (g % 3), 'site-' || (g % 4), 'https://site' || (g % 4) || '.test/',
+               'GET', CASE WHEN g % 10 = 0 THEN 'http' ELSE 'ok' END,
+               CASE WHEN g % 10 = 0 THEN 'unexpected status 502' ELSE '' END,
+               CASE WHEN g % 10 = 0 THEN 502 ELSE 200 END, 'HTTP/2.0', 'udp://127.0.0.53:53',
+               ARRAY['127.0.0.10'::inet, '::1'::inet], ARRAY[60, 60 - g % 60], '127.0.0.10', 443,
+               ('127.0.2.' || (g % 6 + 1))::inet, ('127.0.2.' || (g % 6 + 1))::inet,
+               g, g * 2, g * 3, g * 4, g * 5,
+               jsonb_build_object('server', 'nginx', 'content-length', g::text), 'direct',
+               'NOERROR', '127.0.0.53', g, 'TLSv1.3', 'h2', 'TLS13_AES_128_GCM_SHA256',
+               'CN=site.test', 'CN=Test CA', $1::date + interval '90 days', g,
+               encode(sha256(g::text::bytea), 'hex'), CASE WHEN g % 10 = 0 THEN 'nginx' END,
+               '[]', 30000, 1
+             FROM generate_series(1, 600) g",
+        )
+        .bind(day(n))
+        .bind(i64::try_from(n).unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let rows_before = every_field(&pool).await;
+    // The latest result per vantage (its age, measured from now, aside).
+    let view = "SELECT jsonb_agg(to_jsonb(v) - 'age' ORDER BY v::text) FROM v_latest_by_vantage v";
+    let view_before: serde_json::Value = sqlx::query_scalar(view).fetch_one(&pool).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut collector, _) = crate::process::start_collector(
+        &pool,
+        dir.path(),
+        "collector",
+        "[ingest]\nmax_result_age = \"1day\"\n",
+    );
+    let name = |d: chrono::NaiveDate| format!("probe_results_p{}", d.format("%Y%m%d"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while layout(&pool, &name(day(2))).await.0 != "columnar" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}\n{}",
+            layout(&pool, &name(day(2))).await,
+            std::fs::read_to_string(dir.path().join("collector.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    crate::process::terminate(&mut collector.0, std::time::Duration::from_secs(20));
+    let log = std::fs::read_to_string(dir.path().join("collector.log")).unwrap();
+    assert!(log.contains("Compacted a closed day of results."), "{log}");
+
+    for n in [3, 2] {
+        let (method, indexes) = layout(&pool, &name(day(n))).await;
+        assert_eq!(method, "columnar", "{n} days ago");
+        assert_eq!(
+            indexes,
+            [
+                format!("{}_pkey", name(day(n))),
+                format!("{}_request_id_idx", name(day(n)))
+            ],
+            "{n} days ago: only the primary key and the one-off probes' index stay"
+        );
+    }
+    let (method, indexes) = layout(&pool, &name(today)).await;
+    assert_eq!(method, "heap", "today stays open");
+    assert!(
+        indexes.contains(&format!("{}_url_started", name(today)))
+            && indexes.contains(&format!("{}_started", name(today))),
+        "{indexes:?}"
+    );
+    assert_eq!(
+        every_field(&pool).await,
+        rows_before,
+        "every field reads back as stored"
+    );
+    let view_after: serde_json::Value = sqlx::query_scalar(view).fetch_one(&pool).await.unwrap();
+    assert_eq!(view_after, view_before);
+    // A second run finds nothing left to do.
+    let cutoff = today.and_hms_opt(0, 0, 0).unwrap().and_utc() - chrono::Duration::days(1);
+    assert_eq!(store.compact_days_before(cutoff).await.unwrap(), []);
+
+    // The roll-up reads a compacted day, and retention drops it whole.
+    let start = day(3).and_hms_opt(0, 0, 0).unwrap().and_utc();
+    store
+        .roll_up(start, start + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    let probes: i64 = sqlx::query_scalar(
+        "SELECT sum(probes)::int8 FROM probe_rollups WHERE minute >= $1 AND minute < $1 + interval '1 day'",
+    )
+    .bind(start)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(probes, 600);
+    let dropped = store.drop_partitions_before(cutoff).await.unwrap();
+    assert_eq!(dropped, [name(day(3)), name(day(2))]);
+}

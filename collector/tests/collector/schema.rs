@@ -202,9 +202,9 @@ async fn views_have_the_documented_columns(pool: PgPool) {
     collector.stop().await;
 }
 
-/// The detection window's query is served by an index on every partition
-/// (the partitioned index `probe_results_started` is inherited by each
-/// daily partition, existing and future).
+/// The time-range reads (the vantage list, the roll-up) are served by an
+/// index on every open day's partition (each is made with its own; a
+/// closed day loses it when compacted, see `retention`).
 #[sqlx::test(migrations = false)]
 async fn every_partition_has_the_window_index(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;

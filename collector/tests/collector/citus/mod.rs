@@ -3,6 +3,7 @@
 //! source where missing), shared by these tests, each in a database of its
 //! own with its own Citus metadata.
 
+mod closed_days;
 mod connect;
 mod delivery;
 mod detection;
