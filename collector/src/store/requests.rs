@@ -176,9 +176,13 @@ impl Store {
     /// The stored results of request `id`, by agent, vantage, resolver.
     pub async fn request_results(&self, id: i64) -> Result<Vec<ResultPath>, StoreError> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            // The request's time by a subquery, not a join: Citus does not
+            // join its distributed results with a table on the coordinator.
             "SELECT {RESULT_PATH_COLUMNS}
-             FROM probe_results r JOIN probe_requests p ON p.id = r.request_id
-             WHERE r.request_id = $1 AND r.started_at >= p.requested_at - interval '1 minute'
+             FROM probe_results r
+             WHERE r.request_id = $1
+               AND r.started_at >= (SELECT requested_at FROM probe_requests WHERE id = $1)
+                                   - interval '1 minute'
              ORDER BY r.agent_id, r.vantage, r.resolver, r.seq"
         )))
         .bind(id)
@@ -266,11 +270,18 @@ impl Store {
     /// of their results are stored.
     pub async fn probe_request_agents(&self, id: i64) -> Result<Vec<RequestAgent>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT a.agent_id, a.vantages, a.done_at, a.results, a.error,
-                    (SELECT count(*) FROM probe_results r
-                     WHERE r.request_id = a.request_id AND r.agent_id = a.agent_id
-                       AND r.started_at >= p.requested_at - interval '1 minute') AS stored
-             FROM probe_request_agents a JOIN probe_requests p ON p.id = a.request_id
+            // The results counted per agent first, then joined: Citus runs
+            // no subquery over its distributed results correlated with a
+            // table on the coordinator.
+            "WITH stored AS (
+                 SELECT r.agent_id, count(*) AS stored FROM probe_results r
+                 WHERE r.request_id = $1
+                   AND r.started_at >= (SELECT requested_at FROM probe_requests WHERE id = $1)
+                                       - interval '1 minute'
+                 GROUP BY r.agent_id)
+             SELECT a.agent_id, a.vantages, a.done_at, a.results, a.error,
+                    COALESCE(s.stored, 0) AS stored
+             FROM probe_request_agents a LEFT JOIN stored s ON s.agent_id = a.agent_id
              WHERE a.request_id = $1 ORDER BY a.agent_id",
         )
         .bind(id)

@@ -46,6 +46,11 @@ regions = ["eu-west"]
 
 #[sqlx::test(migrations = false)]
 async fn the_file_is_the_whole_set_and_bad_input_changes_nothing(pool: PgPool) {
+    the_file_is_the_whole_set_and_bad_input_changes_nothing_on(pool).await;
+}
+
+/// [`the_file_is_the_whole_set_and_bad_input_changes_nothing`] on the database of `pool` (also run on Citus).
+pub async fn the_file_is_the_whole_set_and_bad_input_changes_nothing_on(pool: PgPool) {
     let store = vantage_collector::store::Store::new(pool.clone());
     store.migrate().await.unwrap();
     vantage_collector::enrol::enrol(&store, "fra-1", "eu-west")

@@ -22,6 +22,11 @@ fn row<'a>(out: &'a str, vantage: &str) -> Vec<&'a str> {
 
 #[sqlx::test(migrations = false)]
 async fn probe_asks_the_chosen_vantages_and_prints_them_side_by_side(pool: PgPool) {
+    probe_asks_the_chosen_vantages_and_prints_them_side_by_side_on(pool).await;
+}
+
+/// [`probe_asks_the_chosen_vantages_and_prints_them_side_by_side`] on the database of `pool` (also run on Citus).
+pub async fn probe_asks_the_chosen_vantages_and_prints_them_side_by_side_on(pool: PgPool) {
     let fleet = Fleet::start(pool, &[("fra-1", "eu-west"), ("iad-1", "us-east")], "").await;
     // The site answers 502 to the VPN's range only.
     fleet

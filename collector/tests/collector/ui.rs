@@ -65,6 +65,11 @@ fn browse(url: &str, profile: &Path, screenshot: Option<&Path>) -> (String, Vec<
 
 #[sqlx::test(migrations = false)]
 async fn incident_pages_load_clean_in_chromium_and_show_the_databases_numbers(pool: PgPool) {
+    incident_pages_load_clean_in_chromium_and_show_the_databases_numbers_on(pool).await;
+}
+
+/// [`incident_pages_load_clean_in_chromium_and_show_the_databases_numbers`] on the database of `pool` (also run on Citus).
+pub async fn incident_pages_load_clean_in_chromium_and_show_the_databases_numbers_on(pool: PgPool) {
     vantage_service::install_crypto_provider();
     let (mut fleet, agents) = Fleet::prefix_incident(
         pool,

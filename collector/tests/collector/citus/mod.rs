@@ -7,6 +7,7 @@ mod closed_days;
 mod connect;
 mod delivery;
 mod detection;
+mod operations;
 
 use std::sync::{Mutex, OnceLock};
 
