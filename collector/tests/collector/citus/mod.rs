@@ -8,6 +8,7 @@ mod connect;
 mod delivery;
 mod detection;
 mod operations;
+mod refusals;
 
 use std::sync::{Mutex, OnceLock};
 
@@ -16,21 +17,26 @@ use vantage_testkit::citus::CitusCluster;
 /// The run's Citus cluster, started by the first test that asks.
 static CLUSTER: OnceLock<Mutex<Option<CitusCluster>>> = OnceLock::new();
 
-/// A new database on the shared cluster, with the workers registered:
-/// its coordinator URL (the user's default: no sslmode).
-pub async fn citus_database(name: &str) -> String {
+/// The shared cluster's ports (coordinator first), the cluster started by
+/// the first test that asks.
+pub fn cluster_ports() -> Vec<u16> {
     let cell = CLUSTER.get_or_init(|| {
         Mutex::new(Some(
             CitusCluster::start(2).expect("starting a Citus coordinator and two workers"),
         ))
     });
-    // The lock is not held while the database is made.
-    let ports = cell
-        .lock()
+    cell.lock()
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
         .expect("the cluster runs until the last test")
-        .ports();
+        .ports()
+}
+
+/// A new database on the shared cluster, with the workers registered:
+/// its coordinator URL (the user's default: no sslmode).
+pub async fn citus_database(name: &str) -> String {
+    // The lock is not held while the database is made.
+    let ports = cluster_ports();
     vantage_testkit::citus::create_database(&ports, name)
         .await
         .expect("a database on every Citus node")
