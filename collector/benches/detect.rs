@@ -12,10 +12,15 @@
 //! this collector's ingest, in the same run; target: both within 0.6 s
 //! at 10 M.
 //!
+//! Then the same against a Citus coordinator and two workers started on
+//! this machine (private clusters, Citus built from the vendored source
+//! where missing), and the figures of both side by side.
+//!
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p vantage-collector --bench detect`
 //! Environment: `BENCH_SIZES` (comma-separated result counts, default
 //! `1000000,10000000`), `BENCH_AGENTS` (default 1000), `BENCH_TARGETS`
-//! (default 10).
+//! (default 10), `BENCH_CITUS_SIZES` (default `1000000`),
+//! `BENCH_CITUS_WORKERS` (default 2; 0 skips the Citus runs).
 
 #![allow(clippy::unwrap_used)]
 
@@ -178,152 +183,217 @@ async fn main() {
         "detection bench: {agents} agents, {targets} targets, {} dimensions, window 300 s",
         dimensions::DIMENSIONS.len()
     );
-    for rows in sizes {
+    let mut single = Vec::new();
+    for &rows in &sizes {
+        println!("\n== one PostgreSQL (DATABASE_URL)");
         let scratch = ScratchDatabase::create("vantage_bench_detect").await;
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&scratch.url)
+        single.push((rows, run(&scratch.url, rows, agents, targets).await));
+        scratch.drop_now().await;
+    }
+    // The same on a Citus coordinator and its workers on this machine.
+    let workers = env_or("BENCH_CITUS_WORKERS", 2);
+    let citus_sizes: Vec<usize> = std::env::var("BENCH_CITUS_SIZES")
+        .unwrap_or_else(|_| "1000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    if workers == 0 || citus_sizes.is_empty() {
+        return;
+    }
+    let cluster = tokio::task::spawn_blocking(move || {
+        vantage_testkit::citus::CitusCluster::start(workers).unwrap()
+    })
+    .await
+    .unwrap();
+    let mut citus = Vec::new();
+    for (i, &rows) in citus_sizes.iter().enumerate() {
+        println!(
+            "\n== Citus: a coordinator and {workers} workers, private clusters on this machine"
+        );
+        let url = cluster
+            .database(&format!("vantage_bench_detect_{i}"))
             .await
             .unwrap();
-        let store = Arc::new(Store::new(pool.clone()));
-        store.migrate().await.unwrap();
+        citus.push((rows, run(&url, rows, agents, targets).await));
+    }
+    cluster.stop().unwrap();
+    println!(
+        "\npasses after 5 % new results, one node beside Citus ({workers} workers, same run):"
+    );
+    for (rows, c) in &citus {
+        let one = single.iter().find(|(r, _)| r == rows).map(|(_, f)| f);
+        let show = |f: Option<&Passes>, pick: fn(&Passes) -> f64| {
+            f.map_or("-".to_owned(), |f| format!("{:.3} s", pick(f)))
+        };
+        println!(
+            "  {rows} results: after this collector's ingest {} vs {}; after another's {} vs {}; \
+             whole window {} vs {}",
+            show(one, |f| f.own),
+            show(Some(c), |f| f.own),
+            show(one, |f| f.other),
+            show(Some(c), |f| f.other),
+            show(one, |f| f.whole),
+            show(Some(c), |f| f.whole),
+        );
+    }
+}
+
+/// One size's pass times (seconds).
+struct Passes {
+    own: f64,
+    other: f64,
+    whole: f64,
+}
+
+/// One size on the (empty) database at `url`.
+async fn run(url: &str, rows: usize, agents: usize, targets: usize) -> Passes {
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(url)
+        .await
+        .unwrap();
+    let store = Arc::new(Store::new(pool.clone()));
+    store.migrate().await.unwrap();
+    store
+        .ensure_partitions_around(Utc::now(), 1, 1)
+        .await
+        .unwrap();
+    store
+        .ensure_cell_partitions_ahead(Utc::now() - chrono::Duration::hours(1), 3)
+        .await
+        .unwrap();
+    let end = Utc::now();
+    // Over the 280 s before `end`, so that every row is in the window
+    // however long the fill takes.
+    let filled = fill(
+        &pool,
+        agents,
+        targets,
+        Fill {
+            first: 1,
+            rows,
+            spread: 280.0,
+            end,
+        },
+    )
+    .await;
+    let started = Instant::now();
+    write_cells_of(&pool, StoredRows::Seqs(1, rows as i64)).await;
+    sqlx::query("ANALYZE detector_cells")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let celled = started.elapsed();
+    println!(
+        "\n{rows} results in the window: written in {:.1} s, their cells in {:.1} s",
+        filled.as_secs_f64(),
+        celled.as_secs_f64()
+    );
+
+    let settings = DetectorSettings {
+        window: Duration::from_secs(300),
+        ..DetectorSettings::default()
+    };
+    for a in 0..agents {
         store
-            .ensure_partitions_around(Utc::now(), 1, 1)
+            .enrol_agent(&format!("agent-{a}"), "bench", &format!("token-{a}"))
             .await
             .unwrap();
-        store
-            .ensure_cell_partitions_ahead(Utc::now() - chrono::Duration::hours(1), 3)
-            .await
-            .unwrap();
-        let end = Utc::now();
-        // Over the 280 s before `end`, so that every row is in the window
-        // however long the fill takes.
-        let filled = fill(
-            &pool,
+    }
+    let detector = Detector::new(store.clone(), settings, Arc::new(Notify::new()));
+    let pass = |n: u32, what: &str, elapsed: Duration, s: &PassSummary| {
+        println!(
+            "  pass {n} ({what}): {:.3} s total (read {:.3} s: {} {} probes in {} cell rows; \
+                 decision and writes {:.3} s, of which deciding {:.3} s); {} probes in the \
+                 window in {} cells, {} segments, {} incidents opened",
+            elapsed.as_secs_f64(),
+            s.query_time.as_secs_f64(),
+            s.refresh.map_or("-", |r| r.as_str()),
+            s.read_probes,
+            s.read_rows,
+            s.decide_time.as_secs_f64(),
+            s.plan_time.as_secs_f64(),
+            s.probes,
+            s.cells,
+            s.segments,
+            s.opened.len()
+        );
+    };
+    let started = Instant::now();
+    let first = detector.evaluate_at(end).await.unwrap();
+    pass(1, "start: the whole window", started.elapsed(), &first);
+
+    // 15 s of results at the window's rate arrive through this
+    // collector's ingest, then the next pass; then as many through
+    // another collector's (its own store, key cache cold).
+    let mut steps = Vec::new();
+    let mut at = end;
+    let other = Arc::new(Store::new(pool.clone()));
+    let new = rows / 20;
+    for (n, (who, ingester)) in [
+        ("this collector's", &store),
+        ("another collector's", &other),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        at += chrono::Duration::seconds(15);
+        let ingested = ingest(
+            ingester,
             agents,
             targets,
             Fill {
-                first: 1,
-                rows,
-                spread: 280.0,
-                end,
+                first: rows + n * new + 1,
+                rows: new,
+                spread: 15.0,
+                end: at,
             },
         )
         .await;
-        let started = Instant::now();
-        write_cells_of(&pool, StoredRows::Seqs(1, rows as i64)).await;
-        sqlx::query("ANALYZE detector_cells")
-            .execute(&pool)
-            .await
-            .unwrap();
-        let celled = started.elapsed();
         println!(
-            "\n{rows} results in the window: written in {:.1} s, their cells in {:.1} s",
-            filled.as_secs_f64(),
-            celled.as_secs_f64()
+            "  {new} new results ingested by {who} in {:.1} s ({:.0}/s, cells included)",
+            ingested.as_secs_f64(),
+            new as f64 / ingested.as_secs_f64()
         );
-
-        let settings = DetectorSettings {
-            window: Duration::from_secs(300),
-            ..DetectorSettings::default()
-        };
-        for a in 0..agents {
-            store
-                .enrol_agent(&format!("agent-{a}"), "bench", &format!("token-{a}"))
-                .await
-                .unwrap();
-        }
-        let detector = Detector::new(store.clone(), settings, Arc::new(Notify::new()));
-        let pass = |n: u32, what: &str, elapsed: Duration, s: &PassSummary| {
-            println!(
-                "  pass {n} ({what}): {:.3} s total (read {:.3} s: {} {} probes in {} cell rows; \
-                 decision and writes {:.3} s, of which deciding {:.3} s); {} probes in the \
-                 window in {} cells, {} segments, {} incidents opened",
-                elapsed.as_secs_f64(),
-                s.query_time.as_secs_f64(),
-                s.refresh.map_or("-", |r| r.as_str()),
-                s.read_probes,
-                s.read_rows,
-                s.decide_time.as_secs_f64(),
-                s.plan_time.as_secs_f64(),
-                s.probes,
-                s.cells,
-                s.segments,
-                s.opened.len()
-            );
-        };
         let started = Instant::now();
-        let first = detector.evaluate_at(end).await.unwrap();
-        pass(1, "start: the whole window", started.elapsed(), &first);
-
-        // 15 s of results at the window's rate arrive through this
-        // collector's ingest, then the next pass; then as many through
-        // another collector's (its own store, key cache cold).
-        let mut steps = Vec::new();
-        let mut at = end;
-        let other = Arc::new(Store::new(pool.clone()));
-        let new = rows / 20;
-        for (n, (who, ingester)) in [
-            ("this collector's", &store),
-            ("another collector's", &other),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            at += chrono::Duration::seconds(15);
-            let ingested = ingest(
-                ingester,
-                agents,
-                targets,
-                Fill {
-                    first: rows + n * new + 1,
-                    rows: new,
-                    spread: 15.0,
-                    end: at,
-                },
-            )
-            .await;
-            println!(
-                "  {new} new results ingested by {who} in {:.1} s ({:.0}/s, cells included)",
-                ingested.as_secs_f64(),
-                new as f64 / ingested.as_secs_f64()
-            );
-            let started = Instant::now();
-            let summary = detector.evaluate_at(at).await.unwrap();
-            let took = started.elapsed();
-            pass(
-                n as u32 + 2,
-                &format!("15 s later: new results, {who}"),
-                took,
-                &summary,
-            );
-            steps.push((took, summary));
-        }
-        let started = Instant::now();
-        let fourth = detector.evaluate_at(at).await.unwrap();
-        pass(4, "nothing new", started.elapsed(), &fourth);
-        println!(
-            "  => a pass over {} results in the window with {new} new: {:.3} s from this \
+        let summary = detector.evaluate_at(at).await.unwrap();
+        let took = started.elapsed();
+        pass(
+            n as u32 + 2,
+            &format!("15 s later: new results, {who}"),
+            took,
+            &summary,
+        );
+        steps.push((took, summary));
+    }
+    let started = Instant::now();
+    let fourth = detector.evaluate_at(at).await.unwrap();
+    pass(4, "nothing new", started.elapsed(), &fourth);
+    println!(
+        "  => a pass over {} results in the window with {new} new: {:.3} s from this \
              collector's ingest (reference), {:.3} s from another's (target: both within \
              0.6 s at 10 M); reading the whole window: {:.3} s",
-            steps[1].1.probes,
-            steps[0].0.as_secs_f64(),
-            steps[1].0.as_secs_f64(),
-            (first.query_time).as_secs_f64(),
-        );
-        let on_disk = |parent: &'static str| {
-            sqlx::query_scalar::<_, String>(
-                "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid)))
+        steps[1].1.probes,
+        steps[0].0.as_secs_f64(),
+        steps[1].0.as_secs_f64(),
+        (first.query_time).as_secs_f64(),
+    );
+    let on_disk = |parent: &'static str| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid)))
                  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                  WHERE i.inhparent = $1::regclass",
-            )
-            .bind(parent)
-            .fetch_one(&pool)
-        };
-        let size = on_disk("probe_results").await.unwrap();
-        let cells = on_disk("detector_cells").await.unwrap();
-        println!("  probe_results on disk: {size}; detector_cells: {cells}");
-        pool.close().await;
-        scratch.drop_now().await;
+        )
+        .bind(parent)
+        .fetch_one(&pool)
+    };
+    let size = on_disk("probe_results").await.unwrap();
+    let cells = on_disk("detector_cells").await.unwrap();
+    println!("  probe_results on disk: {size}; detector_cells: {cells}");
+    pool.close().await;
+    Passes {
+        own: steps[0].0.as_secs_f64(),
+        other: steps[1].0.as_secs_f64(),
+        whole: first.query_time.as_secs_f64(),
     }
 }

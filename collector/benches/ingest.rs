@@ -6,9 +6,14 @@
 //! result is read from `/proc`, so that its cost shows apart from the
 //! clients' and the database's on a shared machine.
 //!
+//! Then the same against a Citus coordinator and two workers started on
+//! this machine (private clusters, Citus built from the vendored source
+//! where missing), and both runs' figures side by side.
+//!
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p vantage-collector --bench ingest`
 //! Environment: `BENCH_AGENTS` (default 4), `BENCH_RESULTS` per agent
-//! (default 50000), `BENCH_BATCH` (default 1000), `BENCH_WINDOW` (default 4).
+//! (default 50000), `BENCH_BATCH` (default 1000), `BENCH_WINDOW` (default
+//! 4), `BENCH_CITUS_WORKERS` (default 2; 0 skips the Citus run).
 
 #![allow(clippy::unwrap_used)]
 
@@ -269,17 +274,74 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// The run's shape.
+#[derive(Clone, Copy)]
+struct Shape {
+    agents: usize,
+    per_agent: usize,
+    batch: usize,
+    window: usize,
+}
+
+/// What one run on one database measured (results/s).
+struct Figures {
+    ingest_rate: f64,
+    copy_rate: f64,
+    collector_cpu_us: f64,
+}
+
 #[tokio::main]
 async fn main() {
-    let agents = env_or("BENCH_AGENTS", 4);
-    let per_agent = env_or("BENCH_RESULTS", 50_000);
-    let batch = env_or("BENCH_BATCH", 1_000);
-    let window = env_or("BENCH_WINDOW", 4);
-
-    // A throwaway database on the server of DATABASE_URL, migrated, and
-    // the agents enrolled, before the collector starts.
+    let shape = Shape {
+        agents: env_or("BENCH_AGENTS", 4),
+        per_agent: env_or("BENCH_RESULTS", 50_000),
+        batch: env_or("BENCH_BATCH", 1_000),
+        window: env_or("BENCH_WINDOW", 4),
+    };
+    // A throwaway database on the server of DATABASE_URL.
+    println!("== one PostgreSQL (DATABASE_URL)");
     let scratch = ScratchDatabase::create("vantage_bench").await;
-    let bench_url = scratch.url.clone();
+    let single = run(&scratch.url, shape).await;
+    scratch.drop_now().await;
+
+    // The same on a Citus coordinator and its workers on this machine
+    // (built from the vendored source where missing).
+    let workers = env_or("BENCH_CITUS_WORKERS", 2);
+    if workers == 0 {
+        return;
+    }
+    println!("== Citus: a coordinator and {workers} workers, private clusters on this machine");
+    let cluster = tokio::task::spawn_blocking(move || {
+        vantage_testkit::citus::CitusCluster::start(workers).unwrap()
+    })
+    .await
+    .unwrap();
+    let url = cluster.database("vantage_bench").await.unwrap();
+    let citus = run(&url, shape).await;
+    cluster.stop().unwrap();
+    println!(
+        "one node beside Citus ({workers} workers, same machine, same run): ingest {:.0} vs \
+         {:.0} results/s; plain COPY {:.0} vs {:.0} rows/s; collector CPU {:.1} vs {:.1} us per \
+         result",
+        single.ingest_rate,
+        citus.ingest_rate,
+        single.copy_rate,
+        citus.copy_rate,
+        single.collector_cpu_us,
+        citus.collector_cpu_us
+    );
+}
+
+/// One run on the (empty) database at `bench_url`: migrated and the agents
+/// enrolled before the collector starts.
+async fn run(bench_url: &str, shape: Shape) -> Figures {
+    let Shape {
+        agents,
+        per_agent,
+        batch,
+        window,
+    } = shape;
+    let bench_url = bench_url.to_owned();
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .connect(&bench_url)
@@ -404,5 +466,9 @@ async fn main() {
     );
     drop(conn);
     pool.close().await;
-    scratch.drop_now().await;
+    Figures {
+        ingest_rate,
+        copy_rate,
+        collector_cpu_us: collector_cpu.as_secs_f64() * 1e6 / total as f64,
+    }
 }

@@ -25,18 +25,25 @@ impl StoredRows<'_> {
         }
     }
 
-    async fn run(&self, pool: &sqlx::PgPool, sql: String, sources: &[&str]) {
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        let query = match self {
+    fn bind<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
+    where
+        Self: 'q,
+    {
+        match self {
             Self::Seqs(first, last) => query.bind(*first).bind(*last),
-            Self::Of(agents, seqs) => query.bind(*agents).bind(*seqs),
-        };
-        query.bind(sources).execute(pool).await.unwrap();
+            Self::Of(agents, seqs) => query.bind(agents.to_vec()).bind(seqs.to_vec()),
+        }
     }
 }
 
 /// Writes the cells of `rows` (their partitions, keys, and one row per
-/// key and slot), as the ingest would have written them.
+/// key and slot), as the ingest would have written them. The rows'
+/// sources are computed once, into a temporary table on this connection
+/// (also what lets Citus join them with the cell keys on the
+/// coordinator).
 pub async fn write_cells_of(pool: &sqlx::PgPool, rows: StoredRows<'_>) {
     let sources = dimensions::sources();
     let values = sources
@@ -45,55 +52,68 @@ pub async fn write_cells_of(pool: &sqlx::PgPool, rows: StoredRows<'_>) {
         .collect::<Vec<_>>()
         .join(", ");
     let filter = rows.filter();
-    let stored = format!(
-        "SELECT url, check_name, outcome, COALESCE(http_status, proxy_status) AS status,
-                agent_id, vantage, COALESCE(interval_ms, {DEFAULT_ROUND_MS}) AS iv,
-                ARRAY[{values}] AS src, started_at, seq,
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TEMP TABLE cell_sources (url text, check_name text, outcome text, status int2,
+             agent_id text, vantage text, iv int4, src text[], started_at timestamptz,
+             seq int8, slot int8)",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    rows.bind(sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO cell_sources
+         SELECT url, check_name, outcome, COALESCE(http_status, proxy_status),
+                agent_id, vantage, COALESCE(interval_ms, {DEFAULT_ROUND_MS}),
+                ARRAY[{values}], started_at, seq,
                 floor(extract(epoch FROM started_at) * 1000)::int8
-                    / greatest(COALESCE(interval_ms, {DEFAULT_ROUND_MS}) / 4, 1) AS slot
+                    / greatest(COALESCE(interval_ms, {DEFAULT_ROUND_MS}) / 4, 1)
          FROM probe_results
          WHERE {filter} AND request_id IS NULL"
-    );
-    rows.run(
-        pool,
-        format!(
-            "SELECT ensure_detector_cells_partition(h)
-             FROM (SELECT min(started_at) AS lo, max(started_at) AS hi FROM ({stored}) v) r,
-                  generate_series(date_trunc('hour', r.lo), r.hi, interval '1 hour') h"
-        ),
-        &sources,
+    ))))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT ensure_detector_cells_partition(h)
+         FROM (SELECT min(started_at) AS lo, max(started_at) AS hi FROM cell_sources) r,
+              generate_series(date_trunc('hour', r.lo), r.hi, interval '1 hour') h",
     )
-    .await;
-    rows.run(
-        pool,
-        format!(
-            "INSERT INTO detector_cell_keys (target, check_name, outcome, status, agent_id,
-                 vantage, interval_ms, confirmation, source_names, sources)
-             SELECT DISTINCT url, check_name, outcome, status, agent_id, vantage, iv, false, $3,
-                    src
-             FROM ({stored}) v
-             ON CONFLICT DO NOTHING"
-        ),
-        &sources,
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO detector_cell_keys (target, check_name, outcome, status, agent_id,
+             vantage, interval_ms, confirmation, source_names, sources)
+         SELECT DISTINCT url, check_name, outcome, status, agent_id, vantage, iv, false, $1,
+                src
+         FROM cell_sources
+         ON CONFLICT DO NOTHING",
     )
-    .await;
+    .bind(&sources)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
     // Equality on everything but the status (NULL for a connection
     // failure), so that PostgreSQL can hash the join.
-    rows.run(
-        pool,
-        format!(
-            "INSERT INTO detector_cells (key_id, slot, probes, first_at, last_at, last_seq)
-             SELECT k.id, v.slot, count(*), min(v.started_at), max(v.started_at), max(v.seq)
-             FROM ({stored}) v
-             JOIN detector_cell_keys k
-               ON (k.target, k.check_name, k.outcome, k.agent_id, k.vantage, k.interval_ms,
-                   k.confirmation, k.source_names, k.sources)
-                  = (v.url, v.check_name, v.outcome, v.agent_id, v.vantage, v.iv, false, $3,
-                     v.src)
-                  AND k.status IS NOT DISTINCT FROM v.status
-             GROUP BY k.id, v.slot"
-        ),
-        &sources,
+    sqlx::query(
+        "INSERT INTO detector_cells (key_id, slot, probes, first_at, last_at, last_seq)
+         SELECT k.id, v.slot, count(*), min(v.started_at), max(v.started_at), max(v.seq)
+         FROM cell_sources v
+         JOIN detector_cell_keys k
+           ON (k.target, k.check_name, k.outcome, k.agent_id, k.vantage, k.interval_ms,
+               k.confirmation, k.source_names, k.sources)
+              = (v.url, v.check_name, v.outcome, v.agent_id, v.vantage, v.iv, false, $1,
+                 v.src)
+              AND k.status IS NOT DISTINCT FROM v.status
+         GROUP BY k.id, v.slot",
     )
-    .await;
+    .bind(&sources)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("DROP TABLE cell_sources")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
 }
