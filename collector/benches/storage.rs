@@ -305,13 +305,34 @@ async fn main() {
         .await
         .unwrap();
 
-    // The day closed: compacted as the upkeep does it.
+    // The day closed: compacted as the upkeep does it, while a reader of
+    // the last minutes (the vantage list's kind of query) runs every
+    // 100 ms: the slowest of its answers meanwhile.
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let (pool, reading) = (pool.clone(), reading.clone());
+        tokio::spawn(async move {
+            let mut slowest = 0f64;
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                let asked = Instant::now();
+                sqlx::query("SELECT count(*) FROM probe_results WHERE started_at > now() - interval '15 minutes'")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                slowest = slowest.max(asked.elapsed().as_secs_f64());
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            slowest
+        })
+    };
     let started = Instant::now();
     let compacted = store
         .compact_days_before(day_start + chrono::Duration::days(1))
         .await
         .unwrap();
     let compact_s = started.elapsed().as_secs_f64();
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let slowest_read = reader.await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {partition}")))
         .execute(&mut *conn)
         .await
@@ -367,7 +388,11 @@ async fn main() {
         total as f64 / copy_s,
         100.0 * copy_s / ingest_s
     );
-    println!("compacting the day: {compact_s:.1} s; rolling the closed day up: {rollup_s:.1} s");
+    println!(
+        "compacting the day: {compact_s:.1} s (a query of the last 15 minutes meanwhile: slowest \
+         {:.3} s); rolling the closed day up: {rollup_s:.1} s",
+        slowest_read
+    );
     drop(conn);
     pool.close().await;
     scratch.drop_now().await;

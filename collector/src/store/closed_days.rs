@@ -1,10 +1,12 @@
 //! Closed days of `probe_results`: days that ended longer ago than the
 //! ingest accepts results for, so that no row can arrive for them any
-//! more, compacted in place. Their secondary indexes are dropped (the
-//! primary key stays, as the parent's) and, where the columnar access
-//! method is installed, their rows are rewritten columnar with zstd
-//! (migration `20261208000001_closed_days.sql`). The views, the roll-up
-//! and retention read and drop a compacted day as any other.
+//! more, compacted. Their secondary indexes are dropped (the primary key
+//! stays, as the parent's) and, where the columnar access method is
+//! installed, their rows are rewritten columnar with zstd: beside the day,
+//! which stays readable, then swapped in a moment (on Citus, by Citus's own
+//! function, shard by shard). Migration `20261208000001_closed_days.sql`.
+//! The views, the roll-up and retention read and drop a compacted day as
+//! any other.
 
 use chrono::{DateTime, Utc};
 
@@ -105,13 +107,7 @@ impl Store {
             days
         };
         let mut compacted = Vec::new();
-        for (name, _, _) in closed {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtext('vantage.probe_results.partitions'))",
-            )
-            .execute(&mut *tx)
-            .await?;
+        for (name, start, end) in closed {
             let state: Option<(String, bool)> = sqlx::query_as(
                 "SELECT am.amname::text,
                         EXISTS (SELECT 1 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
@@ -122,7 +118,7 @@ impl Store {
                  WHERE c.oid = to_regclass($1)",
             )
             .bind(&name)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.pool)
             .await?;
             // Gone meanwhile (retention), already columnar, or a heap with
             // nothing left to drop: nothing to do.
@@ -133,43 +129,171 @@ impl Store {
             if !rewrite && !indexed {
                 continue;
             }
-            // `expired` names only `probe_results_p<digits>`: safe to
-            // splice.
-            // One DROP each: Citus drops one distributed index a command.
-            for index in ["url_started", "started"] {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP INDEX IF EXISTS {name}_{index}"
-                )))
-                .execute(&mut *tx)
-                .await?;
+            let done = if rewrite && !distributed {
+                self.rewrite_beside(&name, start, end).await?
+            } else {
+                self.compact_in_place(&name, rewrite).await?;
+                true
+            };
+            if done {
+                compacted.push((
+                    name,
+                    if rewrite {
+                        Compaction::Columnar
+                    } else {
+                        Compaction::IndexesDropped
+                    },
+                ));
             }
-            if rewrite {
-                sqlx::query("SET LOCAL columnar.compression = 'zstd'")
-                    .execute(&mut *tx)
-                    .await?;
-                if distributed {
-                    sqlx::query("SELECT alter_table_set_access_method($1, 'columnar')")
-                        .bind(&name)
-                        .execute(&mut *tx)
-                        .await?;
-                } else {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "ALTER TABLE {name} SET ACCESS METHOD columnar"
-                    )))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            tx.commit().await?;
-            compacted.push((
-                name,
-                if rewrite {
-                    Compaction::Columnar
-                } else {
-                    Compaction::IndexesDropped
-                },
-            ));
         }
         Ok(compacted)
     }
+
+    /// Drops the day's secondary indexes and, for `rewrite` (a distributed
+    /// day: Citus rewrites each shard), makes it columnar, in one
+    /// transaction that holds the day's partition meanwhile.
+    async fn compact_in_place(&self, name: &str, rewrite: bool) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.probe_results.partitions'))")
+            .execute(&mut *tx)
+            .await?;
+        // A lock queued behind a long reader would hold up every later
+        // query of the table: give up instead, and retry at the next run.
+        sqlx::query("SET LOCAL lock_timeout = '2s'")
+            .execute(&mut *tx)
+            .await?;
+        // `expired` names only `probe_results_p<digits>`: safe to splice.
+        // One DROP each: Citus drops one distributed index a command.
+        for index in ["url_started", "started"] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP INDEX IF EXISTS {name}_{index}"
+            )))
+            .execute(&mut *tx)
+            .await?;
+        }
+        if rewrite {
+            sqlx::query("SET LOCAL columnar.compression = 'zstd'")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("SELECT alter_table_set_access_method($1, 'columnar')")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rewrites the day columnar beside it and swaps the copy in: the
+    /// copy is built while the day stays readable (a rewrite in place
+    /// would lock it, and with it every query of the whole table that the
+    /// planner cannot prune to other days, for as long as it runs), then a
+    /// moment's swap (detach, attach, drop). No row can arrive for a
+    /// closed day meanwhile. Whether it was done: another collector
+    /// compacting, or a swap that could not get its lock in time, leaves
+    /// it to the next run.
+    async fn rewrite_beside(
+        &self,
+        name: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let staged = format!("{name}_columnar");
+        let mut conn = self.pool.acquire().await?;
+        let ours: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtext('vantage.probe_results.compaction'))",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if !ours {
+            return Ok(false);
+        }
+        let result = async {
+            // `name` is `probe_results_p<digits>` and `staged` made from
+            // it: safe to splice.
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            sqlx::query("SET LOCAL columnar.compression = 'zstd'")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP TABLE IF EXISTS {staged};
+                 CREATE TABLE {staged} (LIKE {name} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+                     USING columnar;
+                 INSERT INTO {staged} SELECT * FROM {name} ORDER BY started_at;
+                 ALTER TABLE {staged} ADD CONSTRAINT {staged}_pkey
+                     PRIMARY KEY (agent_id, seq, started_at);
+                 CREATE INDEX {staged}_request_id_idx ON {staged} (request_id)
+                     WHERE request_id IS NOT NULL"
+            )))
+            .execute(&mut *tx)
+            .await?;
+            // The day's bounds as a constraint: ATTACH then needs no scan.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER TABLE {staged} ADD CONSTRAINT {staged}_day
+                     CHECK (started_at >= '{start}' AND started_at < '{end}')",
+                start = start.to_rfc3339(),
+                end = end.to_rfc3339()
+            )))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtext('vantage.probe_results.partitions'))",
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("SET LOCAL lock_timeout = '2s'")
+                .execute(&mut *tx)
+                .await?;
+            let still_there: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !still_there {
+                // Dropped by retention meanwhile.
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {staged}")))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                return Ok::<bool, StoreError>(false);
+            }
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "ALTER TABLE probe_results DETACH PARTITION {name};
+                 ALTER TABLE probe_results ATTACH PARTITION {staged}
+                     FOR VALUES FROM ('{start}') TO ('{end}');
+                 DROP TABLE {name};
+                 ALTER TABLE {staged} DROP CONSTRAINT {staged}_day;
+                 ALTER TABLE {staged} RENAME TO {name};
+                 ALTER INDEX {staged}_pkey RENAME TO {name}_pkey;
+                 ALTER INDEX {staged}_request_id_idx RENAME TO {name}_request_id_idx",
+                start = start.to_rfc3339(),
+                end = end.to_rfc3339()
+            )))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await;
+        let unlocked =
+            sqlx::query("SELECT pg_advisory_unlock(hashtext('vantage.probe_results.compaction'))")
+                .execute(&mut *conn)
+                .await;
+        match result {
+            // A swap that waited too long for its lock is tried again at
+            // the next run (the copy is rebuilt).
+            Err(StoreError::Database(e)) if is_lock_timeout(&e) => Ok(false),
+            other => {
+                unlocked?;
+                other
+            }
+        }
+    }
+}
+
+/// Whether `e` is PostgreSQL's lock timeout (55P03).
+fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
 }

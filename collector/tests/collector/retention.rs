@@ -346,3 +346,81 @@ async fn closed_days_are_compacted_columnar_and_read_as_before(pool: PgPool) {
     let dropped = store.drop_partitions_before(cutoff).await.unwrap();
     assert_eq!(dropped, [name(day(3)), name(day(2))]);
 }
+
+/// Compacting a closed day never holds up the day's readers: the copy is
+/// built beside it, and the swap, which needs the day to itself for a
+/// moment, gives up after a few seconds behind a long reader (and is done
+/// at the next run). Another collector's compaction in progress is left
+/// alone.
+#[sqlx::test(migrations = false)]
+async fn compaction_yields_to_a_long_reader_and_to_another_compaction(pool: PgPool) {
+    let bin =
+        vantage_testkit::cluster::find_server_binaries().expect("PostgreSQL's server binaries");
+    vantage_testkit::citus::ensure_installed(&bin).expect("Citus installed");
+    let store = Store::new(pool.clone());
+    store.migrate().await.unwrap();
+    let today = Utc::now().date_naive();
+    let closed = today.checked_sub_days(chrono::Days::new(3)).unwrap();
+    store.ensure_partitions(&[closed, today]).await.unwrap();
+    sqlx::query(
+        "INSERT INTO probe_results (agent_id, region, seq, started_at, check_name, url, method,
+                                    outcome, message)
+         SELECT 'a', 'eu', g, $1::date + g * interval '1 minute', 'c', 'http://x/', 'GET', 'ok', ''
+         FROM generate_series(1, 100) g",
+    )
+    .bind(closed)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let name = format!("probe_results_p{}", closed.format("%Y%m%d"));
+    let cutoff = today.and_hms_opt(0, 0, 0).unwrap().and_utc() - chrono::Duration::days(1);
+
+    // Another collector compacting: left to it.
+    let mut other = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtext('vantage.probe_results.compaction'))")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert_eq!(store.compact_days_before(cutoff).await.unwrap(), []);
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('vantage.probe_results.compaction'))")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+
+    // A reader of the day in a long transaction: the swap waits for it a
+    // few seconds, then gives up; the reader was never blocked, and the
+    // day is as it was.
+    let mut reader = sqlx::Connection::begin(&mut *other).await.unwrap();
+    let read: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {name}")))
+        .fetch_one(&mut *reader)
+        .await
+        .unwrap();
+    assert_eq!(read, 100);
+    assert_eq!(store.compact_days_before(cutoff).await.unwrap(), []);
+    assert_eq!(layout(&pool, &name).await.0, "heap");
+    let again: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {name}")))
+            .fetch_one(&mut *reader)
+            .await
+            .unwrap();
+    assert_eq!(again, 100);
+    reader.commit().await.unwrap();
+
+    // The next run does it; the copy left by the one that gave up is gone.
+    assert_eq!(
+        store.compact_days_before(cutoff).await.unwrap(),
+        [(name.clone(), vantage_collector::store::Compaction::Columnar)]
+    );
+    assert_eq!(layout(&pool, &name).await.0, "columnar");
+    let left: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("{name}_columnar"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, None);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM probe_results")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 100);
+}
