@@ -13,7 +13,10 @@ use crate::store::TracedPath;
 /// The failing paths' shared difference from the healthy ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Divergence {
+    /// Failing vantages (agent and vantage) traced: one traced in several
+    /// confirmation rounds counts once.
     pub failing: usize,
+    /// Healthy traces.
     pub healthy: usize,
     /// The first hop (TTL, address) that every failing path passes and no
     /// healthy path does.
@@ -91,7 +94,11 @@ pub fn divergence<'a>(paths: impl IntoIterator<Item = &'a TracedPath>) -> Diverg
             .iter()
             .all(|p| p.path.black_hole_after_ttl.is_none());
     Divergence {
-        failing: failing.len(),
+        failing: failing
+            .iter()
+            .map(|p| (&p.agent_id, &p.vantage))
+            .collect::<BTreeSet<_>>()
+            .len(),
         healthy: healthy.len(),
         divergent_hop,
         intercepted_at,
@@ -232,4 +239,74 @@ pub fn render_side_by_side(paths: &[TracedPath]) -> String {
         let _ = writeln!(out, "Where: {summary}.");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoredPath, StoredPathProbe};
+
+    /// A trace of `agent`'s `vantage` through `hops`, its probe failing or not.
+    fn trace(agent: &str, vantage: &str, seq: i64, failing: bool, hops: &[&str]) -> TracedPath {
+        TracedPath {
+            agent_id: agent.into(),
+            vantage: vantage.into(),
+            seq,
+            started_at: chrono::DateTime::UNIX_EPOCH,
+            outcome: if failing { "http" } else { "ok" }.into(),
+            http_status: Some(if failing { 502 } else { 200 }),
+            path: StoredPath {
+                protocol: "udp",
+                source_ip: None,
+                destination_ip: None,
+                destination_port: Some(443),
+                via_proxy: false,
+                end_reason: "reached",
+                error: None,
+                path_mtu: None,
+                mtu_from: None,
+                black_hole_after_ttl: None,
+                black_hole_largest_passed: None,
+                black_hole_smallest_lost: None,
+                port_answered_at: None,
+                port_reached: true,
+                port_rtt_us: None,
+                port_error: None,
+                duration_us: 1000,
+                probes: hops
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| StoredPathProbe {
+                        ttl: i16::try_from(i + 1).unwrap_or(i16::MAX),
+                        address: a.parse().ok(),
+                        rtt_us: Some(100),
+                        reply: Some("time_exceeded"),
+                        size: 60,
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_vantage_traced_in_several_rounds_counts_once() {
+        let paths = [
+            trace("a", "direct", 1, true, &["10.1.0.1", "10.9.0.2"]),
+            trace("a", "direct", 2, true, &["10.1.0.1", "10.9.0.2"]),
+            trace("a", "direct", 3, true, &["10.1.0.1", "10.9.0.2"]),
+            trace("b", "direct", 1, true, &["10.1.0.1", "10.9.0.2"]),
+            trace("c", "direct", 1, false, &["10.2.0.1", "10.9.0.2"]),
+        ];
+        let d = divergence(&paths);
+        assert_eq!(d.failing, 2);
+        assert_eq!(d.healthy, 1);
+        assert_eq!(d.divergent_hop, Some((1, "10.1.0.1".parse().unwrap())));
+        assert!(
+            d.summary()
+                .unwrap()
+                .starts_with("the 2 failing vantages' paths all pass 10.1.0.1 (hop 1)"),
+            "{:?}",
+            d.summary()
+        );
+    }
 }
