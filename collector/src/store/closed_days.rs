@@ -35,6 +35,10 @@ impl Compaction {
 /// of Citus (Citus itself installs it too).
 const COLUMNAR_EXTENSION: &str = "citus_columnar";
 
+/// The session advisory lock a collector holds while it compacts: a second
+/// collector leaves the compaction to it.
+const COMPACTION_LOCK: &str = "vantage.probe_results.compaction";
+
 impl Store {
     /// Installs the columnar access method where PostgreSQL has it
     /// available but not installed. Whether it is there afterwards; a
@@ -154,9 +158,7 @@ impl Store {
     /// transaction that holds the day's partition meanwhile.
     async fn compact_in_place(&self, name: &str, rewrite: bool) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.probe_results.partitions'))")
-            .execute(&mut *tx)
-            .await?;
+        partitions::lock_result_days(&mut tx).await?;
         // A lock queued behind a long reader would hold up every later
         // query of the table: give up instead, and retry at the next run.
         sqlx::query("SET LOCAL lock_timeout = '2s'")
@@ -200,11 +202,10 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let staged = format!("{name}_columnar");
         let mut conn = self.pool.acquire().await?;
-        let ours: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock(hashtext('vantage.probe_results.compaction'))",
-        )
-        .fetch_one(&mut *conn)
-        .await?;
+        let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(COMPACTION_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
         if !ours {
             return Ok(false);
         }
@@ -242,11 +243,7 @@ impl Store {
             tx.commit().await?;
 
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtext('vantage.probe_results.partitions'))",
-            )
-            .execute(&mut *tx)
-            .await?;
+            partitions::lock_result_days(&mut tx).await?;
             sqlx::query("SET LOCAL lock_timeout = '2s'")
                 .execute(&mut *tx)
                 .await?;
@@ -280,10 +277,10 @@ impl Store {
             Ok(true)
         }
         .await;
-        let unlocked =
-            sqlx::query("SELECT pg_advisory_unlock(hashtext('vantage.probe_results.compaction'))")
-                .execute(&mut *conn)
-                .await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+            .bind(COMPACTION_LOCK)
+            .execute(&mut *conn)
+            .await;
         match result {
             // A swap that waited too long for its lock is tried again at
             // the next run (the copy is rebuilt).

@@ -41,7 +41,7 @@ impl Store {
         }
         create(
             &self.pool,
-            "vantage.probe_results.partitions",
+            RESULT_DAYS_LOCK,
             "ensure_probe_results_partition",
             &missing,
         )
@@ -63,9 +63,7 @@ impl Store {
         cutoff: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('vantage.probe_results.partitions'))")
-            .execute(&mut *tx)
-            .await?;
+        lock_result_days(&mut tx).await?;
         let mut dropped = Vec::new();
         for (name, start, end) in expired(&mut tx, "probe_results", day_range, cutoff).await? {
             rollup::roll_up_in(&mut tx, start, end).await?;
@@ -85,6 +83,19 @@ impl Store {
         tx.commit().await?;
         Ok(dropped)
     }
+}
+
+/// The advisory lock under which the days of `probe_results` are
+/// created, compacted and dropped.
+const RESULT_DAYS_LOCK: &str = "vantage.probe_results.partitions";
+
+/// Takes [`RESULT_DAYS_LOCK`] for the rest of `tx`.
+pub(super) async fn lock_result_days(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(RESULT_DAYS_LOCK)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// The day a daily partition's digits (`YYYYMMDD`) name, as its range.
