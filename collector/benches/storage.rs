@@ -5,12 +5,15 @@
 //! (`Store::insert_batch`: binary COPY) into one day (a day older than the
 //! detector's window: the cells are the detect bench's to size).
 //! Printed, in bytes per result on disk (table, TOAST and indexes, after
-//! VACUUM): that day open (a heap with its indexes), then the same day
+//! VACUUM): that day open (its `result_rows` partition, a heap with its
+//! indexes, plus the result contexts its rows use), then the same day
 //! closed (compacted as the upkeep does: columnar, zstd, where installed);
 //! beside two references from the same run: the raw binary COPY of the
-//! rows, and the same rows in a plain heap table with today's columns and
-//! no index. And the ingest's rate beside a plain binary COPY of the same
-//! rows into the same table.
+//! rows as `probe_results` reads them, and the same rows in a plain heap
+//! table of `probe_results`' columns and no index. And the ingest's rate
+//! beside a plain binary COPY of the same rows into a table of
+//! `probe_results`' columns with the indexes it had before results were
+//! split into contexts and rows.
 //!
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p vantage-collector --bench storage`
 //! Environment: `BENCH_RESULTS` (default 10000000), `BENCH_AGENTS`
@@ -118,7 +121,12 @@ fn result(a: usize, seq: u64, target: usize, at: DateTime<Utc>) -> pb::ProbeResu
             cipher: "TLS13_AES_256_GCM_SHA384".into(),
             cert_subject: format!("CN={host}"),
             cert_issuer: "CN=R11, O=Let's Encrypt, C=US".into(),
-            cert_not_after: Some(ts(at + chrono::Duration::days(60))),
+            // A certificate per target, valid until a fixed day.
+            cert_not_after: Some(ts(DateTime::from_timestamp(
+                1_800_000_000 + target as i64 * 86_400,
+                0,
+            )
+            .unwrap())),
         }),
         body_bytes: Some(1000 + target as u64),
         body_sha256: format!("{:064x}", target * 7 + usize::from(failing)),
@@ -229,7 +237,7 @@ async fn main() {
     // A day long past: open until compacted below.
     let day = Utc::now().date_naive() - chrono::Days::new(10);
     let day_start = day.and_hms_opt(0, 0, 0).unwrap().and_utc();
-    let partition = format!("probe_results_p{}", day.format("%Y%m%d"));
+    let partition = format!("result_rows_p{}", day.format("%Y%m%d"));
     println!(
         "storage: {total} results of {agents} agents, {targets} targets, into {partition} \
          (columnar access method {})",
@@ -262,11 +270,18 @@ async fn main() {
         .collect::<Vec<()>>()
         .await;
     let ingest_s = started.elapsed().as_secs_f64();
-    sqlx::query("VACUUM ANALYZE probe_results")
-        .execute(&pool)
+    for table in ["result_rows", "result_contexts"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let contexts = total_bytes(&pool, "result_contexts").await;
+    let context_count: i64 = sqlx::query_scalar("SELECT count(*) FROM result_contexts")
+        .fetch_one(&pool)
         .await
         .unwrap();
-    let open = total_bytes(&pool, &partition).await;
+    let open = total_bytes(&pool, &partition).await + contexts;
     let open_heap: i64 = sqlx::query_scalar("SELECT pg_table_size($1::regclass)")
         .bind(&partition)
         .fetch_one(&pool)
@@ -280,7 +295,10 @@ async fn main() {
     {
         let mut out = conn
             .copy_out_raw(&format!(
-                "COPY (SELECT * FROM {partition}) TO STDOUT (FORMAT binary)"
+                "COPY (SELECT * FROM probe_results WHERE started_at >= '{}' AND started_at < '{}') \
+                 TO STDOUT (FORMAT binary)",
+                day_start.to_rfc3339(),
+                (day_start + chrono::Duration::days(1)).to_rfc3339()
             ))
             .await
             .unwrap();
@@ -337,7 +355,7 @@ async fn main() {
         .execute(&mut *conn)
         .await
         .unwrap();
-    let closed = total_bytes(&pool, &partition).await;
+    let closed = total_bytes(&pool, &partition).await + contexts;
     // The roll-up reads the closed day.
     let started = Instant::now();
     store
@@ -346,18 +364,18 @@ async fn main() {
         .unwrap();
     let rollup_s = started.elapsed().as_secs_f64();
 
-    // The ingest's reference: a plain binary COPY of the same rows into
-    // the same (emptied, open) table, with its indexes.
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {partition}")))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query("SELECT ensure_probe_results_partition($1)")
-        .bind(day)
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    let copy_s = copy_in(&mut conn, &file, "probe_results", total).await;
+    // The ingest's reference: a plain binary COPY of the same rows into a
+    // table of probe_results' columns with the indexes it had as a table.
+    sqlx::raw_sql(
+        "CREATE TABLE copy_reference (LIKE probe_results, PRIMARY KEY (agent_id, seq, started_at));
+         CREATE INDEX ON copy_reference (url, started_at);
+         CREATE INDEX ON copy_reference (started_at);
+         CREATE INDEX ON copy_reference (request_id) WHERE request_id IS NOT NULL",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let copy_s = copy_in(&mut conn, &file, "copy_reference", total).await;
 
     let per = |bytes: i64| bytes as f64 / total as f64;
     println!("bytes per result on disk:");
@@ -370,9 +388,11 @@ async fn main() {
         per(plain)
     );
     println!(
-        "  open day: heap + TOAST + indexes        {:>7.1}   (heap and TOAST {:.1}; target <= 350)",
+        "  open day: heap + TOAST + indexes        {:>7.1}   (rows' heap and TOAST {:.1}, \
+         {context_count} contexts {:.1}; target <= 350)",
         per(open),
-        per(open_heap)
+        per(open_heap),
+        per(contexts)
     );
     println!(
         "  closed day: {:<27} {:>7.1}   (target <= 120)",
@@ -383,7 +403,8 @@ async fn main() {
     );
     println!(
         "ingest (insert_batch, 4 in flight): {:.0} results/s; plain binary COPY of the same rows \
-         into the same table: {:.0} results/s; ingest / COPY = {:.0}% (target >= 70%)",
+         into a table of probe_results' columns and former indexes: {:.0} results/s; \
+         ingest / COPY = {:.0}% (target >= 70%)",
         total as f64 / ingest_s,
         total as f64 / copy_s,
         100.0 * copy_s / ingest_s

@@ -199,7 +199,18 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
         cert_issuer: non_empty(tls.cert_issuer),
         cert_not_after,
         body_bytes,
-        body_sha256: non_empty(r.body_sha256),
+        body_sha256: non_empty(r.body_sha256)
+            .map(|sha| {
+                if sha.len() % 2 == 0 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    Ok(sha.to_ascii_lowercase())
+                } else {
+                    Err(bad(
+                        "body_sha256",
+                        format!("expected hexadecimal digits, got {sha:?}"),
+                    ))
+                }
+            })
+            .transpose()?,
         body_truncated: r.body_truncated,
         gateway: non_empty(r.gateway),
         edge_location: non_empty(r.edge_location),

@@ -134,11 +134,27 @@ pub async fn create_database(ports: &[u16], name: &str) -> Result<String> {
         .await
         .context("citus_set_coordinator_host")?;
     for &port in workers {
-        sqlx::query("SELECT citus_add_node('127.0.0.1', $1)")
-            .bind(i32::from(port))
-            .execute(&mut db)
-            .await
-            .with_context(|| format!("citus_add_node for port {port}"))?;
+        // The coordinator's first connection to a worker can fail when the
+        // machine is loaded (many tests' clusters and collectors at once):
+        // a few tries before the error is the test's.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let added = sqlx::query("SELECT citus_add_node('127.0.0.1', $1)")
+                .bind(i32::from(port))
+                .execute(&mut db)
+                .await;
+            match added {
+                Ok(_) => break,
+                Err(e) if tries < 4 => {
+                    eprintln!("citus_add_node for port {port} (try {tries}): {e}; again");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("citus_add_node for port {port}"));
+                }
+            }
+        }
     }
     db.close().await?;
     Ok(url)

@@ -21,11 +21,12 @@ pub const MIN_VERSION: (u32, u32) = (12, 1);
 
 /// Distributed by `agent_id`, colocated with `agents`, in this order (a
 /// table before those referring to it).
-pub const DISTRIBUTED: [&str; 7] = [
+pub const DISTRIBUTED: [&str; 8] = [
     "agents",
     "agent_checks",
     "delivery_gaps",
-    "probe_results",
+    "result_contexts",
+    "result_rows",
     "path_results",
     "path_hops",
     "probe_rollups",
@@ -156,11 +157,14 @@ pub async fn distribute(
             .map_err(|e| StoreError::Citus(format!("removing {table}'s local copy: {e}")))?;
     }
     // Functions the workers evaluate in distributed queries (the egress
-    // expressions the views and the detector use).
+    // expressions the views and the detector use). Those that take a
+    // `probe_results` row (storing through the view) run on the
+    // coordinator only: the workers have no such view.
     let functions: Vec<String> = sqlx::query_scalar(
         "SELECT p.oid::regprocedure::text FROM pg_proc p
          JOIN pg_namespace n ON n.oid = p.pronamespace
          WHERE n.nspname = current_schema() AND p.prokind = 'f'
+           AND NOT 'probe_results'::regtype::oid = ANY (p.proargtypes::oid[])
            AND NOT EXISTS (SELECT 1 FROM pg_dist_object o
                            WHERE o.classid = 'pg_proc'::regclass AND o.objid = p.oid)",
     )

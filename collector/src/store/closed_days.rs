@@ -1,10 +1,12 @@
-//! Closed days of `probe_results`: days that ended longer ago than the
-//! ingest accepts results for, so that no row can arrive for them any
-//! more, compacted. Their secondary indexes are dropped (the primary key
-//! stays, as the parent's) and, where the columnar access method is
-//! installed, their rows are rewritten columnar with zstd: beside the day,
-//! which stays readable, then swapped in a moment (on Citus, by Citus's own
-//! function, shard by shard). Migration `20261208000001_closed_days.sql`.
+//! Closed days of results (`result_rows`, the rows of `probe_results`):
+//! days that ended longer ago than the ingest accepts results for, so that
+//! no row can arrive for them any more, compacted. Their secondary
+//! indexes are dropped (the primary key stays, as the parent's) and, where
+//! the columnar access method is installed, their rows are rewritten
+//! columnar with zstd: beside the day, which stays readable, then swapped
+//! in a moment (on Citus, by Citus's own function, shard by shard).
+//! Migrations `20261208000001_closed_days.sql` and
+//! `20261209000001_result_contexts.sql`.
 //! The views, the roll-up and retention read and drop a compacted day as
 //! any other.
 
@@ -82,7 +84,7 @@ impl Store {
         )
     }
 
-    /// Compacts the days of `probe_results` that ended at or before
+    /// Compacts the days of `result_rows` that ended at or before
     /// `cutoff` and are not compacted yet, oldest first, each in its own
     /// transaction (a day's rewrite holds that day's partition only); the
     /// names compacted and how.
@@ -99,14 +101,14 @@ impl Store {
         let distributed = citus
             && sqlx::query_scalar::<_, bool>(
                 "SELECT EXISTS (SELECT 1 FROM pg_dist_partition
-                                WHERE logicalrelid = 'probe_results'::regclass)",
+                                WHERE logicalrelid = 'result_rows'::regclass)",
             )
             .fetch_one(&self.pool)
             .await?;
         let closed = {
             let mut tx = self.pool.begin().await?;
-            let days = partitions::expired(&mut tx, "probe_results", partitions::day_range, cutoff)
-                .await?;
+            let days =
+                partitions::expired(&mut tx, "result_rows", partitions::day_range, cutoff).await?;
             tx.commit().await?;
             days
         };
@@ -116,7 +118,7 @@ impl Store {
                 "SELECT am.amname::text,
                         EXISTS (SELECT 1 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
                                 WHERE x.indrelid = c.oid
-                                  AND i.relname IN (c.relname || '_url_started',
+                                  AND i.relname IN (c.relname || '_context',
                                                     c.relname || '_started'))
                  FROM pg_class c JOIN pg_am am ON am.oid = c.relam
                  WHERE c.oid = to_regclass($1)",
@@ -164,9 +166,9 @@ impl Store {
         sqlx::query("SET LOCAL lock_timeout = '2s'")
             .execute(&mut *tx)
             .await?;
-        // `expired` names only `probe_results_p<digits>`: safe to splice.
+        // `expired` names only `result_rows_p<digits>`: safe to splice.
         // One DROP each: Citus drops one distributed index a command.
-        for index in ["url_started", "started"] {
+        for index in ["context", "started"] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "DROP INDEX IF EXISTS {name}_{index}"
             )))
@@ -210,7 +212,7 @@ impl Store {
             return Ok(false);
         }
         let result = async {
-            // `name` is `probe_results_p<digits>` and `staged` made from
+            // `name` is `result_rows_p<digits>` and `staged` made from
             // it: safe to splice. The rows keep their order (arrival:
             // about time, in runs of one agent's batch), which compresses
             // better than sorting by time (81 against 90 bytes a result in
@@ -260,8 +262,8 @@ impl Store {
                 return Ok::<bool, StoreError>(false);
             }
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "ALTER TABLE probe_results DETACH PARTITION {name};
-                 ALTER TABLE probe_results ATTACH PARTITION {staged}
+                "ALTER TABLE result_rows DETACH PARTITION {name};
+                 ALTER TABLE result_rows ATTACH PARTITION {staged}
                      FOR VALUES FROM ('{start}') TO ('{end}');
                  DROP TABLE {name};
                  ALTER TABLE {staged} DROP CONSTRAINT {staged}_day;

@@ -44,7 +44,7 @@ pub use requests::{
     CONTROL_CHANNEL, ConfirmationRecord, NewProbeRequest, Notice, ProbeAnswer, ProbeRequest,
     Purpose, RequestAgent,
 };
-pub use results::{Inserted, ResultPath, StoredGap, StoredResult};
+pub use results::{CONTEXT_HEADERS, Inserted, ResultPath, StoredGap, StoredResult};
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -82,6 +82,8 @@ pub struct Store {
     partitions: Mutex<HashSet<NaiveDate>>,
     /// The detector's cells: settings, keys and partitions known.
     cells: cells::CellState,
+    /// The result contexts this collector has stored.
+    contexts: results::KnownContexts,
 }
 
 impl Store {
@@ -90,6 +92,7 @@ impl Store {
             pool,
             partitions: Mutex::new(HashSet::new()),
             cells: cells::CellState::default(),
+            contexts: results::KnownContexts::default(),
         }
     }
 

@@ -1,5 +1,6 @@
-//! The daily partitions of `probe_results`: created ahead and on demand,
-//! dropped whole past the raw retention (each day rolled up first).
+//! The daily partitions of `result_rows` (the rows of `probe_results`):
+//! created ahead and on demand, dropped whole past the raw retention (each
+//! day rolled up first), with the result contexts no kept day uses.
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 
@@ -42,7 +43,7 @@ impl Store {
         create(
             &self.pool,
             RESULT_DAYS_LOCK,
-            "ensure_probe_results_partition",
+            "ensure_result_rows_partition",
             &missing,
         )
         .await?;
@@ -53,7 +54,7 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the daily partitions of `probe_results` whose whole day ended
+    /// Drops the daily partitions of `result_rows` whose whole day ended
     /// before `cutoff` (whole tables: no row-by-row DELETE, no bloat),
     /// each rolled up whole into `probe_rollups` first, in the same
     /// transaction (its late results included); the names dropped, oldest
@@ -65,7 +66,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         lock_result_days(&mut tx).await?;
         let mut dropped = Vec::new();
-        for (name, start, end) in expired(&mut tx, "probe_results", day_range, cutoff).await? {
+        for (name, start, end) in expired(&mut tx, "result_rows", day_range, cutoff).await? {
             rollup::roll_up_in(&mut tx, start, end).await?;
             drop_partition(&mut tx, &name).await?;
             self.partitions
@@ -74,6 +75,12 @@ impl Store {
                 .remove(&start.date_naive());
             dropped.push(name);
         }
+        // The contexts only the dropped days used (a context's last_used
+        // is the latest day a result of it started on).
+        sqlx::query("DELETE FROM result_contexts WHERE last_used < $1::date")
+            .bind(cutoff.date_naive())
+            .execute(&mut *tx)
+            .await?;
         // Path traces follow their results out (few rows: traces run on
         // request, for confirmations and on a check's path_interval).
         sqlx::query("DELETE FROM path_results WHERE started_at < $1")
@@ -85,8 +92,8 @@ impl Store {
     }
 }
 
-/// The advisory lock under which the days of `probe_results` are
-/// created, compacted and dropped.
+/// The advisory lock under which the days of results are created,
+/// compacted and dropped.
 const RESULT_DAYS_LOCK: &str = "vantage.probe_results.partitions";
 
 /// Takes [`RESULT_DAYS_LOCK`] for the rest of `tx`.

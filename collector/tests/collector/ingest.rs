@@ -324,15 +324,14 @@ async fn batch_spanning_days_lands_in_daily_partitions(pool: PgPool) {
     stream.send_batch(1, vec![old, result(2, 200)]).await;
     let ack = stream.next_ack(Duration::from_secs(10)).await.unwrap();
     assert_eq!(ack.inserted, 2);
-    let partitions: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT tableoid::regclass::text FROM probe_results ORDER BY 1",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let partitions: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tableoid::regclass::text FROM result_rows ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(partitions.len(), 2, "{partitions:?}");
     assert!(
-        partitions.iter().all(|p| p.starts_with("probe_results_p")),
+        partitions.iter().all(|p| p.starts_with("result_rows_p")),
         "{partitions:?}"
     );
     drop(stream);

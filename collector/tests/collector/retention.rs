@@ -109,7 +109,7 @@ async fn the_roll_up_counts_each_minute_and_is_recomputed_whole(pool: PgPool) {
 async fn partitions(pool: &PgPool) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'probe_results'
+         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'result_rows'
          ORDER BY 1",
     )
     .fetch_all(pool)
@@ -149,7 +149,7 @@ async fn partitions_past_raw_retention_are_dropped_whole(pool: PgPool) {
         "collector",
         "[ingest]\nmax_result_age = \"1day\"\n[retention]\nraw = \"3days\"\n",
     );
-    let name = |d: chrono::NaiveDate| format!("probe_results_p{}", d.format("%Y%m%d"));
+    let name = |d: chrono::NaiveDate| format!("result_rows_p{}", d.format("%Y%m%d"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while partitions(&pool).await.contains(&name(day(4))) {
         assert!(
@@ -284,7 +284,7 @@ async fn closed_days_are_compacted_columnar_and_read_as_before(pool: PgPool) {
         "collector",
         "[ingest]\nmax_result_age = \"1day\"\n",
     );
-    let name = |d: chrono::NaiveDate| format!("probe_results_p{}", d.format("%Y%m%d"));
+    let name = |d: chrono::NaiveDate| format!("result_rows_p{}", d.format("%Y%m%d"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while layout(&pool, &name(day(2))).await.0 != "columnar" {
         assert!(
@@ -314,7 +314,7 @@ async fn closed_days_are_compacted_columnar_and_read_as_before(pool: PgPool) {
     let (method, indexes) = layout(&pool, &name(today)).await;
     assert_eq!(method, "heap", "today stays open");
     assert!(
-        indexes.contains(&format!("{}_url_started", name(today)))
+        indexes.contains(&format!("{}_context", name(today)))
             && indexes.contains(&format!("{}_started", name(today))),
         "{indexes:?}"
     );
@@ -372,7 +372,7 @@ async fn compaction_yields_to_a_long_reader_and_to_another_compaction(pool: PgPo
     .execute(&pool)
     .await
     .unwrap();
-    let name = format!("probe_results_p{}", closed.format("%Y%m%d"));
+    let name = format!("result_rows_p{}", closed.format("%Y%m%d"));
     let cutoff = today.and_hms_opt(0, 0, 0).unwrap().and_utc() - chrono::Duration::days(1);
 
     // Another collector compacting: left to it.

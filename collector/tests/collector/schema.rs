@@ -210,7 +210,7 @@ async fn every_partition_has_the_window_index(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;
     let missing: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = 'probe_results'::regclass
+         WHERE i.inhparent = 'result_rows'::regclass
            AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN pg_attribute a
                              ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
                            WHERE x.indrelid = c.oid AND a.attname = 'started_at'
@@ -231,8 +231,8 @@ async fn partitions_exist_ahead_of_today(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;
     let ahead: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = 'probe_results'::regclass
-           AND c.relname >= 'probe_results_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')",
+         WHERE i.inhparent = 'result_rows'::regclass
+           AND c.relname >= 'result_rows_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')",
     )
     .fetch_one(&pool)
     .await
@@ -290,7 +290,7 @@ async fn the_database_allows_exactly_the_declared_outcomes(pool: PgPool) {
         .collect();
     declared.sort_unstable();
     assert_eq!(
-        allowed_by(&pool, "probe_results_outcome_check").await,
+        allowed_by(&pool, "result_rows_outcome_check").await,
         declared
     );
 }
@@ -328,4 +328,139 @@ async fn the_database_allows_exactly_the_declared_path_ends_and_replies(pool: Pg
         .collect();
     replies.sort_unstable();
     assert_eq!(allowed_by(&pool, "path_hops_reply_check").await, replies);
+}
+
+/// The headers a result's context keeps (`store::CONTEXT_HEADERS`) are
+/// those the database's `result_context_header_names()` names: the SQL
+/// writer (the view's trigger) splits headers as the collector does.
+#[sqlx::test(migrations = false)]
+async fn the_context_headers_are_the_databases(pool: PgPool) {
+    vantage_collector::store::Store::new(pool.clone())
+        .migrate()
+        .await
+        .unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT unnest(result_context_header_names())")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(names, vantage_collector::store::CONTEXT_HEADERS);
+}
+
+/// The migration that splits results into contexts and rows: results
+/// stored before it read exactly the same through `probe_results` after
+/// it (every column, every row, the operator views over them), the view
+/// keeps the table's columns in their order, and a row inserted into the
+/// view by SQL reads back as inserted.
+#[sqlx::test(migrations = false)]
+async fn results_stored_before_the_dictionary_read_the_same_after_it(pool: PgPool) {
+    let migrator = &vantage_collector::store::MIGRATOR;
+    migrator.run_to(20261208000001, &pool).await.unwrap();
+    let before_columns = columns(&pool, "probe_results").await;
+    sqlx::query(
+        "SELECT ensure_probe_results_partition(current_date - d) FROM generate_series(0, 1) d",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Every field filled on some rows, empty on others; two days; headers
+    // of both kinds; a redirect; TTLs.
+    sqlx::query(
+        "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
+             outcome, message, http_status, http_version, resolver, resolved_ips, resolved_ttls,
+             dialed_ip, dialed_port, local_ip, egress_ip, dns_us, connect_us, tls_us, ttfb_us,
+             total_us, headers, vantage, proxy, proxy_status, dns_rcode, resolver_egress_ip,
+             resolver_nsid, resolver_identity_error, echo_ip, proxy_us, transfer_us,
+             tls_version, tls_alpn, tls_cipher, cert_subject, cert_issuer, cert_not_after,
+             body_bytes, body_sha256, body_truncated, gateway, edge_location, hops,
+             interval_ms, proxy_ip, check_version, request_id)
+         SELECT 'agent-' || (n % 3), n, now() - (n % 2) * interval '1 day' - n * interval '1 s',
+             'eu-' || (n % 2), 'check-' || (n % 4), 'https://t' || (n % 4) || '.test/',
+             'GET', CASE WHEN n % 5 = 0 THEN 'http' ELSE 'ok' END,
+             CASE WHEN n % 5 = 0 THEN 'unexpected status 502' ELSE '' END,
+             CASE WHEN n % 7 = 0 THEN NULL WHEN n % 5 = 0 THEN 502 ELSE 200 END,
+             'HTTP/1.1', 'udp://127.0.0.53:53', '{10.1.0.1,fd00::1}', ARRAY[300 - n, 60],
+             '10.1.0.1', 443, '127.0.2.1', '127.0.2.1', n * 10, n * 20, NULL, n * 40,
+             CASE WHEN n = 1 THEN 3000000000 ELSE n * 50 END,
+             jsonb_build_object('server', 'nginx', 'cf-ray', 'ray-' || n, 'content-length',
+                                n::text),
+             CASE WHEN n % 2 = 0 THEN 'direct' ELSE 'proxy-a' END,
+             CASE WHEN n % 2 = 0 THEN NULL ELSE 'http://127.0.0.9:3128' END,
+             CASE WHEN n % 2 = 0 THEN NULL ELSE 200 END, 'NOERROR', '127.0.0.53', 'ns1',
+             NULL, '127.0.2.1', n, n * 2, 'TLSv1_3', 'h2', 'TLS13_AES_128_GCM_SHA256',
+             'CN=t.test', 'CN=CA', '2027-01-01T00:00:00Z', 1000 + n,
+             CASE WHEN n % 3 = 0 THEN NULL ELSE md5(n::text) || md5(n::text) END, n % 9 = 0,
+             CASE WHEN n % 5 = 0 THEN 'nginx' END, NULL,
+             CASE WHEN n % 4 = 0 THEN '[{\"status\": 301, \"location\": \"/b\"}]'::jsonb
+                  ELSE '[]' END,
+             30000, NULL, CASE WHEN n % 2 = 0 THEN 7 END, NULLIF(n % 6, 0)
+         FROM generate_series(1, 60) n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let read = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, serde_json::Value>(sql)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    const ALL: &str = "SELECT to_jsonb(p) - 'total_us' FROM probe_results p
+                       ORDER BY agent_id, seq";
+    let rows_before = read(ALL).await;
+    let latest_before =
+        read("SELECT to_jsonb(v) - 'age' FROM v_latest_by_vantage v ORDER BY 1::text").await;
+    assert_eq!(rows_before.len(), 60);
+
+    migrator.run(&pool).await.unwrap();
+    assert_eq!(columns(&pool, "probe_results").await, before_columns);
+    assert_eq!(read(ALL).await, rows_before);
+    assert_eq!(
+        read("SELECT to_jsonb(v) - 'age' FROM v_latest_by_vantage v ORDER BY 1::text").await,
+        latest_before
+    );
+    // The one phase over 2^31-1 µs is kept at the most a row holds.
+    let totals: Vec<i64> = sqlx::query_scalar(
+        "SELECT total_us FROM probe_results WHERE seq <= 2 ORDER BY agent_id, seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(totals, [2_147_483_647, 100]);
+    // Fewer contexts than results: what repeats is stored once.
+    let contexts: i64 = sqlx::query_scalar("SELECT count(*) FROM result_contexts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(contexts < 60, "{contexts} contexts for 60 results");
+
+    // A row inserted into the view reads back as inserted.
+    let inserted: serde_json::Value = sqlx::query_scalar(
+        "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
+             outcome, headers, resolved_ips, resolved_ttls, body_sha256)
+         VALUES ('agent-9', 1, now(), 'eu', 'c', 'https://x.test/', 'GET', 'ok',
+                 '{\"server\": \"caddy\", \"x-request-id\": \"r1\"}', '{10.0.0.1}', '{30}',
+                 'ab')
+         RETURNING to_jsonb(probe_results.*) - 'received_at'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let stored: serde_json::Value = sqlx::query_scalar(
+        "SELECT to_jsonb(p) - 'received_at' FROM probe_results p WHERE agent_id = 'agent-9'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored["headers"],
+        serde_json::json!({"server": "caddy", "x-request-id": "r1"})
+    );
+    assert_eq!(stored["message"], "");
+    assert_eq!(stored["hops"], serde_json::json!([]));
+    assert_eq!(stored["vantage"], "direct");
+    assert_eq!(stored["body_sha256"], "ab");
+    assert_eq!(inserted["url"], stored["url"]);
 }

@@ -1,8 +1,10 @@
 //! Probe results and delivery gaps: one batch of an agent in one
 //! transaction (rows keyed by agent, seq and start, so a resend inserts
-//! nothing twice), with the agent's progress. The rows go in by binary
-//! `COPY` ([`copy`]), or, for a batch holding rows already stored, by an
-//! insert that skips them ([`unnest`]).
+//! nothing twice), with the agent's progress. A result is stored as its
+//! context ([`contexts`]: what repeats from one probe to the next) and its
+//! row (what changes), which the `probe_results` view joins. The rows go
+//! in by binary `COPY` ([`copy`]); a batch holding rows already stored
+//! goes into a temporary table the same way, then only its new rows.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -11,8 +13,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{Store, StoreError, cells};
 
+mod contexts;
 mod copy;
-mod unnest;
+
+pub use contexts::{CONTEXT_HEADERS, KnownContexts};
 
 /// One probe result as the collector stores it.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,21 +97,13 @@ pub struct Inserted {
     pub duplicates: u64,
 }
 
-/// The columns a batch writes, in the order of both inserts.
-const RESULT_COLUMNS: &str = "agent_id, region, seq, started_at, check_name, url, method, outcome,
-    message, http_status, http_version, resolver, resolved_ips, resolved_ttls, dialed_ip,
-    dialed_port, local_ip, egress_ip, dns_us, connect_us, tls_us, ttfb_us, total_us, headers,
-    vantage, proxy, proxy_status, dns_rcode, resolver_egress_ip, resolver_nsid,
-    resolver_identity_error, echo_ip, proxy_us, transfer_us, tls_version, tls_alpn, tls_cipher,
-    cert_subject, cert_issuer, cert_not_after, body_bytes, body_sha256, body_truncated, gateway,
-    edge_location, hops, interval_ms, proxy_ip, check_version, request_id";
-
 /// How a batch's rows go in.
 enum Insert<'a> {
     /// Binary `COPY` of the encoded rows, and the batch's cells with their
     /// keys' ids: fails whole on a row already stored.
-    Copy(&'a [u8], &'a [super::cells::SlotRow], &'a [i64]),
-    /// `INSERT ... ON CONFLICT DO NOTHING`: skips rows already stored.
+    Copy(&'a [super::cells::SlotRow], &'a [i64]),
+    /// The rows copied into a temporary table, then `INSERT ... ON
+    /// CONFLICT DO NOTHING`: skips rows already stored.
     SkipStored,
 }
 
@@ -166,16 +162,25 @@ impl Store {
         self.ensure_cell_partitions(cells.iter().map(|c| c.counts.last_at))
             .await?;
 
-        let rows = copy::encode(agent_id, region, results)?;
+        let contexts = self
+            .contexts
+            .of_batch(agent_id, region, results)
+            .map_err(|e| StoreError::Encode {
+                column: "result_contexts".into(),
+                reason: e.to_string(),
+            })?;
+        let rows = copy::encode(agent_id, results, &contexts.ids)?;
         let batch = Batch {
             agent_id,
             region,
             results,
+            contexts: &contexts,
+            rows: &rows,
             gaps,
             progress_seq,
         };
-        match self
-            .insert_batch_by(&batch, Insert::Copy(&rows, &cells, &key_ids))
+        let inserted = match self
+            .insert_batch_by(&batch, Insert::Copy(&cells, &key_ids))
             .await
         {
             Err(StoreError::Database(e)) if is_unique_violation(&e) => {
@@ -187,7 +192,9 @@ impl Store {
                 self.insert_batch_by(&batch, Insert::SkipStored).await
             }
             other => other,
-        }
+        }?;
+        self.contexts.stored(&contexts);
+        Ok(inserted)
     }
 
     async fn insert_batch_by(
@@ -197,16 +204,17 @@ impl Store {
     ) -> Result<Inserted, StoreError> {
         let label = how.label();
         let mut tx = self.pool.begin().await?;
+        contexts::insert(&mut tx, b.contexts).await?;
         let inserted = match how {
-            Insert::Copy(rows, cells_rows, key_ids) => {
-                let mut copy = tx.copy_in_raw(&copy::STATEMENT).await?;
-                copy.send(rows).await?;
+            Insert::Copy(cells_rows, key_ids) => {
+                let mut copy = tx.copy_in_raw(&copy::INTO_ROWS).await?;
+                copy.send(b.rows.as_ref()).await?;
                 let inserted = copy.finish().await?;
                 cells::insert(&mut tx, cells_rows, key_ids).await?;
                 inserted
             }
             Insert::SkipStored => {
-                let stored = unnest::insert(&mut tx, b.agent_id, b.region, b.results).await?;
+                let stored = copy::insert_new(&mut tx, b.rows).await?;
                 // Only the rows that went in are counted.
                 let new: HashSet<i64> = stored.iter().copied().collect();
                 let cells_rows = self
@@ -265,6 +273,9 @@ struct Batch<'a> {
     agent_id: &'a str,
     region: &'a str,
     results: &'a [StoredResult],
+    contexts: &'a contexts::BatchContexts<'a>,
+    /// The results as `result_rows`, binary COPY ([`copy::encode`]).
+    rows: &'a [u8],
     gaps: &'a [StoredGap],
     progress_seq: i64,
 }

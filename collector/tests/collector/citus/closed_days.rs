@@ -32,7 +32,7 @@ async fn a_closed_day_is_compacted_columnar_on_every_shard() {
         .unwrap();
     }
     let before = every_field(&pool).await;
-    let name = format!("probe_results_p{}", closed.format("%Y%m%d"));
+    let name = format!("result_rows_p{}", closed.format("%Y%m%d"));
     let cutoff = today.and_hms_opt(0, 0, 0).unwrap().and_utc() - chrono::Duration::days(1);
     assert_eq!(
         store.compact_days_before(cutoff).await.unwrap(),
