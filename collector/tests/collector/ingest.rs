@@ -270,6 +270,27 @@ async fn invalid_result_is_rejected_naming_the_field(pool: PgPool) {
     collector.stop().await;
 }
 
+/// The body's hash is stored as bytes: what is not hexadecimal is refused
+/// by name, not stored as something else.
+#[sqlx::test(migrations = false)]
+async fn a_body_hash_that_is_not_hexadecimal_is_rejected_naming_the_field(pool: PgPool) {
+    let collector = spawn_collector(pool.clone()).await;
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
+    let mut bad = result(1, 200);
+    bad.body_sha256 = "not-a-hash".into();
+    stream.send_batch(1, vec![bad]).await;
+    let status = stream.next_ack(Duration::from_secs(10)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("body_sha256") && status.message().contains("hexadecimal"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(count(&pool).await, 0);
+    drop(stream);
+    collector.stop().await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_probe_round_out_of_range_is_rejected_naming_the_field(pool: PgPool) {
     let collector = spawn_collector(pool.clone()).await;

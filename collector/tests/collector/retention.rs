@@ -129,12 +129,14 @@ async fn partitions_past_raw_retention_are_dropped_whole(pool: PgPool) {
         .ensure_partitions(&[day(10), day(4), day(3), day(2), today])
         .await
         .unwrap();
-    // One row on each of those days.
+    // One row on each of those days, each of its own target (its own
+    // result context).
     for n in [10, 4, 3, 2, 0] {
         sqlx::query(
             "INSERT INTO probe_results (agent_id, region, seq, started_at, check_name, url,
                                         method, outcome, message)
-             VALUES ('a', 'eu', $1, $2::date + time '12:00', 'c', 'http://x/', 'GET', 'ok', '')",
+             VALUES ('a', 'eu', $1, $2::date + time '12:00', 'c', 'http://x/' || ($1 - 1), 'GET',
+                     'ok', '')",
         )
         .bind(i64::try_from(n).unwrap() + 1)
         .bind(day(n))
@@ -171,6 +173,12 @@ async fn partitions_past_raw_retention_are_dropped_whole(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(rows, [1, 3, 4]);
+    // The contexts only the dropped days used went with them.
+    let contexts: Vec<String> = sqlx::query_scalar("SELECT url FROM result_contexts ORDER BY url")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(contexts, ["http://x/0", "http://x/2", "http://x/3"]);
     // The dropped days were rolled up first: their trend survives.
     let rolled: Vec<(chrono::DateTime<chrono::Utc>, i64)> = sqlx::query_as(
         "SELECT minute, probes FROM probe_rollups WHERE minute < now() - interval '3 days'
