@@ -210,8 +210,9 @@ CREATE FUNCTION result_context_id(r probe_results) RETURNS bigint
 $$;
 
 -- Stores the rows of `source`, a query of one column `r` of type
--- probe_results ($1 in it is `arg`), contexts first: what the trigger
--- below and this migration's copy of the old table do.
+-- probe_results ($1 in it is `arg`), contexts first, a missing value
+-- taking the old table's default: what the trigger below and this
+-- migration's copy of the old table do.
 CREATE FUNCTION store_probe_results(source text, arg probe_results DEFAULT NULL)
     RETURNS void
     LANGUAGE plpgsql AS $fn$
@@ -222,12 +223,13 @@ BEGIN
                (s.r).agent_id, result_context_id(s.r),
                ((s.r).started_at AT TIME ZONE 'UTC')::date,
                (s.r).region, (s.r).check_name, (s.r).url, (s.r).method, (s.r).http_version,
-               (s.r).resolver, (s.r).resolved_ips, (s.r).dialed_ip, (s.r).dialed_port,
+               (s.r).resolver, COALESCE((s.r).resolved_ips, '{}'), (s.r).dialed_ip,
+               (s.r).dialed_port,
                (s.r).local_ip, (s.r).egress_ip,
                COALESCE((SELECT jsonb_object_agg(key, value) FROM jsonb_each((s.r).headers)
                          WHERE key = ANY (result_context_header_names())), '{}'),
-               (s.r).vantage, (s.r).proxy, (s.r).dns_rcode, (s.r).resolver_egress_ip,
-               (s.r).resolver_nsid, (s.r).resolver_identity_error, (s.r).echo_ip,
+               COALESCE((s.r).vantage, 'direct'), (s.r).proxy, (s.r).dns_rcode,
+               (s.r).resolver_egress_ip, (s.r).resolver_nsid, (s.r).resolver_identity_error, (s.r).echo_ip,
                (s.r).tls_version, (s.r).tls_alpn, (s.r).tls_cipher, (s.r).cert_subject,
                (s.r).cert_issuer, (s.r).cert_not_after, (s.r).gateway, (s.r).edge_location,
                (s.r).interval_ms, (s.r).proxy_ip, (s.r).check_version

@@ -168,22 +168,20 @@ async fn the_vantage_list_at_a_hundred_thousand_vantages_is_linear_and_paged(poo
         "",
     )
     .await;
+    let mut fill = Fill::new(&pool).await;
     sqlx::query(
-        "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
-                                    outcome, vantage)
+        "INSERT INTO fill (agent_id, seq, started_at, region, check_name, url, method,
+                           outcome, vantage)
          SELECT 'agent-a', g, now() - interval '1 minute', 'eu-west', 'shop',
                 'http://shop.test/', 'GET', CASE WHEN g % 10 = 0 THEN 'http' ELSE 'ok' END,
                 'vantage-' || g
          FROM generate_series(1, $1) g",
     )
     .bind(VANTAGES)
-    .execute(&pool)
+    .execute(&mut *fill.0)
     .await
     .unwrap();
-    sqlx::query("ANALYZE probe_results")
-        .execute(&pool)
-        .await
-        .unwrap();
+    fill.store().await;
 
     let mut conn = pool.acquire().await.unwrap();
     // The quadratic plan ran for more than 9 minutes: fail instead.
@@ -309,9 +307,10 @@ async fn an_incident_timeline_at_a_hundred_thousand_addresses_is_two_rows_a_roun
     store.ensure_partitions_around(now, 1, 1).await.unwrap();
     // 100,000 vantages, each its own address, two rounds of 30 s; the
     // 256 addresses of 10.0.0.0/24 fail.
+    let mut fill = Fill::new(&pool).await;
     sqlx::query(
-        "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
-                                    outcome, http_status, vantage, egress_ip)
+        "INSERT INTO fill (agent_id, seq, started_at, region, check_name, url, method,
+                           outcome, http_status, vantage, egress_ip)
          SELECT 'agent-a', g, now() - interval '50 seconds' + (g % 2) * interval '30 seconds',
                 'eu-west', 'shop', 'http://shop.test/', 'GET',
                 CASE WHEN g <= 256 THEN 'http' ELSE 'ok' END,
@@ -319,9 +318,10 @@ async fn an_incident_timeline_at_a_hundred_thousand_addresses_is_two_rows_a_roun
                 'vantage-' || g, '10.0.0.0'::inet + (g - 1)
          FROM generate_series(1, 100000) g",
     )
-    .execute(&pool)
+    .execute(&mut *fill.0)
     .await
     .unwrap();
+    fill.store().await;
     let targets = vec!["http://shop.test/".to_owned()];
     let (from, to) = (now - chrono::Duration::seconds(60), now);
     let sources = store
@@ -358,4 +358,32 @@ async fn an_incident_timeline_at_a_hundred_thousand_addresses_is_two_rows_a_roun
     }
     assert_eq!(segment, (256, 256));
     assert_eq!(rest, (0, 100_000 - 256));
+}
+
+/// Results made in bulk by SQL: generated into a temporary table of
+/// `probe_results`' columns, then stored set-based by the function the
+/// view's trigger stores one row with (contexts and rows).
+struct Fill(sqlx::pool::PoolConnection<sqlx::Postgres>);
+
+impl Fill {
+    async fn new(pool: &PgPool) -> Self {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("CREATE TEMPORARY TABLE fill (LIKE probe_results)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        Self(conn)
+    }
+
+    async fn store(mut self) {
+        sqlx::raw_sql(
+            "SELECT store_probe_results('SELECT ROW(f.*)::probe_results AS r FROM fill f');
+             DROP TABLE fill;
+             ANALYZE result_rows;
+             ANALYZE result_contexts",
+        )
+        .execute(&mut *self.0)
+        .await
+        .unwrap();
+    }
 }
