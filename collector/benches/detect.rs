@@ -65,8 +65,9 @@ async fn fill(pool: &sqlx::PgPool, agents: usize, targets: usize, f: Fill) -> Du
     let mut done = 0usize;
     // Generated into a table of probe_results' columns, then stored set
     // by set as the view's trigger stores one row (contexts and rows).
+    let mut conn = pool.acquire().await.unwrap();
     sqlx::query("CREATE TEMPORARY TABLE IF NOT EXISTS fill (LIKE probe_results)")
-        .execute(pool)
+        .execute(&mut *conn)
         .await
         .unwrap();
     while done < f.rows {
@@ -96,14 +97,14 @@ async fn fill(pool: &sqlx::PgPool, agents: usize, targets: usize, f: Fill) -> Du
         .bind(agents as i64)
         .bind(f.end)
         .bind(f.spread)
-        .execute(pool)
+        .execute(&mut *conn)
         .await
         .unwrap();
         sqlx::raw_sql(
             "SELECT store_probe_results('SELECT ROW(f.*)::probe_results AS r FROM fill f');
              TRUNCATE fill",
         )
-        .execute(pool)
+        .execute(&mut *conn)
         .await
         .unwrap();
         done += n;
