@@ -434,15 +434,7 @@ async fn run(bench_url: &str, shape: Shape) -> Figures {
     // table. Three times, against the fastest: one COPY run varies by a
     // third on this machine (checkpoints, WAL), and the ratio should not
     // flatter.
-    sqlx::raw_sql(
-        "CREATE TABLE copy_reference (LIKE probe_results, PRIMARY KEY (agent_id, seq, started_at));
-         CREATE INDEX ON copy_reference (url, started_at);
-         CREATE INDEX ON copy_reference (started_at);
-         CREATE INDEX ON copy_reference (request_id) WHERE request_id IS NOT NULL",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    common::create_copy_reference(&mut conn).await;
     let mut rates = Vec::new();
     for _ in 0..3 {
         sqlx::query("TRUNCATE copy_reference")

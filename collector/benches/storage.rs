@@ -366,15 +366,7 @@ async fn main() {
 
     // The ingest's reference: a plain binary COPY of the same rows into a
     // table of probe_results' columns with the indexes it had as a table.
-    sqlx::raw_sql(
-        "CREATE TABLE copy_reference (LIKE probe_results, PRIMARY KEY (agent_id, seq, started_at));
-         CREATE INDEX ON copy_reference (url, started_at);
-         CREATE INDEX ON copy_reference (started_at);
-         CREATE INDEX ON copy_reference (request_id) WHERE request_id IS NOT NULL",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    common::create_copy_reference(&mut conn).await;
     let copy_s = copy_in(&mut conn, &file, "copy_reference", total).await;
 
     let per = |bytes: i64| bytes as f64 / total as f64;

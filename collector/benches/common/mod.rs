@@ -7,6 +7,22 @@ pub mod cells;
 
 use sqlx::{Connection, PgConnection};
 
+/// Creates `copy_reference`, the table the ingest is compared with: the
+/// columns of `probe_results` with the indexes it had as a table (primary
+/// key, target and time, time, probe request), before results were split
+/// into contexts and rows.
+pub async fn create_copy_reference(conn: &mut PgConnection) {
+    sqlx::raw_sql(
+        "CREATE TABLE copy_reference (LIKE probe_results, PRIMARY KEY (agent_id, seq, started_at));
+         CREATE INDEX ON copy_reference (url, started_at);
+         CREATE INDEX ON copy_reference (started_at);
+         CREATE INDEX ON copy_reference (request_id) WHERE request_id IS NOT NULL",
+    )
+    .execute(conn)
+    .await
+    .unwrap();
+}
+
 /// A numeric setting from the environment, or `default`.
 pub fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
