@@ -43,10 +43,11 @@ cargo build --release -q --workspace --bins
 BIN=target/release
 WORK=$(mktemp -d)
 PIDS=()
+stop_started() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    stop_started
     wait 2>/dev/null || true
-    psql -q "$BASE_URL" -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
+    psql -q "$BASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -60,6 +61,9 @@ for _ in $(seq 100); do grep -q '^CA=' "$WORK/fixtures.env" 2>/dev/null && break
 source "$WORK/fixtures.env"
 
 psql -q "$BASE_URL" -c "CREATE DATABASE $DB" >/dev/null
+# The collector takes DATABASE_URL over its config file's [database] url:
+# unset, it stores into the throwaway database this script counts in.
+collector() { env -u DATABASE_URL "$BIN/vantage-collector" "$@"; }
 GRPC_PORT=$(free_port)
 cat >"$WORK/collector.toml" <<TOML
 grpc_listen = "127.0.0.1:$GRPC_PORT"
@@ -67,8 +71,10 @@ http_listen = "127.0.0.1:$(free_port)"
 [database]
 url = "$DB_URL"
 TOML
-"$BIN/vantage-collector" migrate --config "$WORK/collector.toml" >/dev/null
-RUST_LOG=warn "$BIN/vantage-collector" serve --config "$WORK/collector.toml" >"$WORK/collector.log" 2>&1 &
+collector migrate --config "$WORK/collector.toml" >/dev/null
+# Through env, which becomes the collector: $! is the collector's pid.
+RUST_LOG=warn env -u DATABASE_URL "$BIN/vantage-collector" serve --config "$WORK/collector.toml" \
+    >"$WORK/collector.log" 2>&1 &
 PIDS+=($!)
 sleep 1
 
@@ -79,7 +85,7 @@ committed() { psql -qtA "$DB_URL" -c "SELECT count(*) FROM probe_results WHERE a
 run() {
     local scheme=$1 port=$2 extra=$3 agent=bench-$1
     local token
-    token=$("$BIN/vantage-collector" agent add "$agent" --region bench --config "$WORK/collector.toml" 2>/dev/null)
+    token=$(collector agent add "$agent" --region bench --config "$WORK/collector.toml" 2>/dev/null)
     {
         printf 'agent_id = "%s"\nregion = "bench"\nmax_concurrent_probes = 64\n' "$agent"
         printf '[collector]\nendpoint = "http://127.0.0.1:%s"\ntoken = "%s"\n' "$GRPC_PORT" "$token"
@@ -92,6 +98,8 @@ run() {
     } >"$WORK/$agent.toml"
     RUST_LOG=warn "${AGENT_BIN:-$BIN/vantage-agent}" --config "$WORK/$agent.toml" >"$WORK/$agent.log" 2>&1 &
     local pid=$!
+    # Stopped by the cleanup too, when anything below fails.
+    PIDS+=("$pid")
     sleep "$WARMUP"
     local cpu0 probes0 cpu1 probes1
     cpu0=$(cpu_ticks "$pid"); probes0=$(committed "$agent")
@@ -141,6 +149,7 @@ blackbox() {
     "$BLACKBOX" --config.file="$WORK/blackbox.yml" --web.listen-address="127.0.0.1:$BB_PORT" \
         --log.level=warn >"$WORK/blackbox-$scheme.log" 2>&1 &
     local pid=$!
+    PIDS+=("$pid")
     for _ in $(seq 100); do
         curl -sf "http://127.0.0.1:$BB_PORT/-/healthy" >/dev/null 2>&1 && break
         sleep 0.1
@@ -226,6 +235,10 @@ modules:
         server_name: shop.test
 YAML
 {
+    # A pipeline's subshell: the agents and exporters it starts are in its
+    # own PIDS, which the script's cleanup does not see; it stops them
+    # itself, however it ends.
+    trap stop_started EXIT
     run http "$HTTP_PORT" ""
     run https "$HTTPS_PORT" "ca_file = \"$CA\""
     [ "${AGENT_ONLY:-0}" = 1 ] && exit 0
