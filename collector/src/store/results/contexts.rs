@@ -152,9 +152,10 @@ impl KnownContexts {
         region: &'a str,
         results: &'a [StoredResult],
     ) -> Result<BatchContexts<'a>, serde_json::Error> {
-        let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Hashed before the memory is locked: other batches' lookups wait
+        // only for this batch's.
         let mut ids = Vec::with_capacity(results.len());
-        let mut missing: HashMap<i64, Row<'a>> = HashMap::new();
+        let mut distinct: HashMap<i64, Row<'a>> = HashMap::new();
         for r in results {
             let fields = Fields::of(r, region);
             let mut hash = Sha256::new();
@@ -167,10 +168,7 @@ impl KnownContexts {
             let id = i64::from_be_bytes(first);
             ids.push(id);
             let day = r.started_at.date_naive();
-            if known.get(&id).is_some_and(|stored| *stored >= day) {
-                continue;
-            }
-            missing
+            distinct
                 .entry(id)
                 .and_modify(|row| row.last_used = row.last_used.max(day))
                 .or_insert(Row {
@@ -180,10 +178,16 @@ impl KnownContexts {
                     fields,
                 });
         }
-        Ok(BatchContexts {
-            ids,
-            missing: missing.into_values().collect(),
-        })
+        let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let missing = distinct
+            .into_values()
+            .filter(|row| {
+                known
+                    .get(&row.id)
+                    .is_none_or(|stored| *stored < row.last_used)
+            })
+            .collect();
+        Ok(BatchContexts { ids, missing })
     }
 
     /// Remembers a batch's contexts as stored (after its commit).
