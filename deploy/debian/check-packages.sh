@@ -42,6 +42,11 @@ for pkg in agent collector; do
                 "./usr/share/doc/vantage-$pkg/README.md"; do
         grep -q " $path\$" <<<"$contents" || fail "${deb[$pkg]##*/} lacks $path"
     done
+    # The manual ships whole: every page of docs/, beside the README that links it.
+    for doc in docs/*.md; do
+        path="./usr/share/doc/vantage-$pkg/$doc"
+        grep -q " $path\$" <<<"$contents" || fail "${deb[$pkg]##*/} lacks $path"
+    done
     grep -q "^/etc/vantage/$pkg.toml\$" <(dpkg-deb --ctrl-tarfile "${deb[$pkg]}" | tar -xO ./conffiles) \
         || fail "/etc/vantage/$pkg.toml is not a conffile"
 done

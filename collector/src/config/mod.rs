@@ -34,7 +34,7 @@ pub struct CollectorConfig {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub detector: DetectorConfig,
-    /// Where pages go: `[[sink]]` entries (see the README).
+    /// Where pages go: `[[sink]]` entries (see docs/pages.md).
     #[serde(default, rename = "sink")]
     pub sink_configs: Vec<SinkConfig>,
     /// `[[webhook]]`: the older way to name a webhook sink.

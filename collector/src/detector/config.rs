@@ -1,5 +1,5 @@
 //! `[detector]`: when and how 502 patterns are found, as configured; the
-//! README explains each default. Checked by [`DetectorConfig::problem`]
+//! docs/detection.md explains each default. Checked by [`DetectorConfig::problem`]
 //! (the collector's config loader names the key).
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use crate::detect::decision::Params;
 use crate::detect::lifecycle::Hysteresis;
 use crate::detect::settings::DetectorSettings;
 
-/// `[detector]`: when and how 502 patterns are found. The README explains
+/// `[detector]`: when and how 502 patterns are found. docs/detection.md explains
 /// each default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -97,7 +97,7 @@ impl Counts {
 }
 
 /// The thresholds of the decision (`[detector]` in the configuration; the
-/// README says why each default is what it is).
+/// docs/detection.md says why each default is what it is).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
     /// Fewest distinct witnesses (vantages; targets for path findings) with
