@@ -5,9 +5,11 @@
 //! - [`scenario`]: the running parts and how they are started.
 //! - [`database`]: the demo's own PostgreSQL (or a throwaway database).
 //! - [`story`]: what the demo does and prints.
+//! - [`stop`]: the signals that end it early, each cleaned up after.
 
 pub mod database;
 pub mod scenario;
+mod stop;
 pub mod story;
 
 pub use scenario::{

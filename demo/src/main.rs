@@ -12,7 +12,7 @@ use clap::Parser;
 #[command(version)]
 struct Args {
     /// Keep the collector and the agents running at the end, so the
-    /// incident pages can be browsed, until Ctrl-C.
+    /// incident pages can be browsed, until Ctrl-C, SIGTERM or SIGHUP.
     #[arg(long)]
     keep: bool,
 }

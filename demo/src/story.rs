@@ -14,20 +14,60 @@ use crate::database::demo_database;
 use crate::scenario::{
     DEMO_ASN_TABLE, DEMO_SECRET, Scenario, ScenarioTiming, TARGET_HOST, demo_agents,
 };
+use crate::stop::StopSignal;
 
 /// Runs the demo; prints the story on stdout. With `keep`, the collector
 /// and the agents keep running at the end, so the incident pages can be
-/// browsed, until Ctrl-C.
+/// browsed, until a signal stops them. SIGINT, SIGTERM and SIGHUP stop the
+/// demo at any point; its database is removed however it ends.
 pub async fn run(keep: bool) -> Result<()> {
+    let mut stop = StopSignal::listen()?;
     println!("Vantage demo: which vantage points get 502, and why only them?\n");
+    // Not raced with the signal: a cluster half started is one that could
+    // not be removed. A signal meanwhile is seen right after.
     let (database, url) = demo_database().await?;
-    let outcome = story(&url, keep).await;
+    let outcome = match stop.received() {
+        Some(signal) => Err(Stopped(signal).into()),
+        None => tokio::select! {
+            told = story(&url, keep) => told,
+            signal = stop.wait() => Err(Stopped(signal).into()),
+        },
+    };
+    let outcome = match outcome {
+        Ok(scenario) => {
+            if keep {
+                let signal = stop.wait().await;
+                println!("{signal}: stopping.");
+            }
+            scenario.stop().await
+        }
+        Err(error) => Err(error),
+    };
     let removed = database.remove().await;
+    if let Err(error) = &outcome
+        && let Some(Stopped(signal)) = error.downcast_ref::<Stopped>()
+    {
+        println!("\nStopped by {signal}; the demo's database and files are removed.");
+    }
     outcome?;
     removed.context("removing the demo database")
 }
 
-async fn story(url: &str, keep: bool) -> Result<()> {
+/// The story was cut short by a signal.
+#[derive(Debug)]
+pub struct Stopped(pub &'static str);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by {} before the story ended", self.0)
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Tells the story; returns the running scenario (collector, agents,
+/// fixtures) for the caller to keep or stop.
+async fn story(url: &str, keep: bool) -> Result<Scenario> {
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .connect(url)
@@ -183,19 +223,16 @@ async fn story(url: &str, keep: bool) -> Result<()> {
     if keep {
         println!(
             "\nStill running: the incident pages are at http://{}/ (this incident: {page}), \
-             the vantages at http://{}/vantages. Ctrl-C to stop.",
+             the vantages at http://{}/vantages. Ctrl-C (or SIGTERM) to stop.",
             scenario.http_addr, scenario.http_addr
         );
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
     } else {
         println!(
             "To browse the incident page ({page}) before everything stops: \
              cargo run -p vantage-demo -- --keep"
         );
     }
-    scenario.stop().await
+    Ok(scenario)
 }
 
 fn count_events(bodies: &[Value]) -> (usize, usize, usize) {
