@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{UsageWho, getrusage};
-use vantage_agent::path::{self, PathEnd, PathSettings, PathTarget};
+use vantage_agent::probe::path::{self, PathEnd, PathSettings, PathTarget};
 use vantage_testkit::netns::{Lab, Ns};
 
 fn env(name: &str, default: usize) -> usize {

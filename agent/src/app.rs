@@ -16,7 +16,7 @@ use crate::probe::tls::{TlsConfigs, TlsSetupError};
 use crate::queue::ResultQueue;
 use crate::report::{Connection, ControlLink, CredentialsRefused, Delivery, Identity, Reporter};
 use crate::schedule::Scheduler;
-use crate::vantage::{IdentityRefresher, Vantage};
+use crate::vantage::IdentityRefresher;
 use vantage_service::supervise::{Policy, Supervisor};
 
 /// The agent could not be set up.
@@ -53,7 +53,7 @@ impl App {
     /// `--check-config` (the spool is left alone, as a running agent holds
     /// its lock).
     pub fn check(config: &AgentConfig) -> Result<(), SetupError> {
-        Vantage::build_all(config)?;
+        crate::vantage::build_all(config)?;
         tls_configs(config)?;
         connection(config)?;
         Ok(())
@@ -62,7 +62,7 @@ impl App {
     /// Builds the agent; fails only on setup errors (bad resolver config,
     /// unreadable CA, token or certificate file, a spool in use).
     pub fn build(config: AgentConfig) -> Result<Self, SetupError> {
-        let vantages = Vantage::build_all(&config)?;
+        let vantages = crate::vantage::build_all(&config)?;
         let tls = tls_configs(&config)?;
         let connection = connection(&config)?;
         let prober = HttpProber::new(config.agent_id.as_str(), config.probe_header, tls);
@@ -104,7 +104,7 @@ impl App {
             queue.clone(),
             egress_rx,
             config.max_concurrent_probes,
-            crate::path::PathTracer::new(config.path.clone()),
+            crate::probe::path::PathTracer::new(config.path.clone()),
         ));
         let (pushed_tx, pushed_rx) = mpsc::unbounded_channel();
         let (answers_tx, answers_rx) = mpsc::unbounded_channel();

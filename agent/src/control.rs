@@ -14,7 +14,7 @@ use crate::central::CentralChecks;
 use crate::config::{AgentConfig, CheckConfig, ResolverSpec};
 use crate::report::Pushed;
 use crate::schedule::{OneOff, OneOffCheck, Scheduler};
-use crate::vantage::{IdentityRefresher, Vantage};
+use crate::vantage::IdentityRefresher;
 use vantage_service::supervise::{ComponentError, Liveness, Supervisor};
 
 /// The checks in force come from here.
@@ -106,8 +106,9 @@ impl Control {
         let dns_changed = old.dns != new.dns;
         let vantages_changed = old.effective_vantages() != new.effective_vantages();
         if dns_changed || vantages_changed {
-            let vantages = Vantage::rebuild_all(&new, &self.scheduler.vantages(), dns_changed)
-                .map_err(|e| e.to_string())?;
+            let vantages =
+                crate::vantage::rebuild_all(&new, &self.scheduler.vantages(), dns_changed)
+                    .map_err(|e| e.to_string())?;
             *self.refresher.lock().unwrap_or_else(|p| p.into_inner()) =
                 IdentityRefresher::new(vantages.clone(), &new.dns);
             self.scheduler.set_vantages(vantages);

@@ -23,7 +23,6 @@ pub mod app;
 pub mod central;
 pub mod config;
 pub mod control;
-pub mod path;
 pub mod probe;
 pub mod queue;
 pub mod report;

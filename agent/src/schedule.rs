@@ -15,8 +15,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CheckConfig, Dial, ResolverSpec};
-use crate::path::PathTracer;
 use crate::probe::http::Probed;
+use crate::probe::path::PathTracer;
 use crate::probe::{HttpProber, ProbeResult};
 use crate::queue::{ResultQueue, Ticket};
 use crate::vantage::Vantage;

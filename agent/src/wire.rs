@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use vantage_proto::v1 as pb;
 
-use crate::path::{PathEnd, PathTrace, Reply};
+use crate::probe::path::{PathEnd, PathTrace, Reply};
 use crate::probe::{Hop, Outcome, ProbeResult, Timings, TlsInfo};
 
 fn micros(d: Option<Duration>) -> Option<u64> {

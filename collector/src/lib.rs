@@ -23,6 +23,7 @@
 //! - [`alert`]: sinks and their formats; delivery from the outbox, once
 //!   per event and sink, retried until delivered or visibly expired.
 //! - [`probe_now`]: `probe URL`: one-off probes from chosen agents, side by side.
+//! - [`preflight`]: start-up's checks of a config, before any connection.
 //! - [`reload`]: SIGHUP re-reads collector.toml; what changes live, what waits.
 //! - [`silence`]: `silence add|list|expire`: pages held back, visibly.
 //! - [`http`]: health and metrics; the incident pages merged in.
@@ -48,6 +49,7 @@ pub mod metrics;
 pub mod path_evidence;
 pub mod pg_tls;
 pub mod pools;
+pub mod preflight;
 pub mod probe_now;
 pub mod reload;
 pub mod silence;

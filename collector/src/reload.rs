@@ -116,7 +116,7 @@ pub fn reload(path: &std::path::Path, live: &LiveConfig, supervisor: &Supervisor
     let new = match CollectorConfig::load(path)
         .map_err(anyhow::Error::from)
         .and_then(|c| {
-            crate::app::preflight(&c)?;
+            crate::preflight::preflight(&c)?;
             Ok(c)
         }) {
         Ok(c) => c,

@@ -16,6 +16,7 @@
 //! - [`CuttingRelay`]: a TCP relay whose connections a test cuts at will.
 //! - [`H2Flood`]: tokenless HTTP/2 connections kept alive with PINGs, the
 //!   way an attacker holds a server's connection slots.
+//! - [`config_fuzz`]: mutated configuration files for both programs' fuzz tests.
 //! - [`cluster::PrivateCluster`]: a throwaway PostgreSQL cluster (the
 //!   demo's, and a test run's without `DATABASE_URL`).
 //! - [`citus::CitusCluster`]: a coordinator and workers, Citus built from
@@ -30,6 +31,7 @@
 mod accept;
 pub mod citus;
 pub mod cluster;
+pub mod config_fuzz;
 mod cut;
 mod dns;
 mod flood;

@@ -19,7 +19,8 @@ mod validate;
 mod values;
 // The check schema and the loader are shared with the collector; the
 // agent's config is built from them.
-pub use values::{Endpoint, ProxyKind, ProxyUrl};
+use crate::probe::proxy::ProxyUrl;
+pub use values::Endpoint;
 pub use vantage_check::{
     CheckConfig, CheckOrigin, Dial, HttpVersion, IpFamily, Method, NonEmpty, ResolverSpec,
     StatusCode, TargetUrl, default_check_interval,
@@ -59,7 +60,7 @@ pub struct AgentConfig {
     pub dns: DnsConfig,
     /// How path probes are bounded (hops, probes, timeouts, concurrency).
     #[serde(default)]
-    pub path: crate::path::PathSettings,
+    pub path: crate::probe::path::PathSettings,
     /// Egress paths; without any, one path named `direct` from `source_ip`.
     #[serde(default, rename = "vantage")]
     pub vantages: Vec<VantageConfig>,
@@ -357,5 +358,7 @@ impl AgentConfig {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::*;
+use crate::probe::proxy::ProxyKind;
 
 const VALID: &str = r#"
 agent_id = "fra-1"
@@ -379,6 +380,6 @@ fn path_settings_out_of_range_are_refused_at_their_key() {
         "{VALID}\n[path]\nprotocol = \"tcp\"\nmax_hops = 12\n"
     ))
     .unwrap();
-    assert_eq!(c.path.protocol, crate::path::PathProtocol::Tcp);
+    assert_eq!(c.path.protocol, crate::probe::path::PathProtocol::Tcp);
     assert_eq!(c.path.max_hops, 12);
 }

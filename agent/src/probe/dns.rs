@@ -16,7 +16,7 @@ use hickory_resolver::proto::rr::RData;
 
 use super::identity::{self, IdentityQuery};
 use super::{ResolvedAddr, ResolverIdentity};
-use crate::config::{IpFamily, ResolverSpec};
+use vantage_check::{IpFamily, ResolverSpec};
 
 /// The resolver could not be set up (bad system configuration).
 #[derive(Debug, thiserror::Error)]

@@ -259,6 +259,21 @@ pub fn edge_location(headers: &BTreeMap<String, String>) -> Option<String> {
     None
 }
 
+/// The response headers that say which layer answered, lower-case names.
+pub fn layer_headers(headers: &http::HeaderMap) -> BTreeMap<String, String> {
+    LAYER_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let values: Vec<String> = headers
+                .get_all(*name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            (!values.is_empty()).then(|| ((*name).to_owned(), values.join(", ")))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,11 @@ pub mod dns;
 pub mod gateway;
 pub mod http;
 pub mod identity;
+pub mod path;
+pub mod proxy;
 pub mod tls;
 pub mod transport;
+pub mod vantage;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -192,7 +195,7 @@ pub struct ProbeResult {
     /// The probe request this one-off probe answers; `None` on schedule.
     pub request_id: Option<u64>,
     /// The path to where the probe went, traced after it when asked.
-    pub path: Option<crate::path::PathTrace>,
+    pub path: Option<crate::probe::path::PathTrace>,
 }
 
 pub use gateway::LAYER_HEADERS;

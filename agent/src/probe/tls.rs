@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::{CertInfo, TlsInfo};
-use crate::config::HttpVersion;
+use vantage_check::HttpVersion;
 
 /// The TLS setup could not be built.
 #[derive(Debug, thiserror::Error)]

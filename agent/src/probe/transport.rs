@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::TlsInfo;
-use crate::config::{ProxyKind, ProxyUrl};
+use super::proxy::{ProxyKind, ProxyUrl};
 
 /// Any byte stream a probe can speak HTTP over.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -134,7 +134,7 @@ async fn http_connect(
         .map_err(|e| TunnelError::Protocol(e.to_string()))?;
     let response = sender.send_request(request).await.map_err(protocol)?;
     if !response.status().is_success() {
-        let headers = super::http::layer_headers(response.headers());
+        let headers = super::gateway::layer_headers(response.headers());
         return Err(TunnelError::Refused {
             status: response.status().as_u16(),
             headers,

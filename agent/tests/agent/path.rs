@@ -15,7 +15,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use vantage_agent::path::{self, PathEnd, PathProtocol, PathSettings, PathTarget, PathTrace};
+use vantage_agent::probe::path::{
+    self, PathEnd, PathProtocol, PathSettings, PathTarget, PathTrace,
+};
 use vantage_testkit::netns::{Lab, Ns};
 
 pub(crate) struct TwoPaths {

@@ -6,7 +6,7 @@
 
 use vantage_agent::app::App;
 use vantage_agent::config::AgentConfig;
-use vantage_agent::path::{PathEnd, PathProtocol};
+use vantage_agent::probe::path::{PathEnd, PathProtocol};
 use vantage_agent::probe::{Outcome, ProbeResult};
 use vantage_testkit::netns::{Lab, Ns};
 

@@ -12,12 +12,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
 use vantage_proto::v1::ingest_server::IngestServer;
 use vantage_service::supervise::{Policy, Supervisor};
 
 use crate::alert::Alerter;
-use crate::config::{CollectorConfig, TlsConfig};
+use crate::config::CollectorConfig;
 use crate::control::ControlHub;
 use crate::detector::Detector;
 use crate::ingest::IngestService;
@@ -90,20 +90,6 @@ pub async fn connect_to(
             None => anyhow::Error::new(e),
         })
         .with_context(|| format!("connecting to PostgreSQL at {target} (from {source})"))
-}
-
-/// What start-up checks before it touches the database or a socket, so
-/// that `check-config` runs exactly the same: the database URL parses and
-/// the TLS files load.
-pub fn preflight(config: &CollectorConfig) -> Result<()> {
-    config.database().map_err(anyhow::Error::msg)?;
-    if let Some(tls) = &config.tls {
-        let (tls_config, _) = server_tls(tls)?;
-        tonic::transport::Server::builder()
-            .tls_config(tls_config)
-            .context("configuring gRPC TLS")?;
-    }
-    Ok(())
 }
 
 /// A collector with its database migrated and its listeners bound.
@@ -236,7 +222,7 @@ impl Application {
             ));
         let mut mutual_tls = false;
         if let Some(tls) = &self.config.tls {
-            let (config, mutual) = server_tls(tls)?;
+            let (config, mutual) = crate::preflight::server_tls(tls)?;
             mutual_tls = mutual;
             server = server.tls_config(config).context("configuring gRPC TLS")?;
         }
@@ -477,21 +463,4 @@ async fn within_grace<T>(
             Err(format!("{what} shutdown grace elapsed").into())
         }
     }
-}
-
-/// The gRPC listener's TLS settings from `[tls]`; true when mutual.
-fn server_tls(tls: &TlsConfig) -> Result<(ServerTlsConfig, bool)> {
-    let read = |path: &std::path::Path, what: &str| {
-        std::fs::read(path).with_context(|| format!("reading the TLS {what} {}", path.display()))
-    };
-    let identity = Identity::from_pem(
-        read(&tls.cert_file, "certificate")?,
-        read(&tls.key_file, "key")?,
-    );
-    let mut config = ServerTlsConfig::new().identity(identity);
-    let mutual = tls.client_ca_file.is_some();
-    if let Some(ca) = &tls.client_ca_file {
-        config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
-    }
-    Ok((config, mutual))
 }

@@ -218,14 +218,14 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
     match command {
         Command::Serve { config: path } => {
             let config = CollectorConfig::load(&path)?;
-            app::preflight(&config)?;
+            crate::preflight::preflight(&config)?;
             let pool = app::connect(&config).await?;
             let app = Application::build(config, pool).await?.reload_from(path);
             app.run(shutdown).await
         }
         Command::CheckConfig { config: path } => {
             let config = CollectorConfig::load(&path)?;
-            app::preflight(&config)?;
+            crate::preflight::preflight(&config)?;
             println!("{}: OK", path.display());
             Ok(())
         }

@@ -8,7 +8,6 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::asn::AsnTable;
-use super::decision::DimensionInfo;
 
 // The SQL sources: each is computed in Rust by the ingest for the
 // detector's cells (`store::cells::sources`), and held to give the same
@@ -277,6 +276,15 @@ pub fn prefix(ip: IpAddr, len: u8) -> IpNet {
     IpNet::new(ip, len.min(max))
         .map(|n| n.trunc())
         .unwrap_or_else(|_| IpNet::from(ip))
+}
+
+/// What the decision needs to know about a dimension.
+#[derive(Debug, Clone, Copy)]
+pub struct DimensionInfo {
+    pub name: &'static str,
+    pub role: Role,
+    /// Values are IP prefixes; findings are narrowed with the prefix walk.
+    pub prefix: bool,
 }
 
 /// The decision's view of the dimension table.

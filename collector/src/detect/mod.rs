@@ -14,7 +14,6 @@
 
 pub mod asn;
 pub mod cells;
-pub mod confirm;
 pub mod decision;
 pub mod dimensions;
 pub mod explain;

@@ -17,9 +17,18 @@ use super::cells::WindowCell;
 use super::decision::{Counts, Group};
 use super::dimensions::{DIMENSIONS, Derive, DeriveContext};
 use super::pattern::{CONNECTION_OUTCOMES, Pattern};
-use super::plan::Names;
 use super::settings::DetectorSettings;
 use super::track::PATH_TARGET;
+
+/// Names behind the indexes of a pass.
+#[derive(Default)]
+pub struct Names {
+    pub targets: Vec<String>,
+    /// `agent/vantage`.
+    pub vantages: Vec<String>,
+    /// (agent, vantage), as `vantages`.
+    pub vantage_pairs: Vec<(String, String)>,
+}
 
 /// Probes assessed together: one target's (or, for path findings, every
 /// target's) groups of one failure pattern, with what their records need.

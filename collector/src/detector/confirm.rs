@@ -1,4 +1,4 @@
-//! The detector's I/O around confirmation probes ([`crate::detect::confirm`]
+//! The detector's I/O around confirmation probes ([`crate::detect::plan::confirm`]
 //! says which and from where): which were asked recently (not again
 //! within half an interval), asking (a probe request per candidate, to
 //! the chosen (agent, vantage) pairs, through the control plane), and the
@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 
 use crate::control::Targets;
 use crate::detect::CONNECTION_OUTCOMES;
-use crate::detect::confirm::Confirm;
 use crate::detect::pattern::Pattern;
 use crate::detect::plan::Plan;
+use crate::detect::plan::confirm::Confirm;
 use crate::detect::records::IncidentRecord;
 use crate::detect::track::CandidateKey;
 use crate::store::{NewProbeRequest, Purpose, Store, StoreError};

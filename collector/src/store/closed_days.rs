@@ -108,7 +108,8 @@ impl Store {
         let closed = {
             let mut tx = self.pool.begin().await?;
             let days =
-                partitions::expired(&mut tx, "result_rows", partitions::day_range, cutoff).await?;
+                super::expiry::expired(&mut tx, "result_rows", partitions::day_range, cutoff)
+                    .await?;
             tx.commit().await?;
             days
         };

@@ -20,6 +20,7 @@ mod checks;
 pub mod citus;
 mod closed_days;
 mod detection;
+mod expiry;
 mod incidents;
 mod lease;
 mod outbox;

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sqlx::{Postgres, Transaction};
 
-use super::partitions::{drop_partition, expired};
+use super::expiry::{drop_partition, expired};
 use super::{Store, StoreError};
 
 /// The roll-up of the raw results started in `[$1, $2)`, upserted.

@@ -19,13 +19,13 @@ use tokio::time::{Instant as TokioInstant, timeout_at};
 use url::{Position, Url};
 
 use super::super::dns::LookupAnswer;
-use super::super::gateway::{self, LAYER_HEADERS};
+use super::super::gateway::{self, layer_headers};
 use super::super::transport::{self, ClockedIo, SocketClock, TunnelError};
 use super::super::{Hop, Outcome, ProbeResult, Timings, TlsInfo};
 use super::body::{BodyError, read_body, stall_threshold};
 use super::{HttpProber, MAX_HEADER_BYTES, MAX_HEADERS};
-use crate::config::{CheckConfig, HttpVersion};
-use crate::vantage::Vantage;
+use crate::probe::vantage::Vantage;
+use vantage_check::{CheckConfig, HttpVersion};
 
 /// One request of a probe: what to ask, of which address, from which
 /// vantage, by when.
@@ -490,21 +490,6 @@ fn version_name(v: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/?",
     }
-}
-
-/// The response headers that say which layer answered, lower-case names.
-pub fn layer_headers(headers: &http::HeaderMap) -> BTreeMap<String, String> {
-    LAYER_HEADERS
-        .iter()
-        .filter_map(|name| {
-            let values: Vec<String> = headers
-                .get_all(*name)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect();
-            (!values.is_empty()).then(|| ((*name).to_owned(), values.join(", ")))
-        })
-        .collect()
 }
 
 /// A TLS failure; an expired certificate is its own kind.

@@ -12,13 +12,11 @@ use url::{Host, Url};
 
 use super::dns::{DnsResolver, LookupAnswer};
 use super::tls::TlsConfigs;
-use crate::config::{CheckConfig, Dial};
-use crate::vantage::Vantage;
+use crate::probe::vantage::Vantage;
+use vantage_check::{CheckConfig, Dial};
 
 mod body;
 mod exchange;
-
-pub use exchange::layer_headers;
 
 use super::{Outcome, ProbeResult, Sequenced};
 use exchange::{Attempt, Exchange};

@@ -57,8 +57,6 @@ pub use windows::{bucket_of, bucket_thresholds, bucket_width, windows_for};
 use witnesses::pick_lead;
 pub use witnesses::{WitnessCounts, fails_for_most_witnesses, witness_counts};
 
-use super::dimensions::Role;
-
 /// Failures out of probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -136,14 +134,7 @@ impl Default for Params {
     }
 }
 
-/// What the decision needs to know about a dimension.
-#[derive(Debug, Clone, Copy)]
-pub struct DimensionInfo {
-    pub name: &'static str,
-    pub role: Role,
-    /// Values are IP prefixes; findings are narrowed with the prefix walk.
-    pub prefix: bool,
-}
+pub use super::dimensions::DimensionInfo;
 
 /// One window ending now: the first `buckets` age buckets, covering the
 /// last `rounds` probe rounds.

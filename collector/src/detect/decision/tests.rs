@@ -1,7 +1,7 @@
 //! The decision's unit and property tests.
 
 use super::*;
-use crate::detect::dimensions::prefix;
+use crate::detect::dimensions::{Role, prefix};
 use proptest::prelude::*;
 
 fn c(failures: u64, probes: u64) -> Counts {

@@ -17,7 +17,7 @@ pub use counts::counts_table;
 use super::decision::{Assessment, Counts, Finding, Window};
 use super::dimensions::DIMENSIONS;
 use super::pattern::Pattern;
-use super::plan::Names;
+use super::population::Names;
 use super::population::Population;
 use super::records::{IncidentRecord, OpenIncident};
 use super::settings::DetectorSettings;

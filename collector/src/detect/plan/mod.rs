@@ -11,21 +11,22 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
+pub mod confirm;
 mod own;
 mod seen;
 
 use super::asn::AsnTable;
 use super::cells::WindowCell;
-use super::confirm::{Confirm, asked_recently, confirmation, path_confirmation, suspects};
 use super::decision::{self, Assessment, Finding, Scope};
 use super::dimensions::{DeriveContext, dimension_infos};
 use super::explain;
 use super::lifecycle::{self, Observation, Transition};
 use super::pattern::Pattern;
-use super::population::{Population, group, path_population, rounds_in};
+use super::population::{Names, Population, group, path_population, rounds_in};
 use super::records::{IncidentRecord, OpenIncident, RateRow};
 use super::settings::DetectorSettings;
 use super::track::{self, CandidateKey, Seen, Tracked};
+use confirm::{Confirm, asked_recently, confirmation, path_confirmation, suspects};
 use own::{segment_groups, still_failing};
 use seen::{findings, rate_rows};
 
@@ -72,16 +73,6 @@ pub struct Plan {
     pub segments: usize,
     /// Confirmation probes to ask for (candidates first held this pass).
     pub confirmations: Vec<Confirm>,
-}
-
-/// Names behind the indexes of a pass.
-#[derive(Default)]
-pub struct Names {
-    pub targets: Vec<String>,
-    /// `agent/vantage`.
-    pub vantages: Vec<String>,
-    /// (agent, vantage), as `vantages`.
-    pub vantage_pairs: Vec<(String, String)>,
 }
 
 /// A finding of one population, with what is needed to build its record.

@@ -19,7 +19,8 @@ use sqlx::{Postgres, Transaction};
 
 pub mod sources;
 
-use super::partitions::{self, drop_partition, expired};
+use super::expiry::{drop_partition, expired};
+use super::partitions;
 use super::{Store, StoreError, StoredResult};
 use crate::detect::cells::{CellCounts, CellKey};
 use crate::detect::dimensions;

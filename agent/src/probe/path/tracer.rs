@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, Semaphore};
 use super::{PathEnd, PathSettings, PathTarget, PathTrace};
 use crate::probe::ProbeResult;
 use crate::probe::http::Probed;
-use crate::vantage::Vantage;
+use crate::probe::vantage::Vantage;
 
 /// Runs traces for the scheduler, within the agent's bounds.
 #[derive(Debug, Clone)]

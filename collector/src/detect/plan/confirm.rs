@@ -5,12 +5,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::decision::{Assessment, SegmentStat};
-use super::dimensions::DIMENSIONS;
-use super::plan::Names;
-use super::plan::PassInput;
-use super::population::Population;
-use super::track::{self, CandidateKey, Tracked};
+use super::PassInput;
+use crate::detect::decision::{Assessment, SegmentStat};
+use crate::detect::dimensions::DIMENSIONS;
+use crate::detect::population::{Names, Population};
+use crate::detect::track::{self, CandidateKey, Tracked};
 
 /// Probes the detector asks for now, to test a candidate it holds for the
 /// first time: the vantages whose probes failed, and a matched set of
