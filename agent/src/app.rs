@@ -12,7 +12,7 @@ use crate::config::AgentConfig;
 use crate::control::Control;
 use crate::probe::HttpProber;
 use crate::probe::dns::DnsSetupError;
-use crate::probe::tls::{TlsConfigs, TlsSetupError};
+use crate::probe::tls::{TlsConfigs, TlsKey, TlsSetupError};
 use crate::queue::ResultQueue;
 use crate::report::{Connection, ControlLink, CredentialsRefused, Delivery, Identity, Reporter};
 use crate::schedule::Scheduler;
@@ -28,6 +28,9 @@ pub enum SetupError {
     Tls(#[from] TlsSetupError),
     #[error("{0}")]
     Collector(String),
+    /// A check's `headers_file` cannot be used.
+    #[error("check {check:?}: {message}")]
+    HeadersFile { check: String, message: String },
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolInUse),
 }
@@ -55,6 +58,7 @@ impl App {
     pub fn check(config: &AgentConfig) -> Result<(), SetupError> {
         crate::vantage::build_all(config)?;
         tls_configs(config)?;
+        headers_files(config)?;
         connection(config)?;
         Ok(())
     }
@@ -64,6 +68,7 @@ impl App {
     pub fn build(config: AgentConfig) -> Result<Self, SetupError> {
         let vantages = crate::vantage::build_all(&config)?;
         let tls = tls_configs(&config)?;
+        headers_files(&config)?;
         let connection = connection(&config)?;
         let prober = HttpProber::new(config.agent_id.as_str(), config.probe_header, tls);
         let refresher = Arc::new(Mutex::new(IdentityRefresher::new(
@@ -327,12 +332,21 @@ pub enum AgentExit {
 
 /// The TLS settings of every check, with their CA files read.
 fn tls_configs(config: &AgentConfig) -> Result<TlsConfigs, TlsSetupError> {
-    TlsConfigs::build(
-        config
-            .checks
-            .iter()
-            .map(|c| (c.ca_file.clone(), c.http_version)),
-    )
+    TlsConfigs::build(config.checks.iter().map(|c| TlsKey::of(c)))
+}
+
+/// Every check's headers file, read once to refuse a bad one at start (a
+/// probe reads it again, so a rotated secret is used from the next).
+fn headers_files(config: &AgentConfig) -> Result<(), SetupError> {
+    for check in &config.checks {
+        check
+            .file_headers()
+            .map_err(|message| SetupError::HeadersFile {
+                check: check.name.get_ref().to_string(),
+                message,
+            })?;
+    }
+    Ok(())
 }
 
 /// How to reach the collector, with the credential and TLS files read.

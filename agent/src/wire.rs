@@ -38,6 +38,7 @@ impl From<Outcome> for pb::Outcome {
             Outcome::CertExpiry => Self::CertExpiry,
             Outcome::Proxy => Self::Proxy,
             Outcome::Stalled => Self::Stalled,
+            Outcome::BodyMatch => Self::BodyMatch,
         }
     }
 }
@@ -118,6 +119,7 @@ pub fn result_to_proto(r: &ProbeResult) -> pb::ProbeResult {
         resolver_identity_error: r.resolver_identity.error.clone(),
         echo_ip: text(r.echo_ip),
         tls: r.tls.as_ref().map(tls),
+        tls_insecure: r.tls_insecure,
         body_bytes: r.body_bytes,
         body_sha256: r.body_sha256.clone().unwrap_or_default(),
         body_truncated: r.body_truncated,

@@ -13,7 +13,7 @@ use vantage_service::config::units::{DAY, MS, SECOND, YEAR};
 use vantage_service::config::{Problem, count_within, duration_within, parse_toml};
 
 mod values;
-pub use values::{Method, NonEmpty, ResolverSpec, StatusCode, TargetUrl};
+pub use values::{BodyPattern, Method, NonEmpty, ResolverSpec, StatusCode, TargetUrl};
 
 /// One target URL probed on a schedule.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -60,6 +60,34 @@ pub struct CheckConfig {
     /// PEM file of extra CAs trusted for this check (private PKI).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Accept whatever certificate the site presents (self-signed, an
+    /// unknown CA, another name, a CA certificate as its own): the
+    /// handshake still runs and is timed, and every result records that
+    /// it was not verified. Warned at load.
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
+    /// The name sent as SNI and verified in the certificate, instead of
+    /// the URL's host (a site reached by address, or another name).
+    #[serde(default)]
+    pub tls_server_name: Option<NonEmpty>,
+    /// The `Host` header (HTTP/2 `:authority`) sent instead of the URL's
+    /// host and port (a virtual host reached by address).
+    #[serde(default)]
+    pub host_header: Option<NonEmpty>,
+    /// The probe fails as `body_match` when any of these matches the body
+    /// read (at most `body_hash_bytes` of it).
+    #[serde(default)]
+    pub fail_if_body_matches: Vec<BodyPattern>,
+    /// The probe fails as `body_match` when any of these does not match
+    /// the body read.
+    #[serde(default)]
+    pub fail_if_body_not_matches: Vec<BodyPattern>,
+    /// A file of request headers, `Name: value` a line (`#` comments),
+    /// read at every probe (a rotated secret is used from the next one)
+    /// and refused when group or others may read it: secrets such as
+    /// `Authorization` stay out of the check file.
+    #[serde(default)]
+    pub headers_file: Option<PathBuf>,
     /// HTTP version offered: `auto` (ALPN h2 and http/1.1 on https, 1.1 on
     /// http), `1.1`, or `2` (h2 by ALPN, or prior knowledge on http).
     #[serde(default)]
@@ -177,6 +205,37 @@ impl CheckConfig {
         ))
     }
 
+    /// Everything to warn about this check when it is loaded or applied.
+    pub fn warnings(&self) -> Vec<String> {
+        [self.link_local_warning(), self.insecure_warning()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// What to warn about a check that accepts any certificate.
+    pub fn insecure_warning(&self) -> Option<String> {
+        self.tls_insecure_skip_verify.then(|| {
+            format!(
+                "check {:?}: the certificate of {} is not verified (tls_insecure_skip_verify = \
+                 true): an impostor would pass; every result records it",
+                self.name.get_ref().as_str(),
+                self.url.url()
+            )
+        })
+    }
+
+    /// The headers of `headers_file`, read now; none without one. Errors
+    /// name the file (and line) and never show a value.
+    pub fn file_headers(&self) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, String> {
+        let Some(path) = &self.headers_file else {
+            return Ok(Vec::new());
+        };
+        let text = vantage_service::config::read_secret_file("headers_file", path)?;
+        parse_headers(&text)
+            .map_err(|(line, what)| format!("headers_file {}:{line}: {what}", path.display()))
+    }
+
     /// Whether `status` counts as success for this check.
     pub fn expects(&self, status: u16) -> bool {
         if self.expected_status.is_empty() {
@@ -243,6 +302,42 @@ impl CheckConfig {
                 ),
             ));
         }
+        let https = check.url.url().scheme() == "https";
+        if check.tls_insecure_skip_verify && !https {
+            return Err(Problem::new(
+                key("tls_insecure_skip_verify"),
+                "applies to https:// URLs only",
+            ));
+        }
+        if let Some(name) = &check.tls_server_name {
+            if !https {
+                return Err(Problem::new(
+                    key("tls_server_name"),
+                    "applies to https:// URLs only",
+                ));
+            }
+            let valid = name.as_str().parse::<std::net::IpAddr>().is_ok()
+                || matches!(url::Host::parse(name.as_str()), Ok(url::Host::Domain(_)));
+            if !valid {
+                return Err(Problem::new(
+                    key("tls_server_name"),
+                    format!(
+                        "expected a DNS name or an IP address, got {:?}",
+                        name.as_str()
+                    ),
+                ));
+            }
+        }
+        if let Some(host) = &check.host_header
+            && (http::HeaderValue::from_str(host.as_str()).is_err()
+                || host.as_str().contains(char::is_whitespace)
+                || http::uri::Authority::try_from(host.as_str()).is_err())
+        {
+            return Err(Problem::new(
+                key("host_header"),
+                format!("expected HOST or HOST:PORT, got {:?}", host.as_str()),
+            ));
+        }
         count_within(key("follow_redirects"), check.follow_redirects, 0, 20)?;
         count_within(key("body_hash_bytes"), check.body_hash_bytes, 0, 16 << 20)?;
         for (name, value) in &check.headers {
@@ -257,6 +352,29 @@ impl CheckConfig {
         }
         Ok(())
     }
+}
+
+/// `Name: value` lines, `#` comments and blank lines skipped; an error is
+/// its line and what was expected.
+fn parse_headers(
+    text: &str,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, (usize, String)> {
+    let mut headers = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err((n + 1, "expected `Name: value`".into()));
+        };
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| (n + 1, format!("invalid header name {:?}", name.trim())))?;
+        let value = http::HeaderValue::from_str(value.trim())
+            .map_err(|_| (n + 1, format!("invalid value for header {name}")))?;
+        headers.push((name, value));
+    }
+    Ok(headers)
 }
 
 #[cfg(test)]
@@ -301,5 +419,77 @@ mod tests {
         }
         let fine = check("url = \"http://169.255.0.1/\"").unwrap();
         assert!(fine.link_local_warning().is_none());
+    }
+
+    #[test]
+    fn tls_options_apply_to_https_only_and_names_are_checked() {
+        let e = check("url = \"http://shop.example.com/\"\ntls_insecure_skip_verify = true")
+            .unwrap_err();
+        assert!(
+            e.contains("check[0].tls_insecure_skip_verify") && e.contains("https://"),
+            "{e}"
+        );
+        let e = check("url = \"http://shop.example.com/\"\ntls_server_name = \"a.example\"")
+            .unwrap_err();
+        assert!(e.contains("check[0].tls_server_name"), "{e}");
+        let e = check("url = \"https://10.0.0.1/\"\ntls_server_name = \"not a name\"").unwrap_err();
+        assert!(e.contains("expected a DNS name or an IP address"), "{e}");
+        let ok = check(
+            "url = \"https://10.0.0.1/\"\ntls_server_name = \"shop.example.com\"\n\
+             tls_insecure_skip_verify = true\nhost_header = \"shop.example.com:8443\"",
+        )
+        .unwrap();
+        assert!(ok.insecure_warning().unwrap().contains("not verified"));
+        let e = check("url = \"https://10.0.0.1/\"\nhost_header = \"a b\"").unwrap_err();
+        assert!(
+            e.contains("check[0].host_header") && e.contains("HOST:PORT"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_body_pattern_that_does_not_compile_is_refused_at_its_key() {
+        let e = check("url = \"https://a.example/\"\nfail_if_body_matches = [\"(unclosed\"]")
+            .unwrap_err();
+        assert!(
+            e.contains("fail_if_body_matches") && e.contains("invalid regular expression"),
+            "{e}"
+        );
+        let ok =
+            check("url = \"https://a.example/\"\nfail_if_body_not_matches = [\"(?i)healthy\"]")
+                .unwrap();
+        assert!(ok.fail_if_body_not_matches[0].is_match(b"all HEALTHY"));
+    }
+
+    #[test]
+    fn a_headers_file_is_read_when_private_and_its_errors_name_the_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("headers");
+        std::fs::write(
+            &path,
+            "# the API's token\nAuthorization: Bearer s3cret\n\nX-Team: edge\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = check(&format!(
+            "url = \"https://a.example/\"\nheaders_file = \"{}\"",
+            path.display()
+        ))
+        .unwrap();
+        let e = c.file_headers().unwrap_err();
+        assert!(e.contains("headers_file") && e.contains("chmod 600"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let headers = c.file_headers().unwrap();
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[0].0, "authorization");
+        assert_eq!(headers[0].1, "Bearer s3cret");
+        std::fs::write(&path, "Authorization Bearer s3cret\n").unwrap();
+        let e = c.file_headers().unwrap_err();
+        assert!(
+            e.contains(":1: expected `Name: value`") && !e.contains("s3cret"),
+            "{e}"
+        );
     }
 }

@@ -201,3 +201,47 @@ impl TryFrom<u16> for StatusCode {
         }
     }
 }
+
+/// A regular expression a response body is matched against
+/// (`fail_if_body_matches`, `fail_if_body_not_matches`), over the bytes
+/// read (at most `body_hash_bytes`), not necessarily UTF-8.
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct BodyPattern(regex::bytes::Regex);
+
+impl BodyPattern {
+    /// Whether the pattern occurs in `body`.
+    pub fn is_match(&self, body: &[u8]) -> bool {
+        self.0.is_match(body)
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl TryFrom<String> for BodyPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        // Bounded: a pattern compiles to at most 1 MiB of automaton, so a
+        // check file cannot make the agent build a huge one.
+        regex::bytes::RegexBuilder::new(&s)
+            .size_limit(1 << 20)
+            .build()
+            .map(Self)
+            .map_err(|e| format!("invalid regular expression {s:?}: {e}"))
+    }
+}
+
+impl PartialEq for BodyPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl fmt::Debug for BodyPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "/{}/", self.as_str())
+    }
+}

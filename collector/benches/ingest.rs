@@ -117,6 +117,7 @@ fn result(seq: u64, now: &prost_types::Timestamp) -> pb::ProbeResult {
         // A central check's version, as most results will carry.
         check_version: 7,
         request_id: 0,
+        tls_insecure: false,
         path: None,
     }
 }

@@ -142,6 +142,7 @@ fn result(a: usize, seq: u64, target: usize, at: DateTime<Utc>) -> pb::ProbeResu
         proxy_ip: String::new(),
         check_version: 3,
         request_id: 0,
+        tls_insecure: false,
         path: None,
     }
 }

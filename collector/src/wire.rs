@@ -218,6 +218,7 @@ pub fn stored_result(r: pb::ProbeResult, peer_ip: IpAddr) -> Result<StoredResult
         interval_ms,
         proxy_ip: optional_ip(seq, "proxy_ip", &r.proxy_ip)?,
         check_version: positive(r.check_version).map_err(|p| bad("check_version", p))?,
+        tls_insecure: r.tls_insecure,
         request_id: positive(r.request_id).map_err(|p| bad("request_id", p))?,
         path: path.map(Box::new),
     })

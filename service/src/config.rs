@@ -334,6 +334,29 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Reads a file that holds a secret (a token, an `Authorization` header):
+/// refused when group or others may read it, as ssh refuses such a key,
+/// since anyone on the host could use the secret. `key` names the setting
+/// in the errors, which never show the file's contents.
+pub fn read_secret_file(key: &str, path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {key} {shown}: {e}"))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("cannot read {key} {shown}: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{key} {shown} may be read by group or others (mode {:04o}): run `chmod 600 {shown}` \
+             (and chown it to the agent's user)",
+            mode & 0o7777
+        ));
+    }
+    std::io::read_to_string(file).map_err(|e| format!("cannot read {key} {shown}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

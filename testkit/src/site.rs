@@ -23,6 +23,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     pem: String,
+    /// The CA's own certificate and key, for a site that presents it.
+    der: CertificateDer<'static>,
+    key_der: Vec<u8>,
+    key_pem: String,
 }
 
 /// A leaf certificate chain and its key, ready for a rustls server.
@@ -46,8 +50,22 @@ impl TestCa {
         let cert = params.self_signed(&key)?;
         Ok(Self {
             pem: cert.pem(),
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// The CA's own certificate as a site's: what a site misconfigured
+    /// with its CA (CA:TRUE) instead of a leaf presents.
+    pub fn as_leaf(&self) -> Leaf {
+        Leaf {
+            chain: vec![self.der.clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())),
+            cert_pem: self.pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
     }
 
     /// The CA certificate, PEM, for a client's trust store (`ca_file`).

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,28 +207,12 @@ impl CollectorConfig {
             (Some(t), None) if t.trim().is_empty() => Err("collector.token is empty".into()),
             (Some(t), None) => Ok(t.trim().to_owned()),
             (None, Some(path)) => {
-                let shown = path.display();
-                let file = std::fs::File::open(path)
-                    .map_err(|e| format!("cannot read collector.token_file {shown}: {e}"))?;
-                let mode = file
-                    .metadata()
-                    .map_err(|e| format!("cannot read collector.token_file {shown}: {e}"))?
-                    .permissions()
-                    .mode();
-                if mode & 0o077 != 0 {
-                    return Err(format!(
-                        "collector.token_file {shown} may be read by group or others (mode \
-                         {:04o}): run `chmod 600 {shown}` (and chown it to the agent's user)",
-                        mode & 0o7777
-                    ));
-                }
-                let text = std::io::read_to_string(file)
-                    .map_err(|e| format!("cannot read collector.token_file {shown}: {e}"))?;
+                let text = vantage_service::config::read_secret_file("collector.token_file", path)?;
                 text.lines()
                     .next()
                     .map(|l| l.trim().to_owned())
                     .filter(|l| !l.is_empty())
-                    .ok_or_else(|| format!("collector.token_file {shown} is empty"))
+                    .ok_or_else(|| format!("collector.token_file {} is empty", path.display()))
             }
             _ => Err("expected exactly one of collector.token or collector.token_file".into()),
         }
@@ -351,7 +334,7 @@ impl AgentConfig {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: Self = parse_toml(path, text)?;
         config.validate().map_err(|p| p.into_error(path, text))?;
-        for warning in config.checks.iter().filter_map(|c| c.link_local_warning()) {
+        for warning in config.checks.iter().flat_map(|c| c.warnings()) {
             tracing::warn!(file = %path.display(), "{warning}");
         }
         Ok(config)

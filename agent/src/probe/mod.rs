@@ -57,6 +57,9 @@ pub enum Outcome {
     /// The response began and then stopped mid-body: nothing more arrived
     /// for the rest of the timeout.
     Stalled,
+    /// The body read matched a `fail_if_body_matches` pattern of the
+    /// check, or missed a `fail_if_body_not_matches` one.
+    BodyMatch,
 }
 
 /// One address a resolver answered, with its TTL.
@@ -173,6 +176,9 @@ pub struct ProbeResult {
     pub interval: Option<Duration>,
     pub timings: Timings,
     pub tls: Option<TlsInfo>,
+    /// The site's certificate was not verified (the check's
+    /// `tls_insecure_skip_verify`).
+    pub tls_insecure: bool,
     /// Body bytes read (at most the check's `body_hash_bytes`).
     pub body_bytes: Option<u64>,
     /// SHA-256 of the body bytes read, hex.
@@ -236,6 +242,7 @@ impl ProbeResult {
             interval: None,
             timings: Timings::default(),
             tls: None,
+            tls_insecure: false,
             body_bytes: None,
             body_sha256: None,
             body_truncated: false,

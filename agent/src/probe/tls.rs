@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use chrono::{DateTime, Utc};
-use rustls::pki_types::CertificateDer;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::{CertInfo, TlsInfo};
 use vantage_check::HttpVersion;
@@ -31,10 +32,35 @@ fn alpn(version: HttpVersion) -> Vec<Vec<u8>> {
     }
 }
 
-/// A client configuration and the (extra CA file, HTTP version) it is for.
-type ConfigFor = (Option<PathBuf>, HttpVersion, Arc<ClientConfig>);
+/// What a check's TLS configuration depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsKey {
+    /// Extra CAs trusted (the check's `ca_file`).
+    pub ca_file: Option<PathBuf>,
+    pub version: HttpVersion,
+    /// Any certificate accepted (the check's `tls_insecure_skip_verify`).
+    pub insecure: bool,
+}
 
-/// Client configurations, one per distinct (extra CA file, HTTP version),
+impl TlsKey {
+    /// The key of `check`'s configuration.
+    pub fn of(check: &vantage_check::CheckConfig) -> Self {
+        Self {
+            ca_file: check.ca_file.clone(),
+            version: check.http_version,
+            insecure: check.tls_insecure_skip_verify,
+        }
+    }
+
+    fn is(&self, ca_file: Option<&Path>, version: HttpVersion, insecure: bool) -> bool {
+        self.ca_file.as_deref() == ca_file && self.version == version && self.insecure == insecure
+    }
+}
+
+/// A client configuration and what it is for.
+type ConfigFor = (TlsKey, Arc<ClientConfig>);
+
+/// Client configurations, one per distinct [`TlsKey`],
 /// shared by every probe that needs it: building one reads the system's
 /// trust store, which is too slow and too large to do per probe. Cloning
 /// shares them; a check assigned later adds its own
@@ -55,52 +81,57 @@ pub struct TlsConfigs {
 
 impl TlsConfigs {
     /// Builds every configuration in `wanted`.
-    pub fn build(
-        wanted: impl IntoIterator<Item = (Option<PathBuf>, HttpVersion)>,
-    ) -> Result<Self, TlsSetupError> {
+    pub fn build(wanted: impl IntoIterator<Item = TlsKey>) -> Result<Self, TlsSetupError> {
         vantage_service::install_crypto_provider();
         let configs = Self {
             configs: Arc::default(),
             proxy: Arc::default(),
         };
-        for (ca_file, version) in wanted {
-            configs.ensure(ca_file.as_deref(), version)?;
+        for key in wanted {
+            configs.ensure(&key)?;
         }
         Ok(configs)
     }
 
-    /// Builds the configuration for `ca_file` and `version` unless it is
-    /// there already (reading the system's trust store and the CA file).
-    pub fn ensure(
-        &self,
-        ca_file: Option<&Path>,
-        version: HttpVersion,
-    ) -> Result<(), TlsSetupError> {
-        if self.get(ca_file, version).is_some() {
+    /// Builds the configuration for `key` unless it is there already
+    /// (reading the system's trust store and the CA file).
+    pub fn ensure(&self, key: &TlsKey) -> Result<(), TlsSetupError> {
+        if self
+            .get(key.ca_file.as_deref(), key.version, key.insecure)
+            .is_some()
+        {
             return Ok(());
         }
-        let mut roots = system_roots();
-        if let Some(path) = ca_file {
-            add_ca_file(&mut roots, path)?;
-        }
-        let config = client_config(roots, version);
+        let config = if key.insecure {
+            // Nothing to trust: the CA file is not read.
+            insecure_client_config(key.version)
+        } else {
+            let mut roots = system_roots();
+            if let Some(path) = &key.ca_file {
+                add_ca_file(&mut roots, path)?;
+            }
+            client_config(roots, key.version)
+        };
         let mut configs = self.configs.write().unwrap_or_else(|p| p.into_inner());
-        if !configs
-            .iter()
-            .any(|(path, v, _)| path.as_deref() == ca_file && *v == version)
-        {
-            configs.push((ca_file.map(Path::to_owned), version, config));
+        if !configs.iter().any(|(k, _)| k == key) {
+            configs.push((key.clone(), config));
         }
         Ok(())
     }
 
-    /// The configuration for a check with `ca_file` and `version`.
-    pub fn get(&self, ca_file: Option<&Path>, version: HttpVersion) -> Option<Arc<ClientConfig>> {
+    /// The configuration for a check with `ca_file`, `version` and
+    /// `insecure` (borrowed: a probe allocates nothing to find it).
+    pub fn get(
+        &self,
+        ca_file: Option<&Path>,
+        version: HttpVersion,
+        insecure: bool,
+    ) -> Option<Arc<ClientConfig>> {
         let configs = self.configs.read().unwrap_or_else(|p| p.into_inner());
         configs
             .iter()
-            .find(|(path, v, _)| path.as_deref() == ca_file && *v == version)
-            .map(|(_, _, config)| config.clone())
+            .find(|(key, _)| key.is(ca_file, version, insecure))
+            .map(|(_, config)| config.clone())
     }
 
     /// The configuration for TLS to an `https://` forward proxy.
@@ -114,14 +145,82 @@ impl TlsConfigs {
 }
 
 fn client_config(roots: RootCertStore, version: HttpVersion) -> Arc<ClientConfig> {
-    let mut config = ClientConfig::builder()
+    let config = ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    for_probes(config, version)
+}
+
+/// A configuration that accepts any certificate (the handshake's own
+/// signatures are still checked, so the handshake is a real one).
+fn insecure_client_config(version: HttpVersion) -> Arc<ClientConfig> {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let config = ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    for_probes(config, version)
+}
+
+fn for_probes(mut config: ClientConfig, version: HttpVersion) -> Arc<ClientConfig> {
     config.alpn_protocols = alpn(version);
     // Every probe is a full handshake: resumption would hide the cost and
     // the failures of the handshake a new visitor makes.
     config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
+}
+
+/// Accepts whatever certificate the server presents, for a check with
+/// `tls_insecure_skip_verify`; the signatures of the handshake itself are
+/// verified with the provider's algorithms.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The operating system's trust store, what other clients on the host use.
@@ -194,4 +293,46 @@ pub fn cert_info(der: &[u8]) -> Option<CertInfo> {
         issuer: cert.issuer().to_string(),
         not_after,
     })
+}
+
+/// A certificate the handshake refused, in words that name the problem
+/// and what a check can do about it (`server_name`: the name verified).
+pub fn certificate_problem(problem: &rustls::CertificateError, server_name: &str) -> String {
+    use rustls::CertificateError as E;
+    match problem {
+        E::UnknownIssuer => "the site's certificate is not signed by a trusted certificate \
+            authority (neither the system's roots nor the check's ca_file): give the check \
+            its CA as ca_file, or set tls_insecure_skip_verify"
+            .to_owned(),
+        E::NotValidForName | E::NotValidForNameContext { .. } => format!(
+            "the site's certificate does not name {server_name}: probe the name it was issued \
+             for, or set the check's tls_server_name to it"
+        ),
+        E::Expired | E::ExpiredContext { .. } => "the site's certificate has expired".to_owned(),
+        E::NotValidYet | E::NotValidYetContext { .. } => {
+            "the site's certificate is not valid yet (check both machines' clocks)".to_owned()
+        }
+        E::BadEncoding => "the site's certificate could not be read".to_owned(),
+        E::BadSignature => {
+            "the site's certificate (or its handshake) is not signed by the key it names".to_owned()
+        }
+        E::Revoked => "the site's certificate is revoked".to_owned(),
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => {
+            "the site's certificate is not issued for serving TLS (its extended key usage)"
+                .to_owned()
+        }
+        E::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
+            Some(webpki::Error::CaUsedAsEndEntity) => "the site presents a CA certificate \
+                (CA:TRUE) as its own: give the site a certificate issued by that CA, or set \
+                tls_insecure_skip_verify"
+                .to_owned(),
+            Some(webpki::Error::UnsupportedCertVersion) => "the site's certificate is X.509 \
+                version 1, which is not verified: give the site a version 3 certificate, or \
+                set tls_insecure_skip_verify"
+                .to_owned(),
+            Some(other) => format!("the site's certificate was refused: {other}"),
+            None => format!("the site's certificate was refused: {other}"),
+        },
+        other => format!("the site's certificate was refused: {other:?}"),
+    }
 }

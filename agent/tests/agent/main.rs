@@ -7,3 +7,4 @@ mod cli;
 mod path;
 mod path_mtu;
 mod probe;
+mod probe_options;

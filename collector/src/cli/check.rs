@@ -14,7 +14,7 @@ pub(super) async fn check_command(store: &Store, command: CheckCommand) -> anyho
         } => {
             let fleet = store.fleet().await?;
             let checks = checks::read_file(&file, &fleet)?;
-            for warning in checks.iter().filter_map(|c| c.check.link_local_warning()) {
+            for warning in checks.iter().flat_map(|c| c.check.warnings()) {
                 eprintln!("warning: {warning}");
             }
             let (version, changes) = store.apply_checks(&checks, dry_run).await?;

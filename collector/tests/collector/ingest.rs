@@ -460,3 +460,40 @@ async fn tls_hops_proxy_and_vantage_region_are_stored(pool: PgPool) {
     drop(stream);
     collector.stop().await;
 }
+
+/// A probe whose certificate went unverified is stored as such, apart
+/// from the verified probes of the same check (its own context), and a
+/// body-pattern failure is stored with its outcome.
+#[sqlx::test(migrations = false)]
+async fn an_unverified_handshake_and_a_body_match_are_stored(pool: PgPool) {
+    use vantage_proto::v1 as pb;
+    let collector = spawn_collector(pool.clone()).await;
+    let mut stream = open_stream(&collector, "agent-a", "eu-west").await;
+    let verified = result(1, 200);
+    let mut insecure = result(2, 200);
+    insecure.tls_insecure = true;
+    let mut body = result(3, 200);
+    body.outcome = pb::Outcome::BodyMatch as i32;
+    body.message = "the body matched fail_if_body_matches \"down\" (in the 38 bytes read)".into();
+    stream.send_batch(1, vec![verified, insecure, body]).await;
+    let ack = stream.next_ack(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ack.inserted, 3);
+    let rows: Vec<(i64, bool, String)> =
+        sqlx::query_as("SELECT seq, tls_insecure, outcome FROM probe_results ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (1, false, "ok".to_owned()),
+            (2, true, "ok".to_owned()),
+            (3, false, "body_match".to_owned())
+        ]
+    );
+    let contexts: i64 = sqlx::query_scalar("SELECT count(*) FROM result_contexts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(contexts, 2, "the unverified probe has a context of its own");
+}

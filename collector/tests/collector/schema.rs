@@ -414,7 +414,7 @@ async fn results_stored_before_the_dictionary_read_the_same_after_it(pool: PgPoo
         read("SELECT to_jsonb(v) - 'age' FROM v_latest_by_vantage v ORDER BY 1::text").await;
     assert_eq!(rows_before.len(), 60);
 
-    migrator.run(&pool).await.unwrap();
+    migrator.run_to(20261209000001, &pool).await.unwrap();
     assert_eq!(columns(&pool, "probe_results").await, before_columns);
     assert_eq!(read(ALL).await, rows_before);
     assert_eq!(
@@ -463,4 +463,35 @@ async fn results_stored_before_the_dictionary_read_the_same_after_it(pool: PgPoo
     assert_eq!(stored["vantage"], "direct");
     assert_eq!(stored["body_sha256"], "ab");
     assert_eq!(inserted["url"], stored["url"]);
+}
+
+/// The probe options' migration appends `tls_insecure` to
+/// `probe_results` (false for every result stored before it) and leaves
+/// every other column where it was.
+#[sqlx::test(migrations = false)]
+async fn tls_insecure_is_appended_to_probe_results_false_for_earlier_results(pool: PgPool) {
+    let migrator = &vantage_collector::store::MIGRATOR;
+    migrator.run_to(20261209000001, &pool).await.unwrap();
+    let before = columns(&pool, "probe_results").await;
+    sqlx::query("SELECT ensure_result_rows_partition(current_date)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO probe_results (agent_id, seq, started_at, region, check_name, url, method,
+             outcome)
+         VALUES ('a', 1, now(), 'eu', 'c', 'https://t.test/', 'GET', 'ok')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    migrator.run(&pool).await.unwrap();
+    let mut expected = before;
+    expected.push("tls_insecure".to_owned());
+    assert_eq!(columns(&pool, "probe_results").await, expected);
+    let insecure: Vec<bool> = sqlx::query_scalar("SELECT tls_insecure FROM probe_results")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(insecure, [false]);
 }

@@ -32,14 +32,23 @@ pub(super) struct Body {
     pub(super) bytes: u64,
     pub(super) sha256: String,
     pub(super) truncated: bool,
-    /// The first bytes, for the gateway signatures.
+    /// The first bytes, for the gateway signatures (all of them when
+    /// asked to keep all).
     pub(super) window: Vec<u8>,
     pub(super) error: Option<BodyError>,
 }
 
 /// Reads at most `limit` bytes of `body`, hashing them; never more, so an
-/// endless body costs `limit` bytes and the check's timeout at most.
-pub(super) async fn read_body(mut body: Incoming, limit: usize, deadline: TokioInstant) -> Body {
+/// endless body costs `limit` bytes and the check's timeout at most. The
+/// first [`BODY_WINDOW`] bytes are kept, or all of them with `keep_all`
+/// (a check matching patterns against the body).
+pub(super) async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    keep_all: bool,
+    deadline: TokioInstant,
+) -> Body {
+    let window_limit = if keep_all { limit } else { BODY_WINDOW };
     let mut hasher = Sha256::new();
     let mut read = 0usize;
     let mut window = Vec::new();
@@ -70,8 +79,8 @@ pub(super) async fn read_body(mut body: Incoming, limit: usize, deadline: TokioI
                 }
                 let chunk = &data[..take];
                 hasher.update(chunk);
-                if window.len() < BODY_WINDOW {
-                    let room = BODY_WINDOW - window.len();
+                if window.len() < window_limit {
+                    let room = window_limit - window.len();
                     window.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 }
                 read += take;

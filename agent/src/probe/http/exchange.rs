@@ -58,6 +58,8 @@ pub(super) struct Exchange {
     body_bytes: Option<u64>,
     body_sha256: Option<String>,
     body_truncated: bool,
+    /// Why the body read fails the check's body patterns, if it does.
+    body_mismatch: Option<String>,
     gateway: Option<String>,
     edge_location: Option<String>,
     headers: BTreeMap<String, String>,
@@ -84,6 +86,7 @@ impl Exchange {
             body_bytes: None,
             body_sha256: None,
             body_truncated: false,
+            body_mismatch: None,
             gateway: None,
             edge_location: None,
             headers: BTreeMap::new(),
@@ -198,7 +201,13 @@ impl HttpProber {
                     return (ex, Some(location));
                 }
                 if check.expects(status) {
-                    ex.outcome = Outcome::Ok;
+                    match ex.body_mismatch.take() {
+                        Some(why) => {
+                            ex.outcome = Outcome::BodyMatch;
+                            ex.message = why;
+                        }
+                        None => ex.outcome = Outcome::Ok,
+                    }
                 } else {
                     ex.outcome = Outcome::Http;
                     ex.message = format!("unexpected status {status}");
@@ -287,17 +296,25 @@ impl HttpProber {
             }
         };
 
-        // TLS with the site, SNI from the URL's host.
+        // TLS with the site, SNI from the URL's host (or the check's
+        // tls_server_name, on the check's own host).
         let https = url.scheme() == "https";
         let (io, h2) = if https {
             let config = self
                 .tls
-                .get(check.ca_file.as_deref(), check.http_version)
+                .get(
+                    check.ca_file.as_deref(),
+                    check.http_version,
+                    check.tls_insecure_skip_verify,
+                )
                 .ok_or_else(|| Failure {
                     outcome: Outcome::Other,
                     message: "no TLS configuration for this check".into(),
                 })?;
-            let host = url.host_str().unwrap_or_default();
+            let host = match &check.tls_server_name {
+                Some(name) if same_site(check, url) => name.as_str(),
+                _ => url.host_str().unwrap_or_default(),
+            };
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let name = ServerName::try_from(host.to_owned()).map_err(|e| Failure {
                 outcome: Outcome::Tls,
@@ -307,7 +324,7 @@ impl HttpProber {
             let (io, info) = timeout_at(deadline, transport::tls_handshake(io, name, config))
                 .await
                 .map_err(|_| timed_out("TLS handshake"))?
-                .map_err(tls_failure)?;
+                .map_err(|e| tls_failure(e, host))?;
             ex.timings.tls = Some(t.elapsed());
             let h2 = info.alpn.as_deref() == Some("h2");
             ex.tls = Some(info);
@@ -369,7 +386,15 @@ impl HttpProber {
             .filter(|u| matches!(u.scheme(), "http" | "https"));
 
         // The body, up to the check's limit, hashed as it arrives.
-        let body = read_body(response.into_body(), check.body_hash_bytes, deadline).await;
+        let keep_all =
+            !check.fail_if_body_matches.is_empty() || !check.fail_if_body_not_matches.is_empty();
+        let body = read_body(
+            response.into_body(),
+            check.body_hash_bytes,
+            keep_all,
+            deadline,
+        )
+        .await;
         let body_end = Instant::now();
         ex.timings.transfer = Some(body_end - first_byte.unwrap_or(headers_at));
         ex.body_bytes = Some(body.bytes);
@@ -382,7 +407,12 @@ impl HttpProber {
             ex.edge_location = gateway::edge_location(&ex.headers);
         }
         match body.error {
-            None => Ok(location),
+            None => {
+                if keep_all {
+                    ex.body_mismatch = body_mismatch(check, &body.window);
+                }
+                Ok(location)
+            }
             Some(BodyError::Timeout { stalled_for })
                 if stalled_for >= stall_threshold(check.timeout) =>
             {
@@ -419,10 +449,21 @@ impl HttpProber {
             seq,
             ..
         } = attempt;
-        let uri = if h2 {
-            url.as_str().to_owned()
-        } else {
-            url[Position::BeforePath..Position::AfterQuery].to_owned()
+        // The check's host_header stands for the URL's host and port on
+        // the check's own site (`Host`, or HTTP/2's `:authority`).
+        let host_header = check
+            .host_header
+            .as_ref()
+            .filter(|_| same_site(check, url))
+            .map(|h| h.as_str());
+        let uri = match (h2, host_header) {
+            (true, None) => url.as_str().to_owned(),
+            (true, Some(host)) => format!(
+                "{}://{host}{}",
+                url.scheme(),
+                &url[Position::BeforePath..Position::AfterQuery]
+            ),
+            (false, _) => url[Position::BeforePath..Position::AfterQuery].to_owned(),
         };
         let mut builder = http::Request::builder()
             .method(method)
@@ -430,7 +471,7 @@ impl HttpProber {
             .header(http::header::USER_AGENT, &self.user_agent)
             .header(http::header::ACCEPT, "*/*");
         if !h2 {
-            let host = &url[Position::BeforeHost..Position::AfterPort];
+            let host = host_header.unwrap_or(&url[Position::BeforeHost..Position::AfterPort]);
             builder = builder.header(http::header::HOST, host);
         }
         if self.probe_header {
@@ -441,6 +482,14 @@ impl HttpProber {
         }
         for (name, value) in &check.headers {
             builder = builder.header(name.as_str(), value.as_str());
+        }
+        // Read at every request: a rotated secret is used from the next.
+        let file_headers = check.file_headers().map_err(|message| Failure {
+            outcome: Outcome::Other,
+            message,
+        })?;
+        for (name, value) in file_headers {
+            builder = builder.header(name, value);
         }
         builder.body(Empty::new()).map_err(|e| Failure {
             outcome: Outcome::Other,
@@ -492,27 +541,69 @@ fn version_name(v: http::Version) -> &'static str {
     }
 }
 
-/// A TLS failure; an expired certificate is its own kind.
-fn tls_failure(error: std::io::Error) -> Failure {
-    let expired = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|e| {
-            matches!(
-                e,
-                rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
-                    | rustls::Error::InvalidCertificate(
-                        rustls::CertificateError::ExpiredContext { .. }
-                    )
+/// Whether `url` is the check's own site (scheme, host and port), where
+/// its `tls_server_name` and `host_header` apply; a redirect elsewhere
+/// gets its own URL's.
+fn same_site(check: &CheckConfig, url: &Url) -> bool {
+    let own = check.url.url();
+    own.scheme() == url.scheme()
+        && own.host_str() == url.host_str()
+        && own.port_or_known_default() == url.port_or_known_default()
+}
+
+/// Why `body` fails the check's body patterns: the first pattern it
+/// matches of `fail_if_body_matches`, or misses of
+/// `fail_if_body_not_matches`.
+fn body_mismatch(check: &CheckConfig, body: &[u8]) -> Option<String> {
+    if let Some(p) = check.fail_if_body_matches.iter().find(|p| p.is_match(body)) {
+        return Some(format!(
+            "the body matched fail_if_body_matches {:?} (in the {} bytes read)",
+            p.as_str(),
+            body.len()
+        ));
+    }
+    check
+        .fail_if_body_not_matches
+        .iter()
+        .find(|p| !p.is_match(body))
+        .map(|p| {
+            format!(
+                "the body did not match fail_if_body_not_matches {:?} (in the {} bytes read)",
+                p.as_str(),
+                body.len()
             )
-        });
+        })
+}
+
+/// A TLS failure, its certificate problem in words; an expired
+/// certificate is its own kind.
+fn tls_failure(error: std::io::Error, server_name: &str) -> Failure {
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let expired = rustls_error.is_some_and(|e| {
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
+                | rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ExpiredContext { .. }
+                )
+        )
+    });
+    let message = match rustls_error {
+        Some(rustls::Error::InvalidCertificate(problem)) => format!(
+            "TLS handshake: {}",
+            super::super::tls::certificate_problem(problem, server_name)
+        ),
+        _ => format!("TLS handshake: {error}"),
+    };
     Failure {
         outcome: if expired {
             Outcome::CertExpiry
         } else {
             Outcome::Tls
         },
-        message: format!("TLS handshake: {error}"),
+        message,
     }
 }
 

@@ -15,6 +15,8 @@ use super::tls::TlsConfigs;
 use crate::probe::vantage::Vantage;
 use vantage_check::{CheckConfig, Dial};
 
+use super::tls::{TlsKey, TlsSetupError};
+
 mod body;
 mod exchange;
 
@@ -59,11 +61,13 @@ impl HttpProber {
         }
     }
 
-    /// Makes TLS ready for `check` (a check assigned after start): reads
-    /// its CA file.
-    pub fn prepare(&self, check: &CheckConfig) -> Result<(), super::tls::TlsSetupError> {
-        self.tls
-            .ensure(check.ca_file.as_deref(), check.http_version)
+    /// Makes `check` ready to run (a check assigned after start): reads
+    /// its CA file and, to refuse it now rather than at every probe, its
+    /// headers file.
+    pub fn prepare(&self, check: &CheckConfig) -> Result<(), CheckSetupError> {
+        self.tls.ensure(&TlsKey::of(check))?;
+        check.file_headers().map_err(CheckSetupError::HeadersFile)?;
+        Ok(())
     }
 
     /// One round of `check` from `vantage`: one result per resolver, and
@@ -161,6 +165,7 @@ impl HttpProber {
         r.interval = Some(check.interval);
         r.check_version = check.origin.central_version;
         r.request_id = check.origin.request_id;
+        r.tls_insecure = check.tls_insecure_skip_verify && check.url.url().scheme() == "https";
         r
     }
 
@@ -319,4 +324,13 @@ async fn resolve(
             rcode: None,
         }),
     }
+}
+
+/// A check that cannot be made ready to run.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckSetupError {
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("{0}")]
+    HeadersFile(String),
 }

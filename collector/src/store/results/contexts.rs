@@ -69,6 +69,10 @@ struct Fields<'a> {
     interval_ms: Option<i32>,
     proxy_ip: Option<IpAddr>,
     check_version: Option<i64>,
+    /// Left out when false (NULL in the column), so the contexts of
+    /// verified probes keep the ids they had before the column existed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tls_insecure: bool,
 }
 
 impl<'a> Fields<'a> {
@@ -109,6 +113,7 @@ impl<'a> Fields<'a> {
             interval_ms: r.interval_ms,
             proxy_ip: r.proxy_ip,
             check_version: r.check_version,
+            tls_insecure: r.tls_insecure,
         }
     }
 }

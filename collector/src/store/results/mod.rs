@@ -73,6 +73,9 @@ pub struct StoredResult {
     /// The version of a check the collector assigned; `None`: the
     /// agent's own.
     pub check_version: Option<i64>,
+    /// The site's certificate was not verified (the check's
+    /// `tls_insecure_skip_verify`).
+    pub tls_insecure: bool,
     /// The probe request a one-off result answers; `None`: scheduled.
     pub request_id: Option<i64>,
     /// The path traced after the probe, stored in `path_results` (not a
