@@ -38,19 +38,19 @@ struct State {
 
 /// A reserved sequence number. Completing it spools the result; dropping it
 /// (a probe abandoned at shutdown) releases the number unused.
-pub struct Ticket {
+pub struct ReservedSeq {
     seq: u64,
     queue: Arc<ResultQueue>,
     completed: bool,
 }
 
-impl crate::probe::Sequenced for Ticket {
+impl crate::probe::Sequenced for ReservedSeq {
     fn seq(&self) -> u64 {
         self.seq
     }
 }
 
-impl Ticket {
+impl ReservedSeq {
     pub fn seq(&self) -> u64 {
         self.seq
     }
@@ -66,7 +66,7 @@ impl Ticket {
     }
 }
 
-impl Drop for Ticket {
+impl Drop for ReservedSeq {
     fn drop(&mut self) {
         if !self.completed {
             self.queue.state().in_flight.remove(&self.seq);
@@ -115,7 +115,7 @@ impl ResultQueue {
     }
 
     /// Reserves the next sequence number for a probe about to start.
-    pub fn reserve(self: &Arc<Self>) -> Ticket {
+    pub fn reserve(self: &Arc<Self>) -> ReservedSeq {
         let seq = {
             let mut state = self.state();
             if state.next_seq > SEQ_TOP {
@@ -137,7 +137,7 @@ impl ResultQueue {
             seq
         };
         self.spool.lease(seq);
-        Ticket {
+        ReservedSeq {
             seq,
             queue: self.clone(),
             completed: false,

@@ -18,7 +18,7 @@ use crate::config::{CheckConfig, Dial, ResolverSpec};
 use crate::probe::http::Probed;
 use crate::probe::path::PathTracer;
 use crate::probe::{HttpProber, ProbeResult};
-use crate::queue::{ResultQueue, Ticket};
+use crate::queue::{ReservedSeq, ResultQueue};
 use crate::vantage::Vantage;
 use vantage_service::supervise::{Liveness, Policy, Supervisor};
 
@@ -414,7 +414,7 @@ impl CheckLoop {
 /// collector last saw it, shows it to `inspect`, and queues it under its
 /// ticket.
 fn complete(
-    probed: Vec<Probed<Ticket>>,
+    probed: Vec<Probed<ReservedSeq>>,
     egress_ip: &watch::Receiver<Option<IpAddr>>,
     mut inspect: impl FnMut(&ProbeResult),
 ) {

@@ -17,7 +17,7 @@ use vantage_proto::v1 as pb;
 use vantage_service::supervise::{ComponentError, Liveness};
 
 use crate::checks::Selector;
-use crate::store::{CONTROL_CHANNEL, Notice, ProbeRequest, Store, StoredCheck};
+use crate::store::{CONTROL_CHANNEL, ControlNotice, ProbeRequest, Store, StoredCheck};
 
 /// How often the set is re-read without a notice (one lost while the
 /// listening connection was down).
@@ -72,9 +72,9 @@ impl ControlHub {
                     // The connection was lost and is made again: what was
                     // said meanwhile is lost, so read it all again.
                     None => self.reload(&store).await?,
-                    Some(n) => match Notice::parse(n.payload()) {
-                        Some(Notice::Checks) => self.reload(&store).await?,
-                        Some(Notice::Probe(id)) => {
+                    Some(n) => match ControlNotice::parse(n.payload()) {
+                        Some(ControlNotice::Checks) => self.reload(&store).await?,
+                        Some(ControlNotice::Probe(id)) => {
                             if let Some(request) = store.probe_request(id).await? {
                                 // No stream listening is fine: no agent is
                                 // connected here.

@@ -4,6 +4,7 @@
 //! (webhook, Slack, PagerDuty, Alertmanager) when an incident opens,
 //! changes its explanation and resolves.
 //!
+//! - [`vocabulary`]: the text vocabularies the database's CHECKs hold, as enums.
 //! - [`cli`]: the command line and what each command does.
 //! - [`config`]: the TOML configuration.
 //! - [`app`]: wiring; `Application::build` then `run(shutdown)`.
@@ -31,6 +32,9 @@
 //!   read them.
 //! - [`listen`]: connections within bounds (caps, descriptors, timeouts).
 //! - [`pg_tls`]: the database connection's TLS as libpq's `sslmode` means it.
+
+#[macro_use]
+mod vocabulary;
 
 pub mod alert;
 pub mod app;

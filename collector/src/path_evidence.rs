@@ -256,7 +256,7 @@ mod tests {
             outcome: if failing { "http" } else { "ok" }.into(),
             http_status: Some(if failing { 502 } else { 200 }),
             path: StoredPath {
-                protocol: "udp",
+                protocol: crate::store::PathProtocol::Udp,
                 source_ip: None,
                 destination_ip: None,
                 destination_port: Some(443),

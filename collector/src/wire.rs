@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use chrono::{DateTime, Utc};
 use vantage_proto::v1 as pb;
 
-use crate::store::{StoredGap, StoredPath, StoredPathProbe, StoredResult};
+use crate::store::{PathProtocol, StoredGap, StoredPath, StoredPathProbe, StoredResult};
 
 /// A result the collector cannot store as sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -235,16 +235,12 @@ fn stored_path(seq: u64, t: pb::PathTrace) -> Result<StoredPath, InvalidResult> 
         field,
         problem,
     };
-    let protocol = match t.protocol.as_str() {
-        "udp" => "udp",
-        "tcp" => "tcp",
-        other => {
-            return Err(bad(
-                "path.protocol",
-                format!("expected \"udp\" or \"tcp\", got {other:?}"),
-            ));
-        }
-    };
+    let protocol = PathProtocol::parse(&t.protocol).ok_or_else(|| {
+        bad(
+            "path.protocol",
+            format!("expected \"udp\" or \"tcp\", got {:?}", t.protocol),
+        )
+    })?;
     let end_reason = pb::PathEnd::try_from(t.end)
         .ok()
         .filter(|e| *e != pb::PathEnd::Unspecified)

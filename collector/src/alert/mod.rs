@@ -40,7 +40,7 @@ use vantage_service::supervise::Liveness;
 pub use config::{Sink, SinkKind};
 pub use notice::{Notice, Previous};
 
-use crate::store::{Claimed, EventKind, Outcome, SinkSpec, Store, StoreError};
+use crate::store::{AttemptOutcome, Claimed, EventKind, SinkSpec, Store, StoreError};
 
 /// How often upkeep runs even without a wake-up from the detector (due
 /// retries, reminders, silences ending, expiry).
@@ -300,7 +300,7 @@ impl Alerter {
     }
 
     /// One attempt of one claimed delivery.
-    async fn attempt(&self, sink: &Sink, claimed: &Claimed, now: DateTime<Utc>) -> Outcome {
+    async fn attempt(&self, sink: &Sink, claimed: &Claimed, now: DateTime<Utc>) -> AttemptOutcome {
         let retry_at = |after: Duration| {
             now + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX)
         };
@@ -308,14 +308,14 @@ impl Alerter {
         let notice = match self.notice(claimed, now).await {
             Ok(Some(notice)) => notice,
             Ok(None) => {
-                return Outcome::Failed {
+                return AttemptOutcome::Failed {
                     status: None,
                     error: format!("incident {} no longer exists", claimed.incident_id),
                     retry_at: retry_at(delay),
                 };
             }
             Err(error) => {
-                return Outcome::Failed {
+                return AttemptOutcome::Failed {
                     status: None,
                     error: format!("reading the incident: {error}"),
                     retry_at: retry_at(delay),
@@ -327,10 +327,10 @@ impl Alerter {
         metrics::histogram!("vantage_notification_attempt_seconds", "sink" => sink.name.clone())
             .record(started.elapsed().as_secs_f64());
         match result {
-            Ok(answer) => Outcome::Delivered {
+            Ok(answer) => AttemptOutcome::Delivered {
                 status: answer.status,
             },
-            Err(e) => Outcome::Failed {
+            Err(e) => AttemptOutcome::Failed {
                 status: e.status,
                 // A sink asking for more time gets it, within the cap.
                 retry_at: retry_at(
@@ -344,14 +344,20 @@ impl Alerter {
     }
 
     /// Records an attempt's outcome, logged and counted.
-    async fn record(&self, sink: &Sink, claimed: &Claimed, outcome: &Outcome, at: DateTime<Utc>) {
+    async fn record(
+        &self,
+        sink: &Sink,
+        claimed: &Claimed,
+        outcome: &AttemptOutcome,
+        at: DateTime<Utc>,
+    ) {
         let event = claimed.event.as_str();
         let result = match outcome {
-            Outcome::Delivered { status } => {
+            AttemptOutcome::Delivered { status } => {
                 tracing::info!(sink = %sink.name, event, incident = claimed.incident_id, status, "Notification delivered.");
                 "delivered"
             }
-            Outcome::Failed {
+            AttemptOutcome::Failed {
                 error, retry_at, ..
             } => {
                 tracing::warn!(sink = %sink.name, event, incident = claimed.incident_id,
@@ -381,7 +387,7 @@ impl Alerter {
             .await;
         match recorded {
             Ok(true) => {
-                if matches!(outcome, Outcome::Delivered { .. }) {
+                if matches!(outcome, AttemptOutcome::Delivered { .. }) {
                     metrics::counter!("vantage_notifications_delivered_total", "sink" => sink.name.clone(), "event" => event)
                         .increment(1);
                 }

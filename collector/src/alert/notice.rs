@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use crate::detect::records::{FaultSide, IncidentKind, IncidentScope};
 use crate::store::{EventKind, Incident};
 
 /// One event of one incident, ready to render for any sink.
@@ -65,7 +66,7 @@ pub fn place(incident: &Incident) -> String {
 pub fn summary(incident: &Incident) -> String {
     let failure = failure(incident);
     let place = place(incident);
-    if incident.scope == "path" {
+    if incident.scope == IncidentScope::Path {
         format!(
             "{} {place} fails for {} targets: {} of {} probes through it got {failure}; {} of {} \
              elsewhere",
@@ -76,7 +77,7 @@ pub fn summary(incident: &Incident) -> String {
             incident.rest_failures,
             incident.rest_probes
         )
-    } else if incident.kind == "global" {
+    } else if incident.kind == IncidentKind::Global {
         format!(
             "{} of {} probes of {} got {failure} from all vantage points",
             incident.segment_failures, incident.segment_probes, incident.target
@@ -105,12 +106,12 @@ pub fn title(notice: &Notice) -> String {
         EventKind::Reminder => "Still open",
         EventKind::Test => "TEST",
     };
-    let place = if i.kind == "global" {
+    let place = if i.kind == IncidentKind::Global {
         "all vantage points".to_owned()
     } else {
         format!("{} {}", i.dimension, i.value)
     };
-    let target = if i.scope == "path" {
+    let target = if i.scope == IncidentScope::Path {
         format!("{} targets", i.targets.len())
     } else {
         i.target.clone()
@@ -205,9 +206,9 @@ pub fn incident_json(incident: &Incident) -> Value {
         "scope": incident.scope,
         "targets": incident.targets,
         "fault_side": incident.fault_side,
-        "fault_in": match incident.fault_side.as_str() {
-            "path" => "the vantages' own path (proxy, resolver, egress), not the site",
-            _ => "the site, for the vantages named",
+        "fault_in": match incident.fault_side {
+            FaultSide::Path => "the vantages' own path (proxy, resolver, egress), not the site",
+            FaultSide::Site => "the site, for the vantages named",
         },
         "version": incident.version,
     })
@@ -220,7 +221,7 @@ pub fn test_notice(link_base: Option<&str>, now: DateTime<Utc>) -> Notice {
         id: 0,
         target: "https://vantage.test/sink-test".into(),
         pattern: "status".into(),
-        kind: "segment".into(),
+        kind: IncidentKind::Segment,
         dimension: "region".into(),
         value: "test".into(),
         narrowed_value: None,
@@ -241,9 +242,9 @@ pub fn test_notice(link_base: Option<&str>, now: DateTime<Utc>) -> Notice {
         opened_at: now,
         last_seen_at: now,
         resolved_at: None,
-        scope: "target".into(),
+        scope: IncidentScope::Target,
         targets: vec!["https://vantage.test/sink-test".into()],
-        fault_side: "site".into(),
+        fault_side: FaultSide::Site,
         version: 1,
         path_summary: None,
     };
@@ -272,7 +273,7 @@ pub(crate) mod tests {
                 id: 7,
                 target: "http://shop.test/".into(),
                 pattern: "status".into(),
-                kind: "segment".into(),
+                kind: IncidentKind::Segment,
                 dimension: "egress_prefix".into(),
                 value: "127.0.2.0/24".into(),
                 narrowed_value: Some("127.0.2.0/28".into()),
@@ -294,9 +295,9 @@ pub(crate) mod tests {
                 opened_at: at,
                 last_seen_at: at,
                 resolved_at: (event == EventKind::Resolved).then_some(at),
-                scope: "target".into(),
+                scope: IncidentScope::Target,
                 targets: vec!["http://shop.test/".into()],
-                fault_side: "site".into(),
+                fault_side: FaultSide::Site,
                 version: 1,
                 path_summary: None,
             },

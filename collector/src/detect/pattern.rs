@@ -20,27 +20,12 @@ pub static CONNECTION_OUTCOMES: std::sync::LazyLock<Vec<&'static str>> =
         .to_vec()
     });
 
-/// The two failure patterns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Pattern {
-    /// A status the check counts (default 502).
-    Status,
-    /// A connection-level failure.
-    Connection,
-}
-
-impl Pattern {
-    pub const ALL: [Pattern; 2] = [Pattern::Status, Pattern::Connection];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Status => "status",
-            Self::Connection => "connection",
-        }
-    }
-
-    /// The pattern stored as `name`.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str() == name)
+vocabulary! {
+    /// The two failure patterns (`incidents.pattern`).
+    pub enum Pattern {
+        /// A status the check counts (default 502).
+        Status = "status",
+        /// A connection-level failure.
+        Connection = "connection",
     }
 }

@@ -3,16 +3,45 @@
 
 use chrono::{DateTime, Utc};
 
+vocabulary! {
+    /// Whether an incident is tied to a segment or is global
+    /// (`incidents.kind`).
+    pub enum IncidentKind {
+        /// Failures follow one value of one dimension.
+        Segment = "segment",
+        /// Every segment fails alike.
+        Global = "global",
+    }
+}
+
+vocabulary! {
+    /// What an incident is about (`incidents.scope`): one target, or a path
+    /// (a proxy, a network) failing on many targets.
+    pub enum IncidentScope {
+        Target = "target",
+        Path = "path",
+    }
+}
+
+vocabulary! {
+    /// Where the fault lies (`incidents.fault_side`): at the site, for the
+    /// vantages named, or on the vantages' own path.
+    pub enum FaultSide {
+        Site = "site",
+        Path = "path",
+    }
+}
+
 /// What a pass writes into an incident when it opens it, re-explains it,
 /// or while it stays open.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IncidentRecord {
     pub target: String,
     pub pattern: String,
-    pub scope: &'static str,
+    pub scope: IncidentScope,
     pub targets: Vec<String>,
-    pub fault_side: &'static str,
-    pub kind: &'static str,
+    pub fault_side: FaultSide,
+    pub kind: IncidentKind,
     pub dimension: String,
     pub value: String,
     pub narrowed_value: Option<String>,
@@ -55,8 +84,7 @@ pub struct OpenIncident {
     pub id: i64,
     pub target: String,
     pub pattern: String,
-    /// `segment` or `global`.
-    pub kind: String,
+    pub kind: IncidentKind,
     pub dimension: String,
     pub value: String,
     pub opened_at: DateTime<Utc>,

@@ -7,22 +7,11 @@ use chrono::{DateTime, Utc};
 
 use super::{Store, StoreError};
 
-/// Whether an agent runs an assigned check; the text `agent_checks.state`
-/// holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckState {
-    Running,
-    Refused,
-}
-
-impl CheckState {
-    pub const ALL: [Self; 2] = [Self::Running, Self::Refused];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Refused => "refused",
-        }
+vocabulary! {
+    /// Whether an agent runs an assigned check (`agent_checks.state`).
+    pub enum CheckState {
+        Running = "running",
+        Refused = "refused",
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use super::requests::{Notice, notify};
+use super::requests::{ControlNotice, notify};
 use super::{Store, StoreError};
 use crate::checks::{CentralCheck, Change, Fleet, Selector, diff};
 
@@ -112,7 +112,7 @@ impl Store {
             .bind(version)
             .execute(&mut *tx)
             .await?;
-        notify(&mut tx, Notice::Checks).await?;
+        notify(&mut tx, ControlNotice::Checks).await?;
         tx.commit().await?;
         Ok((version, changes))
     }
@@ -137,7 +137,7 @@ impl Store {
             .bind(version + 1)
             .execute(&mut *tx)
             .await?;
-        notify(&mut tx, Notice::Checks).await?;
+        notify(&mut tx, ControlNotice::Checks).await?;
         tx.commit().await?;
         Ok(Some(version + 1))
     }

@@ -44,7 +44,7 @@ fn bind_record<'q, O>(
     query
         .bind(&r.target)
         .bind(&r.pattern)
-        .bind(r.kind)
+        .bind(r.kind.as_str())
         .bind(&r.dimension)
         .bind(&r.value)
         .bind(&r.narrowed_value)
@@ -63,9 +63,9 @@ fn bind_record<'q, O>(
         .bind(&r.edge_locations)
         .bind(&r.evidence)
         .bind(r.window_seconds)
-        .bind(r.scope)
+        .bind(r.scope.as_str())
         .bind(&r.targets)
-        .bind(r.fault_side)
+        .bind(r.fault_side.as_str())
         .bind(at)
 }
 

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Store, StoreError};
-use crate::detect::records::OpenIncident;
+use crate::detect::records::{FaultSide, IncidentKind, IncidentScope, OpenIncident};
 
 /// An incident as stored (the columns the alerter and the demo read).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -12,7 +12,8 @@ pub struct Incident {
     pub id: i64,
     pub target: String,
     pub pattern: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: IncidentKind,
     pub dimension: String,
     pub value: String,
     pub narrowed_value: Option<String>,
@@ -33,11 +34,13 @@ pub struct Incident {
     pub opened_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
-    /// `target`, or `path` (several targets through one path).
-    pub scope: String,
+    /// One target, or a path (several targets through one path).
+    #[sqlx(try_from = "String")]
+    pub scope: IncidentScope,
     pub targets: Vec<String>,
-    /// `site`, or `path`: the fault is in the vantages' own path.
-    pub fault_side: String,
+    /// The site, or the vantages' own path.
+    #[sqlx(try_from = "String")]
+    pub fault_side: FaultSide,
     /// 1 at opening, +1 per re-explanation.
     pub version: i32,
     /// Where the failing vantages' paths part from the healthy ones', as
@@ -51,7 +54,7 @@ impl From<&Incident> for OpenIncident {
             id: i.id,
             target: i.target.clone(),
             pattern: i.pattern.clone(),
-            kind: i.kind.clone(),
+            kind: i.kind,
             dimension: i.dimension.clone(),
             value: i.value.clone(),
             opened_at: i.opened_at,
@@ -180,8 +183,10 @@ impl Store {
 
 #[derive(sqlx::FromRow)]
 struct ExplanationRow {
-    scope: String,
-    kind: String,
+    #[sqlx(try_from = "String")]
+    scope: IncidentScope,
+    #[sqlx(try_from = "String")]
+    kind: IncidentKind,
     dimension: String,
     value: String,
     narrowed_value: Option<String>,

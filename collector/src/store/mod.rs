@@ -38,11 +38,14 @@ pub use checks::StoredCheck;
 pub use closed_days::Compaction;
 pub use detection::{Applied, RunRecord};
 pub use incidents::Incident;
-pub use outbox::{Claimed, EventKind, Expired, Outcome, Silence, SilenceMatch, SinkSpec, Upkeep};
+pub use outbox::{
+    AttemptOutcome, Claimed, DeliveryState, EventKind, Expired, Silence, SilenceMatch, SinkSpec,
+    Upkeep,
+};
 pub use pages::{FailureRule, RoundCell, VANTAGE_ROWS_SQL, VantageRow};
-pub use paths::{PathHop, StoredPath, StoredPathProbe, TracedPath};
+pub use paths::{PathHop, PathProtocol, StoredPath, StoredPathProbe, TracedPath};
 pub use requests::{
-    CONTROL_CHANNEL, ConfirmationRecord, NewProbeRequest, Notice, ProbeAnswer, ProbeRequest,
+    CONTROL_CHANNEL, ConfirmationRecord, ControlNotice, NewProbeRequest, ProbeAnswer, ProbeRequest,
     Purpose, RequestAgent,
 };
 pub use results::{CONTEXT_HEADERS, Inserted, ResultPath, StoredGap, StoredResult};

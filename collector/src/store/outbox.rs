@@ -14,46 +14,46 @@ use sqlx::{Postgres, Transaction};
 
 use super::{Store, StoreError};
 
-/// What happened to an incident, as events are named in `incident_events`,
-/// in every payload and in `v_notifications` (one vocabulary).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    Opened,
-    /// Re-explained: a better explanation replaced the one before.
-    Updated,
-    Resolved,
-    /// Resolved, then failing again with the same explanation within
-    /// `reopen_within`: open again, the same incident.
-    Reopened,
-    /// Still open: sent again after a sink's `repeat_interval`.
-    Reminder,
-    /// `vantage-collector sink test`: never stored.
-    Test,
+vocabulary! {
+    /// What happened to an incident, as events are named in
+    /// `incident_events`, in every payload and in `v_notifications` (one
+    /// vocabulary).
+    pub enum EventKind {
+        Opened = "incident.opened",
+        /// Re-explained: a better explanation replaced the one before.
+        Updated = "incident.updated",
+        Resolved = "incident.resolved",
+        /// Resolved, then failing again with the same explanation within
+        /// `reopen_within`: open again, the same incident.
+        Reopened = "incident.reopened",
+        /// Still open: sent again after a sink's `repeat_interval`.
+        Reminder = "incident.reminder",
+        /// `vantage-collector sink test`: never stored.
+        Test = "vantage.test",
+    }
 }
 
 impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Opened => "incident.opened",
-            Self::Updated => "incident.updated",
-            Self::Resolved => "incident.resolved",
-            Self::Reopened => "incident.reopened",
-            Self::Reminder => "incident.reminder",
-            Self::Test => "vantage.test",
-        }
+    /// Whether events of this kind are stored (`incident_events.event`).
+    pub fn is_stored(self) -> bool {
+        self != Self::Test
     }
+}
 
-    fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Opened,
-            Self::Updated,
-            Self::Resolved,
-            Self::Reopened,
-            Self::Reminder,
-            Self::Test,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+vocabulary! {
+    /// Where one delivery of an event to a sink stands
+    /// (`notification_deliveries.state`; the statements below spell these
+    /// texts in their SQL).
+    pub enum DeliveryState {
+        /// Not yet delivered: claimed, tried, retried with backoff.
+        Pending = "pending",
+        /// The sink answered 2xx.
+        Delivered = "delivered",
+        /// Not delivered within the sink's `expire_after`: recorded, never
+        /// sent.
+        Expired = "expired",
+        /// Held back by a silence; pending again when it ends.
+        Silenced = "silenced",
     }
 }
 
@@ -82,7 +82,7 @@ pub struct Claimed {
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum AttemptOutcome {
     /// The sink answered 2xx.
     Delivered { status: u16 },
     /// Anything else; tried again at `retry_at`.
@@ -292,10 +292,10 @@ impl Store {
         id: i64,
         claimant: &str,
         now: DateTime<Utc>,
-        outcome: &Outcome,
+        outcome: &AttemptOutcome,
     ) -> Result<bool, StoreError> {
         let query = match outcome {
-            Outcome::Delivered { status } => sqlx::query(
+            AttemptOutcome::Delivered { status } => sqlx::query(
                 "UPDATE notification_deliveries
                  SET state = 'delivered', delivered_at = $3, last_attempt_at = $3,
                      attempts = attempts + 1, last_status = $4, last_error = NULL,
@@ -306,7 +306,7 @@ impl Store {
             .bind(claimant)
             .bind(now)
             .bind(i32::from(*status)),
-            Outcome::Failed {
+            AttemptOutcome::Failed {
                 status,
                 error,
                 retry_at,

@@ -10,10 +10,20 @@ use sqlx::{Postgres, Transaction};
 
 use super::{Store, StoreError, StoredResult};
 
+vocabulary! {
+    /// How a trace probed its hops (`path_results.protocol`).
+    pub enum PathProtocol {
+        /// UDP datagrams, as `tracepath` (the one that measures the path MTU).
+        Udp = "udp",
+        /// TCP SYNs to the target port, as `traceroute -T`.
+        Tcp = "tcp",
+    }
+}
+
 /// One trace as stored (see `migrations/*_path_results.sql`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPath {
-    pub protocol: &'static str,
+    pub protocol: PathProtocol,
     pub source_ip: Option<IpAddr>,
     pub destination_ip: Option<IpAddr>,
     pub destination_port: Option<i32>,
@@ -103,7 +113,12 @@ pub(super) async fn insert(
             .map(|(r, _)| r.check.as_str())
             .collect::<Vec<_>>(),
     )
-    .bind(traced.iter().map(|(_, p)| p.protocol).collect::<Vec<_>>())
+    .bind(
+        traced
+            .iter()
+            .map(|(_, p)| p.protocol.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(traced.iter().map(|(_, p)| p.source_ip).collect::<Vec<_>>())
     .bind(
         traced
@@ -326,7 +341,8 @@ fn traced_path(row: &sqlx::postgres::PgRow) -> Result<TracedPath, StoreError> {
         outcome: row.try_get("outcome")?,
         http_status: row.try_get("http_status")?,
         path: StoredPath {
-            protocol: if protocol == "tcp" { "tcp" } else { "udp" },
+            // The CHECK allows nothing else.
+            protocol: PathProtocol::parse(&protocol).unwrap_or(PathProtocol::Udp),
             source_ip: row.try_get("source_ip")?,
             destination_ip: row.try_get("destination_ip")?,
             destination_port: row.try_get("destination_port")?,

@@ -14,14 +14,14 @@ pub const CONTROL_CHANNEL: &str = "vantage_control";
 
 /// What a notice on [`CONTROL_CHANNEL`] says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Notice {
+pub enum ControlNotice {
     /// The central check set changed.
     Checks,
     /// The probe request with this id waits for its agents.
     Probe(i64),
 }
 
-impl Notice {
+impl ControlNotice {
     /// The notice's payload.
     pub fn payload(self) -> String {
         match self {
@@ -43,7 +43,7 @@ impl Notice {
 /// Sends `notice` when `tx` commits.
 pub(super) async fn notify(
     tx: &mut Transaction<'_, Postgres>,
-    notice: Notice,
+    notice: ControlNotice,
 ) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CONTROL_CHANNEL)
@@ -53,28 +53,13 @@ pub(super) async fn notify(
     Ok(())
 }
 
-/// Why a probe is asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// A person, with `vantage-collector probe`.
-    Manual,
-    /// The detector, for a candidate segment.
-    Confirmation,
-}
-
-impl Purpose {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Manual => "manual",
-            Self::Confirmation => "confirmation",
-        }
-    }
-
-    fn parse(text: &str) -> Self {
-        match text {
-            "confirmation" => Self::Confirmation,
-            _ => Self::Manual,
-        }
+vocabulary! {
+    /// Why a probe is asked for (`probe_requests.purpose`).
+    pub enum Purpose {
+        /// A person, with `vantage-collector probe`.
+        Manual = "manual",
+        /// The detector, for a candidate segment.
+        Confirmation = "confirmation",
     }
 }
 
@@ -159,7 +144,7 @@ fn request(row: RequestRow) -> ProbeRequest {
         id,
         requested_at: at,
         ask: NewProbeRequest {
-            purpose: Purpose::parse(&purpose),
+            purpose: Purpose::parse(&purpose).unwrap_or(Purpose::Manual),
             check_name,
             definition,
             selector,
@@ -209,7 +194,7 @@ impl Store {
         .bind(new.trace_path)
         .fetch_one(&mut *tx)
         .await?;
-        notify(&mut tx, Notice::Probe(id)).await?;
+        notify(&mut tx, ControlNotice::Probe(id)).await?;
         tx.commit().await?;
         Ok(id)
     }

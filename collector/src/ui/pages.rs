@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::plot::{self, Round};
 use crate::detect::dimensions::DIMENSIONS;
+use crate::detect::records::{FaultSide, IncidentKind, IncidentScope};
 use crate::store::{Incident, ResultPath, VantageRow};
 
 const CSS: &str = r#"
@@ -95,7 +96,7 @@ fn fraction(failures: i64, probes: i64) -> Markup {
 
 fn segment_of(i: &Incident) -> String {
     let value = i.narrowed_value.as_deref().unwrap_or(&i.value);
-    if i.kind == "global" {
+    if i.kind == IncidentKind::Global {
         "everywhere (global)".into()
     } else {
         format!("{} {value}", dimension_label(&i.dimension))
@@ -103,7 +104,7 @@ fn segment_of(i: &Incident) -> String {
 }
 
 fn targets_of(i: &Incident) -> String {
-    if i.scope == "path" {
+    if i.scope == IncidentScope::Path {
         format!("{} targets", i.targets.len())
     } else {
         i.target.clone()
@@ -198,7 +199,7 @@ pub fn incident(v: &IncidentView<'_>) -> Markup {
                 (pattern_text(i)) " · " code { (targets_of(i)) } " · opened " (time(i.opened_at))
                 @if let Some(r) = i.resolved_at { " · resolved " (time(r)) }
                 " · explanation version " (i.version)
-                " · fault in " (if i.fault_side == "path" { "the vantages' own path" } else { "the site, for the vantages named" })
+                " · fault in " (if i.fault_side == FaultSide::Path { "the vantages' own path" } else { "the site, for the vantages named" })
             }
             p.explanation { (i.explanation) }
             h2 { "Counts" }
@@ -217,7 +218,7 @@ pub fn incident(v: &IncidentView<'_>) -> Markup {
                     } } }
                 }
             }
-            @if i.scope == "path" {
+            @if i.scope == IncidentScope::Path {
                 h2 { "Targets" }
                 ul { @for t in &i.targets { li { code { (t) } } } }
             }

@@ -295,19 +295,69 @@ async fn the_database_allows_exactly_the_declared_outcomes(pool: PgPool) {
     );
 }
 
-/// An agent's check states (`store::CheckState`): the CHECK on
-/// `agent_checks.state` allows exactly their text forms.
+/// Every vocabulary the collector declares (`vocabulary!`) against the
+/// `CHECK` that holds its column: a value on one side only fails here, not
+/// at an insert.
 #[sqlx::test(migrations = false)]
-async fn the_database_allows_exactly_the_declared_check_states(pool: PgPool) {
-    let mut declared: Vec<&str> = vantage_collector::store::CheckState::ALL
+async fn the_database_allows_exactly_the_declared_vocabularies(pool: PgPool) {
+    use vantage_collector::detect::Pattern;
+    use vantage_collector::detect::records::{FaultSide, IncidentKind, IncidentScope};
+    use vantage_collector::store::{CheckState, DeliveryState, EventKind, PathProtocol, Purpose};
+    fn texts<T: Copy>(all: &[T], text: fn(T) -> &'static str) -> Vec<&'static str> {
+        let mut texts: Vec<&str> = all.iter().map(|v| text(*v)).collect();
+        texts.sort_unstable();
+        texts
+    }
+    let stored_events: Vec<EventKind> = EventKind::ALL
         .iter()
-        .map(|s| s.as_str())
+        .copied()
+        .filter(|e| e.is_stored())
         .collect();
-    declared.sort_unstable();
-    assert_eq!(
-        allowed_by(&pool, "agent_checks_state_check").await,
-        declared
-    );
+    let vocabularies = [
+        (
+            "incidents_kind_check",
+            texts(IncidentKind::ALL, IncidentKind::as_str),
+        ),
+        (
+            "incidents_scope_check",
+            texts(IncidentScope::ALL, IncidentScope::as_str),
+        ),
+        (
+            "incidents_fault_side_check",
+            texts(FaultSide::ALL, FaultSide::as_str),
+        ),
+        (
+            "incidents_pattern_check",
+            texts(Pattern::ALL, Pattern::as_str),
+        ),
+        (
+            "incident_events_event_check",
+            texts(&stored_events, EventKind::as_str),
+        ),
+        (
+            "notification_deliveries_state_check",
+            texts(DeliveryState::ALL, DeliveryState::as_str),
+        ),
+        (
+            "probe_requests_purpose_check",
+            texts(Purpose::ALL, Purpose::as_str),
+        ),
+        (
+            "agent_checks_state_check",
+            texts(CheckState::ALL, CheckState::as_str),
+        ),
+        (
+            "path_results_protocol_check",
+            texts(PathProtocol::ALL, PathProtocol::as_str),
+        ),
+    ];
+    for (constraint, declared) in vocabularies {
+        assert_eq!(
+            allowed_by(&pool, constraint).await,
+            declared,
+            "{constraint}"
+        );
+    }
 }
 
 /// A path trace's end and its probes' replies (`vantage.v1.PathEnd`,

@@ -19,7 +19,7 @@ use super::dimensions::DIMENSIONS;
 use super::pattern::Pattern;
 use super::population::Names;
 use super::population::Population;
-use super::records::{IncidentRecord, OpenIncident};
+use super::records::{FaultSide, IncidentKind, IncidentRecord, IncidentScope, OpenIncident};
 use super::settings::DetectorSettings;
 use super::track::PATH_TARGET;
 
@@ -334,7 +334,7 @@ pub fn record(
     let path = p.target == PATH_TARGET;
     let (kind, dimension, value, counts, p_value, failing_vantages, explanation) = match segment {
         None => (
-            "global",
+            IncidentKind::Global,
             "global".to_owned(),
             "*".to_owned(),
             [a.totals[wi].failures, a.totals[wi].probes, 0, 0],
@@ -348,7 +348,7 @@ pub fn record(
         Some(s) => {
             let stat = &a.segments[s];
             (
-                "segment",
+                IncidentKind::Segment,
                 DIMENSIONS[stat.dimension].name.to_owned(),
                 stat.value.clone(),
                 [
@@ -365,9 +365,9 @@ pub fn record(
     };
     let fault_side =
         if path || segment.is_some_and(|s| DIMENSIONS[a.segments[s].dimension].own_path) {
-            "path"
+            FaultSide::Path
         } else {
-            "site"
+            FaultSide::Site
         };
     let (correlated, narrowed) = match finding {
         Finding::Segment {
@@ -415,7 +415,11 @@ pub fn record(
     IncidentRecord {
         target: p.target.clone(),
         pattern: p.pattern.as_str().to_owned(),
-        scope: if path { "path" } else { "target" },
+        scope: if path {
+            IncidentScope::Path
+        } else {
+            IncidentScope::Target
+        },
         targets: if path {
             targets.iter().map(|(t, _)| t.clone()).collect()
         } else {
@@ -461,11 +465,11 @@ pub fn relation(
         let secs = now.signed_duration_since(at).num_seconds().max(0);
         humantime::format_duration(std::time::Duration::from_secs(secs as u64)).to_string()
     };
-    if record.kind == "global" {
+    if record.kind == IncidentKind::Global {
         let mut segments: Vec<&OpenIncident> = open
             .iter()
             .filter(same_target)
-            .filter(|i| i.kind == "segment")
+            .filter(|i| i.kind == IncidentKind::Segment)
             .collect();
         segments.sort_by_key(|i| i.opened_at);
         let first = segments.first()?;
@@ -481,7 +485,7 @@ pub fn relation(
         let global = open
             .iter()
             .filter(same_target)
-            .find(|i| i.kind == "global")?;
+            .find(|i| i.kind == IncidentKind::Global)?;
         Some(format!(
             "It came second: global incident #{} opened {} earlier; this segment stands out \
              within it.",

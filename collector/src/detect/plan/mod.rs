@@ -125,7 +125,7 @@ pub fn plan(mut input: PassInput<'_>) -> Plan {
     // everywhere now: an outage of one site says nothing about the paths.
     // A site whose outage is over is a witness again at once, though its
     // old failures still make a long window look global.
-    for pattern in Pattern::ALL {
+    for &pattern in Pattern::ALL {
         let members: Vec<usize> = (0..populations.len())
             .filter(|pi| {
                 populations[*pi].pattern == pattern
