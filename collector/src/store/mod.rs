@@ -48,7 +48,10 @@ pub use requests::{
     CONTROL_CHANNEL, ConfirmationRecord, ControlNotice, NewProbeRequest, ProbeAnswer, ProbeRequest,
     Purpose, RequestAgent,
 };
-pub use results::{CONTEXT_HEADERS, Inserted, ResultPath, StoredGap, StoredResult};
+pub use results::{
+    CONTEXT_HEADERS, Inserted, RESULT_ROW_COLUMNS, ResultPath, StoredGap, StoredResult,
+    context_columns,
+};
 
 use std::collections::HashSet;
 use std::sync::Mutex;

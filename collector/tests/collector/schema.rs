@@ -545,3 +545,30 @@ async fn tls_insecure_is_appended_to_probe_results_false_for_earlier_results(poo
         .unwrap();
     assert_eq!(insecure, [false]);
 }
+
+/// The collector's one declaration of each result column is the
+/// database's: the columns a batch COPYs into `result_rows` (the table's
+/// own default fills `received_at`), and those a context writes into
+/// `result_contexts`.
+#[sqlx::test(migrations = false)]
+async fn the_collectors_result_columns_are_the_tables(pool: PgPool) {
+    vantage_collector::store::Store::new(pool.clone())
+        .migrate()
+        .await
+        .unwrap();
+    let sorted = |mut v: Vec<String>| {
+        v.sort_unstable();
+        v
+    };
+    let mut rows = columns(&pool, "result_rows").await;
+    rows.retain(|c| c != "received_at");
+    let declared: Vec<String> = vantage_collector::store::RESULT_ROW_COLUMNS
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect();
+    assert_eq!(sorted(rows), sorted(declared));
+    assert_eq!(
+        sorted(columns(&pool, "result_contexts").await),
+        sorted(vantage_collector::store::context_columns())
+    );
+}

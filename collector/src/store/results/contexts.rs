@@ -118,6 +118,25 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The columns of `result_contexts` a context writes (the keys of its
+/// fields, every one present), and those the insert adds: the one list a
+/// schema test holds to the table.
+pub fn context_columns() -> Vec<String> {
+    let everything = StoredResult {
+        tls_insecure: true,
+        ..StoredResult::default()
+    };
+    let fields = serde_json::to_value(Fields::of(&everything, "region"))
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+        .unwrap_or_default();
+    ["agent_id", "id", "last_used"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(fields)
+        .collect()
+}
+
 /// Whether a response header belongs to the context.
 pub fn is_context_header(name: &str) -> bool {
     CONTEXT_HEADERS.contains(&name)

@@ -12,16 +12,68 @@ use super::StoredResult;
 use super::contexts::is_context_header;
 use crate::store::StoreError;
 
-/// The columns of `result_rows` a batch writes, in [`encode`]'s order
-/// (`received_at` is the table's default).
-pub(super) const ROW_COLUMNS: &str = "agent_id, seq, started_at, context_id, body_bytes, \
-    request_id, dns_us, connect_us, tls_us, ttfb_us, total_us, proxy_us, transfer_us, \
-    http_status, proxy_status, body_truncated, outcome, message, resolved_ttls, headers, \
-    body_sha256, hops";
+/// The columns of `result_rows` a batch writes, each once: its name, its
+/// PostgreSQL type and its value for a result (`r`, of an agent's batch,
+/// with its `context_id`). [`ROW_COLUMNS`], the field count and
+/// [`encode`]'s order all come from this one table; a schema test holds
+/// it to the table's columns (`received_at` is the table's default).
+macro_rules! row_columns {
+    (
+        |$agent_id:ident, $r:ident, $context_id:ident|
+        $( $name:ident : $ty:ident = $value:expr ),+ $(,)?
+    ) => {
+        /// The column names, in the order of [`encode`]'s fields.
+        pub const RESULT_ROW_COLUMNS: &[&str] = &[$(stringify!($name)),+];
+
+        /// Writes the fields of one row, in [`RESULT_ROW_COLUMNS`]' order.
+        fn put_row(
+            row: &mut Row<'_>,
+            $agent_id: &str,
+            $r: &StoredResult,
+            $context_id: i64,
+        ) -> Result<(), StoreError> {
+            $( row.put(&$value, &Type::$ty)?; )+
+            Ok(())
+        }
+    };
+}
+
+row_columns! {
+    |agent_id, r, context_id|
+    agent_id: TEXT = agent_id,
+    seq: INT8 = r.seq,
+    started_at: TIMESTAMPTZ = r.started_at,
+    context_id: INT8 = context_id,
+    body_bytes: INT8 = r.body_bytes,
+    request_id: INT8 = r.request_id,
+    dns_us: INT4 = r.dns_us.map(saturating_i32),
+    connect_us: INT4 = r.connect_us.map(saturating_i32),
+    tls_us: INT4 = r.tls_us.map(saturating_i32),
+    ttfb_us: INT4 = r.ttfb_us.map(saturating_i32),
+    total_us: INT4 = r.total_us.map(saturating_i32),
+    proxy_us: INT4 = r.proxy_us.map(saturating_i32),
+    transfer_us: INT4 = r.transfer_us.map(saturating_i32),
+    http_status: INT2 = r.http_status,
+    proxy_status: INT2 = r.proxy_status,
+    body_truncated: BOOL = r.body_truncated,
+    outcome: TEXT = r.outcome,
+    message: TEXT = (!r.message.is_empty()).then_some(&r.message),
+    resolved_ttls: INT4_ARRAY = resolved_ttls(r),
+    headers: JSONB = row_headers(r).map(Json),
+    body_sha256: BYTEA = body_sha256(r)?,
+    hops: JSONB = r.hops.as_array().is_some_and(|h| !h.is_empty()).then_some(&r.hops),
+}
+
+/// [`RESULT_ROW_COLUMNS`] as a statement's column list.
+pub(super) static ROW_COLUMNS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| RESULT_ROW_COLUMNS.join(", "));
 
 /// The statement the rows of [`encode`] are sent to (made once).
 pub(super) static INTO_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!("COPY result_rows ({ROW_COLUMNS}) FROM STDIN (FORMAT binary)")
+    format!(
+        "COPY result_rows ({}) FROM STDIN (FORMAT binary)",
+        *ROW_COLUMNS
+    )
 });
 
 /// Inserts the rows of [`encode`] that are not stored yet (a resent
@@ -39,7 +91,8 @@ pub(super) async fn insert_new(
     .await?;
     let mut copy = conn
         .copy_in_raw(&format!(
-            "COPY resent_rows ({ROW_COLUMNS}) FROM STDIN (FORMAT binary)"
+            "COPY resent_rows ({}) FROM STDIN (FORMAT binary)",
+            *ROW_COLUMNS
         ))
         .await?;
     copy.send(rows).await?;
@@ -51,8 +104,8 @@ pub(super) async fn insert_new(
     .await
 }
 
-/// Columns per row: [`ROW_COLUMNS`], in its order.
-const FIELDS: i16 = 22;
+/// Columns per row: [`RESULT_ROW_COLUMNS`], in its order.
+const FIELDS: i16 = RESULT_ROW_COLUMNS.len() as i16;
 
 /// The signature, flags and header extension length of a binary COPY.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -72,61 +125,44 @@ pub(super) fn encode(
             out: &mut out,
             fields: 0,
         };
-        row.put(&agent_id, &Type::TEXT)?;
-        row.put(&r.seq, &Type::INT8)?;
-        row.put(&r.started_at, &Type::TIMESTAMPTZ)?;
-        row.put(context_id, &Type::INT8)?;
-        row.put(&r.body_bytes, &Type::INT8)?;
-        row.put(&r.request_id, &Type::INT8)?;
-        for us in [
-            r.dns_us,
-            r.connect_us,
-            r.tls_us,
-            r.ttfb_us,
-            r.total_us,
-            r.proxy_us,
-            r.transfer_us,
-        ] {
-            row.put(&us.map(saturating_i32), &Type::INT4)?;
-        }
-        row.put(&r.http_status, &Type::INT2)?;
-        row.put(&r.proxy_status, &Type::INT2)?;
-        row.put(&r.body_truncated, &Type::BOOL)?;
-        row.put(&r.outcome, &Type::TEXT)?;
-        row.put(&(!r.message.is_empty()).then_some(&r.message), &Type::TEXT)?;
-        let ttls: Option<Vec<i32>> = (!r.resolved.is_empty()).then(|| {
-            r.resolved
-                .iter()
-                .map(|(_, ttl)| i32::try_from(*ttl).unwrap_or(i32::MAX))
-                .collect()
-        });
-        row.put(&ttls, &Type::INT4_ARRAY)?;
-        let headers: std::collections::BTreeMap<&str, &str> = r
-            .headers
-            .iter()
-            .filter(|(name, _)| !is_context_header(name))
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
-        row.put(
-            &(!headers.is_empty()).then_some(Json(&headers)),
-            &Type::JSONB,
-        )?;
-        let sha = r
-            .body_sha256
-            .as_deref()
-            .map(hex::decode)
-            .transpose()
-            .map_err(|e| StoreError::Encode {
-                column: "body_sha256".into(),
-                reason: format!("expected hexadecimal digits: {e}"),
-            })?;
-        row.put(&sha, &Type::BYTEA)?;
-        let hops = r.hops.as_array().is_some_and(|h| !h.is_empty());
-        row.put(&hops.then_some(&r.hops), &Type::JSONB)?;
+        put_row(&mut row, agent_id, r, *context_id)?;
         row.end()?;
     }
     out.put_i16(-1);
     Ok(out)
+}
+
+/// The TTLs of the resolved addresses, in their order; NULL for none.
+fn resolved_ttls(r: &StoredResult) -> Option<Vec<i32>> {
+    (!r.resolved.is_empty()).then(|| {
+        r.resolved
+            .iter()
+            .map(|(_, ttl)| i32::try_from(*ttl).unwrap_or(i32::MAX))
+            .collect()
+    })
+}
+
+/// The headers the context does not keep; NULL for none.
+fn row_headers(r: &StoredResult) -> Option<std::collections::BTreeMap<&str, &str>> {
+    let headers: std::collections::BTreeMap<&str, &str> = r
+        .headers
+        .iter()
+        .filter(|(name, _)| !is_context_header(name))
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    (!headers.is_empty()).then_some(headers)
+}
+
+/// The body's hash as bytes; NULL without one.
+fn body_sha256(r: &StoredResult) -> Result<Option<Vec<u8>>, StoreError> {
+    r.body_sha256
+        .as_deref()
+        .map(hex::decode)
+        .transpose()
+        .map_err(|e| StoreError::Encode {
+            column: "body_sha256".into(),
+            reason: format!("expected hexadecimal digits: {e}"),
+        })
 }
 
 /// A phase duration as `result_rows` keeps it (4 bytes: up to 35.8
@@ -181,12 +217,12 @@ impl Row<'_> {
     }
 }
 
-/// The name of the `n`th column (from 1) of [`ROW_COLUMNS`].
+/// The name of the `n`th column (from 1) of [`RESULT_ROW_COLUMNS`].
 fn column_name(n: i16) -> String {
-    ROW_COLUMNS
-        .split(',')
-        .nth(usize::try_from(n - 1).unwrap_or(0))
-        .map_or_else(|| format!("column {n}"), |c| c.trim().to_owned())
+    usize::try_from(n - 1)
+        .ok()
+        .and_then(|i| RESULT_ROW_COLUMNS.get(i))
+        .map_or_else(|| format!("column {n}"), |c| (*c).to_owned())
 }
 
 #[cfg(test)]
@@ -195,10 +231,8 @@ mod tests {
 
     #[test]
     fn the_field_count_is_the_column_list() {
-        assert_eq!(
-            ROW_COLUMNS.split(',').count(),
-            usize::try_from(FIELDS).unwrap()
-        );
+        assert_eq!(RESULT_ROW_COLUMNS.len(), usize::try_from(FIELDS).unwrap());
+        assert_eq!(ROW_COLUMNS.split(", ").count(), RESULT_ROW_COLUMNS.len());
         assert_eq!(column_name(1), "agent_id");
         assert_eq!(column_name(FIELDS), "hops");
     }

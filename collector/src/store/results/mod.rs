@@ -16,10 +16,11 @@ use super::{Store, StoreError, cells};
 mod contexts;
 mod copy;
 
-pub use contexts::{CONTEXT_HEADERS, KnownContexts};
+pub use contexts::{CONTEXT_HEADERS, KnownContexts, context_columns};
+pub use copy::RESULT_ROW_COLUMNS;
 
 /// One probe result as the collector stores it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct StoredResult {
     pub seq: i64,
     pub started_at: DateTime<Utc>,
