@@ -65,6 +65,9 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
+/// How long each act waits for the page it expects.
+const ACT_WAIT: Duration = Duration::from_secs(60);
+
 /// Tells the story; returns the running scenario (collector, agents,
 /// fixtures) for the caller to keep or stop.
 async fn story(url: &str, keep: bool) -> Result<Scenario> {
@@ -74,8 +77,20 @@ async fn story(url: &str, keep: bool) -> Result<Scenario> {
         .await
         .context("connecting to the demo database")?;
     let failing: IpNet = "127.0.2.0/24".parse().context("failing range")?;
-    let timing = ScenarioTiming::default();
     let started = Instant::now();
+    let scenario = start(&pool, failing).await?;
+    match acts(&pool, &scenario, failing, started, keep).await {
+        Ok(()) => Ok(scenario),
+        Err(error) => {
+            scenario.stop().await?;
+            Err(error)
+        }
+    }
+}
+
+/// The database, the ASN table and the scenario's parts, each printed.
+async fn start(pool: &PgPool, failing: IpNet) -> Result<Scenario> {
+    let timing = ScenarioTiming::default();
     let store = vantage_collector::store::Store::new(pool.clone());
     store.migrate().await?;
     let ranges = vantage_collector::detect::asn::parse("asn-loopback.tsv", DEMO_ASN_TABLE)?;
@@ -109,14 +124,33 @@ async fn story(url: &str, keep: bool) -> Result<Scenario> {
         "\nProbing every {:?} from each agent; waiting for the detector...\n",
         timing.probe_interval
     );
+    Ok(scenario)
+}
 
-    let wait = Duration::from_secs(60);
+/// The fault, its page, the spread and re-explanation, the repair.
+async fn acts(
+    pool: &PgPool,
+    scenario: &Scenario,
+    failing: IpNet,
+    started: Instant,
+    keep: bool,
+) -> Result<()> {
+    opening(scenario, failing, started).await?;
+    print_sql(pool).await?;
+    let updated = spreading(scenario).await?;
+    print_history(pool).await?;
+    repairing(scenario, &updated, failing, started, keep).await
+}
+
+/// Act one: the incident opens on the failing prefix; what on-call reads
+/// and the signed webhook.
+async fn opening(scenario: &Scenario, failing: IpNet, started: Instant) -> Result<()> {
+    let wait = ACT_WAIT;
     let prefix = failing.to_string();
     let Some(opened) = scenario
         .wait_for_webhook("incident.opened", "egress_prefix", &prefix, wait)
         .await
     else {
-        scenario.stop().await?;
         bail!("no incident for {prefix} within {wait:?}: detection failed");
     };
     println!(
@@ -145,8 +179,13 @@ async fn story(url: &str, keep: bool) -> Result<Scenario> {
     }
     println!("{}\n", serde_json::to_string_pretty(&opened)?);
 
-    print_sql(&pool).await?;
+    Ok(())
+}
 
+/// Act two: the fault spreads to the region; the same incident is
+/// re-explained, not paged again.
+async fn spreading(scenario: &Scenario) -> Result<Value> {
+    let wait = ACT_WAIT;
     // The fault spreads: the WAF rule now covers the rest of us-east. The
     // incident is the same failure, re-explained, not a second page.
     let region_nets: Vec<IpNet> = demo_agents()
@@ -169,7 +208,6 @@ async fn story(url: &str, keep: bool) -> Result<Scenario> {
         .wait_for(wait, |b| b["event"] == "incident.updated")
         .await
     else {
-        scenario.stop().await?;
         bail!("the incident was not re-explained within {wait:?} of the spread");
     };
     println!(
@@ -191,8 +229,20 @@ async fn story(url: &str, keep: bool) -> Result<Scenario> {
             "  "
         )
     );
-    print_history(&pool).await?;
 
+    Ok(updated)
+}
+
+/// Act three: the repair, the resolution, and what is left running.
+async fn repairing(
+    scenario: &Scenario,
+    updated: &Value,
+    failing: IpNet,
+    started: Instant,
+    keep: bool,
+) -> Result<()> {
+    let wait = ACT_WAIT;
+    let prefix = failing.to_string();
     println!("Repairing the target: it now answers 200 to everyone.");
     scenario.target.set_failing(None);
     let repaired = Instant::now();
@@ -203,7 +253,6 @@ async fn story(url: &str, keep: bool) -> Result<Scenario> {
         .await;
     let (opens, updates, resolves) = count_events(&scenario.webhook.received());
     let Some(resolved) = resolved else {
-        scenario.stop().await?;
         bail!("the incident for {prefix} did not resolve within {wait:?} of the repair");
     };
     println!(
@@ -232,7 +281,7 @@ async fn story(url: &str, keep: bool) -> Result<Scenario> {
              cargo run -p vantage-demo -- --keep"
         );
     }
-    Ok(scenario)
+    Ok(())
 }
 
 fn count_events(bodies: &[Value]) -> (usize, usize, usize) {
