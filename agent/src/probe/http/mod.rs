@@ -19,6 +19,8 @@ use super::tls::{TlsKey, TlsSetupError};
 
 mod body;
 mod exchange;
+mod failure;
+mod steps;
 
 use super::{Outcome, ProbeResult, Sequenced};
 use exchange::{Attempt, Exchange};
