@@ -303,13 +303,28 @@ impl Store {
             return Ok(None);
         }
         let at = run.evaluated_at;
-        let mut applied = Applied::default();
-        let mut incident_of: Vec<Option<i64>> =
-            plan.tracked.iter().map(|t| t.state.incident).collect();
-        for (ti, r) in &plan.opens {
-            let id: Option<i64> = bind_record(
-                sqlx::query_scalar(
-                    "INSERT INTO incidents (target, pattern, kind, dimension, value,
+        let (applied, incident_of) = apply_incidents(&mut tx, plan, at).await?;
+        replace_tracked(&mut tx, &plan.tracked, &incident_of).await?;
+        record_run(&mut tx, plan, run, holder, keep_since).await?;
+        tx.commit().await?;
+        Ok(Some(applied))
+    }
+}
+
+/// Opens, reopens, re-explains, refreshes, touches and resolves the
+/// plan's incidents, each change with its history and event; returns what
+/// was applied and each tracked failure's incident (new ones included).
+async fn apply_incidents(
+    tx: &mut Transaction<'_, Postgres>,
+    plan: &Plan,
+    at: DateTime<Utc>,
+) -> Result<(Applied, Vec<Option<i64>>), StoreError> {
+    let mut applied = Applied::default();
+    let mut incident_of: Vec<Option<i64>> = plan.tracked.iter().map(|t| t.state.incident).collect();
+    for (ti, r) in &plan.opens {
+        let id: Option<i64> = bind_record(
+            sqlx::query_scalar(
+                "INSERT INTO incidents (target, pattern, kind, dimension, value,
                                             narrowed_value, statuses, explanation,
                                             segment_failures, segment_probes, rest_failures,
                                             rest_probes, p_value, failing_vantages, correlated,
@@ -321,76 +336,83 @@ impl Store {
                      ON CONFLICT (target, pattern, dimension, value) WHERE resolved_at IS NULL
                      DO NOTHING
                      RETURNING id",
-                ),
-                r,
-                at,
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(id) = id {
-                record_explanation(&mut tx, id, at).await?;
-                record_event(&mut tx, id, EventKind::Opened, at).await?;
-                applied.opened.push(id);
-                if let Some(slot) = incident_of.get_mut(*ti) {
-                    *slot = Some(id);
-                }
+            ),
+            r,
+            at,
+        )
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(id) = id {
+            record_explanation(&mut *tx, id, at).await?;
+            record_event(&mut *tx, id, EventKind::Opened, at).await?;
+            applied.opened.push(id);
+            if let Some(slot) = incident_of.get_mut(*ti) {
+                *slot = Some(id);
             }
         }
-        for (_, id, r) in &plan.reopens {
-            if update_incident(&mut tx, REOPEN, *id, r, at).await? {
-                record_explanation(&mut tx, *id, at).await?;
-                record_event(&mut tx, *id, EventKind::Reopened, at).await?;
-                applied.reopened.push(*id);
-            }
+    }
+    for (_, id, r) in &plan.reopens {
+        if update_incident(&mut *tx, REOPEN, *id, r, at).await? {
+            record_explanation(&mut *tx, *id, at).await?;
+            record_event(&mut *tx, *id, EventKind::Reopened, at).await?;
+            applied.reopened.push(*id);
         }
-        for (id, r) in &plan.updates {
-            if update_incident(&mut tx, RE_EXPLAIN, *id, r, at).await? {
-                record_explanation(&mut tx, *id, at).await?;
-                record_event(&mut tx, *id, EventKind::Updated, at).await?;
-            }
+    }
+    for (id, r) in &plan.updates {
+        if update_incident(&mut *tx, RE_EXPLAIN, *id, r, at).await? {
+            record_explanation(&mut *tx, *id, at).await?;
+            record_event(&mut *tx, *id, EventKind::Updated, at).await?;
         }
-        for (id, r) in &plan.refreshes {
-            update_incident(&mut tx, REFRESH, *id, r, at).await?;
-        }
-        sqlx::query("UPDATE incidents SET last_seen_at = $2 WHERE id = ANY($1)")
-            .bind(&plan.touches)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        let resolved: Vec<i64> = plan.resolves.iter().map(|r| r.0).collect();
-        sqlx::query(
-            "WITH resolved AS (
+    }
+    for (id, r) in &plan.refreshes {
+        update_incident(&mut *tx, REFRESH, *id, r, at).await?;
+    }
+    sqlx::query("UPDATE incidents SET last_seen_at = $2 WHERE id = ANY($1)")
+        .bind(&plan.touches)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    let resolved: Vec<i64> = plan.resolves.iter().map(|r| r.0).collect();
+    sqlx::query(
+        "WITH resolved AS (
                  UPDATE incidents SET resolved_at = $2 WHERE id = ANY($1) AND resolved_at IS NULL
                  RETURNING id, version)
              INSERT INTO incident_events (incident_id, event, version, created_at)
              SELECT id, $3, version, $2 FROM resolved ORDER BY id",
-        )
-        .bind(&resolved)
-        .bind(at)
-        .bind(EventKind::Resolved.as_str())
-        .execute(&mut *tx)
-        .await?;
+    )
+    .bind(&resolved)
+    .bind(at)
+    .bind(EventKind::Resolved.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok((applied, incident_of))
+}
 
-        // The tracked state: replaced as a whole.
-        sqlx::query("DELETE FROM detector_state")
-            .execute(&mut *tx)
-            .await?;
-        let t = &plan.tracked;
-        let text = |f: &dyn Fn(&Tracked) -> String| t.iter().map(f).collect::<Vec<_>>();
-        let pending = |f: &dyn Fn(&CandidateKey) -> String| {
-            t.iter()
-                .map(|x| x.pending.as_ref().map(|(k, _)| f(k)))
-                .collect::<Vec<_>>()
-        };
-        let footprints: Vec<String> = t
-            .iter()
-            .map(|x| {
-                serde_json::Value::from(x.footprint.iter().cloned().collect::<Vec<_>>()).to_string()
-            })
-            .collect();
-        let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-        sqlx::query(
-            "INSERT INTO detector_state (target, pattern, dimension, value, held_streak,
+/// Replaces the tracked state as a whole.
+async fn replace_tracked(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &[Tracked],
+    incident_of: &[Option<i64>],
+) -> Result<(), StoreError> {
+    // The tracked state: replaced as a whole.
+    sqlx::query("DELETE FROM detector_state")
+        .execute(&mut **tx)
+        .await?;
+    let text = |f: &dyn Fn(&Tracked) -> String| t.iter().map(f).collect::<Vec<_>>();
+    let pending = |f: &dyn Fn(&CandidateKey) -> String| {
+        t.iter()
+            .map(|x| x.pending.as_ref().map(|(k, _)| f(k)))
+            .collect::<Vec<_>>()
+    };
+    let footprints: Vec<String> = t
+        .iter()
+        .map(|x| {
+            serde_json::Value::from(x.footprint.iter().cloned().collect::<Vec<_>>()).to_string()
+        })
+        .collect();
+    let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    sqlx::query(
+        "INSERT INTO detector_state (target, pattern, dimension, value, held_streak,
                                          clear_streak, last_held_at, incident_id, footprint,
                                          pending_target, pending_dimension, pending_value,
                                          pending_streak)
@@ -400,78 +422,91 @@ impl Store {
                          $6::int4[], $7::timestamptz[], $8::int8[], $9::text[], $10::text[],
                          $11::text[], $12::text[], $13::int4[])
                   AS x(t, p, d, v, h, c, l, i, f, pt, pd, pv, ps)",
-        )
-        .bind(text(&|x| x.key.target.clone()))
-        .bind(text(&|x| x.key.pattern.as_str().to_owned()))
-        .bind(text(&|x| x.key.dimension.clone()))
-        .bind(text(&|x| x.key.value.clone()))
-        .bind(
-            t.iter()
-                .map(|x| to_i32(x.state.held_streak))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            t.iter()
-                .map(|x| to_i32(x.state.clear_streak))
-                .collect::<Vec<_>>(),
-        )
-        .bind(t.iter().map(|x| x.state.last_held_at).collect::<Vec<_>>())
-        .bind(&incident_of)
-        .bind(footprints)
-        .bind(pending(&|k| k.target.clone()))
-        .bind(pending(&|k| k.dimension.clone()))
-        .bind(pending(&|k| k.value.clone()))
-        .bind(
-            t.iter()
-                .map(|x| x.pending.as_ref().map_or(0, |(_, n)| to_i32(*n)))
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *tx)
-        .await?;
+    )
+    .bind(text(&|x| x.key.target.clone()))
+    .bind(text(&|x| x.key.pattern.as_str().to_owned()))
+    .bind(text(&|x| x.key.dimension.clone()))
+    .bind(text(&|x| x.key.value.clone()))
+    .bind(
+        t.iter()
+            .map(|x| to_i32(x.state.held_streak))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        t.iter()
+            .map(|x| to_i32(x.state.clear_streak))
+            .collect::<Vec<_>>(),
+    )
+    .bind(t.iter().map(|x| x.state.last_held_at).collect::<Vec<_>>())
+    .bind(incident_of)
+    .bind(footprints)
+    .bind(pending(&|k| k.target.clone()))
+    .bind(pending(&|k| k.dimension.clone()))
+    .bind(pending(&|k| k.value.clone()))
+    .bind(
+        t.iter()
+            .map(|x| x.pending.as_ref().map_or(0, |(_, n)| to_i32(*n)))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
-        // The run and its rates.
-        let run_id: i64 = sqlx::query_scalar(
-            "INSERT INTO detection_runs (evaluated_at, window_start, window_end, probes, duration_ms,
+/// Records the run and its segment rates, dropping runs older than
+/// `keep_since`.
+async fn record_run(
+    tx: &mut Transaction<'_, Postgres>,
+    plan: &Plan,
+    run: &RunRecord,
+    holder: &str,
+    keep_since: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let run_id: i64 = sqlx::query_scalar(
+        "INSERT INTO detection_runs (evaluated_at, window_start, window_end, probes, duration_ms,
                                          runner)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(run.evaluated_at)
-        .bind(run.window_start)
-        .bind(run.window_end)
-        .bind(run.probes)
-        .bind(run.duration_ms)
-        .bind(holder)
-        .fetch_one(&mut *tx)
-        .await?;
-        let rates = &plan.rates;
-        sqlx::query(
-            "INSERT INTO segment_rates (run_id, target, pattern, dimension, value, probes, failures,
+    )
+    .bind(run.evaluated_at)
+    .bind(run.window_start)
+    .bind(run.window_end)
+    .bind(run.probes)
+    .bind(run.duration_ms)
+    .bind(holder)
+    .fetch_one(&mut **tx)
+    .await?;
+    let rates = &plan.rates;
+    sqlx::query(
+        "INSERT INTO segment_rates (run_id, target, pattern, dimension, value, probes, failures,
                                         rest_probes, rest_failures, vantages, p_value, flagged,
                                         window_rounds)
              SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
                                       $7::int8[], $8::int8[], $9::int8[], $10::int4[],
                                       $11::float8[], $12::bool[], $13::int4[])",
-        )
-        .bind(run_id)
-        .bind(rates.iter().map(|r| r.target.clone()).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.pattern.clone()).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.dimension.clone()).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.value.clone()).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.probes).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.failures).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.rest_probes).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.rest_failures).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.vantages).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.p_value).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.flagged).collect::<Vec<_>>())
-        .bind(rates.iter().map(|r| r.window_rounds).collect::<Vec<_>>())
-        .execute(&mut *tx)
+    )
+    .bind(run_id)
+    .bind(rates.iter().map(|r| r.target.clone()).collect::<Vec<_>>())
+    .bind(rates.iter().map(|r| r.pattern.clone()).collect::<Vec<_>>())
+    .bind(
+        rates
+            .iter()
+            .map(|r| r.dimension.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rates.iter().map(|r| r.value.clone()).collect::<Vec<_>>())
+    .bind(rates.iter().map(|r| r.probes).collect::<Vec<_>>())
+    .bind(rates.iter().map(|r| r.failures).collect::<Vec<_>>())
+    .bind(rates.iter().map(|r| r.rest_probes).collect::<Vec<_>>())
+    .bind(rates.iter().map(|r| r.rest_failures).collect::<Vec<_>>())
+    .bind(rates.iter().map(|r| r.vantages).collect::<Vec<_>>())
+    .bind(rates.iter().map(|r| r.p_value).collect::<Vec<_>>())
+    .bind(rates.iter().map(|r| r.flagged).collect::<Vec<_>>())
+    .bind(rates.iter().map(|r| r.window_rounds).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM detection_runs WHERE evaluated_at < $1")
+        .bind(keep_since)
+        .execute(&mut **tx)
         .await?;
-        sqlx::query("DELETE FROM detection_runs WHERE evaluated_at < $1")
-            .bind(keep_since)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(applied))
-    }
+    Ok(())
 }
