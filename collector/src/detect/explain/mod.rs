@@ -11,6 +11,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 mod counts;
+mod evidence;
+use evidence::{
+    FailingEvidence, correlated_json, failing_evidence, failing_values, per_target, where_it_fails,
+};
 
 pub use counts::counts_table;
 
@@ -248,81 +252,21 @@ pub fn record(
             .collect(),
         Pattern::Connection => Vec::new(),
     };
-    let (segment, wi, failing_groups): (Option<usize>, usize, Vec<usize>) = match finding {
-        Finding::Global { window, .. } => {
-            let w = a.windows[*window];
-            (
-                None,
-                *window,
-                (0..p.groups.len())
-                    .filter(|g| p.groups[*g].counts(w).failures > 0)
-                    .collect(),
-            )
-        }
-        Finding::Segment {
-            segment,
-            failing_groups,
-            ..
-        } => (
-            Some(*segment),
-            a.segments[*segment].window,
-            failing_groups.clone(),
-        ),
-    };
+    let (segment, wi, failing_groups) = where_it_fails(p, a, finding);
     let window = a.windows[wi];
-    let mut first = None::<DateTime<Utc>>;
-    let mut last = None::<DateTime<Utc>>;
-    let mut samples = Vec::new();
-    for g in &failing_groups {
-        let e = &p.evidence[*g];
-        first = match (first, e.first_failure_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        last = match (last, e.last_failure_at) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        samples.extend(e.samples.iter().cloned());
-    }
-    samples.sort_by_key(|s| std::cmp::Reverse(s.2));
-    samples.dedup_by(|x, y| x.0 == y.0 && x.1 == y.1);
-    samples.truncate(5);
-    let value_set = |name: &str| -> Vec<String> {
-        let d = DIMENSIONS.iter().position(|d| d.name == name);
-        let mut set: BTreeSet<String> = BTreeSet::new();
-        if let Some(d) = d {
-            for g in &failing_groups {
-                if let Some(v) = &p.groups[*g].values[d] {
-                    set.insert(v.clone());
-                }
-            }
-        }
-        set.into_iter().collect()
-    };
-    let gateways = value_set("gateway");
-    let edge_locations = value_set("edge_location");
+    let FailingEvidence {
+        first,
+        last,
+        samples,
+    } = failing_evidence(p, &failing_groups);
+    let gateways = failing_values(p, &failing_groups, "gateway");
+    let edge_locations = failing_values(p, &failing_groups, "edge_location");
     let total_vantages = p
         .group_vantage
         .iter()
         .collect::<std::collections::HashSet<_>>()
         .len();
-    // Per target: the segment's counts in the evidence window.
-    let mut per_target: std::collections::BTreeMap<usize, Counts> = Default::default();
-    if let Some(s) = segment {
-        for g in &a.segments[s].groups {
-            per_target
-                .entry(p.group_target[*g])
-                .or_default()
-                .add(p.groups[*g].counts(window));
-        }
-    }
-    let mut targets: Vec<(String, Counts)> = per_target
-        .iter()
-        .filter(|(_, c)| c.probes > 0)
-        .map(|(t, c)| (names.targets[*t].clone(), *c))
-        .collect();
-    targets.sort_by(|a, b| a.0.cmp(&b.0));
+    let targets = per_target(p, a, segment, window, names);
     let text = Text {
         population: p,
         failure: &failure,
@@ -377,19 +321,6 @@ pub fn record(
         } => (correlated.as_slice(), narrowed.as_ref()),
         Finding::Global { .. } => (&[][..], None),
     };
-    let correlated_json: Vec<Value> = correlated
-        .iter()
-        .map(|c| {
-            let s = &a.segments[c.segment];
-            json!({
-                "dimension": DIMENSIONS[s.dimension].name,
-                "value": s.value,
-                "shared_failures": c.shared_failures,
-                "failures": s.segment.failures,
-                "probes": s.segment.probes,
-            })
-        })
-        .collect();
     let timing = finding.timing();
     let evidence = json!({
         "counts": counts_table(a, segment),
@@ -435,7 +366,7 @@ pub fn record(
         counts: counts.map(to_i64),
         p_value,
         failing_vantages: i32::try_from(failing_vantages).unwrap_or(i32::MAX),
-        correlated: Value::Array(correlated_json),
+        correlated: Value::Array(correlated_json(a, correlated)),
         first_failure_at: first,
         last_failure_at: last,
         gateways,
