@@ -204,15 +204,16 @@ impl TryFrom<u16> for StatusCode {
 
 /// A regular expression a response body is matched against
 /// (`fail_if_body_matches`, `fail_if_body_not_matches`), over the bytes
-/// read (at most `body_hash_bytes`), not necessarily UTF-8.
+/// read (at most `body_hash_bytes`); bytes that are not UTF-8 read as
+/// U+FFFD.
 #[derive(Clone, Deserialize)]
 #[serde(try_from = "String")]
-pub struct BodyPattern(regex::bytes::Regex);
+pub struct BodyPattern(regex_lite::Regex);
 
 impl BodyPattern {
     /// Whether the pattern occurs in `body`.
     pub fn is_match(&self, body: &[u8]) -> bool {
-        self.0.is_match(body)
+        self.0.is_match(&String::from_utf8_lossy(body))
     }
 
     /// The pattern as written.
@@ -226,7 +227,7 @@ impl TryFrom<String> for BodyPattern {
     fn try_from(s: String) -> Result<Self, String> {
         // Bounded: a pattern compiles to at most 1 MiB of automaton, so a
         // check file cannot make the agent build a huge one.
-        regex::bytes::RegexBuilder::new(&s)
+        regex_lite::RegexBuilder::new(&s)
             .size_limit(1 << 20)
             .build()
             .map(Self)
