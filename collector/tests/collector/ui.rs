@@ -84,9 +84,34 @@ pub async fn incident_pages_load_clean_in_chromium_and_show_the_databases_number
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(agents);
     fleet.kill_collector();
+    let last_run: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM detection_runs")
+        .fetch_one(&fleet.pool)
+        .await
+        .unwrap();
     fleet.start_collector(&format!(
         "[detector]\ninterval = \"10m\"\nwindow = \"2h\"\n[ui]\ntoken = \"{TOKEN}\"\n"
     ));
+    // The new detector passes once when it takes the lease (re-explaining
+    // the incident over its longer window); only then does the incident
+    // hold still. Reading it before that pass raced with it (seen once on
+    // Citus: the page showed the refreshed counts).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let newer: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM detection_runs WHERE id > $1)")
+                .bind(last_run.unwrap_or(0))
+                .fetch_one(&fleet.pool)
+                .await
+                .unwrap();
+        if newer {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new collector's detector did not pass within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let http = fleet.collector_http.unwrap();
     let (id, explanation, seg_f, seg_p, rest_f, rest_p, samples): (
         i64,
