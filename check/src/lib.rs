@@ -458,7 +458,7 @@ mod tests {
         let ok =
             check("url = \"https://a.example/\"\nfail_if_body_not_matches = [\"(?i)healthy\"]")
                 .unwrap();
-        assert!(ok.fail_if_body_not_matches[0].is_match(b"all HEALTHY"));
+        assert!(ok.fail_if_body_not_matches[0].is_match("all HEALTHY"));
     }
 
     #[test]

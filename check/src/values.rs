@@ -211,9 +211,9 @@ impl TryFrom<u16> for StatusCode {
 pub struct BodyPattern(regex_lite::Regex);
 
 impl BodyPattern {
-    /// Whether the pattern occurs in `body`.
-    pub fn is_match(&self, body: &[u8]) -> bool {
-        self.0.is_match(&String::from_utf8_lossy(body))
+    /// Whether the pattern occurs in `body` (the bytes read, as text).
+    pub fn is_match(&self, body: &str) -> bool {
+        self.0.is_match(body)
     }
 
     /// The pattern as written.

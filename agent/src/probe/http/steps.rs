@@ -512,12 +512,15 @@ pub(super) fn same_site(check: &CheckConfig, url: &Url) -> bool {
 /// Why `body` fails the check's body patterns: the first pattern it
 /// matches of `fail_if_body_matches`, or misses of
 /// `fail_if_body_not_matches`.
-fn body_mismatch(check: &CheckConfig, body: &[u8]) -> Option<String> {
+fn body_mismatch(check: &CheckConfig, bytes: &[u8]) -> Option<String> {
+    // Once for every pattern: bytes that are not UTF-8 read as U+FFFD.
+    let text = String::from_utf8_lossy(bytes);
+    let body: &str = &text;
     if let Some(p) = check.fail_if_body_matches.iter().find(|p| p.is_match(body)) {
         return Some(format!(
             "the body matched fail_if_body_matches {:?} (in the {} bytes read)",
             p.as_str(),
-            body.len()
+            bytes.len()
         ));
     }
     check
@@ -528,7 +531,7 @@ fn body_mismatch(check: &CheckConfig, body: &[u8]) -> Option<String> {
             format!(
                 "the body did not match fail_if_body_not_matches {:?} (in the {} bytes read)",
                 p.as_str(),
-                body.len()
+                bytes.len()
             )
         })
 }
